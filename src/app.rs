@@ -1,0 +1,248 @@
+//! Assembling the service: the control database (external or embedded), migrations, shared state, the HTTP
+//! server, background tasks, and the ordered shutdown of `shutdown.rs`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+
+use crate::config::Settings;
+use crate::control::{self, CONTROL_DB, ControlPlane};
+use crate::db::PgTarget;
+use crate::embedded::{Cluster, ClusterSpec};
+use crate::shutdown::{CancellationToken, TaskTracker};
+use crate::tenant::cluster::ensure_database;
+
+/// How often histogram samples are folded into the Prometheus exporter's buckets.
+const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Where the control plane lives: the configured `database.url`, or the embedded cluster (started by this
+/// process, or already running for another `mandant` process on the same data directory).
+#[derive(Debug)]
+pub struct ControlDatabase {
+    target: PgTarget,
+    cluster: Option<Cluster>,
+}
+
+impl ControlDatabase {
+    /// Resolves the control database and makes sure it exists.
+    pub async fn open(settings: &Settings) -> anyhow::Result<Self> {
+        let (target, cluster) = match settings.database.target()? {
+            Some(target) => {
+                tracing::info!(database = %target.redacted(), "using the configured control-plane database");
+                (target, None)
+            }
+            None => {
+                let spec = ClusterSpec::from_settings(settings);
+                let cluster = tokio::task::spawn_blocking(move || Cluster::start(&spec))
+                    .await
+                    .context("the embedded PostgreSQL start task failed")??;
+                (cluster.target(CONTROL_DB), Some(cluster))
+            }
+        };
+        ensure_database(&target)
+            .await
+            .context("preparing the control-plane database")?;
+        Ok(Self { target, cluster })
+    }
+
+    pub fn target(&self) -> &PgTarget {
+        &self.target
+    }
+
+    /// The embedded cluster, if the control plane is on one.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
+    }
+
+    /// Stops the embedded cluster if this process started it (the last step of every shutdown).
+    pub async fn close(self) {
+        if let Some(mut cluster) = self.cluster {
+            let _ = tokio::task::spawn_blocking(move || cluster.stop()).await;
+        }
+    }
+}
+
+/// State shared by every handler and worker; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<App>);
+
+pub struct App {
+    settings: Settings,
+    control: ControlPlane,
+    metrics: PrometheusHandle,
+}
+
+impl AppState {
+    pub fn new(settings: Settings, control: ControlPlane) -> Self {
+        Self(Arc::new(App {
+            settings,
+            control,
+            metrics: crate::http::metrics::recorder(),
+        }))
+    }
+    pub fn settings(&self) -> &Settings {
+        &self.0.settings
+    }
+    pub fn control(&self) -> &ControlPlane {
+        &self.0.control
+    }
+    pub fn metrics(&self) -> &PrometheusHandle {
+        &self.0.metrics
+    }
+}
+
+/// Options of `serve` that are not configuration.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Serve HTTP only; leave background work to separate `mandant worker` processes.
+    pub no_workers: bool,
+}
+
+/// A built, bound, not yet running service.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    database: ControlDatabase,
+    options: RunOptions,
+}
+
+impl Application {
+    /// Opens the control database (starting the embedded cluster if configured so), applies control-plane
+    /// migrations, registers the local database server and binds the listener.
+    pub async fn build(settings: Settings, options: RunOptions) -> anyhow::Result<Self> {
+        let database = ControlDatabase::open(&settings).await?;
+        match Self::prepare(settings, database, options).await {
+            Ok(app) => Ok(app),
+            Err((e, database)) => {
+                database.close().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn prepare(
+        settings: Settings,
+        database: ControlDatabase,
+        options: RunOptions,
+    ) -> Result<Self, (anyhow::Error, ControlDatabase)> {
+        let steps = async {
+            control::migrate::run(database.target()).await?;
+            let control = ControlPlane::connect_lazy(database.target(), &settings.database);
+            control.ensure_local_server().await?;
+            let listener = TcpListener::bind(settings.server.listen)
+                .await
+                .with_context(|| format!("binding server.listen = {}", settings.server.listen))?;
+            anyhow::Ok((control, listener))
+        };
+        match steps.await {
+            Ok((control, listener)) => Ok(Self {
+                listener,
+                state: AppState::new(settings, control),
+                database,
+                options,
+            }),
+            Err(e) => Err((e, database)),
+        }
+    }
+
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `stop` resolves, then shuts down in the order documented in `shutdown.rs`.
+    pub async fn run_until(self, stop: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            state,
+            database,
+            options,
+        } = self;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, "listening");
+
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        spawn_background(&state, &cancel, &tasks, options);
+
+        let http_stop = CancellationToken::new();
+        let router = crate::http::router(state.clone());
+        let server = axum::serve(listener, router)
+            .with_graceful_shutdown(http_stop.clone().cancelled_owned())
+            .into_future();
+        let mut server = tokio::spawn(server);
+
+        let served = tokio::select! {
+            result = &mut server => Some(result),
+            () = stop => None,
+        };
+
+        // 1. Stop accepting; give in-flight requests the grace period.
+        http_stop.cancel();
+        let result = match served {
+            Some(result) => result
+                .context("HTTP server task failed")?
+                .context("HTTP server failed"),
+            None => {
+                let grace = state.settings().server.shutdown_grace();
+                match tokio::time::timeout(grace, &mut server).await {
+                    Ok(result) => result
+                        .context("HTTP server task failed")?
+                        .context("HTTP server failed"),
+                    Err(_) => {
+                        tracing::warn!(
+                            ?grace,
+                            "in-flight requests did not finish in time; dropping them"
+                        );
+                        server.abort();
+                        Ok(())
+                    }
+                }
+            }
+        };
+
+        // 2. Cancel background tasks and wait for each of them.
+        cancel.cancel();
+        tasks.close();
+        tasks.wait().await;
+
+        // 3. Close pools.
+        state.control().close().await;
+
+        // 4. Stop the embedded cluster if we started it.
+        database.close().await;
+        tracing::info!("shutdown complete");
+        result
+    }
+}
+
+/// Starts the background loops of this process on `tasks`, all stopped by `cancel`.
+fn spawn_background(
+    state: &AppState,
+    cancel: &CancellationToken,
+    tasks: &TaskTracker,
+    options: RunOptions,
+) {
+    let metrics = state.metrics().clone();
+    let token = cancel.clone();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => metrics.run_upkeep(),
+                () = token.cancelled() => break,
+            }
+        }
+    });
+    if options.no_workers {
+        tracing::info!("--no-workers: background jobs are left to `mandant worker` processes");
+    }
+}

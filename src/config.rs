@@ -1,0 +1,438 @@
+//! Typed settings, loaded once at start.
+//!
+//! Layers, later wins: the committed `config/default.toml` (compiled in), an optional `config/local.toml` in the
+//! working directory, an explicit `--config FILE`, then environment variables `MANDANT__SECTION__KEY`.
+//! Loading validates everything it can without touching the network; a bad value is an error that names the
+//! key. Secrets (`database.url`, `auth.bootstrap_token`) are wrapped in [`Secret`], whose `Debug` never shows the
+//! value, so printing a `Settings` is safe.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+use serde::Deserialize;
+
+use crate::db::PgTarget;
+
+/// The committed defaults, compiled into the binary.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+/// Overrides for throwaway clusters (tests and benchmarks).
+pub const TEST_TOML: &str = include_str!("../config/test.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration: `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// A value that must never be printed: `Debug` and `Display` show `[redacted]`.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret value, for the one place that needs it (a connection, a hash).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("Secret(empty)")
+        } else {
+            f.write_str("Secret([redacted])")
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub embedded: EmbeddedSettings,
+    pub tenants: TenantSettings,
+    pub auth: AuthSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub body_limit_bytes: usize,
+    pub request_timeout_secs: u64,
+    pub shutdown_grace_secs: u64,
+}
+
+impl ServerSettings {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: Secret,
+    pub max_connections: u32,
+    pub acquire_timeout_secs: u64,
+}
+
+impl DatabaseSettings {
+    /// The external control-plane database, or `None` for the embedded cluster.
+    pub fn target(&self) -> Result<Option<PgTarget>, ConfigError> {
+        if self.url.is_empty() {
+            return Ok(None);
+        }
+        PgTarget::parse_url(self.url.expose())
+            .map(Some)
+            .map_err(|reason| invalid("database.url", reason))
+    }
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_secs(self.acquire_timeout_secs)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedSettings {
+    pub data_dir: PathBuf,
+    pub bin_dir: PathBuf,
+    pub port: u16,
+    pub fsync: bool,
+    pub max_connections: u32,
+    pub start_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSettings {
+    pub db_prefix: String,
+    pub template_db: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub bootstrap_token: Secret,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// Where settings come from. [`LoadOptions::from_process`] is what the binary uses; tests build their own so
+/// they never depend on (or race over) the process environment.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// TOML text layered right above the compiled-in defaults (the test harness passes `config/test.toml`).
+    pub overlay: Option<String>,
+    /// Directory searched for the optional `local.toml`.
+    pub config_dir: Option<PathBuf>,
+    /// `--config FILE`: must exist.
+    pub explicit_file: Option<PathBuf>,
+    /// Environment variables; only the `MANDANT__` ones are read.
+    pub env: HashMap<String, String>,
+}
+
+impl LoadOptions {
+    pub fn from_process(explicit_file: Option<PathBuf>) -> Self {
+        Self {
+            overlay: None,
+            config_dir: Some(PathBuf::from("config")),
+            explicit_file,
+            env: std::env::vars().collect(),
+        }
+    }
+}
+
+impl Settings {
+    pub fn load(options: &LoadOptions) -> Result<Self, ConfigError> {
+        let mut builder =
+            Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        if let Some(overlay) = &options.overlay {
+            builder = builder.add_source(File::from_str(overlay, FileFormat::Toml));
+        }
+        if let Some(dir) = &options.config_dir {
+            builder = builder.add_source(
+                File::from(dir.join("local.toml"))
+                    .format(FileFormat::Toml)
+                    .required(false),
+            );
+        }
+        if let Some(file) = &options.explicit_file {
+            if !file.is_file() {
+                return Err(invalid(
+                    "--config",
+                    format!("{} is not a readable file", file.display()),
+                ));
+            }
+            builder = builder.add_source(File::from(file.as_path()).format(FileFormat::Toml));
+        }
+        let env: HashMap<String, String> = options
+            .env
+            .iter()
+            .filter(|(k, _)| k.starts_with("MANDANT__"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        builder = builder.add_source(
+            Environment::with_prefix("MANDANT")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks that serde cannot express: ranges and cross-field rules.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.body_limit_bytes < 1024 {
+            return Err(invalid("server.body_limit_bytes", "must be at least 1024"));
+        }
+        if self.server.request_timeout_secs == 0 {
+            return Err(invalid("server.request_timeout_secs", "must be at least 1"));
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        if self.database.acquire_timeout_secs == 0 {
+            return Err(invalid(
+                "database.acquire_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        self.database.target()?;
+        if self.embedded.data_dir.as_os_str().is_empty() {
+            return Err(invalid("embedded.data_dir", "must not be empty"));
+        }
+        if self.embedded.port == 0 {
+            return Err(invalid("embedded.port", "must be between 1 and 65535"));
+        }
+        if !(10..=10_000).contains(&self.embedded.max_connections) {
+            return Err(invalid(
+                "embedded.max_connections",
+                "must be between 10 and 10000",
+            ));
+        }
+        if self.embedded.start_timeout_secs == 0 {
+            return Err(invalid("embedded.start_timeout_secs", "must be at least 1"));
+        }
+        let prefix_ok = |s: &str, max: usize| {
+            !s.is_empty()
+                && s.len() <= max
+                && s.starts_with(|c: char| c.is_ascii_lowercase())
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        };
+        // 63 bytes is PostgreSQL's identifier limit; a client id (uuid, 32 hex digits) follows the prefix.
+        if !prefix_ok(&self.tenants.db_prefix, 63 - 32) {
+            return Err(invalid(
+                "tenants.db_prefix",
+                "must be 1-31 characters of a-z, 0-9 and _, starting with a letter",
+            ));
+        }
+        if !prefix_ok(&self.tenants.template_db, 63) {
+            return Err(invalid(
+                "tenants.template_db",
+                "must be 1-63 characters of a-z, 0-9 and _, starting with a letter",
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(invalid("log.level", e.to_string()));
+        }
+        Ok(())
+    }
+
+    /// The directory for the embedded cluster, archives and the bootstrap token, made absolute.
+    pub fn data_dir(&self) -> PathBuf {
+        absolute(&self.embedded.data_dir)
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_without_any_file_or_variable() {
+        let settings = Settings::load(&LoadOptions::default()).unwrap();
+        assert_eq!(settings.server.listen.to_string(), "127.0.0.1:8080");
+        assert!(settings.database.url.is_empty());
+        assert_eq!(settings.embedded.data_dir, PathBuf::from("./data"));
+        assert_eq!(settings.log.format, LogFormat::Pretty);
+        assert!(settings.auth.bootstrap_token.is_empty());
+    }
+
+    #[test]
+    fn layers_apply_in_order_default_local_explicit_then_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("local.toml"),
+            "[server]\nlisten = \"127.0.0.1:1001\"\nbody_limit_bytes = 5000\n[log]\nformat = \"json\"\n",
+        )
+        .unwrap();
+        let explicit = dir.path().join("explicit.toml");
+        std::fs::write(&explicit, "[server]\nlisten = \"127.0.0.1:1002\"\n").unwrap();
+
+        let local_only = Settings::load(&LoadOptions {
+            config_dir: Some(dir.path().to_path_buf()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(local_only.server.listen.port(), 1001);
+
+        let with_explicit = Settings::load(&LoadOptions {
+            config_dir: Some(dir.path().to_path_buf()),
+            explicit_file: Some(explicit.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(with_explicit.server.listen.port(), 1002);
+        // Keys the explicit file does not set keep the lower layers' values.
+        assert_eq!(with_explicit.server.body_limit_bytes, 5000);
+        assert_eq!(with_explicit.log.format, LogFormat::Json);
+
+        let with_env = Settings::load(&LoadOptions {
+            config_dir: Some(dir.path().to_path_buf()),
+            explicit_file: Some(explicit),
+            env: env(&[
+                ("MANDANT__SERVER__LISTEN", "127.0.0.1:1003"),
+                ("MANDANT__EMBEDDED__FSYNC", "false"),
+                ("UNRELATED__SERVER__LISTEN", "127.0.0.1:9"),
+            ]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(with_env.server.listen.port(), 1003);
+        assert!(!with_env.embedded.fsync);
+        assert_eq!(with_env.server.body_limit_bytes, 5000);
+    }
+
+    #[test]
+    fn a_bad_value_is_an_error_naming_the_key() {
+        let err = Settings::load(&LoadOptions {
+            env: env(&[("MANDANT__SERVER__LISTEN", "not-an-address")]),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("server.listen"), "{err}");
+
+        let err = Settings::load(&LoadOptions {
+            env: env(&[("MANDANT__LOG__FORMAT", "xml")]),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("log.format"), "{err}");
+
+        let err = Settings::load(&LoadOptions {
+            env: env(&[("MANDANT__TENANTS__DB_PREFIX", "Bad-Prefix")]),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("tenants.db_prefix"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused() {
+        let err = Settings::load(&LoadOptions {
+            env: env(&[("MANDANT__SERVER__LISTN", "127.0.0.1:1")]),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("listn"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_explicit_file_is_an_error() {
+        let err = Settings::load(&LoadOptions {
+            explicit_file: Some(PathBuf::from("/nonexistent/mandant.toml")),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--config"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_database_url_is_refused_without_echoing_it() {
+        let err = Settings::load(&LoadOptions {
+            env: env(&[("MANDANT__DATABASE__URL", "mysql://u:hunter2@x/y")]),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("database.url"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let settings = Settings::load(&LoadOptions {
+            env: env(&[
+                (
+                    "MANDANT__DATABASE__URL",
+                    "postgres://u:hunter2@db:5432/mandant",
+                ),
+                ("MANDANT__AUTH__BOOTSTRAP_TOKEN", "tok-s3cret-value"),
+            ]),
+            ..Default::default()
+        })
+        .unwrap();
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("tok-s3cret-value"), "{shown}");
+        assert_eq!(settings.auth.bootstrap_token.expose(), "tok-s3cret-value");
+    }
+}

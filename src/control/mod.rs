@@ -1,0 +1,109 @@
+//! The persistence layer: the only code that issues SQL against the control-plane database.
+//!
+//! What is stored durably here: the registry of database servers and clients (desired state, e.g. which schema
+//! version a tenant should have and where it lives), the job queue, and later users, roles, access, field and
+//! template definitions and the audit log. What is not: anything observed that can be re-read from a tenant
+//! database cheaply, pools, caches. Every query is a named method; callers never see SQL or `sqlx` types.
+//!
+//! The schema is in `control_migrations/` and is applied by [`migrate::run`] under an advisory lock.
+
+pub mod migrate;
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+use crate::config::DatabaseSettings;
+use crate::db::PgTarget;
+
+/// Name of the control-plane database on the embedded cluster.
+pub const CONTROL_DB: &str = "mandant";
+/// The database server registered for the cluster that also holds the control plane.
+pub const LOCAL_SERVER: &str = "local";
+/// How long the readiness probe waits for the control plane.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("the control plane is unavailable: {0}")]
+    Unavailable(String),
+    #[error("control-plane query failed: {0}")]
+    Query(#[source] sqlx::Error),
+    #[error("control-plane migration failed: {0}")]
+    Migration(String),
+}
+
+impl From<sqlx::Error> for ControlError {
+    fn from(e: sqlx::Error) -> Self {
+        let unavailable = match &e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+                // 08: connection exception; 57P0x: shutdown/crash/cannot connect now; 53300: too many
+                // connections; 28: authentication; 3D000: database missing; 55000: database not accepting
+                // connections. None of these can come from a control-plane query on an open connection.
+                c.starts_with("08")
+                    || c.starts_with("57P0")
+                    || c.starts_with("28")
+                    || matches!(c.as_ref(), "53300" | "3D000" | "55000")
+            }),
+            _ => false,
+        };
+        if unavailable {
+            Self::Unavailable(e.to_string())
+        } else {
+            Self::Query(e)
+        }
+    }
+}
+
+/// A handle on the control plane; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ControlPlane {
+    pool: PgPool,
+}
+
+impl ControlPlane {
+    /// A lazily connecting pool: start-up does not fail here if the database is briefly away, `/readyz` says so.
+    pub fn connect_lazy(target: &PgTarget, settings: &DatabaseSettings) -> Self {
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout())
+            .connect_lazy_with(
+                target
+                    .with_application_name("mandant-control")
+                    .sqlx_options(),
+            );
+        Self { pool }
+    }
+
+    /// Round trip to the control plane, bounded by [`PING_TIMEOUT`].
+    pub async fn ping(&self) -> Result<(), ControlError> {
+        let query = sqlx::query("SELECT 1").execute(&self.pool);
+        match tokio::time::timeout(PING_TIMEOUT, query).await {
+            Ok(result) => result.map(|_| ()).map_err(ControlError::from),
+            Err(_) => Err(ControlError::Unavailable(format!(
+                "no answer within {PING_TIMEOUT:?}"
+            ))),
+        }
+    }
+
+    /// Registers the database server that holds the control plane itself (admin URL NULL: reached with the
+    /// control plane's own credentials). Idempotent.
+    pub async fn ensure_local_server(&self) -> Result<i64, ControlError> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO db_servers (name) VALUES ($1)
+             ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
+             RETURNING id",
+        )
+        .bind(LOCAL_SERVER)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    /// Closes the pool: waits for checked-out connections to come back, then closes them.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}

@@ -1,0 +1,752 @@
+//! The embedded PostgreSQL cluster: the zero-configuration default, and the throwaway clusters of the tests.
+//!
+//! Owns: finding the server binaries, `initdb` (once, atomically), starting `postgres` as a child process, waiting
+//! until it accepts connections, adopting a cluster another `mandant` process already runs on the same data
+//! directory, removing a stale `postmaster.pid`, and stopping the cluster it started.
+//! Never: runs SQL (callers connect with [`Cluster::target`]), or stops a cluster it did not start.
+//!
+//! Layout under the data directory: `pg/` (PGDATA), `run/` (the Unix socket; the cluster listens on no TCP port),
+//! `postgresql.log`. The bootstrap superuser `postgres` may log in without a password only through the socket,
+//! whose directory is private to the user the cluster runs as; every other role needs its password
+//! (scram-sha-256), so tenant roles are really checked.
+//!
+//! PostgreSQL refuses to run as root. When this process is root, `initdb` and `postgres` run as the `postgres`
+//! system user (groups, gid and uid are dropped in the child before `exec`). The postmaster is started from a
+//! dedicated supervisor thread with `PR_SET_PDEATHSIG = SIGINT`, so if `mandant` dies (even `kill -9`) the
+//! cluster shuts down fast instead of lingering; it runs in its own process group so a terminal's Ctrl-C reaches
+//! only `mandant`, which then shuts down in order (DESIGN.md §4, `shutdown.rs`).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::config::Settings;
+use crate::db::PgTarget;
+
+/// The bootstrap superuser of an embedded cluster (socket-only, trust).
+pub const SUPERUSER: &str = "postgres";
+/// How long a fast shutdown (SIGINT) may take before we escalate to an immediate one (SIGQUIT).
+const FAST_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an immediate shutdown may take before SIGKILL.
+const IMMEDIATE_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// A Unix socket path is limited to 107 bytes (`sun_path`); the file name `.s.PGSQL.NNNNN` takes 15 of them.
+const MAX_SOCKET_DIR_LEN: usize = 90;
+/// The package that provides the server binaries on Debian and Ubuntu.
+pub const PACKAGE_HINT: &str = "apt-get install postgresql";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    #[error(
+        "PostgreSQL server binaries (initdb, postgres) were not found (searched: {searched}). Install them \
+         (Debian/Ubuntu: `{PACKAGE_HINT}`) or point embedded.bin_dir / MANDANT__EMBEDDED__BIN_DIR at them"
+    )]
+    BinariesMissing { searched: String },
+    #[error(
+        "mandant runs as root, and PostgreSQL refuses to; it needs the `postgres` system user to run the \
+         embedded cluster as (the `postgresql` package creates it: `{PACKAGE_HINT}`)"
+    )]
+    NoPostgresUser,
+    #[error(
+        "the `postgres` user cannot reach {path}: {blocked} is not searchable by it; choose another \
+         embedded.data_dir or allow it (chmod o+x {blocked})"
+    )]
+    NotTraversable { path: PathBuf, blocked: PathBuf },
+    #[error("{path} exists but is not a PostgreSQL data directory (no PG_VERSION); move it away")]
+    NotADataDirectory { path: PathBuf },
+    #[error(
+        "the cluster in {path} was made by PostgreSQL {data_version}, but the binaries in {bin_dir} are \
+         version {bin_version}; set embedded.bin_dir to PostgreSQL {data_version}'s binaries"
+    )]
+    VersionMismatch {
+        path: PathBuf,
+        data_version: String,
+        bin_dir: PathBuf,
+        bin_version: String,
+    },
+    #[error("initdb failed ({status}): {output}")]
+    Initdb { status: String, output: String },
+    #[error("PostgreSQL exited while starting ({status}); last lines of {log}:\n{tail}")]
+    Exited {
+        status: String,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error("PostgreSQL did not accept connections within {secs} s; last lines of {log}:\n{tail}")]
+    StartTimeout {
+        secs: u64,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error("{action}: {source}")]
+    Io {
+        action: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(action: impl Into<String>) -> impl FnOnce(io::Error) -> EmbeddedError {
+    let action = action.into();
+    move |source| EmbeddedError::Io { action, source }
+}
+
+/// What the embedded cluster should look like.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    /// mandant's data directory; the cluster lives in `pg/` below it.
+    pub data_dir: PathBuf,
+    pub bin_dir: Option<PathBuf>,
+    pub port: u16,
+    pub fsync: bool,
+    pub max_connections: u32,
+    pub start_timeout: Duration,
+}
+
+impl ClusterSpec {
+    pub fn from_settings(settings: &Settings) -> Self {
+        let e = &settings.embedded;
+        Self {
+            data_dir: settings.data_dir(),
+            bin_dir: (!e.bin_dir.as_os_str().is_empty()).then(|| e.bin_dir.clone()),
+            port: e.port,
+            fsync: e.fsync,
+            max_connections: e.max_connections,
+            start_timeout: Duration::from_secs(e.start_timeout_secs),
+        }
+    }
+
+    pub fn pgdata(&self) -> PathBuf {
+        self.data_dir.join("pg")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.data_dir.join("postgresql.log")
+    }
+
+    /// `run/` under the data directory, or a short directory under the system temp dir when that path would be
+    /// too long for a Unix socket.
+    pub fn socket_dir(&self) -> PathBuf {
+        let preferred = self.data_dir.join("run");
+        if preferred.as_os_str().len() <= MAX_SOCKET_DIR_LEN {
+            return preferred;
+        }
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.data_dir.hash(&mut h);
+        std::env::temp_dir().join(format!("mandant-{:016x}", h.finish()))
+    }
+}
+
+/// The directory holding the PostgreSQL server binaries.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    dir: PathBuf,
+}
+
+impl Binaries {
+    /// Finds `initdb` and `postgres`: the explicit directory if given (and only it), else `pg_config --bindir`,
+    /// `PATH`, `/usr/lib/postgresql/*/bin` (newest first, but `prefer_major` first of all).
+    pub fn discover(
+        explicit: Option<&Path>,
+        prefer_major: Option<&str>,
+    ) -> Result<Self, EmbeddedError> {
+        let candidates = match explicit {
+            Some(dir) => vec![dir.to_path_buf()],
+            None => Self::candidates(prefer_major),
+        };
+        Self::first_complete(&candidates)
+    }
+
+    /// The first directory of `candidates` that holds both binaries.
+    pub fn first_complete(candidates: &[PathBuf]) -> Result<Self, EmbeddedError> {
+        candidates
+            .iter()
+            .find(|dir| dir.join("initdb").is_file() && dir.join("postgres").is_file())
+            .map(|dir| Self { dir: dir.clone() })
+            .ok_or_else(|| EmbeddedError::BinariesMissing {
+                searched: candidates
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    fn candidates(prefer_major: Option<&str>) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut versioned: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let major = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+                Some((major, e.path().join("bin")))
+            })
+            .collect();
+        versioned.sort_by_key(|(major, _)| std::cmp::Reverse(*major));
+        if let Some(major) = prefer_major {
+            out.extend(
+                versioned
+                    .iter()
+                    .filter(|(m, _)| m.to_string() == major)
+                    .map(|(_, p)| p.clone()),
+            );
+        }
+        if let Ok(output) = Command::new("pg_config").arg("--bindir").output()
+            && output.status.success()
+        {
+            out.push(PathBuf::from(
+                String::from_utf8_lossy(&output.stdout).trim(),
+            ));
+        }
+        if let Some(path) = std::env::var_os("PATH") {
+            out.extend(std::env::split_paths(&path));
+        }
+        out.extend(versioned.into_iter().map(|(_, p)| p));
+        out.push(PathBuf::from("/usr/local/pgsql/bin"));
+        let mut seen = std::collections::HashSet::new();
+        out.retain(|p| seen.insert(p.clone()));
+        out
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A program from the same installation (`pg_dump`, `pg_restore`, ...).
+    pub fn tool(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// The major version of these binaries (`postgres --version` → "15").
+    pub fn major_version(&self) -> Result<String, EmbeddedError> {
+        let output = Command::new(self.tool("postgres"))
+            .arg("--version")
+            .output()
+            .map_err(io_err("running postgres --version"))?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let version = text.split_whitespace().nth(2).unwrap_or_default();
+        Ok(version.split('.').next().unwrap_or_default().to_owned())
+    }
+}
+
+/// The system user the cluster's processes run as.
+#[derive(Debug, Clone, Copy)]
+enum RunAs {
+    /// Not root: the cluster runs as we do.
+    Me,
+    /// Root: the `postgres` system user.
+    User { uid: u32, gid: u32 },
+}
+
+impl RunAs {
+    fn detect() -> Result<Self, EmbeddedError> {
+        if !nix::unistd::geteuid().is_root() {
+            return Ok(Self::Me);
+        }
+        let user = nix::unistd::User::from_name(SUPERUSER)
+            .ok()
+            .flatten()
+            .ok_or(EmbeddedError::NoPostgresUser)?;
+        Ok(Self::User {
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+        })
+    }
+
+    /// Makes `path` (created by us) belong to the cluster's user.
+    fn give(&self, path: &Path) -> Result<(), EmbeddedError> {
+        if let Self::User { uid, gid } = *self {
+            nix::unistd::chown(
+                path,
+                Some(nix::unistd::Uid::from_raw(uid)),
+                Some(nix::unistd::Gid::from_raw(gid)),
+            )
+            .map_err(|e| {
+                io_err(format!("giving {} to the postgres user", path.display()))(e.into())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Checks that every ancestor of `path` is searchable by the cluster's user.
+    fn check_reachable(&self, path: &Path) -> Result<(), EmbeddedError> {
+        let Self::User { uid, gid } = *self else {
+            return Ok(());
+        };
+        use std::os::unix::fs::MetadataExt;
+        for dir in path.ancestors().skip(1) {
+            let Ok(meta) = fs::metadata(dir) else {
+                continue;
+            };
+            let mode = meta.mode();
+            let searchable = if meta.uid() == uid {
+                mode & 0o100 != 0
+            } else if meta.gid() == gid {
+                mode & 0o010 != 0
+            } else {
+                mode & 0o001 != 0
+            };
+            if !searchable {
+                return Err(EmbeddedError::NotTraversable {
+                    path: path.to_path_buf(),
+                    blocked: dir.to_path_buf(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Prepares `command` to drop to this user (and optionally to die with its parent thread) in the child.
+    fn apply(&self, command: &mut Command, die_with_parent: bool) {
+        let ids = match *self {
+            Self::Me => None,
+            Self::User { uid, gid } => Some((uid, gid)),
+        };
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe functions
+        // (setgroups, setgid, setuid, prctl, getppid, _exit); it allocates nothing.
+        unsafe {
+            command.pre_exec(move || {
+                if let Some((uid, gid)) = ids {
+                    let groups = [gid as libc::gid_t];
+                    if libc::setgroups(1, groups.as_ptr()) != 0
+                        || libc::setgid(gid as libc::gid_t) != 0
+                        || libc::setuid(uid as libc::uid_t) != 0
+                    {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                #[cfg(target_os = "linux")]
+                if die_with_parent {
+                    // Set after setuid: a change of credentials clears the parent-death signal.
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT as libc::c_ulong) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    if libc::getppid() != parent {
+                        libc::_exit(1);
+                    }
+                }
+                #[cfg(not(target_os = "linux"))]
+                let _ = (die_with_parent, parent);
+                Ok(())
+            });
+        }
+    }
+}
+
+/// The exit status of the postmaster, filled in by its supervisor thread.
+#[derive(Default)]
+struct ExitSlot {
+    status: Mutex<Option<io::Result<ExitStatus>>>,
+    changed: Condvar,
+}
+
+impl ExitSlot {
+    fn set(&self, status: io::Result<ExitStatus>) {
+        let mut slot = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        *slot = Some(status);
+        self.changed.notify_all();
+    }
+
+    fn describe(&self) -> Option<String> {
+        let slot = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        slot.as_ref().map(|s| match s {
+            Ok(status) => status.to_string(),
+            Err(e) => e.to_string(),
+        })
+    }
+
+    /// Waits until the process has exited or `timeout` passed; true if it exited.
+    fn wait(&self, timeout: Duration) -> bool {
+        let slot = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let (slot, _) = self
+            .changed
+            .wait_timeout_while(slot, timeout, |s| s.is_none())
+            .unwrap_or_else(|p| p.into_inner());
+        slot.is_some()
+    }
+}
+
+/// A postmaster this process started.
+struct Postmaster {
+    pid: Pid,
+    exit: Arc<ExitSlot>,
+}
+
+/// A running cluster. Dropping a cluster this process started stops it.
+pub struct Cluster {
+    pgdata: PathBuf,
+    socket_dir: PathBuf,
+    port: u16,
+    log_path: PathBuf,
+    binaries: Binaries,
+    owned: Option<Postmaster>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("pgdata", &self.pgdata)
+            .field("socket_dir", &self.socket_dir)
+            .field("port", &self.port)
+            .field("owned", &self.owned.as_ref().map(|p| p.pid.as_raw()))
+            .finish()
+    }
+}
+
+impl Cluster {
+    /// Starts the cluster described by `spec`, creating it on first use, or adopts the one already running on
+    /// its data directory. Blocking: call it from `spawn_blocking` in async code.
+    pub fn start(spec: &ClusterSpec) -> Result<Self, EmbeddedError> {
+        let run_as = RunAs::detect()?;
+        let pgdata = spec.pgdata();
+        let socket_dir = spec.socket_dir();
+        let log_path = spec.log_path();
+        fs::create_dir_all(&spec.data_dir)
+            .map_err(io_err(format!("creating {}", spec.data_dir.display())))?;
+        run_as.check_reachable(&pgdata)?;
+        prepare_private_dir(&socket_dir, run_as)?;
+
+        let data_version = fs::read_to_string(pgdata.join("PG_VERSION"))
+            .ok()
+            .map(|v| v.trim().to_owned());
+        let binaries = Binaries::discover(spec.bin_dir.as_deref(), data_version.as_deref())?;
+        match data_version {
+            Some(data_version) => {
+                let bin_version = binaries.major_version()?;
+                if bin_version != data_version {
+                    return Err(EmbeddedError::VersionMismatch {
+                        path: pgdata,
+                        data_version,
+                        bin_dir: binaries.dir.clone(),
+                        bin_version,
+                    });
+                }
+            }
+            None if pgdata.exists() => {
+                return Err(EmbeddedError::NotADataDirectory { path: pgdata });
+            }
+            None => initdb(&binaries, &pgdata, run_as)?,
+        }
+
+        let mut cluster = Self {
+            pgdata,
+            socket_dir,
+            port: spec.port,
+            log_path,
+            binaries,
+            owned: None,
+        };
+        if let Some(running) = cluster.running_postmaster() {
+            // Another mandant process (a `serve`, or a CLI command) runs this cluster: use it, never stop it.
+            tracing::info!(pid = running.pid, pgdata = %cluster.pgdata.display(), "using the embedded PostgreSQL already running");
+            cluster.port = running.port;
+            cluster.socket_dir = running.socket_dir;
+            cluster.wait_ready(spec.start_timeout, None)?;
+            return Ok(cluster);
+        }
+        cluster.spawn(spec, run_as)?;
+        Ok(cluster)
+    }
+
+    /// The postmaster recorded in `postmaster.pid`, if it is alive; a stale file (its process gone, or the pid
+    /// reused by something that is not PostgreSQL) is removed.
+    fn running_postmaster(&self) -> Option<PidFile> {
+        let path = self.pgdata.join("postmaster.pid");
+        let text = fs::read_to_string(&path).ok()?;
+        match PidFile::parse(&text) {
+            Some(pid_file) if pid_file.is_alive_postgres() => Some(pid_file),
+            parsed => {
+                tracing::warn!(
+                    pid = parsed.map(|p| p.pid),
+                    file = %path.display(),
+                    "removing a stale postmaster.pid left by a PostgreSQL that is no longer running"
+                );
+                let _ = fs::remove_file(&path);
+                None
+            }
+        }
+    }
+
+    fn spawn(&mut self, spec: &ClusterSpec, run_as: RunAs) -> Result<(), EmbeddedError> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .map_err(io_err(format!("opening {}", self.log_path.display())))?;
+        let log_err = log
+            .try_clone()
+            .map_err(io_err("duplicating the log file handle"))?;
+        let mut command = Command::new(self.binaries.tool("postgres"));
+        command
+            .arg("-D")
+            .arg(&self.pgdata)
+            .arg("-c")
+            .arg("listen_addresses=")
+            .arg("-c")
+            .arg(format!(
+                "unix_socket_directories={}",
+                self.socket_dir.display()
+            ))
+            .arg("-c")
+            .arg(format!("port={}", self.port))
+            .arg("-c")
+            .arg(format!("max_connections={}", spec.max_connections))
+            .arg("-c")
+            .arg(format!("fsync={}", if spec.fsync { "on" } else { "off" }));
+        if !spec.fsync {
+            command
+                .args(["-c", "full_page_writes=off"])
+                .args(["-c", "synchronous_commit=off"]);
+        }
+        command
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .env("LC_ALL", "C")
+            .process_group(0);
+        run_as.apply(&mut command, true);
+
+        let exit = Arc::new(ExitSlot::default());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let slot = exit.clone();
+        // The supervisor thread is the postmaster's parent for its whole life: PR_SET_PDEATHSIG fires when the
+        // parent *thread* ends, so spawning from a short-lived (e.g. blocking-pool) thread would kill it early.
+        std::thread::Builder::new()
+            .name("postgres-supervisor".into())
+            .spawn(move || match command.spawn() {
+                Ok(mut child) => {
+                    let _ = tx.send(Ok(child.id()));
+                    slot.set(child.wait());
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            })
+            .map_err(io_err("starting the postgres supervisor thread"))?;
+        let pid = rx
+            .recv()
+            .map_err(|_| io_err("starting postgres")(io::Error::other("supervisor thread ended")))?
+            .map_err(io_err(format!(
+                "starting {}",
+                self.binaries.tool("postgres").display()
+            )))?;
+        tracing::info!(pid, pgdata = %self.pgdata.display(), "started embedded PostgreSQL");
+        self.owned = Some(Postmaster {
+            pid: Pid::from_raw(pid as i32),
+            exit: exit.clone(),
+        });
+        if let Err(e) = self.wait_ready(spec.start_timeout, Some(&exit)) {
+            self.stop();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Waits until `postmaster.pid` says `ready` (the server accepts connections on its socket).
+    fn wait_ready(&self, timeout: Duration, exit: Option<&ExitSlot>) -> Result<(), EmbeddedError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = exit.and_then(|e| e.describe()) {
+                return Err(EmbeddedError::Exited {
+                    status,
+                    log: self.log_path.clone(),
+                    tail: tail(&self.log_path),
+                });
+            }
+            if let Ok(text) = fs::read_to_string(self.pgdata.join("postmaster.pid"))
+                && PidFile::parse(&text).is_some_and(|p| p.status == "ready")
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(EmbeddedError::StartTimeout {
+                    secs: timeout.as_secs(),
+                    log: self.log_path.clone(),
+                    tail: tail(&self.log_path),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// A database on this cluster, as the bootstrap superuser.
+    pub fn target(&self, dbname: &str) -> PgTarget {
+        PgTarget::unix(&self.socket_dir, self.port, SUPERUSER, dbname)
+    }
+
+    pub fn binaries(&self) -> &Binaries {
+        &self.binaries
+    }
+
+    pub fn pgdata(&self) -> &Path {
+        &self.pgdata
+    }
+
+    /// True if this process started the cluster (and so will stop it).
+    pub fn is_owned(&self) -> bool {
+        self.owned.is_some()
+    }
+
+    /// The postmaster's pid, if this process started it and it still runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.owned
+            .as_ref()
+            .filter(|p| p.exit.describe().is_none())
+            .map(|p| p.pid.as_raw() as u32)
+    }
+
+    /// Stops the cluster if this process started it: fast shutdown (SIGINT: disconnect sessions, checkpoint),
+    /// then immediate (SIGQUIT), then SIGKILL, each after a deadline. Blocking. Idempotent.
+    pub fn stop(&mut self) {
+        let Some(postmaster) = self.owned.take() else {
+            return;
+        };
+        for (signal, timeout) in [
+            (Signal::SIGINT, FAST_STOP_TIMEOUT),
+            (Signal::SIGQUIT, IMMEDIATE_STOP_TIMEOUT),
+            (Signal::SIGKILL, IMMEDIATE_STOP_TIMEOUT),
+        ] {
+            if postmaster.exit.describe().is_some() {
+                break;
+            }
+            let _ = kill(postmaster.pid, signal);
+            if postmaster.exit.wait(timeout) {
+                break;
+            }
+            tracing::warn!(
+                pid = postmaster.pid.as_raw(),
+                ?signal,
+                "PostgreSQL did not stop in time; escalating"
+            );
+        }
+        tracing::info!(pgdata = %self.pgdata.display(), "stopped embedded PostgreSQL");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The fields of `postmaster.pid` we use.
+struct PidFile {
+    pid: i32,
+    port: u16,
+    socket_dir: PathBuf,
+    status: String,
+}
+
+impl PidFile {
+    fn parse(text: &str) -> Option<Self> {
+        let lines: Vec<&str> = text.lines().collect();
+        Some(Self {
+            pid: lines.first()?.trim().parse().ok()?,
+            port: lines
+                .get(3)
+                .and_then(|l| l.trim().parse().ok())
+                .unwrap_or(0),
+            socket_dir: PathBuf::from(lines.get(4).map(|l| l.trim()).unwrap_or_default()),
+            status: lines
+                .get(7)
+                .map(|l| l.trim().to_owned())
+                .unwrap_or_default(),
+        })
+    }
+
+    fn is_alive_postgres(&self) -> bool {
+        if self.pid <= 0 {
+            return false;
+        }
+        let alive = !matches!(
+            kill(Pid::from_raw(self.pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        );
+        let cmdline = fs::read(format!("/proc/{}/cmdline", self.pid)).unwrap_or_default();
+        alive && String::from_utf8_lossy(&cmdline).contains("postgres")
+    }
+}
+
+/// Creates `dir` if needed and makes it private to the cluster's user (mode 0700).
+fn prepare_private_dir(dir: &Path, run_as: RunAs) -> Result<(), EmbeddedError> {
+    fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .map_err(io_err(format!("restricting {}", dir.display())))?;
+    run_as.give(dir)
+}
+
+/// Creates the cluster in a scratch directory and renames it into place, so a crash during `initdb` never leaves
+/// a half-made `pg/` that would block the next start.
+fn initdb(binaries: &Binaries, pgdata: &Path, run_as: RunAs) -> Result<(), EmbeddedError> {
+    let scratch = pgdata.with_file_name("pg.initdb-tmp");
+    if scratch.exists() {
+        fs::remove_dir_all(&scratch).map_err(io_err(format!(
+            "removing the leftover {}",
+            scratch.display()
+        )))?;
+    }
+    prepare_private_dir(&scratch, run_as)?;
+    tracing::info!(pgdata = %pgdata.display(), bin = %binaries.dir.display(), "creating the embedded PostgreSQL cluster");
+    let mut command = Command::new(binaries.tool("initdb"));
+    command
+        .arg("-D")
+        .arg(&scratch)
+        .args(["-U", SUPERUSER, "-A", "trust", "-E", "UTF8", "--no-locale"])
+        .arg("--no-instructions")
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null());
+    run_as.apply(&mut command, false);
+    let output = command.output().map_err(io_err(format!(
+        "running {}",
+        binaries.tool("initdb").display()
+    )))?;
+    if !output.status.success() {
+        let mut text = String::from_utf8_lossy(&output.stderr).into_owned();
+        text.push_str(&String::from_utf8_lossy(&output.stdout));
+        return Err(EmbeddedError::Initdb {
+            status: output.status.to_string(),
+            output: text.trim().to_owned(),
+        });
+    }
+    // Only the bootstrap superuser, through the private socket directory, may skip the password.
+    let hba = "# Written by mandant (src/embedded.rs). The socket directory is private to the cluster's user.\n\
+               local   all   postgres                 trust\n\
+               local   all   all                      scram-sha-256\n\
+               host    all   all   127.0.0.1/32       scram-sha-256\n\
+               host    all   all   ::1/128            scram-sha-256\n";
+    let mut file = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(scratch.join("pg_hba.conf"))
+        .map_err(io_err("opening pg_hba.conf"))?;
+    file.write_all(hba.as_bytes())
+        .map_err(io_err("writing pg_hba.conf"))?;
+    fs::rename(&scratch, pgdata).map_err(io_err(format!(
+        "moving {} to {}",
+        scratch.display(),
+        pgdata.display()
+    )))
+}
+
+/// The last lines of a log file, for error messages.
+fn tail(path: &Path) -> String {
+    const TAIL_BYTES: u64 = 2048;
+    let Ok(mut file) = File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES)));
+    let mut buf = Vec::new();
+    let _ = file.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).trim().to_owned()
+}

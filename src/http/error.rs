@@ -1,0 +1,190 @@
+//! The one place errors become HTTP responses: `{"error": {"code": "snake_case", "message": "..."}}`.
+//!
+//! Handlers return [`ApiError`]; lower layers' error enums convert into it here (`From` impls), so the mapping of
+//! every failure to a status lives in this file. Errors produced by the framework or middleware (unknown route,
+//! wrong method, body too large, panics) are rewritten into the same shape by [`normalize`]. A 5xx is logged with
+//! its full cause; its response carries only a generic sentence, never SQL or a stack trace.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::control::ControlError;
+
+/// Seconds a client should wait before retrying a 503.
+const RETRY_AFTER_SECS: u64 = 5;
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable, snake_case.
+    #[schema(example = "not_found")]
+    pub code: String,
+    /// A human sentence; wording may change.
+    pub message: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "There is no such resource.",
+        )
+    }
+
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "Something went wrong on our side; it has been logged.",
+        )
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The generic error for a status the framework produced without a body we can use.
+    pub fn for_status(status: StatusCode) -> Self {
+        let (code, message) = match status {
+            StatusCode::BAD_REQUEST => ("bad_request", "The request is malformed."),
+            StatusCode::UNAUTHORIZED => ("unauthorized", "A valid bearer token is required."),
+            StatusCode::FORBIDDEN => ("forbidden", "You are not permitted to do this."),
+            StatusCode::NOT_FOUND => return Self::not_found(),
+            StatusCode::METHOD_NOT_ALLOWED => (
+                "method_not_allowed",
+                "This method is not allowed on this resource.",
+            ),
+            StatusCode::REQUEST_TIMEOUT => ("request_timeout", "The request took too long."),
+            StatusCode::PAYLOAD_TOO_LARGE => (
+                "payload_too_large",
+                "The request body is larger than this server accepts.",
+            ),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+                "unsupported_media_type",
+                "The request body has an unsupported content type.",
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY => (
+                "unprocessable_entity",
+                "The request is semantically invalid.",
+            ),
+            StatusCode::TOO_MANY_REQUESTS => {
+                ("too_many_requests", "Too many requests; retry later.")
+            }
+            StatusCode::SERVICE_UNAVAILABLE => (
+                "service_unavailable",
+                "The service is unavailable; retry later.",
+            ),
+            s if s.is_server_error() => return Self::internal().with_status(s),
+            _ => ("error", "The request failed."),
+        };
+        Self::new(status, code, message)
+    }
+
+    fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+            },
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        match e {
+            ControlError::Unavailable(cause) => {
+                tracing::warn!(%cause, "control plane unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "control_plane_unavailable",
+                    "The control-plane database is unavailable; retry later.",
+                )
+                .with_retry_after(RETRY_AFTER_SECS)
+            }
+            other => {
+                tracing::error!(error = ?other, cause = %error_chain(&other), "control-plane error");
+                Self::internal()
+            }
+        }
+    }
+}
+
+/// `e: cause: cause ...`, for logs.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Rewrites any error response that is not already JSON (from axum's rejections, the body limit, a caught
+/// panic, the method router) into the error shape, keeping its status and headers such as `Allow`.
+pub async fn normalize(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    let mut fresh = ApiError::for_status(status).into_response();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::CONTENT_TYPE);
+    fresh.headers_mut().extend(parts.headers);
+    fresh
+}

@@ -1,0 +1,102 @@
+//! The HTTP API: one module per resource, each documented in the OpenAPI document; this file only assembles them
+//! and adds the middleware every request goes through.
+//!
+//! Middleware, outermost first: request id (`x-request-id`, generated if absent, echoed back) → tracing span →
+//! metrics → error normalisation → panic catcher → timeout → body limit → routes. Handlers stay thin: parse into
+//! newtypes, check access, call one lower layer, map the result.
+
+pub mod error;
+pub mod health;
+pub mod metrics;
+pub mod openapi;
+
+use std::sync::Arc;
+
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderName, StatusCode};
+use axum::{BoxError, Extension, Router, middleware};
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::AppState;
+use error::ApiError;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Every route of the service. The OpenAPI document is built from the same registrations, so a route cannot be
+/// added without appearing in it.
+pub fn router(state: AppState) -> Router {
+    let (router, document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(metrics::metrics))
+        .routes(routes!(openapi::document))
+        .split_for_parts();
+
+    let server = &state.settings().server;
+    let body_limit = server.body_limit_bytes;
+    let timeout = server.request_timeout();
+
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(Extension(Arc::new(document)))
+        // Router::layer wraps what is already there, so the list below reads innermost first.
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(RequestBodyLimitLayer::new(body_limit))
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(timeout_error))
+                .timeout(timeout),
+        )
+        .layer(CatchPanicLayer::new())
+        .layer(middleware::map_response(error::normalize))
+        .layer(middleware::from_fn(metrics::track))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .with_state(state)
+}
+
+fn request_span(request: &Request) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    tracing::info_span!(
+        "http",
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id = %request_id,
+    )
+}
+
+async fn timeout_error(error: BoxError) -> ApiError {
+    if error.is::<tower::timeout::error::Elapsed>() {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "request_timeout",
+            "The request took longer than this server allows; retry later.",
+        )
+        .with_retry_after(1)
+    } else {
+        tracing::error!(error = %error, "unhandled middleware error");
+        ApiError::internal()
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found()
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::for_status(StatusCode::METHOD_NOT_ALLOWED)
+}

@@ -1,0 +1,29 @@
+//! The OpenAPI document, served at `GET /v1/openapi.json` without authentication.
+
+use std::sync::Arc;
+
+use axum::{Extension, Json};
+use utoipa::OpenApi;
+
+use super::error::{ErrorBody, ErrorDetail};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "mandant",
+        description = "Database-per-tenant orchestration for multi-client e-mail marketing systems. \
+                       Every error has the shape {\"error\": {\"code\", \"message\"}}."
+    ),
+    components(schemas(ErrorBody, ErrorDetail)),
+    tags((name = "operations", description = "Health, readiness, metrics and this document"))
+)]
+pub struct ApiDoc;
+
+/// This document.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json")))]
+pub async fn document(
+    Extension(document): Extension<Arc<utoipa::openapi::OpenApi>>,
+) -> Json<utoipa::openapi::OpenApi> {
+    Json(document.as_ref().clone())
+}

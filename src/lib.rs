@@ -1,0 +1,14 @@
+//! mandant: database-per-tenant orchestration for multi-client ("Mandanten") management.
+//!
+//! See ARCHITECTURE.md for the components and how a request flows through them.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod db;
+pub mod embedded;
+pub mod http;
+pub mod shutdown;
+pub mod telemetry;
+pub mod tenant;

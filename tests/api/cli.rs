@@ -1,0 +1,205 @@
+//! The binary itself: `serve` on the embedded cluster from nothing, SIGTERM, restart; configuration errors.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::helpers::{TestDir, mandant_command};
+
+/// A `mandant serve` child with its JSON log lines collected on a thread.
+struct Served {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Served {
+    fn start(cwd: &Path, data_dir: &Path) -> Self {
+        let mut child = mandant_command(cwd)
+            .arg("serve")
+            .env("MANDANT__EMBEDDED__DATA_DIR", data_dir)
+            .env("MANDANT__EMBEDDED__FSYNC", "false")
+            .env("MANDANT__SERVER__LISTEN", "127.0.0.1:0")
+            .env("MANDANT__LOG__FORMAT", "json")
+            .env("MANDANT__LOG__LEVEL", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for the log line whose message is `message` and returns its fields.
+    fn wait_for(&mut self, message: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) else {
+                if let Ok(Some(status)) = self.child.try_wait() {
+                    panic!(
+                        "mandant exited ({status}) before logging {message:?}:\n{}",
+                        self.seen.join("\n")
+                    );
+                }
+                continue;
+            };
+            self.seen.push(line.clone());
+            if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
+                && json["fields"]["message"] == message
+            {
+                return json["fields"].clone();
+            }
+        }
+        panic!(
+            "no {message:?} log line within 60 s:\n{}",
+            self.seen.join("\n")
+        );
+    }
+
+    fn addr(&mut self) -> String {
+        self.wait_for("listening")["addr"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// SIGTERM, then the exit status (must come within 60 s).
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                    self.seen.push(line);
+                }
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mandant did not stop within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn postmaster_pid(data_dir: &Path) -> u32 {
+    std::fs::read_to_string(data_dir.join("pg/postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn serve_comes_up_on_the_embedded_cluster_stops_cleanly_on_sigterm_and_reuses_its_data() {
+    let cwd = TestDir::new("serve-cwd");
+    let data = cwd.path().join("data");
+
+    let mut served = Served::start(cwd.path(), &data);
+    let addr = served.addr();
+    let ready = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), reqwest::StatusCode::OK);
+    let pid = postmaster_pid(&data);
+
+    let status = served.terminate();
+    assert!(
+        status.success(),
+        "exit {status}:\n{}",
+        served.seen.join("\n")
+    );
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "PostgreSQL ({pid}) left running"
+    );
+    assert!(!data.join("pg/postmaster.pid").exists());
+    let log = served.seen.join("\n");
+    assert!(
+        log.contains("creating the embedded PostgreSQL cluster"),
+        "{log}"
+    );
+    assert!(log.contains("shutdown complete"), "{log}");
+
+    // Second start: same data directory, no initdb.
+    let mut again = Served::start(cwd.path(), &data);
+    let addr = again.addr();
+    let ready = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), reqwest::StatusCode::OK);
+    assert!(again.terminate().success());
+    let log = again.seen.join("\n");
+    assert!(
+        !log.contains("creating the embedded PostgreSQL cluster"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_serve_takes_its_embedded_cluster_down_with_it() {
+    let cwd = TestDir::new("kill-cwd");
+    let data = cwd.path().join("data");
+    let mut served = Served::start(cwd.path(), &data);
+    served.addr();
+    let pid = postmaster_pid(&data);
+    served.child.kill().unwrap();
+    served.child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "PostgreSQL outlived its killed parent"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_bad_configuration_value_exits_2_naming_the_key() {
+    let cwd = TestDir::new("badcfg");
+    let out = mandant_command(cwd.path())
+        .arg("migrate")
+        .env("MANDANT__SERVER__LISTEN", "not-an-address")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("server.listen"), "{stderr}");
+}
+
+#[test]
+fn a_missing_config_file_exits_2() {
+    let cwd = TestDir::new("nocfg");
+    let out = mandant_command(cwd.path())
+        .args(["--config", "missing.toml", "migrate"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+}

@@ -1,0 +1,7 @@
+//! The one integration-test binary: every test against real PostgreSQL and real HTTP. Files mirror features.
+
+mod cli;
+mod embedded;
+mod health;
+mod helpers;
+mod migrate;
