@@ -10,6 +10,8 @@ CREATE TABLE db_servers (
     admin_url     text,
     max_databases integer NOT NULL DEFAULT 1000 CHECK (max_databases > 0),
     status        text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'draining')),
+    -- Tenant migration version of this server's template database, as last verified (0 = not made yet).
+    template_version integer NOT NULL DEFAULT 0,
     created_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now()
 );
@@ -55,6 +57,10 @@ CREATE TABLE jobs (
     lease_until  timestamptz,
     locked_by    text,
     last_error   text,
+    -- The last step this job completed (progress, for operators and tests; steps re-check real state anyway).
+    step         text,
+    -- What the job produced, e.g. {"archive": "/path/to/dump"}.
+    result       jsonb,
     created_at   timestamptz NOT NULL DEFAULT now(),
     updated_at   timestamptz NOT NULL DEFAULT now(),
     finished_at  timestamptz
@@ -62,6 +68,8 @@ CREATE TABLE jobs (
 
 CREATE INDEX jobs_claimable ON jobs (run_after) WHERE status IN ('queued', 'running');
 CREATE INDEX jobs_client ON jobs (client_id, created_at);
+-- At most one open job of a kind per client: a repeated request or a second process cannot double-enqueue.
+CREATE UNIQUE INDEX jobs_one_open_per_client ON jobs (client_id, kind) WHERE status IN ('queued', 'running');
 
 -- The master client exists from the first migration; it is provisioned like any other client.
 INSERT INTO clients (slug, name, kind, status) VALUES ('master', 'Master', 'master', 'provisioning');

@@ -14,6 +14,8 @@ use crate::config::Settings;
 use crate::control::{self, CONTROL_DB, ControlPlane};
 use crate::db::PgTarget;
 use crate::embedded::{Cluster, ClusterSpec};
+use crate::provisioning::Provisioner;
+use crate::provisioning::credentials::Credentials;
 use crate::shutdown::{CancellationToken, TaskTracker};
 use crate::tenant::cluster::ensure_database;
 
@@ -74,16 +76,55 @@ pub struct AppState(Arc<App>);
 pub struct App {
     settings: Settings,
     control: ControlPlane,
+    provisioner: Provisioner,
     metrics: PrometheusHandle,
 }
 
 impl AppState {
-    pub fn new(settings: Settings, control: ControlPlane) -> Self {
-        Self(Arc::new(App {
+    /// Connects to the control plane (lazily) and assembles the shared state. Loads (or creates) the tenant
+    /// credential key.
+    pub fn new(settings: Settings, control_target: &PgTarget) -> anyhow::Result<Self> {
+        let control = ControlPlane::connect_lazy(control_target, &settings.database);
+        let credentials = Credentials::load(&settings)?;
+        let provisioner = Provisioner::new(
+            &settings,
+            control.clone(),
+            control_target.clone(),
+            credentials,
+        );
+        Ok(Self(Arc::new(App {
             settings,
             control,
+            provisioner,
             metrics: crate::http::metrics::recorder(),
-        }))
+        })))
+    }
+
+    /// Opens the control database, applies control-plane migrations, registers the local database server and
+    /// makes sure the master client gets provisioned. Shared by `serve` and `worker`.
+    pub async fn start(settings: Settings) -> anyhow::Result<(Self, ControlDatabase)> {
+        let database = ControlDatabase::open(&settings).await?;
+        let prepared = async {
+            control::migrate::run(database.target()).await?;
+            let state = Self::new(settings, database.target())?;
+            state.control().ensure_local_server().await?;
+            let attempts = i32::from(state.settings().workers.max_attempts);
+            if let Some(job) = state.control().ensure_master_provisioning(attempts).await? {
+                tracing::info!(operation = %job, "the master client will be provisioned");
+            }
+            anyhow::Ok(state)
+        };
+        match prepared.await {
+            Ok(state) => Ok((state, database)),
+            Err(e) => {
+                database.close().await;
+                Err(e)
+            }
+        }
+    }
+
+    pub fn provisioner(&self) -> &Provisioner {
+        &self.0.provisioner
     }
     pub fn settings(&self) -> &Settings {
         &self.0.settings
@@ -115,38 +156,20 @@ impl Application {
     /// Opens the control database (starting the embedded cluster if configured so), applies control-plane
     /// migrations, registers the local database server and binds the listener.
     pub async fn build(settings: Settings, options: RunOptions) -> anyhow::Result<Self> {
-        let database = ControlDatabase::open(&settings).await?;
-        match Self::prepare(settings, database, options).await {
-            Ok(app) => Ok(app),
-            Err((e, database)) => {
-                database.close().await;
-                Err(e)
-            }
-        }
-    }
-
-    async fn prepare(
-        settings: Settings,
-        database: ControlDatabase,
-        options: RunOptions,
-    ) -> Result<Self, (anyhow::Error, ControlDatabase)> {
-        let steps = async {
-            control::migrate::run(database.target()).await?;
-            let control = ControlPlane::connect_lazy(database.target(), &settings.database);
-            control.ensure_local_server().await?;
-            let listener = TcpListener::bind(settings.server.listen)
-                .await
-                .with_context(|| format!("binding server.listen = {}", settings.server.listen))?;
-            anyhow::Ok((control, listener))
-        };
-        match steps.await {
-            Ok((control, listener)) => Ok(Self {
+        let listen = settings.server.listen;
+        let (state, database) = AppState::start(settings).await?;
+        match TcpListener::bind(listen).await {
+            Ok(listener) => Ok(Self {
                 listener,
-                state: AppState::new(settings, control),
+                state,
                 database,
                 options,
             }),
-            Err(e) => Err((e, database)),
+            Err(e) => {
+                state.control().close().await;
+                database.close().await;
+                Err(anyhow::Error::new(e).context(format!("binding server.listen = {listen}")))
+            }
         }
     }
 
@@ -209,19 +232,44 @@ impl Application {
             }
         };
 
-        // 2. Cancel background tasks and wait for each of them.
-        cancel.cancel();
-        tasks.close();
-        tasks.wait().await;
-
-        // 3. Close pools.
-        state.control().close().await;
-
-        // 4. Stop the embedded cluster if we started it.
-        database.close().await;
-        tracing::info!("shutdown complete");
+        // 2.-4.
+        stop_background_and_close(&state, cancel, tasks, database).await;
         result
     }
+}
+
+/// `mandant worker`: the background workers without HTTP, until `stop` resolves.
+pub async fn run_workers(
+    settings: Settings,
+    stop: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let (state, database) = AppState::start(settings).await?;
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    spawn_background(&state, &cancel, &tasks, RunOptions { no_workers: false });
+    stop.await;
+    stop_background_and_close(&state, cancel, tasks, database).await;
+    Ok(())
+}
+
+/// Steps 2-4 of the shutdown order (`shutdown.rs`): background tasks, pools, embedded cluster.
+async fn stop_background_and_close(
+    state: &AppState,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+    database: ControlDatabase,
+) {
+    // 2. Cancel background tasks and wait for each of them (a job in flight is handed back).
+    cancel.cancel();
+    tasks.close();
+    tasks.wait().await;
+
+    // 3. Close pools.
+    state.control().close().await;
+
+    // 4. Stop the embedded cluster if we started it.
+    database.close().await;
+    tracing::info!("shutdown complete");
 }
 
 /// Starts the background loops of this process on `tasks`, all stopped by `cancel`.
@@ -244,5 +292,7 @@ fn spawn_background(
     });
     if options.no_workers {
         tracing::info!("--no-workers: background jobs are left to `mandant worker` processes");
+    } else {
+        crate::workers::spawn(state, tasks, cancel);
     }
 }

@@ -72,6 +72,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub embedded: EmbeddedSettings,
     pub tenants: TenantSettings,
+    pub workers: WorkerSettings,
     pub auth: AuthSettings,
     pub log: LogSettings,
 }
@@ -133,6 +134,36 @@ pub struct EmbeddedSettings {
 pub struct TenantSettings {
     pub db_prefix: String,
     pub template_db: String,
+    pub credential_secret: Secret,
+    pub archive_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    pub concurrency: u16,
+    pub poll_interval_ms: u64,
+    pub lease_secs: u64,
+    pub max_attempts: u16,
+    pub backoff_base_ms: u64,
+    pub backoff_max_secs: u64,
+}
+
+impl WorkerSettings {
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_secs)
+    }
+    /// The delay before retry number `attempt` (1-based), with +-20% jitter.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let base = self.backoff_base_ms as f64 / 1000.0;
+        let exp = base * 2f64.powi(attempt.saturating_sub(1).min(30) as i32);
+        let capped = exp.min(self.backoff_max_secs as f64);
+        let jitter = 0.8 + rand::random::<f64>() * 0.4;
+        Duration::from_secs_f64((capped * jitter).max(0.001))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -274,6 +305,22 @@ impl Settings {
                 "must be 1-63 characters of a-z, 0-9 and _, starting with a letter",
             ));
         }
+        let w = &self.workers;
+        if !(1..=256).contains(&w.concurrency) {
+            return Err(invalid("workers.concurrency", "must be between 1 and 256"));
+        }
+        if w.poll_interval_ms < 10 {
+            return Err(invalid("workers.poll_interval_ms", "must be at least 10"));
+        }
+        if w.lease_secs < 5 {
+            return Err(invalid("workers.lease_secs", "must be at least 5"));
+        }
+        if w.max_attempts == 0 {
+            return Err(invalid("workers.max_attempts", "must be at least 1"));
+        }
+        if w.backoff_max_secs == 0 {
+            return Err(invalid("workers.backoff_max_secs", "must be at least 1"));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", e.to_string()));
         }
@@ -283,6 +330,15 @@ impl Settings {
     /// The directory for the embedded cluster, archives and the bootstrap token, made absolute.
     pub fn data_dir(&self) -> PathBuf {
         absolute(&self.embedded.data_dir)
+    }
+
+    /// Where client archives are written.
+    pub fn archive_dir(&self) -> PathBuf {
+        if self.tenants.archive_dir.as_os_str().is_empty() {
+            self.data_dir().join("archives")
+        } else {
+            absolute(&self.tenants.archive_dir)
+        }
     }
 }
 
@@ -433,6 +489,12 @@ mod tests {
         let shown = format!("{settings:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(!shown.contains("tok-s3cret-value"), "{shown}");
+        let secret = Settings::load(&LoadOptions {
+            env: env(&[("MANDANT__TENANTS__CREDENTIAL_SECRET", "key-material-42")]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(!format!("{secret:?}").contains("key-material-42"));
         assert_eq!(settings.auth.bootstrap_token.expose(), "tok-s3cret-value");
     }
 }

@@ -118,6 +118,17 @@ impl PgTarget {
     pub fn dbname(&self) -> &str {
         &self.dbname
     }
+    pub fn password(&self) -> Option<&Secret> {
+        self.password.as_ref()
+    }
+
+    /// The host as libpq tools take it (`--host`): a name, or the socket directory.
+    pub fn host_arg(&self) -> String {
+        match &self.host {
+            PgHost::Tcp(host) => host.clone(),
+            PgHost::Unix(dir) => dir.display().to_string(),
+        }
+    }
 
     pub fn sqlx_options(&self) -> PgConnectOptions {
         let mut options = PgConnectOptions::new()
@@ -172,13 +183,12 @@ impl PgTarget {
 
     /// A printable description without the password.
     pub fn redacted(&self) -> String {
-        let host = match &self.host {
-            PgHost::Tcp(host) => host.clone(),
-            PgHost::Unix(dir) => dir.display().to_string(),
-        };
         format!(
             "postgres://{}@{}:{}/{}",
-            self.user, host, self.port, self.dbname
+            self.user,
+            self.host_arg(),
+            self.port,
+            self.dbname
         )
     }
 

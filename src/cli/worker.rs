@@ -1,4 +1,5 @@
-//! `mandant worker`: runs the background workers without the HTTP API.
+//! `mandant worker`: runs the background workers (provisioning, deletion, access changes) without the HTTP API.
+//! Any number of worker processes may share one control plane: jobs are claimed with `SKIP LOCKED` and a lease.
 
 use std::process::ExitCode;
 
@@ -7,10 +8,7 @@ use crate::config::Settings;
 #[derive(Debug, clap::Args)]
 pub struct Args {}
 
-pub async fn run(_settings: Settings, _args: Args) -> anyhow::Result<ExitCode> {
-    eprintln!(
-        "mandant worker: there are no background jobs in this version yet; provisioning jobs arrive with the \
-         client registry (issue #3)."
-    );
-    Ok(ExitCode::from(2))
+pub async fn run(settings: Settings, _args: Args) -> anyhow::Result<ExitCode> {
+    crate::app::run_workers(settings, crate::shutdown::signal()).await?;
+    Ok(ExitCode::SUCCESS)
 }

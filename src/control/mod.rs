@@ -7,7 +7,10 @@
 //!
 //! The schema is in `control_migrations/` and is applied by [`migrate::run`] under an advisory lock.
 
+pub mod clients;
+pub mod jobs;
 pub mod migrate;
+pub mod servers;
 
 use std::time::Duration;
 
@@ -16,11 +19,14 @@ use sqlx::postgres::PgPoolOptions;
 
 use crate::config::DatabaseSettings;
 use crate::db::PgTarget;
+use crate::domain::ClientStatus;
 
 /// Name of the control-plane database on the embedded cluster.
 pub const CONTROL_DB: &str = "mandant";
 /// The database server registered for the cluster that also holds the control plane.
 pub const LOCAL_SERVER: &str = "local";
+/// The channel `NOTIFY`d when a job is enqueued.
+pub const JOBS_CHANNEL: &str = "mandant_jobs";
 /// How long the readiness probe waits for the control plane.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -32,6 +38,26 @@ pub enum ControlError {
     Query(#[source] sqlx::Error),
     #[error("control-plane migration failed: {0}")]
     Migration(String),
+    #[error("not found")]
+    NotFound,
+    #[error("the slug is taken by another live client")]
+    SlugTaken,
+    #[error("the parent client does not exist")]
+    UnknownParent,
+    #[error("the parent client is {0:?}, not active")]
+    ParentNotActive(ClientStatus),
+    #[error("the client is {current:?}; {action} needs it to be {allowed}")]
+    InvalidState {
+        current: ClientStatus,
+        action: &'static str,
+        allowed: &'static str,
+    },
+    #[error("the master client cannot be {0}")]
+    IsMaster(&'static str),
+    #[error("the client still has {0} live sub-client(s)")]
+    HasChildren(i64),
+    #[error("no active database server has free capacity")]
+    NoCapacity,
 }
 
 impl From<sqlx::Error> for ControlError {
@@ -88,18 +114,9 @@ impl ControlPlane {
         }
     }
 
-    /// Registers the database server that holds the control plane itself (admin URL NULL: reached with the
-    /// control plane's own credentials). Idempotent.
-    pub async fn ensure_local_server(&self) -> Result<i64, ControlError> {
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO db_servers (name) VALUES ($1)
-             ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
-             RETURNING id",
-        )
-        .bind(LOCAL_SERVER)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(id)
+    /// The pool, for `LISTEN` (workers) — not for queries outside this module.
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
     /// Closes the pool: waits for checked-out connections to come back, then closes them.

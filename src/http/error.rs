@@ -136,7 +136,50 @@ impl IntoResponse for ApiError {
 
 impl From<ControlError> for ApiError {
     fn from(e: ControlError) -> Self {
+        let conflict = |code, message: String| Self::new(StatusCode::CONFLICT, code, message);
         match e {
+            ControlError::NotFound => Self::not_found(),
+            ControlError::SlugTaken => conflict(
+                "slug_taken",
+                "Another client already uses this slug.".into(),
+            ),
+            ControlError::UnknownParent => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_parent",
+                "The parent client does not exist.",
+            ),
+            ControlError::ParentNotActive(status) => conflict(
+                "parent_not_active",
+                format!(
+                    "The parent client is {}; it must be active.",
+                    status.as_str()
+                ),
+            ),
+            ControlError::InvalidState {
+                current,
+                action,
+                allowed,
+            } => conflict(
+                "invalid_state",
+                format!(
+                    "The client is {}; {action} needs it to be {allowed}.",
+                    current.as_str()
+                ),
+            ),
+            ControlError::IsMaster(what) => conflict(
+                "master_client",
+                format!("The master client cannot be {what}."),
+            ),
+            ControlError::HasChildren(n) => conflict(
+                "client_has_children",
+                format!("The client still has {n} sub-client(s); delete them first."),
+            ),
+            ControlError::NoCapacity => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_capacity",
+                "No database server has free capacity.",
+            )
+            .with_retry_after(RETRY_AFTER_SECS),
             ControlError::Unavailable(cause) => {
                 tracing::warn!(%cause, "control plane unavailable");
                 Self::new(

@@ -5,10 +5,13 @@
 //! metrics → error normalisation → panic catcher → timeout → body limit → routes. Handlers stay thin: parse into
 //! newtypes, check access, call one lower layer, map the result.
 
+pub mod clients;
 pub mod error;
+pub mod extract;
 pub mod health;
 pub mod metrics;
 pub mod openapi;
+pub mod operations;
 
 use std::sync::Arc;
 
@@ -38,6 +41,11 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(health::readyz))
         .routes(routes!(metrics::metrics))
         .routes(routes!(openapi::document))
+        .routes(routes!(clients::create, clients::list))
+        .routes(routes!(clients::get, clients::update, clients::delete))
+        .routes(routes!(clients::suspend))
+        .routes(routes!(clients::resume))
+        .routes(routes!(operations::get))
         .split_for_parts();
 
     let server = &state.settings().server;

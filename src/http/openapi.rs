@@ -15,7 +15,10 @@ use super::error::{ErrorBody, ErrorDetail};
                        Every error has the shape {\"error\": {\"code\", \"message\"}}."
     ),
     components(schemas(ErrorBody, ErrorDetail)),
-    tags((name = "operations", description = "Health, readiness, metrics and this document"))
+    tags(
+        (name = "operations", description = "Health, readiness, metrics and this document"),
+        (name = "clients", description = "Sub-clients, each with its own database, and their background operations")
+    )
 )]
 pub struct ApiDoc;
 

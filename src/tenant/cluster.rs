@@ -1,9 +1,11 @@
 //! DDL on a whole database server: databases and roles. Each statement runs alone, outside any transaction
 //! (`CREATE DATABASE` refuses to run in one), and is idempotent so a retried step changes nothing.
 
+use deadpool_postgres::tokio_postgres::Client;
 use deadpool_postgres::tokio_postgres::error::SqlState;
 
 use super::TenantError;
+use crate::config::Secret;
 use crate::db::PgTarget;
 
 /// Quotes an SQL identifier: wraps it in double quotes and doubles any inside.
@@ -53,9 +55,191 @@ pub async fn ensure_database(target: &PgTarget) -> Result<bool, TenantError> {
     }
 }
 
+
+/// Quotes an SQL string literal (for the few utility statements that cannot take bind parameters).
+pub fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// A stable advisory-lock key for a name (the first 8 bytes of its SHA-256).
+pub fn lock_key(name: &str) -> i64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(name.as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(bytes)
+}
+
+/// Opens an admin connection to the server's maintenance database.
+pub async fn admin_connect(admin: &PgTarget) -> Result<Client, TenantError> {
+    admin.connect().await.map_err(TenantError::postgres(format!(
+        "connecting to {}",
+        admin.redacted()
+    )))
+}
+
+/// Creates a role that may log in with the given password (sent as a SCRAM verifier, so the clear password
+/// never reaches the server or its logs), or resets login and password if it exists. Idempotent.
+pub async fn ensure_login_role(
+    admin: &Client,
+    role: &str,
+    password: &Secret,
+) -> Result<(), TenantError> {
+    let verifier = postgres_protocol::password::scram_sha_256(password.expose().as_bytes());
+    let create = format!(
+        "CREATE ROLE {} LOGIN NOINHERIT PASSWORD {}",
+        quote_ident(role),
+        quote_literal(&verifier)
+    );
+    match admin.batch_execute(&create).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.code() == Some(&SqlState::DUPLICATE_OBJECT) => {
+            let alter = format!(
+                "ALTER ROLE {} LOGIN PASSWORD {}",
+                quote_ident(role),
+                quote_literal(&verifier)
+            );
+            admin
+                .batch_execute(&alter)
+                .await
+                .map_err(TenantError::postgres(format!("updating role {role}")))
+        }
+        Err(e) => Err(TenantError::postgres(format!("creating role {role}"))(e)),
+    }
+}
+
+/// Creates a role that cannot log in (a group or an object owner), if missing. Idempotent.
+pub async fn ensure_nologin_role(admin: &Client, role: &str) -> Result<(), TenantError> {
+    let sql = format!("CREATE ROLE {} NOLOGIN", quote_ident(role));
+    match admin.batch_execute(&sql).await {
+        Ok(()) => Ok(()),
+        // 42710, or 23505 when two sessions create it at the same moment.
+        Err(e)
+            if e.code() == Some(&SqlState::DUPLICATE_OBJECT)
+                || e.code() == Some(&SqlState::UNIQUE_VIOLATION) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(TenantError::postgres(format!("creating role {role}"))(e)),
+    }
+}
+
+/// Allows or forbids a role to log in; forbidding also ends its open sessions.
+pub async fn set_role_login(admin: &Client, role: &str, login: bool) -> Result<bool, TenantError> {
+    let exists: bool = admin
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)",
+            &[&role],
+        )
+        .await
+        .map_err(TenantError::postgres("looking up a role"))?
+        .get(0);
+    if !exists {
+        return Ok(false);
+    }
+    let sql = format!(
+        "ALTER ROLE {} {}",
+        quote_ident(role),
+        if login { "LOGIN" } else { "NOLOGIN" }
+    );
+    admin
+        .batch_execute(&sql)
+        .await
+        .map_err(TenantError::postgres(format!("changing login of {role}")))?;
+    if !login {
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+                &[&role],
+            )
+            .await
+            .map_err(TenantError::postgres(format!("ending sessions of {role}")))?;
+    }
+    Ok(true)
+}
+
+pub async fn database_exists(admin: &Client, name: &str) -> Result<bool, TenantError> {
+    Ok(admin
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+            &[&name],
+        )
+        .await
+        .map_err(TenantError::postgres("looking up a database"))?
+        .get(0))
+}
+
+/// `CREATE DATABASE name TEMPLATE template`; true if created, false if it already existed.
+pub async fn create_database_from(
+    admin: &Client,
+    name: &str,
+    template: &str,
+) -> Result<bool, TenantError> {
+    let sql = format!(
+        "CREATE DATABASE {} TEMPLATE {}",
+        quote_ident(name),
+        quote_ident(template)
+    );
+    match admin.batch_execute(&sql).await {
+        Ok(()) => Ok(true),
+        Err(e) if e.code() == Some(&SqlState::DUPLICATE_DATABASE) => Ok(false),
+        Err(e) => Err(TenantError::postgres(format!("creating database {name}"))(
+            e,
+        )),
+    }
+}
+
+/// Only `role` may connect to `database` (besides superusers): CONNECT is revoked from PUBLIC.
+pub async fn restrict_connect(
+    admin: &Client,
+    database: &str,
+    role: &str,
+) -> Result<(), TenantError> {
+    let sql = format!(
+        "REVOKE ALL ON DATABASE {db} FROM PUBLIC; GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {role}",
+        db = quote_ident(database),
+        role = quote_ident(role)
+    );
+    admin
+        .batch_execute(&sql)
+        .await
+        .map_err(TenantError::postgres(format!(
+            "restricting access to {database}"
+        )))
+}
+
+/// `DROP DATABASE IF EXISTS ... WITH (FORCE)`: ends remaining sessions first. Idempotent.
+pub async fn drop_database(admin: &Client, name: &str) -> Result<(), TenantError> {
+    let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name));
+    admin
+        .batch_execute(&sql)
+        .await
+        .map_err(TenantError::postgres(format!("dropping database {name}")))
+}
+
+/// `DROP ROLE IF EXISTS`. Idempotent.
+pub async fn drop_role(admin: &Client, role: &str) -> Result<(), TenantError> {
+    let sql = format!("DROP ROLE IF EXISTS {}", quote_ident(role));
+    admin
+        .batch_execute(&sql)
+        .await
+        .map_err(TenantError::postgres(format!("dropping role {role}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quote_literal_doubles_embedded_quotes() {
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn lock_keys_are_stable_and_distinct() {
+        assert_eq!(lock_key("a"), lock_key("a"));
+        assert_ne!(lock_key("a"), lock_key("b"));
+    }
 
     #[test]
     fn quote_ident_doubles_embedded_quotes() {

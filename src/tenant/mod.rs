@@ -5,6 +5,8 @@
 //! Never: touches the control plane (that is `control/`).
 
 pub mod cluster;
+pub mod migrate;
+pub mod template;
 
 use deadpool_postgres::tokio_postgres;
 
@@ -18,6 +20,8 @@ pub enum TenantError {
         #[source]
         source: tokio_postgres::Error,
     },
+    #[error("{context}: {message}")]
+    Migration { context: String, message: String },
 }
 
 impl TenantError {
@@ -30,6 +34,7 @@ impl TenantError {
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
             Self::Postgres { source, .. } => source.code().map(|c| c.code()),
+            Self::Migration { .. } => None,
         }
     }
 }

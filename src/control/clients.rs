@@ -1,0 +1,466 @@
+//! Clients: the registry rows and their lifecycle transitions. Every transition that needs background work
+//! enqueues its job in the same transaction, so a client never exists without the job that completes it.
+
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, Postgres, Transaction};
+use uuid::Uuid;
+
+use super::jobs::JobKind;
+use super::{ControlError, ControlPlane};
+use crate::domain::{ClientName, ClientSlug, ClientStatus};
+
+/// A client as the registry knows it (desired state plus the recorded observations).
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub id: Uuid,
+    pub slug: String,
+    pub name: String,
+    pub parent: Option<String>,
+    pub kind: String,
+    pub status: ClientStatus,
+    pub server_id: Option<i64>,
+    pub server: Option<String>,
+    pub db_name: Option<String>,
+    pub schema_version: i32,
+    pub generation: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Client {
+    pub fn is_master(&self) -> bool {
+        self.kind == "master"
+    }
+}
+
+#[derive(FromRow)]
+struct ClientRow {
+    id: Uuid,
+    slug: String,
+    name: String,
+    parent: Option<String>,
+    kind: String,
+    status: String,
+    server_id: Option<i64>,
+    server: Option<String>,
+    db_name: Option<String>,
+    schema_version: i32,
+    generation: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<ClientRow> for Client {
+    type Error = ControlError;
+    fn try_from(r: ClientRow) -> Result<Self, ControlError> {
+        let status = ClientStatus::parse(&r.status)
+            .map_err(|e| ControlError::Query(sqlx::Error::Decode(e.to_string().into())))?;
+        Ok(Self {
+            id: r.id,
+            slug: r.slug,
+            name: r.name,
+            parent: r.parent,
+            kind: r.kind,
+            status,
+            server_id: r.server_id,
+            server: r.server,
+            db_name: r.db_name,
+            schema_version: r.schema_version,
+            generation: r.generation,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+fn convert(rows: Vec<ClientRow>) -> Result<Vec<Client>, ControlError> {
+    rows.into_iter().map(Client::try_from).collect()
+}
+
+/// The joined select every client query starts from; `c` is the client.
+macro_rules! select_clients {
+    ($($tail:literal)*) => {
+        concat!(
+            "SELECT c.id, c.slug, c.name, p.slug AS parent, c.kind, c.status, c.server_id, s.name AS server,
+                    c.db_name, c.schema_version, c.generation, c.created_at, c.updated_at
+             FROM clients c
+             LEFT JOIN clients p ON p.id = c.parent_id
+             LEFT JOIN db_servers s ON s.id = c.server_id ",
+            $($tail),*
+        )
+    };
+}
+
+/// Filters and position of a client listing.
+#[derive(Debug, Clone, Default)]
+pub struct ClientFilter {
+    pub status: Option<ClientStatus>,
+    pub parent: Option<ClientSlug>,
+    /// Keyset position: list clients after this (slug, id).
+    pub after: Option<(String, Uuid)>,
+    pub limit: i64,
+}
+
+impl ControlPlane {
+    /// Creates a sub-client in `provisioning` together with its provisioning job (and wakes the workers).
+    pub async fn create_client(
+        &self,
+        slug: &ClientSlug,
+        name: &ClientName,
+        parent: Option<&ClientSlug>,
+        max_attempts: i32,
+    ) -> Result<(Client, Uuid), ControlError> {
+        let mut tx = self.pool.begin().await?;
+        let parent_slug = parent.cloned().unwrap_or_else(ClientSlug::master);
+        let parent_row: Option<(Uuid, String)> = sqlx::query_as(
+            "SELECT id, status FROM clients WHERE slug = $1 AND status <> 'deleted' FOR SHARE",
+        )
+        .bind(parent_slug.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (parent_id, parent_status) = parent_row.ok_or(ControlError::UnknownParent)?;
+        let parent_status = ClientStatus::parse(&parent_status)
+            .map_err(|e| ControlError::Query(sqlx::Error::Decode(e.to_string().into())))?;
+        if parent_status != ClientStatus::Active {
+            return Err(ControlError::ParentNotActive(parent_status));
+        }
+        let inserted = sqlx::query_scalar::<_, Uuid>(
+            "INSERT INTO clients (slug, name, parent_id, kind, status)
+             VALUES ($1, $2, $3, 'sub', 'provisioning') RETURNING id",
+        )
+        .bind(slug.as_str())
+        .bind(name.as_str())
+        .bind(parent_id)
+        .fetch_one(&mut *tx)
+        .await;
+        let id = match inserted {
+            Ok(id) => id,
+            Err(sqlx::Error::Database(db)) if db.constraint() == Some("clients_slug_live") => {
+                return Err(ControlError::SlugTaken);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let job = enqueue(
+            &mut tx,
+            JobKind::ProvisionClient,
+            id,
+            serde_json::json!({}),
+            max_attempts,
+        )
+        .await?
+        .ok_or_else(|| ControlError::Query(sqlx::Error::RowNotFound))?;
+        let client = client_by_id_in(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok((client, job))
+    }
+
+    /// Makes sure the master client has a provisioning job while it is not provisioned (first start, or a
+    /// restart after its provisioning failed). Idempotent; safe from several processes.
+    pub async fn ensure_master_provisioning(
+        &self,
+        max_attempts: i32,
+    ) -> Result<Option<Uuid>, ControlError> {
+        let mut tx = self.pool.begin().await?;
+        let master: Option<(Uuid, String)> =
+            sqlx::query_as("SELECT id, status FROM clients WHERE kind = 'master' FOR UPDATE")
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((id, status)) = master else {
+            return Ok(None);
+        };
+        if status != "provisioning" && status != "failed" {
+            return Ok(None);
+        }
+        sqlx::query("UPDATE clients SET status = 'provisioning', updated_at = now() WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let job = enqueue(
+            &mut tx,
+            JobKind::ProvisionClient,
+            id,
+            serde_json::json!({}),
+            max_attempts,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(job)
+    }
+
+    /// A live (not deleted) client by slug.
+    pub async fn client_by_slug(&self, slug: &ClientSlug) -> Result<Client, ControlError> {
+        let row: Option<ClientRow> = sqlx::query_as(select_clients!(
+            "WHERE c.slug = $1 AND c.status <> 'deleted'"
+        ))
+        .bind(slug.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.ok_or(ControlError::NotFound)?.try_into()
+    }
+
+    /// Any client, tombstones included.
+    pub async fn client_by_id(&self, id: Uuid) -> Result<Client, ControlError> {
+        let mut conn = self.pool.acquire().await?;
+        let row: Option<ClientRow> = sqlx::query_as(select_clients!("WHERE c.id = $1"))
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        row.ok_or(ControlError::NotFound)?.try_into()
+    }
+
+    /// Clients ordered by (slug, id), after the filter's position. Deleted clients only when asked for.
+    pub async fn list_clients(&self, filter: &ClientFilter) -> Result<Vec<Client>, ControlError> {
+        let (after_slug, after_id) = match &filter.after {
+            Some((slug, id)) => (Some(slug.as_str()), Some(*id)),
+            None => (None, None),
+        };
+        let rows: Vec<ClientRow> = sqlx::query_as(select_clients!(
+            "WHERE ($1::text IS NULL AND c.status <> 'deleted' OR c.status = $1)
+               AND ($2::text IS NULL OR p.slug = $2 AND p.status <> 'deleted')
+               AND ($3::text IS NULL OR (c.slug, c.id) > ($3, $4::uuid))
+             ORDER BY c.slug, c.id
+             LIMIT $5"
+        ))
+        .bind(filter.status.map(ClientStatus::as_str))
+        .bind(filter.parent.as_ref().map(ClientSlug::as_str))
+        .bind(after_slug)
+        .bind(after_id)
+        .bind(filter.limit)
+        .fetch_all(&self.pool)
+        .await?;
+        convert(rows)
+    }
+
+    /// Every client that is not deleted, for the CLI.
+    pub async fn all_live_clients(&self) -> Result<Vec<Client>, ControlError> {
+        let rows: Vec<ClientRow> = sqlx::query_as(select_clients!(
+            "WHERE c.status <> 'deleted' ORDER BY c.kind, c.slug"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        convert(rows)
+    }
+
+    pub async fn rename_client(
+        &self,
+        slug: &ClientSlug,
+        name: &ClientName,
+    ) -> Result<Client, ControlError> {
+        let mut tx = self.pool.begin().await?;
+        let id: Option<Uuid> = sqlx::query_scalar(
+            "UPDATE clients SET name = $2, updated_at = now()
+             WHERE slug = $1 AND status <> 'deleted' RETURNING id",
+        )
+        .bind(slug.as_str())
+        .bind(name.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let client = client_by_id_in(&mut tx, id.ok_or(ControlError::NotFound)?).await?;
+        tx.commit().await?;
+        Ok(client)
+    }
+
+    /// `active` → `suspended`, or back, with a job that applies it to the tenant's role.
+    pub async fn set_suspended(
+        &self,
+        slug: &ClientSlug,
+        suspend: bool,
+        max_attempts: i32,
+    ) -> Result<Client, ControlError> {
+        let (from, to, action, allowed) = if suspend {
+            ("active", "suspended", "suspend", "active")
+        } else {
+            ("suspended", "active", "resume", "suspended")
+        };
+        let mut tx = self.pool.begin().await?;
+        let client = locked_live_client(&mut tx, slug).await?;
+        if client.is_master() && suspend {
+            return Err(ControlError::IsMaster("suspended"));
+        }
+        if client.status.as_str() != from {
+            return Err(ControlError::InvalidState {
+                current: client.status,
+                action,
+                allowed,
+            });
+        }
+        sqlx::query(
+            "UPDATE clients SET status = $2, generation = generation + 1, updated_at = now() WHERE id = $1",
+        )
+        .bind(client.id)
+        .bind(to)
+        .execute(&mut *tx)
+        .await?;
+        enqueue(
+            &mut tx,
+            JobKind::SyncAccess,
+            client.id,
+            serde_json::json!({}),
+            max_attempts,
+        )
+        .await?;
+        let client = client_by_id_in(&mut tx, client.id).await?;
+        tx.commit().await?;
+        Ok(client)
+    }
+
+    /// Marks a client `deleting` and enqueues its deletion. Queued provisioning or access jobs of the client are
+    /// cancelled; a running one notices the status at its next step and stops.
+    pub async fn request_delete(
+        &self,
+        slug: &ClientSlug,
+        archive: bool,
+        max_attempts: i32,
+    ) -> Result<(Client, Uuid), ControlError> {
+        let mut tx = self.pool.begin().await?;
+        let client = locked_live_client(&mut tx, slug).await?;
+        if client.is_master() {
+            return Err(ControlError::IsMaster("deleted"));
+        }
+        if client.status == ClientStatus::Deleting {
+            return Err(ControlError::InvalidState {
+                current: client.status,
+                action: "delete",
+                allowed: "provisioning, active, suspended or failed",
+            });
+        }
+        let children: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM clients WHERE parent_id = $1 AND status <> 'deleted'",
+        )
+        .bind(client.id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if children > 0 {
+            return Err(ControlError::HasChildren(children));
+        }
+        sqlx::query(
+            "UPDATE clients SET status = 'deleting', generation = generation + 1, updated_at = now() WHERE id = $1",
+        )
+        .bind(client.id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE jobs SET status = 'failed', last_error = 'cancelled: the client is being deleted',
+                    finished_at = now(), updated_at = now()
+             WHERE client_id = $1 AND status = 'queued' AND kind <> $2",
+        )
+        .bind(client.id)
+        .bind(JobKind::DeleteClient.as_str())
+        .execute(&mut *tx)
+        .await?;
+        let job = enqueue(
+            &mut tx,
+            JobKind::DeleteClient,
+            client.id,
+            serde_json::json!({ "archive": archive }),
+            max_attempts,
+        )
+        .await?
+        .ok_or_else(|| ControlError::Query(sqlx::Error::RowNotFound))?;
+        let client = client_by_id_in(&mut tx, client.id).await?;
+        tx.commit().await?;
+        Ok((client, job))
+    }
+
+    /// Provisioning placed the client: records server and database name once (a retry keeps the first choice).
+    pub async fn place_client(
+        &self,
+        id: Uuid,
+        server_id: i64,
+        db_name: &str,
+    ) -> Result<Client, ControlError> {
+        sqlx::query(
+            "UPDATE clients SET server_id = $2, db_name = $3, updated_at = now()
+             WHERE id = $1 AND server_id IS NULL",
+        )
+        .bind(id)
+        .bind(server_id)
+        .bind(db_name)
+        .execute(&self.pool)
+        .await?;
+        self.client_by_id(id).await
+    }
+
+    pub async fn set_schema_version(&self, id: Uuid, version: i32) -> Result<(), ControlError> {
+        sqlx::query("UPDATE clients SET schema_version = $2, updated_at = now() WHERE id = $1")
+            .bind(id)
+            .bind(version)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// `from` → `to` if the client is still in `from`; false if it moved on (e.g. deletion overtook provisioning).
+    pub async fn transition(
+        &self,
+        id: Uuid,
+        from: ClientStatus,
+        to: ClientStatus,
+    ) -> Result<bool, ControlError> {
+        let done = sqlx::query(
+            "UPDATE clients SET status = $3, generation = generation + 1, updated_at = now(),
+                    deleted_at = CASE WHEN $3 = 'deleted' THEN now() ELSE deleted_at END
+             WHERE id = $1 AND status = $2",
+        )
+        .bind(id)
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+async fn locked_live_client(
+    tx: &mut Transaction<'_, Postgres>,
+    slug: &ClientSlug,
+) -> Result<Client, ControlError> {
+    let id: Option<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM clients WHERE slug = $1 AND status <> 'deleted' FOR UPDATE",
+    )
+    .bind(slug.as_str())
+    .fetch_optional(&mut **tx)
+    .await?;
+    client_by_id_in(tx, id.ok_or(ControlError::NotFound)?).await
+}
+
+async fn client_by_id_in(
+    tx: &mut Transaction<'_, Postgres>,
+    id: Uuid,
+) -> Result<Client, ControlError> {
+    let row: Option<ClientRow> = sqlx::query_as(select_clients!("WHERE c.id = $1"))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    row.ok_or(ControlError::NotFound)?.try_into()
+}
+
+/// Inserts a job unless the client already has an open one of that kind, and notifies workers at commit.
+/// Returns the new job's id, or `None` if one was already open.
+pub(super) async fn enqueue(
+    tx: &mut Transaction<'_, Postgres>,
+    kind: JobKind,
+    client_id: Uuid,
+    payload: serde_json::Value,
+    max_attempts: i32,
+) -> Result<Option<Uuid>, ControlError> {
+    let id: Option<Uuid> = sqlx::query_scalar(
+        "INSERT INTO jobs (kind, client_id, payload, max_attempts) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (client_id, kind) WHERE status IN ('queued', 'running') DO NOTHING
+         RETURNING id",
+    )
+    .bind(kind.as_str())
+    .bind(client_id)
+    .bind(payload)
+    .bind(max_attempts)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if id.is_some() {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(super::JOBS_CHANNEL)
+            .bind(kind.as_str())
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(id)
+}

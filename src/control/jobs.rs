@@ -1,0 +1,251 @@
+//! The durable job queue.
+//!
+//! A job is claimed with `FOR UPDATE SKIP LOCKED` and a lease (`lease_until`); a worker that dies simply stops
+//! renewing, and after the lease expires any worker may claim the job again. Jobs of one client run one at a
+//! time. Every state change is fenced by the claim (`locked_by` and `attempts`), so a worker whose lease was
+//! taken over cannot complete or fail the job afterwards. Retries back off exponentially; after `max_attempts` the
+//! job is `failed` with its last error kept. Every job kind is idempotent: running one twice changes nothing more.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::FromRow;
+use uuid::Uuid;
+
+use super::{ControlError, ControlPlane};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobKind {
+    /// Create the client's role and database and bring it to `active`.
+    ProvisionClient,
+    /// Archive (optionally), drop the database and role, leave a tombstone.
+    DeleteClient,
+    /// Apply the client's status to its database role (suspended → NOLOGIN).
+    SyncAccess,
+}
+
+impl JobKind {
+    pub const ALL: [Self; 3] = [Self::ProvisionClient, Self::DeleteClient, Self::SyncAccess];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ProvisionClient => "provision_client",
+            Self::DeleteClient => "delete_client",
+            Self::SyncAccess => "sync_access",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == value)
+    }
+}
+
+/// A claimed job.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: Uuid,
+    pub kind: JobKind,
+    pub client_id: Option<Uuid>,
+    pub payload: serde_json::Value,
+    /// This claim's attempt number (1-based); also the fencing token.
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub locked_by: String,
+}
+
+#[derive(FromRow)]
+struct JobRow {
+    id: Uuid,
+    kind: String,
+    client_id: Option<Uuid>,
+    payload: serde_json::Value,
+    attempts: i32,
+    max_attempts: i32,
+    locked_by: Option<String>,
+}
+
+/// What became of a job after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFailure {
+    Retrying {
+        after: Duration,
+    },
+    Failed,
+    /// The claim was lost (lease expired and another worker took over): nothing was recorded.
+    LostClaim,
+}
+
+/// A job as `GET /v1/operations/{id}` shows it.
+#[derive(Debug, Clone, Serialize, FromRow, utoipa::ToSchema)]
+pub struct Operation {
+    pub id: Uuid,
+    #[schema(example = "provision_client")]
+    pub kind: String,
+    /// The client's slug.
+    pub client: Option<String>,
+    /// queued | running | succeeded | failed
+    #[schema(example = "succeeded")]
+    pub status: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    /// The last completed step.
+    pub step: Option<String>,
+    /// What the operation produced, e.g. `{"archive": "/path/to/file.dump"}`.
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl ControlPlane {
+    /// Claims the next runnable job: queued and due, or running with an expired lease (its worker died), and no
+    /// other job of the same client running. Counts an attempt.
+    pub async fn claim_job(
+        &self,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Option<Job>, ControlError> {
+        let row: Option<JobRow> = sqlx::query_as(
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1, locked_by = $1,
+                    lease_until = now() + make_interval(secs => $2), updated_at = now()
+             WHERE id = (
+                 SELECT j.id FROM jobs j
+                 WHERE (j.status = 'queued' AND j.run_after <= now()
+                        OR j.status = 'running' AND j.lease_until < now())
+                   AND NOT EXISTS (
+                       SELECT 1 FROM jobs o
+                       WHERE o.client_id = j.client_id AND o.id <> j.id
+                         AND o.status = 'running' AND o.lease_until >= now())
+                 ORDER BY j.run_after, j.created_at
+                 FOR UPDATE SKIP LOCKED
+                 LIMIT 1)
+             RETURNING id, kind, client_id, payload, attempts, max_attempts, locked_by",
+        )
+        .bind(worker)
+        .bind(lease.as_secs_f64())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let Some(kind) = JobKind::parse(&row.kind) else {
+            // A kind this binary does not know (a newer version enqueued it): give it back untouched.
+            sqlx::query(
+                "UPDATE jobs SET status = 'queued', attempts = attempts - 1, locked_by = NULL,
+                        lease_until = NULL, run_after = now() + interval '1 minute'
+                 WHERE id = $1",
+            )
+            .bind(row.id)
+            .execute(&self.pool)
+            .await?;
+            return Ok(None);
+        };
+        Ok(Some(Job {
+            id: row.id,
+            kind,
+            client_id: row.client_id,
+            payload: row.payload,
+            attempt: row.attempts,
+            max_attempts: row.max_attempts,
+            locked_by: row.locked_by.unwrap_or_default(),
+        }))
+    }
+
+    /// Records progress and renews the lease. False if the claim was lost.
+    pub async fn job_step(
+        &self,
+        job: &Job,
+        step: &str,
+        lease: Duration,
+    ) -> Result<bool, ControlError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET step = $4, lease_until = now() + make_interval(secs => $5), updated_at = now()
+             WHERE id = $1 AND locked_by = $2 AND attempts = $3 AND status = 'running'",
+        )
+        .bind(job.id)
+        .bind(&job.locked_by)
+        .bind(job.attempt)
+        .bind(step)
+        .bind(lease.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Marks the job succeeded. False if the claim was lost.
+    pub async fn complete_job(
+        &self,
+        job: &Job,
+        result: Option<serde_json::Value>,
+    ) -> Result<bool, ControlError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET status = 'succeeded', result = $4, lease_until = NULL, last_error = NULL,
+                    finished_at = now(), updated_at = now()
+             WHERE id = $1 AND locked_by = $2 AND attempts = $3 AND status = 'running'",
+        )
+        .bind(job.id)
+        .bind(&job.locked_by)
+        .bind(job.attempt)
+        .bind(result)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records a failed attempt: back to `queued` after `backoff`, or `failed` once attempts are used up.
+    pub async fn fail_job(
+        &self,
+        job: &Job,
+        error: &str,
+        backoff: Duration,
+    ) -> Result<AfterFailure, ControlError> {
+        let status: Option<String> = sqlx::query_scalar(
+            "UPDATE jobs SET
+                 status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
+                 run_after = now() + make_interval(secs => $5),
+                 finished_at = CASE WHEN attempts >= max_attempts THEN now() END,
+                 lease_until = NULL, last_error = $4, updated_at = now()
+             WHERE id = $1 AND locked_by = $2 AND attempts = $3 AND status = 'running'
+             RETURNING status",
+        )
+        .bind(job.id)
+        .bind(&job.locked_by)
+        .bind(job.attempt)
+        .bind(error)
+        .bind(backoff.as_secs_f64())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match status.as_deref() {
+            Some("failed") => AfterFailure::Failed,
+            Some(_) => AfterFailure::Retrying { after: backoff },
+            None => AfterFailure::LostClaim,
+        })
+    }
+
+    /// Gives a claimed job back without counting the attempt (graceful shutdown in the middle of a job).
+    pub async fn release_job(&self, job: &Job) -> Result<(), ControlError> {
+        sqlx::query(
+            "UPDATE jobs SET status = 'queued', attempts = attempts - 1, lease_until = NULL, locked_by = NULL,
+                    run_after = now(), updated_at = now()
+             WHERE id = $1 AND locked_by = $2 AND attempts = $3 AND status = 'running'",
+        )
+        .bind(job.id)
+        .bind(&job.locked_by)
+        .bind(job.attempt)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn operation(&self, id: Uuid) -> Result<Operation, ControlError> {
+        sqlx::query_as(
+            "SELECT j.id, j.kind, c.slug AS client, j.status, j.attempts, j.last_error, j.step, j.result,
+                    j.created_at, j.updated_at
+             FROM jobs j LEFT JOIN clients c ON c.id = j.client_id
+             WHERE j.id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(ControlError::NotFound)
+    }
+}

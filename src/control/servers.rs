@@ -1,0 +1,88 @@
+//! Database servers: registration, placement, template bookkeeping.
+
+use sqlx::FromRow;
+
+use super::{ControlError, ControlPlane, LOCAL_SERVER};
+
+#[derive(Clone, FromRow)]
+pub struct ServerRecord {
+    pub id: i64,
+    pub name: String,
+    /// Secret: NULL for the control plane's own cluster. Never logged or returned.
+    pub admin_url: Option<String>,
+    pub max_databases: i32,
+    pub status: String,
+    pub template_version: i32,
+}
+
+impl std::fmt::Debug for ServerRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerRecord")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ControlPlane {
+    /// Registers the database server that holds the control plane itself (admin URL NULL: reached with the
+    /// control plane's own credentials). Idempotent.
+    pub async fn ensure_local_server(&self) -> Result<i64, ControlError> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO db_servers (name) VALUES ($1)
+             ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
+             RETURNING id",
+        )
+        .bind(LOCAL_SERVER)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    pub async fn server(&self, id: i64) -> Result<ServerRecord, ControlError> {
+        sqlx::query_as(
+            "SELECT id, name, admin_url, max_databases, status, template_version
+             FROM db_servers WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(ControlError::NotFound)
+    }
+
+    /// The active server with the most free capacity (max_databases minus the clients placed on it that are
+    /// not deleted), or `NoCapacity`.
+    pub async fn choose_server(&self) -> Result<ServerRecord, ControlError> {
+        sqlx::query_as(
+            "SELECT s.id, s.name, s.admin_url, s.max_databases, s.status, s.template_version
+             FROM db_servers s
+             LEFT JOIN LATERAL (
+                 SELECT count(*) AS used FROM clients c
+                 WHERE c.server_id = s.id AND c.status <> 'deleted'
+             ) u ON true
+             WHERE s.status = 'active' AND s.max_databases > u.used
+             ORDER BY s.max_databases - u.used DESC, s.id
+             LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(ControlError::NoCapacity)
+    }
+
+    /// Records the tenant migration version verified on a server's template database.
+    pub async fn set_template_version(
+        &self,
+        server_id: i64,
+        version: i32,
+    ) -> Result<(), ControlError> {
+        sqlx::query(
+            "UPDATE db_servers SET template_version = $2, updated_at = now() WHERE id = $1",
+        )
+        .bind(server_id)
+        .bind(version)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,183 @@
+//! Domain values that can only be built through a parser ("parse, don't validate"): once a `ClientSlug` exists
+//! it is valid, so no unchecked string reaches SQL or a log line from here.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Why a value was refused; the message is safe to show to the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct Invalid {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> Invalid {
+    Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// `^[a-z][a-z0-9-]{1,39}$` (DESIGN.md §6).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, ToSchema)]
+#[serde(transparent)]
+pub struct ClientSlug(String);
+
+impl ClientSlug {
+    pub fn parse(value: &str) -> Result<Self, Invalid> {
+        let ok = (2..=40).contains(&value.len())
+            && value.starts_with(|c: char| c.is_ascii_lowercase())
+            && value
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if ok {
+            Ok(Self(value.to_owned()))
+        } else {
+            Err(invalid(
+                "slug",
+                "must be 2-40 characters of a-z, 0-9 and '-', starting with a letter",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The master client's slug.
+    pub fn master() -> Self {
+        Self("master".to_owned())
+    }
+}
+
+impl fmt::Display for ClientSlug {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A client's display name: 1-200 characters, trimmed, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(transparent)]
+pub struct ClientName(String);
+
+impl ClientName {
+    pub const MAX_CHARS: usize = 200;
+
+    pub fn parse(value: &str) -> Result<Self, Invalid> {
+        let trimmed = value.trim();
+        let chars = trimmed.chars().count();
+        if chars == 0 || chars > Self::MAX_CHARS {
+            return Err(invalid("name", "must be 1-200 characters"));
+        }
+        if trimmed.chars().any(char::is_control) {
+            return Err(invalid("name", "must not contain control characters"));
+        }
+        Ok(Self(trimmed.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The lifecycle of a client (DESIGN.md §5): `provisioning` → `active` ⇄ `suspended`; `failed`;
+/// `deleting` → `deleted` (a tombstone that frees the slug).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientStatus {
+    Provisioning,
+    Active,
+    Suspended,
+    Failed,
+    Deleting,
+    Deleted,
+}
+
+impl ClientStatus {
+    pub const ALL: [Self; 6] = [
+        Self::Provisioning,
+        Self::Active,
+        Self::Suspended,
+        Self::Failed,
+        Self::Deleting,
+        Self::Deleted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Provisioning => "provisioning",
+            Self::Active => "active",
+            Self::Suspended => "suspended",
+            Self::Failed => "failed",
+            Self::Deleting => "deleting",
+            Self::Deleted => "deleted",
+        }
+    }
+
+    pub fn parse(value: &str) -> Result<Self, Invalid> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.as_str() == value)
+            .ok_or_else(|| {
+                invalid(
+                    "status",
+                    "must be one of provisioning, active, suspended, failed, deleting, deleted",
+                )
+            })
+    }
+
+    /// A tenant database that should exist and be kept current (migrations, fields, templates).
+    pub fn has_live_database(self) -> bool {
+        matches!(self, Self::Active | Self::Suspended)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_follow_the_documented_pattern() {
+        for ok in ["ab", "acme", "acme-de-2", &format!("a{}", "b".repeat(39))] {
+            assert!(ClientSlug::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "a",
+            "Acme",
+            "1acme",
+            "-acme",
+            "acme_de",
+            "acme de",
+            "acme;drop",
+            "ácme",
+            &format!("a{}", "b".repeat(40)),
+        ] {
+            assert!(ClientSlug::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_are_trimmed_and_bounded() {
+        assert_eq!(
+            ClientName::parse("  Acme GmbH ").unwrap().as_str(),
+            "Acme GmbH"
+        );
+        assert!(ClientName::parse("   ").is_err());
+        assert!(ClientName::parse(&"x".repeat(201)).is_err());
+        assert!(ClientName::parse("a\u{0}b").is_err());
+        assert!(ClientName::parse(&"ü".repeat(200)).is_ok());
+    }
+
+    #[test]
+    fn statuses_round_trip_through_their_names() {
+        for status in ClientStatus::ALL {
+            assert_eq!(ClientStatus::parse(status.as_str()).unwrap(), status);
+        }
+        assert!(ClientStatus::parse("gone").is_err());
+    }
+}

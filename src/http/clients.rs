@@ -1,0 +1,366 @@
+//! `/v1/clients`: the client registry and lifecycle. Handlers parse into domain types, call the control plane,
+//! and map the result; provisioning and deletion happen in jobs (`GET /v1/operations/{id}`).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::error::{ApiError, ErrorBody};
+use super::extract::{ApiJson, ApiQuery};
+use crate::app::AppState;
+use crate::control::clients::{Client, ClientFilter};
+use crate::domain::{ClientName, ClientSlug, ClientStatus};
+use crate::tenant::migrate::latest_version;
+
+/// Page size when `limit` is not given, and the largest allowed (DESIGN.md §6).
+const DEFAULT_LIMIT: i64 = 50;
+const MAX_LIMIT: i64 = 1000;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClientView {
+    pub id: Uuid,
+    #[schema(example = "acme-de")]
+    pub slug: String,
+    pub name: String,
+    /// The parent's slug; null for the master client.
+    pub parent: Option<String>,
+    /// `master` or `sub`.
+    pub kind: String,
+    pub status: ClientStatus,
+    /// The database server holding the client's database (once placed).
+    pub server: Option<String>,
+    pub database: Option<String>,
+    /// The latest tenant migration applied to the client's database.
+    pub schema_version: i32,
+    /// The latest tenant migration this mandant knows; a client below it is behind.
+    pub latest_schema_version: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// The operation started by this request (create, delete), to poll at `/v1/operations/{id}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operation: Option<Uuid>,
+}
+
+impl ClientView {
+    fn new(client: Client, operation: Option<Uuid>) -> Self {
+        Self {
+            id: client.id,
+            slug: client.slug,
+            name: client.name,
+            parent: client.parent,
+            kind: client.kind,
+            status: client.status,
+            server: client.server,
+            database: client.db_name,
+            schema_version: client.schema_version,
+            latest_schema_version: latest_version(),
+            created_at: client.created_at,
+            updated_at: client.updated_at,
+            operation,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClientPage {
+    pub items: Vec<ClientView>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateClient {
+    /// `^[a-z][a-z0-9-]{1,39}$`, unique among live clients.
+    #[schema(example = "acme-de")]
+    pub slug: String,
+    /// 1-200 characters.
+    #[schema(example = "ACME Deutschland GmbH")]
+    pub name: String,
+    /// The parent client's slug (default: the master). Must be active.
+    pub parent: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateClient {
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Only clients in this status (deleted clients are listed only when asked for).
+    pub status: Option<String>,
+    /// Only direct sub-clients of this client.
+    pub parent: Option<String>,
+    /// Page size, 1-1000 (default 50).
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteParams {
+    /// Write a `pg_dump -Fc` archive of the client's database before dropping it.
+    pub archive: Option<bool>,
+}
+
+/// A slug from the path: one that cannot exist is simply not found.
+fn path_slug(slug: &str) -> Result<ClientSlug, ApiError> {
+    ClientSlug::parse(slug).map_err(|_| ApiError::not_found())
+}
+
+fn max_attempts(state: &AppState) -> i32 {
+    i32::from(state.settings().workers.max_attempts)
+}
+
+/// Create a sub-client. Its database is provisioned in the background; poll the returned operation.
+#[utoipa::path(post, path = "/v1/clients", tag = "clients", request_body = CreateClient,
+    responses(
+        (status = 202, description = "Accepted; provisioning", body = ClientView,
+         headers(("Location" = String, description = "The new client"))),
+        (status = 400, description = "Invalid input", body = ErrorBody),
+        (status = 409, description = "Slug taken, or the parent is not active", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Unknown parent", body = ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CreateClient>,
+) -> Result<Response, ApiError> {
+    let slug = ClientSlug::parse(&body.slug)?;
+    let name = ClientName::parse(&body.name)?;
+    let parent = match &body.parent {
+        Some(p) => Some(ClientSlug::parse(p).map_err(|_| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_parent",
+                "The parent client does not exist.",
+            )
+        })?),
+        None => None,
+    };
+    let (client, operation) = state
+        .control()
+        .create_client(&slug, &name, parent.as_ref(), max_attempts(&state))
+        .await?;
+    tracing::info!(client = %slug, %operation, "client created; provisioning");
+    let location = format!("/v1/clients/{slug}");
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(ClientView::new(client, Some(operation))),
+    )
+        .into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(response)
+}
+
+/// List clients, ordered by slug.
+#[utoipa::path(get, path = "/v1/clients", tag = "clients", params(ListParams),
+    responses(
+        (status = 200, description = "A page of clients", body = ClientPage),
+        (status = 400, description = "Invalid filter, limit or cursor", body = ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<ClientPage>, ApiError> {
+    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("limit must be between 1 and {MAX_LIMIT}."),
+        ));
+    }
+    let status = params
+        .status
+        .as_deref()
+        .map(ClientStatus::parse)
+        .transpose()?;
+    let parent = params
+        .parent
+        .as_deref()
+        .map(ClientSlug::parse)
+        .transpose()?;
+    let after = params.cursor.as_deref().map(decode_cursor).transpose()?;
+    let mut clients = state
+        .control()
+        .list_clients(&ClientFilter {
+            status,
+            parent,
+            after,
+            limit: limit + 1,
+        })
+        .await?;
+    let next_cursor = if clients.len() as i64 > limit {
+        clients.truncate(limit as usize);
+        clients.last().map(|c| encode_cursor(&c.slug, c.id))
+    } else {
+        None
+    };
+    Ok(Json(ClientPage {
+        items: clients
+            .into_iter()
+            .map(|c| ClientView::new(c, None))
+            .collect(),
+        next_cursor,
+    }))
+}
+
+/// One client.
+#[utoipa::path(get, path = "/v1/clients/{slug}", tag = "clients",
+    params(("slug" = String, Path, description = "The client's slug")),
+    responses(
+        (status = 200, description = "The client", body = ClientView),
+        (status = 404, description = "No such client", body = ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<Json<ClientView>, ApiError> {
+    let client = state.control().client_by_slug(&path_slug(&slug)?).await?;
+    Ok(Json(ClientView::new(client, None)))
+}
+
+/// Rename a client (the slug never changes).
+#[utoipa::path(patch, path = "/v1/clients/{slug}", tag = "clients", request_body = UpdateClient,
+    params(("slug" = String, Path, description = "The client's slug")),
+    responses(
+        (status = 200, description = "The renamed client", body = ClientView),
+        (status = 400, description = "Invalid input", body = ErrorBody),
+        (status = 404, description = "No such client", body = ErrorBody)))]
+pub async fn update(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+    ApiJson(body): ApiJson<UpdateClient>,
+) -> Result<Json<ClientView>, ApiError> {
+    let slug = path_slug(&slug)?;
+    let name = ClientName::parse(&body.name)?;
+    let client = state.control().rename_client(&slug, &name).await?;
+    Ok(Json(ClientView::new(client, None)))
+}
+
+/// Suspend an active client: its data plane is refused and its database role may no longer log in.
+#[utoipa::path(post, path = "/v1/clients/{slug}/suspend", tag = "clients",
+    params(("slug" = String, Path, description = "The client's slug")),
+    responses(
+        (status = 200, description = "Suspended", body = ClientView),
+        (status = 404, description = "No such client", body = ErrorBody),
+        (status = 409, description = "Not active, or the master", body = ErrorBody)))]
+pub async fn suspend(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<Json<ClientView>, ApiError> {
+    set_suspended(state, &slug, true).await
+}
+
+/// Resume a suspended client.
+#[utoipa::path(post, path = "/v1/clients/{slug}/resume", tag = "clients",
+    params(("slug" = String, Path, description = "The client's slug")),
+    responses(
+        (status = 200, description = "Active again", body = ClientView),
+        (status = 404, description = "No such client", body = ErrorBody),
+        (status = 409, description = "Not suspended", body = ErrorBody)))]
+pub async fn resume(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<Json<ClientView>, ApiError> {
+    set_suspended(state, &slug, false).await
+}
+
+async fn set_suspended(
+    state: AppState,
+    slug: &str,
+    suspend: bool,
+) -> Result<Json<ClientView>, ApiError> {
+    let slug = path_slug(slug)?;
+    let client = state
+        .control()
+        .set_suspended(&slug, suspend, max_attempts(&state))
+        .await?;
+    tracing::info!(client = %slug, status = client.status.as_str(), "client status changed");
+    Ok(Json(ClientView::new(client, None)))
+}
+
+/// Delete a client: its database (optionally archived first) and role are dropped in the background; the
+/// client stays as a `deleted` tombstone and its slug becomes free.
+#[utoipa::path(delete, path = "/v1/clients/{slug}", tag = "clients", params(
+        ("slug" = String, Path, description = "The client's slug"), DeleteParams),
+    responses(
+        (status = 202, description = "Accepted; deleting", body = ClientView),
+        (status = 404, description = "No such client", body = ErrorBody),
+        (status = 409, description = "Already being deleted, the master, or has sub-clients", body = ErrorBody)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+    ApiQuery(params): ApiQuery<DeleteParams>,
+) -> Result<Response, ApiError> {
+    let slug = path_slug(&slug)?;
+    let archive = params.archive.unwrap_or(false);
+    let (client, operation) = state
+        .control()
+        .request_delete(&slug, archive, max_attempts(&state))
+        .await?;
+    tracing::info!(client = %slug, %operation, archive, "client deletion requested");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(ClientView::new(client, Some(operation))),
+    )
+        .into_response())
+}
+
+/// Cursors are opaque to clients: hex of `slug/id`.
+fn encode_cursor(slug: &str, id: Uuid) -> String {
+    format!("{slug}/{id}")
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn decode_cursor(cursor: &str) -> Result<(String, Uuid), ApiError> {
+    let bad = || {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_cursor",
+            "The cursor is not valid.",
+        )
+    };
+    if !cursor.len().is_multiple_of(2) || cursor.len() > 200 {
+        return Err(bad());
+    }
+    let bytes = (0..cursor.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(cursor.get(i..i + 2).unwrap_or("zz"), 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let (slug, id) = text.split_once('/').ok_or_else(bad)?;
+    let id = Uuid::parse_str(id).map_err(|_| bad())?;
+    Ok((slug.to_owned(), id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        let id = Uuid::new_v4();
+        assert_eq!(
+            decode_cursor(&encode_cursor("acme", id)).unwrap(),
+            ("acme".to_owned(), id)
+        );
+        for bad in ["", "zz", "abc", "61", &"6".repeat(300)] {
+            assert!(decode_cursor(bad).is_err(), "{bad}");
+        }
+    }
+}

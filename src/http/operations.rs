@@ -1,0 +1,24 @@
+//! `GET /v1/operations/{id}`: the state of a background job started by a request.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use uuid::Uuid;
+
+use super::error::{ApiError, ErrorBody};
+use crate::app::AppState;
+use crate::control::jobs::Operation;
+
+/// The state of an operation: `queued` (also while waiting to retry, with `last_error`), `running`,
+/// `succeeded` or `failed`.
+#[utoipa::path(get, path = "/v1/operations/{id}", tag = "clients",
+    params(("id" = Uuid, Path, description = "The operation id returned by the request that started it")),
+    responses(
+        (status = 200, description = "The operation", body = Operation),
+        (status = 404, description = "No such operation", body = ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Operation>, ApiError> {
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found())?;
+    Ok(Json(state.control().operation(id).await?))
+}

@@ -1,0 +1,131 @@
+//! Tenant role passwords, derived from one server secret: `hex(HMAC-SHA256(secret, "mandant.tenant-role.v1:" +
+//! client id))`. Nothing per tenant is stored, so the control plane holds no tenant password at all; anyone who
+//! can derive one must have the secret (`tenants.credential_secret` or `<data_dir>/tenant.key`).
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use hmac::{KeyInit, Mac};
+use uuid::Uuid;
+
+use crate::config::{Secret, Settings};
+
+const KEY_FILE: &str = "tenant.key";
+const CONTEXT: &str = "mandant.tenant-role.v1:";
+
+#[derive(Clone)]
+pub struct Credentials {
+    key: Secret,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials([redacted])")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("tenant credential key {path}: {source}")]
+pub struct KeyFileError {
+    path: String,
+    #[source]
+    source: std::io::Error,
+}
+
+impl Credentials {
+    /// The configured secret, or the key file under the data directory (created once, mode 0600).
+    pub fn load(settings: &Settings) -> Result<Self, KeyFileError> {
+        if !settings.tenants.credential_secret.is_empty() {
+            return Ok(Self {
+                key: settings.tenants.credential_secret.clone(),
+            });
+        }
+        let dir = settings.data_dir();
+        let path = dir.join(KEY_FILE);
+        let err = |source| KeyFileError {
+            path: path.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(err)?;
+        Self::load_or_create(&path).map_err(err)
+    }
+
+    fn load_or_create(path: &Path) -> std::io::Result<Self> {
+        let fresh: [u8; 32] = rand::random();
+        let hex: String = fresh.iter().map(|b| format!("{b:02x}")).collect();
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(mut file) => {
+                file.write_all(hex.as_bytes())?;
+                file.sync_all()?;
+                tracing::info!(path = %path.display(), "generated the tenant credential key");
+                Ok(Self {
+                    key: Secret::new(hex),
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let key = std::fs::read_to_string(path)?.trim().to_owned();
+                if key.len() < 32 {
+                    return Err(std::io::Error::other("the key file is truncated or empty"));
+                }
+                Ok(Self {
+                    key: Secret::new(key),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The password of a client's tenant role.
+    pub fn password_for(&self, client_id: Uuid) -> Secret {
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(self.key.expose().as_bytes())
+            .expect("HMAC accepts keys of any length");
+        mac.update(CONTEXT.as_bytes());
+        mac.update(client_id.as_simple().to_string().as_bytes());
+        let digest = mac.finalize().into_bytes();
+        Secret::new(
+            digest
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_stable_per_client_and_differ_between_clients_and_keys() {
+        let a = Credentials {
+            key: Secret::new("k1"),
+        };
+        let b = Credentials {
+            key: Secret::new("k2"),
+        };
+        let (x, y) = (Uuid::new_v4(), Uuid::new_v4());
+        assert_eq!(a.password_for(x), a.password_for(x));
+        assert_ne!(a.password_for(x), a.password_for(y));
+        assert_ne!(a.password_for(x), b.password_for(x));
+        assert_eq!(a.password_for(x).expose().len(), 64);
+    }
+
+    #[test]
+    fn the_key_file_is_created_once_with_mode_0600_and_reused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(KEY_FILE);
+        let first = Credentials::load_or_create(&path).unwrap();
+        let second = Credentials::load_or_create(&path).unwrap();
+        let id = Uuid::new_v4();
+        assert_eq!(first.password_for(id), second.password_for(id));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+}

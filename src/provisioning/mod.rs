@@ -1,0 +1,454 @@
+//! The client lifecycle jobs: provisioning, deletion, and applying suspension to the tenant's role.
+//!
+//! Each job is a list of idempotent steps that look at the real state before acting (a role that exists is
+//! updated, a database that exists is kept), so a job interrupted anywhere — a crash, a lost lease, a failing
+//! server — is finished by simply running it again. After every step the job records its progress and renews its
+//! lease; if the lease was lost, it stops at once. The client becomes `active` only in the last step.
+//!
+//! Logs carry the client's slug (`client` span field); tenant passwords are derived (`credentials.rs`), never
+//! stored or logged.
+
+pub mod credentials;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::config::{Settings, TenantSettings};
+use crate::control::clients::Client;
+use crate::control::jobs::Job;
+use crate::control::servers::ServerRecord;
+use crate::control::{ControlError, ControlPlane};
+use crate::db::PgTarget;
+use crate::domain::ClientStatus;
+use crate::embedded::Binaries;
+use crate::tenant::TenantError;
+use crate::tenant::cluster::{self, admin_connect};
+use crate::tenant::migrate::{latest_version, migrate_database};
+use crate::tenant::template::{self, TemplateNames};
+use credentials::Credentials;
+
+/// The steps of provisioning, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Choose a database server and record the database name (once).
+    Place,
+    /// Make sure the server's template database exists and is current.
+    Template,
+    /// Create (or reset) the tenant's login role.
+    Role,
+    /// Clone the tenant database from the template.
+    Database,
+    /// Revoke CONNECT from PUBLIC and hand the schema objects to the tenant role.
+    Restrict,
+    /// Catch up tenant migrations (normally nothing to do) and record the schema version.
+    Migrate,
+    /// `provisioning` → `active`.
+    Activate,
+}
+
+impl Step {
+    pub const ALL: [Self; 7] = [
+        Self::Place,
+        Self::Template,
+        Self::Role,
+        Self::Database,
+        Self::Restrict,
+        Self::Migrate,
+        Self::Activate,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Place => "place",
+            Self::Template => "template",
+            Self::Role => "role",
+            Self::Database => "database",
+            Self::Restrict => "restrict",
+            Self::Migrate => "migrate",
+            Self::Activate => "activate",
+        }
+    }
+}
+
+/// Fault injection for tests: the provisioning job fails at, or "crashes" after, a step.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    /// The step fails with an error (the normal retry path).
+    pub fail_at: Option<Step>,
+    /// After the step the job stops as if the process died: nothing more is recorded, the lease runs out.
+    pub crash_after: Option<Step>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error(transparent)]
+    Tenant(#[from] TenantError),
+    #[error("the job has no client")]
+    NoClient,
+    #[error("database server {0}: its admin URL is not valid: {1}")]
+    BadServer(String, String),
+    #[error("archiving failed: {0}")]
+    Archive(String),
+    #[error("injected failure at step {0}")]
+    Injected(&'static str),
+    #[error("simulated crash after step {0}")]
+    SimulatedCrash(&'static str),
+    #[error("the claim on the job was lost (lease expired); another worker owns it now")]
+    LostClaim,
+}
+
+/// Names of one client's database objects, all derived from its immutable id.
+#[derive(Debug, Clone)]
+pub struct TenantNames {
+    pub database: String,
+    pub role: String,
+}
+
+impl TenantNames {
+    pub fn new(settings: &TenantSettings, client_id: Uuid) -> Self {
+        let name = format!("{}{}", settings.db_prefix, client_id.as_simple());
+        Self {
+            database: name.clone(),
+            role: name,
+        }
+    }
+}
+
+/// Runs lifecycle jobs against the control plane and the database servers.
+#[derive(Clone)]
+pub struct Provisioner {
+    control: ControlPlane,
+    control_target: PgTarget,
+    tenants: TenantSettings,
+    templates: TemplateNames,
+    credentials: Credentials,
+    archive_dir: PathBuf,
+    bin_dir: Option<PathBuf>,
+    lease: Duration,
+    faults: Faults,
+}
+
+impl Provisioner {
+    pub fn new(
+        settings: &Settings,
+        control: ControlPlane,
+        control_target: PgTarget,
+        credentials: Credentials,
+    ) -> Self {
+        let e = &settings.embedded;
+        Self {
+            control,
+            control_target,
+            templates: TemplateNames::new(
+                &settings.tenants.db_prefix,
+                &settings.tenants.template_db,
+            ),
+            tenants: settings.tenants.clone(),
+            credentials,
+            archive_dir: settings.archive_dir(),
+            bin_dir: (!e.bin_dir.as_os_str().is_empty()).then(|| e.bin_dir.clone()),
+            lease: settings.workers.lease(),
+            faults: Faults::default(),
+        }
+    }
+
+    pub fn with_faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    pub fn names(&self, client_id: Uuid) -> TenantNames {
+        TenantNames::new(&self.tenants, client_id)
+    }
+
+    /// The administrator's target on a server's maintenance database.
+    pub fn admin_target(&self, server: &ServerRecord) -> Result<PgTarget, ProvisionError> {
+        match &server.admin_url {
+            None => Ok(self.control_target.with_dbname("postgres")),
+            Some(url) => PgTarget::parse_url(url)
+                .map(|t| t.with_dbname("postgres"))
+                .map_err(|e| ProvisionError::BadServer(server.name.clone(), e)),
+        }
+    }
+
+    /// How the tenant itself connects: its own role, its own database.
+    pub fn tenant_target(
+        &self,
+        server: &ServerRecord,
+        client_id: Uuid,
+    ) -> Result<PgTarget, ProvisionError> {
+        let names = self.names(client_id);
+        Ok(self
+            .admin_target(server)?
+            .with_dbname(&names.database)
+            .with_credentials(&names.role, self.credentials.password_for(client_id)))
+    }
+
+    async fn checkpoint(&self, job: &Job, step: &'static str) -> Result<(), ProvisionError> {
+        if self.control.job_step(job, step, self.lease).await? {
+            Ok(())
+        } else {
+            Err(ProvisionError::LostClaim)
+        }
+    }
+
+    /// The provisioning job. Returns early, successfully, if the client is no longer `provisioning` (for
+    /// example, deletion was requested meanwhile).
+    pub async fn provision(&self, job: &Job) -> Result<(), ProvisionError> {
+        let id = job.client_id.ok_or(ProvisionError::NoClient)?;
+        let client = self.control.client_by_id(id).await?;
+        let span = tracing::info_span!("provision", client = %client.slug, attempt = job.attempt);
+        self.provision_steps(job, client).instrument(span).await
+    }
+
+    async fn provision_steps(&self, job: &Job, mut client: Client) -> Result<(), ProvisionError> {
+        let id = client.id;
+        if client.status != ClientStatus::Provisioning {
+            tracing::info!(status = ?client.status, "client is no longer provisioning; nothing to do");
+            return Ok(());
+        }
+        let names = self.names(id);
+        let mut server = None;
+        for step in Step::ALL {
+            if self.faults.fail_at == Some(step) {
+                return Err(ProvisionError::Injected(step.as_str()));
+            }
+            match step {
+                Step::Place => {
+                    if client.server_id.is_none() {
+                        let chosen = self.control.choose_server().await?;
+                        client = self
+                            .control
+                            .place_client(id, chosen.id, &names.database)
+                            .await?;
+                    }
+                    let server_id = client.server_id.ok_or(ControlError::NotFound)?;
+                    server = Some(self.control.server(server_id).await?);
+                }
+                Step::Template => {
+                    let server = server.as_ref().ok_or(ControlError::NotFound)?;
+                    if server.template_version < latest_version() {
+                        let admin = self.admin_target(server)?;
+                        let version = template::ensure_template(&admin, &self.templates).await?;
+                        self.control
+                            .set_template_version(server.id, version)
+                            .await?;
+                    }
+                }
+                Step::Role => {
+                    let server = server.as_ref().ok_or(ControlError::NotFound)?;
+                    let admin = admin_connect(&self.admin_target(server)?).await?;
+                    cluster::ensure_login_role(
+                        &admin,
+                        &names.role,
+                        &self.credentials.password_for(id),
+                    )
+                    .await?;
+                }
+                Step::Database => {
+                    let server = server.as_ref().ok_or(ControlError::NotFound)?;
+                    let admin = admin_connect(&self.admin_target(server)?).await?;
+                    if template::clone_from_template(&admin, &self.templates, &names.database)
+                        .await?
+                    {
+                        tracing::info!(database = %names.database, "created the tenant database");
+                    }
+                }
+                Step::Restrict => {
+                    let server = server.as_ref().ok_or(ControlError::NotFound)?;
+                    let admin_target = self.admin_target(server)?;
+                    let admin = admin_connect(&admin_target).await?;
+                    cluster::restrict_connect(&admin, &names.database, &names.role).await?;
+                    template::hand_over(
+                        &admin_target.with_dbname(&names.database),
+                        &self.templates,
+                        &names.role,
+                    )
+                    .await?;
+                }
+                Step::Migrate => {
+                    let server = server.as_ref().ok_or(ControlError::NotFound)?;
+                    let target = self.admin_target(server)?.with_dbname(&names.database);
+                    let outcome = migrate_database(&target, Some(&names.role)).await?;
+                    self.control.set_schema_version(id, outcome.to).await?;
+                }
+                Step::Activate => {
+                    if self
+                        .control
+                        .transition(id, ClientStatus::Provisioning, ClientStatus::Active)
+                        .await?
+                    {
+                        tracing::info!("client is active");
+                    }
+                }
+            }
+            self.checkpoint(job, step.as_str()).await?;
+            if self.faults.crash_after == Some(step) {
+                return Err(ProvisionError::SimulatedCrash(step.as_str()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks a client whose provisioning ran out of attempts as `failed`.
+    pub async fn provisioning_gave_up(&self, job: &Job) -> Result<(), ProvisionError> {
+        if let Some(id) = job.client_id {
+            self.control
+                .transition(id, ClientStatus::Provisioning, ClientStatus::Failed)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The deletion job: optional archive, drop the database (ending its sessions), drop the role, tombstone.
+    /// Returns `{"archive": path}` when an archive was written.
+    pub async fn delete(&self, job: &Job) -> Result<Option<serde_json::Value>, ProvisionError> {
+        let id = job.client_id.ok_or(ProvisionError::NoClient)?;
+        let client = self.control.client_by_id(id).await?;
+        let span = tracing::info_span!("delete", client = %client.slug, attempt = job.attempt);
+        self.delete_steps(job, client).instrument(span).await
+    }
+
+    async fn delete_steps(
+        &self,
+        job: &Job,
+        client: Client,
+    ) -> Result<Option<serde_json::Value>, ProvisionError> {
+        let id = client.id;
+        if client.status != ClientStatus::Deleting {
+            tracing::info!(status = ?client.status, "client is not being deleted; nothing to do");
+            return Ok(None);
+        }
+        let names = self.names(id);
+        let mut archive = None;
+        if let Some(server_id) = client.server_id {
+            let server = self.control.server(server_id).await?;
+            let admin_target = self.admin_target(&server)?;
+            let admin = admin_connect(&admin_target).await?;
+            let wants_archive = job.payload["archive"].as_bool().unwrap_or(false);
+            if wants_archive && cluster::database_exists(&admin, &names.database).await? {
+                let path = self
+                    .archive(&client, job, &admin_target.with_dbname(&names.database))
+                    .await?;
+                archive = Some(path.display().to_string());
+                self.checkpoint(job, "archive").await?;
+            }
+            cluster::drop_database(&admin, &names.database).await?;
+            self.checkpoint(job, "drop_database").await?;
+            cluster::drop_role(&admin, &names.role).await?;
+            self.checkpoint(job, "drop_role").await?;
+        }
+        self.control
+            .transition(id, ClientStatus::Deleting, ClientStatus::Deleted)
+            .await?;
+        tracing::info!(archived = archive.is_some(), "client deleted");
+        Ok(archive.map(|path| serde_json::json!({ "archive": path })))
+    }
+
+    /// `pg_dump -Fc` of the tenant database into the archive directory, written under a temporary name and
+    /// renamed when complete, so a file with the final name is always a whole dump. A retry of the same job
+    /// reuses a finished file.
+    async fn archive(
+        &self,
+        client: &Client,
+        job: &Job,
+        database: &PgTarget,
+    ) -> Result<PathBuf, ProvisionError> {
+        let fail = |e: String| ProvisionError::Archive(e);
+        // Archives hold personal data: the directory and files are private to this service's user.
+        tokio::fs::create_dir_all(&self.archive_dir)
+            .await
+            .map_err(|e| fail(format!("creating {}: {e}", self.archive_dir.display())))?;
+        let private_dir = std::fs::Permissions::from_mode(0o700);
+        tokio::fs::set_permissions(&self.archive_dir, private_dir)
+            .await
+            .map_err(|e| fail(format!("restricting {}: {e}", self.archive_dir.display())))?;
+        let file = self.archive_dir.join(format!(
+            "{}-{}-{}.dump",
+            client.slug,
+            client.id.as_simple(),
+            &job.id.as_simple().to_string()[..8]
+        ));
+        if tokio::fs::try_exists(&file).await.unwrap_or(false) {
+            return Ok(file);
+        }
+        let partial = file.with_extension("dump.partial");
+        let bin_dir = self.bin_dir.clone();
+        let binaries =
+            tokio::task::spawn_blocking(move || Binaries::discover(bin_dir.as_deref(), None))
+                .await
+                .map_err(|e| fail(e.to_string()))?
+                .map_err(|e| fail(e.to_string()))?;
+        let mut command = tokio::process::Command::new(binaries.tool("pg_dump"));
+        command
+            .arg("--format=custom")
+            .arg("--no-password")
+            .arg(format!("--file={}", partial.display()))
+            .arg(format!("--host={}", database.host_arg()))
+            .arg(format!("--port={}", database.port()))
+            .arg(format!("--username={}", database.user()))
+            .arg(format!("--dbname={}", database.dbname()))
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        if let Some(password) = database.password() {
+            command.env("PGPASSWORD", password.expose());
+        }
+        let output = command
+            .output()
+            .await
+            .map_err(|e| fail(format!("running pg_dump: {e}")))?;
+        if !output.status.success() {
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(fail(format!(
+                "pg_dump exited with {}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        tokio::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o600))
+            .await
+            .map_err(|e| fail(format!("restricting the archive: {e}")))?;
+        tokio::fs::rename(&partial, &file)
+            .await
+            .map_err(|e| fail(format!("renaming the archive: {e}")))?;
+        tracing::info!(file = %file.display(), "archived the tenant database");
+        Ok(file)
+    }
+
+    /// Applies the client's current status to its role: `suspended` → NOLOGIN (and its sessions end), otherwise
+    /// LOGIN. Re-reads the status afterwards and applies again if it changed meanwhile.
+    pub async fn sync_access(&self, job: &Job) -> Result<(), ProvisionError> {
+        let id = job.client_id.ok_or(ProvisionError::NoClient)?;
+        let client = self.control.client_by_id(id).await?;
+        let span = tracing::info_span!("sync_access", client = %client.slug);
+        self.sync_access_steps(client).instrument(span).await
+    }
+
+    async fn sync_access_steps(&self, mut client: Client) -> Result<(), ProvisionError> {
+        let id = client.id;
+        loop {
+            let Some(server_id) = client.server_id else {
+                return Ok(());
+            };
+            if !client.status.has_live_database() {
+                return Ok(());
+            }
+            let login = client.status != ClientStatus::Suspended;
+            let server = self.control.server(server_id).await?;
+            let admin = admin_connect(&self.admin_target(&server)?).await?;
+            cluster::set_role_login(&admin, &self.names(id).role, login).await?;
+            let now = self.control.client_by_id(id).await?;
+            if now.status == client.status {
+                tracing::info!(login, "applied the client's access state");
+                return Ok(());
+            }
+            client = now;
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! Background workers. Every loop has one shape: `select!` on a wake-up (NOTIFY), a poll tick and the
+//! cancellation token; the work itself is one `tick()` that tests call directly, so background work is
+//! deterministic in tests.
+//!
+//! The job worker claims one job per tick from the control-plane queue (`control/jobs.rs`) and runs it with the
+//! provisioner. A job cut off by shutdown is handed back without counting the attempt; a job whose process died
+//! is taken over by any worker when its lease expires.
+
+use std::sync::Arc;
+
+use sqlx::postgres::PgListener;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::config::WorkerSettings;
+use crate::control::jobs::{AfterFailure, Job, JobKind};
+use crate::control::{ControlError, ControlPlane, JOBS_CHANNEL};
+use crate::http::error::error_chain;
+use crate::provisioning::{Faults, ProvisionError, Provisioner};
+use crate::shutdown::{CancellationToken, TaskTracker};
+
+/// What one tick did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tick {
+    /// No job was due.
+    Idle,
+    Succeeded {
+        job: Uuid,
+        kind: JobKind,
+    },
+    /// The attempt failed; the job will run again after its backoff.
+    Retrying {
+        job: Uuid,
+        error: String,
+    },
+    /// The attempt failed and no attempts are left.
+    Failed {
+        job: Uuid,
+        error: String,
+    },
+    /// Test fault injection: the job stopped as if the process had died.
+    Crashed {
+        job: Uuid,
+    },
+    /// The lease was lost to another worker; nothing was recorded.
+    LostClaim {
+        job: Uuid,
+    },
+    /// Shutdown interrupted the job; it was handed back.
+    Released {
+        job: Uuid,
+    },
+}
+
+/// Claims and runs jobs.
+pub struct JobRunner {
+    control: ControlPlane,
+    provisioner: Provisioner,
+    settings: WorkerSettings,
+    worker_id: String,
+    cancel: CancellationToken,
+}
+
+impl JobRunner {
+    pub fn new(state: &AppState, worker_id: impl Into<String>) -> Self {
+        Self {
+            control: state.control().clone(),
+            provisioner: state.provisioner().clone(),
+            settings: state.settings().workers.clone(),
+            worker_id: worker_id.into(),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    pub fn with_faults(mut self, faults: Faults) -> Self {
+        self.provisioner = self.provisioner.with_faults(faults);
+        self
+    }
+
+    fn with_cancel(mut self, cancel: CancellationToken) -> Self {
+        self.cancel = cancel;
+        self
+    }
+
+    /// Claims one due job, runs it, records the outcome.
+    pub async fn tick(&self) -> Result<Tick, ControlError> {
+        let Some(job) = self
+            .control
+            .claim_job(&self.worker_id, self.settings.lease())
+            .await?
+        else {
+            return Ok(Tick::Idle);
+        };
+        let outcome = tokio::select! {
+            outcome = self.execute(&job) => outcome,
+            () = self.cancel.cancelled() => {
+                self.control.release_job(&job).await?;
+                return Ok(Tick::Released { job: job.id });
+            }
+        };
+        match outcome {
+            Ok(result) => {
+                if self.control.complete_job(&job, result).await? {
+                    Ok(Tick::Succeeded {
+                        job: job.id,
+                        kind: job.kind,
+                    })
+                } else {
+                    Ok(Tick::LostClaim { job: job.id })
+                }
+            }
+            Err(ProvisionError::SimulatedCrash(_)) => Ok(Tick::Crashed { job: job.id }),
+            Err(ProvisionError::LostClaim) => Ok(Tick::LostClaim { job: job.id }),
+            Err(e) => self.record_failure(&job, e).await,
+        }
+    }
+
+    async fn execute(&self, job: &Job) -> Result<Option<serde_json::Value>, ProvisionError> {
+        match job.kind {
+            JobKind::ProvisionClient => self.provisioner.provision(job).await.map(|()| None),
+            JobKind::DeleteClient => self.provisioner.delete(job).await,
+            JobKind::SyncAccess => self.provisioner.sync_access(job).await.map(|()| None),
+        }
+    }
+
+    async fn record_failure(&self, job: &Job, e: ProvisionError) -> Result<Tick, ControlError> {
+        let error = error_chain(&e);
+        let backoff = self.settings.backoff(job.attempt.max(1) as u32);
+        match self.control.fail_job(job, &error, backoff).await? {
+            AfterFailure::Retrying { after } => {
+                tracing::warn!(job = %job.id, kind = job.kind.as_str(), attempt = job.attempt, ?after, %error, "job failed; will retry");
+                Ok(Tick::Retrying { job: job.id, error })
+            }
+            AfterFailure::Failed => {
+                tracing::error!(job = %job.id, kind = job.kind.as_str(), attempt = job.attempt, %error, "job failed for good");
+                if job.kind == JobKind::ProvisionClient
+                    && let Err(e) = self.provisioner.provisioning_gave_up(job).await
+                {
+                    tracing::error!(job = %job.id, error = %e, "could not mark the client failed");
+                }
+                Ok(Tick::Failed { job: job.id, error })
+            }
+            AfterFailure::LostClaim => Ok(Tick::LostClaim { job: job.id }),
+        }
+    }
+}
+
+/// Starts `workers.concurrency` job loops and one NOTIFY listener on `tasks`, all stopped by `cancel`.
+pub fn spawn(state: &AppState, tasks: &TaskTracker, cancel: &CancellationToken) {
+    let settings = &state.settings().workers;
+    let worker_id = format!("{}-{}", std::process::id(), Uuid::new_v4().as_simple());
+    let runner = Arc::new(JobRunner::new(state, worker_id).with_cancel(cancel.clone()));
+    let wake = Arc::new(Notify::new());
+    tasks.spawn(listen(
+        state.control().clone(),
+        wake.clone(),
+        settings.clone(),
+        cancel.clone(),
+    ));
+    for _ in 0..settings.concurrency {
+        tasks.spawn(job_loop(
+            runner.clone(),
+            wake.clone(),
+            settings.clone(),
+            cancel.clone(),
+        ));
+    }
+    tracing::info!(concurrency = settings.concurrency, "job workers started");
+}
+
+async fn job_loop(
+    runner: Arc<JobRunner>,
+    wake: Arc<Notify>,
+    settings: WorkerSettings,
+    cancel: CancellationToken,
+) {
+    loop {
+        // Register for wake-ups before looking for work, so a NOTIFY during the tick is not lost.
+        let notified = wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let busy = match runner.tick().await {
+            Ok(Tick::Idle) => false,
+            Ok(Tick::Released { .. }) => break,
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "job worker could not reach the control plane");
+                false
+            }
+        };
+        if cancel.is_cancelled() {
+            break;
+        }
+        if busy {
+            continue;
+        }
+        tokio::select! {
+            () = &mut notified => {}
+            () = tokio::time::sleep(settings.poll_interval()) => {}
+            () = cancel.cancelled() => break,
+        }
+    }
+}
+
+/// LISTENs on the jobs channel and wakes the job loops; reconnects after errors (polling covers the gap).
+async fn listen(
+    control: ControlPlane,
+    wake: Arc<Notify>,
+    settings: WorkerSettings,
+    cancel: CancellationToken,
+) {
+    while !cancel.is_cancelled() {
+        let mut listener = match PgListener::connect_with(control.pool()).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::debug!(error = %e, "job listener cannot connect; polling meanwhile");
+                tokio::select! {
+                    () = tokio::time::sleep(settings.poll_interval()) => continue,
+                    () = cancel.cancelled() => break,
+                }
+            }
+        };
+        if let Err(e) = listener.listen(JOBS_CHANNEL).await {
+            tracing::debug!(error = %e, "job listener cannot LISTEN; polling meanwhile");
+            continue;
+        }
+        loop {
+            tokio::select! {
+                received = listener.recv() => match received {
+                    Ok(_) => wake.notify_waiters(),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "job listener lost its connection");
+                        break;
+                    }
+                },
+                () = cancel.cancelled() => return,
+            }
+        }
+    }
+}
