@@ -112,16 +112,21 @@ impl ControlPlane {
     ) -> Result<(Client, Uuid), ControlError> {
         let mut tx = self.pool.begin().await?;
         let parent_slug = parent.cloned().unwrap_or_else(ClientSlug::master);
-        let parent_row: Option<(Uuid, String)> = sqlx::query_as(
-            "SELECT id, status FROM clients WHERE slug = $1 AND status <> 'deleted' FOR SHARE",
+        let parent_row: Option<(Uuid, String, String)> = sqlx::query_as(
+            "SELECT id, status, kind FROM clients WHERE slug = $1 AND status <> 'deleted' FOR SHARE",
         )
         .bind(parent_slug.as_str())
         .fetch_optional(&mut *tx)
         .await?;
-        let (parent_id, parent_status) = parent_row.ok_or(ControlError::UnknownParent)?;
+        let (parent_id, parent_status, parent_kind) =
+            parent_row.ok_or(ControlError::UnknownParent)?;
         let parent_status = ClientStatus::parse(&parent_status)
             .map_err(|e| ControlError::Query(sqlx::Error::Decode(e.to_string().into())))?;
-        if parent_status != ClientStatus::Active {
+        // The master can be neither suspended nor deleted; while its own database is still being provisioned
+        // (the first seconds after the first start) it is already a valid parent.
+        let usable = parent_status == ClientStatus::Active
+            || parent_kind == "master" && parent_status == ClientStatus::Provisioning;
+        if !usable {
             return Err(ControlError::ParentNotActive(parent_status));
         }
         let inserted = sqlx::query_scalar::<_, Uuid>(

@@ -55,7 +55,6 @@ pub async fn ensure_database(target: &PgTarget) -> Result<bool, TenantError> {
     }
 }
 
-
 /// Quotes an SQL string literal (for the few utility statements that cannot take bind parameters).
 pub fn quote_literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::tokio_postgres;
-use mandant::app::{Application, RunOptions};
+use mandant::app::{AppState, Application, RunOptions};
 use mandant::config::{LoadOptions, Settings, TEST_TOML};
 use mandant::db::PgTarget;
 use mandant::embedded::{Cluster, ClusterSpec};
@@ -149,6 +149,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub control_db: String,
     pub settings: Settings,
+    pub state: AppState,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -157,23 +158,38 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(&[]).await
 }
 
+/// The app without background workers: the test drives jobs itself with [`TestApp::runner`].
+pub async fn spawn_app_without_workers() -> TestApp {
+    spawn_app_opts(&[], RunOptions { no_workers: true }).await
+}
+
 /// Starts the app with extra `MANDANT__...` settings on top of the per-test ones.
 pub async fn spawn_app_with(extra: &[(&str, String)]) -> TestApp {
+    spawn_app_opts(extra, RunOptions::default()).await
+}
+
+pub async fn spawn_app_opts(extra: &[(&str, String)], options: RunOptions) -> TestApp {
     let control_db = unique("ctl_");
     let mut env = vec![
         (
             "MANDANT__DATABASE__URL",
             cluster().target(&control_db).to_url().expose().to_owned(),
         ),
-        ("MANDANT__TENANTS__DB_PREFIX", unique("t")),
+        ("MANDANT__TENANTS__DB_PREFIX", format!("{}_", unique("t"))),
         ("MANDANT__TENANTS__TEMPLATE_DB", unique("tpl_")),
+        ("MANDANT__TENANTS__CREDENTIAL_SECRET", unique("secret-")),
+        (
+            "MANDANT__TENANTS__ARCHIVE_DIR",
+            test_root().join(unique("archives-")).display().to_string(),
+        ),
     ];
     env.extend(extra.iter().cloned());
     let settings = test_settings(&env);
-    let app = Application::build(settings.clone(), RunOptions::default())
+    let app = Application::build(settings.clone(), options)
         .await
         .expect("build app");
     let addr = app.local_addr().expect("local addr");
+    let state = app.state().clone();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until(async move {
         let _ = stopped.await;
@@ -186,6 +202,7 @@ pub async fn spawn_app_with(extra: &[(&str, String)]) -> TestApp {
             .expect("http client"),
         control_db,
         settings,
+        state,
         stop: Some(stop),
         task: Some(task),
     }
@@ -202,6 +219,137 @@ impl TestApp {
             .send()
             .await
             .expect("GET request")
+    }
+
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("POST request")
+    }
+
+    pub async fn post(&self, path: &str) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .send()
+            .await
+            .expect("POST request")
+    }
+
+    pub async fn patch_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.client
+            .patch(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("PATCH request")
+    }
+
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.client
+            .delete(self.url(path))
+            .send()
+            .await
+            .expect("DELETE request")
+    }
+
+    /// `POST /v1/clients` → 202; returns the body.
+    pub async fn create_client(&self, slug: &str) -> serde_json::Value {
+        let response = self
+            .post_json(
+                "/v1/clients",
+                &serde_json::json!({"slug": slug, "name": format!("Client {slug}")}),
+            )
+            .await;
+        assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+        response.json().await.expect("client body")
+    }
+
+    /// Polls an operation until it has finished (succeeded or failed); returns it.
+    pub async fn wait_for_operation(&self, id: &str) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let op: serde_json::Value = self
+                .get(&format!("/v1/operations/{id}"))
+                .await
+                .json()
+                .await
+                .expect("operation body");
+            if op["status"] == "succeeded" || op["status"] == "failed" {
+                return op;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "operation {id} unfinished: {op}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls an operation until it is in `status`; returns it.
+    pub async fn wait_for_operation_state(&self, id: &str, status: &str) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let op: serde_json::Value = self
+                .get(&format!("/v1/operations/{id}"))
+                .await
+                .json()
+                .await
+                .expect("operation body");
+            if op["status"] == status {
+                return op;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "operation {id} never {status}: {op}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Creates a client and waits until it is active; returns the client body.
+    pub async fn create_active_client(&self, slug: &str) -> serde_json::Value {
+        let created = self.create_client(slug).await;
+        let op = self
+            .wait_for_operation(created["operation"].as_str().expect("operation id"))
+            .await;
+        assert_eq!(op["status"], "succeeded", "{op}");
+        let client: serde_json::Value = self
+            .get(&format!("/v1/clients/{slug}"))
+            .await
+            .json()
+            .await
+            .expect("client body");
+        assert_eq!(client["status"], "active", "{client}");
+        client
+    }
+
+    /// A job runner for this app's control plane, for tests that drive jobs themselves.
+    pub fn runner(&self, worker: &str) -> mandant::workers::JobRunner {
+        mandant::workers::JobRunner::new(&self.state, worker)
+    }
+
+    /// Runs jobs with `runner` until none is due.
+    pub async fn drain(&self, runner: &mandant::workers::JobRunner) -> Vec<mandant::workers::Tick> {
+        let mut ticks = Vec::new();
+        loop {
+            match runner.tick().await.expect("tick") {
+                mandant::workers::Tick::Idle => return ticks,
+                tick => ticks.push(tick),
+            }
+        }
+    }
+
+    /// Scalar query on the control database.
+    pub async fn control_i64(&self, sql: &str) -> i64 {
+        self.control()
+            .await
+            .query_one(sql, &[])
+            .await
+            .expect("control query")
+            .get(0)
     }
 
     /// The control database, as superuser (for assertions on state and for sabotage).
@@ -232,6 +380,8 @@ impl Drop for TestApp {
         }
         // Drop what this test made. Async work cannot run in Drop, so use a small runtime on its own thread.
         let db = self.control_db.clone();
+        let prefix = self.settings.tenants.db_prefix.clone();
+        let template = self.settings.tenants.template_db.clone();
         let target = cluster().target("postgres");
         let _ = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
@@ -241,9 +391,40 @@ impl Drop for TestApp {
                 return;
             };
             runtime.block_on(async move {
-                if let Ok(client) = target.connect().await {
+                let Ok(client) = target.connect().await else {
+                    return;
+                };
+                let pattern = format!("{}%", prefix.replace('_', "\\_"));
+                let mut databases: Vec<String> = client
+                    .query(
+                        "SELECT datname FROM pg_database WHERE datname LIKE $1 OR datname = $2",
+                        &[&pattern, &template],
+                    )
+                    .await
+                    .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+                    .unwrap_or_default();
+                databases.push(db);
+                for database in databases {
                     let _ = client
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+                        .batch_execute(&format!("ALTER DATABASE \"{database}\" IS_TEMPLATE false"))
+                        .await;
+                    let _ = client
+                        .batch_execute(&format!(
+                            "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+                        ))
+                        .await;
+                }
+                let roles: Vec<String> = client
+                    .query(
+                        "SELECT rolname FROM pg_roles WHERE rolname LIKE $1",
+                        &[&pattern],
+                    )
+                    .await
+                    .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+                    .unwrap_or_default();
+                for role in roles {
+                    let _ = client
+                        .batch_execute(&format!("DROP ROLE IF EXISTS \"{role}\""))
                         .await;
                 }
             });

@@ -1,7 +1,9 @@
 //! The one integration-test binary: every test against real PostgreSQL and real HTTP. Files mirror features.
 
 mod cli;
+mod clients;
 mod embedded;
 mod health;
 mod helpers;
 mod migrate;
+mod provisioning;
