@@ -219,6 +219,7 @@ impl Provisioner {
             if self.faults.fail_at == Some(step) {
                 return Err(ProvisionError::Injected(step.as_str()));
             }
+            let started = std::time::Instant::now();
             match step {
                 Step::Place => {
                     if client.server_id.is_none() {
@@ -289,6 +290,11 @@ impl Provisioner {
                 }
             }
             self.checkpoint(job, step.as_str()).await?;
+            tracing::debug!(
+                step = step.as_str(),
+                ms = started.elapsed().as_secs_f64() * 1000.0,
+                "step done"
+            );
             if self.faults.crash_after == Some(step) {
                 return Err(ProvisionError::SimulatedCrash(step.as_str()));
             }

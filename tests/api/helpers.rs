@@ -3,76 +3,33 @@
 //! application on port 0. Nothing needs to be running beforehand.
 
 use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use deadpool_postgres::tokio_postgres;
 use mandant::app::{AppState, Application, RunOptions};
 use mandant::config::{LoadOptions, Settings, TEST_TOML};
 use mandant::db::PgTarget;
-use mandant::embedded::{Cluster, ClusterSpec};
+use mandant::embedded::{Cluster, ClusterSpec, ScratchDir, ThrowawayCluster};
 use tokio::sync::oneshot;
 
-/// Test directories older than this whose cluster is not running are left-overs of killed runs.
-const STALE_AFTER: Duration = Duration::from_secs(3600);
-
-/// A directory under the system temp dir, searchable by the `postgres` user, removed on drop.
-pub struct TestDir {
-    path: PathBuf,
-}
+/// A scratch directory, removed on drop.
+pub struct TestDir(ScratchDir);
 
 impl TestDir {
     pub fn new(tag: &str) -> Self {
-        let root = test_root();
-        let path = root.join(format!("{tag}-{}-{}", std::process::id(), next_id()));
-        std::fs::create_dir_all(&path).expect("create test dir");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-            .expect("open test dir");
-        Self { path }
+        Self(ScratchDir::new(tag).expect("create scratch dir"))
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+        self.0.path()
     }
 }
 
 fn test_root() -> PathBuf {
-    let root = std::env::temp_dir().join("mandant-tests");
-    std::fs::create_dir_all(&root).expect("create test root");
-    let _ = std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755));
-    root
-}
-
-/// Removes directories of earlier, killed test runs (their cluster no longer runs).
-fn remove_stale_test_dirs() {
-    let Ok(entries) = std::fs::read_dir(test_root()) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let old = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| SystemTime::now().duration_since(t).ok())
-            .is_some_and(|age| age > STALE_AFTER);
-        let running = std::fs::read_to_string(path.join("pg/postmaster.pid"))
-            .ok()
-            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
-            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-        if old && !running {
-            let _ = std::fs::remove_dir_all(&path);
-        }
-    }
+    ScratchDir::root().expect("scratch root")
 }
 
 pub fn next_id() -> u32 {
@@ -107,24 +64,17 @@ pub fn throwaway_spec(dir: &Path) -> ClusterSpec {
     spec
 }
 
-struct SharedCluster {
-    cluster: Cluster,
-    _dir: TestDir,
-}
-
 /// The cluster shared by every test of this binary; it stops when the test process exits (the postmaster's
 /// parent-death signal fires) and its directory is removed by a later run.
 pub fn cluster() -> &'static Cluster {
-    static SHARED: OnceLock<SharedCluster> = OnceLock::new();
-    &SHARED
+    static SHARED: OnceLock<ThrowawayCluster> = OnceLock::new();
+    SHARED
         .get_or_init(|| {
             init_logging();
-            remove_stale_test_dirs();
-            let dir = TestDir::new("shared");
-            let cluster = Cluster::start(&throwaway_spec(dir.path())).expect("start test cluster");
-            SharedCluster { cluster, _dir: dir }
+            ScratchDir::remove_stale();
+            ThrowawayCluster::start("shared").expect("start test cluster")
         })
-        .cluster
+        .cluster()
 }
 
 fn init_logging() {

@@ -1,0 +1,94 @@
+//! Shared pieces of the system benchmarks: a throwaway cluster, the app on it, timing and the JSON report.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mandant::app::{Application, RunOptions};
+use mandant::config::{LoadOptions, Settings, TEST_TOML};
+use mandant::embedded::ThrowawayCluster;
+
+/// Settings for an app on `cluster`, with `extra` `MANDANT__` overrides.
+pub fn settings(cluster: &ThrowawayCluster, control_db: &str, extra: &[(&str, &str)]) -> Settings {
+    let mut env: HashMap<String, String> = HashMap::new();
+    env.insert(
+        "MANDANT__DATABASE__URL".into(),
+        cluster
+            .cluster()
+            .target(control_db)
+            .to_url()
+            .expose()
+            .to_owned(),
+    );
+    env.insert("MANDANT__LOG__LEVEL".into(), "error".into());
+    env.insert(
+        "MANDANT__TENANTS__CREDENTIAL_SECRET".into(),
+        "bench-secret".into(),
+    );
+    for (k, v) in extra {
+        env.insert((*k).into(), (*v).into());
+    }
+    Settings::load(&LoadOptions {
+        overlay: Some(TEST_TOML.to_owned()),
+        config_dir: None,
+        explicit_file: None,
+        env,
+    })
+    .expect("bench settings")
+}
+
+/// A running app: its address and a stop handle.
+pub struct RunningApp {
+    pub base: String,
+    pub state: mandant::app::AppState,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+pub async fn start_app(settings: Settings, options: RunOptions) -> RunningApp {
+    let app = Application::build(settings, options)
+        .await
+        .expect("build app");
+    let base = format!("http://{}", app.local_addr().expect("addr"));
+    let state = app.state().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until(async move {
+        let _ = stopped.await;
+    }));
+    RunningApp {
+        base,
+        state,
+        stop,
+        task,
+    }
+}
+
+impl RunningApp {
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+pub fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0 * 100.0).round() / 100.0
+}
+
+/// Writes `benches/results/<name>.json` and says where.
+pub fn write_report(name: &str, report: &serde_json::Value) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/results");
+    std::fs::create_dir_all(&dir).expect("results dir");
+    let path = dir.join(format!("{name}.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(report).expect("json"))
+        .expect("write report");
+    println!("\nwrote {}", path.display());
+}
