@@ -9,6 +9,7 @@ pub mod control;
 pub mod db;
 pub mod domain;
 pub mod embedded;
+pub mod fleet;
 pub mod http;
 pub mod provisioning;
 pub mod shutdown;

@@ -2,11 +2,17 @@
 
 use std::process::ExitCode;
 
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use serde::Serialize;
 
-use crate::app::ControlDatabase;
+use crate::app::{AppState, ControlDatabase};
 use crate::config::Settings;
 use crate::control::ControlPlane;
+use crate::domain::ClientSlug;
+use crate::fleet::{FleetOptions, FleetReport, Outcome, TenantResult, migrate_fleet};
 use crate::tenant::migrate::latest_version;
 
 #[derive(Debug, clap::Subcommand)]
@@ -19,9 +25,12 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct MigrateArgs {
-    /// Tenants migrated at once (also bounded per database server).
+    /// Tenants migrated at once overall.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
+    /// Tenants migrated at once on one database server (default: --concurrency).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub per_server: Option<u16>,
     /// Only these client slugs (comma-separated).
     #[arg(long, value_delimiter = ',', value_name = "SLUG,...")]
     pub only: Vec<String>,
@@ -45,15 +54,163 @@ pub struct ListArgs {
 
 pub async fn run(settings: Settings, command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Migrate(_) => {
-            eprintln!(
-                "mandant tenants migrate: arrives with the fleet migration (issue #4); until then new tenants \
-                 are cloned from a current template and caught up at provisioning."
-            );
-            Ok(ExitCode::from(2))
-        }
+        Command::Migrate(args) => migrate(settings, args).await,
         Command::List(args) => list(settings, args).await,
     }
+}
+
+async fn migrate(settings: Settings, args: MigrateArgs) -> anyhow::Result<ExitCode> {
+    let only = args
+        .only
+        .iter()
+        .map(|s| ClientSlug::parse(s.trim()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("--only: {e}"))?;
+    let (state, database) = AppState::start(settings).await?;
+    let options = FleetOptions {
+        concurrency: usize::from(args.concurrency),
+        per_server: usize::from(args.per_server.unwrap_or(args.concurrency)),
+        only,
+        dry_run: args.dry_run,
+        verify: args.verify,
+    };
+    let progress = Progress::new();
+    let reporter = progress.clone();
+    let result = migrate_fleet(state.provisioner(), &options, move |r| {
+        reporter.tenant_done(r)
+    })
+    .await;
+    progress.finish();
+    state.control().close().await;
+    database.close().await;
+    let report = result?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report, args.dry_run);
+    }
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Progress on stderr: on a terminal a live line with done and failed counts, otherwise one plain line per
+/// tenant that was touched (stdout stays for the summary table or JSON).
+#[derive(Clone)]
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    failed: Arc<AtomicUsize>,
+    done: Arc<AtomicUsize>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            bar.enable_steady_tick(std::time::Duration::from_millis(100));
+            bar
+        });
+        Self {
+            bar,
+            failed: Arc::default(),
+            done: Arc::default(),
+        }
+    }
+
+    fn tenant_done(&self, result: &TenantResult) {
+        let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
+        if result.outcome == Outcome::Failed || result.outcome == Outcome::Divergent {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        let failed = self.failed.load(Ordering::Relaxed);
+        match &self.bar {
+            Some(bar) => bar.set_message(format!(
+                "{done} tenants done, {failed} failed; last: {}",
+                result.client
+            )),
+            None if result.connected || result.outcome != Outcome::Current => eprintln!(
+                "[{done}] {} {:?} v{} -> v{} ({:.0} ms){}",
+                result.client,
+                result.outcome,
+                result.from,
+                result.to,
+                result.duration_ms,
+                result
+                    .error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ),
+            None => {}
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn print_report(report: &FleetReport, dry_run: bool) {
+    for t in &report.templates {
+        println!(
+            "template on {:<10} {:?} v{} -> v{}{}",
+            t.server,
+            t.outcome,
+            t.from,
+            t.to,
+            t.error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        );
+    }
+    println!(
+        "{:<24} {:<10} {:<13} {:>6} {:>6} {:>9}  {}",
+        "CLIENT", "SERVER", "OUTCOME", "FROM", "TO", "MS", "DETAIL"
+    );
+    for t in report
+        .tenants
+        .iter()
+        .filter(|t| t.outcome != Outcome::Current || t.connected)
+    {
+        let detail = match (&t.error, &t.verification) {
+            (Some(e), _) => e.clone(),
+            (None, Some(v)) if !v.is_clean() => {
+                format!("divergent: {:?} unknown: {:?}", v.divergent, v.unknown)
+            }
+            _ => t.migrations.join(", "),
+        };
+        println!(
+            "{:<24} {:<10} {:<13} {:>6} {:>6} {:>9.1}  {}",
+            t.client,
+            t.server,
+            format!("{:?}", t.outcome).to_lowercase(),
+            t.from,
+            t.to,
+            t.duration_ms,
+            detail
+        );
+    }
+    println!(
+        "{} tenants{}: {} migrated, {} current, {} would migrate, {} divergent, {} failed in {:.0} ms (latest v{})",
+        report.tenants.len(),
+        if dry_run { " (dry run)" } else { "" },
+        report.migrated,
+        report.current,
+        report.would_migrate,
+        report.divergent,
+        report.failed,
+        report.duration_ms,
+        report.latest
+    );
 }
 
 #[derive(Debug, Serialize)]

@@ -86,3 +86,15 @@ impl ControlPlane {
         Ok(())
     }
 }
+
+impl ControlPlane {
+    /// Every registered server, by id.
+    pub async fn list_servers(&self) -> Result<Vec<ServerRecord>, ControlError> {
+        Ok(sqlx::query_as(
+            "SELECT id, name, admin_url, max_databases, status, template_version
+             FROM db_servers ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}

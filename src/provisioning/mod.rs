@@ -27,7 +27,7 @@ use crate::domain::ClientStatus;
 use crate::embedded::Binaries;
 use crate::tenant::TenantError;
 use crate::tenant::cluster::{self, admin_connect};
-use crate::tenant::migrate::{latest_version, migrate_database};
+use crate::tenant::migrate::{MigrationSet, migrate_with};
 use crate::tenant::template::{self, TemplateNames};
 use credentials::Credentials;
 
@@ -132,6 +132,7 @@ pub struct Provisioner {
     bin_dir: Option<PathBuf>,
     lease: Duration,
     faults: Faults,
+    migrations: MigrationSet,
 }
 
 impl Provisioner {
@@ -155,7 +156,26 @@ impl Provisioner {
             bin_dir: (!e.bin_dir.as_os_str().is_empty()).then(|| e.bin_dir.clone()),
             lease: settings.workers.lease(),
             faults: Faults::default(),
+            migrations: MigrationSet::embedded().clone(),
         }
+    }
+
+    /// Provision with another migration set (tests of a newly added migration).
+    pub fn with_migrations(mut self, migrations: MigrationSet) -> Self {
+        self.migrations = migrations;
+        self
+    }
+
+    pub fn migrations(&self) -> &MigrationSet {
+        &self.migrations
+    }
+
+    pub fn templates(&self) -> &TemplateNames {
+        &self.templates
+    }
+
+    pub fn control(&self) -> &ControlPlane {
+        &self.control
     }
 
     pub fn with_faults(mut self, faults: Faults) -> Self {
@@ -234,9 +254,11 @@ impl Provisioner {
                 }
                 Step::Template => {
                     let server = server.as_ref().ok_or(ControlError::NotFound)?;
-                    if server.template_version < latest_version() {
+                    if server.template_version < self.migrations.latest() {
                         let admin = self.admin_target(server)?;
-                        let version = template::ensure_template(&admin, &self.templates).await?;
+                        let version =
+                            template::ensure_template(&admin, &self.templates, &self.migrations)
+                                .await?;
                         self.control
                             .set_template_version(server.id, version)
                             .await?;
@@ -276,7 +298,9 @@ impl Provisioner {
                 Step::Migrate => {
                     let server = server.as_ref().ok_or(ControlError::NotFound)?;
                     let target = self.admin_target(server)?.with_dbname(&names.database);
-                    let outcome = migrate_database(&target, Some(&names.role)).await?;
+                    let outcome = migrate_with(&target, Some(&names.role), &self.migrations)
+                        .await
+                        .map_err(|f| f.error)?;
                     self.control.set_schema_version(id, outcome.to).await?;
                 }
                 Step::Activate => {

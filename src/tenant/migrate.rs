@@ -1,9 +1,15 @@
 //! Tenant migrations (`tenant_migrations/`), applied to one database at a time with refinery.
 //!
-//! One code path for every use: the template database, provisioning's catch-up, and (later) the fleet command.
-//! Each run holds a session advisory lock in the target database on its own dedicated connection, so two runs
-//! (two fleet commands, or a fleet command and a provisioning job) never migrate one database at once; the
-//! second waits and then finds nothing to do.
+//! One code path for every use: the template database, provisioning's catch-up, and the fleet command. Each run
+//! holds a session advisory lock in the target database on its own dedicated connection, so two runs (two fleet
+//! commands, or a fleet command and a provisioning job) never migrate one database at once; the second waits and
+//! then finds nothing to do.
+
+use std::sync::OnceLock;
+
+use deadpool_postgres::tokio_postgres::Client;
+use refinery::Migration;
+use refinery::Runner;
 
 use super::TenantError;
 use super::cluster::quote_ident;
@@ -18,14 +24,123 @@ pub const HISTORY_TABLE: &str = "mandant_tenant_migrations";
 /// Advisory-lock key for tenant migrations ("mandant" + 2); advisory locks are per database.
 pub const LOCK_KEY: i64 = 0x6d61_6e64_616e_7402;
 
+/// An ordered set of tenant migrations: the embedded ones, or (tests) those plus more.
+#[derive(Debug, Clone)]
+pub struct MigrationSet {
+    migrations: Vec<Migration>,
+}
+
+impl MigrationSet {
+    /// The migrations compiled into this binary.
+    pub fn embedded() -> &'static MigrationSet {
+        static SET: OnceLock<MigrationSet> = OnceLock::new();
+        SET.get_or_init(|| {
+            let mut migrations = embedded::migrations::runner().get_migrations().clone();
+            migrations.sort_by_key(|m| m.version());
+            MigrationSet { migrations }
+        })
+    }
+
+    /// This set plus one more migration (`V{n}__{name}`), as a newly added file would be.
+    pub fn with(&self, name: &str, sql: &str) -> Result<Self, TenantError> {
+        let migration = Migration::unapplied(name, sql).map_err(|e| TenantError::Migration {
+            context: format!("adding migration {name}"),
+            message: e.to_string(),
+        })?;
+        let mut migrations = self.migrations.clone();
+        migrations.push(migration);
+        migrations.sort_by_key(|m| m.version());
+        Ok(Self { migrations })
+    }
+
+    /// The newest version in the set (0 for none).
+    pub fn latest(&self) -> i32 {
+        self.migrations.last().map(|m| m.version()).unwrap_or(0)
+    }
+
+    /// `V{n}__{name}` of every migration newer than `version`.
+    pub fn pending_after(&self, version: i32) -> Vec<String> {
+        self.migrations
+            .iter()
+            .filter(|m| m.version() > version)
+            .map(label)
+            .collect()
+    }
+
+    fn runner(&self) -> Runner {
+        let mut runner = Runner::new(&self.migrations)
+            .set_abort_divergent(true)
+            .set_abort_missing(true);
+        runner.set_migration_table_name(HISTORY_TABLE);
+        runner
+    }
+
+    /// Compares a database's real history with this set.
+    pub fn verify(&self, history: &[AppliedMigration]) -> Verification {
+        let mut divergent = Vec::new();
+        let mut unknown = Vec::new();
+        for applied in history {
+            match self
+                .migrations
+                .iter()
+                .find(|m| m.version() == applied.version)
+            {
+                Some(m)
+                    if m.checksum().to_string() == applied.checksum && m.name() == applied.name => {
+                }
+                Some(m) => divergent.push(label(m)),
+                None => unknown.push(format!("V{}__{}", applied.version, applied.name)),
+            }
+        }
+        let applied_version = history.iter().map(|a| a.version).max().unwrap_or(0);
+        Verification {
+            applied_version,
+            pending: self
+                .migrations
+                .iter()
+                .filter(|m| !history.iter().any(|a| a.version == m.version()))
+                .map(label)
+                .collect(),
+            divergent,
+            unknown,
+        }
+    }
+}
+
+fn label(m: &Migration) -> String {
+    format!("V{}__{}", m.version(), m.name())
+}
+
 /// The newest tenant migration this binary knows.
 pub fn latest_version() -> i32 {
-    embedded::migrations::runner()
-        .get_migrations()
-        .iter()
-        .map(|m| m.version())
-        .max()
-        .unwrap_or(0)
+    MigrationSet::embedded().latest()
+}
+
+/// One row of a database's migration history.
+#[derive(Debug, Clone)]
+pub struct AppliedMigration {
+    pub version: i32,
+    pub name: String,
+    pub checksum: String,
+}
+
+/// A database's history compared with a migration set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Verification {
+    /// The newest version in the database's history.
+    pub applied_version: i32,
+    /// Migrations of the set not applied yet.
+    pub pending: Vec<String>,
+    /// Applied migrations whose text (checksum) or name differs from the set: an edited file.
+    pub divergent: Vec<String>,
+    /// Applied migrations the set does not have (a newer binary migrated this database).
+    pub unknown: Vec<String>,
+}
+
+impl Verification {
+    pub fn is_clean(&self) -> bool {
+        self.divergent.is_empty() && self.unknown.is_empty()
+    }
 }
 
 /// What one run did to one database.
@@ -36,73 +151,157 @@ pub struct MigrateOutcome {
     pub applied: Vec<String>,
 }
 
-/// Migrates the database `target` names (connecting as an administrator). With `run_as`, the migrations run
-/// under `SET ROLE run_as`, so the objects they create belong to that role.
+/// A failed run: the error, and how far the database got (each migration commits on its own).
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct MigrateFailure {
+    pub reached: Option<i32>,
+    /// The history holds an edited or unknown migration: nothing was applied, and retrying will not help.
+    pub divergent: bool,
+    #[source]
+    pub error: TenantError,
+}
+
+/// Migrates the database `target` names (connecting as an administrator) with the embedded migrations. With
+/// `run_as`, the migrations run under `SET ROLE run_as`, so the objects they create belong to that role.
 pub async fn migrate_database(
     target: &PgTarget,
     run_as: Option<&str>,
 ) -> Result<MigrateOutcome, TenantError> {
+    migrate_with(target, run_as, MigrationSet::embedded())
+        .await
+        .map_err(|f| f.error)
+}
+
+/// [`migrate_database`] with an explicit migration set.
+pub async fn migrate_with(
+    target: &PgTarget,
+    run_as: Option<&str>,
+    set: &MigrationSet,
+) -> Result<MigrateOutcome, MigrateFailure> {
     let context = format!("migrating {}", target.dbname());
+    let fail = |error: TenantError| MigrateFailure {
+        reached: None,
+        divergent: false,
+        error,
+    };
     let mut client = target
         .with_application_name("mandant-migrate")
         .connect()
         .await
-        .map_err(TenantError::postgres(context.clone()))?;
+        .map_err(|e| fail(TenantError::postgres(context.clone())(e)))?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
         .await
-        .map_err(TenantError::postgres(context.clone()))?;
+        .map_err(|e| fail(TenantError::postgres(context.clone())(e)))?;
     if let Some(role) = run_as {
         client
             .batch_execute(&format!("SET ROLE {}", quote_ident(role)))
             .await
-            .map_err(TenantError::postgres(context.clone()))?;
+            .map_err(|e| fail(TenantError::postgres(context.clone())(e)))?;
     }
-    let from = applied_version(&client)
+    let from = history(&client)
         .await
-        .map_err(TenantError::postgres(context.clone()))?;
-    let mut runner = embedded::migrations::runner()
-        .set_abort_divergent(true)
-        .set_abort_missing(true);
-    runner.set_migration_table_name(HISTORY_TABLE);
-    let result = runner.run_async(&mut client).await;
+        .map_err(|e| fail(TenantError::postgres(context.clone())(e)))?
+        .iter()
+        .map(|a| a.version)
+        .max()
+        .unwrap_or(0);
+    let result = set.runner().run_async(&mut client).await;
     let _ = client
         .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
         .await;
-    let report = result.map_err(|e| TenantError::Migration {
-        context: context.clone(),
-        message: e.to_string(),
-    })?;
-    let applied: Vec<String> = report
-        .applied_migrations()
-        .iter()
-        .map(|m| format!("V{}__{}", m.version(), m.name()))
-        .collect();
-    let to = report
-        .applied_migrations()
-        .iter()
-        .map(|m| m.version())
-        .max()
-        .unwrap_or(from)
-        .max(from);
-    Ok(MigrateOutcome { from, to, applied })
+    let newest = |applied: &[Migration]| {
+        applied
+            .iter()
+            .map(|m| m.version())
+            .max()
+            .unwrap_or(from)
+            .max(from)
+    };
+    match result {
+        Ok(report) => Ok(MigrateOutcome {
+            from,
+            to: newest(report.applied_migrations()),
+            applied: report.applied_migrations().iter().map(label).collect(),
+        }),
+        Err(e) => {
+            let (divergent, message) = explain(&e);
+            Err(MigrateFailure {
+                reached: e.report().map(|r| newest(r.applied_migrations())),
+                divergent,
+                error: TenantError::Migration { context, message },
+            })
+        }
+    }
 }
 
-/// The newest version in the database's history table (0 if it has none yet).
-async fn applied_version(
-    client: &deadpool_postgres::tokio_postgres::Client,
-) -> Result<i32, deadpool_postgres::tokio_postgres::Error> {
+/// A refinery error in words an operator can act on; true if the history diverges from the migration set.
+fn explain(e: &refinery::Error) -> (bool, String) {
+    use refinery::error::Kind;
+    match e.kind() {
+        Kind::DivergentVersion(applied, _) => (
+            true,
+            format!(
+                "divergent history: the applied migration {} differs from this binary's (the file was edited after \
+                 it was applied); nothing was applied",
+                label(applied)
+            ),
+        ),
+        Kind::MissingVersion(applied) => (
+            true,
+            format!(
+                "unknown migration in the history: {} is not in this binary (a newer mandant migrated this \
+                 database); nothing was applied",
+                label(applied)
+            ),
+        ),
+        Kind::Connection(message, source) => {
+            let cause = source
+                .downcast_ref::<deadpool_postgres::tokio_postgres::Error>()
+                .map(crate::db::describe_pg_error)
+                .unwrap_or_else(|| source.to_string());
+            (false, format!("{message}: {cause}"))
+        }
+        other => (false, other.to_string()),
+    }
+}
+
+/// Reads the real migration history of the database `target` names (as an administrator).
+pub async fn read_history(target: &PgTarget) -> Result<Vec<AppliedMigration>, TenantError> {
+    let context = format!("reading the migration history of {}", target.dbname());
+    let client = target
+        .with_application_name("mandant-verify")
+        .connect()
+        .await
+        .map_err(TenantError::postgres(context.clone()))?;
+    history(&client)
+        .await
+        .map_err(TenantError::postgres(context))
+}
+
+/// The history table's rows (none if the table does not exist yet).
+async fn history(
+    client: &Client,
+) -> Result<Vec<AppliedMigration>, deadpool_postgres::tokio_postgres::Error> {
     let row = client
         .query_one("SELECT to_regclass($1) IS NOT NULL", &[&HISTORY_TABLE])
         .await?;
     if !row.get::<_, bool>(0) {
-        return Ok(0);
+        return Ok(Vec::new());
     }
-    let row = client
-        .query_one(
-            "SELECT coalesce(max(version), 0)::int4 FROM mandant_tenant_migrations",
+    let rows = client
+        .query(
+            "SELECT version::int4, name::text, checksum::text FROM mandant_tenant_migrations ORDER BY version",
             &[],
         )
         .await?;
-    Ok(row.get(0))
+    Ok(rows
+        .iter()
+        .map(|r| AppliedMigration {
+            version: r.get(0),
+            name: r.get(1),
+            checksum: r.get(2),
+        })
+        .collect())
 }

@@ -15,7 +15,7 @@ use super::cluster::{
     admin_connect, create_database_from, database_exists, ensure_nologin_role, lock_key,
     quote_ident,
 };
-use super::migrate::migrate_database;
+use super::migrate::{MigrationSet, migrate_with};
 use crate::db::PgTarget;
 
 /// Names on one server derived from the configuration.
@@ -41,12 +41,16 @@ impl TemplateNames {
 
 /// Creates the template database if missing and migrates it to the latest tenant migration. Returns its
 /// version. `admin` is the server's maintenance database as an administrator.
-pub async fn ensure_template(admin: &PgTarget, names: &TemplateNames) -> Result<i32, TenantError> {
+pub async fn ensure_template(
+    admin: &PgTarget,
+    names: &TemplateNames,
+    set: &MigrationSet,
+) -> Result<i32, TenantError> {
     let conn = admin_connect(admin).await?;
     conn.execute("SELECT pg_advisory_lock($1)", &[&names.lock()])
         .await
         .map_err(TenantError::postgres("locking the template database"))?;
-    let result = prepare(&conn, admin, names).await;
+    let result = prepare(&conn, admin, names, set).await;
     // Always make the template clonable again, even after a failed migration.
     let closed = conn
         .batch_execute(&format!(
@@ -70,6 +74,7 @@ async fn prepare(
     conn: &Client,
     admin: &PgTarget,
     names: &TemplateNames,
+    set: &MigrationSet,
 ) -> Result<i32, TenantError> {
     ensure_nologin_role(conn, &names.owner_role).await?;
     if !database_exists(conn, &names.template_db).await? {
@@ -98,7 +103,9 @@ async fn prepare(
                 "granting the template owner its schema",
             ))?;
     }
-    let outcome = migrate_database(&target, Some(&names.owner_role)).await?;
+    let outcome = migrate_with(&target, Some(&names.owner_role), set)
+        .await
+        .map_err(|f| f.error)?;
     if !outcome.applied.is_empty() {
         tracing::info!(template = %names.template_db, from = outcome.from, to = outcome.to, "migrated the template database");
     }

@@ -1,0 +1,387 @@
+//! The fleet migration: every server's template database first, then every tenant database (active and
+//! suspended clients; never deleted ones), through a work queue with bounded concurrency overall and per
+//! database server.
+//!
+//! The control plane records each tenant's schema version, so tenants already current are skipped without a
+//! connection (a no-op run over thousands of tenants costs one query). `verify` connects to every tenant instead
+//! and compares its real history with the migrations: drift is corrected in the registry, an edited (divergent)
+//! or unknown migration is reported and nothing is applied there. A failure on one tenant never stops the others.
+//! Each tenant is migrated under its own advisory lock (`tenant/migrate.rs`), so two runs, or a run and a
+//! provisioning job, never migrate one database at once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+use crate::control::ControlError;
+use crate::control::clients::Client;
+use crate::control::servers::ServerRecord;
+use crate::domain::ClientSlug;
+use crate::provisioning::{ProvisionError, Provisioner};
+use crate::tenant::migrate::{MigrationSet, Verification, migrate_with, read_history};
+use crate::tenant::template;
+
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    /// Tenants migrated at once overall.
+    pub concurrency: usize,
+    /// Tenants migrated at once on one database server.
+    pub per_server: usize,
+    /// Only these clients (empty = all).
+    pub only: Vec<ClientSlug>,
+    /// Report what would run; change nothing.
+    pub dry_run: bool,
+    /// Connect to every tenant and compare its real history instead of trusting the registry.
+    pub verify: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("no such client(s): {0}")]
+    UnknownClients(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Migrations were applied.
+    Migrated,
+    /// Nothing to do.
+    Current,
+    /// Dry run: these migrations would be applied.
+    WouldMigrate,
+    /// The history has edited or unknown migrations; nothing was applied.
+    Divergent,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantResult {
+    pub client: String,
+    pub client_status: &'static str,
+    pub server: String,
+    pub database: String,
+    pub outcome: Outcome,
+    pub from: i32,
+    pub to: i32,
+    /// Applied (or, in a dry run, pending) migrations.
+    pub migrations: Vec<String>,
+    pub duration_ms: f64,
+    /// Whether the run opened a connection to this tenant.
+    pub connected: bool,
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TemplateResult {
+    pub server: String,
+    pub from: i32,
+    pub to: i32,
+    pub outcome: Outcome,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetReport {
+    pub latest: i32,
+    pub templates: Vec<TemplateResult>,
+    pub tenants: Vec<TenantResult>,
+    pub migrated: usize,
+    pub current: usize,
+    pub would_migrate: usize,
+    pub divergent: usize,
+    pub failed: usize,
+    pub duration_ms: f64,
+}
+
+impl FleetReport {
+    /// True when nothing failed or diverged (the command's exit status).
+    pub fn ok(&self) -> bool {
+        self.failed == 0
+            && self.divergent == 0
+            && self.templates.iter().all(|t| t.outcome != Outcome::Failed)
+    }
+}
+
+/// Runs the fleet migration with the provisioner's migration set. `on_result` sees each tenant as it finishes
+/// (progress display).
+pub async fn migrate_fleet(
+    provisioner: &Provisioner,
+    options: &FleetOptions,
+    on_result: impl Fn(&TenantResult) + Send + Sync + 'static,
+) -> Result<FleetReport, FleetError> {
+    let started = Instant::now();
+    let control = provisioner.control();
+    let set = provisioner.migrations().clone();
+    let clients = select(control.all_live_clients().await?, &options.only)?;
+    let servers: HashMap<i64, ServerRecord> = control
+        .list_servers()
+        .await?
+        .into_iter()
+        .map(|s| (s.id, s))
+        .collect();
+
+    // 1. Template databases, so clients provisioned from now on start current.
+    let mut templates = Vec::new();
+    for server in servers.values().filter(|s| s.status == "active") {
+        templates.push(migrate_template(provisioner, server, &set, options).await);
+    }
+
+    // 2. Tenants, through a queue bounded overall and per server.
+    let overall = Arc::new(Semaphore::new(options.concurrency.max(1)));
+    let per_server: HashMap<i64, Arc<Semaphore>> = servers
+        .keys()
+        .map(|id| (*id, Arc::new(Semaphore::new(options.per_server.max(1)))))
+        .collect();
+    let on_result = Arc::new(on_result);
+    let mut tasks = tokio::task::JoinSet::new();
+    for client in clients {
+        let Some(server) = client.server_id.and_then(|id| servers.get(&id)).cloned() else {
+            continue;
+        };
+        let server_permits = per_server[&server.id].clone();
+        let overall = overall.clone();
+        let provisioner = provisioner.clone();
+        let set = set.clone();
+        let options = options.clone();
+        let on_result = on_result.clone();
+        let span = tracing::info_span!("tenant_migrate", client = %client.slug);
+        tasks.spawn(
+            async move {
+                // Server first, then overall: a tenant waiting for a busy server never holds an overall slot.
+                let _server = server_permits.acquire_owned().await;
+                let _overall = overall.acquire_owned().await;
+                let result = migrate_tenant(&provisioner, &client, &server, &set, &options).await;
+                on_result(&result);
+                result
+            }
+            .instrument(span),
+        );
+    }
+    let mut tenants = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(result) => tenants.push(result),
+            Err(e) => tracing::error!(error = %e, "a tenant migration task panicked"),
+        }
+    }
+    tenants.sort_by(|a, b| a.client.cmp(&b.client));
+    let count = |o: Outcome| tenants.iter().filter(|t| t.outcome == o).count();
+    Ok(FleetReport {
+        latest: set.latest(),
+        migrated: count(Outcome::Migrated),
+        current: count(Outcome::Current),
+        would_migrate: count(Outcome::WouldMigrate),
+        divergent: count(Outcome::Divergent),
+        failed: count(Outcome::Failed),
+        templates,
+        tenants,
+        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+    })
+}
+
+/// Active and suspended clients (those with a database to keep current), narrowed to `only`.
+fn select(clients: Vec<Client>, only: &[ClientSlug]) -> Result<Vec<Client>, FleetError> {
+    let unknown: Vec<&str> = only
+        .iter()
+        .filter(|slug| !clients.iter().any(|c| c.slug == slug.as_str()))
+        .map(ClientSlug::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        return Err(FleetError::UnknownClients(unknown.join(", ")));
+    }
+    Ok(clients
+        .into_iter()
+        .filter(|c| c.status.has_live_database() && c.db_name.is_some())
+        .filter(|c| only.is_empty() || only.iter().any(|s| s.as_str() == c.slug))
+        .collect())
+}
+
+async fn migrate_template(
+    provisioner: &Provisioner,
+    server: &ServerRecord,
+    set: &MigrationSet,
+    options: &FleetOptions,
+) -> TemplateResult {
+    let mut result = TemplateResult {
+        server: server.name.clone(),
+        from: server.template_version,
+        to: server.template_version,
+        outcome: Outcome::Current,
+        error: None,
+    };
+    if server.template_version >= set.latest() && !options.verify {
+        return result;
+    }
+    if options.dry_run {
+        result.outcome = Outcome::WouldMigrate;
+        result.to = set.latest();
+        return result;
+    }
+    let migrated = async {
+        let admin = provisioner.admin_target(server)?;
+        let version = template::ensure_template(&admin, provisioner.templates(), set).await?;
+        provisioner
+            .control()
+            .set_template_version(server.id, version)
+            .await?;
+        Ok::<_, ProvisionError>(version)
+    };
+    match migrated.await {
+        Ok(version) => {
+            result.to = version;
+            if version != server.template_version {
+                result.outcome = Outcome::Migrated;
+            }
+        }
+        Err(e) => {
+            tracing::error!(server = %server.name, error = %e, "template database migration failed");
+            result.outcome = Outcome::Failed;
+            result.error = Some(e.to_string());
+        }
+    }
+    result
+}
+
+async fn migrate_tenant(
+    provisioner: &Provisioner,
+    client: &Client,
+    server: &ServerRecord,
+    set: &MigrationSet,
+    options: &FleetOptions,
+) -> TenantResult {
+    let started = Instant::now();
+    let names = provisioner.names(client.id);
+    let mut result = TenantResult {
+        client: client.slug.clone(),
+        client_status: client.status.as_str(),
+        server: server.name.clone(),
+        database: names.database.clone(),
+        outcome: Outcome::Current,
+        from: client.schema_version,
+        to: client.schema_version,
+        migrations: Vec::new(),
+        duration_ms: 0.0,
+        connected: false,
+        error: None,
+        verification: None,
+    };
+    let finish = |mut r: TenantResult| {
+        r.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        match r.outcome {
+            Outcome::Failed => tracing::error!(
+                error = r.error.as_deref().unwrap_or(""),
+                "tenant migration failed"
+            ),
+            Outcome::Divergent => {
+                tracing::warn!("tenant migration history diverges; nothing applied")
+            }
+            Outcome::Migrated => tracing::info!(from = r.from, to = r.to, "tenant migrated"),
+            _ => {}
+        }
+        r
+    };
+    let target = match provisioner.admin_target(server) {
+        Ok(admin) => admin.with_dbname(&names.database),
+        Err(e) => {
+            result.outcome = Outcome::Failed;
+            result.error = Some(e.to_string());
+            return finish(result);
+        }
+    };
+
+    let mut known_version = client.schema_version;
+    if options.verify {
+        result.connected = true;
+        match read_history(&target).await {
+            Ok(history) => {
+                let verification = set.verify(&history);
+                known_version = verification.applied_version;
+                result.from = known_version;
+                result.to = known_version;
+                if known_version != client.schema_version && !options.dry_run {
+                    // The registry drifted from the database: the database is the truth.
+                    if let Err(e) = provisioner
+                        .control()
+                        .set_schema_version(client.id, known_version)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "could not correct the recorded schema version");
+                    }
+                }
+                let clean = verification.is_clean();
+                let pending = verification.pending.clone();
+                result.verification = Some(verification);
+                if !clean {
+                    result.outcome = Outcome::Divergent;
+                    return finish(result);
+                }
+                if pending.is_empty() {
+                    return finish(result);
+                }
+                if options.dry_run {
+                    result.outcome = Outcome::WouldMigrate;
+                    result.to = set.latest();
+                    result.migrations = pending;
+                    return finish(result);
+                }
+            }
+            Err(e) => {
+                result.outcome = Outcome::Failed;
+                result.error = Some(e.to_string());
+                return finish(result);
+            }
+        }
+    } else if known_version >= set.latest() {
+        return finish(result);
+    } else if options.dry_run {
+        result.outcome = Outcome::WouldMigrate;
+        result.to = set.latest();
+        result.migrations = set.pending_after(known_version);
+        return finish(result);
+    }
+
+    result.connected = true;
+    match migrate_with(&target, Some(&names.role), set).await {
+        Ok(outcome) => {
+            result.from = outcome.from;
+            result.to = outcome.to;
+            if !outcome.applied.is_empty() {
+                result.outcome = Outcome::Migrated;
+            }
+            result.migrations = outcome.applied;
+            if let Err(e) = provisioner
+                .control()
+                .set_schema_version(client.id, outcome.to)
+                .await
+            {
+                result.outcome = Outcome::Failed;
+                result.error = Some(format!("migrated, but recording the version failed: {e}"));
+            }
+        }
+        Err(failure) => {
+            result.outcome = if failure.divergent {
+                Outcome::Divergent
+            } else {
+                Outcome::Failed
+            };
+            result.error = Some(failure.error.to_string());
+            if let Some(reached) = failure.reached {
+                result.to = reached;
+                let _ = provisioner
+                    .control()
+                    .set_schema_version(client.id, reached)
+                    .await;
+            }
+        }
+    }
+    finish(result)
+}
