@@ -173,8 +173,8 @@ fn print_report(report: &FleetReport, dry_run: bool) {
         );
     }
     println!(
-        "{:<24} {:<10} {:<13} {:>6} {:>6} {:>9}  {}",
-        "CLIENT", "SERVER", "OUTCOME", "FROM", "TO", "MS", "DETAIL"
+        "{:<24} {:<10} {:<13} {:>6} {:>6} {:>9}  DETAIL",
+        "CLIENT", "SERVER", "OUTCOME", "FROM", "TO", "MS"
     );
     for t in report
         .tenants
