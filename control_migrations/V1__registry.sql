@@ -68,8 +68,10 @@ CREATE TABLE jobs (
 
 CREATE INDEX jobs_claimable ON jobs (run_after) WHERE status IN ('queued', 'running');
 CREATE INDEX jobs_client ON jobs (client_id, created_at);
--- At most one open job of a kind per client: a repeated request or a second process cannot double-enqueue.
-CREATE UNIQUE INDEX jobs_one_open_per_client ON jobs (client_id, kind) WHERE status IN ('queued', 'running');
+-- At most one queued job of a kind per client: a repeated request or a second process cannot double-enqueue,
+-- and the queued job reads the latest desired state when it runs. A job already running may have read an older
+-- state, so a change made meanwhile queues a new one behind it (jobs of one client run one at a time).
+CREATE UNIQUE INDEX jobs_one_queued_per_client ON jobs (client_id, kind) WHERE status = 'queued';
 
 -- The master client exists from the first migration; it is provisioned like any other client.
 INSERT INTO clients (slug, name, kind, status) VALUES ('master', 'Master', 'master', 'provisioning');

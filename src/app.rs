@@ -107,7 +107,8 @@ impl AppState {
         let prepared = async {
             control::migrate::run(database.target()).await?;
             let state = Self::new(settings, database.target())?;
-            state.control().ensure_local_server().await?;
+            let capacity = state.settings().tenants.local_max_databases;
+            state.control().ensure_local_server(capacity).await?;
             let attempts = i32::from(state.settings().workers.max_attempts);
             if let Some(job) = state.control().ensure_master_provisioning(attempts).await? {
                 tracing::info!(operation = %job, "the master client will be provisioned");

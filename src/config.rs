@@ -135,6 +135,7 @@ pub struct TenantSettings {
     pub db_prefix: String,
     pub template_db: String,
     pub credential_secret: Secret,
+    pub local_max_databases: u32,
     pub archive_dir: PathBuf,
 }
 
@@ -303,6 +304,12 @@ impl Settings {
             return Err(invalid(
                 "tenants.template_db",
                 "must be 1-63 characters of a-z, 0-9 and _, starting with a letter",
+            ));
+        }
+        if !(1..=100_000).contains(&self.tenants.local_max_databases) {
+            return Err(invalid(
+                "tenants.local_max_databases",
+                "must be between 1 and 100000",
             ));
         }
         let w = &self.workers;

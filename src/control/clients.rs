@@ -323,11 +323,22 @@ impl ControlPlane {
             return Err(ControlError::IsMaster("deleted"));
         }
         if client.status == ClientStatus::Deleting {
-            return Err(ControlError::InvalidState {
-                current: client.status,
-                action: "delete",
-                allowed: "provisioning, active, suspended or failed",
-            });
+            // Deletion already under way; only a deletion that failed for good may be requested again.
+            let open: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE client_id = $1 AND kind = $2
+                                AND status IN ('queued', 'running'))",
+            )
+            .bind(client.id)
+            .bind(JobKind::DeleteClient.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+            if open {
+                return Err(ControlError::InvalidState {
+                    current: client.status,
+                    action: "delete",
+                    allowed: "provisioning, active, suspended or failed",
+                });
+            }
         }
         let children: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM clients WHERE parent_id = $1 AND status <> 'deleted'",
@@ -440,8 +451,8 @@ async fn client_by_id_in(
     row.ok_or(ControlError::NotFound)?.try_into()
 }
 
-/// Inserts a job unless the client already has an open one of that kind, and notifies workers at commit.
-/// Returns the new job's id, or `None` if one was already open.
+/// Inserts a job unless the client already has a queued one of that kind (which will see the latest state when it
+/// runs), and notifies workers at commit. Returns the new job's id, or `None` if one was already queued.
 pub(super) async fn enqueue(
     tx: &mut Transaction<'_, Postgres>,
     kind: JobKind,
@@ -451,7 +462,7 @@ pub(super) async fn enqueue(
 ) -> Result<Option<Uuid>, ControlError> {
     let id: Option<Uuid> = sqlx::query_scalar(
         "INSERT INTO jobs (kind, client_id, payload, max_attempts) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (client_id, kind) WHERE status IN ('queued', 'running') DO NOTHING
+         ON CONFLICT (client_id, kind) WHERE status = 'queued' DO NOTHING
          RETURNING id",
     )
     .bind(kind.as_str())

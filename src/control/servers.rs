@@ -27,14 +27,15 @@ impl std::fmt::Debug for ServerRecord {
 
 impl ControlPlane {
     /// Registers the database server that holds the control plane itself (admin URL NULL: reached with the
-    /// control plane's own credentials). Idempotent.
-    pub async fn ensure_local_server(&self) -> Result<i64, ControlError> {
+    /// control plane's own credentials), with its configured capacity. Idempotent.
+    pub async fn ensure_local_server(&self, max_databases: u32) -> Result<i64, ControlError> {
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO db_servers (name) VALUES ($1)
-             ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
+            "INSERT INTO db_servers (name, max_databases) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE SET max_databases = EXCLUDED.max_databases, updated_at = now()
              RETURNING id",
         )
         .bind(LOCAL_SERVER)
+        .bind(i32::try_from(max_databases).unwrap_or(i32::MAX))
         .fetch_one(&self.pool)
         .await?;
         Ok(id)

@@ -67,7 +67,9 @@ impl MigrationSet {
             .collect()
     }
 
-    fn runner(&self) -> Runner {
+    /// A refinery runner over this set with mandant's history table (the fleet does not use it directly; the
+    /// benchmarks use it as the plain-refinery baseline).
+    pub fn runner(&self) -> Runner {
         let mut runner = Runner::new(&self.migrations)
             .set_abort_divergent(true)
             .set_abort_missing(true);

@@ -29,6 +29,30 @@ async fn role_exists(name: &str) -> bool {
         .get(0)
 }
 
+/// Waits until the role's LOGIN attribute is `expected` (the access job runs in the background).
+async fn wait_for_login(role: &str, expected: bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let can_login: bool = superuser("postgres")
+            .await
+            .query_one(
+                "SELECT rolcanlogin FROM pg_roles WHERE rolname = $1",
+                &[&role],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if can_login == expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{role}: LOGIN never became {expected}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 fn uuid_of(client: &serde_json::Value) -> uuid::Uuid {
     client["id"].as_str().unwrap().parse().unwrap()
 }
@@ -347,46 +371,11 @@ async fn rename_suspend_resume_follow_the_lifecycle_and_refuse_wrong_states() {
 
     // The suspension reaches the database: the tenant role can no longer log in.
     let role = body["database"].as_str().unwrap().to_owned();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let can_login: bool = superuser("postgres")
-            .await
-            .query_one(
-                "SELECT rolcanlogin FROM pg_roles WHERE rolname = $1",
-                &[&role],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if !can_login {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "role still has LOGIN");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_for_login(&role, false).await;
 
     let resumed = app.post("/v1/clients/shop/resume").await;
     assert_eq!(resumed.status(), StatusCode::OK);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let can_login: bool = superuser("postgres")
-            .await
-            .query_one(
-                "SELECT rolcanlogin FROM pg_roles WHERE rolname = $1",
-                &[&role],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if can_login {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "role did not get LOGIN back"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_for_login(&role, true).await;
 
     let master = app.post("/v1/clients/master/suspend").await;
     assert_eq!(master.status(), StatusCode::CONFLICT);

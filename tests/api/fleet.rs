@@ -6,7 +6,7 @@ use mandant::fleet::{FleetOptions, FleetReport, Outcome, migrate_fleet};
 use mandant::provisioning::Provisioner;
 use mandant::tenant::migrate::MigrationSet;
 
-use crate::helpers::{TestApp, TestDir, mandant_command, spawn_app_without_workers, superuser};
+use crate::helpers::{TestApp, TestDir, spawn_app_without_workers, superuser};
 
 const NEW: &str = "V100__loyalty_points";
 const NEW_SQL: &str = "ALTER TABLE recipients ADD COLUMN loyalty_points integer";
@@ -350,26 +350,8 @@ async fn the_command_exits_non_zero_when_a_tenant_fails_and_prints_json() {
     let app = fleet(2).await;
     let cwd = TestDir::new("fleet-cwd");
     let run = |json: bool| {
-        let mut command = mandant_command(cwd.path());
-        command
-            .args(["tenants", "migrate", "--concurrency", "2"])
-            .env(
-                "MANDANT__DATABASE__URL",
-                app.control_target().to_url().expose(),
-            )
-            .env(
-                "MANDANT__TENANTS__DB_PREFIX",
-                &app.settings.tenants.db_prefix,
-            )
-            .env(
-                "MANDANT__TENANTS__TEMPLATE_DB",
-                &app.settings.tenants.template_db,
-            )
-            .env(
-                "MANDANT__TENANTS__CREDENTIAL_SECRET",
-                app.settings.tenants.credential_secret.expose(),
-            )
-            .env("MANDANT__LOG__LEVEL", "error");
+        let mut command = app.command(cwd.path());
+        command.args(["tenants", "migrate", "--concurrency", "2"]);
         if json {
             command.arg("--json");
         }

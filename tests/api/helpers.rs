@@ -163,46 +163,41 @@ impl TestApp {
         format!("http://{}{}", self.addr, path)
     }
 
-    pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client
-            .get(self.url(path))
+    /// Sends a request with an optional JSON body.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> reqwest::Response {
+        let mut request = self.client.request(method.clone(), self.url(path));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        request
             .send()
             .await
-            .expect("GET request")
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.send(reqwest::Method::GET, path, None).await
     }
 
     pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
-        self.client
-            .post(self.url(path))
-            .json(body)
-            .send()
-            .await
-            .expect("POST request")
+        self.send(reqwest::Method::POST, path, Some(body)).await
     }
 
     pub async fn post(&self, path: &str) -> reqwest::Response {
-        self.client
-            .post(self.url(path))
-            .send()
-            .await
-            .expect("POST request")
+        self.send(reqwest::Method::POST, path, None).await
     }
 
     pub async fn patch_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
-        self.client
-            .patch(self.url(path))
-            .json(body)
-            .send()
-            .await
-            .expect("PATCH request")
+        self.send(reqwest::Method::PATCH, path, Some(body)).await
     }
 
     pub async fn delete(&self, path: &str) -> reqwest::Response {
-        self.client
-            .delete(self.url(path))
-            .send()
-            .await
-            .expect("DELETE request")
+        self.send(reqwest::Method::DELETE, path, None).await
     }
 
     /// `POST /v1/clients` → 202; returns the body.
@@ -219,6 +214,16 @@ impl TestApp {
 
     /// Polls an operation until it has finished (succeeded or failed); returns it.
     pub async fn wait_for_operation(&self, id: &str) -> serde_json::Value {
+        self.poll_operation(id, |status| status == "succeeded" || status == "failed")
+            .await
+    }
+
+    /// Polls an operation until it is in `status`; returns it.
+    pub async fn wait_for_operation_state(&self, id: &str, status: &str) -> serde_json::Value {
+        self.poll_operation(id, |s| s == status).await
+    }
+
+    async fn poll_operation(&self, id: &str, done: impl Fn(&str) -> bool) -> serde_json::Value {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
             let op: serde_json::Value = self
@@ -227,36 +232,46 @@ impl TestApp {
                 .json()
                 .await
                 .expect("operation body");
-            if op["status"] == "succeeded" || op["status"] == "failed" {
+            if done(op["status"].as_str().unwrap_or_default()) {
                 return op;
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "operation {id} unfinished: {op}"
+                "operation {id} stuck: {op}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
-    /// Polls an operation until it is in `status`; returns it.
-    pub async fn wait_for_operation_state(&self, id: &str, status: &str) -> serde_json::Value {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let op: serde_json::Value = self
-                .get(&format!("/v1/operations/{id}"))
-                .await
-                .json()
-                .await
-                .expect("operation body");
-            if op["status"] == status {
-                return op;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "operation {id} never {status}: {op}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    /// Ends every running job's lease, as if its worker had died long ago.
+    pub async fn expire_leases(&self) {
+        self.control()
+            .await
+            .execute(
+                "UPDATE jobs SET lease_until = now() - interval '1 second' WHERE status = 'running'",
+                &[],
+            )
+            .await
+            .expect("expire leases");
+    }
+
+    /// The `mandant` binary configured for this app's control plane and names.
+    pub fn command(&self, cwd: &Path) -> std::process::Command {
+        let tenants = &self.settings.tenants;
+        let mut command = mandant_command(cwd);
+        command
+            .env(
+                "MANDANT__DATABASE__URL",
+                self.control_target().to_url().expose(),
+            )
+            .env("MANDANT__TENANTS__DB_PREFIX", &tenants.db_prefix)
+            .env("MANDANT__TENANTS__TEMPLATE_DB", &tenants.template_db)
+            .env(
+                "MANDANT__TENANTS__CREDENTIAL_SECRET",
+                tenants.credential_secret.expose(),
+            )
+            .env("MANDANT__LOG__LEVEL", "error");
+        command
     }
 
     /// Creates a client and waits until it is active; returns the client body.

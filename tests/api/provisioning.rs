@@ -8,9 +8,7 @@ use mandant::workers::Tick;
 
 use mandant::app::RunOptions;
 
-use crate::helpers::{
-    TestDir, mandant_command, spawn_app_opts, spawn_app_without_workers, superuser,
-};
+use crate::helpers::{TestDir, spawn_app_opts, spawn_app_without_workers, superuser};
 
 async fn databases_with_prefix(prefix: &str) -> Vec<String> {
     let pattern = format!("{}%", prefix.replace('_', "\\_"));
@@ -42,14 +40,7 @@ async fn a_worker_that_dies_after_any_step_is_finished_by_the_next_worker() {
         let tick = dying.tick().await.unwrap();
         assert!(matches!(tick, Tick::Crashed { .. }), "{step:?}: {tick:?}");
         // The dead worker's lease runs out.
-        app.control()
-            .await
-            .execute(
-                "UPDATE jobs SET lease_until = now() - interval '1 second' WHERE status = 'running'",
-                &[],
-            )
-            .await
-            .unwrap();
+        app.expire_leases().await;
         let ticks = app.drain(&healthy).await;
         assert!(
             matches!(ticks.as_slice(), [Tick::Succeeded { .. }]),
@@ -294,14 +285,7 @@ async fn deletion_requested_while_provisioning_waits_its_turn_and_leaves_nothing
     );
     // While the provisioning job holds its lease, the client's deletion does not start.
     assert_eq!(runner.tick().await.unwrap(), Tick::Idle);
-    app.control()
-        .await
-        .execute(
-            "UPDATE jobs SET lease_until = now() - interval '1 second' WHERE status = 'running'",
-            &[],
-        )
-        .await
-        .unwrap();
+    app.expire_leases().await;
     app.drain(&runner).await;
     let name = format!("{}{}", app.settings.tenants.db_prefix, id.replace('-', ""));
     let prefix_dbs = databases_with_prefix(&app.settings.tenants.db_prefix).await;
@@ -327,16 +311,9 @@ async fn tenants_list_shows_every_client_with_status_server_database_and_schema_
     app.drain(&runner).await;
     app.create_client("pending").await;
     let cwd = TestDir::new("list-cwd");
-    let out = mandant_command(cwd.path())
+    let out = app
+        .command(cwd.path())
         .args(["tenants", "list", "--json"])
-        .env(
-            "MANDANT__DATABASE__URL",
-            app.control_target().to_url().expose(),
-        )
-        .env(
-            "MANDANT__TENANTS__DB_PREFIX",
-            &app.settings.tenants.db_prefix,
-        )
         .output()
         .unwrap();
     assert!(
@@ -357,14 +334,92 @@ async fn tenants_list_shows_every_client_with_status_server_database_and_schema_
     assert_eq!(by_slug("pending")["status"], "provisioning");
     assert_eq!(by_slug("master")["kind"], "master");
 
-    let table = mandant_command(cwd.path())
+    let table = app
+        .command(cwd.path())
         .args(["tenants", "list"])
-        .env(
-            "MANDANT__DATABASE__URL",
-            app.control_target().to_url().expose(),
-        )
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(text.contains("listed") && text.contains("SCHEMA"), "{text}");
+}
+
+#[tokio::test]
+async fn a_client_finds_no_server_when_every_server_is_full_and_says_so() {
+    let app = spawn_app_opts(
+        &[("MANDANT__TENANTS__LOCAL_MAX_DATABASES", "1".to_owned())],
+        RunOptions { no_workers: true },
+    )
+    .await;
+    let runner = app.runner("w");
+    app.drain(&runner).await; // the master takes the only place
+    let created = app.create_client("no-room").await;
+    let tick = runner.tick().await.unwrap();
+    match tick {
+        Tick::Retrying { error, .. } => assert!(error.contains("free capacity"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    let op = app
+        .wait_for_operation_state(created["operation"].as_str().unwrap(), "queued")
+        .await;
+    assert!(op["last_error"].as_str().unwrap().contains("capacity"));
+}
+
+#[tokio::test]
+async fn a_resume_while_the_suspend_job_runs_is_applied_after_it() {
+    let app = spawn_app_without_workers().await;
+    let runner = app.runner("w");
+    let created = app.create_client("flip").await;
+    app.drain(&runner).await;
+    let role = format!(
+        "{}{}",
+        app.settings.tenants.db_prefix,
+        created["id"].as_str().unwrap().replace('-', "")
+    );
+    assert!(
+        app.post("/v1/clients/flip/suspend")
+            .await
+            .status()
+            .is_success()
+    );
+    // A worker has claimed the suspension (and read "suspended") but not finished when the resume arrives.
+    app.control()
+        .await
+        .batch_execute(
+            "UPDATE jobs SET status = 'running', attempts = 1, locked_by = 'slow',
+                    lease_until = now() + interval '1 hour'
+             WHERE kind = 'sync_access' AND status = 'queued'",
+        )
+        .await
+        .unwrap();
+    assert!(
+        app.post("/v1/clients/flip/resume")
+            .await
+            .status()
+            .is_success()
+    );
+    let queued = app
+        .control_i64("SELECT count(*) FROM jobs WHERE kind = 'sync_access' AND status = 'queued'")
+        .await;
+    assert_eq!(
+        queued, 1,
+        "the resume must queue its own job behind the running one"
+    );
+    // The slow worker applies its stale view and dies; its job is taken over, then the resume's job runs.
+    superuser("postgres")
+        .await
+        .batch_execute(&format!("ALTER ROLE \"{role}\" NOLOGIN"))
+        .await
+        .unwrap();
+    app.expire_leases().await;
+    app.drain(&runner).await;
+    let can_login: bool = superuser("postgres")
+        .await
+        .query_one(
+            "SELECT rolcanlogin FROM pg_roles WHERE rolname = $1",
+            &[&role],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(can_login, "the last change (resume) wins");
 }

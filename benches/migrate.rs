@@ -1,0 +1,244 @@
+//! `cargo bench --bench migrate`:
+//! 1. 200 tenants with one pending one-statement migration: the fleet migration (`tenants migrate`,
+//!    concurrency 4) beside a sequential loop running refinery on each tenant, in the same run.
+//! 2. A no-op run over 1,000 registered tenants beside a loop that connects to each one.
+//! Prints a table and writes benches/results/migrate.json.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use mandant::app::RunOptions;
+use mandant::embedded::ThrowawayCluster;
+use mandant::fleet::{FleetOptions, migrate_fleet};
+use mandant::tenant::migrate::MigrationSet;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[tokio::main]
+async fn main() {
+    let pending_tenants = env_usize("BENCH_TENANTS", 200);
+    let registered = env_usize("BENCH_REGISTERED", 1000).max(pending_tenants);
+    let concurrency = env_usize("BENCH_CONCURRENCY", 4);
+    let cluster = ThrowawayCluster::start("bench-migrate").expect("cluster");
+    let settings = common::settings(
+        &cluster,
+        "bench_ctl",
+        &[("MANDANT__WORKERS__CONCURRENCY", "4")],
+    );
+    let app = common::start_app(settings, RunOptions::default()).await;
+    let http = reqwest::Client::new();
+
+    // Setup (untimed): `registered` clients through the API.
+    let setup = Instant::now();
+    let slugs: Vec<String> = (0..registered).map(|i| format!("m-{i:04}")).collect();
+    for chunk in slugs.chunks(50) {
+        for slug in chunk {
+            let status = http
+                .post(format!("{}/v1/clients", app.base))
+                .json(&serde_json::json!({"slug": slug, "name": slug}))
+                .send()
+                .await
+                .expect("POST")
+                .status();
+            assert_eq!(status, reqwest::StatusCode::ACCEPTED);
+        }
+        wait_active(&app, 0).await;
+    }
+    wait_active(&app, registered + 1).await;
+    eprintln!(
+        "setup: {registered} clients in {:.1} s",
+        setup.elapsed().as_secs_f64()
+    );
+
+    let provisioner = app.state.provisioner().clone();
+    let only: Vec<_> = slugs[..pending_tenants]
+        .iter()
+        .map(|s| mandant::domain::ClientSlug::parse(s).expect("slug"))
+        .collect();
+
+    // 1a. The fleet migration, one pending migration on `pending_tenants` tenants.
+    let v100 = MigrationSet::embedded()
+        .with(
+            "V100__bench_a",
+            "ALTER TABLE recipients ADD COLUMN bench_a integer",
+        )
+        .expect("set");
+    let options = FleetOptions {
+        concurrency,
+        per_server: concurrency,
+        only: only.clone(),
+        dry_run: false,
+        verify: false,
+    };
+    let fleet_started = Instant::now();
+    let report = migrate_fleet(
+        &provisioner.clone().with_migrations(v100.clone()),
+        &options,
+        |_| {},
+    )
+    .await
+    .expect("fleet");
+    let fleet = fleet_started.elapsed();
+    assert!(
+        report.ok() && report.migrated == pending_tenants,
+        "{report:?}"
+    );
+
+    // 1b. Sequential refinery over the same tenants, another one-statement migration.
+    let v101 = v100
+        .with(
+            "V101__bench_b",
+            "ALTER TABLE recipients ADD COLUMN bench_b integer",
+        )
+        .expect("set");
+    let targets: Vec<_> = report
+        .tenants
+        .iter()
+        .map(|t| cluster.cluster().target(&t.database))
+        .collect();
+    let sequential_started = Instant::now();
+    for target in &targets {
+        let mut client = target.connect().await.expect("connect");
+        let applied = v101
+            .runner()
+            .run_async(&mut client)
+            .await
+            .expect("refinery");
+        assert_eq!(applied.applied_migrations().len(), 1);
+    }
+    let sequential = sequential_started.elapsed();
+
+    // 2a. No-op over every registered tenant (the registry says all are current).
+    let all = FleetOptions {
+        only: Vec::new(),
+        ..options.clone()
+    };
+    let noop_started = Instant::now();
+    let noop_report = migrate_fleet(&provisioner, &all, |_| {})
+        .await
+        .expect("no-op");
+    let noop = noop_started.elapsed();
+    assert_eq!(noop_report.tenants.len(), registered + 1);
+    assert!(noop_report.tenants.iter().all(|t| !t.connected));
+
+    // 2b. A loop connecting to each registered tenant once.
+    let every: Vec<_> = noop_report
+        .tenants
+        .iter()
+        .map(|t| cluster.cluster().target(&t.database))
+        .collect();
+    let connect_started = Instant::now();
+    for target in &every {
+        let client = target.connect().await.expect("connect");
+        client.simple_query("SELECT 1").await.expect("select");
+    }
+    let connect_loop = connect_started.elapsed();
+
+    // Context: --verify connects to every tenant and reads its history.
+    let verify_started = Instant::now();
+    let verified = migrate_fleet(
+        &provisioner,
+        &FleetOptions {
+            verify: true,
+            dry_run: true,
+            ..all.clone()
+        },
+        |_| {},
+    )
+    .await
+    .expect("verify");
+    let verify = verify_started.elapsed();
+    assert_eq!(verified.tenants.len(), registered + 1);
+    app.stop().await;
+
+    let per = |d: Duration, n: usize| d.as_secs_f64() * 1000.0 / n as f64;
+    println!("migrate: 2 cores, fsync off, same cluster for all rows\n");
+    println!(
+        "{:<62} {:>8} {:>9} {:>12}",
+        "run", "tenants", "wall s", "ms/tenant"
+    );
+    let row = |name: &str, n: usize, d: Duration| {
+        println!(
+            "{:<62} {:>8} {:>9.3} {:>12.2}",
+            name,
+            n,
+            d.as_secs_f64(),
+            per(d, n)
+        );
+    };
+    row(
+        &format!("mandant tenants migrate, 1 pending (concurrency {concurrency})"),
+        pending_tenants,
+        fleet,
+    );
+    row(
+        "sequential refinery loop, 1 pending",
+        pending_tenants,
+        sequential,
+    );
+    row(
+        "mandant tenants migrate, nothing pending",
+        registered + 1,
+        noop,
+    );
+    row(
+        "loop connecting to each tenant",
+        registered + 1,
+        connect_loop,
+    );
+    row(
+        "mandant tenants migrate --verify --dry-run (context)",
+        registered + 1,
+        verify,
+    );
+    let speedup = sequential.as_secs_f64() / fleet.as_secs_f64();
+    println!(
+        "\npending: {speedup:.2}x the sequential loop (target >= 2); no-op: {:.3} s (target < 1 s), {:.0}x faster than connecting",
+        noop.as_secs_f64(),
+        connect_loop.as_secs_f64() / noop.as_secs_f64()
+    );
+    common::write_report(
+        "migrate",
+        &serde_json::json!({
+            "pending": {"tenants": pending_tenants, "concurrency": concurrency,
+                        "mandant_s": fleet.as_secs_f64(), "sequential_refinery_s": sequential.as_secs_f64(),
+                        "speedup": speedup},
+            "noop": {"tenants": registered + 1, "mandant_s": noop.as_secs_f64(),
+                     "connect_loop_s": connect_loop.as_secs_f64(), "verify_s": verify.as_secs_f64()},
+        }),
+    );
+}
+
+/// Waits until at least `n` clients are active and no provisioning is queued (n = 0: only the latter).
+async fn wait_active(app: &common::RunningApp, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(1200);
+    loop {
+        let clients = app
+            .state
+            .control()
+            .all_live_clients()
+            .await
+            .expect("clients");
+        let active = clients
+            .iter()
+            .filter(|c| c.status == mandant::domain::ClientStatus::Active)
+            .count();
+        let busy = clients
+            .iter()
+            .any(|c| c.status == mandant::domain::ClientStatus::Provisioning);
+        if active >= n && !busy {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {active} of {n} clients active"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
