@@ -2,6 +2,7 @@
 //! 1. 200 tenants with one pending one-statement migration: the fleet migration (`tenants migrate`,
 //!    concurrency 4) beside a sequential loop running refinery on each tenant, in the same run.
 //! 2. A no-op run over 1,000 registered tenants beside a loop that connects to each one.
+//!
 //! Prints a table and writes benches/results/migrate.json.
 
 mod common;
