@@ -9,6 +9,25 @@ use mandant::app::{Application, RunOptions};
 use mandant::config::{LoadOptions, Settings, TEST_TOML};
 use mandant::embedded::ThrowawayCluster;
 
+/// The benchmarks' cluster: fsync on (as in production) unless BENCH_FSYNC=off.
+pub fn cluster(tag: &str) -> ThrowawayCluster {
+    let fsync = std::env::var("BENCH_FSYNC")
+        .map(|v| v != "off")
+        .unwrap_or(true);
+    ThrowawayCluster::start_with(tag, fsync).expect("cluster")
+}
+
+pub fn fsync_label() -> &'static str {
+    if std::env::var("BENCH_FSYNC")
+        .map(|v| v != "off")
+        .unwrap_or(true)
+    {
+        "fsync on"
+    } else {
+        "fsync off"
+    }
+}
+
 /// Settings for an app on `cluster`, with `extra` `MANDANT__` overrides.
 pub fn settings(cluster: &ThrowawayCluster, control_db: &str, extra: &[(&str, &str)]) -> Settings {
     let mut env: HashMap<String, String> = HashMap::new();

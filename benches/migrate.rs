@@ -10,7 +10,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use mandant::app::RunOptions;
-use mandant::embedded::ThrowawayCluster;
 use mandant::fleet::{FleetOptions, migrate_fleet};
 use mandant::tenant::migrate::MigrationSet;
 
@@ -26,7 +25,7 @@ async fn main() {
     let pending_tenants = env_usize("BENCH_TENANTS", 200);
     let registered = env_usize("BENCH_REGISTERED", 1000).max(pending_tenants);
     let concurrency = env_usize("BENCH_CONCURRENCY", 4);
-    let cluster = ThrowawayCluster::start("bench-migrate").expect("cluster");
+    let cluster = common::cluster("bench-migrate");
     let settings = common::settings(
         &cluster,
         "bench_ctl",
@@ -77,6 +76,14 @@ async fn main() {
         dry_run: false,
         verify: false,
     };
+    let admin = cluster
+        .cluster()
+        .target("postgres")
+        .connect()
+        .await
+        .expect("admin");
+    // Every timed phase starts after a checkpoint, so no phase pays for the previous one's writes.
+    admin.batch_execute("CHECKPOINT").await.expect("checkpoint");
     let fleet_started = Instant::now();
     let report = migrate_fleet(
         &provisioner.clone().with_migrations(v100.clone()),
@@ -103,6 +110,7 @@ async fn main() {
         .iter()
         .map(|t| cluster.cluster().target(&t.database))
         .collect();
+    admin.batch_execute("CHECKPOINT").await.expect("checkpoint");
     let sequential_started = Instant::now();
     for target in &targets {
         let mut client = target.connect().await.expect("connect");
@@ -120,6 +128,7 @@ async fn main() {
         only: Vec::new(),
         ..options.clone()
     };
+    admin.batch_execute("CHECKPOINT").await.expect("checkpoint");
     let noop_started = Instant::now();
     let noop_report = migrate_fleet(&provisioner, &all, |_| {})
         .await
@@ -159,7 +168,10 @@ async fn main() {
     app.stop().await;
 
     let per = |d: Duration, n: usize| d.as_secs_f64() * 1000.0 / n as f64;
-    println!("migrate: 2 cores, fsync off, same cluster for all rows\n");
+    println!(
+        "migrate: 2 cores, {}, same cluster for all rows\n",
+        common::fsync_label()
+    );
     println!(
         "{:<62} {:>8} {:>9} {:>12}",
         "run", "tenants", "wall s", "ms/tenant"

@@ -9,7 +9,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use mandant::app::RunOptions;
-use mandant::embedded::ThrowawayCluster;
 use mandant::tenant::migrate::migrate_database;
 
 const CLIENTS: usize = 100;
@@ -22,7 +21,7 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(CLIENTS);
-    let cluster = ThrowawayCluster::start("bench-provision").expect("cluster");
+    let cluster = common::cluster("bench-provision");
     let admin = cluster
         .cluster()
         .target("postgres")
@@ -171,7 +170,10 @@ async fn main() {
         rate(clients, floor),
         rate(clients, naive),
     );
-    println!("provision: {clients} clients, 2 cores, fsync off (same cluster for all rows)\n");
+    println!(
+        "provision: {clients} clients, 2 cores, {} (same cluster for all rows)\n",
+        common::fsync_label()
+    );
     println!(
         "{:<58} {:>10} {:>12} {:>10} {:>10}",
         "method", "wall s", "clients/s", "p50 ms", "p95 ms"

@@ -815,7 +815,7 @@ impl Drop for ScratchDir {
     }
 }
 
-/// A cluster in its own scratch directory with fsync off, for tests and benchmarks. Stopped and removed on drop.
+/// A cluster in its own scratch directory, for tests and benchmarks. Stopped and removed on drop.
 pub struct ThrowawayCluster {
     // Field order matters: the cluster stops before its directory is removed.
     cluster: Cluster,
@@ -823,13 +823,19 @@ pub struct ThrowawayCluster {
 }
 
 impl ThrowawayCluster {
+    /// fsync off: tests.
     pub fn start(tag: &str) -> Result<Self, EmbeddedError> {
+        Self::start_with(tag, false)
+    }
+
+    /// With a choice of durability: benchmarks measure with fsync on, as a production cluster runs.
+    pub fn start_with(tag: &str, fsync: bool) -> Result<Self, EmbeddedError> {
         let dir = ScratchDir::new(tag)?;
         let spec = ClusterSpec {
             data_dir: dir.path().to_path_buf(),
             bin_dir: None,
             port: 5432,
-            fsync: false,
+            fsync,
             max_connections: 300,
             start_timeout: Duration::from_secs(60),
         };

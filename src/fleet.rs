@@ -63,6 +63,11 @@ pub enum Outcome {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TenantResult {
+    #[serde(skip)]
+    pub client_id: uuid::Uuid,
+    /// The version to record in the registry (recorded in batches by the run).
+    #[serde(skip)]
+    pub record: Option<i32>,
     pub client: String,
     pub client_status: &'static str,
     pub server: String,
@@ -130,10 +135,7 @@ pub async fn migrate_fleet(
         .collect();
 
     // 1. Template databases, so clients provisioned from now on start current.
-    let mut templates = Vec::new();
-    for server in servers.values().filter(|s| s.status == "active") {
-        templates.push(migrate_template(provisioner, server, &set, options).await);
-    }
+    let templates = migrate_templates(provisioner, servers.values(), options).await;
 
     // 2. Tenants, through a queue bounded overall and per server.
     let overall = Arc::new(Semaphore::new(options.concurrency.max(1)));
@@ -166,13 +168,25 @@ pub async fn migrate_fleet(
             .instrument(span),
         );
     }
+    // Versions are recorded in batches: one statement per RECORD_BATCH tenants instead of one each. A crash before
+    // a batch is written only means the next run connects to those tenants again and finds them current.
     let mut tenants = Vec::new();
+    let mut unrecorded: Vec<(uuid::Uuid, i32)> = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         match joined {
-            Ok(result) => tenants.push(result),
+            Ok(result) => {
+                if let Some(version) = result.record {
+                    unrecorded.push((result.client_id, version));
+                }
+                tenants.push(result);
+            }
             Err(e) => tracing::error!(error = %e, "a tenant migration task panicked"),
         }
+        if unrecorded.len() >= RECORD_BATCH {
+            record_versions(provisioner, &mut unrecorded).await;
+        }
     }
+    record_versions(provisioner, &mut unrecorded).await;
     tenants.sort_by(|a, b| a.client.cmp(&b.client));
     let count = |o: Outcome| tenants.iter().filter(|t| t.outcome == o).count();
     Ok(FleetReport {
@@ -186,6 +200,34 @@ pub async fn migrate_fleet(
         tenants,
         duration_ms: started.elapsed().as_secs_f64() * 1000.0,
     })
+}
+
+/// Tenant versions written to the registry per statement.
+const RECORD_BATCH: usize = 64;
+
+async fn record_versions(provisioner: &Provisioner, versions: &mut Vec<(uuid::Uuid, i32)>) {
+    if versions.is_empty() {
+        return;
+    }
+    if let Err(e) = provisioner.control().set_schema_versions(versions).await {
+        tracing::warn!(error = %e, tenants = versions.len(), "could not record schema versions; the next run will re-check these tenants");
+    }
+    versions.clear();
+}
+
+/// Brings the template database of every active server in `servers` to the provisioner's latest migration
+/// (`mandant migrate` runs this after the control plane; the fleet run starts with it).
+pub async fn migrate_templates<'a>(
+    provisioner: &Provisioner,
+    servers: impl IntoIterator<Item = &'a ServerRecord>,
+    options: &FleetOptions,
+) -> Vec<TemplateResult> {
+    let mut results = Vec::new();
+    for server in servers.into_iter().filter(|s| s.status == "active") {
+        results
+            .push(migrate_template(provisioner, server, provisioner.migrations(), options).await);
+    }
+    results
 }
 
 /// Active and suspended clients (those with a database to keep current), narrowed to `only`.
@@ -228,17 +270,18 @@ async fn migrate_template(
     }
     let migrated = async {
         let admin = provisioner.admin_target(server)?;
-        let version = template::ensure_template(&admin, provisioner.templates(), set).await?;
+        let outcome = template::ensure_template(&admin, provisioner.templates(), set).await?;
         provisioner
             .control()
-            .set_template_version(server.id, version)
+            .set_template_version(server.id, outcome.to)
             .await?;
-        Ok::<_, ProvisionError>(version)
+        Ok::<_, ProvisionError>(outcome)
     };
     match migrated.await {
-        Ok(version) => {
-            result.to = version;
-            if version != server.template_version {
+        Ok(outcome) => {
+            result.from = outcome.from;
+            result.to = outcome.to;
+            if !outcome.applied.is_empty() {
                 result.outcome = Outcome::Migrated;
             }
         }
@@ -261,6 +304,8 @@ async fn migrate_tenant(
     let started = Instant::now();
     let names = provisioner.names(client.id);
     let mut result = TenantResult {
+        client_id: client.id,
+        record: None,
         client: client.slug.clone(),
         client_status: client.status.as_str(),
         server: server.name.clone(),
@@ -358,13 +403,8 @@ async fn migrate_tenant(
                 result.outcome = Outcome::Migrated;
             }
             result.migrations = outcome.applied;
-            if let Err(e) = provisioner
-                .control()
-                .set_schema_version(client.id, outcome.to)
-                .await
-            {
-                result.outcome = Outcome::Failed;
-                result.error = Some(format!("migrated, but recording the version failed: {e}"));
+            if outcome.to != client.schema_version {
+                result.record = Some(outcome.to);
             }
         }
         Err(failure) => {
@@ -376,10 +416,7 @@ async fn migrate_tenant(
             result.error = Some(failure.error.to_string());
             if let Some(reached) = failure.reached {
                 result.to = reached;
-                let _ = provisioner
-                    .control()
-                    .set_schema_version(client.id, reached)
-                    .await;
+                result.record = Some(reached);
             }
         }
     }

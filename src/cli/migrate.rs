@@ -1,20 +1,26 @@
-//! `mandant migrate`: applies the control-plane migrations (and, once tenants exist, brings each server's template
-//! database up to date). Safe to run while `serve` runs and from several processes at once.
+//! `mandant migrate`: applies the control-plane migrations, then brings each database server's template database
+//! up to the latest tenant migration (tenant databases themselves: `mandant tenants migrate`). Safe to run while
+//! `serve` runs and from several processes at once: both steps run under advisory locks.
 
 use std::process::ExitCode;
 
-use crate::app::ControlDatabase;
+use crate::app::{AppState, ControlDatabase};
 use crate::config::Settings;
 use crate::control;
+use crate::fleet::{FleetOptions, Outcome, migrate_templates};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {}
 
 pub async fn run(settings: Settings, _args: Args) -> anyhow::Result<ExitCode> {
     let database = ControlDatabase::open(&settings).await?;
-    let result = control::migrate::run(database.target()).await;
+    let result = migrate_all(settings, &database).await;
     database.close().await;
-    let report = result?;
+    result
+}
+
+async fn migrate_all(settings: Settings, database: &ControlDatabase) -> anyhow::Result<ExitCode> {
+    let report = control::migrate::run(database.target()).await?;
     if report.applied.is_empty() {
         println!("control plane: up to date (V{})", report.latest);
     } else {
@@ -24,5 +30,36 @@ pub async fn run(settings: Settings, _args: Args) -> anyhow::Result<ExitCode> {
             report.latest
         );
     }
-    Ok(ExitCode::SUCCESS)
+    let state = AppState::new(settings, database.target())?;
+    let capacity = state.settings().tenants.local_max_databases;
+    state.control().ensure_local_server(capacity).await?;
+    let servers = state.control().list_servers().await?;
+    let options = FleetOptions {
+        concurrency: 1,
+        per_server: 1,
+        only: Vec::new(),
+        dry_run: false,
+        verify: false,
+    };
+    let templates = migrate_templates(state.provisioner(), &servers, &options).await;
+    state.control().close().await;
+    let mut failed = false;
+    for t in &templates {
+        match (&t.outcome, &t.error) {
+            (Outcome::Failed, Some(e)) => {
+                failed = true;
+                println!("template on {}: failed: {e}", t.server);
+            }
+            (Outcome::Migrated, _) => println!(
+                "template on {}: migrated v{} -> v{}",
+                t.server, t.from, t.to
+            ),
+            _ => println!("template on {}: up to date (v{})", t.server, t.to),
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -406,6 +406,21 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// Records many tenants' schema versions in one statement (the fleet migration batches them).
+    pub async fn set_schema_versions(&self, versions: &[(Uuid, i32)]) -> Result<(), ControlError> {
+        let (ids, numbers): (Vec<Uuid>, Vec<i32>) = versions.iter().copied().unzip();
+        sqlx::query(
+            "UPDATE clients SET schema_version = v.version, updated_at = now()
+             FROM unnest($1::uuid[], $2::int4[]) AS v(id, version)
+             WHERE clients.id = v.id",
+        )
+        .bind(ids)
+        .bind(numbers)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// `from` → `to` if the client is still in `from`; false if it moved on (e.g. deletion overtook provisioning).
     pub async fn transition(
         &self,

@@ -256,11 +256,11 @@ impl Provisioner {
                     let server = server.as_ref().ok_or(ControlError::NotFound)?;
                     if server.template_version < self.migrations.latest() {
                         let admin = self.admin_target(server)?;
-                        let version =
+                        let outcome =
                             template::ensure_template(&admin, &self.templates, &self.migrations)
                                 .await?;
                         self.control
-                            .set_template_version(server.id, version)
+                            .set_template_version(server.id, outcome.to)
                             .await?;
                     }
                 }

@@ -58,6 +58,16 @@ impl MigrationSet {
         self.migrations.last().map(|m| m.version()).unwrap_or(0)
     }
 
+    /// The newest version in the set below `version` (0 if none): where a database stood before `version` ran.
+    pub fn version_before(&self, version: i32) -> i32 {
+        self.migrations
+            .iter()
+            .map(|m| m.version())
+            .filter(|v| *v < version)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// `V{n}__{name}` of every migration newer than `version`.
     pub fn pending_after(&self, version: i32) -> Vec<String> {
         self.migrations
@@ -192,45 +202,36 @@ pub async fn migrate_with(
         .connect()
         .await
         .map_err(|e| fail(TenantError::postgres(context.clone())(e)))?;
+    // One round trip: the session lock (released when the connection closes, right after the run) and the role
+    // whose objects the migrations create.
+    let mut setup = format!("SELECT pg_advisory_lock({LOCK_KEY})");
+    if let Some(role) = run_as {
+        setup.push_str(&format!("; SET ROLE {}", quote_ident(role)));
+    }
     client
-        .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
+        .batch_execute(&setup)
         .await
         .map_err(|e| fail(TenantError::postgres(context.clone())(e)))?;
-    if let Some(role) = run_as {
-        client
-            .batch_execute(&format!("SET ROLE {}", quote_ident(role)))
-            .await
-            .map_err(|e| fail(TenantError::postgres(context.clone())(e)))?;
-    }
-    let from = history(&client)
-        .await
-        .map_err(|e| fail(TenantError::postgres(context.clone())(e)))?
-        .iter()
-        .map(|a| a.version)
-        .max()
-        .unwrap_or(0);
     let result = set.runner().run_async(&mut client).await;
-    let _ = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
-        .await;
-    let newest = |applied: &[Migration]| {
-        applied
-            .iter()
-            .map(|m| m.version())
-            .max()
-            .unwrap_or(from)
-            .max(from)
-    };
+    drop(client);
     match result {
-        Ok(report) => Ok(MigrateOutcome {
-            from,
-            to: newest(report.applied_migrations()),
-            applied: report.applied_migrations().iter().map(label).collect(),
-        }),
+        // refinery refuses divergent or unknown histories, so after a successful run the database holds every
+        // migration of the set: it is at the set's latest version, whatever it held before.
+        Ok(report) => {
+            let applied = report.applied_migrations();
+            let first = applied.iter().map(|m| m.version()).min();
+            Ok(MigrateOutcome {
+                from: first.map_or(set.latest(), |v| set.version_before(v)),
+                to: set.latest(),
+                applied: applied.iter().map(label).collect(),
+            })
+        }
         Err(e) => {
             let (divergent, message) = explain(&e);
             Err(MigrateFailure {
-                reached: e.report().map(|r| newest(r.applied_migrations())),
+                reached: e
+                    .report()
+                    .and_then(|r| r.applied_migrations().iter().map(|m| m.version()).max()),
                 divergent,
                 error: TenantError::Migration { context, message },
             })

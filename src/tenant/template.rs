@@ -15,7 +15,7 @@ use super::cluster::{
     admin_connect, create_database_from, database_exists, ensure_nologin_role, lock_key,
     quote_ident,
 };
-use super::migrate::{MigrationSet, migrate_with};
+use super::migrate::{MigrateOutcome, MigrationSet, migrate_with};
 use crate::db::PgTarget;
 
 /// Names on one server derived from the configuration.
@@ -39,13 +39,13 @@ impl TemplateNames {
     }
 }
 
-/// Creates the template database if missing and migrates it to the latest tenant migration. Returns its
-/// version. `admin` is the server's maintenance database as an administrator.
+/// Creates the template database if missing and migrates it to the latest tenant migration. Returns what the
+/// migration did. `admin` is the server's maintenance database as an administrator.
 pub async fn ensure_template(
     admin: &PgTarget,
     names: &TemplateNames,
     set: &MigrationSet,
-) -> Result<i32, TenantError> {
+) -> Result<MigrateOutcome, TenantError> {
     let conn = admin_connect(admin).await?;
     conn.execute("SELECT pg_advisory_lock($1)", &[&names.lock()])
         .await
@@ -61,13 +61,13 @@ pub async fn ensure_template(
     let _ = conn
         .execute("SELECT pg_advisory_unlock($1)", &[&names.lock()])
         .await;
-    let version = result?;
+    let outcome = result?;
     if let Err(e) = closed
         && database_exists(&conn, &names.template_db).await?
     {
         return Err(TenantError::postgres("closing the template database")(e));
     }
-    Ok(version)
+    Ok(outcome)
 }
 
 async fn prepare(
@@ -75,7 +75,7 @@ async fn prepare(
     admin: &PgTarget,
     names: &TemplateNames,
     set: &MigrationSet,
-) -> Result<i32, TenantError> {
+) -> Result<MigrateOutcome, TenantError> {
     ensure_nologin_role(conn, &names.owner_role).await?;
     if !database_exists(conn, &names.template_db).await? {
         create_database_from(conn, &names.template_db, "template0").await?;
@@ -109,7 +109,7 @@ async fn prepare(
     if !outcome.applied.is_empty() {
         tracing::info!(template = %names.template_db, from = outcome.from, to = outcome.to, "migrated the template database");
     }
-    Ok(outcome.to)
+    Ok(outcome)
 }
 
 /// Clones a tenant database from the template (shared lock: clones run in parallel, never during a template

@@ -61,10 +61,15 @@ async fn two_migrate_processes_started_at_the_same_moment_both_succeed() {
     let cwd = TestDir::new("migrate-cwd");
     let db = unique("race_");
     let url = cluster().target(&db).to_url().expose().to_owned();
+    let prefix = format!("{}_", unique("race"));
+    let template = unique("race_tpl_");
     let spawn = || {
         mandant_command(cwd.path())
             .arg("migrate")
             .env("MANDANT__DATABASE__URL", &url)
+            .env("MANDANT__TENANTS__DB_PREFIX", &prefix)
+            .env("MANDANT__TENANTS__TEMPLATE_DB", &template)
+            .env("MANDANT__TENANTS__CREDENTIAL_SECRET", "race-secret")
             .env("MANDANT__LOG__LEVEL", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -88,7 +93,22 @@ async fn two_migrate_processes_started_at_the_same_moment_both_succeed() {
         String::from_utf8_lossy(&b.stdout)
     );
     assert_eq!(said.matches("applied V1__registry").count(), 1, "{said}");
-    assert_eq!(said.matches("up to date").count(), 1, "{said}");
+    assert_eq!(
+        said.matches("control plane: up to date").count(),
+        1,
+        "{said}"
+    );
+    // Then the template database: made by one, found current by the other.
+    assert_eq!(
+        said.matches("template on local: migrated v0").count(),
+        1,
+        "{said}"
+    );
+    assert_eq!(
+        said.matches("template on local: up to date").count(),
+        1,
+        "{said}"
+    );
 
     let client = superuser(&db).await;
     let history: i64 = client
@@ -105,8 +125,22 @@ async fn two_migrate_processes_started_at_the_same_moment_both_succeed() {
     assert_eq!(masters, 1);
     drop(client);
     let admin = superuser("postgres").await;
-    admin
-        .batch_execute(&format!("DROP DATABASE \"{db}\" WITH (FORCE)"))
+    let is_template: bool = admin
+        .query_one(
+            "SELECT datistemplate FROM pg_database WHERE datname = $1",
+            &[&template],
+        )
         .await
-        .unwrap();
+        .unwrap()
+        .get(0);
+    assert!(is_template);
+    // One statement per call: DROP DATABASE refuses to run inside the implicit transaction of a batch.
+    for sql in [
+        format!("DROP DATABASE \"{db}\" WITH (FORCE)"),
+        format!("ALTER DATABASE \"{template}\" IS_TEMPLATE false"),
+        format!("DROP DATABASE \"{template}\""),
+        format!("DROP ROLE \"{prefix}owner\""),
+    ] {
+        admin.batch_execute(&sql).await.unwrap();
+    }
 }
