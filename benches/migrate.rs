@@ -62,13 +62,26 @@ async fn main() {
         .map(|s| mandant::domain::ClientSlug::parse(s).expect("slug"))
         .collect();
 
-    // 1a. The fleet migration, one pending migration on `pending_tenants` tenants.
+    // Each phase applies one one-statement migration to the same tenants: the sequential loop V100, the fleet
+    // V101 (the order is alternated by BENCH_FLEET_FIRST=1 to check that it does not matter).
     let v100 = MigrationSet::embedded()
         .with(
             "V100__bench_a",
             "ALTER TABLE recipients ADD COLUMN bench_a integer",
         )
         .expect("set");
+    let v101 = v100
+        .with(
+            "V101__bench_b",
+            "ALTER TABLE recipients ADD COLUMN bench_b integer",
+        )
+        .expect("set");
+    let fleet_first = std::env::var("BENCH_FLEET_FIRST").is_ok_and(|v| v == "1");
+    let (fleet_set, sequential_set) = if fleet_first {
+        (&v100, &v101)
+    } else {
+        (&v101, &v100)
+    };
     let options = FleetOptions {
         concurrency,
         per_server: concurrency,
@@ -82,46 +95,71 @@ async fn main() {
         .connect()
         .await
         .expect("admin");
-    // Every timed phase starts after a checkpoint, so no phase pays for the previous one's writes.
-    admin.batch_execute("CHECKPOINT").await.expect("checkpoint");
-    let fleet_started = Instant::now();
-    let report = migrate_fleet(
-        &provisioner.clone().with_migrations(v100.clone()),
-        &options,
-        |_| {},
-    )
-    .await
-    .expect("fleet");
-    let fleet = fleet_started.elapsed();
-    assert!(
-        report.ok() && report.migrated == pending_tenants,
-        "{report:?}"
-    );
-
-    // 1b. Sequential refinery over the same tenants, another one-statement migration.
-    let v101 = v100
-        .with(
-            "V101__bench_b",
-            "ALTER TABLE recipients ADD COLUMN bench_b integer",
+    let control = cluster
+        .cluster()
+        .target("bench_ctl")
+        .connect()
+        .await
+        .expect("control");
+    let targets: Vec<_> = control
+        .query(
+            "SELECT db_name FROM clients WHERE slug = ANY($1) ORDER BY slug",
+            &[&slugs[..pending_tenants].to_vec()],
         )
-        .expect("set");
-    let targets: Vec<_> = report
-        .tenants
+        .await
+        .expect("targets")
         .iter()
-        .map(|t| cluster.cluster().target(&t.database))
+        .map(|r| cluster.cluster().target(r.get::<_, &str>(0)))
         .collect();
-    admin.batch_execute("CHECKPOINT").await.expect("checkpoint");
-    let sequential_started = Instant::now();
-    for target in &targets {
-        let mut client = target.connect().await.expect("connect");
-        let applied = v101
-            .runner()
-            .run_async(&mut client)
+
+    let mut fleet = Duration::ZERO;
+    let mut fleet_cpu = 0.0;
+    let mut sequential = Duration::ZERO;
+    let mut sequential_cpu = 0.0;
+    for phase in if fleet_first {
+        ["fleet", "sequential"]
+    } else {
+        ["sequential", "fleet"]
+    } {
+        // Every timed phase starts after a checkpoint, so no phase pays for the previous one's writes.
+        admin.batch_execute("CHECKPOINT").await.expect("checkpoint");
+        let cpu_before = process_cpu();
+        let started = Instant::now();
+        if phase == "fleet" {
+            // 1a. The fleet migration (templates first, then the tenants), one pending migration per tenant.
+            let report = migrate_fleet(
+                &provisioner.clone().with_migrations(fleet_set.clone()),
+                &options,
+                |_| {},
+            )
             .await
-            .expect("refinery");
-        assert_eq!(applied.applied_migrations().len(), 1);
+            .expect("fleet");
+            fleet = started.elapsed();
+            fleet_cpu = process_cpu() - cpu_before;
+            assert!(
+                report.ok() && report.migrated == pending_tenants,
+                "{report:?}"
+            );
+            assert!(
+                report.tenants.iter().all(|t| t.migrations.len() == 1),
+                "{report:?}"
+            );
+        } else {
+            // 1b. A sequential loop running refinery on each tenant.
+            for target in &targets {
+                let mut client = target.connect().await.expect("connect");
+                let applied = sequential_set
+                    .runner()
+                    .run_async(&mut client)
+                    .await
+                    .expect("refinery");
+                assert_eq!(applied.applied_migrations().len(), 1);
+            }
+            sequential = started.elapsed();
+            sequential_cpu = process_cpu() - cpu_before;
+        }
     }
-    let sequential = sequential_started.elapsed();
+    eprintln!("client cpu: fleet {fleet_cpu:.3} s, sequential {sequential_cpu:.3} s");
 
     // 2a. No-op over every registered tenant (the registry says all are current).
     let all = FleetOptions {
@@ -254,4 +292,22 @@ async fn wait_active(app: &common::RunningApp, n: usize) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// CPU seconds this process has used (user + system).
+fn process_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }
