@@ -423,3 +423,35 @@ async fn a_resume_while_the_suspend_job_runs_is_applied_after_it() {
         .get(0);
     assert!(can_login, "the last change (resume) wins");
 }
+
+#[tokio::test]
+async fn a_separate_worker_process_provisions_clients_and_stops_cleanly_on_sigterm() {
+    let app = spawn_app_without_workers().await;
+    let cwd = TestDir::new("worker-cwd");
+    let mut worker = app
+        .command(cwd.path())
+        .arg("worker")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let created = app.create_client("by-worker").await;
+    let op = app
+        .wait_for_operation(created["operation"].as_str().unwrap())
+        .await;
+    assert_eq!(op["status"], "succeeded", "{op}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(worker.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = worker.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "worker did not stop");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
+}
