@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mandant::app::{Application, RunOptions};
 use mandant::config::{LoadOptions, Settings, TEST_TOML};
@@ -110,4 +110,32 @@ pub fn write_report(name: &str, report: &serde_json::Value) {
     std::fs::write(&path, serde_json::to_string_pretty(report).expect("json"))
         .expect("write report");
     println!("\nwrote {}", path.display());
+}
+
+/// Waits until at least `n` clients are active and no provisioning is queued (n = 0: only the latter).
+pub async fn wait_active(app: &RunningApp, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(1200);
+    loop {
+        let clients = app
+            .state
+            .control()
+            .all_live_clients()
+            .await
+            .expect("clients");
+        let active = clients
+            .iter()
+            .filter(|c| c.status == mandant::domain::ClientStatus::Active)
+            .count();
+        let busy = clients
+            .iter()
+            .any(|c| c.status == mandant::domain::ClientStatus::Provisioning);
+        if active >= n && !busy {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {active} of {n} clients active"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -48,9 +48,9 @@ async fn main() {
                 .status();
             assert_eq!(status, reqwest::StatusCode::ACCEPTED);
         }
-        wait_active(&app, 0).await;
+        common::wait_active(&app, 0).await;
     }
-    wait_active(&app, registered + 1).await;
+    common::wait_active(&app, registered + 1).await;
     eprintln!(
         "setup: {registered} clients in {:.1} s",
         setup.elapsed().as_secs_f64()
@@ -264,34 +264,6 @@ async fn main() {
                      "connect_loop_s": connect_loop.as_secs_f64(), "verify_s": verify.as_secs_f64()},
         }),
     );
-}
-
-/// Waits until at least `n` clients are active and no provisioning is queued (n = 0: only the latter).
-async fn wait_active(app: &common::RunningApp, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(1200);
-    loop {
-        let clients = app
-            .state
-            .control()
-            .all_live_clients()
-            .await
-            .expect("clients");
-        let active = clients
-            .iter()
-            .filter(|c| c.status == mandant::domain::ClientStatus::Active)
-            .count();
-        let busy = clients
-            .iter()
-            .any(|c| c.status == mandant::domain::ClientStatus::Provisioning);
-        if active >= n && !busy {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {active} of {n} clients active"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// CPU seconds this process has used (user + system).

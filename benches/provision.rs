@@ -36,7 +36,7 @@ async fn main() {
     let template = settings.tenants.template_db.clone();
     let app = common::start_app(settings, RunOptions::default()).await;
     let http = reqwest::Client::new();
-    wait_active(&app, 1).await; // the master: creates and migrates the template, untimed
+    common::wait_active(&app, 1).await; // the master: creates and migrates the template, untimed
 
     // Sign-up latency on an idle system: one client at a time, POST until the operation has succeeded.
     let mut idle = Vec::new();
@@ -89,7 +89,7 @@ async fn main() {
     for post in posts {
         post.await.expect("post task");
     }
-    wait_active(&app, clients + already).await;
+    common::wait_active(&app, clients + already).await;
     let wall = started.elapsed();
     let control = cluster
         .cluster()
@@ -264,28 +264,4 @@ async fn drop_databases(admin: &deadpool_postgres::tokio_postgres::Client, prefi
 
 async fn checkpoint(admin: &deadpool_postgres::tokio_postgres::Client) {
     admin.batch_execute("CHECKPOINT").await.expect("checkpoint");
-}
-
-/// Waits until `n` clients are active.
-async fn wait_active(app: &common::RunningApp, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let active = app
-            .state
-            .control()
-            .all_live_clients()
-            .await
-            .expect("clients")
-            .iter()
-            .filter(|c| c.status == mandant::domain::ClientStatus::Active)
-            .count();
-        if active >= n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {active} of {n} clients active"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

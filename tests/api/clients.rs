@@ -33,15 +33,7 @@ async fn role_exists(name: &str) -> bool {
 async fn wait_for_login(role: &str, expected: bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let can_login: bool = superuser("postgres")
-            .await
-            .query_one(
-                "SELECT rolcanlogin FROM pg_roles WHERE rolname = $1",
-                &[&role],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let can_login = crate::helpers::role_can_login(role).await;
         if can_login == expected {
             return;
         }

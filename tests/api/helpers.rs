@@ -93,6 +93,19 @@ pub async fn superuser(dbname: &str) -> tokio_postgres::Client {
         .expect("superuser connection")
 }
 
+/// Whether a database role may log in.
+pub async fn role_can_login(role: &str) -> bool {
+    superuser("postgres")
+        .await
+        .query_one(
+            "SELECT rolcanlogin FROM pg_roles WHERE rolname = $1",
+            &[&role],
+        )
+        .await
+        .expect("role lookup")
+        .get(0)
+}
+
 /// The application under test, running on port 0 against its own control database.
 pub struct TestApp {
     pub addr: std::net::SocketAddr,

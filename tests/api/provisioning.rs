@@ -412,15 +412,7 @@ async fn a_resume_while_the_suspend_job_runs_is_applied_after_it() {
         .unwrap();
     app.expire_leases().await;
     app.drain(&runner).await;
-    let can_login: bool = superuser("postgres")
-        .await
-        .query_one(
-            "SELECT rolcanlogin FROM pg_roles WHERE rolname = $1",
-            &[&role],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let can_login = crate::helpers::role_can_login(&role).await;
     assert!(can_login, "the last change (resume) wins");
 }
 
