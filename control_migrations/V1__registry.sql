@@ -72,6 +72,8 @@ CREATE INDEX jobs_client ON jobs (client_id, created_at);
 -- and the queued job reads the latest desired state when it runs. A job already running may have read an older
 -- state, so a change made meanwhile queues a new one behind it (jobs of one client run one at a time).
 CREATE UNIQUE INDEX jobs_one_queued_per_client ON jobs (client_id, kind) WHERE status = 'queued';
+-- Jobs of one client run one at a time (provisioning and deletion of one database must never overlap).
+CREATE UNIQUE INDEX jobs_one_running_per_client ON jobs (client_id) WHERE status = 'running';
 
 -- The master client exists from the first migration; it is provisioned like any other client.
 INSERT INTO clients (slug, name, kind, status) VALUES ('master', 'Master', 'master', 'provisioning');

@@ -209,28 +209,30 @@ impl Application {
             () = stop => None,
         };
 
-        // 1. Stop accepting; give in-flight requests the grace period.
+        // 1. Stop accepting; give in-flight requests the grace period. Whatever happened to the HTTP server, the
+        //    rest of the shutdown runs (no early return before step 4).
         http_stop.cancel();
-        let result = match served {
-            Some(result) => result
-                .context("HTTP server task failed")?
-                .context("HTTP server failed"),
+        let finished = match served {
+            Some(result) => Some(result),
             None => {
                 let grace = state.settings().server.shutdown_grace();
                 match tokio::time::timeout(grace, &mut server).await {
-                    Ok(result) => result
-                        .context("HTTP server task failed")?
-                        .context("HTTP server failed"),
+                    Ok(result) => Some(result),
                     Err(_) => {
                         tracing::warn!(
                             ?grace,
                             "in-flight requests did not finish in time; dropping them"
                         );
                         server.abort();
-                        Ok(())
+                        None
                     }
                 }
             }
+        };
+        let result = match finished {
+            Some(Ok(served)) => served.context("HTTP server failed"),
+            Some(Err(joined)) => Err(anyhow::Error::new(joined).context("HTTP server task failed")),
+            None => Ok(()),
         };
 
         // 2.-4.

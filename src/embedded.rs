@@ -39,6 +39,8 @@ const FAST_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 const IMMEDIATE_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// A Unix socket path is limited to 107 bytes (`sun_path`); the file name `.s.PGSQL.NNNNN` takes 15 of them.
 const MAX_SOCKET_DIR_LEN: usize = 90;
+/// Reads of an unparsable `postmaster.pid` (50 ms apart) before it counts as stale.
+const PID_FILE_RETRIES: usize = 20;
 /// The package that provides the server binaries on Debian and Ubuntu.
 pub const PACKAGE_HINT: &str = "apt-get install postgresql";
 
@@ -413,6 +415,9 @@ impl Cluster {
         let log_path = spec.log_path();
         fs::create_dir_all(&spec.data_dir)
             .map_err(io_err(format!("creating {}", spec.data_dir.display())))?;
+        // One starter at a time per data directory (two `mandant` commands started together): the second waits
+        // for the first to finish initdb and start, then adopts its cluster. Released when `start` returns.
+        let _starting = lock_data_dir(&spec.data_dir)?;
         run_as.check_reachable(&pgdata)?;
         prepare_private_dir(&socket_dir, run_as)?;
 
@@ -462,8 +467,17 @@ impl Cluster {
     /// reused by something that is not PostgreSQL) is removed.
     fn running_postmaster(&self) -> Option<PidFile> {
         let path = self.pgdata.join("postmaster.pid");
-        let text = fs::read_to_string(&path).ok()?;
-        match PidFile::parse(&text) {
+        // A postmaster writes its pid file in steps; give an unreadable one a moment before calling it stale.
+        let mut parsed = None;
+        for _ in 0..PID_FILE_RETRIES {
+            let text = fs::read_to_string(&path).ok()?;
+            parsed = PidFile::parse(&text);
+            if parsed.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        match parsed {
             Some(pid_file) if pid_file.is_alive_postgres() => Some(pid_file),
             parsed => {
                 tracing::warn!(
@@ -675,6 +689,19 @@ impl PidFile {
         let cmdline = fs::read(format!("/proc/{}/cmdline", self.pid)).unwrap_or_default();
         alive && String::from_utf8_lossy(&cmdline).contains("postgres")
     }
+}
+
+/// An exclusive `flock` on `<data_dir>/embedded.lock`, held while a process starts the cluster.
+fn lock_data_dir(data_dir: &Path) -> Result<nix::fcntl::Flock<File>, EmbeddedError> {
+    let path = data_dir.join("embedded.lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(format!("opening {}", path.display())))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| io_err(format!("locking {}", path.display()))(errno.into()))
 }
 
 /// Creates `dir` if needed and makes it private to the cluster's user (mode 0700).

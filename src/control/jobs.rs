@@ -72,8 +72,25 @@ pub enum AfterFailure {
         after: Duration,
     },
     Failed,
+    /// A newer job of the same client and kind is queued and will do the work; this one is closed.
+    Superseded,
     /// The claim was lost (lease expired and another worker took over): nothing was recorded.
     LostClaim,
+}
+
+/// Runs a statement that may put a job back to `queued`; if a sibling was queued between its check and its write
+/// (the one-queued-job index refuses), runs it once more, when the check sees the sibling.
+async fn retry_once_on_sibling<T, F, Fut>(statement: F) -> Result<T, ControlError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    match statement().await {
+        Err(sqlx::Error::Database(db)) if db.constraint() == Some("jobs_one_queued_per_client") => {
+            Ok(statement().await?)
+        }
+        other => Ok(other?),
+    }
 }
 
 /// A job as `GET /v1/operations/{id}` shows it.
@@ -99,24 +116,27 @@ pub struct Operation {
 }
 
 impl ControlPlane {
-    /// Claims the next runnable job: queued and due, or running with an expired lease (its worker died), and no
-    /// other job of the same client running. Counts an attempt.
+    /// Claims the next runnable job of a kind this binary knows: queued and due, or running with an expired lease
+    /// (its worker died) and attempts left; never while another job of the same client is running (the partial
+    /// unique index `jobs_one_running_per_client` makes that a hard guarantee between racing claims). Counts an
+    /// attempt.
     pub async fn claim_job(
         &self,
         worker: &str,
         lease: Duration,
     ) -> Result<Option<Job>, ControlError> {
-        let row: Option<JobRow> = sqlx::query_as(
+        let kinds: Vec<&str> = JobKind::ALL.iter().map(|k| k.as_str()).collect();
+        let claimed = sqlx::query_as::<_, JobRow>(
             "UPDATE jobs SET status = 'running', attempts = attempts + 1, locked_by = $1,
                     lease_until = now() + make_interval(secs => $2), updated_at = now()
              WHERE id = (
                  SELECT j.id FROM jobs j
-                 WHERE (j.status = 'queued' AND j.run_after <= now()
-                        OR j.status = 'running' AND j.lease_until < now())
+                 WHERE j.kind = ANY($3)
+                   AND (j.status = 'queued' AND j.run_after <= now()
+                        OR j.status = 'running' AND j.lease_until < now() AND j.attempts < j.max_attempts)
                    AND NOT EXISTS (
                        SELECT 1 FROM jobs o
-                       WHERE o.client_id = j.client_id AND o.id <> j.id
-                         AND o.status = 'running' AND o.lease_until >= now())
+                       WHERE o.client_id = j.client_id AND o.id <> j.id AND o.status = 'running')
                  ORDER BY j.run_after, j.created_at
                  FOR UPDATE SKIP LOCKED
                  LIMIT 1)
@@ -124,21 +144,25 @@ impl ControlPlane {
         )
         .bind(worker)
         .bind(lease.as_secs_f64())
+        .bind(kinds)
         .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let Some(kind) = JobKind::parse(&row.kind) else {
-            // A kind this binary does not know (a newer version enqueued it): give it back untouched.
-            sqlx::query(
-                "UPDATE jobs SET status = 'queued', attempts = attempts - 1, locked_by = NULL,
-                        lease_until = NULL, run_after = now() + interval '1 minute'
-                 WHERE id = $1",
-            )
-            .bind(row.id)
-            .execute(&self.pool)
-            .await?;
-            return Ok(None);
+        .await;
+        let row = match claimed {
+            Ok(Some(row)) => row,
+            Ok(None) => return Ok(None),
+            // Another worker claimed a job of the same client at the same moment: nothing for us this time.
+            Err(sqlx::Error::Database(db))
+                if db.constraint() == Some("jobs_one_running_per_client") =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
         };
+        let kind = JobKind::parse(&row.kind).ok_or_else(|| {
+            ControlError::Query(sqlx::Error::Decode(
+                format!("claimed a job of unknown kind {}", row.kind).into(),
+            ))
+        })?;
         Ok(Some(Job {
             id: row.id,
             kind,
@@ -148,6 +172,24 @@ impl ControlPlane {
             max_attempts: row.max_attempts,
             locked_by: row.locked_by.unwrap_or_default(),
         }))
+    }
+
+    /// Fails the jobs whose worker died during their last attempt (lease expired, no attempts left): nobody would
+    /// ever claim them again. Returns them, so provisioning clients can be marked failed too.
+    pub async fn fail_abandoned_jobs(&self) -> Result<Vec<(JobKind, Option<Uuid>)>, ControlError> {
+        let rows: Vec<(String, Option<Uuid>)> = sqlx::query_as(
+            "UPDATE jobs SET status = 'failed', lease_until = NULL, finished_at = now(), updated_at = now(),
+                    last_error = coalesce(last_error || '; ', '')
+                                 || 'the worker running the last attempt stopped responding (lease expired)'
+             WHERE status = 'running' AND lease_until < now() AND attempts >= max_attempts
+             RETURNING kind, client_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(kind, client)| JobKind::parse(&kind).map(|k| (k, client)))
+            .collect())
     }
 
     /// Records progress and renews the lease. False if the claim was lost.
@@ -165,6 +207,21 @@ impl ControlPlane {
         .bind(&job.locked_by)
         .bind(job.attempt)
         .bind(step)
+        .bind(lease.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Renews the lease of a running job (the worker's heartbeat). False if the claim was lost.
+    pub async fn renew_job_lease(&self, job: &Job, lease: Duration) -> Result<bool, ControlError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET lease_until = now() + make_interval(secs => $4)
+             WHERE id = $1 AND locked_by = $2 AND attempts = $3 AND status = 'running'",
+        )
+        .bind(job.id)
+        .bind(&job.locked_by)
+        .bind(job.attempt)
         .bind(lease.as_secs_f64())
         .execute(&self.pool)
         .await?;
@@ -191,47 +248,73 @@ impl ControlPlane {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Records a failed attempt: back to `queued` after `backoff`, or `failed` once attempts are used up.
+    /// Records a failed attempt: back to `queued` after `backoff`, or `failed` once attempts are used up. If a
+    /// newer job of the same client and kind is already queued, this one ends (`failed`, superseded): the queued one
+    /// reads the latest state and does the work, and the one-queued-job index stays intact.
     pub async fn fail_job(
         &self,
         job: &Job,
         error: &str,
         backoff: Duration,
     ) -> Result<AfterFailure, ControlError> {
-        let status: Option<String> = sqlx::query_scalar(
-            "UPDATE jobs SET
-                 status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
-                 run_after = now() + make_interval(secs => $5),
-                 finished_at = CASE WHEN attempts >= max_attempts THEN now() END,
-                 lease_until = NULL, last_error = $4, updated_at = now()
-             WHERE id = $1 AND locked_by = $2 AND attempts = $3 AND status = 'running'
-             RETURNING status",
-        )
-        .bind(job.id)
-        .bind(&job.locked_by)
-        .bind(job.attempt)
-        .bind(error)
-        .bind(backoff.as_secs_f64())
-        .fetch_optional(&self.pool)
+        let status: Option<String> = retry_once_on_sibling(|| {
+            sqlx::query_scalar(
+                "WITH sibling AS (
+                     SELECT EXISTS (SELECT 1 FROM jobs s WHERE s.client_id = $6 AND s.kind = $7
+                                    AND s.status = 'queued' AND s.id <> $1) AS queued)
+                 UPDATE jobs SET
+                     status = CASE WHEN sibling.queued OR attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
+                     run_after = now() + make_interval(secs => $5),
+                     finished_at = CASE WHEN sibling.queued OR attempts >= max_attempts THEN now() END,
+                     lease_until = NULL, updated_at = now(),
+                     last_error = CASE WHEN sibling.queued AND attempts < max_attempts
+                                       THEN $4 || ' (superseded by a newer queued job)' ELSE $4 END
+                 FROM sibling
+                 WHERE id = $1 AND locked_by = $2 AND attempts = $3 AND status = 'running'
+                 RETURNING CASE WHEN sibling.queued AND attempts < max_attempts THEN 'superseded' ELSE status END",
+            )
+            .bind(job.id)
+            .bind(&job.locked_by)
+            .bind(job.attempt)
+            .bind(error)
+            .bind(backoff.as_secs_f64())
+            .bind(job.client_id)
+            .bind(job.kind.as_str())
+            .fetch_optional(&self.pool)
+        })
         .await?;
         Ok(match status.as_deref() {
             Some("failed") => AfterFailure::Failed,
+            Some("superseded") => AfterFailure::Superseded,
             Some(_) => AfterFailure::Retrying { after: backoff },
             None => AfterFailure::LostClaim,
         })
     }
 
-    /// Gives a claimed job back without counting the attempt (graceful shutdown in the middle of a job).
+    /// Gives a claimed job back without counting the attempt (graceful shutdown in the middle of a job). If a newer
+    /// job of the same client and kind is queued, that one will do the work: this one is closed as superseded.
     pub async fn release_job(&self, job: &Job) -> Result<(), ControlError> {
-        sqlx::query(
-            "UPDATE jobs SET status = 'queued', attempts = attempts - 1, lease_until = NULL, locked_by = NULL,
-                    run_after = now(), updated_at = now()
-             WHERE id = $1 AND locked_by = $2 AND attempts = $3 AND status = 'running'",
-        )
-        .bind(job.id)
-        .bind(&job.locked_by)
-        .bind(job.attempt)
-        .execute(&self.pool)
+        retry_once_on_sibling(|| {
+            sqlx::query(
+                "WITH sibling AS (
+                     SELECT EXISTS (SELECT 1 FROM jobs s WHERE s.client_id = $4 AND s.kind = $5
+                                    AND s.status = 'queued' AND s.id <> $1) AS queued)
+                 UPDATE jobs SET
+                     status = CASE WHEN sibling.queued THEN 'succeeded' ELSE 'queued' END,
+                     result = CASE WHEN sibling.queued THEN '{\"superseded\": true}'::jsonb ELSE result END,
+                     finished_at = CASE WHEN sibling.queued THEN now() END,
+                     attempts = attempts - 1, lease_until = NULL, locked_by = NULL,
+                     run_after = now(), updated_at = now()
+                 FROM sibling
+                 WHERE id = $1 AND locked_by = $2 AND attempts = $3 AND status = 'running'",
+            )
+            .bind(job.id)
+            .bind(&job.locked_by)
+            .bind(job.attempt)
+            .bind(job.client_id)
+            .bind(job.kind.as_str())
+            .execute(&self.pool)
+        })
         .await?;
         Ok(())
     }

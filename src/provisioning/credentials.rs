@@ -51,32 +51,55 @@ impl Credentials {
         Self::load_or_create(&path).map_err(err)
     }
 
+    /// Reads the key file, or creates it atomically: the key is written and synced under a temporary name, then
+    /// hard-linked to the final name, which fails if another process got there first (then its key is used). A
+    /// crash can leave only a stray temporary file, never a truncated key.
     fn load_or_create(path: &Path) -> std::io::Result<Self> {
+        if let Some(key) = Self::read(path)? {
+            return Ok(key);
+        }
         let fresh: [u8; 32] = rand::random();
         let hex: String = fresh.iter().map(|b| format!("{b:02x}")).collect();
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
+        let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
         {
-            Ok(mut file) => {
-                file.write_all(hex.as_bytes())?;
-                file.sync_all()?;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&temporary)?;
+            file.write_all(hex.as_bytes())?;
+            file.sync_all()?;
+        }
+        let linked = std::fs::hard_link(&temporary, path);
+        let _ = std::fs::remove_file(&temporary);
+        match linked {
+            Ok(()) => {
                 tracing::info!(path = %path.display(), "generated the tenant credential key");
                 Ok(Self {
                     key: Secret::new(hex),
                 })
             }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let key = std::fs::read_to_string(path)?.trim().to_owned();
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::read(path)?
+                .ok_or_else(|| std::io::Error::other("the key file vanished while it was created")),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn read(path: &Path) -> std::io::Result<Option<Self>> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let key = text.trim().to_owned();
                 if key.len() < 32 {
-                    return Err(std::io::Error::other("the key file is truncated or empty"));
+                    return Err(std::io::Error::other(
+                        "the key file is truncated or empty; restore it from a backup (tenant passwords derive from it)",
+                    ));
                 }
-                Ok(Self {
+                Ok(Some(Self {
                     key: Secret::new(key),
-                })
+                }))
             }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
     }

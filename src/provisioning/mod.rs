@@ -81,6 +81,8 @@ pub struct Faults {
     pub fail_at: Option<Step>,
     /// After the step the job stops as if the process died: nothing more is recorded, the lease runs out.
     pub crash_after: Option<Step>,
+    /// The step panics (a bug): the attempt fails, the worker lives on.
+    pub panic_at: Option<Step>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +103,8 @@ pub enum ProvisionError {
     SimulatedCrash(&'static str),
     #[error("the claim on the job was lost (lease expired); another worker owns it now")]
     LostClaim,
+    #[error("the job panicked: {0}")]
+    Panicked(String),
 }
 
 /// Names of one client's database objects, all derived from its immutable id.
@@ -239,6 +243,9 @@ impl Provisioner {
             if self.faults.fail_at == Some(step) {
                 return Err(ProvisionError::Injected(step.as_str()));
             }
+            if self.faults.panic_at == Some(step) {
+                panic!("injected panic at step {}", step.as_str());
+            }
             let started = std::time::Instant::now();
             match step {
                 Step::Place => {
@@ -327,12 +334,10 @@ impl Provisioner {
     }
 
     /// Marks a client whose provisioning ran out of attempts as `failed`.
-    pub async fn provisioning_gave_up(&self, job: &Job) -> Result<(), ProvisionError> {
-        if let Some(id) = job.client_id {
-            self.control
-                .transition(id, ClientStatus::Provisioning, ClientStatus::Failed)
-                .await?;
-        }
+    pub async fn client_failed(&self, id: Uuid) -> Result<(), ProvisionError> {
+        self.control
+            .transition(id, ClientStatus::Provisioning, ClientStatus::Failed)
+            .await?;
         Ok(())
     }
 
@@ -362,11 +367,12 @@ impl Provisioner {
             let admin_target = self.admin_target(&server)?;
             let admin = admin_connect(&admin_target).await?;
             let wants_archive = job.payload["archive"].as_bool().unwrap_or(false);
-            if wants_archive && cluster::database_exists(&admin, &names.database).await? {
-                let path = self
-                    .archive(&client, job, &admin_target.with_dbname(&names.database))
-                    .await?;
-                archive = Some(path.display().to_string());
+            if wants_archive {
+                let exists = cluster::database_exists(&admin, &names.database).await?;
+                let database = admin_target.with_dbname(&names.database);
+                if let Some(path) = self.archive(&client, job, &database, exists).await? {
+                    archive = Some(path.display().to_string());
+                }
                 self.checkpoint(job, "archive").await?;
             }
             cluster::drop_database(&admin, &names.database).await?;
@@ -384,12 +390,16 @@ impl Provisioner {
     /// `pg_dump -Fc` of the tenant database into the archive directory, written under a temporary name and
     /// renamed when complete, so a file with the final name is always a whole dump. A retry of the same job
     /// reuses a finished file.
+    ///
+    /// A retry (of this job) first looks for its finished file and checks it with `pg_restore --list`, so the
+    /// result names the archive even when the database was already dropped by the attempt that wrote it.
     async fn archive(
         &self,
         client: &Client,
         job: &Job,
         database: &PgTarget,
-    ) -> Result<PathBuf, ProvisionError> {
+        exists: bool,
+    ) -> Result<Option<PathBuf>, ProvisionError> {
         let fail = |e: String| ProvisionError::Archive(e);
         // Archives hold personal data: the directory and files are private to this service's user.
         tokio::fs::create_dir_all(&self.archive_dir)
@@ -405,16 +415,31 @@ impl Provisioner {
             client.id.as_simple(),
             &job.id.as_simple().to_string()[..8]
         ));
-        if tokio::fs::try_exists(&file).await.unwrap_or(false) {
-            return Ok(file);
-        }
-        let partial = file.with_extension("dump.partial");
         let bin_dir = self.bin_dir.clone();
         let binaries =
             tokio::task::spawn_blocking(move || Binaries::discover(bin_dir.as_deref(), None))
                 .await
                 .map_err(|e| fail(e.to_string()))?
                 .map_err(|e| fail(e.to_string()))?;
+        if tokio::fs::try_exists(&file).await.unwrap_or(false) {
+            let check = tokio::process::Command::new(binaries.tool("pg_restore"))
+                .arg("--list")
+                .arg(&file)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .await;
+            if check.is_ok_and(|s| s.success()) {
+                return Ok(Some(file));
+            }
+            tracing::warn!(file = %file.display(), "an earlier archive of this job is unreadable; dumping again");
+        }
+        if !exists {
+            tracing::warn!("the database is already gone; there is nothing left to archive");
+            return Ok(None);
+        }
+        // Per attempt, so a dump of an attempt that lost its claim can never write into this one's file.
+        let partial = file.with_extension(format!("dump.partial-{}", job.attempt));
         let mut command = tokio::process::Command::new(binaries.tool("pg_dump"));
         command
             .arg("--format=custom")
@@ -448,7 +473,7 @@ impl Provisioner {
             .await
             .map_err(|e| fail(format!("renaming the archive: {e}")))?;
         tracing::info!(file = %file.display(), "archived the tenant database");
-        Ok(file)
+        Ok(Some(file))
     }
 
     /// Applies the client's current status to its role: `suspended` → NOLOGIN (and its sessions end), otherwise

@@ -21,19 +21,15 @@ pub async fn ensure_database(target: &PgTarget) -> Result<bool, TenantError> {
         Err(e) if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {}
         Err(e) => {
             return Err(TenantError::postgres(format!(
-                "connecting to {}",
-                target.redacted()
+                "connecting to database {}",
+                target.dbname()
             ))(e));
         }
     }
     let admin = target.with_dbname("postgres");
-    let client = admin
-        .connect()
-        .await
-        .map_err(TenantError::postgres(format!(
-            "connecting to {}",
-            admin.redacted()
-        )))?;
+    let client = admin.connect().await.map_err(TenantError::postgres(
+        "connecting to the database server as administrator",
+    ))?;
     let sql = format!("CREATE DATABASE {}", quote_ident(target.dbname()));
     match client.batch_execute(&sql).await {
         Ok(()) => {
@@ -71,10 +67,10 @@ pub fn lock_key(name: &str) -> i64 {
 
 /// Opens an admin connection to the server's maintenance database.
 pub async fn admin_connect(admin: &PgTarget) -> Result<Client, TenantError> {
-    admin.connect().await.map_err(TenantError::postgres(format!(
-        "connecting to {}",
-        admin.redacted()
-    )))
+    // The error text reaches `GET /v1/operations`: it names no user, host or socket path.
+    admin.connect().await.map_err(TenantError::postgres(
+        "connecting to the database server as administrator",
+    ))
 }
 
 /// Creates a role that may log in with the given password (sent as a SCRAM verifier, so the clear password

@@ -84,7 +84,19 @@ impl JobRunner {
     }
 
     /// Claims one due job, runs it, records the outcome.
+    ///
+    /// The job runs in its own task: a panic is a failed attempt, not a dead worker loop. While it runs, a
+    /// heartbeat renews the lease every third of it; if the claim is lost (the control plane gave the job to
+    /// another worker), the job is stopped at once, so two workers never work on one job.
     pub async fn tick(&self) -> Result<Tick, ControlError> {
+        for (kind, client) in self.control.fail_abandoned_jobs().await? {
+            tracing::error!(kind = kind.as_str(), client = ?client, "job abandoned on its last attempt; failed");
+            if let (JobKind::ProvisionClient, Some(id)) = (kind, client)
+                && let Err(e) = self.provisioner.client_failed(id).await
+            {
+                tracing::error!(error = %e, "could not mark the client failed");
+            }
+        }
         let Some(job) = self
             .control
             .claim_job(&self.worker_id, self.settings.lease())
@@ -92,9 +104,22 @@ impl JobRunner {
         else {
             return Ok(Tick::Idle);
         };
+        let provisioner = self.provisioner.clone();
+        let owned = job.clone();
+        let mut task = tokio::spawn(async move { execute(&provisioner, &owned).await });
         let outcome = tokio::select! {
-            outcome = self.execute(&job) => outcome,
+            joined = &mut task => match joined {
+                Ok(outcome) => outcome,
+                Err(e) => Err(ProvisionError::Panicked(e.to_string())),
+            },
+            () = self.heartbeat(&job) => {
+                task.abort();
+                tracing::warn!(job = %job.id, "lost the claim on a running job; stopped it");
+                return Ok(Tick::LostClaim { job: job.id });
+            }
             () = self.cancel.cancelled() => {
+                task.abort();
+                let _ = task.await;
                 self.control.release_job(&job).await?;
                 return Ok(Tick::Released { job: job.id });
             }
@@ -116,11 +141,18 @@ impl JobRunner {
         }
     }
 
-    async fn execute(&self, job: &Job) -> Result<Option<serde_json::Value>, ProvisionError> {
-        match job.kind {
-            JobKind::ProvisionClient => self.provisioner.provision(job).await.map(|()| None),
-            JobKind::DeleteClient => self.provisioner.delete(job).await,
-            JobKind::SyncAccess => self.provisioner.sync_access(job).await.map(|()| None),
+    /// Renews the job's lease until the claim is lost (then returns). Runs beside the job.
+    async fn heartbeat(&self, job: &Job) {
+        let lease = self.settings.lease();
+        loop {
+            tokio::time::sleep(lease / 3).await;
+            match self.control.renew_job_lease(job, lease).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::warn!(job = %job.id, error = %e, "could not renew the job's lease")
+                }
+            }
         }
     }
 
@@ -132,10 +164,15 @@ impl JobRunner {
                 tracing::warn!(job = %job.id, kind = job.kind.as_str(), attempt = job.attempt, ?after, %error, "job failed; will retry");
                 Ok(Tick::Retrying { job: job.id, error })
             }
+            AfterFailure::Superseded => {
+                tracing::info!(job = %job.id, kind = job.kind.as_str(), %error, "job failed; a newer queued job takes over");
+                Ok(Tick::Failed { job: job.id, error })
+            }
             AfterFailure::Failed => {
                 tracing::error!(job = %job.id, kind = job.kind.as_str(), attempt = job.attempt, %error, "job failed for good");
                 if job.kind == JobKind::ProvisionClient
-                    && let Err(e) = self.provisioner.provisioning_gave_up(job).await
+                    && let Some(id) = job.client_id
+                    && let Err(e) = self.provisioner.client_failed(id).await
                 {
                     tracing::error!(job = %job.id, error = %e, "could not mark the client failed");
                 }
@@ -143,6 +180,17 @@ impl JobRunner {
             }
             AfterFailure::LostClaim => Ok(Tick::LostClaim { job: job.id }),
         }
+    }
+}
+
+async fn execute(
+    provisioner: &Provisioner,
+    job: &Job,
+) -> Result<Option<serde_json::Value>, ProvisionError> {
+    match job.kind {
+        JobKind::ProvisionClient => provisioner.provision(job).await.map(|()| None),
+        JobKind::DeleteClient => provisioner.delete(job).await,
+        JobKind::SyncAccess => provisioner.sync_access(job).await.map(|()| None),
     }
 }
 

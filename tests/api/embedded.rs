@@ -121,3 +121,21 @@ async fn tenant_roles_must_give_their_password_while_the_superuser_uses_the_priv
     let right = base.with_credentials("tenant_x", mandant::config::Secret::new("right-password"));
     right.connect().await.unwrap();
 }
+
+#[tokio::test]
+async fn two_processes_starting_on_a_fresh_data_directory_at_once_share_one_cluster() {
+    let dir = TestDir::new("race");
+    let spec = throwaway_spec(dir.path());
+    let (a, b) = std::thread::scope(|scope| {
+        let a = scope.spawn(|| Cluster::start(&spec));
+        let b = scope.spawn(|| Cluster::start(&spec));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(
+        a.is_owned() != b.is_owned(),
+        "exactly one starts it, the other adopts it"
+    );
+    assert_eq!(scalar(&a, "SELECT 1::bigint").await, 1);
+    assert_eq!(scalar(&b, "SELECT 2::bigint").await, 2);
+}

@@ -447,3 +447,97 @@ async fn a_separate_worker_process_provisions_clients_and_stops_cleanly_on_sigte
     };
     assert!(status.success(), "{status}");
 }
+
+#[tokio::test]
+async fn a_panicking_job_is_a_failed_attempt_and_the_worker_keeps_working() {
+    let app = spawn_app_without_workers().await;
+    app.drain(&app.runner("setup")).await;
+    app.create_client("bug").await;
+    let buggy = app.runner("buggy").with_faults(Faults {
+        panic_at: Some(Step::Role),
+        ..Faults::default()
+    });
+    match buggy.tick().await.unwrap() {
+        Tick::Retrying { error, .. } => assert!(error.contains("panicked"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    app.control()
+        .await
+        .batch_execute("UPDATE jobs SET run_after = now() WHERE status = 'queued'")
+        .await
+        .unwrap();
+    let ticks = app.drain(&app.runner("fixed")).await;
+    assert!(
+        matches!(ticks.as_slice(), [Tick::Succeeded { .. }]),
+        "{ticks:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_job_whose_worker_died_on_its_last_attempt_is_failed_with_its_client() {
+    let app = spawn_app_opts(
+        &[("MANDANT__WORKERS__MAX_ATTEMPTS", "1".to_owned())],
+        RunOptions { no_workers: true },
+    )
+    .await;
+    app.drain(&app.runner("setup")).await;
+    let created = app.create_client("last-try").await;
+    let dying = app.runner("dying").with_faults(Faults {
+        crash_after: Some(Step::Place),
+        ..Faults::default()
+    });
+    assert!(matches!(dying.tick().await.unwrap(), Tick::Crashed { .. }));
+    app.expire_leases().await;
+    assert_eq!(app.runner("next").tick().await.unwrap(), Tick::Idle);
+    let op = app
+        .wait_for_operation(created["operation"].as_str().unwrap())
+        .await;
+    assert_eq!(op["status"], "failed");
+    assert!(
+        op["last_error"].as_str().unwrap().contains("lease expired"),
+        "{op}"
+    );
+    let client: serde_json::Value = app.get("/v1/clients/last-try").await.json().await.unwrap();
+    assert_eq!(client["status"], "failed");
+}
+
+#[tokio::test]
+async fn a_failing_job_with_a_newer_one_queued_behind_it_is_superseded_not_requeued() {
+    let app = spawn_app_without_workers().await;
+    app.drain(&app.runner("setup")).await;
+    app.create_client("twin").await;
+    app.drain(&app.runner("setup")).await;
+    assert!(
+        app.post("/v1/clients/twin/suspend")
+            .await
+            .status()
+            .is_success()
+    );
+    let lease = std::time::Duration::from_secs(60);
+    let running = app
+        .state
+        .control()
+        .claim_job("holder", lease)
+        .await
+        .unwrap()
+        .expect("the suspension job");
+    assert!(
+        app.post("/v1/clients/twin/resume")
+            .await
+            .status()
+            .is_success()
+    );
+    let after = app
+        .state
+        .control()
+        .fail_job(&running, "transient", std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(after, mandant::control::jobs::AfterFailure::Superseded);
+    // The resume's job still runs and leaves the role able to log in.
+    let ticks = app.drain(&app.runner("w")).await;
+    assert!(
+        matches!(ticks.as_slice(), [Tick::Succeeded { .. }]),
+        "{ticks:?}"
+    );
+}
