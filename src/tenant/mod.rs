@@ -1,4 +1,5 @@
-//! Tenant databases: cluster-level DDL (databases, roles), and later the tenant migrations and the routing pool.
+//! Tenant databases: cluster-level DDL (databases, roles), the tenant migrations, the template database and the
+//! routing pool.
 //!
 //! Owns every statement that creates, alters or drops a database or role on a database server. Identifiers are
 //! validated by the caller's newtypes and quoted here with [`cluster::quote_ident`]; values are bound parameters.
@@ -6,6 +7,7 @@
 
 pub mod cluster;
 pub mod migrate;
+pub mod pool;
 pub mod template;
 
 use deadpool_postgres::tokio_postgres;

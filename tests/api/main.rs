@@ -8,3 +8,4 @@ mod health;
 mod helpers;
 mod migrate;
 mod provisioning;
+mod routing;

@@ -1,0 +1,501 @@
+//! The routing pool: one lazily created deadpool pool per tenant database, under a connection budget per database
+//! server that is never exceeded.
+//!
+//! - **Budget.** Every physical connection owns a permit of its server's semaphore for its whole life (the permit
+//!   lives inside the pooled object), so the bound holds on every path: a connection dropped by eviction, by the
+//!   pool's recycling, by GC or by an error gives its permit back, and nothing else can.
+//! - **Eviction.** When the budget is full and a tenant *with no connection* needs one, the least recently used
+//!   idle connection of another tenant on the same server is closed. A tenant that already holds connections
+//!   waits for its own instead of stealing (stealing by warm tenants thrashes: measured in FACTS.md).
+//! - **Bounded waiting.** A per-tenant cap (the pool's size), a bound on waiters per tenant (→ `Busy`, 429) and
+//!   an acquire deadline (→ `Timeout`, 503).
+//! - **Fast failure.** Connection errors are classified by SQLSTATE; a tenant whose database is missing, whose
+//!   role is refused or whose server is down is remembered as broken for a cooldown and fails in microseconds
+//!   without touching the budget, so it never evicts healthy tenants' connections.
+//! - **Hygiene.** Idle TTL and max lifetime (with jitter) are enforced by [`Router::collect_garbage`]; pools idle for
+//!   long are dropped; [`Router::close_tenant`] drains a suspended or deleted tenant's pool.
+//!
+//! Never: queries the control plane (callers pass a [`TenantRoute`]), or connects as anything but the tenant's own
+//! role.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use deadpool::Runtime;
+use deadpool::managed::{self, Metrics, Object, Pool, PoolError, RecycleError, RecycleResult};
+use deadpool_postgres::tokio_postgres::{self, NoTls};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use uuid::Uuid;
+
+use crate::db::{PgTarget, describe_pg_error};
+
+/// How long a connection-less tenant waits for a freed permit before looking for idle connections again.
+const BUDGET_RETRY: Duration = Duration::from_millis(5);
+/// How long a tenant waiting for one of its own connections sleeps between looks at its pool.
+const OWN_RETRY: Duration = Duration::from_millis(1);
+
+/// Limits and timings of the routing pool.
+#[derive(Debug, Clone)]
+pub struct RouterSettings {
+    /// Connections one mandant process may hold to one database server, all tenants together.
+    pub budget_per_server: usize,
+    /// Connections one tenant may hold.
+    pub per_tenant_cap: usize,
+    /// Requests that may wait for a connection of one tenant; more are refused at once (`Busy`).
+    pub max_waiters_per_tenant: usize,
+    /// How long a request waits for a connection.
+    pub acquire_timeout: Duration,
+    /// An idle connection older than this (since its last use) is closed by garbage collection.
+    pub idle_ttl: Duration,
+    /// A connection is closed after this long (±10% jitter, so connections do not expire together).
+    pub max_lifetime: Duration,
+    /// How long a tenant whose connection failed is answered from memory.
+    pub breaker_cooldown: Duration,
+    /// A tenant pool without connections and unused for this long is dropped.
+    pub pool_idle_drop: Duration,
+}
+
+impl Default for RouterSettings {
+    fn default() -> Self {
+        Self {
+            budget_per_server: 40,
+            per_tenant_cap: 4,
+            max_waiters_per_tenant: 64,
+            acquire_timeout: Duration::from_secs(5),
+            idle_ttl: Duration::from_secs(300),
+            max_lifetime: Duration::from_secs(3600),
+            breaker_cooldown: Duration::from_secs(2),
+            pool_idle_drop: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Where one tenant's connections go: decided by the caller from the (cached) control-plane record.
+#[derive(Debug, Clone)]
+pub struct TenantRoute {
+    pub client_id: Uuid,
+    pub server_id: i64,
+    /// The tenant's own database, as its own role.
+    pub target: PgTarget,
+}
+
+/// Why no connection could be had. Mapped to HTTP in `http/error.rs`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RouteError {
+    #[error("the tenant database does not exist")]
+    DatabaseMissing,
+    #[error("the tenant database refused its role: {0}")]
+    AuthFailed(String),
+    #[error("the database server is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the database server has no free connection slots")]
+    ServerFull,
+    #[error("too many requests are waiting for this tenant")]
+    Busy,
+    #[error("no connection became free in time")]
+    Timeout,
+    #[error("the tenant's pool is closed")]
+    Closed,
+    /// Internal: the budget is full and the tenant holds connections; wait for one of them.
+    #[error("the budget is full; waiting for one of the tenant's own connections")]
+    Saturated,
+}
+
+impl RouteError {
+    /// Classifies a connect error by SQLSTATE (or as I/O when there is none).
+    fn classify(e: &tokio_postgres::Error) -> Self {
+        match e.code().map(|c| c.code()) {
+            Some("3D000") => Self::DatabaseMissing,
+            Some(code) if code.starts_with("28") => Self::AuthFailed(describe_pg_error(e)),
+            Some("53300") => Self::ServerFull,
+            _ => Self::Unavailable(describe_pg_error(e)),
+        }
+    }
+}
+
+/// A physical connection and the budget permit it owns.
+pub struct TenantConn {
+    client: tokio_postgres::Client,
+    _permit: OwnedSemaphorePermit,
+    /// Lifetime limit of this connection (max lifetime with jitter).
+    expires_after: Duration,
+}
+
+impl std::fmt::Debug for TenantConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantConn").finish_non_exhaustive()
+    }
+}
+
+impl TenantConn {
+    pub fn client(&self) -> &tokio_postgres::Client {
+        &self.client
+    }
+}
+
+/// A checked-out connection; returns to its tenant's pool on drop.
+pub type PooledConn = Object<TenantManager>;
+
+struct ServerBudget {
+    permits: Arc<Semaphore>,
+    capacity: usize,
+}
+
+/// Creates and recycles one tenant's connections, taking a budget permit for each.
+pub struct TenantManager {
+    client_id: Uuid,
+    server_id: i64,
+    config: tokio_postgres::Config,
+    budget: Arc<ServerBudget>,
+    router: Weak<Inner>,
+    settings: RouterSettings,
+}
+
+impl std::fmt::Debug for TenantManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantManager")
+            .field("client_id", &self.client_id)
+            .field("server_id", &self.server_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl managed::Manager for TenantManager {
+    type Type = TenantConn;
+    type Error = RouteError;
+
+    async fn create(&self) -> Result<TenantConn, RouteError> {
+        let permit = loop {
+            if let Ok(permit) = self.budget.permits.clone().try_acquire_owned() {
+                break permit;
+            }
+            // The budget is full. A tenant holding connections waits for one of its own to come back
+            // (`acquire` retries the pool); only a tenant holding none may close another tenant's idle one.
+            let Some(router) = self.router.upgrade() else {
+                return Err(RouteError::Closed);
+            };
+            if router.connections_of(self.client_id) > 0 {
+                return Err(RouteError::Saturated);
+            }
+            router.evict_lru_idle(self.server_id, self.client_id);
+            metrics::counter!("tenant_pool_budget_waits_total").increment(1);
+            // Wait a moment for the permit the eviction freed (or any other); then look again, since a
+            // connection that was busy a moment ago may be idle now. `acquire`'s deadline bounds the loop.
+            if let Ok(acquired) =
+                tokio::time::timeout(BUDGET_RETRY, self.budget.permits.clone().acquire_owned())
+                    .await
+            {
+                break acquired.map_err(|_| RouteError::Closed)?;
+            }
+        };
+        let connected = self.config.connect(NoTls).await;
+        let (client, connection) = match connected {
+            Ok(pair) => {
+                metrics::counter!("tenant_pool_connects_total", "result" => "ok").increment(1);
+                pair
+            }
+            Err(e) => {
+                let error = RouteError::classify(&e);
+                metrics::counter!("tenant_pool_connects_total", "result" => "error").increment(1);
+                if let Some(router) = self.router.upgrade() {
+                    router.trip(self.client_id, &error);
+                }
+                return Err(error);
+            }
+        };
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let jitter = 0.9 + rand::random::<f64>() * 0.2;
+        Ok(TenantConn {
+            client,
+            _permit: permit,
+            expires_after: self.settings.max_lifetime.mul_f64(jitter),
+        })
+    }
+
+    async fn recycle(&self, conn: &mut TenantConn, metrics: &Metrics) -> RecycleResult<RouteError> {
+        if conn.client.is_closed() {
+            return Err(RecycleError::message("the connection is closed"));
+        }
+        if metrics.age() > conn.expires_after {
+            return Err(RecycleError::message(
+                "the connection reached its max lifetime",
+            ));
+        }
+        Ok(())
+    }
+}
+
+struct TenantPool {
+    pool: Pool<TenantManager>,
+    server_id: i64,
+    waiters: AtomicUsize,
+    last_used: Mutex<Instant>,
+    broken: Mutex<Option<(Instant, RouteError)>>,
+}
+
+struct Inner {
+    settings: RouterSettings,
+    servers: Mutex<HashMap<i64, Arc<ServerBudget>>>,
+    tenants: Mutex<HashMap<Uuid, Arc<TenantPool>>>,
+}
+
+/// Budget use of one server, for `/metrics` and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetStatus {
+    pub capacity: usize,
+    pub in_use: usize,
+}
+
+/// The routing pool; cheap to clone.
+#[derive(Clone)]
+pub struct Router {
+    inner: Arc<Inner>,
+}
+
+impl Router {
+    pub fn new(settings: RouterSettings) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                settings,
+                servers: Mutex::new(HashMap::new()),
+                tenants: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// A connection to the tenant's database, as its own role.
+    pub async fn acquire(&self, route: &TenantRoute) -> Result<PooledConn, RouteError> {
+        let started = Instant::now();
+        let tenant = self.inner.tenant(route);
+        if let Some(error) = tenant.broken() {
+            metrics::counter!("tenant_pool_fast_failures_total").increment(1);
+            return Err(error);
+        }
+        // Counted down on every path, also when the request is cancelled while it waits.
+        let _waiting =
+            WaiterGuard::enter(&tenant.waiters, self.inner.settings.max_waiters_per_tenant)
+                .ok_or(RouteError::Busy)?;
+        let deadline = started + self.inner.settings.acquire_timeout;
+        let result = loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, tenant.pool.get()).await {
+                Ok(Err(PoolError::Backend(RouteError::Saturated))) if !remaining.is_zero() => {
+                    tokio::time::sleep(OWN_RETRY).await;
+                }
+                other => break other,
+            }
+        };
+        *lock(&tenant.last_used) = Instant::now();
+        metrics::histogram!("tenant_pool_acquire_seconds").record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(PoolError::Backend(RouteError::Saturated)))
+            | Ok(Err(PoolError::Timeout(_)))
+            | Err(_) => {
+                metrics::counter!("tenant_pool_timeouts_total").increment(1);
+                Err(RouteError::Timeout)
+            }
+            Ok(Err(PoolError::Backend(error))) => Err(error),
+            Ok(Err(PoolError::Closed)) => Err(RouteError::Closed),
+            Ok(Err(_)) => Err(RouteError::Timeout),
+        }
+    }
+
+    /// Closes a tenant's pool and its connections (suspension, deletion). The next `acquire` starts afresh.
+    pub fn close_tenant(&self, client_id: Uuid) {
+        if let Some(tenant) = lock(&self.inner.tenants).remove(&client_id) {
+            tenant.pool.close();
+        }
+    }
+
+    /// Closes every pool (shutdown).
+    pub fn close(&self) {
+        for (_, tenant) in lock(&self.inner.tenants).drain() {
+            tenant.pool.close();
+        }
+    }
+
+    /// Closes idle connections past their TTL or lifetime, and drops pools unused for long.
+    pub fn collect_garbage(&self) {
+        let settings = &self.inner.settings;
+        let mut tenants = lock(&self.inner.tenants);
+        for tenant in tenants.values() {
+            let removed = tenant.pool.retain(|conn, metrics| {
+                metrics.last_used() < settings.idle_ttl && metrics.age() < conn.expires_after
+            });
+            if !removed.removed.is_empty() {
+                metrics::counter!("tenant_pool_evictions_total", "reason" => "idle_or_lifetime")
+                    .increment(removed.removed.len() as u64);
+            }
+        }
+        tenants.retain(|_, tenant| {
+            tenant.pool.status().size > 0
+                || lock(&tenant.last_used).elapsed() < settings.pool_idle_drop
+        });
+    }
+
+    /// How much of a server's budget is in use.
+    pub fn budget(&self, server_id: i64) -> Option<BudgetStatus> {
+        lock(&self.inner.servers)
+            .get(&server_id)
+            .map(|b| BudgetStatus {
+                capacity: b.capacity,
+                in_use: b.capacity - b.permits.available_permits(),
+            })
+    }
+
+    /// Publishes budget and pool gauges to `/metrics`.
+    pub fn publish_metrics(&self) {
+        for (server, budget) in lock(&self.inner.servers).iter() {
+            let server = server.to_string();
+            metrics::gauge!("tenant_pool_budget_capacity", "server" => server.clone())
+                .set(budget.capacity as f64);
+            metrics::gauge!("tenant_pool_budget_in_use", "server" => server)
+                .set((budget.capacity - budget.permits.available_permits()) as f64);
+        }
+        let tenants = lock(&self.inner.tenants);
+        let (mut idle, mut size, mut broken) = (0usize, 0usize, 0usize);
+        for tenant in tenants.values() {
+            let status = tenant.pool.status();
+            idle += status.available;
+            size += status.size;
+            broken += usize::from(tenant.broken().is_some());
+        }
+        metrics::gauge!("tenant_pool_connections", "state" => "idle").set(idle as f64);
+        metrics::gauge!("tenant_pool_connections", "state" => "active")
+            .set(size.saturating_sub(idle) as f64);
+        metrics::gauge!("tenant_pool_tenants").set(tenants.len() as f64);
+        metrics::gauge!("tenant_pool_breakers_open").set(broken as f64);
+    }
+}
+
+impl Inner {
+    fn tenant(self: &Arc<Self>, route: &TenantRoute) -> Arc<TenantPool> {
+        if let Some(tenant) = lock(&self.tenants).get(&route.client_id) {
+            return tenant.clone();
+        }
+        let budget = lock(&self.servers)
+            .entry(route.server_id)
+            .or_insert_with(|| {
+                Arc::new(ServerBudget {
+                    permits: Arc::new(Semaphore::new(self.settings.budget_per_server)),
+                    capacity: self.settings.budget_per_server,
+                })
+            })
+            .clone();
+        let manager = TenantManager {
+            client_id: route.client_id,
+            server_id: route.server_id,
+            config: route.target.tokio_config(),
+            budget,
+            router: Arc::downgrade(self),
+            settings: self.settings.clone(),
+        };
+        let built = Pool::builder(manager)
+            .max_size(self.settings.per_tenant_cap)
+            .runtime(Runtime::Tokio1)
+            .build();
+        let pool = match built {
+            Ok(pool) => pool,
+            // Only possible with a missing runtime, which is set above.
+            Err(e) => unreachable!("building a tenant pool: {e}"),
+        };
+        let tenant = Arc::new(TenantPool {
+            pool,
+            server_id: route.server_id,
+            waiters: AtomicUsize::new(0),
+            last_used: Mutex::new(Instant::now()),
+            broken: Mutex::new(None),
+        });
+        lock(&self.tenants)
+            .entry(route.client_id)
+            .or_insert(tenant)
+            .clone()
+    }
+
+    fn connections_of(&self, client_id: Uuid) -> usize {
+        lock(&self.tenants)
+            .get(&client_id)
+            .map(|t| t.pool.status().size)
+            .unwrap_or(0)
+    }
+
+    /// Closes the least recently used idle connection of another tenant on the server.
+    fn evict_lru_idle(&self, server_id: i64, except: Uuid) {
+        let victim = lock(&self.tenants)
+            .iter()
+            .filter(|(id, t)| {
+                **id != except && t.server_id == server_id && t.pool.status().available > 0
+            })
+            .min_by_key(|(_, t)| *lock(&t.last_used))
+            .map(|(_, t)| t.clone());
+        if let Some(victim) = victim {
+            let mut taken = false;
+            let removed = victim.pool.retain(|_, _| {
+                let keep = taken;
+                taken = true;
+                keep
+            });
+            if !removed.removed.is_empty() {
+                metrics::counter!("tenant_pool_evictions_total", "reason" => "budget").increment(1);
+            }
+        }
+    }
+
+    fn trip(&self, client_id: Uuid, error: &RouteError) {
+        let cooldown = match error {
+            RouteError::ServerFull => self.settings.breaker_cooldown / 4,
+            RouteError::Timeout | RouteError::Busy | RouteError::Closed | RouteError::Saturated => {
+                return;
+            }
+            _ => self.settings.breaker_cooldown,
+        };
+        if let Some(tenant) = lock(&self.tenants).get(&client_id) {
+            *lock(&tenant.broken) = Some((Instant::now() + cooldown, error.clone()));
+            metrics::counter!("tenant_pool_breaker_trips_total").increment(1);
+        }
+    }
+}
+
+impl TenantPool {
+    /// The remembered failure, while its cooldown lasts.
+    fn broken(&self) -> Option<RouteError> {
+        let mut broken = lock(&self.broken);
+        match &*broken {
+            Some((until, error)) if Instant::now() < *until => Some(error.clone()),
+            Some(_) => {
+                *broken = None;
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+/// One waiting request of a tenant; the count goes down when it is dropped.
+struct WaiterGuard<'a>(&'a AtomicUsize);
+
+impl<'a> WaiterGuard<'a> {
+    fn enter(waiters: &'a AtomicUsize, max: usize) -> Option<Self> {
+        if waiters.fetch_add(1, Ordering::AcqRel) >= max {
+            waiters.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self(waiters))
+    }
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Locks a mutex, recovering from poisoning (every critical section here leaves consistent state).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
