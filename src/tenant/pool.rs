@@ -270,7 +270,7 @@ impl Router {
     /// A connection to the tenant's database, as its own role.
     pub async fn acquire(&self, route: &TenantRoute) -> Result<PooledConn, RouteError> {
         let started = Instant::now();
-        let tenant = self.inner.tenant(route);
+        let tenant = self.inner.tenant(route)?;
         if let Some(error) = tenant.broken() {
             metrics::counter!("tenant_pool_fast_failures_total").increment(1);
             return Err(error);
@@ -374,9 +374,9 @@ impl Router {
 }
 
 impl Inner {
-    fn tenant(self: &Arc<Self>, route: &TenantRoute) -> Arc<TenantPool> {
+    fn tenant(self: &Arc<Self>, route: &TenantRoute) -> Result<Arc<TenantPool>, RouteError> {
         if let Some(tenant) = lock(&self.tenants).get(&route.client_id) {
-            return tenant.clone();
+            return Ok(tenant.clone());
         }
         let budget = lock(&self.servers)
             .entry(route.server_id)
@@ -395,15 +395,11 @@ impl Inner {
             router: Arc::downgrade(self),
             settings: self.settings.clone(),
         };
-        let built = Pool::builder(manager)
+        let pool = Pool::builder(manager)
             .max_size(self.settings.per_tenant_cap)
             .runtime(Runtime::Tokio1)
-            .build();
-        let pool = match built {
-            Ok(pool) => pool,
-            // Only possible with a missing runtime, which is set above.
-            Err(e) => unreachable!("building a tenant pool: {e}"),
-        };
+            .build()
+            .map_err(|e| RouteError::Unavailable(format!("building the tenant's pool: {e}")))?;
         let tenant = Arc::new(TenantPool {
             pool,
             server_id: route.server_id,
@@ -411,10 +407,10 @@ impl Inner {
             last_used: Mutex::new(Instant::now()),
             broken: Mutex::new(None),
         });
-        lock(&self.tenants)
+        Ok(lock(&self.tenants)
             .entry(route.client_id)
             .or_insert(tenant)
-            .clone()
+            .clone())
     }
 
     fn connections_of(&self, client_id: Uuid) -> usize {
