@@ -239,6 +239,8 @@ impl Provisioner {
         }
         let names = self.names(id);
         let mut server = None;
+        // One administrator connection serves the role, database and restrict steps.
+        let mut admin = None;
         for step in Step::ALL {
             if self.faults.fail_at == Some(step) {
                 return Err(ProvisionError::Injected(step.as_str()));
@@ -273,18 +275,25 @@ impl Provisioner {
                 }
                 Step::Role => {
                     let server = server.as_ref().ok_or(ControlError::NotFound)?;
-                    let admin = admin_connect(&self.admin_target(server)?).await?;
-                    cluster::ensure_login_role(
-                        &admin,
-                        &names.role,
-                        &self.credentials.password_for(id),
-                    )
-                    .await?;
+                    let admin = match &admin {
+                        Some(admin) => admin,
+                        None => admin.insert(admin_connect(&self.admin_target(server)?).await?),
+                    };
+                    // PBKDF2 for the SCRAM verifier is CPU work: off the async threads.
+                    let password = self.credentials.password_for(id);
+                    let verifier =
+                        tokio::task::spawn_blocking(move || cluster::scram_verifier(&password))
+                            .await
+                            .map_err(|e| ProvisionError::Panicked(e.to_string()))?;
+                    cluster::ensure_login_role(admin, &names.role, &verifier).await?;
                 }
                 Step::Database => {
                     let server = server.as_ref().ok_or(ControlError::NotFound)?;
-                    let admin = admin_connect(&self.admin_target(server)?).await?;
-                    if template::clone_from_template(&admin, &self.templates, &names.database)
+                    let admin = match &admin {
+                        Some(admin) => admin,
+                        None => admin.insert(admin_connect(&self.admin_target(server)?).await?),
+                    };
+                    if template::clone_from_template(admin, &self.templates, &names.database)
                         .await?
                     {
                         tracing::info!(database = %names.database, "created the tenant database");
@@ -293,8 +302,11 @@ impl Provisioner {
                 Step::Restrict => {
                     let server = server.as_ref().ok_or(ControlError::NotFound)?;
                     let admin_target = self.admin_target(server)?;
-                    let admin = admin_connect(&admin_target).await?;
-                    cluster::restrict_connect(&admin, &names.database, &names.role).await?;
+                    let admin = match &admin {
+                        Some(admin) => admin,
+                        None => admin.insert(admin_connect(&admin_target).await?),
+                    };
+                    cluster::restrict_connect(admin, &names.database, &names.role).await?;
                     template::hand_over(
                         &admin_target.with_dbname(&names.database),
                         &self.templates,

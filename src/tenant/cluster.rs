@@ -73,18 +73,25 @@ pub async fn admin_connect(admin: &PgTarget) -> Result<Client, TenantError> {
     ))
 }
 
-/// Creates a role that may log in with the given password (sent as a SCRAM verifier, so the clear password
-/// never reaches the server or its logs), or resets login and password if it exists. Idempotent.
+/// The SCRAM-SHA-256 verifier of a password (what PostgreSQL stores; the clear password is never sent).
+pub fn scram_verifier(password: &Secret) -> Secret {
+    Secret::new(postgres_protocol::password::scram_sha_256(
+        password.expose().as_bytes(),
+    ))
+}
+
+/// Creates a role that may log in with the password whose SCRAM `verifier` is given (so the clear password never
+/// reaches the server or its logs), or resets login and password if it exists. Idempotent.
 pub async fn ensure_login_role(
     admin: &Client,
     role: &str,
-    password: &Secret,
+    verifier: &Secret,
 ) -> Result<(), TenantError> {
-    let verifier = postgres_protocol::password::scram_sha_256(password.expose().as_bytes());
+    let verifier = verifier.expose();
     let create = format!(
         "CREATE ROLE {} LOGIN NOINHERIT PASSWORD {}",
         quote_ident(role),
-        quote_literal(&verifier)
+        quote_literal(verifier)
     );
     match admin.batch_execute(&create).await {
         Ok(()) => Ok(()),
@@ -92,7 +99,7 @@ pub async fn ensure_login_role(
             let alter = format!(
                 "ALTER ROLE {} LOGIN PASSWORD {}",
                 quote_ident(role),
-                quote_literal(&verifier)
+                quote_literal(verifier)
             );
             admin
                 .batch_execute(&alter)
