@@ -126,6 +126,11 @@ impl ControlPlane {
         lease: Duration,
     ) -> Result<Option<Job>, ControlError> {
         let kinds: Vec<&str> = JobKind::ALL.iter().map(|k| k.as_str()).collect();
+        // A claim lost in a server crash only means the job is claimed again: no need to wait for the flush.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
         let claimed = sqlx::query_as::<_, JobRow>(
             "UPDATE jobs SET status = 'running', attempts = attempts + 1, locked_by = $1,
                     lease_until = now() + make_interval(secs => $2), updated_at = now()
@@ -145,10 +150,13 @@ impl ControlPlane {
         .bind(worker)
         .bind(lease.as_secs_f64())
         .bind(kinds)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await;
         let row = match claimed {
-            Ok(Some(row)) => row,
+            Ok(Some(row)) => {
+                tx.commit().await?;
+                row
+            }
             Ok(None) => return Ok(None),
             // Another worker claimed a job of the same client at the same moment: nothing for us this time.
             Err(sqlx::Error::Database(db))
