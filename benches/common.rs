@@ -9,6 +9,14 @@ use mandant::app::{Application, RunOptions};
 use mandant::config::{LoadOptions, Settings, TEST_TOML};
 use mandant::embedded::ThrowawayCluster;
 
+/// A size from the environment, or its default.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// The benchmarks' cluster: fsync on (as in production) unless BENCH_FSYNC=off.
 pub fn cluster(tag: &str) -> ThrowawayCluster {
     let fsync = std::env::var("BENCH_FSYNC")

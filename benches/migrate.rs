@@ -13,18 +13,11 @@ use mandant::app::RunOptions;
 use mandant::fleet::{FleetOptions, migrate_fleet};
 use mandant::tenant::migrate::MigrationSet;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[tokio::main]
 async fn main() {
-    let pending_tenants = env_usize("BENCH_TENANTS", 200);
-    let registered = env_usize("BENCH_REGISTERED", 1000).max(pending_tenants);
-    let concurrency = env_usize("BENCH_CONCURRENCY", 4);
+    let pending_tenants = common::env_usize("BENCH_TENANTS", 200);
+    let registered = common::env_usize("BENCH_REGISTERED", 1000).max(pending_tenants);
+    let concurrency = common::env_usize("BENCH_CONCURRENCY", 4);
     let cluster = common::cluster("bench-migrate");
     let settings = common::settings(
         &cluster,

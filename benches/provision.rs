@@ -18,17 +18,10 @@ use mandant::tenant::migrate::migrate_database;
 /// Clients provisioned one at a time first, for the idle sign-up latency.
 const IDLE_SAMPLES: usize = 10;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[tokio::main]
 async fn main() {
-    let clients = env_usize("BENCH_CLIENTS", 100);
-    let rounds = env_usize("BENCH_ROUNDS", 4).clamp(1, clients.max(1));
+    let clients = common::env_usize("BENCH_CLIENTS", 100);
+    let rounds = common::env_usize("BENCH_ROUNDS", 4).clamp(1, clients.max(1));
     let per_round = clients / rounds;
     let clients = per_round * rounds;
     let cluster = common::cluster("bench-provision");
