@@ -18,6 +18,7 @@ use crate::provisioning::Provisioner;
 use crate::provisioning::credentials::Credentials;
 use crate::shutdown::{CancellationToken, TaskTracker};
 use crate::tenant::cluster::ensure_database;
+use crate::tenant::pool::Router;
 
 /// How often histogram samples are folded into the Prometheus exporter's buckets.
 const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -77,6 +78,7 @@ pub struct App {
     settings: Settings,
     control: ControlPlane,
     provisioner: Provisioner,
+    router: Router,
     metrics: PrometheusHandle,
 }
 
@@ -92,10 +94,12 @@ impl AppState {
             control_target.clone(),
             credentials,
         );
+        let router = Router::new(settings.routing.router());
         Ok(Self(Arc::new(App {
             settings,
             control,
             provisioner,
+            router,
             metrics: crate::http::metrics::recorder(),
         })))
     }
@@ -126,6 +130,11 @@ impl AppState {
 
     pub fn provisioner(&self) -> &Provisioner {
         &self.0.provisioner
+    }
+
+    /// The routing pool to tenant databases.
+    pub fn router(&self) -> &Router {
+        &self.0.router
     }
     pub fn settings(&self) -> &Settings {
         &self.0.settings
@@ -267,7 +276,8 @@ async fn stop_background_and_close(
     tasks.close();
     tasks.wait().await;
 
-    // 3. Close pools.
+    // 3. Close pools: tenant connections first, then the control plane (nothing may use it after this).
+    state.router().close();
     state.control().close().await;
 
     // 4. Stop the embedded cluster if we started it.
@@ -289,6 +299,22 @@ fn spawn_background(
         loop {
             tokio::select! {
                 _ = tick.tick() => metrics.run_upkeep(),
+                () = token.cancelled() => break,
+            }
+        }
+    });
+    // Routing-pool hygiene: idle TTL, max lifetime, unused pools; and its gauges.
+    let router = state.router().clone();
+    let every = state.settings().routing.gc_interval();
+    let token = cancel.clone();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    router.collect_garbage();
+                    router.publish_metrics();
+                }
                 () = token.cancelled() => break,
             }
         }

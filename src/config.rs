@@ -73,6 +73,7 @@ pub struct Settings {
     pub embedded: EmbeddedSettings,
     pub tenants: TenantSettings,
     pub workers: WorkerSettings,
+    pub routing: RoutingSettings,
     pub auth: AuthSettings,
     pub log: LogSettings,
 }
@@ -164,6 +165,39 @@ impl WorkerSettings {
         let capped = exp.min(self.backoff_max_secs as f64);
         let jitter = 0.8 + rand::random::<f64>() * 0.4;
         Duration::from_secs_f64((capped * jitter).max(0.001))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingSettings {
+    pub budget_per_server: usize,
+    pub per_tenant_cap: usize,
+    pub max_waiters_per_tenant: usize,
+    pub acquire_timeout_ms: u64,
+    pub idle_ttl_secs: u64,
+    pub max_lifetime_secs: u64,
+    pub breaker_cooldown_ms: u64,
+    pub pool_idle_drop_secs: u64,
+    pub gc_interval_secs: u64,
+}
+
+impl RoutingSettings {
+    pub fn router(&self) -> crate::tenant::pool::RouterSettings {
+        crate::tenant::pool::RouterSettings {
+            budget_per_server: self.budget_per_server,
+            per_tenant_cap: self.per_tenant_cap,
+            max_waiters_per_tenant: self.max_waiters_per_tenant,
+            acquire_timeout: Duration::from_millis(self.acquire_timeout_ms),
+            idle_ttl: Duration::from_secs(self.idle_ttl_secs),
+            max_lifetime: Duration::from_secs(self.max_lifetime_secs),
+            breaker_cooldown: Duration::from_millis(self.breaker_cooldown_ms),
+            pool_idle_drop: Duration::from_secs(self.pool_idle_drop_secs),
+        }
+    }
+
+    pub fn gc_interval(&self) -> Duration {
+        Duration::from_secs(self.gc_interval_secs)
     }
 }
 
@@ -328,6 +362,28 @@ impl Settings {
         if w.backoff_max_secs == 0 {
             return Err(invalid("workers.backoff_max_secs", "must be at least 1"));
         }
+        let r = &self.routing;
+        if r.budget_per_server == 0
+            || r.per_tenant_cap == 0
+            || r.per_tenant_cap > r.budget_per_server
+        {
+            return Err(invalid(
+                "routing.per_tenant_cap",
+                "must be at least 1 and at most routing.budget_per_server (itself at least 1)",
+            ));
+        }
+        if r.max_waiters_per_tenant == 0 {
+            return Err(invalid(
+                "routing.max_waiters_per_tenant",
+                "must be at least 1",
+            ));
+        }
+        if r.acquire_timeout_ms == 0 || r.gc_interval_secs == 0 || r.max_lifetime_secs == 0 {
+            return Err(invalid(
+                "routing",
+                "acquire_timeout_ms, gc_interval_secs and max_lifetime_secs must be at least 1",
+            ));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", e.to_string()));
         }
@@ -444,6 +500,17 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("tenants.db_prefix"), "{err}");
+
+        let err = Settings::load(&LoadOptions {
+            env: env(&[
+                ("MANDANT__ROUTING__BUDGET_PER_SERVER", "4"),
+                ("MANDANT__ROUTING__PER_TENANT_CAP", "8"),
+            ]),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("routing.per_tenant_cap"), "{err}");
     }
 
     #[test]

@@ -61,6 +61,7 @@ pub async fn track(request: Request, next: Next) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    state.router().publish_metrics();
     let handle = state.metrics();
     handle.run_upkeep();
     (

@@ -206,3 +206,44 @@ async fn waiting_requests_are_bounded_per_tenant_and_closing_a_tenant_frees_its_
     let again = router.acquire(&routes[0]).await.unwrap();
     again.client().simple_query("SELECT 1").await.unwrap();
 }
+
+#[tokio::test]
+async fn suspending_or_deleting_a_client_closes_its_connections_and_metrics_show_the_budget() {
+    let (app, routes) = tenants(2).await;
+    let router = app.state.router();
+    let server = routes[0].server_id;
+    for route in &routes {
+        let conn = router.acquire(route).await.unwrap();
+        conn.client().simple_query("SELECT 1").await.unwrap();
+    }
+    assert_eq!(router.budget(server).unwrap().in_use, 2);
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "tenant_pool_budget_in_use{{server=\"{server}\"}} 2"
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tenant_pool_connects_total"), "{metrics}");
+
+    assert!(
+        app.post("/v1/clients/r-00/suspend")
+            .await
+            .status()
+            .is_success()
+    );
+    assert_eq!(
+        router.budget(server).unwrap().in_use,
+        1,
+        "the suspended tenant's connection is closed"
+    );
+    assert_eq!(
+        app.delete("/v1/clients/r-01").await.status(),
+        reqwest::StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        router.budget(server).unwrap().in_use,
+        0,
+        "the deleted tenant's connection is closed"
+    );
+}
