@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 
 use crate::config::Settings;
 use crate::control::{self, CONTROL_DB, ControlPlane};
+use crate::data::RouteCache;
 use crate::db::PgTarget;
 use crate::embedded::{Cluster, ClusterSpec};
 use crate::provisioning::Provisioner;
@@ -79,6 +80,7 @@ pub struct App {
     control: ControlPlane,
     provisioner: Provisioner,
     router: Router,
+    routes: RouteCache,
     metrics: PrometheusHandle,
 }
 
@@ -100,6 +102,7 @@ impl AppState {
             control,
             provisioner,
             router,
+            routes: RouteCache::default(),
             metrics: crate::http::metrics::recorder(),
         })))
     }
@@ -130,6 +133,11 @@ impl AppState {
 
     pub fn provisioner(&self) -> &Provisioner {
         &self.0.provisioner
+    }
+
+    /// The slug → route cache of the data plane.
+    pub fn routes(&self) -> &RouteCache {
+        &self.0.routes
     }
 
     /// The routing pool to tenant databases.

@@ -84,6 +84,56 @@ impl ClientName {
     }
 }
 
+/// An e-mail address as mandant accepts it: trimmed, 3-254 characters, one `@` between a local part of 1-64
+/// characters and a domain with a dot, no spaces or control characters. Uniqueness is case-insensitive (the
+/// database's index), the spelling is kept as given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(transparent)]
+pub struct Email(String);
+
+impl Email {
+    pub fn parse(value: &str) -> Result<Self, Invalid> {
+        let v = value.trim();
+        let bad = || invalid("email", "must be an e-mail address like name@example.org");
+        if !(3..=254).contains(&v.len()) || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(bad());
+        }
+        let (local, domain) = v.split_once('@').ok_or_else(bad)?;
+        let domain_ok = domain.contains('.')
+            && !domain.starts_with('.')
+            && !domain.ends_with('.')
+            && !domain.contains("..")
+            && !domain.contains('@');
+        if local.is_empty() || local.len() > 64 || !domain_ok {
+            return Err(bad());
+        }
+        Ok(Self(v.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A free-text standard field (first name, last name, gender): trimmed, at most `max` characters, no control
+/// characters; empty means absent.
+pub fn optional_text(
+    field: &'static str,
+    value: Option<&str>,
+    max: usize,
+) -> Result<Option<String>, Invalid> {
+    let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    if value.chars().count() > max {
+        return Err(invalid(field, format!("must be at most {max} characters")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(invalid(field, "must not contain control characters"));
+    }
+    Ok(Some(value.to_owned()))
+}
+
 /// The lifecycle of a client (DESIGN.md §5): `provisioning` → `active` ⇄ `suspended`; `failed`;
 /// `deleting` → `deleted` (a tombstone that frees the slug).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -171,6 +221,43 @@ mod tests {
         assert!(ClientName::parse(&"x".repeat(201)).is_err());
         assert!(ClientName::parse("a\u{0}b").is_err());
         assert!(ClientName::parse(&"ü".repeat(200)).is_ok());
+    }
+
+    #[test]
+    fn emails_are_checked_and_kept_as_given() {
+        assert_eq!(
+            Email::parse(" Anna@Example.org ").unwrap().as_str(),
+            "Anna@Example.org"
+        );
+        for bad in [
+            "",
+            "a",
+            "no-at.example.org",
+            "@example.org",
+            "a@",
+            "a@b",
+            "a@.b.c",
+            "a@b..c",
+            "a b@c.d",
+            "a@b@c.d",
+            "a@b.c.",
+        ] {
+            assert!(Email::parse(bad).is_err(), "{bad}");
+        }
+        assert!(Email::parse(&format!("{}@example.org", "x".repeat(65))).is_err());
+    }
+
+    #[test]
+    fn optional_text_trims_bounds_and_treats_empty_as_absent() {
+        assert_eq!(
+            optional_text("first_name", Some("  Ann "), 5)
+                .unwrap()
+                .as_deref(),
+            Some("Ann")
+        );
+        assert_eq!(optional_text("first_name", Some("   "), 5).unwrap(), None);
+        assert!(optional_text("first_name", Some("toolong"), 5).is_err());
+        assert!(optional_text("first_name", Some("a\u{7}"), 5).is_err());
     }
 
     #[test]

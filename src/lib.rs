@@ -6,6 +6,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod data;
 pub mod db;
 pub mod domain;
 pub mod embedded;

@@ -12,6 +12,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::control::ControlError;
+use crate::data::DataError;
+use crate::tenant::pool::RouteError;
 
 /// Seconds a client should wait before retrying a 503.
 const RETRY_AFTER_SECS: u64 = 5;
@@ -191,6 +193,54 @@ impl From<ControlError> for ApiError {
             }
             other => {
                 tracing::error!(error = ?other, cause = %error_chain(&other), "control-plane error");
+                Self::internal()
+            }
+        }
+    }
+}
+
+impl From<DataError> for ApiError {
+    fn from(e: DataError) -> Self {
+        let unavailable = |code: &'static str, message: &str| {
+            Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+                .with_retry_after(RETRY_AFTER_SECS)
+        };
+        match e {
+            DataError::NotFound => Self::not_found(),
+            DataError::ClientNotActive(status) => Self::new(
+                StatusCode::CONFLICT,
+                "client_not_active",
+                format!(
+                    "The client is {}; its data can only be used while it is active.",
+                    status.as_str()
+                ),
+            ),
+            DataError::EmailTaken => Self::new(
+                StatusCode::CONFLICT,
+                "email_taken",
+                "A recipient with this e-mail address exists already.",
+            ),
+            DataError::Invalid(invalid) => invalid.into(),
+            DataError::Control(e) => e.into(),
+            DataError::Route(RouteError::Busy) => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "tenant_busy",
+                "Too many requests are waiting for this client's database; retry shortly.",
+            )
+            .with_retry_after(1),
+            DataError::Route(RouteError::Timeout | RouteError::Saturated) => unavailable(
+                "tenant_timeout",
+                "No connection to this client's database became free in time; retry shortly.",
+            ),
+            DataError::Route(cause) => {
+                tracing::warn!(%cause, "tenant database unavailable");
+                unavailable(
+                    "tenant_unavailable",
+                    "This client's database is unavailable right now; retry later.",
+                )
+            }
+            other => {
+                tracing::error!(error = %error_chain(&other), "data-plane error");
                 Self::internal()
             }
         }

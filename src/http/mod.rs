@@ -6,12 +6,14 @@
 //! newtypes, check access, call one lower layer, map the result.
 
 pub mod clients;
+pub mod cursor;
 pub mod error;
 pub mod extract;
 pub mod health;
 pub mod metrics;
 pub mod openapi;
 pub mod operations;
+pub mod recipients;
 
 use std::sync::Arc;
 
@@ -46,6 +48,12 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(clients::suspend))
         .routes(routes!(clients::resume))
         .routes(routes!(operations::get))
+        .routes(routes!(recipients::create, recipients::list))
+        .routes(routes!(
+            recipients::get,
+            recipients::update,
+            recipients::delete
+        ))
         .split_for_parts();
 
     let server = &state.settings().server;

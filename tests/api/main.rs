@@ -8,4 +8,5 @@ mod health;
 mod helpers;
 mod migrate;
 mod provisioning;
+mod recipients;
 mod routing;

@@ -1,0 +1,59 @@
+//! Opaque pagination cursors: the hex encoding of a position string, so clients never build or parse them.
+
+use axum::http::StatusCode;
+
+use super::error::ApiError;
+
+/// Largest decoded position accepted.
+const MAX_CURSOR_BYTES: usize = 200;
+
+pub fn encode(position: &str) -> String {
+    position.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn decode(cursor: &str) -> Result<String, ApiError> {
+    let bad = || {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_cursor",
+            "The cursor is not valid.",
+        )
+    };
+    if cursor.is_empty() || !cursor.len().is_multiple_of(2) || cursor.len() > 2 * MAX_CURSOR_BYTES {
+        return Err(bad());
+    }
+    let bytes = (0..cursor.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(cursor.get(i..i + 2).unwrap_or("zz"), 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| bad())?;
+    String::from_utf8(bytes).map_err(|_| bad())
+}
+
+/// The page size from `limit`: default 50, 1-1000 (DESIGN.md §6).
+pub fn limit(requested: Option<i64>) -> Result<i64, ApiError> {
+    const DEFAULT_LIMIT: i64 = 50;
+    const MAX_LIMIT: i64 = 1000;
+    let limit = requested.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("limit must be between 1 and {MAX_LIMIT}."),
+        ));
+    }
+    Ok(limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        assert_eq!(decode(&encode("acme/42")).unwrap(), "acme/42");
+        for bad in ["", "zz", "abc", &"6".repeat(500), "ff"] {
+            assert!(decode(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! `/v1/clients/{slug}/recipients`: recipients in the client's own database (data plane, through the routing
+//! pool). Standard fields for now; custom fields join them, flattened, with the field-schema issue.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::cursor;
+use super::error::{ApiError, ErrorBody};
+use super::extract::{ApiJson, ApiQuery};
+use crate::app::AppState;
+use crate::data::recipients::{
+    self, GENDER_MAX, NAME_MAX, NewRecipient, Recipient, RecipientFilter, RecipientPatch,
+};
+use crate::data::{self, DataError};
+use crate::domain::{ClientSlug, Email, optional_text};
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRecipient {
+    #[schema(example = "anna@example.org")]
+    pub email: String,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub gender: Option<String>,
+}
+
+/// Absent fields stay as they are; `null` clears a name or gender.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRecipient {
+    pub email: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub first_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub last_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub gender: Option<Option<String>>,
+}
+
+/// Tells a field given as `null` (Some(None)) from an absent one (None).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Equality filter, case-insensitive.
+    pub email: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub gender: Option<String>,
+    /// Page size, 1-1000 (default 50).
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecipientPage {
+    pub items: Vec<Recipient>,
+    pub next_cursor: Option<String>,
+}
+
+fn path_slug(slug: &str) -> Result<ClientSlug, ApiError> {
+    ClientSlug::parse(slug).map_err(|_| ApiError::not_found())
+}
+
+fn path_id(id: &str) -> Result<i64, ApiError> {
+    id.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(ApiError::not_found)
+}
+
+fn text(field: &'static str, value: Option<&str>, max: usize) -> Result<Option<String>, DataError> {
+    Ok(optional_text(field, value, max)?)
+}
+
+/// Add a recipient; its e-mail address must be new to this client (case-insensitively).
+#[utoipa::path(post, path = "/v1/clients/{slug}/recipients", tag = "recipients", request_body = CreateRecipient,
+    params(("slug" = String, Path, description = "The client's slug")),
+    responses(
+        (status = 201, description = "Created", body = Recipient,
+         headers(("Location" = String, description = "The new recipient"))),
+        (status = 400, description = "Invalid input", body = ErrorBody),
+        (status = 404, description = "No such client", body = ErrorBody),
+        (status = 409, description = "E-mail taken, or the client is not active", body = ErrorBody),
+        (status = 429, description = "The tenant is busy", body = ErrorBody),
+        (status = 503, description = "The tenant database is unavailable", body = ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+    ApiJson(body): ApiJson<CreateRecipient>,
+) -> Result<Response, ApiError> {
+    let slug = path_slug(&slug)?;
+    let new = NewRecipient {
+        email: Email::parse(&body.email)?,
+        first_name: text("first_name", body.first_name.as_deref(), NAME_MAX)?,
+        last_name: text("last_name", body.last_name.as_deref(), NAME_MAX)?,
+        gender: text("gender", body.gender.as_deref(), GENDER_MAX)?,
+    };
+    let (_, db) = data::connect(&state, &slug).await?;
+    let recipient = recipients::create(db.client(), &new).await?;
+    let mut response = (StatusCode::CREATED, Json(&recipient)).into_response();
+    if let Ok(value) =
+        HeaderValue::from_str(&format!("/v1/clients/{slug}/recipients/{}", recipient.id))
+    {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(response)
+}
+
+/// List recipients by id, with equality filters.
+#[utoipa::path(get, path = "/v1/clients/{slug}/recipients", tag = "recipients",
+    params(("slug" = String, Path, description = "The client's slug"), ListParams),
+    responses(
+        (status = 200, description = "A page of recipients", body = RecipientPage),
+        (status = 400, description = "Invalid filter, limit or cursor", body = ErrorBody),
+        (status = 404, description = "No such client", body = ErrorBody),
+        (status = 409, description = "The client is not active", body = ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<RecipientPage>, ApiError> {
+    let slug = path_slug(&slug)?;
+    let limit = cursor::limit(params.limit)?;
+    let after_id = match params.cursor.as_deref() {
+        Some(c) => Some(cursor::decode(c)?.parse::<i64>().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_cursor",
+                "The cursor is not valid.",
+            )
+        })?),
+        None => None,
+    };
+    let filter = RecipientFilter {
+        email: params.email,
+        first_name: params.first_name,
+        last_name: params.last_name,
+        gender: params.gender,
+        after_id,
+        limit: limit + 1,
+    };
+    let (_, db) = data::connect(&state, &slug).await?;
+    let mut items = recipients::list(db.client(), &filter).await?;
+    let next_cursor = if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        items.last().map(|r| cursor::encode(&r.id.to_string()))
+    } else {
+        None
+    };
+    Ok(Json(RecipientPage { items, next_cursor }))
+}
+
+/// One recipient.
+#[utoipa::path(get, path = "/v1/clients/{slug}/recipients/{id}", tag = "recipients",
+    params(("slug" = String, Path, description = "The client's slug"), ("id" = i64, Path, description = "Recipient id")),
+    responses(
+        (status = 200, description = "The recipient", body = Recipient),
+        (status = 404, description = "No such client or recipient", body = ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    Path((slug, id)): Path<(String, String)>,
+) -> Result<Json<Recipient>, ApiError> {
+    let (slug, id) = (path_slug(&slug)?, path_id(&id)?);
+    let (_, db) = data::connect(&state, &slug).await?;
+    Ok(Json(recipients::get(db.client(), id).await?))
+}
+
+/// Change a recipient: absent fields stay, `null` clears a name or gender.
+#[utoipa::path(patch, path = "/v1/clients/{slug}/recipients/{id}", tag = "recipients", request_body = UpdateRecipient,
+    params(("slug" = String, Path, description = "The client's slug"), ("id" = i64, Path, description = "Recipient id")),
+    responses(
+        (status = 200, description = "The changed recipient", body = Recipient),
+        (status = 400, description = "Invalid input", body = ErrorBody),
+        (status = 404, description = "No such client or recipient", body = ErrorBody),
+        (status = 409, description = "E-mail taken, or the client is not active", body = ErrorBody)))]
+pub async fn update(
+    State(state): State<AppState>,
+    Path((slug, id)): Path<(String, String)>,
+    ApiJson(body): ApiJson<UpdateRecipient>,
+) -> Result<Json<Recipient>, ApiError> {
+    let (slug, id) = (path_slug(&slug)?, path_id(&id)?);
+    let change =
+        |field, value: Option<Option<String>>, max| -> Result<Option<Option<String>>, DataError> {
+            value.map(|v| text(field, v.as_deref(), max)).transpose()
+        };
+    let patch = RecipientPatch {
+        email: body.email.as_deref().map(Email::parse).transpose()?,
+        first_name: change("first_name", body.first_name, NAME_MAX)?,
+        last_name: change("last_name", body.last_name, NAME_MAX)?,
+        gender: change("gender", body.gender, GENDER_MAX)?,
+    };
+    let (_, db) = data::connect(&state, &slug).await?;
+    Ok(Json(recipients::update(db.client(), id, &patch).await?))
+}
+
+/// Delete a recipient (and its list bindings).
+#[utoipa::path(delete, path = "/v1/clients/{slug}/recipients/{id}", tag = "recipients",
+    params(("slug" = String, Path, description = "The client's slug"), ("id" = i64, Path, description = "Recipient id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such client or recipient", body = ErrorBody)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Path((slug, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let (slug, id) = (path_slug(&slug)?, path_id(&id)?);
+    let (_, db) = data::connect(&state, &slug).await?;
+    recipients::delete(db.client(), id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
