@@ -6,6 +6,7 @@
 //! refuses a suspended tenant's role (NOLOGIN) meanwhile.
 //! Never: touches the control plane except through `control/` reads, or connects as anything but the tenant role.
 
+pub mod lists;
 pub mod recipients;
 
 use std::collections::HashMap;
@@ -40,6 +41,8 @@ pub enum DataError {
     Invalid(#[from] Invalid),
     #[error("a recipient with this e-mail address exists already")]
     EmailTaken,
+    #[error("a mailing list with this name exists already")]
+    ListNameTaken,
     #[error("tenant query failed: {}", crate::db::describe_pg_error(.0))]
     Query(#[from] tokio_postgres::Error),
 }

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::cursor;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, ApiQuery};
+use super::extract::{ApiJson, ApiQuery, path_slug};
 use crate::app::AppState;
 use crate::control::clients::{Client, ClientFilter};
 use crate::domain::{ClientName, ClientSlug, ClientStatus};
@@ -109,11 +109,6 @@ pub struct ListParams {
 pub struct DeleteParams {
     /// Write a `pg_dump -Fc` archive of the client's database before dropping it.
     pub archive: Option<bool>,
-}
-
-/// A slug from the path: one that cannot exist is simply not found.
-fn path_slug(slug: &str) -> Result<ClientSlug, ApiError> {
-    ClientSlug::parse(slug).map_err(|_| ApiError::not_found())
 }
 
 fn max_attempts(state: &AppState) -> i32 {

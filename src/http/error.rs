@@ -220,6 +220,11 @@ impl From<DataError> for ApiError {
                 "email_taken",
                 "A recipient with this e-mail address exists already.",
             ),
+            DataError::ListNameTaken => Self::new(
+                StatusCode::CONFLICT,
+                "list_name_taken",
+                "A mailing list with this name exists already.",
+            ),
             DataError::Invalid(invalid) => invalid.into(),
             DataError::Control(e) => e.into(),
             DataError::Route(RouteError::Busy) => Self::new(

@@ -77,3 +77,31 @@ impl From<Invalid> for ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "validation_failed", e.to_string())
     }
 }
+
+/// A client slug from the path: one that cannot exist is simply not found.
+pub fn path_slug(slug: &str) -> Result<crate::domain::ClientSlug, ApiError> {
+    crate::domain::ClientSlug::parse(slug).map_err(|_| ApiError::not_found())
+}
+
+/// A row id from the path (a positive integer); anything else is not found.
+pub fn path_id(id: &str) -> Result<i64, ApiError> {
+    id.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(ApiError::not_found)
+}
+
+/// The keyset position (an id) of a `cursor` parameter.
+pub fn cursor_id(cursor: Option<&str>) -> Result<Option<i64>, ApiError> {
+    cursor
+        .map(|c| {
+            super::cursor::decode(c)?.parse::<i64>().map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_cursor",
+                    "The cursor is not valid.",
+                )
+            })
+        })
+        .transpose()
+}

@@ -10,6 +10,7 @@ pub mod cursor;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod lists;
 pub mod metrics;
 pub mod openapi;
 pub mod operations;
@@ -54,6 +55,10 @@ pub fn router(state: AppState) -> Router {
             recipients::update,
             recipients::delete
         ))
+        .routes(routes!(lists::create, lists::list))
+        .routes(routes!(lists::get, lists::delete))
+        .routes(routes!(lists::bind))
+        .routes(routes!(lists::members))
         .split_for_parts();
 
     let server = &state.settings().server;

@@ -18,7 +18,8 @@ use super::error::{ErrorBody, ErrorDetail};
     tags(
         (name = "operations", description = "Health, readiness, metrics and this document"),
         (name = "clients", description = "Sub-clients, each with its own database, and their background operations"),
-        (name = "recipients", description = "Recipients in a client's own database")
+        (name = "recipients", description = "Recipients in a client's own database"),
+        (name = "mailing-lists", description = "Mailing lists and bindings in a client's own database")
     )
 )]
 pub struct ApiDoc;

@@ -10,13 +10,13 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::cursor;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, ApiQuery};
+use super::extract::{ApiJson, ApiQuery, cursor_id, path_id, path_slug};
 use crate::app::AppState;
 use crate::data::recipients::{
     self, GENDER_MAX, NAME_MAX, NewRecipient, Recipient, RecipientFilter, RecipientPatch,
 };
 use crate::data::{self, DataError};
-use crate::domain::{ClientSlug, Email, optional_text};
+use crate::domain::{Email, optional_text};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -68,17 +68,6 @@ pub struct ListParams {
 pub struct RecipientPage {
     pub items: Vec<Recipient>,
     pub next_cursor: Option<String>,
-}
-
-fn path_slug(slug: &str) -> Result<ClientSlug, ApiError> {
-    ClientSlug::parse(slug).map_err(|_| ApiError::not_found())
-}
-
-fn path_id(id: &str) -> Result<i64, ApiError> {
-    id.parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(ApiError::not_found)
 }
 
 fn text(field: &'static str, value: Option<&str>, max: usize) -> Result<Option<String>, DataError> {
@@ -134,16 +123,7 @@ pub async fn list(
 ) -> Result<Json<RecipientPage>, ApiError> {
     let slug = path_slug(&slug)?;
     let limit = cursor::limit(params.limit)?;
-    let after_id = match params.cursor.as_deref() {
-        Some(c) => Some(cursor::decode(c)?.parse::<i64>().map_err(|_| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_cursor",
-                "The cursor is not valid.",
-            )
-        })?),
-        None => None,
-    };
+    let after_id = cursor_id(params.cursor.as_deref())?;
     let filter = RecipientFilter {
         email: params.email,
         first_name: params.first_name,

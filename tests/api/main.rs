@@ -6,6 +6,7 @@ mod embedded;
 mod fleet;
 mod health;
 mod helpers;
+mod lists;
 mod migrate;
 mod provisioning;
 mod recipients;

@@ -1,0 +1,202 @@
+//! `/v1/clients/{slug}/mailing-lists`: mailing lists and the recipients bound to them, in the client's own
+//! database.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::cursor;
+use super::error::{ApiError, ErrorBody};
+use super::extract::{ApiJson, ApiQuery, cursor_id, path_id, path_slug};
+use crate::app::AppState;
+use crate::data::lists::{self, Binding, BindingStatus, ListMember, MailingList};
+use crate::data::{self, DataError};
+use crate::domain::optional_text;
+
+const LIST_NAME_MAX: usize = 200;
+const DESCRIPTION_MAX: usize = 2000;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateList {
+    /// 1-200 characters, unique per client (case-insensitively).
+    #[schema(example = "Newsletter")]
+    pub name: String,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetBinding {
+    pub status: BindingStatus,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct MemberParams {
+    /// Only recipients with this status on the list.
+    pub status: Option<BindingStatus>,
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ListPage {
+    pub items: Vec<MailingList>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MemberPage {
+    pub items: Vec<ListMember>,
+    pub next_cursor: Option<String>,
+}
+
+/// Truncates a page fetched with `limit + 1` rows and returns the cursor of the next page, if any.
+fn paginate<T>(items: &mut Vec<T>, limit: i64, id: impl Fn(&T) -> i64) -> Option<String> {
+    if items.len() as i64 <= limit {
+        return None;
+    }
+    items.truncate(limit as usize);
+    items
+        .last()
+        .map(|item| cursor::encode(&id(item).to_string()))
+}
+
+/// Create a mailing list.
+#[utoipa::path(post, path = "/v1/clients/{slug}/mailing-lists", tag = "mailing-lists", request_body = CreateList,
+    params(("slug" = String, Path, description = "The client's slug")),
+    responses(
+        (status = 201, description = "Created", body = MailingList),
+        (status = 400, description = "Invalid input", body = ErrorBody),
+        (status = 404, description = "No such client", body = ErrorBody),
+        (status = 409, description = "Name taken, or the client is not active", body = ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+    ApiJson(body): ApiJson<CreateList>,
+) -> Result<Response, ApiError> {
+    let slug = path_slug(&slug)?;
+    let name = optional_text("name", Some(&body.name), LIST_NAME_MAX)
+        .map_err(DataError::from)?
+        .ok_or_else(|| {
+            ApiError::from(DataError::Invalid(crate::domain::Invalid {
+                field: "name",
+                reason: "must not be empty".into(),
+            }))
+        })?;
+    let description = optional_text("description", body.description.as_deref(), DESCRIPTION_MAX)
+        .map_err(DataError::from)?;
+    let (_, db) = data::connect(&state, &slug).await?;
+    let list = lists::create(db.client(), &name, description.as_deref()).await?;
+    let mut response = (StatusCode::CREATED, Json(&list)).into_response();
+    if let Ok(value) =
+        HeaderValue::from_str(&format!("/v1/clients/{slug}/mailing-lists/{}", list.id))
+    {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(response)
+}
+
+/// The client's mailing lists, by id.
+#[utoipa::path(get, path = "/v1/clients/{slug}/mailing-lists", tag = "mailing-lists",
+    params(("slug" = String, Path, description = "The client's slug"), PageParams),
+    responses(
+        (status = 200, description = "A page of lists", body = ListPage),
+        (status = 404, description = "No such client", body = ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+    ApiQuery(params): ApiQuery<PageParams>,
+) -> Result<Json<ListPage>, ApiError> {
+    let slug = path_slug(&slug)?;
+    let limit = cursor::limit(params.limit)?;
+    let after = cursor_id(params.cursor.as_deref())?;
+    let (_, db) = data::connect(&state, &slug).await?;
+    let mut items = lists::list(db.client(), after, limit + 1).await?;
+    let next_cursor = paginate(&mut items, limit, |l| l.id);
+    Ok(Json(ListPage { items, next_cursor }))
+}
+
+/// One mailing list.
+#[utoipa::path(get, path = "/v1/clients/{slug}/mailing-lists/{id}", tag = "mailing-lists",
+    params(("slug" = String, Path, description = "The client's slug"), ("id" = i64, Path, description = "List id")),
+    responses(
+        (status = 200, description = "The list", body = MailingList),
+        (status = 404, description = "No such client or list", body = ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    Path((slug, id)): Path<(String, String)>,
+) -> Result<Json<MailingList>, ApiError> {
+    let (slug, id) = (path_slug(&slug)?, path_id(&id)?);
+    let (_, db) = data::connect(&state, &slug).await?;
+    Ok(Json(lists::get(db.client(), id).await?))
+}
+
+/// Delete a mailing list and its bindings (the recipients stay).
+#[utoipa::path(delete, path = "/v1/clients/{slug}/mailing-lists/{id}", tag = "mailing-lists",
+    params(("slug" = String, Path, description = "The client's slug"), ("id" = i64, Path, description = "List id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such client or list", body = ErrorBody)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Path((slug, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let (slug, id) = (path_slug(&slug)?, path_id(&id)?);
+    let (_, db) = data::connect(&state, &slug).await?;
+    lists::delete(db.client(), id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Set a recipient's status on a list (binds it if it is not on the list yet).
+#[utoipa::path(put, path = "/v1/clients/{slug}/mailing-lists/{id}/recipients/{rid}", tag = "mailing-lists",
+    request_body = SetBinding,
+    params(("slug" = String, Path, description = "The client's slug"), ("id" = i64, Path, description = "List id"),
+           ("rid" = i64, Path, description = "Recipient id")),
+    responses(
+        (status = 200, description = "The binding", body = Binding),
+        (status = 400, description = "Invalid status", body = ErrorBody),
+        (status = 404, description = "No such client, list or recipient", body = ErrorBody)))]
+pub async fn bind(
+    State(state): State<AppState>,
+    Path((slug, id, rid)): Path<(String, String, String)>,
+    ApiJson(body): ApiJson<SetBinding>,
+) -> Result<Json<Binding>, ApiError> {
+    let (slug, id, rid) = (path_slug(&slug)?, path_id(&id)?, path_id(&rid)?);
+    let (_, db) = data::connect(&state, &slug).await?;
+    Ok(Json(lists::bind(db.client(), id, rid, body.status).await?))
+}
+
+/// The recipients on a list with their status, by recipient id.
+#[utoipa::path(get, path = "/v1/clients/{slug}/mailing-lists/{id}/recipients", tag = "mailing-lists",
+    params(("slug" = String, Path, description = "The client's slug"), ("id" = i64, Path, description = "List id"),
+           MemberParams),
+    responses(
+        (status = 200, description = "A page of list members", body = MemberPage),
+        (status = 404, description = "No such client or list", body = ErrorBody)))]
+pub async fn members(
+    State(state): State<AppState>,
+    Path((slug, id)): Path<(String, String)>,
+    ApiQuery(params): ApiQuery<MemberParams>,
+) -> Result<Json<MemberPage>, ApiError> {
+    let (slug, id) = (path_slug(&slug)?, path_id(&id)?);
+    let limit = cursor::limit(params.limit)?;
+    let after = cursor_id(params.cursor.as_deref())?;
+    let (_, db) = data::connect(&state, &slug).await?;
+    let mut items = lists::members(db.client(), id, params.status, after, limit + 1).await?;
+    let next_cursor = paginate(&mut items, limit, |m| m.recipient.id);
+    Ok(Json(MemberPage { items, next_cursor }))
+}
