@@ -187,14 +187,7 @@ pub async fn list(
             limit: limit + 1,
         })
         .await?;
-    let next_cursor = if clients.len() as i64 > limit {
-        clients.truncate(limit as usize);
-        clients
-            .last()
-            .map(|c| cursor::encode(&format!("{}/{}", c.slug, c.id)))
-    } else {
-        None
-    };
+    let next_cursor = cursor::next_page(&mut clients, limit, |c| format!("{}/{}", c.slug, c.id));
     Ok(Json(ClientPage {
         items: clients
             .into_iter()

@@ -30,6 +30,21 @@ pub fn decode(cursor: &str) -> Result<String, ApiError> {
     String::from_utf8(bytes).map_err(|_| bad())
 }
 
+/// Truncates a page fetched with `limit + 1` rows to `limit` and returns the cursor of the next page (the
+/// position of the last item kept), or `None` on the last page.
+pub fn next_page<T>(
+    items: &mut Vec<T>,
+    limit: i64,
+    position: impl Fn(&T) -> String,
+) -> Option<String> {
+    let limit = usize::try_from(limit).unwrap_or(0);
+    if items.len() <= limit {
+        return None;
+    }
+    items.truncate(limit);
+    items.last().map(|item| encode(&position(item)))
+}
+
 /// The page size from `limit`: default 50, 1-1000 (DESIGN.md §6).
 pub fn limit(requested: Option<i64>) -> Result<i64, ApiError> {
     const DEFAULT_LIMIT: i64 = 50;

@@ -64,17 +64,6 @@ pub struct MemberPage {
     pub next_cursor: Option<String>,
 }
 
-/// Truncates a page fetched with `limit + 1` rows and returns the cursor of the next page, if any.
-fn paginate<T>(items: &mut Vec<T>, limit: i64, id: impl Fn(&T) -> i64) -> Option<String> {
-    if items.len() as i64 <= limit {
-        return None;
-    }
-    items.truncate(limit as usize);
-    items
-        .last()
-        .map(|item| cursor::encode(&id(item).to_string()))
-}
-
 /// Create a mailing list.
 #[utoipa::path(post, path = "/v1/clients/{slug}/mailing-lists", tag = "mailing-lists", request_body = CreateList,
     params(("slug" = String, Path, description = "The client's slug")),
@@ -126,7 +115,7 @@ pub async fn list(
     let after = cursor_id(params.cursor.as_deref())?;
     let (_, db) = data::connect(&state, &slug).await?;
     let mut items = lists::list(db.client(), after, limit + 1).await?;
-    let next_cursor = paginate(&mut items, limit, |l| l.id);
+    let next_cursor = cursor::next_page(&mut items, limit, |l| l.id.to_string());
     Ok(Json(ListPage { items, next_cursor }))
 }
 
@@ -197,6 +186,6 @@ pub async fn members(
     let after = cursor_id(params.cursor.as_deref())?;
     let (_, db) = data::connect(&state, &slug).await?;
     let mut items = lists::members(db.client(), id, params.status, after, limit + 1).await?;
-    let next_cursor = paginate(&mut items, limit, |m| m.recipient.id);
+    let next_cursor = cursor::next_page(&mut items, limit, |m| m.recipient.id.to_string());
     Ok(Json(MemberPage { items, next_cursor }))
 }

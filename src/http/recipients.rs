@@ -134,12 +134,7 @@ pub async fn list(
     };
     let (_, db) = data::connect(&state, &slug).await?;
     let mut items = recipients::list(db.client(), &filter).await?;
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(|r| cursor::encode(&r.id.to_string()))
-    } else {
-        None
-    };
+    let next_cursor = cursor::next_page(&mut items, limit, |r| r.id.to_string());
     Ok(Json(RecipientPage { items, next_cursor }))
 }
 
