@@ -53,8 +53,7 @@ struct ClientRow {
 impl TryFrom<ClientRow> for Client {
     type Error = ControlError;
     fn try_from(r: ClientRow) -> Result<Self, ControlError> {
-        let status = ClientStatus::parse(&r.status)
-            .map_err(|e| ControlError::Query(sqlx::Error::Decode(e.to_string().into())))?;
+        let status = stored_status(&r.status)?;
         Ok(Self {
             id: r.id,
             slug: r.slug,
@@ -71,6 +70,12 @@ impl TryFrom<ClientRow> for Client {
             updated_at: r.updated_at,
         })
     }
+}
+
+/// A status as stored; the table's CHECK constraint makes anything else a decoding failure.
+fn stored_status(value: &str) -> Result<ClientStatus, ControlError> {
+    ClientStatus::parse(value)
+        .map_err(|e| ControlError::Query(sqlx::Error::Decode(e.to_string().into())))
 }
 
 fn convert(rows: Vec<ClientRow>) -> Result<Vec<Client>, ControlError> {
@@ -120,8 +125,7 @@ impl ControlPlane {
         .await?;
         let (parent_id, parent_status, parent_kind) =
             parent_row.ok_or(ControlError::UnknownParent)?;
-        let parent_status = ClientStatus::parse(&parent_status)
-            .map_err(|e| ControlError::Query(sqlx::Error::Decode(e.to_string().into())))?;
+        let parent_status = stored_status(&parent_status)?;
         // The master can be neither suspended nor deleted; while its own database is still being provisioned
         // (the first seconds after the first start) it is already a valid parent.
         let usable = parent_status == ClientStatus::Active
@@ -154,7 +158,7 @@ impl ControlPlane {
         )
         .await?
         .ok_or_else(|| ControlError::Query(sqlx::Error::RowNotFound))?;
-        let client = client_by_id_in(&mut tx, id).await?;
+        let client = client_by_id_on(&mut tx, id).await?;
         tx.commit().await?;
         Ok((client, job))
     }
@@ -206,11 +210,7 @@ impl ControlPlane {
     /// Any client, tombstones included.
     pub async fn client_by_id(&self, id: Uuid) -> Result<Client, ControlError> {
         let mut conn = self.pool.acquire().await?;
-        let row: Option<ClientRow> = sqlx::query_as(select_clients!("WHERE c.id = $1"))
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?;
-        row.ok_or(ControlError::NotFound)?.try_into()
+        client_by_id_on(&mut conn, id).await
     }
 
     /// Clients ordered by (slug, id), after the filter's position. Deleted clients only when asked for.
@@ -260,7 +260,7 @@ impl ControlPlane {
         .bind(name.as_str())
         .fetch_optional(&mut *tx)
         .await?;
-        let client = client_by_id_in(&mut tx, id.ok_or(ControlError::NotFound)?).await?;
+        let client = client_by_id_on(&mut tx, id.ok_or(ControlError::NotFound)?).await?;
         tx.commit().await?;
         Ok(client)
     }
@@ -304,7 +304,7 @@ impl ControlPlane {
             max_attempts,
         )
         .await?;
-        let client = client_by_id_in(&mut tx, client.id).await?;
+        let client = client_by_id_on(&mut tx, client.id).await?;
         tx.commit().await?;
         Ok(client)
     }
@@ -373,7 +373,7 @@ impl ControlPlane {
         )
         .await?
         .ok_or_else(|| ControlError::Query(sqlx::Error::RowNotFound))?;
-        let client = client_by_id_in(&mut tx, client.id).await?;
+        let client = client_by_id_on(&mut tx, client.id).await?;
         tx.commit().await?;
         Ok((client, job))
     }
@@ -452,16 +452,14 @@ async fn locked_live_client(
     .bind(slug.as_str())
     .fetch_optional(&mut **tx)
     .await?;
-    client_by_id_in(tx, id.ok_or(ControlError::NotFound)?).await
+    client_by_id_on(tx, id.ok_or(ControlError::NotFound)?).await
 }
 
-async fn client_by_id_in(
-    tx: &mut Transaction<'_, Postgres>,
-    id: Uuid,
-) -> Result<Client, ControlError> {
+/// One client by id, on a pooled connection or inside a transaction.
+async fn client_by_id_on(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<Client, ControlError> {
     let row: Option<ClientRow> = sqlx::query_as(select_clients!("WHERE c.id = $1"))
         .bind(id)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(conn)
         .await?;
     row.ok_or(ControlError::NotFound)?.try_into()
 }
