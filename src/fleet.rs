@@ -353,14 +353,9 @@ async fn migrate_tenant(
                 result.from = known_version;
                 result.to = known_version;
                 if known_version != client.schema_version && !options.dry_run {
-                    // The registry drifted from the database: the database is the truth.
-                    if let Err(e) = provisioner
-                        .control()
-                        .set_schema_version(client.id, known_version)
-                        .await
-                    {
-                        tracing::warn!(error = %e, "could not correct the recorded schema version");
-                    }
+                    // The registry drifted from the database: the database is the truth (recorded with the
+                    // run's other versions, in batches; a migration below overrides it).
+                    result.record = Some(known_version);
                 }
                 let clean = verification.is_clean();
                 let pending = verification.pending.clone();
@@ -403,9 +398,8 @@ async fn migrate_tenant(
                 result.outcome = Outcome::Migrated;
             }
             result.migrations = outcome.applied;
-            if outcome.to != client.schema_version {
-                result.record = Some(outcome.to);
-            }
+            // The database's version now; written only if the registry says otherwise.
+            result.record = (outcome.to != client.schema_version).then_some(outcome.to);
         }
         Err(failure) => {
             result.outcome = if failure.divergent {
