@@ -72,6 +72,17 @@ impl RouteCache {
     }
 }
 
+/// Tells the data plane of this process that a client's status changed: its cached route is forgotten, and
+/// unless it is active its pooled connections are closed. Other processes notice within [`ROUTE_TTL`]; meanwhile
+/// PostgreSQL refuses the role (the access job's NOLOGIN and `pg_terminate_backend`) or the database is dropped
+/// `WITH (FORCE)` by the deletion job.
+pub fn status_changed(state: &AppState, client: &Client) {
+    state.routes().invalidate(&client.slug);
+    if client.status != ClientStatus::Active {
+        state.router().close_tenant(client.id);
+    }
+}
+
 /// A connection to an active client's database, as its own role.
 pub async fn connect(
     state: &AppState,

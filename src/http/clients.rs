@@ -267,12 +267,7 @@ async fn set_suspended(
         .control()
         .set_suspended(&slug, suspend, max_attempts(&state))
         .await?;
-    state.routes().invalidate(slug.as_str());
-    if suspend {
-        // This process's connections go now; other processes' are ended by the access job (NOLOGIN and
-        // pg_terminate_backend), and every data-plane call checks the status first.
-        state.router().close_tenant(client.id);
-    }
+    crate::data::status_changed(&state, &client);
     tracing::info!(client = %slug, status = client.status.as_str(), "client status changed");
     Ok(Json(ClientView::new(client, None)))
 }
@@ -296,9 +291,7 @@ pub async fn delete(
         .control()
         .request_delete(&slug, archive, max_attempts(&state))
         .await?;
-    // Drain this process's pool; the deletion job's DROP DATABASE ... WITH (FORCE) ends every other session.
-    state.routes().invalidate(slug.as_str());
-    state.router().close_tenant(client.id);
+    crate::data::status_changed(&state, &client);
     tracing::info!(client = %slug, %operation, archive, "client deletion requested");
     Ok((
         StatusCode::ACCEPTED,
