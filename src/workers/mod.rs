@@ -60,6 +60,9 @@ pub struct JobRunner {
     settings: WorkerSettings,
     worker_id: String,
     cancel: CancellationToken,
+    /// When this runner last failed abandoned jobs; the sweep runs at most once per poll interval, not before
+    /// every claim.
+    last_sweep: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl JobRunner {
@@ -70,6 +73,7 @@ impl JobRunner {
             settings: state.settings().workers.clone(),
             worker_id: worker_id.into(),
             cancel: CancellationToken::new(),
+            last_sweep: std::sync::Mutex::new(None),
         }
     }
 
@@ -89,13 +93,8 @@ impl JobRunner {
     /// heartbeat renews the lease every third of it; if the claim is lost (the control plane gave the job to
     /// another worker), the job is stopped at once, so two workers never work on one job.
     pub async fn tick(&self) -> Result<Tick, ControlError> {
-        for (kind, client) in self.control.fail_abandoned_jobs().await? {
-            tracing::error!(kind = kind.as_str(), client = ?client, "job abandoned on its last attempt; failed");
-            if let (JobKind::ProvisionClient, Some(id)) = (kind, client)
-                && let Err(e) = self.provisioner.client_failed(id).await
-            {
-                tracing::error!(error = %e, "could not mark the client failed");
-            }
+        if self.sweep_due() {
+            self.fail_abandoned().await?;
         }
         let Some(job) = self
             .control
@@ -104,6 +103,33 @@ impl JobRunner {
         else {
             return Ok(Tick::Idle);
         };
+        self.run(job).await
+    }
+
+    fn sweep_due(&self) -> bool {
+        let mut last = self.last_sweep.lock().unwrap_or_else(|p| p.into_inner());
+        let due = last.is_none_or(|at| at.elapsed() >= self.settings.poll_interval());
+        if due {
+            *last = Some(std::time::Instant::now());
+        }
+        due
+    }
+
+    /// Fails jobs whose worker died on their last attempt, and their provisioning clients.
+    async fn fail_abandoned(&self) -> Result<(), ControlError> {
+        for (kind, client) in self.control.fail_abandoned_jobs().await? {
+            tracing::error!(kind = kind.as_str(), client = ?client, "job abandoned on its last attempt; failed");
+            if let (JobKind::ProvisionClient, Some(id)) = (kind, client)
+                && let Err(e) = self.provisioner.client_failed(id).await
+            {
+                tracing::error!(error = %e, "could not mark the client failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a claimed job beside its heartbeat and records the outcome.
+    async fn run(&self, job: Job) -> Result<Tick, ControlError> {
         let provisioner = self.provisioner.clone();
         let owned = job.clone();
         let mut task = tokio::spawn(async move { execute(&provisioner, &owned).await });
