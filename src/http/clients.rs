@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::cursor;
+use super::cursor::{self, Page};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiQuery, path_slug};
 use crate::app::AppState;
@@ -61,13 +61,6 @@ impl ClientView {
             operation,
         }
     }
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ClientPage {
-    pub items: Vec<ClientView>,
-    /// Pass as `cursor` for the next page; null on the last page.
-    pub next_cursor: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -160,12 +153,12 @@ pub async fn create(
 /// List clients, ordered by slug.
 #[utoipa::path(get, path = "/v1/clients", tag = "clients", params(ListParams),
     responses(
-        (status = 200, description = "A page of clients", body = ClientPage),
+        (status = 200, description = "A page of clients", body = Page<ClientView>),
         (status = 400, description = "Invalid filter, limit or cursor", body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     ApiQuery(params): ApiQuery<ListParams>,
-) -> Result<Json<ClientPage>, ApiError> {
+) -> Result<Json<Page<ClientView>>, ApiError> {
     let limit = cursor::limit(params.limit)?;
     let status = params
         .status
@@ -178,7 +171,7 @@ pub async fn list(
         .map(ClientSlug::parse)
         .transpose()?;
     let after = params.cursor.as_deref().map(decode_cursor).transpose()?;
-    let mut clients = state
+    let clients = state
         .control()
         .list_clients(&ClientFilter {
             status,
@@ -187,14 +180,13 @@ pub async fn list(
             limit: limit + 1,
         })
         .await?;
-    let next_cursor = cursor::next_page(&mut clients, limit, |c| format!("{}/{}", c.slug, c.id));
-    Ok(Json(ClientPage {
-        items: clients
-            .into_iter()
-            .map(|c| ClientView::new(c, None))
-            .collect(),
-        next_cursor,
-    }))
+    let views = clients
+        .into_iter()
+        .map(|c| ClientView::new(c, None))
+        .collect();
+    Ok(Json(Page::from_rows(views, limit, |c| {
+        format!("{}/{}", c.slug, c.id)
+    })))
 }
 
 /// One client.

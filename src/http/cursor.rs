@@ -1,6 +1,9 @@
-//! Opaque pagination cursors: the hex encoding of a position string, so clients never build or parse them.
+//! Pagination: the `{items, next_cursor}` page of every list (DESIGN.md §6) and its opaque cursors (the hex
+//! encoding of a position string, so clients never build or parse them).
 
 use axum::http::StatusCode;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::error::ApiError;
 
@@ -30,19 +33,27 @@ pub fn decode(cursor: &str) -> Result<String, ApiError> {
     String::from_utf8(bytes).map_err(|_| bad())
 }
 
-/// Truncates a page fetched with `limit + 1` rows to `limit` and returns the cursor of the next page (the
-/// position of the last item kept), or `None` on the last page.
-pub fn next_page<T>(
-    items: &mut Vec<T>,
-    limit: i64,
-    position: impl Fn(&T) -> String,
-) -> Option<String> {
-    let limit = usize::try_from(limit).unwrap_or(0);
-    if items.len() <= limit {
-        return None;
+/// One page of a list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Page<T: ToSchema> {
+    pub items: Vec<T>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+impl<T: ToSchema> Page<T> {
+    /// The page from rows fetched with `limit + 1`: the extra row only tells that there is a next page, whose
+    /// cursor is the position of the last item kept.
+    pub fn from_rows(mut items: Vec<T>, limit: i64, position: impl Fn(&T) -> String) -> Self {
+        let limit = usize::try_from(limit).unwrap_or(0);
+        let next_cursor = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|item| encode(&position(item)))
+        } else {
+            None
+        };
+        Self { items, next_cursor }
     }
-    items.truncate(limit);
-    items.last().map(|item| encode(&position(item)))
 }
 
 /// The page size from `limit`: default 50, 1-1000 (DESIGN.md §6).

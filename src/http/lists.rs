@@ -5,10 +5,10 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
-use super::cursor;
+use super::cursor::{self, Page};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiQuery, cursor_id, path_id, path_slug};
 use crate::app::AppState;
@@ -52,18 +52,6 @@ pub struct MemberParams {
     pub cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ListPage {
-    pub items: Vec<MailingList>,
-    pub next_cursor: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct MemberPage {
-    pub items: Vec<ListMember>,
-    pub next_cursor: Option<String>,
-}
-
 /// Create a mailing list.
 #[utoipa::path(post, path = "/v1/clients/{slug}/mailing-lists", tag = "mailing-lists", request_body = CreateList,
     params(("slug" = String, Path, description = "The client's slug")),
@@ -103,20 +91,19 @@ pub async fn create(
 #[utoipa::path(get, path = "/v1/clients/{slug}/mailing-lists", tag = "mailing-lists",
     params(("slug" = String, Path, description = "The client's slug"), PageParams),
     responses(
-        (status = 200, description = "A page of lists", body = ListPage),
+        (status = 200, description = "A page of lists", body = Page<MailingList>),
         (status = 404, description = "No such client", body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     Path(slug): Path<String>,
     ApiQuery(params): ApiQuery<PageParams>,
-) -> Result<Json<ListPage>, ApiError> {
+) -> Result<Json<Page<MailingList>>, ApiError> {
     let slug = path_slug(&slug)?;
     let limit = cursor::limit(params.limit)?;
     let after = cursor_id(params.cursor.as_deref())?;
     let (_, db) = data::connect(&state, &slug).await?;
-    let mut items = lists::list(db.client(), after, limit + 1).await?;
-    let next_cursor = cursor::next_page(&mut items, limit, |l| l.id.to_string());
-    Ok(Json(ListPage { items, next_cursor }))
+    let items = lists::list(db.client(), after, limit + 1).await?;
+    Ok(Json(Page::from_rows(items, limit, |l| l.id.to_string())))
 }
 
 /// One mailing list.
@@ -174,18 +161,19 @@ pub async fn bind(
     params(("slug" = String, Path, description = "The client's slug"), ("id" = i64, Path, description = "List id"),
            MemberParams),
     responses(
-        (status = 200, description = "A page of list members", body = MemberPage),
+        (status = 200, description = "A page of list members", body = Page<ListMember>),
         (status = 404, description = "No such client or list", body = ErrorBody)))]
 pub async fn members(
     State(state): State<AppState>,
     Path((slug, id)): Path<(String, String)>,
     ApiQuery(params): ApiQuery<MemberParams>,
-) -> Result<Json<MemberPage>, ApiError> {
+) -> Result<Json<Page<ListMember>>, ApiError> {
     let (slug, id) = (path_slug(&slug)?, path_id(&id)?);
     let limit = cursor::limit(params.limit)?;
     let after = cursor_id(params.cursor.as_deref())?;
     let (_, db) = data::connect(&state, &slug).await?;
-    let mut items = lists::members(db.client(), id, params.status, after, limit + 1).await?;
-    let next_cursor = cursor::next_page(&mut items, limit, |m| m.recipient.id.to_string());
-    Ok(Json(MemberPage { items, next_cursor }))
+    let items = lists::members(db.client(), id, params.status, after, limit + 1).await?;
+    Ok(Json(Page::from_rows(items, limit, |m| {
+        m.recipient.id.to_string()
+    })))
 }

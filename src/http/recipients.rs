@@ -5,10 +5,10 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer};
 use utoipa::{IntoParams, ToSchema};
 
-use super::cursor;
+use super::cursor::{self, Page};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiQuery, cursor_id, path_id, path_slug};
 use crate::app::AppState;
@@ -64,12 +64,6 @@ pub struct ListParams {
     pub cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RecipientPage {
-    pub items: Vec<Recipient>,
-    pub next_cursor: Option<String>,
-}
-
 fn text(field: &'static str, value: Option<&str>, max: usize) -> Result<Option<String>, DataError> {
     Ok(optional_text(field, value, max)?)
 }
@@ -112,7 +106,7 @@ pub async fn create(
 #[utoipa::path(get, path = "/v1/clients/{slug}/recipients", tag = "recipients",
     params(("slug" = String, Path, description = "The client's slug"), ListParams),
     responses(
-        (status = 200, description = "A page of recipients", body = RecipientPage),
+        (status = 200, description = "A page of recipients", body = Page<Recipient>),
         (status = 400, description = "Invalid filter, limit or cursor", body = ErrorBody),
         (status = 404, description = "No such client", body = ErrorBody),
         (status = 409, description = "The client is not active", body = ErrorBody)))]
@@ -120,7 +114,7 @@ pub async fn list(
     State(state): State<AppState>,
     Path(slug): Path<String>,
     ApiQuery(params): ApiQuery<ListParams>,
-) -> Result<Json<RecipientPage>, ApiError> {
+) -> Result<Json<Page<Recipient>>, ApiError> {
     let slug = path_slug(&slug)?;
     let limit = cursor::limit(params.limit)?;
     let after_id = cursor_id(params.cursor.as_deref())?;
@@ -133,9 +127,8 @@ pub async fn list(
         limit: limit + 1,
     };
     let (_, db) = data::connect(&state, &slug).await?;
-    let mut items = recipients::list(db.client(), &filter).await?;
-    let next_cursor = cursor::next_page(&mut items, limit, |r| r.id.to_string());
-    Ok(Json(RecipientPage { items, next_cursor }))
+    let items = recipients::list(db.client(), &filter).await?;
+    Ok(Json(Page::from_rows(items, limit, |r| r.id.to_string())))
 }
 
 /// One recipient.

@@ -149,10 +149,39 @@ async fn the_openapi_document_lists_every_route_and_needs_no_token() {
     assert_eq!(response.status(), StatusCode::OK);
     let doc: serde_json::Value = response.json().await.unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
-    for path in ["/healthz", "/readyz", "/metrics", "/v1/openapi.json"] {
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/v1/openapi.json",
+        "/v1/clients",
+        "/v1/clients/{slug}/recipients",
+        "/v1/clients/{slug}/mailing-lists/{id}/recipients/{rid}",
+        "/v1/operations/{id}",
+    ] {
         assert!(
             doc["paths"].get(path).is_some(),
             "{path} missing from {doc}"
+        );
+    }
+    // Pages are described with their items and cursor, and every schema reference resolves.
+    let page = &doc["paths"]["/v1/clients/{slug}/recipients"]["get"]["responses"]["200"]["content"]
+        ["application/json"]["schema"]["$ref"];
+    let name = page
+        .as_str()
+        .unwrap()
+        .trim_start_matches("#/components/schemas/");
+    let schema = &doc["components"]["schemas"][name];
+    assert!(
+        schema.to_string().contains("next_cursor"),
+        "{name}: {schema}"
+    );
+    let text = doc.to_string();
+    for reference in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+        let name = reference.split('"').next().unwrap();
+        assert!(
+            doc["components"]["schemas"].get(name).is_some(),
+            "dangling schema reference {name}"
         );
     }
     assert!(doc["components"]["schemas"].get("ErrorBody").is_some());
