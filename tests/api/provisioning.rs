@@ -541,3 +541,50 @@ async fn a_failing_job_with_a_newer_one_queued_behind_it_is_superseded_not_reque
         "{ticks:?}"
     );
 }
+
+#[tokio::test]
+async fn a_failing_archive_keeps_the_database_and_the_deletion_retries() {
+    // The archive directory cannot be created: its path is a regular file.
+    let blocker = TestDir::new("archive-blocker");
+    let file = blocker.path().join("not-a-directory");
+    std::fs::write(&file, b"x").unwrap();
+    let app = spawn_app_opts(
+        &[("MANDANT__TENANTS__ARCHIVE_DIR", file.display().to_string())],
+        RunOptions { no_workers: true },
+    )
+    .await;
+    let runner = app.runner("w");
+    let created = app.create_client("keep-me").await;
+    app.drain(&runner).await;
+    let database = format!(
+        "{}{}",
+        app.settings.tenants.db_prefix,
+        created["id"].as_str().unwrap().replace('-', "")
+    );
+    let deleting: serde_json::Value = app
+        .delete("/v1/clients/keep-me?archive=true")
+        .await
+        .json()
+        .await
+        .unwrap();
+    match runner.tick().await.unwrap() {
+        Tick::Retrying { error, .. } => assert!(error.contains("archiving failed"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    // No archive, no drop: the data is still there for the retry.
+    assert!(
+        databases_with_prefix(&app.settings.tenants.db_prefix)
+            .await
+            .contains(&database)
+    );
+    let op = app
+        .wait_for_operation_state(deleting["operation"].as_str().unwrap(), "queued")
+        .await;
+    assert!(
+        op["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("archiving failed"),
+        "{op}"
+    );
+}

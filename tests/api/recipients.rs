@@ -139,6 +139,56 @@ async fn bad_recipient_input_is_a_clear_4xx_and_writes_nothing() {
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
         assert_eq!(error_code(response).await, code, "{body}");
     }
+    let kept: serde_json::Value = app
+        .post_json(
+            "/v1/clients/strict/recipients",
+            &json!({"email": "kept@example.org"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let other: serde_json::Value = app
+        .post_json(
+            "/v1/clients/strict/recipients",
+            &json!({"email": "other@example.org"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let path = format!("/v1/clients/strict/recipients/{}", kept["id"]);
+    for (body, status, code) in [
+        (
+            json!({"email": "nope"}),
+            StatusCode::BAD_REQUEST,
+            "validation_failed",
+        ),
+        (
+            json!({"city": "Berlin"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+        (
+            json!({"last_name": "y".repeat(256)}),
+            StatusCode::BAD_REQUEST,
+            "validation_failed",
+        ),
+        (
+            json!({"email": "OTHER@example.org"}),
+            StatusCode::CONFLICT,
+            "email_taken",
+        ),
+    ] {
+        let response = app.patch_json(&path, &body).await;
+        assert_eq!(response.status(), status, "{body}");
+        assert_eq!(error_code(response).await, code, "{body}");
+    }
+    let unchanged: serde_json::Value = app.get(&path).await.json().await.unwrap();
+    assert_eq!(unchanged, kept, "a refused change changes nothing");
+    app.delete(&path).await;
+    app.delete(&format!("/v1/clients/strict/recipients/{}", other["id"]))
+        .await;
     for path in [
         "/v1/clients/strict/recipients/abc",
         "/v1/clients/strict/recipients/-1",
