@@ -38,13 +38,10 @@ fn with_new_migration(app: &TestApp) -> Provisioner {
 }
 
 async fn database_of(app: &TestApp, slug: &str) -> String {
-    let client: serde_json::Value = app
-        .get(&format!("/v1/clients/{slug}"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    client["database"].as_str().unwrap().to_owned()
+    app.client_json(slug).await["database"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 async fn has_new_column(database: &str) -> bool {

@@ -294,14 +294,18 @@ impl TestApp {
             .wait_for_operation(created["operation"].as_str().expect("operation id"))
             .await;
         assert_eq!(op["status"], "succeeded", "{op}");
-        let client: serde_json::Value = self
-            .get(&format!("/v1/clients/{slug}"))
+        let client = self.client_json(slug).await;
+        assert_eq!(client["status"], "active", "{client}");
+        client
+    }
+
+    /// `GET /v1/clients/{slug}` as JSON.
+    pub async fn client_json(&self, slug: &str) -> serde_json::Value {
+        self.get(&format!("/v1/clients/{slug}"))
             .await
             .json()
             .await
-            .expect("client body");
-        assert_eq!(client["status"], "active", "{client}");
-        client
+            .expect("client body")
     }
 
     /// A job runner for this app's control plane, for tests that drive jobs themselves.

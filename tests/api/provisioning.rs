@@ -10,6 +10,16 @@ use mandant::app::RunOptions;
 
 use crate::helpers::{TestDir, spawn_app_opts, spawn_app_without_workers, superuser};
 
+/// A database's oid: a recreated database gets a new one.
+async fn database_oid(name: &str) -> u32 {
+    superuser("postgres")
+        .await
+        .query_one("SELECT oid FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 async fn databases_with_prefix(prefix: &str) -> Vec<String> {
     let pattern = format!("{}%", prefix.replace('_', "\\_"));
     superuser("postgres")
@@ -46,12 +56,7 @@ async fn a_worker_that_dies_after_any_step_is_finished_by_the_next_worker() {
             matches!(ticks.as_slice(), [Tick::Succeeded { .. }]),
             "{step:?}: {ticks:?}"
         );
-        let client: serde_json::Value = app
-            .get(&format!("/v1/clients/{slug}"))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let client = app.client_json(&slug).await;
         assert_eq!(client["status"], "active", "{step:?}");
         let op = app
             .wait_for_operation(created["operation"].as_str().unwrap())
@@ -157,15 +162,7 @@ async fn re_running_a_finished_provisioning_changes_nothing() {
         .await
         .unwrap();
     let db_name: String = before.get(0);
-    let oid_before: u32 = superuser("postgres")
-        .await
-        .query_one(
-            "SELECT oid FROM pg_database WHERE datname = $1",
-            &[&db_name],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let oid_before = database_oid(&db_name).await;
 
     // Enqueue the finished job's work again, as a duplicate delivery would.
     db.execute(
@@ -190,15 +187,7 @@ async fn re_running_a_finished_provisioning_changes_nothing() {
     assert_eq!(before.get::<_, String>(0), after.get::<_, String>(0));
     assert_eq!(before.get::<_, i64>(1), after.get::<_, i64>(1));
     assert_eq!(before.get::<_, i32>(2), after.get::<_, i32>(2));
-    let oid_after: u32 = superuser("postgres")
-        .await
-        .query_one(
-            "SELECT oid FROM pg_database WHERE datname = $1",
-            &[&db_name],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let oid_after = database_oid(&db_name).await;
     assert_eq!(oid_before, oid_after, "the database must not be recreated");
 
     // Running every step again directly, on the active client, is a no-op too.
