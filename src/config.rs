@@ -83,6 +83,7 @@ pub struct Settings {
 pub struct ServerSettings {
     pub listen: SocketAddr,
     pub body_limit_bytes: usize,
+    pub import_limit_bytes: usize,
     pub request_timeout_secs: u64,
     pub shutdown_grace_secs: u64,
 }
@@ -291,6 +292,12 @@ impl Settings {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.server.body_limit_bytes < 1024 {
             return Err(invalid("server.body_limit_bytes", "must be at least 1024"));
+        }
+        if self.server.import_limit_bytes < 1024 {
+            return Err(invalid(
+                "server.import_limit_bytes",
+                "must be at least 1024",
+            ));
         }
         if self.server.request_timeout_secs == 0 {
             return Err(invalid("server.request_timeout_secs", "must be at least 1"));

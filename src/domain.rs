@@ -134,6 +134,11 @@ pub fn optional_text(
     Ok(Some(value.to_owned()))
 }
 
+/// Like [`optional_text`], but empty is refused.
+pub fn required_text(field: &'static str, value: &str, max: usize) -> Result<String, Invalid> {
+    optional_text(field, Some(value), max)?.ok_or_else(|| invalid(field, "must not be empty"))
+}
+
 /// The lifecycle of a client (DESIGN.md §5): `provisioning` → `active` ⇄ `suspended`; `failed`;
 /// `deleting` → `deleted` (a tombstone that frees the slug).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]

@@ -179,15 +179,18 @@ pub async fn members(
     limit: i64,
 ) -> Result<Vec<ListMember>, DataError> {
     get(db, list_id).await?;
+    let sql = format!(
+        "SELECT {}, b.status AS binding_status
+         FROM bindings b JOIN recipients r ON r.id = b.recipient_id
+         WHERE b.mailing_list_id = $1
+           AND ($2::text IS NULL OR b.status = $2)
+           AND ($3::int8 IS NULL OR r.id > $3)
+         ORDER BY r.id LIMIT $4",
+        super::recipients::COLUMNS
+    );
     let rows = db
         .query(
-            "SELECT r.id, r.email, r.first_name, r.last_name, r.gender, r.created_at, r.updated_at,
-                    b.status AS binding_status
-             FROM bindings b JOIN recipients r ON r.id = b.recipient_id
-             WHERE b.mailing_list_id = $1
-               AND ($2::text IS NULL OR b.status = $2)
-               AND ($3::int8 IS NULL OR r.id > $3)
-             ORDER BY r.id LIMIT $4",
+            &sql,
             &[
                 &list_id,
                 &status.map(BindingStatus::as_str),

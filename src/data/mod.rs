@@ -6,8 +6,12 @@
 //! refuses a suspended tenant's role (NOLOGIN) meanwhile.
 //! Never: touches the control plane except through `control/` reads, or connects as anything but the tenant role.
 
+pub mod import;
 pub mod lists;
 pub mod recipients;
+pub mod rules;
+pub mod schema;
+pub mod target_groups;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -43,6 +47,13 @@ pub enum DataError {
     EmailTaken,
     #[error("a mailing list with this name exists already")]
     ListNameTaken,
+    #[error(transparent)]
+    Import(#[from] import::ImportError),
+    /// A target-group rule or filter that cannot be compiled; the message names the problem.
+    #[error("{0}")]
+    Rule(String),
+    #[error("a target group with this name exists already")]
+    GroupNameTaken,
     #[error("tenant query failed: {}", crate::db::describe_pg_error(.0))]
     Query(#[from] tokio_postgres::Error),
 }

@@ -9,6 +9,10 @@ use utoipa::ToSchema;
 use super::DataError;
 use crate::domain::Email;
 
+/// The columns of [`Recipient`], for statements over `recipients r`.
+pub const COLUMNS: &str =
+    "r.id, r.email, r.first_name, r.last_name, r.gender, r.created_at, r.updated_at";
+
 /// Longest first or last name, and gender, in characters (the table's checks agree).
 pub const NAME_MAX: usize = 255;
 pub const GENDER_MAX: usize = 32;

@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 
 use crate::control::ControlError;
 use crate::data::DataError;
+use crate::data::import::ImportError;
 use crate::tenant::pool::RouteError;
 
 /// Seconds a client should wait before retrying a 503.
@@ -225,7 +226,26 @@ impl From<DataError> for ApiError {
                 "list_name_taken",
                 "A mailing list with this name exists already.",
             ),
+            DataError::GroupNameTaken => Self::new(
+                StatusCode::CONFLICT,
+                "target_group_name_taken",
+                "A target group with this name exists already.",
+            ),
             DataError::Invalid(invalid) => invalid.into(),
+            DataError::Rule(message) => Self::new(StatusCode::BAD_REQUEST, "invalid_rule", message),
+            DataError::Import(ImportError::TooLarge(limit)) => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("The import is larger than this server accepts ({limit} bytes); split it."),
+            ),
+            DataError::Import(e @ ImportError::Body(_)) => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_body", e.to_string())
+            }
+            DataError::Import(e) => Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_import",
+                format!("Nothing was imported: {e}."),
+            ),
             DataError::Control(e) => e.into(),
             DataError::Route(RouteError::Busy) => Self::new(
                 StatusCode::TOO_MANY_REQUESTS,

@@ -3,8 +3,8 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
@@ -14,7 +14,7 @@ use super::extract::{ApiJson, ApiQuery, cursor_id, path_id, path_slug};
 use crate::app::AppState;
 use crate::data::lists::{self, Binding, BindingStatus, ListMember, MailingList};
 use crate::data::{self, DataError};
-use crate::domain::optional_text;
+use crate::domain::{optional_text, required_text};
 
 const LIST_NAME_MAX: usize = 200;
 const DESCRIPTION_MAX: usize = 2000;
@@ -66,25 +66,15 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateList>,
 ) -> Result<Response, ApiError> {
     let slug = path_slug(&slug)?;
-    let name = optional_text("name", Some(&body.name), LIST_NAME_MAX)
-        .map_err(DataError::from)?
-        .ok_or_else(|| {
-            ApiError::from(DataError::Invalid(crate::domain::Invalid {
-                field: "name",
-                reason: "must not be empty".into(),
-            }))
-        })?;
+    let name = required_text("name", &body.name, LIST_NAME_MAX).map_err(DataError::from)?;
     let description = optional_text("description", body.description.as_deref(), DESCRIPTION_MAX)
         .map_err(DataError::from)?;
     let (_, db) = data::connect(&state, &slug).await?;
     let list = lists::create(db.client(), &name, description.as_deref()).await?;
-    let mut response = (StatusCode::CREATED, Json(&list)).into_response();
-    if let Ok(value) =
-        HeaderValue::from_str(&format!("/v1/clients/{slug}/mailing-lists/{}", list.id))
-    {
-        response.headers_mut().insert(header::LOCATION, value);
-    }
-    Ok(response)
+    Ok(super::created(
+        &format!("/v1/clients/{slug}/mailing-lists/{}", list.id),
+        &list,
+    ))
 }
 
 /// The client's mailing lists, by id.

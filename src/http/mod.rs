@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod operations;
 pub mod recipients;
+pub mod target_groups;
 
 use std::sync::Arc;
 
@@ -24,7 +25,6 @@ use axum::http::{HeaderName, StatusCode};
 use axum::{BoxError, Extension, Router, middleware};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
@@ -59,6 +59,11 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(lists::get, lists::delete))
         .routes(routes!(lists::bind))
         .routes(routes!(lists::members))
+        .routes(routes!(recipients::import))
+        .routes(routes!(target_groups::create, target_groups::list))
+        .routes(routes!(target_groups::get, target_groups::delete))
+        .routes(routes!(target_groups::count))
+        .routes(routes!(target_groups::members))
         .split_for_parts();
 
     let server = &state.settings().server;
@@ -70,8 +75,8 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(Extension(Arc::new(document)))
         // Router::layer wraps what is already there, so the list below reads innermost first.
+        // Every extractor (JSON, bytes) stops at the body limit; the import streams its body and keeps its own.
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(RequestBodyLimitLayer::new(body_limit))
         .layer(
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(timeout_error))
@@ -112,6 +117,18 @@ async fn timeout_error(error: BoxError) -> ApiError {
         tracing::error!(error = %error, "unhandled middleware error");
         ApiError::internal()
     }
+}
+
+/// `201 Created` with `Location` and the new resource as the body.
+pub fn created<T: serde::Serialize>(location: &str, body: &T) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut response = (StatusCode::CREATED, axum::Json(body)).into_response();
+    if let Ok(value) = axum::http::HeaderValue::from_str(location) {
+        response
+            .headers_mut()
+            .insert(axum::http::header::LOCATION, value);
+    }
+    response
 }
 
 async fn not_found() -> ApiError {

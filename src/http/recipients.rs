@@ -2,9 +2,10 @@
 //! pool). Standard fields for now; custom fields join them, flattened, with the field-schema issue.
 
 use axum::Json;
+use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
 use serde::{Deserialize, Deserializer};
 use utoipa::{IntoParams, ToSchema};
 
@@ -12,9 +13,11 @@ use super::cursor::{self, Page};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiQuery, cursor_id, path_id, path_slug};
 use crate::app::AppState;
+use crate::data::import::{self, Format, ImportError, ImportOutcome};
 use crate::data::recipients::{
     self, GENDER_MAX, NAME_MAX, NewRecipient, Recipient, RecipientFilter, RecipientPatch,
 };
+use crate::data::schema::Schema;
 use crate::data::{self, DataError};
 use crate::domain::{Email, optional_text};
 
@@ -93,13 +96,10 @@ pub async fn create(
     };
     let (_, db) = data::connect(&state, &slug).await?;
     let recipient = recipients::create(db.client(), &new).await?;
-    let mut response = (StatusCode::CREATED, Json(&recipient)).into_response();
-    if let Ok(value) =
-        HeaderValue::from_str(&format!("/v1/clients/{slug}/recipients/{}", recipient.id))
-    {
-        response.headers_mut().insert(header::LOCATION, value);
-    }
-    Ok(response)
+    Ok(super::created(
+        &format!("/v1/clients/{slug}/recipients/{}", recipient.id),
+        &recipient,
+    ))
 }
 
 /// List recipients by id, with equality filters.
@@ -188,4 +188,107 @@ pub async fn delete(
     let (_, db) = data::connect(&state, &slug).await?;
     recipients::delete(db.client(), id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ImportParams {
+    /// CSV separator: `,` (default), `;`, `tab` or `|`.
+    pub delimiter: Option<String>,
+}
+
+/// The import format from the body's content type (and, for CSV, the `delimiter` parameter).
+fn import_format(headers: &HeaderMap, params: &ImportParams) -> Result<Format, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let format = match essence.as_str() {
+        "text/csv" => {
+            let delimiter = match params.delimiter.as_deref() {
+                None | Some(",") => b',',
+                Some(";") => b';',
+                Some("tab") | Some("\t") => b'\t',
+                Some("|") => b'|',
+                Some(_) => {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_parameter",
+                        "delimiter must be \",\", \";\", \"tab\" or \"|\".",
+                    ));
+                }
+            };
+            Format::Csv { delimiter }
+        }
+        "application/x-ndjson" | "application/ndjson" | "application/jsonl" => Format::Ndjson,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "An import is text/csv (with a header line) or application/x-ndjson (one JSON object per line).",
+            ));
+        }
+    };
+    if format == Format::Ndjson && params.delimiter.is_some() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            "delimiter applies to CSV imports only.",
+        ));
+    }
+    Ok(format)
+}
+
+/// Import recipients from CSV (a header line naming the fields) or NDJSON (one object per line), upserting by
+/// e-mail address. All or nothing: a bad record rejects the whole request, naming its line, and nothing is
+/// written. Empty cells and absent keys leave stored values alone; a repeated address: the last record wins.
+#[utoipa::path(post, path = "/v1/clients/{slug}/recipients/import", tag = "recipients",
+    params(("slug" = String, Path, description = "The client's slug"), ImportParams),
+    request_body(content = String, content_type = "text/csv",
+        description = "CSV with a header line (text/csv), or NDJSON (application/x-ndjson)"),
+    responses(
+        (status = 200, description = "Imported", body = ImportOutcome),
+        (status = 400, description = "A bad record (its line is named); nothing was written", body = ErrorBody),
+        (status = 404, description = "No such client", body = ErrorBody),
+        (status = 409, description = "The client is not active", body = ErrorBody),
+        (status = 413, description = "Larger than server.import_limit_bytes", body = ErrorBody),
+        (status = 415, description = "Neither CSV nor NDJSON", body = ErrorBody),
+        (status = 503, description = "The tenant database is unavailable", body = ErrorBody)))]
+pub async fn import(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+    ApiQuery(params): ApiQuery<ImportParams>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<ImportOutcome>, ApiError> {
+    let slug = path_slug(&slug)?;
+    let format = import_format(&headers, &params)?;
+    let limit = state.settings().server.import_limit_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(DataError::Import(ImportError::TooLarge(limit)).into());
+    }
+    let (client, mut db) = data::connect(&state, &slug).await?;
+    let schema = Schema::load(db.client()).await?;
+    let outcome = import::run(
+        db.client_mut(),
+        &schema,
+        format,
+        body.into_data_stream(),
+        limit,
+    )
+    .await?;
+    tracing::info!(client = %client.slug, records = outcome.records, inserted = outcome.inserted,
+        updated = outcome.updated, "recipients imported");
+    Ok(Json(outcome))
 }

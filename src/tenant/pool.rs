@@ -133,6 +133,14 @@ impl TenantConn {
     pub fn client(&self) -> &tokio_postgres::Client {
         &self.client
     }
+
+    /// For transactions. A transaction dropped unfinished (a cancelled request) queues its `ROLLBACK` on the
+    /// connection before the connection can serve anyone else, and a `COPY` dropped unfinished sends
+    /// `CopyFail` (tokio-postgres' `Transaction` and `CopyInSink`), so a connection never returns to the pool
+    /// inside a transaction; the `cancelled_transaction` test holds us to it.
+    pub fn client_mut(&mut self) -> &mut tokio_postgres::Client {
+        &mut self.client
+    }
 }
 
 /// A checked-out connection; returns to its tenant's pool on drop.

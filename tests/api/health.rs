@@ -88,7 +88,7 @@ async fn an_oversized_body_returns_a_413_json_error() {
     let limit = app.settings.server.body_limit_bytes;
     let response = app
         .client
-        .post(app.url("/v1/no-such-thing"))
+        .post(app.url("/v1/clients"))
         .header("content-type", "application/json")
         .body(vec![b'x'; limit + 1])
         .send()

@@ -334,6 +334,52 @@ impl TestApp {
             .get(0)
     }
 
+    /// A client's own database, as superuser (for assertions on state and for sabotage).
+    pub async fn tenant_db(&self, slug: &str) -> tokio_postgres::Client {
+        let id = self.client_json(slug).await["id"]
+            .as_str()
+            .expect("client id")
+            .parse()
+            .expect("uuid");
+        superuser(&self.state.provisioner().names(id).database).await
+    }
+
+    /// The routing-pool route of an active client, as the data plane would build it.
+    pub async fn route(&self, slug: &str) -> mandant::tenant::pool::TenantRoute {
+        let slug = mandant::domain::ClientSlug::parse(slug).expect("slug");
+        let control = self.state.control();
+        let client = control.client_by_slug(&slug).await.expect("client");
+        let server = control
+            .server(client.server_id.expect("placed"))
+            .await
+            .expect("server");
+        mandant::tenant::pool::TenantRoute {
+            client_id: client.id,
+            server_id: server.id,
+            target: self
+                .state
+                .provisioner()
+                .tenant_target(&server, client.id)
+                .expect("tenant target"),
+        }
+    }
+
+    /// Sends `body` with a content type, e.g. an import.
+    pub async fn post_body(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    }
+
     /// The control database, as superuser (for assertions on state and for sabotage).
     pub async fn control(&self) -> tokio_postgres::Client {
         superuser(&self.control_db).await

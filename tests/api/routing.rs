@@ -16,21 +16,9 @@ async fn tenants(n: usize) -> (TestApp, Vec<TenantRoute>) {
         app.create_client(&format!("r-{i:02}")).await;
     }
     app.drain(&app.runner("setup")).await;
-    let control = app.state.control();
     let mut routes = Vec::new();
     for i in 0..n {
-        let slug = mandant::domain::ClientSlug::parse(&format!("r-{i:02}")).unwrap();
-        let client = control.client_by_slug(&slug).await.unwrap();
-        let server = control.server(client.server_id.unwrap()).await.unwrap();
-        routes.push(TenantRoute {
-            client_id: client.id,
-            server_id: server.id,
-            target: app
-                .state
-                .provisioner()
-                .tenant_target(&server, client.id)
-                .unwrap(),
-        });
+        routes.push(app.route(&format!("r-{i:02}")).await);
     }
     (app, routes)
 }

@@ -1,0 +1,366 @@
+//! The recipient schema of one tenant: the standard fields every tenant has, the read-only system columns, and
+//! the custom fields applied to its database (its `field_catalogue`, written by the field-schema reconciler in
+//! the same transaction as the column). Import, filters and target-group rules all go through this one
+//! description, so a custom field is usable everywhere as soon as it exists, and nothing else reaches SQL as an
+//! identifier: every column name used in a statement comes from here and is quoted.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use deadpool_postgres::tokio_postgres::Client;
+use deadpool_postgres::tokio_postgres::types::ToSql;
+use serde_json::Value as Json;
+
+use super::DataError;
+use crate::domain::Email;
+use crate::tenant::cluster::quote_ident;
+
+/// The type of a recipient field (DESIGN.md §6, Fields).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldType {
+    /// At most `max` characters.
+    Text {
+        max: usize,
+    },
+    Integer,
+    Number,
+    Boolean,
+    Date,
+    Timestamp,
+}
+
+impl FieldType {
+    /// The PostgreSQL type a value of this field is bound or copied as.
+    pub fn sql_type(self) -> &'static str {
+        match self {
+            Self::Text { .. } => "text",
+            Self::Integer => "int8",
+            Self::Number => "float8",
+            Self::Boolean => "bool",
+            Self::Date => "date",
+            Self::Timestamp => "timestamptz",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Text { .. } => "text",
+            Self::Integer => "integer",
+            Self::Number => "number",
+            Self::Boolean => "boolean",
+            Self::Date => "date",
+            Self::Timestamp => "timestamp",
+        }
+    }
+
+    /// Whether `lt`/`gt` and friends mean something for this type.
+    pub fn is_ordered(self) -> bool {
+        !matches!(self, Self::Boolean)
+    }
+}
+
+/// Where a field comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// `email`, names, gender: every tenant has them.
+    Standard,
+    /// `id`, `created_at`, `updated_at`: maintained by the database, readable in rules, never written.
+    System,
+    /// Inherited from the master.
+    Central,
+    /// The client's own.
+    Client,
+}
+
+/// One recipient field.
+#[derive(Debug, Clone)]
+pub struct Field {
+    pub name: String,
+    pub ty: FieldType,
+    pub origin: Origin,
+    /// Personal data (masked without the private-data right).
+    pub personal: bool,
+}
+
+impl Field {
+    fn new(name: &str, ty: FieldType, origin: Origin, personal: bool) -> Self {
+        Self {
+            name: name.to_owned(),
+            ty,
+            origin,
+            personal,
+        }
+    }
+
+    /// The quoted column name.
+    pub fn column(&self) -> String {
+        quote_ident(&self.name)
+    }
+
+    pub fn is_writable(&self) -> bool {
+        self.origin != Origin::System
+    }
+
+    /// A value from JSON (request bodies, NDJSON imports, rule values). `null` is [`Value::Null`].
+    pub fn parse_json(&self, value: &Json) -> Result<Value, String> {
+        match (self.ty, value) {
+            (_, Json::Null) => Ok(Value::Null),
+            (FieldType::Text { .. }, Json::String(s)) => self.parse_text(s),
+            (FieldType::Integer, Json::Number(n)) => n
+                .as_i64()
+                .map(Value::Integer)
+                .ok_or_else(|| "must be a whole number".to_owned()),
+            (FieldType::Number, Json::Number(n)) => n
+                .as_f64()
+                .filter(|f| f.is_finite())
+                .map(Value::Number)
+                .ok_or_else(|| "must be a finite number".to_owned()),
+            (FieldType::Boolean, Json::Bool(b)) => Ok(Value::Boolean(*b)),
+            (FieldType::Date | FieldType::Timestamp, Json::String(s)) => self.parse_text(s),
+            (ty, _) => Err(format!("must be {}", expected(ty))),
+        }
+    }
+
+    /// A value from text (CSV cells, query strings). Empty (after trimming) is [`Value::Null`].
+    pub fn parse_text(&self, raw: &str) -> Result<Value, String> {
+        let s = raw.trim();
+        if s.is_empty() {
+            return Ok(Value::Null);
+        }
+        let expected = || format!("must be {}", expected(self.ty));
+        match self.ty {
+            FieldType::Text { .. } if self.name == "email" => Email::parse(s)
+                .map(|e| Value::Text(e.as_str().to_owned()))
+                .map_err(|e| e.reason),
+            FieldType::Text { max } => {
+                if s.chars().count() > max {
+                    Err(format!("must be at most {max} characters"))
+                } else if s.chars().any(char::is_control) {
+                    Err("must not contain control characters".to_owned())
+                } else {
+                    Ok(Value::Text(s.to_owned()))
+                }
+            }
+            FieldType::Integer => s.parse().map(Value::Integer).map_err(|_| expected()),
+            FieldType::Number => s
+                .parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite())
+                .map(Value::Number)
+                .ok_or_else(expected),
+            FieldType::Boolean => match s.to_ascii_lowercase().as_str() {
+                "true" | "t" | "yes" | "1" => Ok(Value::Boolean(true)),
+                "false" | "f" | "no" | "0" => Ok(Value::Boolean(false)),
+                _ => Err(expected()),
+            },
+            FieldType::Date => NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                .map(Value::Date)
+                .map_err(|_| expected()),
+            FieldType::Timestamp => DateTime::parse_from_rfc3339(s)
+                .map(|t| Value::Timestamp(t.with_timezone(&Utc)))
+                .map_err(|_| expected()),
+        }
+    }
+}
+
+fn expected(ty: FieldType) -> &'static str {
+    match ty {
+        FieldType::Text { .. } => "a string",
+        FieldType::Integer => "a whole number",
+        FieldType::Number => "a number",
+        FieldType::Boolean => "true or false",
+        FieldType::Date => "a date like 2026-11-23",
+        FieldType::Timestamp => "a timestamp like 2026-11-23T10:00:00Z",
+    }
+}
+
+/// A typed field value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Text(String),
+    Integer(i64),
+    Number(f64),
+    Boolean(bool),
+    Date(NaiveDate),
+    Timestamp(DateTime<Utc>),
+}
+
+impl Value {
+    pub fn is_null(&self) -> bool {
+        matches!(self, Self::Null)
+    }
+
+    /// The value as a bound parameter (bind it with an explicit `::{sql_type}` cast).
+    pub fn as_param(&self) -> Box<dyn ToSql + Sync + Send> {
+        match self.clone() {
+            Self::Null => Box::new(Option::<String>::None),
+            Self::Text(v) => Box::new(v),
+            Self::Integer(v) => Box::new(v),
+            Self::Number(v) => Box::new(v),
+            Self::Boolean(v) => Box::new(v),
+            Self::Date(v) => Box::new(v),
+            Self::Timestamp(v) => Box::new(v),
+        }
+    }
+
+    /// Appends the value in `COPY ... FROM STDIN` text format (`\N` for null, escapes for text).
+    pub fn write_copy_text(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        match self {
+            Self::Null => out.extend_from_slice(b"\\N"),
+            Self::Text(s) => {
+                for b in s.bytes() {
+                    match b {
+                        b'\\' => out.extend_from_slice(b"\\\\"),
+                        b'\t' => out.extend_from_slice(b"\\t"),
+                        b'\n' => out.extend_from_slice(b"\\n"),
+                        b'\r' => out.extend_from_slice(b"\\r"),
+                        _ => out.push(b),
+                    }
+                }
+            }
+            Self::Integer(v) => {
+                let _ = write!(out, "{v}");
+            }
+            Self::Number(v) => {
+                let _ = write!(out, "{v:?}");
+            }
+            Self::Boolean(v) => out.push(if *v { b't' } else { b'f' }),
+            Self::Date(v) => {
+                let _ = write!(out, "{}", v.format("%Y-%m-%d"));
+            }
+            Self::Timestamp(v) => {
+                let _ = write!(out, "{}", v.to_rfc3339());
+            }
+        }
+    }
+}
+
+/// Every field of one tenant's recipients, in column order: standard, system, then custom by name.
+#[derive(Debug, Clone)]
+pub struct Schema {
+    fields: Vec<Field>,
+}
+
+impl Schema {
+    /// The fields every tenant has.
+    pub fn standard() -> Self {
+        use FieldType::*;
+        Self {
+            fields: vec![
+                Field::new("email", Text { max: 254 }, Origin::Standard, true),
+                Field::new("first_name", Text { max: 255 }, Origin::Standard, true),
+                Field::new("last_name", Text { max: 255 }, Origin::Standard, true),
+                Field::new("gender", Text { max: 32 }, Origin::Standard, false),
+                Field::new("id", Integer, Origin::System, false),
+                Field::new("created_at", Timestamp, Origin::System, false),
+                Field::new("updated_at", Timestamp, Origin::System, false),
+            ],
+        }
+    }
+
+    /// The standard fields and the custom fields applied to this tenant's database.
+    pub async fn load(db: &Client) -> Result<Self, DataError> {
+        let mut schema = Self::standard();
+        let rows = db
+            .query(
+                "SELECT name, origin, data_type, length, personal FROM field_catalogue ORDER BY name",
+                &[],
+            )
+            .await?;
+        for row in rows {
+            let length: Option<i32> = row.get("length");
+            let ty = match row.get::<_, &str>("data_type") {
+                "text" => FieldType::Text {
+                    max: length.and_then(|l| usize::try_from(l).ok()).unwrap_or(255),
+                },
+                "integer" => FieldType::Integer,
+                "number" => FieldType::Number,
+                "boolean" => FieldType::Boolean,
+                "date" => FieldType::Date,
+                "timestamp" => FieldType::Timestamp,
+                other => {
+                    return Err(DataError::Config(format!(
+                        "the field catalogue has an unknown type {other:?}"
+                    )));
+                }
+            };
+            let origin = if row.get::<_, &str>("origin") == "central" {
+                Origin::Central
+            } else {
+                Origin::Client
+            };
+            let name: &str = row.get("name");
+            schema
+                .fields
+                .push(Field::new(name, ty, origin, row.get("personal")));
+        }
+        Ok(schema)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Field> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+
+    /// A field that may be written (standard or custom), or a message naming the problem.
+    pub fn writable(&self, name: &str) -> Result<&Field, String> {
+        match self.get(name) {
+            Some(f) if f.is_writable() => Ok(f),
+            Some(_) => Err(format!("field {name:?} is maintained by the database")),
+            None => Err(format!("unknown field {:?}", truncate(name))),
+        }
+    }
+
+    /// The writable fields, in column order (`email` first).
+    pub fn writable_fields(&self) -> impl Iterator<Item = &Field> {
+        self.fields.iter().filter(|f| f.is_writable())
+    }
+
+    /// The custom fields.
+    pub fn custom_fields(&self) -> impl Iterator<Item = &Field> {
+        self.fields
+            .iter()
+            .filter(|f| matches!(f.origin, Origin::Central | Origin::Client))
+    }
+}
+
+/// A caller's name as it may appear in an error message: at most 64 characters.
+pub fn truncate(name: &str) -> String {
+    name.chars().take(64).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_text_escapes_separators_and_backslashes() {
+        let mut out = Vec::new();
+        Value::Text("a\tb\\c\nd".into()).write_copy_text(&mut out);
+        assert_eq!(out, b"a\\tb\\\\c\\nd");
+        out.clear();
+        Value::Null.write_copy_text(&mut out);
+        assert_eq!(out, b"\\N");
+    }
+
+    #[test]
+    fn values_are_parsed_by_their_field_type() {
+        let schema = Schema::standard();
+        let email = schema.get("email").unwrap();
+        assert!(email.parse_text("not-an-address").is_err());
+        assert_eq!(
+            email.parse_text(" a@b.org ").unwrap(),
+            Value::Text("a@b.org".into())
+        );
+        let id = schema.get("id").unwrap();
+        assert_eq!(
+            id.parse_json(&serde_json::json!(7)).unwrap(),
+            Value::Integer(7)
+        );
+        assert!(id.parse_json(&serde_json::json!("7")).is_err());
+        assert!(id.parse_json(&serde_json::json!(7.5)).is_err());
+        let gender = schema.get("gender").unwrap();
+        assert!(gender.parse_text(&"x".repeat(33)).is_err());
+        assert!(schema.writable("id").is_err());
+        assert!(schema.writable("nope").is_err());
+    }
+}

@@ -1,0 +1,147 @@
+//! Target groups in a tenant database: a name and a rule (JSON, see [`super::rules`]), evaluated on demand
+//! against the tenant's current schema, so a group always means what its rule says today.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::tokio_postgres::{self, Client, Row};
+use serde::Serialize;
+use serde_json::Value as Json;
+use utoipa::ToSchema;
+
+use super::DataError;
+use super::recipients::{self, Recipient};
+use super::rules::{self, Compiled};
+use super::schema::Schema;
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TargetGroup {
+    pub id: i64,
+    pub name: String,
+    /// The rule tree as stored.
+    #[schema(value_type = Object)]
+    pub rule: Json,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<&Row> for TargetGroup {
+    fn from(r: &Row) -> Self {
+        Self {
+            id: r.get("id"),
+            name: r.get("name"),
+            rule: r.get("rule"),
+            created_at: r.get("created_at"),
+            updated_at: r.get("updated_at"),
+        }
+    }
+}
+
+fn name_taken(e: tokio_postgres::Error) -> DataError {
+    if e.as_db_error().and_then(|d| d.constraint()) == Some("target_groups_name_key") {
+        DataError::GroupNameTaken
+    } else {
+        DataError::Query(e)
+    }
+}
+
+/// Compiles `rule` against the tenant's current schema and checks that the lists it names exist.
+pub async fn compile(db: &Client, rule: &Json) -> Result<Compiled, DataError> {
+    let schema = Schema::load(db).await?;
+    let compiled = rules::compile(rule, &schema).map_err(DataError::Rule)?;
+    if !compiled.lists.is_empty() {
+        let missing: Vec<i64> = db
+            .query(
+                "SELECT id FROM unnest($1::int8[]) AS wanted(id)
+                 WHERE NOT EXISTS (SELECT 1 FROM mailing_lists l WHERE l.id = wanted.id) ORDER BY id",
+                &[&compiled.lists],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if let Some(id) = missing.first() {
+            return Err(DataError::Rule(format!(
+                "the rule names mailing list {id}, which does not exist"
+            )));
+        }
+    }
+    Ok(compiled)
+}
+
+/// Stores a group whose rule compiles.
+pub async fn create(db: &Client, name: &str, rule: &Json) -> Result<TargetGroup, DataError> {
+    compile(db, rule).await?;
+    let row = db
+        .query_one(
+            "INSERT INTO target_groups (name, rule) VALUES ($1, $2)
+             RETURNING id, name, rule, created_at, updated_at",
+            &[&name, rule],
+        )
+        .await
+        .map_err(name_taken)?;
+    Ok(TargetGroup::from(&row))
+}
+
+pub async fn list(
+    db: &Client,
+    after_id: Option<i64>,
+    limit: i64,
+) -> Result<Vec<TargetGroup>, DataError> {
+    let rows = db
+        .query(
+            "SELECT id, name, rule, created_at, updated_at FROM target_groups
+             WHERE ($1::int8 IS NULL OR id > $1) ORDER BY id LIMIT $2",
+            &[&after_id, &limit],
+        )
+        .await?;
+    Ok(rows.iter().map(TargetGroup::from).collect())
+}
+
+pub async fn get(db: &Client, id: i64) -> Result<TargetGroup, DataError> {
+    db.query_opt(
+        "SELECT id, name, rule, created_at, updated_at FROM target_groups WHERE id = $1",
+        &[&id],
+    )
+    .await?
+    .map(|r| TargetGroup::from(&r))
+    .ok_or(DataError::NotFound)
+}
+
+pub async fn delete(db: &Client, id: i64) -> Result<(), DataError> {
+    match db
+        .execute("DELETE FROM target_groups WHERE id = $1", &[&id])
+        .await?
+    {
+        0 => Err(DataError::NotFound),
+        _ => Ok(()),
+    }
+}
+
+/// How many recipients the group's rule matches now.
+pub async fn count(db: &Client, id: i64) -> Result<i64, DataError> {
+    let group = get(db, id).await?;
+    let compiled = compile(db, &group.rule).await?;
+    let sql = format!("SELECT count(*) FROM recipients r WHERE {}", compiled.sql);
+    let row = db.query_one(&sql, &compiled.param_refs()).await?;
+    Ok(row.get(0))
+}
+
+/// The recipients the group's rule matches now, by id (keyset pagination).
+pub async fn members(
+    db: &Client,
+    id: i64,
+    after_id: Option<i64>,
+    limit: i64,
+) -> Result<Vec<Recipient>, DataError> {
+    let group = get(db, id).await?;
+    let mut compiled = compile(db, &group.rule).await?;
+    let after = compiled.push(Box::new(after_id));
+    let limit = compiled.push(Box::new(limit));
+    let sql = format!(
+        "SELECT {} FROM recipients r WHERE {} AND ({after}::int8 IS NULL OR r.id > {after}::int8)
+         ORDER BY r.id LIMIT {limit}::int8",
+        recipients::COLUMNS,
+        compiled.sql,
+    );
+    let rows = db.query(&sql, &compiled.param_refs()).await?;
+    Ok(rows.iter().map(Recipient::from).collect())
+}
