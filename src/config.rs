@@ -181,6 +181,7 @@ pub struct RoutingSettings {
     pub breaker_cooldown_ms: u64,
     pub pool_idle_drop_secs: u64,
     pub gc_interval_secs: u64,
+    pub fair_share_hold_secs: u64,
 }
 
 impl RoutingSettings {
@@ -194,6 +195,7 @@ impl RoutingSettings {
             max_lifetime: Duration::from_secs(self.max_lifetime_secs),
             breaker_cooldown: Duration::from_millis(self.breaker_cooldown_ms),
             pool_idle_drop: Duration::from_secs(self.pool_idle_drop_secs),
+            fair_share_hold: Duration::from_secs(self.fair_share_hold_secs),
         }
     }
 

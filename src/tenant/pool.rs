@@ -7,6 +7,10 @@
 //! - **Eviction.** When the budget is full and a tenant *with no connection* needs one, the least recently used
 //!   idle connection of another tenant on the same server is closed. A tenant that already holds connections
 //!   waits for its own instead of stealing (stealing by warm tenants thrashes: measured in FACTS.md).
+//! - **Fair share under pressure.** When a cold tenant has to evict, the tenants in use do not fit the budget:
+//!   every tenant's cap on that server drops to `budget / tenants holding connections` (at least 1, via
+//!   `Pool::resize`), so the budget caches as many distinct tenants as possible (an LRU of tenants, not of
+//!   connections). Caps double back towards the configured cap once no eviction was needed for a while.
 //! - **Bounded waiting.** A per-tenant cap (the pool's size), a bound on waiters per tenant (→ `Busy`, 429) and
 //!   an acquire deadline (→ `Timeout`, 503).
 //! - **Fast failure.** Connection errors are classified by SQLSTATE; a tenant whose database is missing, whose
@@ -19,7 +23,7 @@
 //! role.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -55,6 +59,8 @@ pub struct RouterSettings {
     pub breaker_cooldown: Duration,
     /// A tenant pool without connections and unused for this long is dropped.
     pub pool_idle_drop: Duration,
+    /// How long after the last eviction by a cold tenant the fair-share caps start growing back.
+    pub fair_share_hold: Duration,
 }
 
 impl Default for RouterSettings {
@@ -68,6 +74,7 @@ impl Default for RouterSettings {
             max_lifetime: Duration::from_secs(3600),
             breaker_cooldown: Duration::from_secs(2),
             pool_idle_drop: Duration::from_secs(600),
+            fair_share_hold: Duration::from_secs(10),
         }
     }
 }
@@ -149,6 +156,11 @@ pub type PooledConn = Object<TenantManager>;
 struct ServerBudget {
     permits: Arc<Semaphore>,
     capacity: usize,
+    /// The per-tenant cap in force on this server: the configured cap, or a fair share of the budget while
+    /// the tenants in use do not fit (see [`Inner::under_pressure`]).
+    fair_cap: AtomicUsize,
+    /// When a tenant without connections last had to evict another's.
+    last_pressure: Mutex<Option<Instant>>,
 }
 
 /// Creates and recycles one tenant's connections, taking a budget permit for each.
@@ -186,6 +198,11 @@ impl managed::Manager for TenantManager {
             };
             if router.connections_of(self.client_id) > 0 {
                 return Err(RouteError::Saturated);
+            }
+            // Lowering the caps may close idle surplus connections; only if that freed nothing, evict.
+            router.under_pressure(self.server_id, &self.budget);
+            if let Ok(permit) = self.budget.permits.clone().try_acquire_owned() {
+                break permit;
             }
             router.evict_lru_idle(self.server_id, self.client_id);
             metrics::counter!("tenant_pool_budget_waits_total").increment(1);
@@ -245,8 +262,34 @@ struct TenantPool {
     broken: Mutex<Option<(Instant, RouteError)>>,
 }
 
+/// Counters since the router was built (for benchmarks and tests; `/metrics` has the same as counters).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouterStats {
+    /// Acquires served by a connection that already existed.
+    pub warm: u64,
+    /// Acquires that had to open a connection.
+    pub cold: u64,
+    /// Idle connections closed to make room for another tenant.
+    pub evictions: u64,
+}
+
+impl RouterStats {
+    /// Warm acquires over all successful acquires.
+    pub fn hit_ratio(&self) -> f64 {
+        let total = self.warm + self.cold;
+        if total == 0 {
+            0.0
+        } else {
+            self.warm as f64 / total as f64
+        }
+    }
+}
+
 struct Inner {
     settings: RouterSettings,
+    warm: AtomicU64,
+    cold: AtomicU64,
+    evictions: AtomicU64,
     servers: Mutex<HashMap<i64, Arc<ServerBudget>>>,
     tenants: Mutex<HashMap<Uuid, Arc<TenantPool>>>,
 }
@@ -269,6 +312,9 @@ impl Router {
         Self {
             inner: Arc::new(Inner {
                 settings,
+                warm: AtomicU64::new(0),
+                cold: AtomicU64::new(0),
+                evictions: AtomicU64::new(0),
                 servers: Mutex::new(HashMap::new()),
                 tenants: Mutex::new(HashMap::new()),
             }),
@@ -300,7 +346,18 @@ impl Router {
         *lock(&tenant.last_used) = Instant::now();
         metrics::histogram!("tenant_pool_acquire_seconds").record(started.elapsed().as_secs_f64());
         match result {
-            Ok(Ok(conn)) => Ok(conn),
+            Ok(Ok(conn)) => {
+                // A connection recycled at least once existed before this request: a warm hit.
+                let warm = Object::metrics(&conn).recycle_count > 0;
+                let (counter, label) = if warm {
+                    (&self.inner.warm, "warm")
+                } else {
+                    (&self.inner.cold, "cold")
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("tenant_pool_acquires_total", "result" => label).increment(1);
+                Ok(conn)
+            }
             Ok(Err(PoolError::Backend(RouteError::Saturated)))
             | Ok(Err(PoolError::Timeout(_)))
             | Err(_) => {
@@ -344,6 +401,25 @@ impl Router {
             tenant.pool.status().size > 0
                 || lock(&tenant.last_used).elapsed() < settings.pool_idle_drop
         });
+        drop(tenants);
+        self.inner.relax();
+    }
+
+    /// Counters since the router was built.
+    pub fn stats(&self) -> RouterStats {
+        RouterStats {
+            warm: self.inner.warm.load(Ordering::Relaxed),
+            cold: self.inner.cold.load(Ordering::Relaxed),
+            evictions: self.inner.evictions.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The per-tenant cap in force on a server (the configured cap, or a fair share under pressure).
+    pub fn tenant_cap(&self, server_id: i64) -> usize {
+        lock(&self.inner.servers)
+            .get(&server_id)
+            .map(|b| b.fair_cap.load(Ordering::Relaxed))
+            .unwrap_or(self.inner.settings.per_tenant_cap)
     }
 
     /// How much of a server's budget is in use.
@@ -362,8 +438,10 @@ impl Router {
             let server = server.to_string();
             metrics::gauge!("tenant_pool_budget_capacity", "server" => server.clone())
                 .set(budget.capacity as f64);
-            metrics::gauge!("tenant_pool_budget_in_use", "server" => server)
+            metrics::gauge!("tenant_pool_budget_in_use", "server" => server.clone())
                 .set((budget.capacity - budget.permits.available_permits()) as f64);
+            metrics::gauge!("tenant_pool_tenant_cap", "server" => server)
+                .set(budget.fair_cap.load(Ordering::Relaxed) as f64);
         }
         let tenants = lock(&self.inner.tenants);
         let (mut idle, mut size, mut broken) = (0usize, 0usize, 0usize);
@@ -392,9 +470,12 @@ impl Inner {
                 Arc::new(ServerBudget {
                     permits: Arc::new(Semaphore::new(self.settings.budget_per_server)),
                     capacity: self.settings.budget_per_server,
+                    fair_cap: AtomicUsize::new(self.settings.per_tenant_cap),
+                    last_pressure: Mutex::new(None),
                 })
             })
             .clone();
+        let cap = budget.fair_cap.load(Ordering::Relaxed);
         let manager = TenantManager {
             client_id: route.client_id,
             server_id: route.server_id,
@@ -404,7 +485,7 @@ impl Inner {
             settings: self.settings.clone(),
         };
         let pool = Pool::builder(manager)
-            .max_size(self.settings.per_tenant_cap)
+            .max_size(cap)
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| RouteError::Unavailable(format!("building the tenant's pool: {e}")))?;
@@ -445,8 +526,63 @@ impl Inner {
                 keep
             });
             if !removed.removed.is_empty() {
+                self.evictions.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("tenant_pool_evictions_total", "reason" => "budget").increment(1);
             }
+        }
+    }
+
+    /// A tenant without connections found the budget full: the tenants in use do not fit. Each tenant's cap
+    /// drops to a fair share of the budget (at least 1), so the budget holds connections of as many distinct
+    /// tenants as possible instead of several of a few hot ones; warm tenants then queue on their own
+    /// connections. Only the first signal at a given share does work.
+    fn under_pressure(&self, server_id: i64, budget: &ServerBudget) {
+        *lock(&budget.last_pressure) = Some(Instant::now());
+        let current = budget.fair_cap.load(Ordering::Relaxed);
+        if current <= 1 {
+            return;
+        }
+        let tenants = lock(&self.tenants);
+        let holders = tenants
+            .values()
+            .filter(|t| t.server_id == server_id && t.pool.status().size > 0)
+            .count();
+        // The holders plus the tenant asking.
+        let share = (budget.capacity / (holders + 1)).max(1);
+        if share < current {
+            budget.fair_cap.store(share, Ordering::Relaxed);
+            for tenant in tenants.values().filter(|t| t.server_id == server_id) {
+                tenant.pool.resize(share);
+            }
+            metrics::counter!("tenant_pool_fair_share_changes_total", "direction" => "down")
+                .increment(1);
+        }
+    }
+
+    /// Without pressure for a while, caps grow back (doubling per garbage-collection pass) to the configured cap.
+    fn relax(&self) {
+        let configured = self.settings.per_tenant_cap;
+        let servers: Vec<(i64, Arc<ServerBudget>)> = lock(&self.servers)
+            .iter()
+            .map(|(id, b)| (*id, b.clone()))
+            .collect();
+        for (server_id, budget) in servers {
+            let current = budget.fair_cap.load(Ordering::Relaxed);
+            let calm = lock(&budget.last_pressure)
+                .is_none_or(|at| at.elapsed() >= self.settings.fair_share_hold);
+            if current >= configured || !calm {
+                continue;
+            }
+            let raised = (current * 2).min(configured);
+            budget.fair_cap.store(raised, Ordering::Relaxed);
+            for tenant in lock(&self.tenants)
+                .values()
+                .filter(|t| t.server_id == server_id)
+            {
+                tenant.pool.resize(raised);
+            }
+            metrics::counter!("tenant_pool_fair_share_changes_total", "direction" => "up")
+                .increment(1);
         }
     }
 

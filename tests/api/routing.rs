@@ -235,3 +235,49 @@ async fn suspending_or_deleting_a_client_closes_its_connections_and_metrics_show
         "the deleted tenant's connection is closed"
     );
 }
+
+#[tokio::test]
+async fn under_pressure_tenant_caps_drop_to_a_fair_share_and_grow_back_when_it_passes() {
+    let (_app, routes) = tenants(4).await;
+    let router = Router::new(RouterSettings {
+        fair_share_hold: Duration::ZERO,
+        ..settings(4, 4)
+    });
+    let server = routes[0].server_id;
+    // One hot tenant fills the whole budget.
+    {
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(router.acquire(&routes[0]).await.unwrap());
+        }
+    }
+    assert_eq!(router.tenant_cap(server), 4);
+    assert_eq!((router.stats().warm, router.stats().cold), (0, 4));
+
+    // A cold tenant arrives: caps drop to budget / (holders + 1) = 2; the hot tenant's idle surplus is closed,
+    // which makes room without evicting anyone.
+    let b = router.acquire(&routes[1]).await.unwrap();
+    assert_eq!(router.tenant_cap(server), 2);
+    let c = router.acquire(&routes[2]).await.unwrap();
+    assert_eq!(router.tenant_cap(server), 2, "room was left: no pressure");
+    // The budget is full again (2 + 1 + 1): the next cold tenant brings the share to 4 / 4 = 1.
+    let d = router.acquire(&routes[3]).await.unwrap();
+    assert_eq!(router.tenant_cap(server), 1);
+    assert_eq!(router.stats().evictions, 0);
+    assert_eq!(router.budget(server).unwrap().in_use, 4);
+    drop((b, c, d));
+    // Every tenant is served from the connection it kept: warm hits.
+    for route in &routes {
+        drop(router.acquire(route).await.unwrap());
+    }
+    assert_eq!(router.stats().warm, 4);
+    assert_eq!(router.budget(server).unwrap().in_use, 4);
+
+    // No more pressure: each garbage-collection pass doubles the caps back to the configured one.
+    router.collect_garbage();
+    assert_eq!(router.tenant_cap(server), 2);
+    router.collect_garbage();
+    assert_eq!(router.tenant_cap(server), 4);
+    router.collect_garbage();
+    assert_eq!(router.tenant_cap(server), 4);
+}
