@@ -14,7 +14,7 @@ pub mod schema;
 pub mod target_groups;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::tokio_postgres;
@@ -67,10 +67,12 @@ impl From<ProvisionError> for DataError {
     }
 }
 
-/// slug → (fetched at, client, route).
+/// slug → (fetched at, client, route); shared, so a hit costs two reference counts, not copies.
+type Routed = (Instant, Arc<Client>, Arc<TenantRoute>);
+
 #[derive(Default)]
 pub struct RouteCache {
-    entries: Mutex<HashMap<String, (Instant, Client, TenantRoute)>>,
+    entries: Mutex<HashMap<String, Routed>>,
 }
 
 impl RouteCache {
@@ -78,7 +80,7 @@ impl RouteCache {
         self.lock().remove(slug);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Client, TenantRoute)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Routed>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -98,7 +100,7 @@ pub fn status_changed(state: &AppState, client: &Client) {
 pub async fn connect(
     state: &AppState,
     slug: &ClientSlug,
-) -> Result<(Client, PooledConn), DataError> {
+) -> Result<(Arc<Client>, PooledConn), DataError> {
     let (client, route) = route(state, slug).await?;
     if client.status != ClientStatus::Active {
         return Err(DataError::ClientNotActive(client.status));
@@ -107,7 +109,10 @@ pub async fn connect(
     Ok((client, conn))
 }
 
-async fn route(state: &AppState, slug: &ClientSlug) -> Result<(Client, TenantRoute), DataError> {
+async fn route(
+    state: &AppState,
+    slug: &ClientSlug,
+) -> Result<(Arc<Client>, Arc<TenantRoute>), DataError> {
     let cache = state.routes();
     if let Some((at, client, route)) = cache.lock().get(slug.as_str())
         && at.elapsed() < ROUTE_TTL
@@ -124,11 +129,12 @@ async fn route(state: &AppState, slug: &ClientSlug) -> Result<(Client, TenantRou
     };
     let server = state.control().server(server_id).await?;
     let target = state.provisioner().tenant_target(&server, client.id)?;
-    let route = TenantRoute {
+    let route = Arc::new(TenantRoute {
         client_id: client.id,
         server_id,
         target,
-    };
+    });
+    let client = Arc::new(client);
     cache.lock().insert(
         slug.as_str().to_owned(),
         (Instant::now(), client.clone(), route.clone()),

@@ -6,10 +6,11 @@
 //!   pool's recycling, by GC or by an error gives its permit back, and nothing else can.
 //! - **Eviction.** When the budget is full and a tenant *with no connection* needs one, the least recently used
 //!   idle connection of another tenant on the same server is closed. A tenant that already holds connections
-//!   waits for its own instead of stealing (stealing by warm tenants thrashes: measured in FACTS.md).
+//!   waits for its own instead of stealing (stealing by warm tenants thrashes: measured in FACTS.md), unless
+//!   the other tenant has gone quiet (unused for a second): then its idle connection is fair game.
 //! - **Fair share under pressure.** When a cold tenant has to evict, the tenants in use do not fit the budget:
 //!   every tenant's cap on that server drops to `budget / tenants holding connections` (at least 1, via
-//!   `Pool::resize`), so the budget caches as many distinct tenants as possible (an LRU of tenants, not of
+//!   a per-tenant gate semaphore), so the budget caches as many distinct tenants as possible (an LRU of tenants, not of
 //!   connections). Caps double back towards the configured cap once no eviction was needed for a while.
 //! - **Bounded waiting.** A per-tenant cap (the pool's size), a bound on waiters per tenant (→ `Busy`, 429) and
 //!   an acquire deadline (→ `Timeout`, 503).
@@ -28,17 +29,22 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use deadpool::Runtime;
-use deadpool::managed::{self, Metrics, Object, Pool, PoolError, RecycleError, RecycleResult};
+use deadpool::managed::{
+    self, Metrics, Object, Pool, PoolError, RecycleError, RecycleResult, Timeouts,
+};
 use deadpool_postgres::tokio_postgres::{self, NoTls};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use uuid::Uuid;
 
 use crate::db::{PgTarget, describe_pg_error};
 
 /// How long a connection-less tenant waits for a freed permit before looking for idle connections again.
 const BUDGET_RETRY: Duration = Duration::from_millis(5);
-/// How long a tenant waiting for one of its own connections sleeps between looks at its pool.
-const OWN_RETRY: Duration = Duration::from_millis(1);
+/// How long a tenant waiting for one of its own connections waits for one to be returned before it looks at
+/// its pool again anyway.
+const OWN_RETRY: Duration = Duration::from_millis(5);
+/// A tenant unused this long has gone quiet: a warm tenant may take over its idle connection.
+const STALE_IDLE: Duration = Duration::from_secs(1);
 
 /// Limits and timings of the routing pool.
 #[derive(Debug, Clone)]
@@ -150,8 +156,45 @@ impl TenantConn {
     }
 }
 
-/// A checked-out connection; returns to its tenant's pool on drop.
-pub type PooledConn = Object<TenantManager>;
+/// A checked-out connection; returns to its tenant's pool on drop and wakes one request of the same tenant
+/// that is waiting for it (see [`Router::acquire`]).
+pub struct PooledConn {
+    conn: Option<Object<TenantManager>>,
+    /// The tenant's cap (see [`TenantPool::gate`]), held while the connection is out.
+    gate: Option<OwnedSemaphorePermit>,
+    tenant: Arc<TenantPool>,
+}
+
+impl std::fmt::Debug for PooledConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledConn").finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for PooledConn {
+    type Target = TenantConn;
+
+    fn deref(&self) -> &TenantConn {
+        // Present until drop.
+        self.conn.as_deref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl std::ops::DerefMut for PooledConn {
+    fn deref_mut(&mut self) -> &mut TenantConn {
+        self.conn.as_deref_mut().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        drop(self.conn.take());
+        if let Some(permit) = self.gate.take() {
+            self.tenant.release_gate(permit);
+        }
+        self.tenant.returned.notify_one();
+    }
+}
 
 struct ServerBudget {
     permits: Arc<Semaphore>,
@@ -187,6 +230,14 @@ impl managed::Manager for TenantManager {
     type Error = RouteError;
 
     async fn create(&self) -> Result<TenantConn, RouteError> {
+        // A tenant at its fair-share cap waits for its own connections (the gate in `acquire` normally keeps
+        // it from getting here; this covers requests that passed the gate just before the cap dropped).
+        if let Some(router) = self.router.upgrade() {
+            let held = router.connections_of(self.client_id);
+            if held > 0 && held >= self.budget.fair_cap.load(Ordering::Relaxed) {
+                return Err(RouteError::Saturated);
+            }
+        }
         let permit = loop {
             if let Ok(permit) = self.budget.permits.clone().try_acquire_owned() {
                 break permit;
@@ -197,14 +248,20 @@ impl managed::Manager for TenantManager {
                 return Err(RouteError::Closed);
             };
             if router.connections_of(self.client_id) > 0 {
+                // A warm tenant may take over a connection whose tenant has gone quiet, never a recently used
+                // one (that thrashes). Otherwise everyone in use wants more than the budget holds: fair share.
+                if router.evict_lru_idle(self.server_id, self.client_id, Some(STALE_IDLE)) {
+                    continue;
+                }
+                router.under_pressure(self.server_id, &self.budget, true);
                 return Err(RouteError::Saturated);
             }
             // Lowering the caps may close idle surplus connections; only if that freed nothing, evict.
-            router.under_pressure(self.server_id, &self.budget);
+            router.under_pressure(self.server_id, &self.budget, false);
             if let Ok(permit) = self.budget.permits.clone().try_acquire_owned() {
                 break permit;
             }
-            router.evict_lru_idle(self.server_id, self.client_id);
+            router.evict_lru_idle(self.server_id, self.client_id, None);
             metrics::counter!("tenant_pool_budget_waits_total").increment(1);
             // Wait a moment for the permit the eviction freed (or any other); then look again, since a
             // connection that was busy a moment ago may be idle now. `acquire`'s deadline bounds the loop.
@@ -256,6 +313,14 @@ impl managed::Manager for TenantManager {
 
 struct TenantPool {
     pool: Pool<TenantManager>,
+    /// The tenant's current cap as permits (the pool's own size is the configured cap): lowered and raised
+    /// with the fair share. `Pool::resize` cannot do this, as it cannot take back permits of connections in
+    /// use; this gate can, by forgetting permits as they come back (`gate_debt`).
+    gate: Arc<Semaphore>,
+    gate_size: AtomicUsize,
+    gate_debt: AtomicUsize,
+    /// Signalled when a connection of this tenant is returned.
+    returned: tokio::sync::Notify,
     server_id: i64,
     waiters: AtomicUsize,
     last_used: Mutex<Instant>,
@@ -271,6 +336,8 @@ pub struct RouterStats {
     pub cold: u64,
     /// Idle connections closed to make room for another tenant.
     pub evictions: u64,
+    /// Times a tenant found the budget full and waited for one of its own connections.
+    pub own_waits: u64,
 }
 
 impl RouterStats {
@@ -290,6 +357,7 @@ struct Inner {
     warm: AtomicU64,
     cold: AtomicU64,
     evictions: AtomicU64,
+    own_waits: AtomicU64,
     servers: Mutex<HashMap<i64, Arc<ServerBudget>>>,
     tenants: Mutex<HashMap<Uuid, Arc<TenantPool>>>,
 }
@@ -315,6 +383,7 @@ impl Router {
                 warm: AtomicU64::new(0),
                 cold: AtomicU64::new(0),
                 evictions: AtomicU64::new(0),
+                own_waits: AtomicU64::new(0),
                 servers: Mutex::new(HashMap::new()),
                 tenants: Mutex::new(HashMap::new()),
             }),
@@ -334,14 +403,53 @@ impl Router {
             WaiterGuard::enter(&tenant.waiters, self.inner.settings.max_waiters_per_tenant)
                 .ok_or(RouteError::Busy)?;
         let deadline = started + self.inner.settings.acquire_timeout;
-        let result = loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(remaining, tenant.pool.get()).await {
-                Ok(Err(PoolError::Backend(RouteError::Saturated))) if !remaining.is_zero() => {
-                    tokio::time::sleep(OWN_RETRY).await;
+        // The tenant's cap first: waiting here is a FIFO queue per tenant, without polling.
+        let gate = match tenant.gate.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => return Err(RouteError::Closed),
+            Err(TryAcquireError::NoPermits) => {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(remaining, tenant.gate.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    Ok(Err(_)) => return Err(RouteError::Closed),
+                    Err(_) => {
+                        metrics::counter!("tenant_pool_timeouts_total").increment(1);
+                        return Err(RouteError::Timeout);
+                    }
                 }
-                other => break other,
             }
+        };
+        // Fast path: an idle connection, taken without arming a timer (the common case of a warm tenant).
+        let fast = if tenant.pool.status().available > 0 {
+            let timeouts = Timeouts {
+                wait: Some(Duration::ZERO),
+                create: Some(self.inner.settings.acquire_timeout),
+                recycle: None,
+            };
+            Some(tenant.pool.timeout_get(&timeouts).await)
+        } else {
+            None
+        };
+        let result = match fast {
+            Some(Ok(conn)) => Ok(Ok(conn)),
+            Some(Err(PoolError::Timeout(_) | PoolError::Backend(RouteError::Saturated))) | None => {
+                loop {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(remaining, tenant.pool.get()).await {
+                        Ok(Err(PoolError::Backend(RouteError::Saturated)))
+                            if !remaining.is_zero() =>
+                        {
+                            // Until one of the tenant's connections comes back (or, as a fallback for one
+                            // that is closed instead, a moment).
+                            self.inner.own_waits.fetch_add(1, Ordering::Relaxed);
+                            let _ =
+                                tokio::time::timeout(OWN_RETRY, tenant.returned.notified()).await;
+                        }
+                        other => break other,
+                    }
+                }
+            }
+            Some(Err(error)) => Ok(Err(error)),
         };
         *lock(&tenant.last_used) = Instant::now();
         metrics::histogram!("tenant_pool_acquire_seconds").record(started.elapsed().as_secs_f64());
@@ -356,7 +464,11 @@ impl Router {
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("tenant_pool_acquires_total", "result" => label).increment(1);
-                Ok(conn)
+                Ok(PooledConn {
+                    conn: Some(conn),
+                    gate: Some(gate),
+                    tenant: tenant.clone(),
+                })
             }
             Ok(Err(PoolError::Backend(RouteError::Saturated)))
             | Ok(Err(PoolError::Timeout(_)))
@@ -373,14 +485,14 @@ impl Router {
     /// Closes a tenant's pool and its connections (suspension, deletion). The next `acquire` starts afresh.
     pub fn close_tenant(&self, client_id: Uuid) {
         if let Some(tenant) = lock(&self.inner.tenants).remove(&client_id) {
-            tenant.pool.close();
+            tenant.close();
         }
     }
 
     /// Closes every pool (shutdown).
     pub fn close(&self) {
         for (_, tenant) in lock(&self.inner.tenants).drain() {
-            tenant.pool.close();
+            tenant.close();
         }
     }
 
@@ -411,6 +523,7 @@ impl Router {
             warm: self.inner.warm.load(Ordering::Relaxed),
             cold: self.inner.cold.load(Ordering::Relaxed),
             evictions: self.inner.evictions.load(Ordering::Relaxed),
+            own_waits: self.inner.own_waits.load(Ordering::Relaxed),
         }
     }
 
@@ -479,18 +592,26 @@ impl Inner {
         let manager = TenantManager {
             client_id: route.client_id,
             server_id: route.server_id,
-            config: route.target.tokio_config(),
+            // Named, so operators (and the route benchmark) can tell the router's backends apart.
+            config: route
+                .target
+                .with_application_name("mandant-router")
+                .tokio_config(),
             budget,
             router: Arc::downgrade(self),
             settings: self.settings.clone(),
         };
         let pool = Pool::builder(manager)
-            .max_size(cap)
+            .max_size(self.settings.per_tenant_cap)
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| RouteError::Unavailable(format!("building the tenant's pool: {e}")))?;
         let tenant = Arc::new(TenantPool {
             pool,
+            gate: Arc::new(Semaphore::new(cap)),
+            gate_size: AtomicUsize::new(cap),
+            gate_debt: AtomicUsize::new(0),
+            returned: tokio::sync::Notify::new(),
             server_id: route.server_id,
             waiters: AtomicUsize::new(0),
             last_used: Mutex::new(Instant::now()),
@@ -510,33 +631,45 @@ impl Inner {
     }
 
     /// Closes the least recently used idle connection of another tenant on the server.
-    fn evict_lru_idle(&self, server_id: i64, except: Uuid) {
+    /// `idle_for`: only a tenant unused for at least that long. Returns whether a connection was closed.
+    fn evict_lru_idle(&self, server_id: i64, except: Uuid, idle_for: Option<Duration>) -> bool {
         let victim = lock(&self.tenants)
             .iter()
             .filter(|(id, t)| {
                 **id != except && t.server_id == server_id && t.pool.status().available > 0
             })
-            .min_by_key(|(_, t)| *lock(&t.last_used))
+            .map(|(_, t)| (*lock(&t.last_used), t))
+            .filter(|(used, _)| idle_for.is_none_or(|d| used.elapsed() >= d))
+            .min_by_key(|(used, _)| *used)
             .map(|(_, t)| t.clone());
-        if let Some(victim) = victim {
-            let mut taken = false;
-            let removed = victim.pool.retain(|_, _| {
-                let keep = taken;
-                taken = true;
-                keep
-            });
-            if !removed.removed.is_empty() {
-                self.evictions.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("tenant_pool_evictions_total", "reason" => "budget").increment(1);
-            }
+        let Some(victim) = victim else {
+            return false;
+        };
+        let mut taken = false;
+        let removed = victim.pool.retain(|_, _| {
+            let keep = taken;
+            taken = true;
+            keep
+        });
+        if removed.removed.is_empty() {
+            return false;
         }
+        self.evictions.fetch_add(1, Ordering::Relaxed);
+        let reason = if idle_for.is_some() {
+            "stale"
+        } else {
+            "budget"
+        };
+        metrics::counter!("tenant_pool_evictions_total", "reason" => reason).increment(1);
+        true
     }
 
-    /// A tenant without connections found the budget full: the tenants in use do not fit. Each tenant's cap
-    /// drops to a fair share of the budget (at least 1), so the budget holds connections of as many distinct
-    /// tenants as possible instead of several of a few hot ones; warm tenants then queue on their own
-    /// connections. Only the first signal at a given share does work.
-    fn under_pressure(&self, server_id: i64, budget: &ServerBudget) {
+    /// The budget is full and a tenant wants another connection (`holder`: it has some already): the tenants
+    /// in use do not fit. Each tenant's cap drops to a fair share of the budget (at least 1), so the budget
+    /// holds connections of as many distinct tenants as possible instead of several of a few hot ones, and
+    /// warm tenants queue on their own connections (in the pool, without polling). Only the first signal at a
+    /// given share does work.
+    fn under_pressure(&self, server_id: i64, budget: &ServerBudget, holder: bool) {
         *lock(&budget.last_pressure) = Some(Instant::now());
         let current = budget.fair_cap.load(Ordering::Relaxed);
         if current <= 1 {
@@ -547,12 +680,11 @@ impl Inner {
             .values()
             .filter(|t| t.server_id == server_id && t.pool.status().size > 0)
             .count();
-        // The holders plus the tenant asking.
-        let share = (budget.capacity / (holders + 1)).max(1);
+        let share = (budget.capacity / (holders + usize::from(!holder)).max(1)).max(1);
         if share < current {
             budget.fair_cap.store(share, Ordering::Relaxed);
             for tenant in tenants.values().filter(|t| t.server_id == server_id) {
-                tenant.pool.resize(share);
+                tenant.set_cap(share);
             }
             metrics::counter!("tenant_pool_fair_share_changes_total", "direction" => "down")
                 .increment(1);
@@ -579,7 +711,7 @@ impl Inner {
                 .values()
                 .filter(|t| t.server_id == server_id)
             {
-                tenant.pool.resize(raised);
+                tenant.set_cap(raised);
             }
             metrics::counter!("tenant_pool_fair_share_changes_total", "direction" => "up")
                 .increment(1);
@@ -602,6 +734,66 @@ impl Inner {
 }
 
 impl TenantPool {
+    /// Closes the pool and fails the requests waiting for it.
+    fn close(&self) {
+        self.gate.close();
+        self.pool.close();
+    }
+
+    /// Sets the tenant's cap: lowering it closes idle connections over the new cap at once and takes back
+    /// gate permits as they are returned; raising it pays back that debt first.
+    fn set_cap(&self, cap: usize) {
+        let old = self.gate_size.swap(cap, Ordering::AcqRel);
+        if cap < old {
+            let surplus = old - cap;
+            let forgotten = self.gate.forget_permits(surplus);
+            self.gate_debt
+                .fetch_add(surplus - forgotten, Ordering::AcqRel);
+            let mut size = self.pool.status().size;
+            self.pool.retain(|_, _| {
+                let keep = size <= cap;
+                if !keep {
+                    size -= 1;
+                }
+                keep
+            });
+        } else if cap > old {
+            let mut grant = cap - old;
+            let mut debt = self.gate_debt.load(Ordering::Acquire);
+            loop {
+                let paid = debt.min(grant);
+                match self.gate_debt.compare_exchange(
+                    debt,
+                    debt - paid,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => {
+                        grant -= paid;
+                        break;
+                    }
+                    Err(now) => debt = now,
+                }
+            }
+            self.gate.add_permits(grant);
+        }
+    }
+
+    /// Gives a gate permit back, or keeps it if the cap was lowered meanwhile.
+    fn release_gate(&self, permit: OwnedSemaphorePermit) {
+        let owed = self
+            .gate_debt
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |debt| {
+                debt.checked_sub(1)
+            })
+            .is_ok();
+        if owed {
+            permit.forget();
+        } else {
+            drop(permit);
+        }
+    }
+
     /// The remembered failure, while its cooldown lasts.
     fn broken(&self) -> Option<RouteError> {
         let mut broken = lock(&self.broken);

@@ -281,3 +281,38 @@ async fn under_pressure_tenant_caps_drop_to_a_fair_share_and_grow_back_when_it_p
     router.collect_garbage();
     assert_eq!(router.tenant_cap(server), 4);
 }
+
+#[tokio::test]
+async fn a_lowered_cap_is_taken_back_from_connections_in_use_as_they_return() {
+    let (_app, routes) = tenants(2).await;
+    let router = Router::new(RouterSettings {
+        acquire_timeout: Duration::from_millis(500),
+        ..settings(2, 4)
+    });
+    let server = routes[0].server_id;
+    // A holds the whole budget, both connections busy.
+    let a1 = router.acquire(&routes[0]).await.unwrap();
+    let a2 = router.acquire(&routes[0]).await.unwrap();
+    // B arrives with nothing idle to evict: the cap drops to 1 and B waits for a connection of A to come back.
+    let waiting_b = {
+        let (router, route) = (router.clone(), routes[1].clone());
+        tokio::spawn(async move { router.acquire(&route).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(router.tenant_cap(server), 1);
+    drop(a1);
+    let b = waiting_b
+        .await
+        .unwrap()
+        .expect("B is served once A returns one");
+    assert!(router.budget(server).unwrap().in_use <= 2);
+    drop(a2);
+    // A is back to one connection at a time: a second one waits for the first (and here times out).
+    let a = router.acquire(&routes[0]).await.unwrap();
+    assert!(matches!(
+        router.acquire(&routes[0]).await,
+        Err(RouteError::Timeout)
+    ));
+    drop((a, b));
+    drop(router.acquire(&routes[0]).await.unwrap());
+}

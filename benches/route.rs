@@ -1,0 +1,694 @@
+//! `cargo bench --bench route`: the routing pool's own cost, and how it behaves when the working set does not
+//! fit its budget. All phases use the same HTTP load generator (64 keep-alive clients, `GET
+//! /v1/clients/{slug}/recipients/{id}`), in the same run, interleaved over BENCH_ROUNDS rounds:
+//!
+//! - fits: 40 tenants, budget 40, uniform tenant choice. mandant (the real server and its routing pool) beside a
+//!   static router (one fixed pool per tenant opened up front, no budget logic, the same query and JSON) and,
+//!   for context, the static router over a single tenant.
+//! - overcommitted: 500 tenants with 100 recipients each, budget 40, Zipf(s = 1.1) tenant choice. mandant beside
+//!   a no-pool router that opens a connection per request; reports the warm-hit ratio beside the hit ratio an
+//!   ideal LRU cache of 40 connections gets on the same request trace, connects per second, and the budget's
+//!   peak use (router permits, sampled every millisecond, and PostgreSQL backends of tenant roles).
+//!
+//! Prints a table and writes benches/results/route.json. Knobs: BENCH_TENANTS (500), BENCH_FIT_TENANTS (40),
+//! BENCH_BUDGET (40), BENCH_CLIENTS (64), BENCH_SECS (8 per phase), BENCH_ROUNDS (3), BENCH_ZIPF_S (1.1).
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use deadpool_postgres::tokio_postgres::{self, NoTls};
+use mandant::app::RunOptions;
+use mandant::data::recipients::{self, Recipient};
+use mandant::db::PgTarget;
+use rand::Rng;
+use serde_json::json;
+
+/// One request: which tenant (index) and which recipient.
+type Pick = Box<dyn Fn(&mut rand::rngs::ThreadRng) -> usize + Send + Sync>;
+
+#[derive(Debug, Clone, Default)]
+struct Run {
+    requests: u64,
+    errors: u64,
+    secs: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// Tenant indexes in the order requests started (overcommitted phases: for the ideal LRU).
+    trace: Vec<u32>,
+}
+
+impl Run {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.secs
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let tenants = common::env_usize("BENCH_TENANTS", 500);
+    let fit_tenants = common::env_usize("BENCH_FIT_TENANTS", 40).min(tenants);
+    let budget = common::env_usize("BENCH_BUDGET", 40);
+    let clients = common::env_usize("BENCH_CLIENTS", 64);
+    let secs = common::env_usize("BENCH_SECS", 8) as u64;
+    let rounds = common::env_usize("BENCH_ROUNDS", 3);
+    let zipf_s: f64 = std::env::var("BENCH_ZIPF_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.1);
+    let recipients_per_tenant = 100usize;
+
+    let cluster = common::cluster("bench-route");
+    let budget_text = budget.to_string();
+    let cap_text = common::env_usize("BENCH_CAP", 4).to_string();
+    let settings = common::settings(
+        &cluster,
+        "bench_ctl",
+        &[
+            ("MANDANT__WORKERS__CONCURRENCY", "4"),
+            ("MANDANT__ROUTING__BUDGET_PER_SERVER", &budget_text),
+            ("MANDANT__ROUTING__PER_TENANT_CAP", &cap_text),
+            ("MANDANT__LOG__LEVEL", "error"),
+        ],
+    );
+    let app = common::start_app(settings, RunOptions::default()).await;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients * 2)
+        .build()
+        .expect("http client");
+
+    // Setup (untimed): the tenants, each with 100 recipients (ids 1..=100) imported through the API.
+    let setup = Instant::now();
+    let slugs: Vec<String> = (0..tenants).map(|i| format!("t-{i:04}")).collect();
+    for chunk in slugs.chunks(50) {
+        for slug in chunk {
+            let status = http
+                .post(format!("{}/v1/clients", app.base))
+                .json(&json!({"slug": slug, "name": slug}))
+                .send()
+                .await
+                .expect("POST")
+                .status();
+            assert_eq!(status, reqwest::StatusCode::ACCEPTED);
+        }
+        common::wait_active(&app, 0).await;
+    }
+    common::wait_active(&app, tenants + 1).await;
+    let mut body = String::from("email,first_name\n");
+    for i in 0..recipients_per_tenant {
+        body.push_str(&format!("person{i}@example.org,Person {i}\n"));
+    }
+    for slug in &slugs {
+        let response = http
+            .post(format!("{}/v1/clients/{slug}/recipients/import", app.base))
+            .header("content-type", "text/csv")
+            .body(body.clone())
+            .send()
+            .await
+            .expect("import");
+        assert_eq!(response.status(), reqwest::StatusCode::OK, "{slug}");
+    }
+    let mut targets = Vec::new();
+    for slug in &slugs {
+        let parsed = mandant::domain::ClientSlug::parse(slug).expect("slug");
+        let client = app
+            .state
+            .control()
+            .client_by_slug(&parsed)
+            .await
+            .expect("client");
+        let server = app
+            .state
+            .control()
+            .server(client.server_id.expect("placed"))
+            .await
+            .expect("server");
+        targets.push(
+            app.state
+                .provisioner()
+                .tenant_target(&server, client.id)
+                .expect("target"),
+        );
+    }
+    let server_id = {
+        let parsed = mandant::domain::ClientSlug::parse(&slugs[0]).expect("slug");
+        app.state
+            .control()
+            .client_by_slug(&parsed)
+            .await
+            .expect("client")
+            .server_id
+            .expect("placed")
+    };
+    // The setup's connections are not part of any phase.
+    app.state.router().close();
+    eprintln!(
+        "setup: {tenants} tenants x {recipients_per_tenant} recipients in {:.1} s",
+        setup.elapsed().as_secs_f64()
+    );
+
+    // The baselines' servers.
+    let per_tenant = (budget / fit_tenants).max(1);
+    let fit_static =
+        StaticRouter::start(&slugs[..fit_tenants], &targets[..fit_tenants], per_tenant).await;
+    let single_static = StaticRouter::start(&slugs[..1], &targets[..1], budget).await;
+    let no_pool = NoPoolRouter::start(&slugs, &targets).await;
+    // mandant's own handler and routing pool without its HTTP middleware (request id, tracing, metrics,
+    // timeout, error normaliser): separates the router's cost from the middleware's.
+    let handler_only = serve(
+        axum::Router::new()
+            .route(
+                "/v1/clients/{slug}/recipients/{id}",
+                axum::routing::get(mandant::http::recipients::get),
+            )
+            .with_state(app.state.clone()),
+    )
+    .await;
+
+    let uniform = |n: usize| -> Arc<Pick> { Arc::new(Box::new(move |rng| rng.random_range(0..n))) };
+    let zipf = Arc::new(Zipf::new(tenants, zipf_s));
+    let zipf_pick: Arc<Pick> = {
+        let zipf = zipf.clone();
+        Arc::new(Box::new(move |rng| zipf.sample(rng)))
+    };
+    let slugs = Arc::new(slugs);
+    let load = |base: String, pick: Arc<Pick>, record: bool| {
+        let http = http.clone();
+        let slugs = slugs.clone();
+        async move {
+            drive(
+                &http,
+                &base,
+                &slugs,
+                pick,
+                clients,
+                recipients_per_tenant,
+                Duration::from_secs(secs),
+                record,
+            )
+            .await
+        }
+    };
+
+    let mut results: HashMap<&'static str, Vec<serde_json::Value>> = HashMap::new();
+    let mut table: HashMap<&'static str, Vec<Run>> = HashMap::new();
+    let mut over_extra = Vec::new();
+    for round in 0..rounds {
+        eprintln!("round {}/{rounds}", round + 1);
+        // fits: the order alternates per round, so drift on this VM does not favour one side.
+        let fits: [(&str, String); 4] = [
+            ("fits_static", fit_static.base.clone()),
+            ("fits_mandant_handler", handler_only.clone()),
+            ("fits_mandant", app.base.clone()),
+            ("single_tenant_static", single_static.base.clone()),
+        ];
+        let order: Vec<usize> = if round % 2 == 0 {
+            vec![0, 1, 2, 3]
+        } else {
+            vec![2, 1, 0, 3]
+        };
+        for i in order {
+            let (name, base) = &fits[i];
+            if !selected(name) {
+                continue;
+            }
+            let n = if *name == "single_tenant_static" {
+                1
+            } else {
+                fit_tenants
+            };
+            app.state.router().close();
+            // Warm-up, then the measured window.
+            let _ = load(base.clone(), uniform(n), false).await;
+            let before = app.state.router().stats();
+            let run = load(base.clone(), uniform(n), false).await;
+            let after = app.state.router().stats();
+            eprintln!(
+                "  {name}: {:.0} req/s, p99 {:.2} ms, errors {} (mandant pool: cap {}, {} cold acquires, {} evictions, {} own waits)",
+                run.rps(),
+                run.p99_ms,
+                run.errors,
+                app.state.router().tenant_cap(server_id),
+                after.cold - before.cold,
+                after.evictions - before.evictions,
+                after.own_waits - before.own_waits,
+            );
+            table.entry(name).or_default().push(run);
+        }
+
+        // overcommitted
+        for name in if round % 2 == 0 {
+            ["over_no_pool", "over_mandant"]
+        } else {
+            ["over_mandant", "over_no_pool"]
+        } {
+            if !selected(name) {
+                continue;
+            }
+            if name == "over_no_pool" {
+                let run = load(no_pool.base.clone(), zipf_pick.clone(), false).await;
+                eprintln!(
+                    "  {name}: {:.0} req/s, p99 {:.2} ms, errors {}",
+                    run.rps(),
+                    run.p99_ms,
+                    run.errors
+                );
+                table.entry(name).or_default().push(run);
+                continue;
+            }
+            app.state.router().close();
+            // Warm-up fills the cache; the ideal LRU replays the warm-up and the measured trace, counting hits
+            // in the measured part only.
+            let warm = load(app.base.clone(), zipf_pick.clone(), true).await;
+            let router = app.state.router().clone();
+            let before = router.stats();
+            let sampling = Arc::new(AtomicBool::new(true));
+            let permit_peak = Arc::new(AtomicUsize::new(0));
+            let backend_peak = Arc::new(AtomicU64::new(0));
+            let sampler = {
+                let (sampling, permit_peak) = (sampling.clone(), permit_peak.clone());
+                let router = router.clone();
+                tokio::spawn(async move {
+                    while sampling.load(Ordering::Relaxed) {
+                        if let Some(b) = router.budget(server_id) {
+                            permit_peak.fetch_max(b.in_use, Ordering::Relaxed);
+                        }
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                })
+            };
+            let backend_sampler = {
+                let (sampling, backend_peak) = (sampling.clone(), backend_peak.clone());
+                let admin = cluster.cluster().target("postgres");
+                let pattern = format!(
+                    "{}%",
+                    app.state.settings().tenants.db_prefix.replace('_', "\\_")
+                );
+                tokio::spawn(async move {
+                    let admin = admin.connect().await.expect("admin");
+                    while sampling.load(Ordering::Relaxed) {
+                        let n: i64 = admin
+                            .query_one(
+                                "SELECT count(*) FROM pg_stat_activity WHERE usename LIKE $1 AND application_name = 'mandant-router'",
+                                &[&pattern],
+                            )
+                            .await
+                            .expect("sample")
+                            .get(0);
+                        backend_peak.fetch_max(n as u64, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                })
+            };
+            let run = load(app.base.clone(), zipf_pick.clone(), true).await;
+            sampling.store(false, Ordering::Relaxed);
+            let _ = sampler.await;
+            let _ = backend_sampler.await;
+            let after = router.stats();
+            let (warm_hits, cold) = (after.warm - before.warm, after.cold - before.cold);
+            let hit_ratio = warm_hits as f64 / (warm_hits + cold).max(1) as f64;
+            let ideal = ideal_lru_hit_ratio(&warm.trace, &run.trace, budget);
+            let extra = json!({
+                "hit_ratio": hit_ratio,
+                "ideal_lru_hit_ratio": ideal,
+                "connects_per_sec": cold as f64 / run.secs,
+                "evictions": after.evictions - before.evictions,
+                "budget_permit_peak": permit_peak.load(Ordering::Relaxed),
+                "tenant_backend_peak": backend_peak.load(Ordering::Relaxed),
+                "tenant_cap_at_end": router.tenant_cap(server_id),
+            });
+            eprintln!(
+                "  {name}: {:.0} req/s, p99 {:.2} ms, errors {}, hit {:.3} (ideal LRU {:.3}), {:.0} connects/s, permit peak {}, backend peak {}",
+                run.rps(),
+                run.p99_ms,
+                run.errors,
+                hit_ratio,
+                ideal,
+                cold as f64 / run.secs,
+                permit_peak.load(Ordering::Relaxed),
+                backend_peak.load(Ordering::Relaxed)
+            );
+            over_extra.push(extra);
+            table.entry(name).or_default().push(run);
+        }
+    }
+
+    // Report: medians over rounds.
+    let median = |runs: &[Run], f: &dyn Fn(&Run) -> f64| -> f64 {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    println!(
+        "\nroute ({}, {clients} clients, budget {budget}, {secs} s per phase, {rounds} rounds; medians)",
+        common::fsync_label()
+    );
+    println!(
+        "{:<24} {:>10} {:>9} {:>9} {:>8}",
+        "phase", "req/s", "p50 ms", "p99 ms", "errors"
+    );
+    for name in [
+        "fits_static",
+        "fits_mandant_handler",
+        "fits_mandant",
+        "single_tenant_static",
+        "over_no_pool",
+        "over_mandant",
+    ] {
+        let Some(runs) = table.get(name) else {
+            continue;
+        };
+        let rps = median(runs, &|r| r.rps());
+        let p50 = median(runs, &|r| r.p50_ms);
+        let p99 = median(runs, &|r| r.p99_ms);
+        let errors: u64 = runs.iter().map(|r| r.errors).sum();
+        println!("{name:<24} {rps:>10.0} {p50:>9.2} {p99:>9.2} {errors:>8}");
+        results.insert(
+            name,
+            runs.iter()
+                .map(|r| json!({"requests": r.requests, "secs": r.secs, "rps": r.rps(), "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "errors": r.errors}))
+                .collect(),
+        );
+    }
+    let rate = |name: &str| table.get(name).map(|runs| median(runs, &|r| r.rps()));
+    let ratio = |a: &str, b: &str| match (rate(a), rate(b)) {
+        (Some(x), Some(y)) => x / y,
+        _ => f64::NAN,
+    };
+    let fits_ratio = ratio("fits_mandant", "fits_static");
+    let handler_ratio = ratio("fits_mandant_handler", "fits_static");
+    let over_ratio = ratio("over_mandant", "over_no_pool");
+    let hit = |key: &str| {
+        let mut v: Vec<f64> = over_extra
+            .iter()
+            .map(|e| e[key].as_f64().unwrap_or(0.0))
+            .collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let permit_peak = over_extra
+        .iter()
+        .map(|e| e["budget_permit_peak"].as_u64().unwrap_or(0))
+        .max()
+        .unwrap_or(0);
+    let backend_peak = over_extra
+        .iter()
+        .map(|e| e["tenant_backend_peak"].as_u64().unwrap_or(0))
+        .max()
+        .unwrap_or(0);
+    println!(
+        "\nfits: mandant handler + routing pool / static = {handler_ratio:.3} (target >= 0.90); \
+         with mandant's full HTTP middleware: {fits_ratio:.3}"
+    );
+    println!(
+        "overcommitted: mandant / no-pool = {over_ratio:.2}x (target >= 3x); warm-hit {:.3} vs ideal LRU {:.3} (target within 0.05); {:.0} connects/s",
+        hit("hit_ratio"),
+        hit("ideal_lru_hit_ratio"),
+        hit("connects_per_sec")
+    );
+    println!(
+        "budget {budget}: router permits peak {permit_peak}, tenant backends peak {backend_peak}"
+    );
+
+    common::write_report(
+        "route",
+        &json!({
+            "fsync": common::fsync_label(),
+            "tenants": tenants,
+            "fit_tenants": fit_tenants,
+            "budget": budget,
+            "clients": clients,
+            "secs_per_phase": secs,
+            "rounds": rounds,
+            "zipf_s": zipf_s,
+            "runs": results,
+            "overcommitted_mandant_pool": over_extra,
+            "fits_ratio_mandant_over_static": fits_ratio,
+            "fits_ratio_mandant_handler_over_static": handler_ratio,
+            "overcommitted_ratio_mandant_over_no_pool": over_ratio,
+            "budget_permit_peak": permit_peak,
+            "tenant_backend_peak": backend_peak,
+        }),
+    );
+    app.stop().await;
+}
+
+/// Whether BENCH_PHASES (a comma-separated list; default all) selects a phase. The report needs all of them.
+fn selected(name: &str) -> bool {
+    std::env::var("BENCH_PHASES").map_or(true, |p| p.split(',').any(|x| x == name))
+}
+
+/// Runs `clients` concurrent loops for `duration` against `base`, each request to a tenant chosen by `pick`.
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    http: &reqwest::Client,
+    base: &str,
+    slugs: &Arc<Vec<String>>,
+    pick: Arc<Pick>,
+    clients: usize,
+    recipients: usize,
+    duration: Duration,
+    record: bool,
+) -> Run {
+    let trace = Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let (http, base, slugs, pick, trace) = (
+            http.clone(),
+            base.to_owned(),
+            slugs.clone(),
+            pick.clone(),
+            trace.clone(),
+        );
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            while Instant::now() < deadline {
+                let (tenant, id) = {
+                    let mut rng = rand::rng();
+                    (pick(&mut rng), rng.random_range(1..=recipients))
+                };
+                if record {
+                    trace.lock().expect("trace").push(tenant as u32);
+                }
+                let url = format!("{base}/v1/clients/{}/recipients/{id}", slugs[tenant]);
+                let t = Instant::now();
+                let ok = match http.get(&url).send().await {
+                    Ok(response) => {
+                        let ok = response.status() == reqwest::StatusCode::OK;
+                        let _ = response.bytes().await;
+                        ok
+                    }
+                    Err(_) => false,
+                };
+                latencies.push(t.elapsed());
+                if !ok {
+                    errors += 1;
+                }
+            }
+            (latencies, errors)
+        });
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    while let Some(joined) = tasks.join_next().await {
+        let (l, e) = joined.expect("load task");
+        latencies.extend(l);
+        errors += e;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let trace = std::mem::take(&mut *trace.lock().expect("trace"));
+    Run {
+        requests: latencies.len() as u64,
+        errors,
+        secs,
+        p50_ms: common::ms(common::percentile(&latencies, 50.0)),
+        p99_ms: common::ms(common::percentile(&latencies, 99.0)),
+        trace,
+    }
+}
+
+/// The hit ratio of an LRU cache of `capacity` tenants over `measured`, after replaying `warmup`.
+fn ideal_lru_hit_ratio(warmup: &[u32], measured: &[u32], capacity: usize) -> f64 {
+    // Recency stamps; the cache holds the `capacity` most recently used tenants.
+    let mut last_use: HashMap<u32, u64> = HashMap::new();
+    let mut clock = 0u64;
+    let mut touch = |tenant: u32, last_use: &mut HashMap<u32, u64>| -> bool {
+        clock += 1;
+        let hit = last_use.contains_key(&tenant);
+        last_use.insert(tenant, clock);
+        if last_use.len() > capacity {
+            let (&oldest, _) = last_use.iter().min_by_key(|(_, t)| **t).expect("non-empty");
+            last_use.remove(&oldest);
+        }
+        hit
+    };
+    for &t in warmup {
+        touch(t, &mut last_use);
+    }
+    let hits = measured
+        .iter()
+        .filter(|&&t| touch(t, &mut last_use))
+        .count();
+    hits as f64 / measured.len().max(1) as f64
+}
+
+/// Zipf over `n` ranks with exponent `s`: rank i (0-based) has weight 1 / (i + 1)^s.
+struct Zipf {
+    cdf: Vec<f64>,
+}
+
+impl Zipf {
+    fn new(n: usize, s: f64) -> Self {
+        let mut cdf = Vec::with_capacity(n);
+        let mut total = 0.0;
+        for i in 0..n {
+            total += 1.0 / ((i + 1) as f64).powf(s);
+            cdf.push(total);
+        }
+        for c in &mut cdf {
+            *c /= total;
+        }
+        Self { cdf }
+    }
+
+    fn sample(&self, rng: &mut rand::rngs::ThreadRng) -> usize {
+        let u: f64 = rng.random();
+        self.cdf.partition_point(|c| *c < u).min(self.cdf.len() - 1)
+    }
+}
+
+/// The fair floor for the router's own cost: one fixed pool per tenant, opened up front, no budget logic.
+struct StaticRouter {
+    base: String,
+}
+
+#[derive(Clone)]
+struct StaticState {
+    pools: Arc<HashMap<String, deadpool_postgres::Pool>>,
+}
+
+impl StaticRouter {
+    async fn start(slugs: &[String], targets: &[PgTarget], size: usize) -> Self {
+        let mut pools = HashMap::new();
+        for (slug, target) in slugs.iter().zip(targets) {
+            let manager = deadpool_postgres::Manager::from_config(
+                target.with_application_name("bench-static").tokio_config(),
+                NoTls,
+                deadpool_postgres::ManagerConfig {
+                    recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+                },
+            );
+            let pool = deadpool_postgres::Pool::builder(manager)
+                .max_size(size)
+                .runtime(deadpool::Runtime::Tokio1)
+                .build()
+                .expect("pool");
+            // Opened up front.
+            let mut held = Vec::new();
+            for _ in 0..size {
+                held.push(pool.get().await.expect("connect"));
+            }
+            drop(held);
+            pools.insert(slug.clone(), pool);
+        }
+        let state = StaticState {
+            pools: Arc::new(pools),
+        };
+        let router = axum::Router::new()
+            .route(
+                "/v1/clients/{slug}/recipients/{id}",
+                axum::routing::get(static_get),
+            )
+            .with_state(state);
+        Self {
+            base: serve(router).await,
+        }
+    }
+}
+
+async fn static_get(
+    State(state): State<StaticState>,
+    Path((slug, id)): Path<(String, i64)>,
+) -> Result<Json<Recipient>, StatusCode> {
+    let pool = state.pools.get(&slug).ok_or(StatusCode::NOT_FOUND)?;
+    let conn = pool
+        .get()
+        .await
+        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+    recipients::get(&conn, id)
+        .await
+        .map(Json)
+        .map_err(|_| StatusCode::NOT_FOUND)
+}
+
+/// The no-pool router: a new connection (as the tenant's role) for every request.
+struct NoPoolRouter {
+    base: String,
+}
+
+#[derive(Clone)]
+struct NoPoolState {
+    configs: Arc<HashMap<String, tokio_postgres::Config>>,
+}
+
+impl NoPoolRouter {
+    async fn start(slugs: &[String], targets: &[PgTarget]) -> Self {
+        let configs = slugs
+            .iter()
+            .cloned()
+            .zip(
+                targets
+                    .iter()
+                    .map(|t| t.with_application_name("bench-no-pool").tokio_config()),
+            )
+            .collect();
+        let router = axum::Router::new()
+            .route(
+                "/v1/clients/{slug}/recipients/{id}",
+                axum::routing::get(no_pool_get),
+            )
+            .with_state(NoPoolState {
+                configs: Arc::new(configs),
+            });
+        Self {
+            base: serve(router).await,
+        }
+    }
+}
+
+async fn no_pool_get(
+    State(state): State<NoPoolState>,
+    Path((slug, id)): Path<(String, i64)>,
+) -> Result<Json<Recipient>, StatusCode> {
+    let config = state.configs.get(&slug).ok_or(StatusCode::NOT_FOUND)?;
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+    let driver = tokio::spawn(connection);
+    let result = recipients::get(&client, id).await;
+    drop(client);
+    let _ = driver.await;
+    result.map(Json).map_err(|_| StatusCode::NOT_FOUND)
+}
+
+async fn serve(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    base
+}
