@@ -2,7 +2,8 @@
 //!
 //! One transaction per request: a temporary staging table (`ON COMMIT DROP`), `COPY ... FROM STDIN` fed record by
 //! record as the body arrives (each record validated against the tenant's [`Schema`] first), then one
-//! `INSERT ... SELECT ... ON CONFLICT (lower(email)) DO UPDATE`. A bad record, a body over the size limit or a
+//! `INSERT ... SELECT ... ON CONFLICT (lower(email)) DO UPDATE` (or, when none of the addresses is known yet, a
+//! plain `INSERT ... SELECT`, falling back to the upsert if a concurrent writer adds one meanwhile). A bad record, a body over the size limit or a
 //! dropped request aborts the COPY and rolls everything back: all or nothing.
 //!
 //! Semantics (chosen, documented in the README): the e-mail address is the key; an empty CSV cell or an absent /
@@ -14,6 +15,7 @@ use std::hash::BuildHasher;
 
 use bytes::{Bytes, BytesMut};
 use deadpool_postgres::tokio_postgres::Client;
+use deadpool_postgres::tokio_postgres::error::SqlState;
 use futures_util::{SinkExt, Stream, StreamExt, pin_mut};
 use serde::Serialize;
 use serde_json::Value as Json;
@@ -131,7 +133,6 @@ where
     }
     sink.as_mut().finish().await?;
 
-    let keep = |c: &String| format!("{c} = coalesce(EXCLUDED.{c}, recipients.{c})");
     // An address repeated in one import must reach the upsert once (the last record); the sort that ensures it
     // costs about a third of the upsert, so it is skipped when parsing saw no repeat.
     let source = if reader.needs_dedup {
@@ -139,6 +140,39 @@ where
     } else {
         "SELECT * FROM mandant_import"
     };
+    let cols = columns.join(", ");
+    let records = reader.records;
+    // Only new addresses (a first import): a plain INSERT, about twice as fast as the upsert. A concurrent
+    // writer adding one of the addresses meanwhile makes it fail on the unique index; then the upsert runs.
+    let any_known: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM mandant_import s JOIN recipients r ON lower(r.email) = lower(s.email))",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !any_known {
+        tx.batch_execute("SAVEPOINT mandant_insert").await?;
+        let insert =
+            format!("INSERT INTO recipients ({cols}) SELECT {cols} FROM ({source}) AS source");
+        match tx.execute(&insert, &[]).await {
+            Ok(inserted) => {
+                tx.commit().await?;
+                return Ok(ImportOutcome {
+                    records,
+                    inserted,
+                    updated: 0,
+                });
+            }
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT mandant_insert")
+                    .await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+
+    let keep = |c: &String| format!("{c} = coalesce(EXCLUDED.{c}, recipients.{c})");
     let upsert = format!(
         "WITH source AS ({source}), written AS (
              INSERT INTO recipients ({cols}) SELECT {cols} FROM source
@@ -146,7 +180,6 @@ where
              RETURNING (xmax = 0) AS inserted
          )
          SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written",
-        cols = columns.join(", "),
         sets = columns
             .iter()
             .skip(1) // the e-mail address keeps its stored spelling
@@ -158,7 +191,7 @@ where
     tx.commit().await?;
     let count = |i| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
     Ok(ImportOutcome {
-        records: reader.records,
+        records,
         inserted: count(0),
         updated: count(1),
     })

@@ -339,3 +339,70 @@ async fn a_cancelled_import_returns_its_connection_outside_any_transaction() {
     assert_eq!(state.as_deref(), Some("idle"));
     assert_eq!(count(&app, "SELECT count(*) FROM recipients").await, 0);
 }
+
+#[tokio::test]
+async fn an_address_added_concurrently_during_a_first_import_is_updated_not_refused() {
+    let app = spawn_app().await;
+    app.create_active_client("importer").await;
+    // Another writer adds one of the addresses and has not committed yet when the import checks for known ones.
+    let other = app.tenant_db("importer").await;
+    other.batch_execute("BEGIN").await.unwrap();
+    other
+        .execute(
+            "INSERT INTO recipients (email, first_name) VALUES ('user5@example.org', 'Other')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let import = {
+        let (client, url) = (app.client.clone(), app.url(IMPORT));
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .header("content-type", "text/csv")
+                .body(csv(0..100, "Import"))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    // The import's INSERT waits on the other writer's uncommitted row; then the other writer commits.
+    let admin = app.tenant_db("importer").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO recipients%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the import never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    other.batch_execute("COMMIT").await.unwrap();
+    let response = import.await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let outcome: Value = response.json().await.unwrap();
+    assert_eq!(
+        outcome,
+        json!({"records": 100, "inserted": 99, "updated": 1})
+    );
+    assert_eq!(count(&app, "SELECT count(*) FROM recipients").await, 100);
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM recipients WHERE first_name = 'Import 5'"
+        )
+        .await,
+        1
+    );
+}
