@@ -442,6 +442,7 @@ impl Router {
                             // Until one of the tenant's connections comes back (or, as a fallback for one
                             // that is closed instead, a moment).
                             self.inner.own_waits.fetch_add(1, Ordering::Relaxed);
+                            metrics::counter!("tenant_pool_own_waits_total").increment(1);
                             let _ =
                                 tokio::time::timeout(OWN_RETRY, tenant.returned.notified()).await;
                         }
@@ -568,6 +569,7 @@ impl Router {
         metrics::gauge!("tenant_pool_connections", "state" => "active")
             .set(size.saturating_sub(idle) as f64);
         metrics::gauge!("tenant_pool_tenants").set(tenants.len() as f64);
+        metrics::gauge!("tenant_pool_warm_hit_ratio").set(self.stats().hit_ratio());
         metrics::gauge!("tenant_pool_breakers_open").set(broken as f64);
     }
 }

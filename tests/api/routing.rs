@@ -212,7 +212,17 @@ async fn suspending_or_deleting_a_client_closes_its_connections_and_metrics_show
         )),
         "{metrics}"
     );
-    assert!(metrics.contains("tenant_pool_connects_total"), "{metrics}");
+    for name in [
+        "tenant_pool_connects_total",
+        "tenant_pool_acquires_total{result=\"cold\"}",
+        "tenant_pool_acquire_seconds_bucket",
+        "tenant_pool_warm_hit_ratio",
+        "tenant_pool_tenant_cap",
+        "tenant_pool_connections{state=\"idle\"}",
+        "tenant_pool_breakers_open",
+    ] {
+        assert!(metrics.contains(name), "{name} missing: {metrics}");
+    }
 
     assert!(
         app.post("/v1/clients/r-00/suspend")
