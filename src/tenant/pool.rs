@@ -193,6 +193,7 @@ impl Drop for PooledConn {
             self.tenant.release_gate(permit);
         }
         self.tenant.returned.notify_one();
+        self.tenant.budget.returned.notify_waiters();
     }
 }
 
@@ -204,6 +205,8 @@ struct ServerBudget {
     fair_cap: AtomicUsize,
     /// When a tenant without connections last had to evict another's.
     last_pressure: Mutex<Option<Instant>>,
+    /// Signalled when any connection on this server is returned (idle, so evictable).
+    returned: tokio::sync::Notify,
 }
 
 /// Creates and recycles one tenant's connections, taking a budget permit for each.
@@ -261,15 +264,20 @@ impl managed::Manager for TenantManager {
             if let Ok(permit) = self.budget.permits.clone().try_acquire_owned() {
                 break permit;
             }
+            // Registered before looking for a victim, so a connection returned meanwhile is not missed.
+            let returned = self.budget.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
             router.evict_lru_idle(self.server_id, self.client_id, None);
             metrics::counter!("tenant_pool_budget_waits_total").increment(1);
-            // Wait a moment for the permit the eviction freed (or any other); then look again, since a
-            // connection that was busy a moment ago may be idle now. `acquire`'s deadline bounds the loop.
-            if let Ok(acquired) =
-                tokio::time::timeout(BUDGET_RETRY, self.budget.permits.clone().acquire_owned())
-                    .await
-            {
-                break acquired.map_err(|_| RouteError::Closed)?;
+            // Wait for the permit the eviction freed (or any other), or for any connection on this server to
+            // become idle (then look again); `acquire`'s deadline bounds the loop.
+            tokio::select! {
+                acquired = self.budget.permits.clone().acquire_owned() => {
+                    break acquired.map_err(|_| RouteError::Closed)?;
+                }
+                () = &mut returned => {}
+                () = tokio::time::sleep(BUDGET_RETRY) => {}
             }
         };
         let connected = self.config.connect(NoTls).await;
@@ -313,6 +321,7 @@ impl managed::Manager for TenantManager {
 
 struct TenantPool {
     pool: Pool<TenantManager>,
+    budget: Arc<ServerBudget>,
     /// The tenant's current cap as permits (the pool's own size is the configured cap): lowered and raised
     /// with the fair share. `Pool::resize` cannot do this, as it cannot take back permits of connections in
     /// use; this gate can, by forgetting permits as they come back (`gate_debt`).
@@ -609,6 +618,7 @@ impl Inner {
                     capacity: self.settings.budget_per_server,
                     fair_cap: AtomicUsize::new(self.settings.per_tenant_cap),
                     last_pressure: Mutex::new(None),
+                    returned: tokio::sync::Notify::new(),
                 })
             })
             .clone();
@@ -621,7 +631,7 @@ impl Inner {
                 .target
                 .with_application_name("mandant-router")
                 .tokio_config(),
-            budget,
+            budget: budget.clone(),
             router: Arc::downgrade(self),
             settings: self.settings.clone(),
         };
@@ -632,6 +642,7 @@ impl Inner {
             .map_err(|e| RouteError::Unavailable(format!("building the tenant's pool: {e}")))?;
         let tenant = Arc::new(TenantPool {
             pool,
+            budget,
             gate: Arc::new(Semaphore::new(cap)),
             gate_size: AtomicUsize::new(cap),
             gate_debt: AtomicUsize::new(0),
