@@ -139,6 +139,80 @@ pub fn required_text(field: &'static str, value: &str, max: usize) -> Result<Str
     optional_text(field, Some(value), max)?.ok_or_else(|| invalid(field, "must not be empty"))
 }
 
+/// A custom field's name: `^[a-z][a-z0-9_]{2,62}$`, not a standard or system field, no `sys_` / `mandant_`
+/// prefix, not an SQL keyword with restrictions (reserved, type/function-name or column-name keywords; names
+/// are always quoted, so this is for the sake of everyone writing SQL against tenant databases by hand).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, ToSchema)]
+#[serde(transparent)]
+pub struct FieldName(String);
+
+/// Fields every tenant has; a custom field may not take their names.
+pub const STANDARD_FIELDS: [&str; 7] = [
+    "id",
+    "email",
+    "first_name",
+    "last_name",
+    "gender",
+    "created_at",
+    "updated_at",
+];
+
+const SQL_KEYWORDS: &[&str] = &[
+    "all", "analyse", "analyze", "and", "any", "array", "asc", "asymmetric", "authorization", "between",
+    "bigint", "binary", "bit", "boolean", "both", "case", "cast", "char", "character", "check", "coalesce",
+    "collate", "collation", "column", "concurrently", "constraint", "create", "cross", "current_catalog",
+    "current_date", "current_role", "current_schema", "current_time", "current_timestamp", "current_user",
+    "dec", "decimal", "default", "deferrable", "desc", "distinct", "else", "end", "except", "exists", "extract",
+    "false", "fetch", "float", "for", "foreign", "freeze", "from", "full", "grant", "greatest", "group",
+    "grouping", "having", "ilike", "initially", "inner", "inout", "int", "integer", "intersect", "interval",
+    "into", "isnull", "join", "lateral", "leading", "least", "left", "like", "limit", "localtime",
+    "localtimestamp", "national", "natural", "nchar", "none", "normalize", "not", "notnull", "null", "numeric",
+    "offset", "only", "order", "out", "outer", "overlaps", "overlay", "placing", "position", "precision",
+    "primary", "real", "references", "returning", "right", "row", "select", "session_user", "setof",
+    "similar", "smallint", "some", "substring", "symmetric", "table", "tablesample", "then", "time",
+    "timestamp", "trailing", "treat", "trim", "true", "union", "unique", "user", "using", "values", "varchar",
+    "variadic", "verbose", "when", "where", "window", "with", "xmlattributes", "xmlconcat", "xmlelement",
+    "xmlexists", "xmlforest", "xmlnamespaces", "xmlparse", "xmlpi", "xmlroot", "xmlserialize", "xmltable",
+];
+
+impl FieldName {
+    pub fn parse(value: &str) -> Result<Self, Invalid> {
+        let shown: String = value.chars().take(64).collect();
+        let bad = |reason: String| invalid("name", reason);
+        let well_formed = value.len() >= 3
+            && value.len() <= 63
+            && value.starts_with(|c: char| c.is_ascii_lowercase())
+            && value
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !well_formed {
+            return Err(bad(format!(
+                "{shown:?} must be 3-63 characters: a lowercase letter, then lowercase letters, digits or _"
+            )));
+        }
+        if value.starts_with("sys_") || value.starts_with("mandant_") {
+            return Err(bad(format!("{value:?}: the sys_ and mandant_ prefixes are reserved")));
+        }
+        if STANDARD_FIELDS.contains(&value) {
+            return Err(bad(format!("{value:?} is a standard field")));
+        }
+        if SQL_KEYWORDS.contains(&value) {
+            return Err(bad(format!("{value:?} is an SQL keyword")));
+        }
+        Ok(Self(value.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for FieldName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// The lifecycle of a client (DESIGN.md §5): `provisioning` → `active` ⇄ `suspended`; `failed`;
 /// `deleting` → `deleted` (a tombstone that frees the slug).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]

@@ -23,16 +23,24 @@ pub enum JobKind {
     DeleteClient,
     /// Apply the client's status to its database role (suspended → NOLOGIN).
     SyncAccess,
+    /// Bring the client's database to its desired custom fields (central and own).
+    ReconcileFields,
 }
 
 impl JobKind {
-    pub const ALL: [Self; 3] = [Self::ProvisionClient, Self::DeleteClient, Self::SyncAccess];
+    pub const ALL: [Self; 4] = [
+        Self::ProvisionClient,
+        Self::DeleteClient,
+        Self::SyncAccess,
+        Self::ReconcileFields,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::ProvisionClient => "provision_client",
             Self::DeleteClient => "delete_client",
             Self::SyncAccess => "sync_access",
+            Self::ReconcileFields => "reconcile_fields",
         }
     }
 

@@ -8,6 +8,7 @@
 //! The schema is in `control_migrations/` and is applied by [`migrate::run`] under an advisory lock.
 
 pub mod clients;
+pub mod fields;
 pub mod jobs;
 pub mod migrate;
 pub mod servers;
@@ -58,6 +59,14 @@ pub enum ControlError {
     HasChildren(i64),
     #[error("no active database server has free capacity")]
     NoCapacity,
+    #[error("a central field has this name")]
+    FieldIsCentral,
+    #[error("the client has its quota of {0} fields")]
+    FieldQuota(i64),
+    #[error("clients have an own field of this name: {}", .0.join(", "))]
+    FieldTakenByClients(Vec<String>),
+    #[error("a field of this name exists already")]
+    FieldExists,
 }
 
 impl From<sqlx::Error> for ControlError {

@@ -52,6 +52,9 @@ pub enum DataError {
     /// A target-group rule or filter that cannot be compiled; the message names the problem.
     #[error("{0}")]
     Rule(String),
+    /// A field name or value in a recipient write or filter that the tenant's schema refuses; names the field.
+    #[error("{0}")]
+    Field(String),
     #[error("a target group with this name exists already")]
     GroupNameTaken,
     #[error("tenant query failed: {}", crate::db::describe_pg_error(.0))]

@@ -1,17 +1,22 @@
-//! Recipients in a tenant database: the standard fields (custom fields join them with the field-schema issue, as
-//! further columns flattened beside these). Every value is a bound parameter; every statement is static.
+//! Recipients in a tenant database: the standard fields as struct fields and the tenant's custom fields (real
+//! columns, see `schema.rs`) flattened beside them. Rows are read with `r.*` and mapped by column type, so a read
+//! needs no catalogue lookup; writes and filters that name custom fields validate them against the [`Schema`].
+//! Every value is a bound parameter; every column name comes from the schema, quoted.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use deadpool_postgres::tokio_postgres::types::{ToSql, Type};
 use deadpool_postgres::tokio_postgres::{self, Client, Row};
 use serde::Serialize;
+use serde_json::Value as Json;
 use utoipa::ToSchema;
 
 use super::DataError;
-use crate::domain::Email;
+use super::rules::{self, Compiled};
+use super::schema::{Field, Schema, Value};
+use crate::domain::{Email, STANDARD_FIELDS};
 
 /// The columns of [`Recipient`], for statements over `recipients r`.
-pub const COLUMNS: &str =
-    "r.id, r.email, r.first_name, r.last_name, r.gender, r.created_at, r.updated_at";
+pub const COLUMNS: &str = "r.*";
 
 /// Longest first or last name, and gender, in characters (the table's checks agree).
 pub const NAME_MAX: usize = 255;
@@ -26,10 +31,22 @@ pub struct Recipient {
     pub gender: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The client's custom fields (central and own), by name.
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub fields: serde_json::Map<String, Json>,
 }
 
 impl From<&Row> for Recipient {
     fn from(r: &Row) -> Self {
+        let mut fields = serde_json::Map::new();
+        for (i, column) in r.columns().iter().enumerate() {
+            let name = column.name();
+            if STANDARD_FIELDS.contains(&name) || name == "binding_status" {
+                continue;
+            }
+            fields.insert(name.to_owned(), column_json(r, i, column.type_()));
+        }
         Self {
             id: r.get("id"),
             email: r.get("email"),
@@ -38,8 +55,49 @@ impl From<&Row> for Recipient {
             gender: r.get("gender"),
             created_at: r.get("created_at"),
             updated_at: r.get("updated_at"),
+            fields,
         }
     }
+}
+
+/// A custom column's value as JSON, by its PostgreSQL type (the types `tenant/fields.rs` creates).
+fn column_json(row: &Row, i: usize, ty: &Type) -> Json {
+    fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, i: usize) -> Option<T> {
+        row.try_get::<_, Option<T>>(i).ok().flatten()
+    }
+    match *ty {
+        Type::INT8 | Type::INT4 | Type::INT2 => get::<i64>(row, i).map(Json::from),
+        Type::FLOAT8 => get::<f64>(row, i).map(Json::from),
+        Type::BOOL => get::<bool>(row, i).map(Json::from),
+        Type::DATE => get::<NaiveDate>(row, i).map(|d| d.format("%Y-%m-%d").to_string().into()),
+        Type::TIMESTAMPTZ => get::<DateTime<Utc>>(row, i)
+            .map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true).into()),
+        _ => get::<String>(row, i).map(Json::from),
+    }
+    .unwrap_or(Json::Null)
+}
+
+/// Custom field values of a write, validated against the tenant's schema.
+pub type CustomValues = Vec<(Field, Value)>;
+
+/// Validates the custom fields of a request body: each must be a writable custom field of the tenant, its value
+/// of the field's type; `null` clears (refused for a required field). The message names the field.
+pub fn custom_values(
+    schema: &Schema,
+    body: &serde_json::Map<String, Json>,
+) -> Result<CustomValues, DataError> {
+    let mut values = Vec::with_capacity(body.len());
+    for (name, json) in body {
+        let field = schema.writable(name).map_err(DataError::Field)?;
+        let value = field
+            .parse_json(json)
+            .map_err(|e| DataError::Field(format!("{name}: {e}")))?;
+        if value.is_null() && field.required {
+            return Err(DataError::Field(format!("{name}: is required")));
+        }
+        values.push((field.clone(), value));
+    }
+    Ok(values)
 }
 
 /// A validated new recipient.
@@ -49,6 +107,7 @@ pub struct NewRecipient {
     pub first_name: Option<String>,
     pub last_name: Option<String>,
     pub gender: Option<String>,
+    pub custom: CustomValues,
 }
 
 /// A validated change: `None` leaves a field alone, `Some(None)` clears it.
@@ -58,17 +117,7 @@ pub struct RecipientPatch {
     pub first_name: Option<Option<String>>,
     pub last_name: Option<Option<String>>,
     pub gender: Option<Option<String>>,
-}
-
-/// Equality filters (e-mail case-insensitively) and the keyset position.
-#[derive(Debug, Clone, Default)]
-pub struct RecipientFilter {
-    pub email: Option<String>,
-    pub first_name: Option<String>,
-    pub last_name: Option<String>,
-    pub gender: Option<String>,
-    pub after_id: Option<i64>,
-    pub limit: i64,
+    pub custom: CustomValues,
 }
 
 /// A unique violation on the e-mail index is the caller's conflict, not a failure.
@@ -80,80 +129,104 @@ fn email_taken(e: tokio_postgres::Error) -> DataError {
     }
 }
 
+type Params = Vec<Box<dyn ToSql + Sync + Send>>;
+
+fn refs(params: &Params) -> Vec<&(dyn ToSql + Sync)> {
+    params
+        .iter()
+        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+        .collect()
+}
+
 pub async fn create(db: &Client, new: &NewRecipient) -> Result<Recipient, DataError> {
+    let mut columns = vec!["email", "first_name", "last_name", "gender"]
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    let mut placeholders = vec!["$1".to_owned(), "$2".into(), "$3".into(), "$4".into()];
+    let mut params: Params = vec![
+        Box::new(new.email.as_str().to_owned()),
+        Box::new(new.first_name.clone()),
+        Box::new(new.last_name.clone()),
+        Box::new(new.gender.clone()),
+    ];
+    for (field, value) in &new.custom {
+        params.push(value.typed_param(field.ty));
+        columns.push(field.column());
+        placeholders.push(format!("${}::{}", params.len(), field.ty.sql_type()));
+    }
+    let sql = format!(
+        "INSERT INTO recipients AS r ({}) VALUES ({}) RETURNING {COLUMNS}",
+        columns.join(", "),
+        placeholders.join(", ")
+    );
     let row = db
-        .query_one(
-            "INSERT INTO recipients (email, first_name, last_name, gender) VALUES ($1, $2, $3, $4)
-             RETURNING id, email, first_name, last_name, gender, created_at, updated_at",
-            &[
-                &new.email.as_str(),
-                &new.first_name,
-                &new.last_name,
-                &new.gender,
-            ],
-        )
+        .query_one(&sql, &refs(&params))
         .await
         .map_err(email_taken)?;
     Ok(Recipient::from(&row))
 }
 
 pub async fn get(db: &Client, id: i64) -> Result<Recipient, DataError> {
-    db.query_opt(
-        "SELECT id, email, first_name, last_name, gender, created_at, updated_at FROM recipients WHERE id = $1",
-        &[&id],
-    )
-    .await?
-    .map(|r| Recipient::from(&r))
-    .ok_or(DataError::NotFound)
+    db.query_opt("SELECT r.* FROM recipients r WHERE r.id = $1", &[&id])
+        .await?
+        .map(|r| Recipient::from(&r))
+        .ok_or(DataError::NotFound)
 }
 
-pub async fn list(db: &Client, filter: &RecipientFilter) -> Result<Vec<Recipient>, DataError> {
-    let rows = db
-        .query(
-            "SELECT id, email, first_name, last_name, gender, created_at, updated_at FROM recipients
-             WHERE ($1::text IS NULL OR lower(email) = lower($1))
-               AND ($2::text IS NULL OR first_name = $2)
-               AND ($3::text IS NULL OR last_name = $3)
-               AND ($4::text IS NULL OR gender = $4)
-               AND ($5::int8 IS NULL OR id > $5)
-             ORDER BY id
-             LIMIT $6",
-            &[
-                &filter.email,
-                &filter.first_name,
-                &filter.last_name,
-                &filter.gender,
-                &filter.after_id,
-                &filter.limit,
-            ],
-        )
-        .await?;
+/// Recipients matching `filter` (equality on any field, compiled like a rule), by id after `after_id`.
+pub async fn list(
+    db: &Client,
+    filter: Option<Compiled>,
+    after_id: Option<i64>,
+    limit: i64,
+) -> Result<Vec<Recipient>, DataError> {
+    let mut compiled = filter.unwrap_or_else(rules::always);
+    let after = compiled.push(Box::new(after_id));
+    let limit = compiled.push(Box::new(limit));
+    let sql = format!(
+        "SELECT {COLUMNS} FROM recipients r WHERE {} AND ({after}::int8 IS NULL OR r.id > {after}::int8)
+         ORDER BY r.id LIMIT {limit}::int8",
+        compiled.sql
+    );
+    let rows = db.query(&sql, &compiled.param_refs()).await?;
     Ok(rows.iter().map(Recipient::from).collect())
 }
 
 pub async fn update(db: &Client, id: i64, patch: &RecipientPatch) -> Result<Recipient, DataError> {
-    let email = patch.email.as_ref().map(Email::as_str);
+    let email = patch.email.as_ref().map(|e| e.as_str().to_owned());
+    let mut params: Params = vec![
+        Box::new(id),
+        Box::new(email),
+        Box::new(patch.first_name.is_some()),
+        Box::new(patch.first_name.clone().flatten()),
+        Box::new(patch.last_name.is_some()),
+        Box::new(patch.last_name.clone().flatten()),
+        Box::new(patch.gender.is_some()),
+        Box::new(patch.gender.clone().flatten()),
+    ];
+    let mut sets = String::new();
+    for (field, value) in &patch.custom {
+        params.push(value.typed_param(field.ty));
+        sets.push_str(&format!(
+            "{} = ${}::{}, ",
+            field.column(),
+            params.len(),
+            field.ty.sql_type()
+        ));
+    }
+    let sql = format!(
+        "UPDATE recipients r SET {sets}
+             email = coalesce($2, email),
+             first_name = CASE WHEN $3 THEN $4 ELSE first_name END,
+             last_name = CASE WHEN $5 THEN $6 ELSE last_name END,
+             gender = CASE WHEN $7 THEN $8 ELSE gender END,
+             updated_at = now()
+         WHERE id = $1
+         RETURNING {COLUMNS}"
+    );
     let row = db
-        .query_opt(
-            "UPDATE recipients SET
-                 email = coalesce($2, email),
-                 first_name = CASE WHEN $3 THEN $4 ELSE first_name END,
-                 last_name = CASE WHEN $5 THEN $6 ELSE last_name END,
-                 gender = CASE WHEN $7 THEN $8 ELSE gender END,
-                 updated_at = now()
-             WHERE id = $1
-             RETURNING id, email, first_name, last_name, gender, created_at, updated_at",
-            &[
-                &id,
-                &email,
-                &patch.first_name.is_some(),
-                &patch.first_name.clone().flatten(),
-                &patch.last_name.is_some(),
-                &patch.last_name.clone().flatten(),
-                &patch.gender.is_some(),
-                &patch.gender.clone().flatten(),
-            ],
-        )
+        .query_opt(&sql, &refs(&params))
         .await
         .map_err(email_taken)?;
     row.map(|r| Recipient::from(&r)).ok_or(DataError::NotFound)

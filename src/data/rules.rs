@@ -54,6 +54,37 @@ impl Compiled {
     }
 }
 
+/// A predicate that holds for every recipient (no filter).
+pub fn always() -> Compiled {
+    Compiled {
+        sql: "TRUE".into(),
+        params: Vec::new(),
+        fields: Vec::new(),
+        lists: Vec::new(),
+    }
+}
+
+/// Equality filters (`field=value` query parameters) as one compiled predicate: values are parsed from text by
+/// each field's type, then compiled like the rule `{"all": [{"field": f, "op": "eq", "value": v}, ...]}`.
+pub fn equalities(filters: &[(String, String)], schema: &Schema) -> Result<Compiled, String> {
+    let mut conditions = Vec::with_capacity(filters.len());
+    for (name, text) in filters {
+        let field = schema
+            .get(name)
+            .ok_or_else(|| format!("unknown field {:?}", truncate(name)))?;
+        let value = field
+            .parse_text(text)
+            .map_err(|e| format!("{name}: {e}"))?;
+        let condition = if value.is_null() {
+            serde_json::json!({"field": name, "op": "is_null"})
+        } else {
+            serde_json::json!({"field": name, "op": "eq", "value": crate::tenant::fields::to_json(&value)})
+        };
+        conditions.push(condition);
+    }
+    compile(&serde_json::json!({"all": conditions}), schema)
+}
+
 /// Compiles `rule` against the tenant's schema. The error message is for the caller.
 pub fn compile(rule: &Json, schema: &Schema) -> Result<Compiled, String> {
     let mut compiler = Compiler {

@@ -28,6 +28,21 @@ pub enum FieldType {
 }
 
 impl FieldType {
+    /// From the stored form (`data_type`, `length`); texts without a length have the default 255.
+    pub fn parse(data_type: &str, length: Option<i32>) -> Option<Self> {
+        Some(match data_type {
+            "text" => Self::Text {
+                max: length.and_then(|l| usize::try_from(l).ok()).unwrap_or(255),
+            },
+            "integer" => Self::Integer,
+            "number" => Self::Number,
+            "boolean" => Self::Boolean,
+            "date" => Self::Date,
+            "timestamp" => Self::Timestamp,
+            _ => return None,
+        })
+    }
+
     /// The PostgreSQL type a value of this field is bound or copied as.
     pub fn sql_type(self) -> &'static str {
         match self {
@@ -78,6 +93,8 @@ pub struct Field {
     pub origin: Origin,
     /// Personal data (masked without the private-data right).
     pub personal: bool,
+    /// NOT NULL (with a default): a write may omit it, not clear it.
+    pub required: bool,
 }
 
 impl Field {
@@ -87,7 +104,13 @@ impl Field {
             ty,
             origin,
             personal,
+            required: false,
         }
+    }
+
+    /// A custom field (for validating values against it).
+    pub fn custom(name: &str, ty: FieldType, personal: bool) -> Self {
+        Self::new(name, ty, Origin::Client, personal)
     }
 
     /// The quoted column name.
@@ -202,6 +225,22 @@ impl Value {
         }
     }
 
+    /// The value as a bound parameter of a column of type `ty`: like [`Value::as_param`], but a null is a typed
+    /// null (tokio-postgres checks the Rust type even of a null against the parameter's type).
+    pub fn typed_param(&self, ty: FieldType) -> Box<dyn ToSql + Sync + Send> {
+        if !self.is_null() {
+            return self.as_param();
+        }
+        match ty {
+            FieldType::Text { .. } => Box::new(Option::<String>::None),
+            FieldType::Integer => Box::new(Option::<i64>::None),
+            FieldType::Number => Box::new(Option::<f64>::None),
+            FieldType::Boolean => Box::new(Option::<bool>::None),
+            FieldType::Date => Box::new(Option::<NaiveDate>::None),
+            FieldType::Timestamp => Box::new(Option::<DateTime<Utc>>::None),
+        }
+    }
+
     /// Appends the value in `COPY ... FROM STDIN` text format (`\N` for null, escapes for text).
     pub fn write_copy_text(&self, out: &mut Vec<u8>) {
         use std::io::Write;
@@ -247,7 +286,10 @@ impl Schema {
         use FieldType::*;
         Self {
             fields: vec![
-                Field::new("email", Text { max: 254 }, Origin::Standard, true),
+                Field {
+                    required: true,
+                    ..Field::new("email", Text { max: 254 }, Origin::Standard, true)
+                },
                 Field::new("first_name", Text { max: 255 }, Origin::Standard, true),
                 Field::new("last_name", Text { max: 255 }, Origin::Standard, true),
                 Field::new("gender", Text { max: 32 }, Origin::Standard, false),
@@ -263,36 +305,26 @@ impl Schema {
         let mut schema = Self::standard();
         let rows = db
             .query(
-                "SELECT name, origin, data_type, length, personal FROM field_catalogue ORDER BY name",
+                "SELECT name, origin, data_type, length, required, personal FROM field_catalogue ORDER BY name",
                 &[],
             )
             .await?;
         for row in rows {
-            let length: Option<i32> = row.get("length");
-            let ty = match row.get::<_, &str>("data_type") {
-                "text" => FieldType::Text {
-                    max: length.and_then(|l| usize::try_from(l).ok()).unwrap_or(255),
-                },
-                "integer" => FieldType::Integer,
-                "number" => FieldType::Number,
-                "boolean" => FieldType::Boolean,
-                "date" => FieldType::Date,
-                "timestamp" => FieldType::Timestamp,
-                other => {
-                    return Err(DataError::Config(format!(
-                        "the field catalogue has an unknown type {other:?}"
-                    )));
-                }
-            };
+            let data_type: &str = row.get("data_type");
+            let ty = FieldType::parse(data_type, row.get("length")).ok_or_else(|| {
+                DataError::Config(format!(
+                    "the field catalogue has an unknown type {data_type:?}"
+                ))
+            })?;
             let origin = if row.get::<_, &str>("origin") == "central" {
                 Origin::Central
             } else {
                 Origin::Client
             };
             let name: &str = row.get("name");
-            schema
-                .fields
-                .push(Field::new(name, ty, origin, row.get("personal")));
+            let mut field = Field::new(name, ty, origin, row.get("personal"));
+            field.required = row.get("required");
+            schema.fields.push(field);
         }
         Ok(schema)
     }

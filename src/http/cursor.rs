@@ -71,6 +71,15 @@ pub fn limit(requested: Option<i64>) -> Result<i64, ApiError> {
     Ok(limit)
 }
 
+/// [`limit`] from a text value (query maps that read every value as text).
+pub fn limit_text(requested: Option<&str>) -> Result<i64, ApiError> {
+    match requested.map(str::parse::<i64>) {
+        None => limit(None),
+        Some(Ok(n)) => limit(Some(n)),
+        Some(Err(_)) => limit(Some(0)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -233,6 +233,7 @@ impl From<DataError> for ApiError {
             ),
             DataError::Invalid(invalid) => invalid.into(),
             DataError::Rule(message) => Self::new(StatusCode::BAD_REQUEST, "invalid_rule", message),
+            DataError::Field(message) => Self::new(StatusCode::BAD_REQUEST, "invalid_field", message),
             DataError::Import(ImportError::TooLarge(limit)) => Self::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",

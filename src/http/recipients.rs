@@ -2,6 +2,7 @@
 //! pool). Standard fields for now; custom fields join them, flattened, with the field-schema issue.
 
 use axum::Json;
+use deadpool_postgres::tokio_postgres;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -14,26 +15,28 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiQuery, cursor_id, path_id, path_slug};
 use crate::app::AppState;
 use crate::data::import::{self, Format, ImportError, ImportOutcome};
-use crate::data::recipients::{
-    self, GENDER_MAX, NAME_MAX, NewRecipient, Recipient, RecipientFilter, RecipientPatch,
-};
+use crate::data::recipients::{self, GENDER_MAX, NAME_MAX, NewRecipient, Recipient, RecipientPatch};
+use crate::data::rules;
 use crate::data::schema::Schema;
 use crate::data::{self, DataError};
 use crate::domain::{Email, optional_text};
 
+/// Standard fields, plus the client's custom fields flattened beside them (`"city": "Berlin"`).
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct CreateRecipient {
     #[schema(example = "anna@example.org")]
     pub email: String,
     pub first_name: Option<String>,
     pub last_name: Option<String>,
     pub gender: Option<String>,
+    /// Custom fields by name; an unknown name is a 400 naming it.
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub fields: serde_json::Map<String, serde_json::Value>,
 }
 
-/// Absent fields stay as they are; `null` clears a name or gender.
+/// Absent fields stay as they are; `null` clears a name, gender or custom field (not a required one).
 #[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct UpdateRecipient {
     pub email: Option<String>,
     #[serde(default, deserialize_with = "present")]
@@ -45,6 +48,10 @@ pub struct UpdateRecipient {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
     pub gender: Option<Option<String>>,
+    /// Custom fields by name.
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub fields: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Tells a field given as `null` (Some(None)) from an absent one (None).
@@ -52,19 +59,33 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D:
     Option::<String>::deserialize(d).map(Some)
 }
 
+/// `limit`, `cursor`, and any field name as an equality filter (`?city=Berlin&email=a@b.org`; an empty value
+/// matches recipients without one). E-mail compares case-insensitively.
 #[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
-    /// Equality filter, case-insensitive.
-    pub email: Option<String>,
-    pub first_name: Option<String>,
-    pub last_name: Option<String>,
-    pub gender: Option<String>,
-    /// Page size, 1-1000 (default 50).
-    pub limit: Option<i64>,
+    /// Page size, 1-1000 (default 50). (Text here: a flattened query map reads every value as text.)
+    #[param(value_type = Option<i64>)]
+    pub limit: Option<String>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
+    /// Field filters.
+    #[serde(flatten)]
+    #[param(value_type = Object)]
+    pub filters: std::collections::BTreeMap<String, String>,
+}
+
+/// The tenant's schema, read only when a request names a field that is not standard.
+async fn schema_for<'a>(
+    db: &tokio_postgres::Client,
+    names: impl IntoIterator<Item = &'a String>,
+) -> Result<Schema, DataError> {
+    let standard = Schema::standard();
+    if names.into_iter().all(|n| standard.get(n).is_some()) {
+        Ok(standard)
+    } else {
+        Schema::load(db).await
+    }
 }
 
 fn text(field: &'static str, value: Option<&str>, max: usize) -> Result<Option<String>, DataError> {
@@ -93,8 +114,14 @@ pub async fn create(
         first_name: text("first_name", body.first_name.as_deref(), NAME_MAX)?,
         last_name: text("last_name", body.last_name.as_deref(), NAME_MAX)?,
         gender: text("gender", body.gender.as_deref(), GENDER_MAX)?,
+        custom: Vec::new(),
     };
     let (_, db) = data::connect(&state, &slug).await?;
+    let mut new = new;
+    if !body.fields.is_empty() {
+        let schema = Schema::load(db.client()).await?;
+        new.custom = recipients::custom_values(&schema, &body.fields)?;
+    }
     let recipient = recipients::create(db.client(), &new).await?;
     Ok(super::created(
         &format!("/v1/clients/{slug}/recipients/{}", recipient.id),
@@ -116,18 +143,17 @@ pub async fn list(
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Page<Recipient>>, ApiError> {
     let slug = path_slug(&slug)?;
-    let limit = cursor::limit(params.limit)?;
+    let limit = cursor::limit_text(params.limit.as_deref())?;
     let after_id = cursor_id(params.cursor.as_deref())?;
-    let filter = RecipientFilter {
-        email: params.email,
-        first_name: params.first_name,
-        last_name: params.last_name,
-        gender: params.gender,
-        after_id,
-        limit: limit + 1,
-    };
     let (_, db) = data::connect(&state, &slug).await?;
-    let items = recipients::list(db.client(), &filter).await?;
+    let filter = if params.filters.is_empty() {
+        None
+    } else {
+        let schema = schema_for(db.client(), params.filters.keys()).await?;
+        let filters: Vec<(String, String)> = params.filters.into_iter().collect();
+        Some(rules::equalities(&filters, &schema).map_err(DataError::Field)?)
+    };
+    let items = recipients::list(db.client(), filter, after_id, limit + 1).await?;
     Ok(Json(Page::from_rows(items, limit, |r| r.id.to_string())))
 }
 
@@ -169,8 +195,14 @@ pub async fn update(
         first_name: change("first_name", body.first_name, NAME_MAX)?,
         last_name: change("last_name", body.last_name, NAME_MAX)?,
         gender: change("gender", body.gender, GENDER_MAX)?,
+        custom: Vec::new(),
     };
     let (_, db) = data::connect(&state, &slug).await?;
+    let mut patch = patch;
+    if !body.fields.is_empty() {
+        let schema = Schema::load(db.client()).await?;
+        patch.custom = recipients::custom_values(&schema, &body.fields)?;
+    }
     Ok(Json(recipients::update(db.client(), id, &patch).await?))
 }
 

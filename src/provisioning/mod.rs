@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::config::{Settings, TenantSettings};
 use crate::control::clients::Client;
+use crate::control::fields::FieldRecord;
 use crate::control::jobs::Job;
 use crate::control::servers::ServerRecord;
 use crate::control::{ControlError, ControlPlane};
@@ -26,7 +27,9 @@ use crate::db::PgTarget;
 use crate::domain::ClientStatus;
 use crate::embedded::Binaries;
 use crate::tenant::TenantError;
+use crate::data::schema::{Field, FieldType};
 use crate::tenant::cluster::{self, admin_connect};
+use crate::tenant::fields;
 use crate::tenant::migrate::{MigrationSet, migrate_with};
 use crate::tenant::template::{self, TemplateNames};
 use credentials::Credentials;
@@ -46,18 +49,21 @@ pub enum Step {
     Restrict,
     /// Catch up tenant migrations (normally nothing to do) and record the schema version.
     Migrate,
+    /// Add the central custom fields (and any own ones) to the new database.
+    Fields,
     /// `provisioning` → `active`.
     Activate,
 }
 
 impl Step {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Place,
         Self::Template,
         Self::Role,
         Self::Database,
         Self::Restrict,
         Self::Migrate,
+        Self::Fields,
         Self::Activate,
     ];
 
@@ -69,6 +75,7 @@ impl Step {
             Self::Database => "database",
             Self::Restrict => "restrict",
             Self::Migrate => "migrate",
+            Self::Fields => "fields",
             Self::Activate => "activate",
         }
     }
@@ -105,6 +112,8 @@ pub enum ProvisionError {
     LostClaim,
     #[error("the job panicked: {0}")]
     Panicked(String),
+    #[error("field {0}: {1}")]
+    BadField(String, String),
 }
 
 /// Names of one client's database objects, all derived from its immutable id.
@@ -322,6 +331,10 @@ impl Provisioner {
                         .map_err(|f| f.error)?;
                     self.control.set_schema_version(id, outcome.to).await?;
                 }
+                Step::Fields => {
+                    let server = server.as_ref().ok_or(ControlError::NotFound)?;
+                    self.apply_fields(id, server).await?;
+                }
                 Step::Activate => {
                     if self
                         .control
@@ -488,6 +501,63 @@ impl Provisioner {
         Ok(Some(file))
     }
 
+    /// Runs a `reconcile_fields` job: the client's database gets exactly its desired fields. A client without a
+    /// live database has nothing to reconcile (provisioning applies the fields itself).
+    pub async fn reconcile_fields(
+        &self,
+        job: &Job,
+    ) -> Result<Option<serde_json::Value>, ProvisionError> {
+        let id = job.client_id.ok_or(ProvisionError::NoClient)?;
+        let client = self.control.client_by_id(id).await?;
+        let span = tracing::info_span!("reconcile_fields", client = %client.slug);
+        async {
+            let (Some(server_id), true) = (
+                client.server_id,
+                matches!(client.status, ClientStatus::Active | ClientStatus::Suspended),
+            ) else {
+                return Ok(None);
+            };
+            let server = self.control.server(server_id).await?;
+            match self.apply_fields(id, &server).await {
+                Ok(done) => Ok(Some(serde_json::json!({
+                    "added": done.added, "changed": done.changed, "dropped": done.dropped,
+                }))),
+                Err(e) => {
+                    let error = crate::http::error::error_chain(&e);
+                    if let Err(record) = self.control.fields_failed(id, &error).await {
+                        tracing::warn!(error = %record, "could not record the failure");
+                    }
+                    Err(e)
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Reconciles one client's fields now and records them applied (the request path of a client's own field,
+    /// the provisioning step and the job all end here).
+    pub async fn apply_fields(
+        &self,
+        id: Uuid,
+        server: &ServerRecord,
+    ) -> Result<fields::Reconciled, ProvisionError> {
+        let desired = self.control.desired_fields(id).await?;
+        let specs = desired
+            .iter()
+            .map(field_spec)
+            .collect::<Result<Vec<_>, _>>()?;
+        let names = self.names(id);
+        let target = self.admin_target(server)?.with_dbname(&names.database);
+        let done = fields::reconcile(&target, &names.role, &specs).await?;
+        let applied: Vec<(i64, i32)> = desired.iter().map(|f| (f.id, f.version)).collect();
+        self.control.fields_applied(id, &applied).await?;
+        if !done.is_empty() {
+            tracing::info!(added = ?done.added, changed = ?done.changed, dropped = ?done.dropped, "fields reconciled");
+        }
+        Ok(done)
+    }
+
     /// Applies the client's current status to its role: `suspended` → NOLOGIN (and its sessions end), otherwise
     /// LOGIN. Re-reads the status afterwards and applies again if it changed meanwhile.
     pub async fn sync_access(&self, job: &Job) -> Result<(), ProvisionError> {
@@ -518,4 +588,26 @@ impl Provisioner {
             client = now;
         }
     }
+}
+
+/// The tenant-side description of a control-plane field.
+pub fn field_spec(field: &FieldRecord) -> Result<fields::FieldSpec, ProvisionError> {
+    let bad = |what: &str| ProvisionError::BadField(field.name.clone(), what.to_owned());
+    let ty = FieldType::parse(&field.data_type, field.length).ok_or_else(|| bad("unknown type"))?;
+    let default = match &field.default_value {
+        None => None,
+        Some(json) => Some(
+            Field::custom(&field.name, ty, field.personal)
+                .parse_json(json)
+                .map_err(|e| bad(&format!("default {e}")))?,
+        ),
+    };
+    Ok(fields::FieldSpec {
+        name: field.name.clone(),
+        ty,
+        required: field.required,
+        default,
+        personal: field.personal,
+        origin: if field.client_id.is_some() { "client" } else { "central" },
+    })
 }

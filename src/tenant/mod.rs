@@ -6,6 +6,7 @@
 //! Never: touches the control plane (that is `control/`).
 
 pub mod cluster;
+pub mod fields;
 pub mod migrate;
 pub mod pool;
 pub mod template;

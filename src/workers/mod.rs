@@ -63,7 +63,13 @@ pub struct JobRunner {
     /// When this runner last failed abandoned jobs; the sweep runs at most once per poll interval, not before
     /// every claim.
     last_sweep: std::sync::Mutex<Option<std::time::Instant>>,
+    /// When this runner last re-queued field reconciles that ran out of retries.
+    last_requeue: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How often clients whose fields are not applied (and have no reconcile queued, e.g. because its retries ran out
+/// while the database was down) get a fresh reconcile job: the reconciler gives up on nobody.
+const FIELD_REQUEUE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl JobRunner {
     pub fn new(state: &AppState, worker_id: impl Into<String>) -> Self {
@@ -74,6 +80,7 @@ impl JobRunner {
             worker_id: worker_id.into(),
             cancel: CancellationToken::new(),
             last_sweep: std::sync::Mutex::new(None),
+            last_requeue: std::sync::Mutex::new(None),
         }
     }
 
@@ -96,6 +103,15 @@ impl JobRunner {
         if self.sweep_due() {
             self.fail_abandoned().await?;
         }
+        if due(&self.last_requeue, FIELD_REQUEUE_EVERY) {
+            let queued = self
+                .control
+                .requeue_unapplied_fields(i32::from(self.settings.max_attempts))
+                .await?;
+            if queued > 0 {
+                tracing::info!(clients = queued, "re-queued field reconciles");
+            }
+        }
         let Some(job) = self
             .control
             .claim_job(&self.worker_id, self.settings.lease())
@@ -107,12 +123,7 @@ impl JobRunner {
     }
 
     fn sweep_due(&self) -> bool {
-        let mut last = self.last_sweep.lock().unwrap_or_else(|p| p.into_inner());
-        let due = last.is_none_or(|at| at.elapsed() >= self.settings.poll_interval());
-        if due {
-            *last = Some(std::time::Instant::now());
-        }
-        due
+        due(&self.last_sweep, self.settings.poll_interval())
     }
 
     /// Fails jobs whose worker died on their last attempt, and their provisioning clients.
@@ -217,6 +228,7 @@ async fn execute(
         JobKind::ProvisionClient => provisioner.provision(job).await.map(|()| None),
         JobKind::DeleteClient => provisioner.delete(job).await,
         JobKind::SyncAccess => provisioner.sync_access(job).await.map(|()| None),
+        JobKind::ReconcileFields => provisioner.reconcile_fields(job).await,
     }
 }
 
@@ -312,4 +324,14 @@ async fn listen(
             }
         }
     }
+}
+
+/// Whether `every` has passed since `last` (and if so, marks now).
+fn due(last: &std::sync::Mutex<Option<std::time::Instant>>, every: std::time::Duration) -> bool {
+    let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+    let due = last.is_none_or(|at| at.elapsed() >= every);
+    if due {
+        *last = Some(std::time::Instant::now());
+    }
+    due
 }
