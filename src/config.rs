@@ -139,6 +139,7 @@ pub struct TenantSettings {
     pub credential_secret: Secret,
     pub local_max_databases: u32,
     pub archive_dir: PathBuf,
+    pub field_quota: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -171,7 +171,11 @@ impl ControlPlane {
         .await?)
     }
 
-    pub async fn field(&self, owner: Option<Uuid>, name: &str) -> Result<FieldRecord, ControlError> {
+    pub async fn field(
+        &self,
+        owner: Option<Uuid>,
+        name: &str,
+    ) -> Result<FieldRecord, ControlError> {
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {FIELD_COLUMNS} FROM fields f WHERE f.client_id IS NOT DISTINCT FROM $1 AND f.name = $2"
         )))
@@ -213,10 +217,12 @@ impl ControlPlane {
         .fetch_optional(&mut *tx)
         .await?
         .ok_or(ControlError::NotFound)?;
-        sqlx::query("UPDATE field_status SET status = 'pending', updated_at = now() WHERE field_id = $1")
-            .bind(field.id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE field_status SET status = 'pending', updated_at = now() WHERE field_id = $1",
+        )
+        .bind(field.id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(field)
     }

@@ -140,7 +140,16 @@ where
     } else {
         "SELECT * FROM mandant_import"
     };
-    let cols = columns.join(", ");
+    // Only the fields the import has are written: the others keep their values, and a required field that is
+    // absent gets its default in new recipients.
+    let written: Vec<&str> = columns
+        .iter()
+        .zip(&reader.present)
+        .enumerate()
+        .filter(|(i, (_, present))| *i == 0 || **present)
+        .map(|(_, (column, _))| column.as_str())
+        .collect();
+    let cols = written.join(", ");
     let records = reader.records;
     // Only new addresses (a first import): a plain INSERT, about twice as fast as the upsert. A concurrent
     // writer adding one of the addresses meanwhile makes it fail on the unique index; then the upsert runs.
@@ -172,7 +181,7 @@ where
         }
     }
 
-    let keep = |c: &String| format!("{c} = coalesce(EXCLUDED.{c}, recipients.{c})");
+    let keep = |c: &str| format!("{c} = coalesce(EXCLUDED.{c}, recipients.{c})");
     let upsert = format!(
         "WITH source AS ({source}), written AS (
              INSERT INTO recipients ({cols}) SELECT {cols} FROM source
@@ -180,10 +189,10 @@ where
              RETURNING (xmax = 0) AS inserted
          )
          SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written",
-        sets = columns
+        sets = written
             .iter()
             .skip(1) // the e-mail address keeps its stored spelling
-            .map(keep)
+            .map(|c| keep(c))
             .collect::<Vec<_>>()
             .join(", "),
     );
@@ -223,6 +232,8 @@ struct RecordReader<'a> {
     seen: HashSet<u64>,
     /// A repeat (or an address whose folding PostgreSQL might do differently) was seen.
     needs_dedup: bool,
+    /// Fields that appear in the import (CSV header, any NDJSON key); only these are written.
+    present: Vec<bool>,
 }
 
 impl<'a> RecordReader<'a> {
@@ -252,6 +263,7 @@ impl<'a> RecordReader<'a> {
             started: false,
             seen: HashSet::new(),
             needs_dedup: false,
+            present: vec![false; fields.len()],
         }
     }
 
@@ -355,8 +367,11 @@ impl<'a> RecordReader<'a> {
             return Ok(());
         }
         let Some(mapping) = &self.mapping else {
-            self.mapping =
-                Some(header(self.schema, self.fields, &cells).map_err(|r| bad(line, r))?);
+            let mapping = header(self.schema, self.fields, &cells).map_err(|r| bad(line, r))?;
+            for &index in &mapping {
+                self.present[index] = true;
+            }
+            self.mapping = Some(mapping);
             return Ok(());
         };
         if cells.len() != mapping.len() {
@@ -368,9 +383,13 @@ impl<'a> RecordReader<'a> {
         self.values.fill(Value::Null);
         for (&field, cell) in mapping.iter().zip(&cells) {
             let f = self.fields[field];
-            self.values[field] = f
+            let value = f
                 .parse_text(cell)
                 .map_err(|r| bad(line, format!("{}: {r}", f.name)))?;
+            if value.is_null() && f.required {
+                return Err(bad(line, format!("{}: is required", f.name)));
+            }
+            self.values[field] = value;
         }
         self.emit(out)
     }
@@ -410,9 +429,14 @@ impl<'a> RecordReader<'a> {
         for (name, value) in &object {
             let index = field_index(self.schema, self.fields, name).map_err(|r| bad(line, r))?;
             let f = self.fields[index];
-            self.values[index] = f
+            let value = f
                 .parse_json(value)
                 .map_err(|r| bad(line, format!("{}: {r}", f.name)))?;
+            if value.is_null() && f.required {
+                return Err(bad(line, format!("{}: is required", f.name)));
+            }
+            self.values[index] = value;
+            self.present[index] = true;
         }
         self.emit(out)
     }

@@ -72,9 +72,7 @@ pub fn equalities(filters: &[(String, String)], schema: &Schema) -> Result<Compi
         let field = schema
             .get(name)
             .ok_or_else(|| format!("unknown field {:?}", truncate(name)))?;
-        let value = field
-            .parse_text(text)
-            .map_err(|e| format!("{name}: {e}"))?;
+        let value = field.parse_text(text).map_err(|e| format!("{name}: {e}"))?;
         let condition = if value.is_null() {
             serde_json::json!({"field": name, "op": "is_null"})
         } else {

@@ -329,6 +329,11 @@ impl Schema {
         Ok(schema)
     }
 
+    /// Every field, in column order.
+    pub fn fields(&self) -> impl Iterator<Item = &Field> {
+        self.fields.iter()
+    }
+
     pub fn get(&self, name: &str) -> Option<&Field> {
         self.fields.iter().find(|f| f.name == name)
     }

@@ -177,6 +177,25 @@ impl From<ControlError> for ApiError {
                 "client_has_children",
                 format!("The client still has {n} sub-client(s); delete them first."),
             ),
+            ControlError::FieldIsCentral => conflict(
+                "field_is_central",
+                "A central field has this name; every client has it already.".into(),
+            ),
+            ControlError::FieldQuota(quota) => conflict(
+                "field_quota_exceeded",
+                format!("The client has its quota of {quota} own fields."),
+            ),
+            ControlError::FieldTakenByClients(clients) => conflict(
+                "field_taken_by_clients",
+                format!(
+                    "These clients have an own field of this name: {}.",
+                    clients.join(", ")
+                ),
+            ),
+            ControlError::FieldExists => conflict(
+                "field_exists",
+                "A field of this name exists already.".into(),
+            ),
             ControlError::NoCapacity => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no_capacity",
@@ -233,7 +252,9 @@ impl From<DataError> for ApiError {
             ),
             DataError::Invalid(invalid) => invalid.into(),
             DataError::Rule(message) => Self::new(StatusCode::BAD_REQUEST, "invalid_rule", message),
-            DataError::Field(message) => Self::new(StatusCode::BAD_REQUEST, "invalid_field", message),
+            DataError::Field(message) => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_field", message)
+            }
             DataError::Import(ImportError::TooLarge(limit)) => Self::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",

@@ -9,6 +9,7 @@ pub mod clients;
 pub mod cursor;
 pub mod error;
 pub mod extract;
+pub mod fields;
 pub mod health;
 pub mod lists;
 pub mod metrics;
@@ -61,6 +62,10 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(lists::bind))
         .routes(routes!(lists::members))
         .routes(routes!(recipients::import))
+        .routes(routes!(fields::list_central, fields::create_central))
+        .routes(routes!(fields::get_central, fields::delete_central))
+        .routes(routes!(fields::list_client, fields::create_client))
+        .routes(routes!(fields::update_client, fields::delete_client))
         .routes(routes!(target_groups::create, target_groups::list))
         .routes(routes!(target_groups::get, target_groups::delete))
         .routes(routes!(target_groups::count))

@@ -2,11 +2,11 @@
 //! pool). Standard fields for now; custom fields join them, flattened, with the field-schema issue.
 
 use axum::Json;
-use deadpool_postgres::tokio_postgres;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
+use deadpool_postgres::tokio_postgres;
 use serde::{Deserialize, Deserializer};
 use utoipa::{IntoParams, ToSchema};
 
@@ -15,7 +15,9 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiQuery, cursor_id, path_id, path_slug};
 use crate::app::AppState;
 use crate::data::import::{self, Format, ImportError, ImportOutcome};
-use crate::data::recipients::{self, GENDER_MAX, NAME_MAX, NewRecipient, Recipient, RecipientPatch};
+use crate::data::recipients::{
+    self, GENDER_MAX, NAME_MAX, NewRecipient, Recipient, RecipientPatch,
+};
 use crate::data::rules;
 use crate::data::schema::Schema;
 use crate::data::{self, DataError};

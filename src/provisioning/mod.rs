@@ -23,11 +23,11 @@ use crate::control::fields::FieldRecord;
 use crate::control::jobs::Job;
 use crate::control::servers::ServerRecord;
 use crate::control::{ControlError, ControlPlane};
+use crate::data::schema::{Field, FieldType};
 use crate::db::PgTarget;
 use crate::domain::ClientStatus;
 use crate::embedded::Binaries;
 use crate::tenant::TenantError;
-use crate::data::schema::{Field, FieldType};
 use crate::tenant::cluster::{self, admin_connect};
 use crate::tenant::fields;
 use crate::tenant::migrate::{MigrationSet, migrate_with};
@@ -513,7 +513,10 @@ impl Provisioner {
         async {
             let (Some(server_id), true) = (
                 client.server_id,
-                matches!(client.status, ClientStatus::Active | ClientStatus::Suspended),
+                matches!(
+                    client.status,
+                    ClientStatus::Active | ClientStatus::Suspended
+                ),
             ) else {
                 return Ok(None);
             };
@@ -608,6 +611,10 @@ pub fn field_spec(field: &FieldRecord) -> Result<fields::FieldSpec, ProvisionErr
         required: field.required,
         default,
         personal: field.personal,
-        origin: if field.client_id.is_some() { "client" } else { "central" },
+        origin: if field.client_id.is_some() {
+            "client"
+        } else {
+            "central"
+        },
     })
 }

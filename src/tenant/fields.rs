@@ -272,11 +272,17 @@ mod tests {
 
     #[test]
     fn default_literals_are_quoted_and_typed() {
-        assert_eq!(literal(&Value::Text("O'Brien".into())).unwrap(), "'O''Brien'");
+        assert_eq!(
+            literal(&Value::Text("O'Brien".into())).unwrap(),
+            "'O''Brien'"
+        );
         assert_eq!(literal(&Value::Integer(-3)).unwrap(), "-3");
         assert_eq!(literal(&Value::Boolean(true)).unwrap(), "true");
         assert_eq!(
-            literal(&Value::Date(chrono::NaiveDate::from_ymd_opt(2026, 11, 23).unwrap())).unwrap(),
+            literal(&Value::Date(
+                chrono::NaiveDate::from_ymd_opt(2026, 11, 23).unwrap()
+            ))
+            .unwrap(),
             "'2026-11-23'::date"
         );
         assert_eq!(literal(&Value::Null), None);

@@ -3,6 +3,7 @@
 mod cli;
 mod clients;
 mod embedded;
+mod fields;
 mod fleet;
 mod health;
 mod helpers;
