@@ -21,6 +21,8 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// List every client with status, server, database and schema version.
     List(ListArgs),
+    /// Check every tenant's custom fields: desired (control plane) against its catalogue and real columns.
+    Fields(ListArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -56,6 +58,7 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<ExitCod
     match command {
         Command::Migrate(args) => migrate(settings, args).await,
         Command::List(args) => list(settings, args).await,
+        Command::Fields(args) => fields(settings, args).await,
     }
 }
 
@@ -278,4 +281,75 @@ async fn list(settings: Settings, args: ListArgs) -> anyhow::Result<ExitCode> {
         rows.len()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Serialize)]
+struct FieldCheck {
+    client: String,
+    status: &'static str,
+    /// Empty: the database has exactly the desired fields.
+    drift: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// `mandant tenants fields`: the field drift of every client with a database; exit 1 when any drifts or fails.
+async fn fields(settings: Settings, args: ListArgs) -> anyhow::Result<ExitCode> {
+    let (state, database) = AppState::start(settings).await?;
+    let provisioner = state.provisioner();
+    let control = state.control();
+    let mut checks = Vec::new();
+    for client in control.all_live_clients().await? {
+        let (Some(server_id), true) = (client.server_id, client.status.has_live_database()) else {
+            continue;
+        };
+        let mut check = FieldCheck {
+            client: client.slug.clone(),
+            status: client.status.as_str(),
+            drift: Vec::new(),
+            error: None,
+        };
+        let result = async {
+            let server = control.server(server_id).await?;
+            let desired = control
+                .desired_fields(client.id)
+                .await?
+                .iter()
+                .map(crate::provisioning::field_spec)
+                .collect::<Result<Vec<_>, _>>()?;
+            let target = provisioner
+                .admin_target(&server)?
+                .with_dbname(&provisioner.names(client.id).database);
+            Ok::<_, anyhow::Error>(crate::tenant::fields::drift(&target, &desired).await?)
+        }
+        .await;
+        match result {
+            Ok(drift) => check.drift = drift,
+            Err(e) => check.error = Some(format!("{e:#}")),
+        }
+        checks.push(check);
+    }
+    control.close().await;
+    database.close().await;
+    let bad = checks
+        .iter()
+        .filter(|c| !c.drift.is_empty() || c.error.is_some())
+        .count();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&checks)?);
+    } else {
+        for check in &checks {
+            match (&check.error, check.drift.is_empty()) {
+                (Some(error), _) => println!("{:<24} error: {error}", check.client),
+                (None, true) => println!("{:<24} ok", check.client),
+                (None, false) => println!("{:<24} drift: {}", check.client, check.drift.join("; ")),
+            }
+        }
+        println!("{} client(s); {bad} with drift or errors", checks.len());
+    }
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

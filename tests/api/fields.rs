@@ -460,3 +460,49 @@ async fn hostile_or_invalid_field_definitions_are_refused_before_any_ddl() {
         .get(0);
     assert_eq!(length, 500);
 }
+
+#[tokio::test]
+async fn tenants_fields_reports_drift_between_desired_fields_and_real_columns() {
+    let app = spawn_app().await;
+    app.create_active_client("tidy").await;
+    app.create_active_client("messy").await;
+    for slug in ["tidy", "messy"] {
+        let created = app
+            .post_json(
+                &format!("/v1/clients/{slug}/fields"),
+                &json!({"name": "score", "type": "integer"}),
+            )
+            .await;
+        assert_eq!(created.status(), StatusCode::CREATED);
+    }
+    // Someone changes a tenant database by hand.
+    app.tenant_db("messy")
+        .await
+        .batch_execute("ALTER TABLE recipients DROP COLUMN score; ALTER TABLE recipients ADD COLUMN stray text")
+        .await
+        .unwrap();
+    let cwd = crate::helpers::TestDir::new("fields-cwd");
+    let out = app
+        .command(cwd.path())
+        .args(["tenants", "fields", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let checks: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let of = |slug: &str| checks.iter().find(|c| c["client"] == slug).unwrap().clone();
+    assert_eq!(of("tidy")["drift"], json!([]));
+    let drift = of("messy")["drift"].to_string();
+    assert!(
+        drift.contains("score: in the catalogue, no column"),
+        "{drift}"
+    );
+    assert!(
+        drift.contains("stray: a column not in the catalogue"),
+        "{drift}"
+    );
+}
