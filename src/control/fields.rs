@@ -137,24 +137,14 @@ impl ControlPlane {
                 .await?;
             }
             None => {
-                let clients: Vec<Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                sqlx::query(sqlx::AssertSqlSafe(format!(
                     "INSERT INTO field_status (field_id, client_id, status)
-                     SELECT $1, id, 'pending' FROM clients WHERE status IN {LIVE}
-                     RETURNING client_id"
+                     SELECT $1, id, 'pending' FROM clients WHERE status IN {LIVE}"
                 )))
                 .bind(field.id)
-                .fetch_all(&mut *tx)
+                .execute(&mut *tx)
                 .await?;
-                for client in clients {
-                    enqueue(
-                        &mut tx,
-                        JobKind::ReconcileFields,
-                        client,
-                        serde_json::json!({}),
-                        max_attempts,
-                    )
-                    .await?;
-                }
+                enqueue_reconciles(&mut tx, None, max_attempts).await?;
             }
         }
         tx.commit().await?;
@@ -254,16 +244,7 @@ impl ControlPlane {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        for client in &clients {
-            enqueue(
-                &mut tx,
-                JobKind::ReconcileFields,
-                *client,
-                serde_json::json!({}),
-                max_attempts,
-            )
-            .await?;
-        }
+        enqueue_reconciles(&mut tx, owner, max_attempts).await?;
         tx.commit().await?;
         Ok(clients)
     }
@@ -290,15 +271,15 @@ impl ControlPlane {
     /// Queues a reconcile for every live client with a field not applied and no reconcile queued or running
     /// (e.g. one whose retries ran out while its database was down). Returns how many were queued.
     pub async fn requeue_unapplied_fields(&self, max_attempts: i32) -> Result<u64, ControlError> {
-        let queued = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let queued = sqlx::query(
             "INSERT INTO jobs (kind, client_id, payload, max_attempts)
-             SELECT DISTINCT 'reconcile_fields', s.client_id, '{{}}'::jsonb, $1::int
+             SELECT DISTINCT 'reconcile_fields', s.client_id, '{}'::jsonb, $1::int
              FROM field_status s JOIN clients c ON c.id = s.client_id
              WHERE s.status <> 'applied' AND c.status IN ('active', 'suspended')
                AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.client_id = s.client_id
                                AND j.kind = 'reconcile_fields' AND j.status IN ('queued', 'running'))
-             ON CONFLICT (client_id, kind) WHERE status = 'queued' DO NOTHING"
-        )))
+             ON CONFLICT (client_id, kind) WHERE status = 'queued' DO NOTHING",
+        )
         .bind(max_attempts)
         .execute(&self.pool)
         .await?
@@ -355,7 +336,7 @@ impl ControlPlane {
         Ok(sqlx::query_as(
             "SELECT s.field_id, s.client_id, c.slug, s.status, s.applied_version, s.last_error, s.updated_at
              FROM field_status s JOIN clients c ON c.id = s.client_id
-             WHERE s.field_id = $1 AND c.status <> 'deleted' ORDER BY c.slug",
+             WHERE s.field_id = $1 AND c.status IN ('provisioning', 'active', 'suspended') ORDER BY c.slug",
         )
         .bind(field)
         .fetch_all(&self.pool)
@@ -375,4 +356,29 @@ impl ControlPlane {
         .fetch_all(&self.pool)
         .await?)
     }
+}
+
+/// Queues a `reconcile_fields` job for every live client (or just `only`) in one statement, skipping clients
+/// with one queued already, and wakes the workers at commit.
+async fn enqueue_reconciles(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    only: Option<Uuid>,
+    max_attempts: i32,
+) -> Result<(), ControlError> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO jobs (kind, client_id, payload, max_attempts)
+         SELECT $1, id, '{{}}'::jsonb, $2 FROM clients WHERE status IN {LIVE} AND ($3::uuid IS NULL OR id = $3)
+         ON CONFLICT (client_id, kind) WHERE status = 'queued' DO NOTHING"
+    )))
+    .bind(JobKind::ReconcileFields.as_str())
+    .bind(max_attempts)
+    .bind(only)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(super::JOBS_CHANNEL)
+        .bind(JobKind::ReconcileFields.as_str())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }

@@ -167,7 +167,7 @@ async fn bad_recipient_input_is_a_clear_4xx_and_writes_nothing() {
         (
             json!({"city": "Berlin"}),
             StatusCode::BAD_REQUEST,
-            "invalid_body",
+            "invalid_field",
         ),
         (
             json!({"last_name": "y".repeat(256)}),
