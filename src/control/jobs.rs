@@ -25,14 +25,17 @@ pub enum JobKind {
     SyncAccess,
     /// Bring the client's database to its desired custom fields (central and own).
     ReconcileFields,
+    /// Bring the client's inherited template copies to the master's newest versions.
+    SyncTemplates,
 }
 
 impl JobKind {
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::ProvisionClient,
         Self::DeleteClient,
         Self::SyncAccess,
         Self::ReconcileFields,
+        Self::SyncTemplates,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +44,7 @@ impl JobKind {
             Self::DeleteClient => "delete_client",
             Self::SyncAccess => "sync_access",
             Self::ReconcileFields => "reconcile_fields",
+            Self::SyncTemplates => "sync_templates",
         }
     }
 

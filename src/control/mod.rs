@@ -12,6 +12,7 @@ pub mod fields;
 pub mod jobs;
 pub mod migrate;
 pub mod servers;
+pub mod templates;
 
 use std::time::Duration;
 

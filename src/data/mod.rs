@@ -12,6 +12,7 @@ pub mod recipients;
 pub mod rules;
 pub mod schema;
 pub mod target_groups;
+pub mod templates;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

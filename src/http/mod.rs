@@ -17,6 +17,7 @@ pub mod openapi;
 pub mod operations;
 pub mod recipients;
 pub mod target_groups;
+pub mod templates;
 
 use std::sync::Arc;
 
@@ -66,6 +67,16 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(fields::get_central, fields::delete_central))
         .routes(routes!(fields::list_client, fields::create_client))
         .routes(routes!(fields::update_client, fields::delete_client))
+        .routes(routes!(templates::list, templates::create))
+        .routes(routes!(
+            templates::get,
+            templates::publish,
+            templates::retract
+        ))
+        .routes(routes!(templates::sync_status))
+        .routes(routes!(templates::client_list, templates::client_create))
+        .routes(routes!(templates::client_get, templates::client_update))
+        .routes(routes!(templates::client_revert))
         .routes(routes!(target_groups::create, target_groups::list))
         .routes(routes!(target_groups::get, target_groups::delete))
         .routes(routes!(target_groups::count))

@@ -114,6 +114,8 @@ pub enum ProvisionError {
     Panicked(String),
     #[error("field {0}: {1}")]
     BadField(String, String),
+    #[error("template sync: {0}")]
+    Sync(String),
 }
 
 /// Names of one client's database objects, all derived from its immutable id.
@@ -334,6 +336,12 @@ impl Provisioner {
                 Step::Fields => {
                     let server = server.as_ref().ok_or(ControlError::NotFound)?;
                     self.apply_fields(id, server).await?;
+                    // And every current master template, so the client starts with them.
+                    let target = self.tenant_target(server, id)?;
+                    let mut db = target.connect().await.map_err(TenantError::postgres(
+                        "connecting to the new tenant database to copy the templates",
+                    ))?;
+                    self.copy_templates(id, &mut db).await?;
                 }
                 Step::Activate => {
                     if self
@@ -559,6 +567,79 @@ impl Provisioner {
             tracing::info!(added = ?done.added, changed = ?done.changed, dropped = ?done.dropped, "fields reconciled");
         }
         Ok(done)
+    }
+
+    /// Runs a `sync_templates` job through the routing pool: the client's inherited copies follow the master's
+    /// newest versions. Only active clients are synced (a resumed client is synced again on resume's re-queue).
+    pub async fn sync_templates(
+        &self,
+        router: &crate::tenant::pool::Router,
+        job: &Job,
+    ) -> Result<Option<serde_json::Value>, ProvisionError> {
+        let id = job.client_id.ok_or(ProvisionError::NoClient)?;
+        let client = self.control.client_by_id(id).await?;
+        let span = tracing::info_span!("sync_templates", client = %client.slug);
+        async {
+            let (Some(server_id), ClientStatus::Active) = (client.server_id, client.status) else {
+                return Ok(None);
+            };
+            let server = self.control.server(server_id).await?;
+            let route = crate::tenant::pool::TenantRoute {
+                client_id: id,
+                server_id,
+                target: self.tenant_target(&server, id)?,
+            };
+            let outcome = async {
+                let mut conn = router
+                    .acquire(&route)
+                    .await
+                    .map_err(|e| ProvisionError::Sync(e.to_string()))?;
+                self.copy_templates(id, conn.client_mut()).await
+            }
+            .await;
+            match outcome {
+                Ok(applied) => Ok(Some(serde_json::json!({ "applied": applied }))),
+                Err(e) => {
+                    let error = crate::http::error::error_chain(&e);
+                    if let Err(record) = self.control.templates_failed(id, &error).await {
+                        tracing::warn!(error = %record, "could not record the failure");
+                    }
+                    Err(e)
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Syncs the master templates into one tenant database and records the result; returns the templates this
+    /// run changed.
+    async fn copy_templates(
+        &self,
+        id: Uuid,
+        db: &mut deadpool_postgres::tokio_postgres::Client,
+    ) -> Result<Vec<Uuid>, ProvisionError> {
+        let masters = self.control.desired_templates().await?;
+        if masters.is_empty() {
+            return Ok(Vec::new());
+        }
+        let synced = crate::data::templates::sync(db, &masters)
+            .await
+            .map_err(|e| ProvisionError::Sync(e.to_string()))?;
+        let states: Vec<_> = synced
+            .iter()
+            .map(|s| (s.template, s.status, s.version))
+            .collect();
+        self.control.templates_synced(id, &states).await?;
+        let applied: Vec<Uuid> = synced
+            .iter()
+            .filter(|s| s.applied)
+            .map(|s| s.template)
+            .collect();
+        if !applied.is_empty() {
+            tracing::info!(templates = applied.len(), "templates synced");
+        }
+        Ok(applied)
     }
 
     /// Applies the client's current status to its role: `suspended` → NOLOGIN (and its sessions end), otherwise

@@ -57,6 +57,8 @@ pub enum Tick {
 pub struct JobRunner {
     control: ControlPlane,
     provisioner: Provisioner,
+    /// Template sync goes through the routing pool.
+    router: crate::tenant::pool::Router,
     settings: WorkerSettings,
     worker_id: String,
     cancel: CancellationToken,
@@ -76,6 +78,7 @@ impl JobRunner {
         Self {
             control: state.control().clone(),
             provisioner: state.provisioner().clone(),
+            router: state.router().clone(),
             settings: state.settings().workers.clone(),
             worker_id: worker_id.into(),
             cancel: CancellationToken::new(),
@@ -108,8 +111,16 @@ impl JobRunner {
                 .control
                 .requeue_unapplied_fields(i32::from(self.settings.max_attempts))
                 .await?;
-            if queued > 0 {
-                tracing::info!(clients = queued, "re-queued field reconciles");
+            let syncs = self
+                .control
+                .requeue_unsynced_templates(i32::from(self.settings.max_attempts))
+                .await?;
+            if queued + syncs > 0 {
+                tracing::info!(
+                    fields = queued,
+                    templates = syncs,
+                    "re-queued reconciles that ran out of retries"
+                );
             }
         }
         let Some(job) = self
@@ -142,8 +153,9 @@ impl JobRunner {
     /// Runs a claimed job beside its heartbeat and records the outcome.
     async fn run(&self, job: Job) -> Result<Tick, ControlError> {
         let provisioner = self.provisioner.clone();
+        let router = self.router.clone();
         let owned = job.clone();
-        let mut task = tokio::spawn(async move { execute(&provisioner, &owned).await });
+        let mut task = tokio::spawn(async move { execute(&provisioner, &router, &owned).await });
         let outcome = tokio::select! {
             joined = &mut task => match joined {
                 Ok(outcome) => outcome,
@@ -222,9 +234,11 @@ impl JobRunner {
 
 async fn execute(
     provisioner: &Provisioner,
+    router: &crate::tenant::pool::Router,
     job: &Job,
 ) -> Result<Option<serde_json::Value>, ProvisionError> {
     match job.kind {
+        JobKind::SyncTemplates => provisioner.sync_templates(router, job).await,
         JobKind::ProvisionClient => provisioner.provision(job).await.map(|()| None),
         JobKind::DeleteClient => provisioner.delete(job).await,
         JobKind::SyncAccess => provisioner.sync_access(job).await.map(|()| None),

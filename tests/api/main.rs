@@ -14,3 +14,4 @@ mod provisioning;
 mod recipients;
 mod routing;
 mod target_groups;
+mod templates;
