@@ -3,6 +3,7 @@
 
 mod migrate;
 mod serve;
+mod templates;
 mod tenants;
 mod worker;
 
@@ -38,6 +39,9 @@ pub enum Command {
     /// Operate on every tenant database.
     #[command(subcommand)]
     Tenants(tenants::Command),
+    /// The master templates' sync state.
+    #[command(subcommand)]
+    Templates(templates::Command),
 }
 
 /// Parses the command line, loads settings, runs the command. Exit codes: 0 success, 1 failure, 2 bad
@@ -68,6 +72,7 @@ pub fn main() -> ExitCode {
             Command::Worker(args) => worker::run(settings, args).await,
             Command::Migrate(args) => migrate::run(settings, args).await,
             Command::Tenants(command) => tenants::run(settings, command).await,
+            Command::Templates(command) => templates::run(settings, command).await,
         }
     });
     match result {

@@ -331,3 +331,41 @@ async fn bad_template_input_is_refused() {
     assert_eq!(revert.status(), StatusCode::CONFLICT);
     assert_eq!(error_code(revert).await, "local_template");
 }
+
+#[tokio::test]
+async fn the_cli_shows_a_templates_sync_state_per_client() {
+    let app = spawn_app().await;
+    app.create_active_client("cli-shop").await;
+    let created: Value = app
+        .post_json("/v1/templates", &template("Terminal", "x"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    wait_for_sync(&app, &id, |c| c["status"] == "synced").await;
+    let cwd = crate::helpers::TestDir::new("templates-cwd");
+    let out = app
+        .command(cwd.path())
+        .args(["templates", "sync", &id, "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["version"], 1);
+    assert_eq!(client(&report, "cli-shop")["status"], "synced");
+    let table = app
+        .command(cwd.path())
+        .args(["templates", "list"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("Terminal") && text.contains("SYNCED"),
+        "{text}"
+    );
+}
