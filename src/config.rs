@@ -140,12 +140,14 @@ pub struct TenantSettings {
     pub local_max_databases: u32,
     pub archive_dir: PathBuf,
     pub field_quota: u32,
+    pub scram_iterations: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
     pub concurrency: u16,
+    pub fanout_concurrency: u16,
     pub poll_interval_ms: u64,
     pub lease_secs: u64,
     pub max_attempts: u16,
@@ -296,6 +298,12 @@ impl Settings {
         if self.server.body_limit_bytes < 1024 {
             return Err(invalid("server.body_limit_bytes", "must be at least 1024"));
         }
+        if !(1..=100_000).contains(&self.tenants.scram_iterations) {
+            return Err(invalid(
+                "tenants.scram_iterations",
+                "must be between 1 and 100000",
+            ));
+        }
         if self.server.import_limit_bytes < 1024 {
             return Err(invalid(
                 "server.import_limit_bytes",
@@ -357,6 +365,12 @@ impl Settings {
             ));
         }
         let w = &self.workers;
+        if !(1..=256).contains(&w.fanout_concurrency) {
+            return Err(invalid(
+                "workers.fanout_concurrency",
+                "must be between 1 and 256",
+            ));
+        }
         if !(1..=256).contains(&w.concurrency) {
             return Err(invalid("workers.concurrency", "must be between 1 and 256"));
         }

@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod http;
 pub mod provisioning;
 pub mod shutdown;
+pub mod sync;
 pub mod telemetry;
 pub mod tenant;
 pub mod workers;

@@ -27,15 +27,19 @@ pub enum JobKind {
     ReconcileFields,
     /// Bring the client's inherited template copies to the master's newest versions.
     SyncTemplates,
+    /// Sync every active client's templates at once (after a publish; queued for the master client, so several
+    /// publishes in a row coalesce into one run).
+    PublishTemplates,
 }
 
 impl JobKind {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::ProvisionClient,
         Self::DeleteClient,
         Self::SyncAccess,
         Self::ReconcileFields,
         Self::SyncTemplates,
+        Self::PublishTemplates,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -45,6 +49,7 @@ impl JobKind {
             Self::SyncAccess => "sync_access",
             Self::ReconcileFields => "reconcile_fields",
             Self::SyncTemplates => "sync_templates",
+            Self::PublishTemplates => "publish_templates",
         }
     }
 

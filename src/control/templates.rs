@@ -1,5 +1,6 @@
 //! Master templates in the control plane: every published version (desired state) and, per client, the version
-//! its copy holds (`template_sync`, observed state). Publishing queues a `sync_templates` job per active client.
+//! its copy holds (`template_sync`, observed state). Publishing queues one `publish_templates` fan-out; a client
+//! it could not reach gets a `sync_templates` job of its own (retries with backoff).
 
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
@@ -160,30 +161,53 @@ impl ControlPlane {
         )
     }
 
-    /// Records what a sync found in the client's database: (template, status, version its copy holds).
+    /// Records what syncs found: (client, template, status, version its copy holds), any number of clients in
+    /// one statement.
     pub async fn templates_synced(
         &self,
-        client: Uuid,
-        states: &[(Uuid, &'static str, Option<i32>)],
+        states: &[(Uuid, Uuid, &'static str, Option<i32>)],
     ) -> Result<(), ControlError> {
-        let ids: Vec<Uuid> = states.iter().map(|s| s.0).collect();
-        let statuses: Vec<&str> = states.iter().map(|s| s.1).collect();
-        let versions: Vec<Option<i32>> = states.iter().map(|s| s.2).collect();
+        if states.is_empty() {
+            return Ok(());
+        }
+        let clients: Vec<Uuid> = states.iter().map(|s| s.0).collect();
+        let ids: Vec<Uuid> = states.iter().map(|s| s.1).collect();
+        let statuses: Vec<&str> = states.iter().map(|s| s.2).collect();
+        let versions: Vec<Option<i32>> = states.iter().map(|s| s.3).collect();
         sqlx::query(
             "INSERT INTO template_sync AS s (template_id, client_id, status, synced_version)
-             SELECT d.id, $1, d.status, d.version
-             FROM unnest($2::uuid[], $3::text[], $4::int4[]) AS d(id, status, version)
+             SELECT d.id, d.client, d.status, d.version
+             FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int4[]) AS d(client, id, status, version)
              JOIN templates t ON t.id = d.id
              ON CONFLICT (template_id, client_id) DO UPDATE
                  SET status = EXCLUDED.status, synced_version = EXCLUDED.synced_version, last_error = NULL,
                      updated_at = now()",
         )
-        .bind(client)
+        .bind(clients)
         .bind(ids)
         .bind(statuses)
         .bind(versions)
         .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    /// Queues a sync of one client's templates (a retry after a failed fan-out).
+    pub async fn enqueue_template_sync(
+        &self,
+        client: Uuid,
+        max_attempts: i32,
+    ) -> Result<(), ControlError> {
+        let mut tx = self.pool.begin().await?;
+        super::clients::enqueue(
+            &mut tx,
+            JobKind::SyncTemplates,
+            client,
+            serde_json::json!({}),
+            max_attempts,
+        )
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -264,23 +288,24 @@ async fn latest_on(
         .ok_or(ControlError::NotFound)
 }
 
-/// Queues a `sync_templates` job for every active client (one statement) and wakes the workers at commit.
+/// Queues one `publish_templates` fan-out (for the master client, so publishes in a row coalesce while one is
+/// queued) and wakes the workers at commit.
 async fn enqueue_syncs(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     max_attempts: i32,
 ) -> Result<(), ControlError> {
     sqlx::query(
         "INSERT INTO jobs (kind, client_id, payload, max_attempts)
-         SELECT $1, id, '{}'::jsonb, $2 FROM clients WHERE status = 'active'
+         SELECT $1, id, '{}'::jsonb, $2 FROM clients WHERE kind = 'master'
          ON CONFLICT (client_id, kind) WHERE status = 'queued' DO NOTHING",
     )
-    .bind(JobKind::SyncTemplates.as_str())
+    .bind(JobKind::PublishTemplates.as_str())
     .bind(max_attempts)
     .execute(&mut **tx)
     .await?;
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(super::JOBS_CHANNEL)
-        .bind(JobKind::SyncTemplates.as_str())
+        .bind(JobKind::PublishTemplates.as_str())
         .execute(&mut **tx)
         .await?;
     Ok(())

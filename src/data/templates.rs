@@ -63,73 +63,98 @@ pub struct Synced {
     pub applied: bool,
 }
 
-/// Brings the inherited copies to `masters` in one transaction; idempotent and monotonic.
+/// Brings the inherited copies to `masters` in one statement (one round trip, one commit); idempotent and
+/// monotonic: a copy's content changes only to a newer version and never while it is overridden, while
+/// `available_version` always learns the newest one. Retracted templates' copies go unless overridden.
 pub async fn sync(db: &mut Client, masters: &[MasterTemplate]) -> Result<Vec<Synced>, DataError> {
-    let tx = db.transaction().await?;
-    let mut result = Vec::with_capacity(masters.len());
-    for master in masters {
-        if master.retracted {
-            let removed = tx
-                .execute(
-                    "DELETE FROM templates WHERE id = $1 AND origin = 'inherited' AND NOT overridden",
-                    &[&master.id],
-                )
-                .await?;
-            let overridden = tx
+    let live: Vec<&MasterTemplate> = masters.iter().filter(|m| !m.retracted).collect();
+    let retracted: Vec<Uuid> = masters
+        .iter()
+        .filter(|m| m.retracted)
+        .map(|m| m.id)
+        .collect();
+    let ids: Vec<Uuid> = live.iter().map(|m| m.id).collect();
+    let names: Vec<&str> = live.iter().map(|m| m.name.as_str()).collect();
+    let subjects: Vec<&str> = live.iter().map(|m| m.subject.as_str()).collect();
+    let html: Vec<&str> = live.iter().map(|m| m.html_body.as_str()).collect();
+    let text: Vec<&str> = live.iter().map(|m| m.text_body.as_str()).collect();
+    let versions: Vec<i32> = live.iter().map(|m| m.version).collect();
+    // `newer`: the copy follows the master and this version is newer than the one it holds.
+    let rows = db
+        .query(
+            "WITH master AS (
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[])
+                     AS m(id, name, subject, html_body, text_body, version)
+             ), removed AS (
+                 DELETE FROM templates t WHERE t.id = ANY($7::uuid[]) AND t.origin = 'inherited'
+                     AND NOT t.overridden
+                 RETURNING t.id
+             ), written AS (
+                 INSERT INTO templates AS t (id, origin, name, subject, html_body, text_body, master_version,
+                                             available_version)
+                 SELECT id, 'inherited', name, subject, html_body, text_body, version, version FROM master
+                 ON CONFLICT (id) DO UPDATE SET
+                     name = CASE WHEN t.origin = 'inherited' AND NOT t.overridden
+                                      AND t.master_version < EXCLUDED.master_version
+                                 THEN EXCLUDED.name ELSE t.name END,
+                     subject = CASE WHEN t.origin = 'inherited' AND NOT t.overridden
+                                         AND t.master_version < EXCLUDED.master_version
+                                    THEN EXCLUDED.subject ELSE t.subject END,
+                     html_body = CASE WHEN t.origin = 'inherited' AND NOT t.overridden
+                                           AND t.master_version < EXCLUDED.master_version
+                                      THEN EXCLUDED.html_body ELSE t.html_body END,
+                     text_body = CASE WHEN t.origin = 'inherited' AND NOT t.overridden
+                                           AND t.master_version < EXCLUDED.master_version
+                                      THEN EXCLUDED.text_body ELSE t.text_body END,
+                     updated_at = CASE WHEN t.origin = 'inherited' AND NOT t.overridden
+                                            AND t.master_version < EXCLUDED.master_version
+                                       THEN now() ELSE t.updated_at END,
+                     master_version = CASE WHEN t.origin = 'inherited' AND NOT t.overridden
+                                                AND t.master_version < EXCLUDED.master_version
+                                           THEN EXCLUDED.master_version ELSE t.master_version END,
+                     available_version = greatest(t.available_version, EXCLUDED.available_version)
+                 WHERE t.origin = 'inherited'
+                 RETURNING t.id, t.master_version, t.overridden, t.updated_at = now() AS applied
+             )
+             SELECT id, master_version, overridden, applied FROM written
+             UNION ALL
+             SELECT id, NULL, false, true FROM removed",
+            &[&ids, &names, &subjects, &html, &text, &versions, &retracted],
+        )
+        .await?;
+    let mut result: Vec<Synced> = rows
+        .iter()
+        .map(|r| {
+            let overridden: bool = r.get("overridden");
+            Synced {
+                template: r.get("id"),
+                status: if overridden { "overridden" } else { "synced" },
+                version: r.get("master_version"),
+                applied: r.get("applied"),
+            }
+        })
+        .collect();
+    // A retracted template whose copy was not removed: overridden (the client's now), or never here.
+    for id in retracted {
+        if !result.iter().any(|s| s.template == id) {
+            let overridden = db
                 .query_opt(
                     "SELECT master_version FROM templates WHERE id = $1 AND overridden",
-                    &[&master.id],
+                    &[&id],
                 )
                 .await?;
             result.push(Synced {
-                template: master.id,
+                template: id,
                 status: if overridden.is_some() {
                     "overridden"
                 } else {
                     "synced"
                 },
                 version: overridden.and_then(|r| r.get(0)),
-                applied: removed > 0,
+                applied: false,
             });
-            continue;
         }
-        // Only a newer version replaces a copy that is not overridden; an overridden one only learns about it.
-        let applied = tx
-            .execute(
-                "INSERT INTO templates (id, origin, name, subject, html_body, text_body, master_version, available_version)
-                 VALUES ($1, 'inherited', $2, $3, $4, $5, $6, $6)
-                 ON CONFLICT (id) DO UPDATE SET
-                     name = EXCLUDED.name, subject = EXCLUDED.subject, html_body = EXCLUDED.html_body,
-                     text_body = EXCLUDED.text_body, master_version = EXCLUDED.master_version,
-                     available_version = EXCLUDED.available_version, updated_at = now()
-                 WHERE templates.origin = 'inherited' AND NOT templates.overridden
-                   AND templates.master_version < EXCLUDED.master_version",
-                &[
-                    &master.id,
-                    &master.name,
-                    &master.subject,
-                    &master.html_body,
-                    &master.text_body,
-                    &master.version,
-                ],
-            )
-            .await?;
-        let row = tx
-            .query_one(
-                "UPDATE templates SET available_version = greatest(available_version, $2)
-                 WHERE id = $1 RETURNING master_version, overridden",
-                &[&master.id, &master.version],
-            )
-            .await?;
-        let overridden: bool = row.get("overridden");
-        result.push(Synced {
-            template: master.id,
-            status: if overridden { "overridden" } else { "synced" },
-            version: row.get("master_version"),
-            applied: applied > 0,
-        });
     }
-    tx.commit().await?;
     Ok(result)
 }
 

@@ -348,7 +348,7 @@ pub async fn client_update(
     if template.overridden {
         state
             .control()
-            .templates_synced(client.id, &[(id, "overridden", template.master_version)])
+            .templates_synced(&[(client.id, id, "overridden", template.master_version)])
             .await?;
     }
     Ok(Json(template))
@@ -386,7 +386,7 @@ pub async fn client_revert(
     let reverted = templates::revert(db.client(), id, &master).await?;
     state
         .control()
-        .templates_synced(client.id, &[(id, "synced", reverted.master_version)])
+        .templates_synced(&[(client.id, id, "synced", reverted.master_version)])
         .await?;
     Ok((StatusCode::OK, Json(reverted)).into_response())
 }

@@ -292,10 +292,12 @@ impl Provisioner {
                     };
                     // PBKDF2 for the SCRAM verifier is CPU work: off the async threads.
                     let password = self.credentials.password_for(id);
-                    let verifier =
-                        tokio::task::spawn_blocking(move || cluster::scram_verifier(&password))
-                            .await
-                            .map_err(|e| ProvisionError::Panicked(e.to_string()))?;
+                    let iterations = self.tenants.scram_iterations;
+                    let verifier = tokio::task::spawn_blocking(move || {
+                        cluster::scram_verifier(&password, iterations)
+                    })
+                    .await
+                    .map_err(|e| ProvisionError::Panicked(e.to_string()))?;
                     cluster::ensure_login_role(admin, &names.role, &verifier).await?;
                 }
                 Step::Database => {
@@ -628,9 +630,9 @@ impl Provisioner {
             .map_err(|e| ProvisionError::Sync(e.to_string()))?;
         let states: Vec<_> = synced
             .iter()
-            .map(|s| (s.template, s.status, s.version))
+            .map(|s| (id, s.template, s.status, s.version))
             .collect();
-        self.control.templates_synced(id, &states).await?;
+        self.control.templates_synced(&states).await?;
         let applied: Vec<Uuid> = synced
             .iter()
             .filter(|s| s.applied)

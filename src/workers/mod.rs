@@ -154,8 +154,10 @@ impl JobRunner {
     async fn run(&self, job: Job) -> Result<Tick, ControlError> {
         let provisioner = self.provisioner.clone();
         let router = self.router.clone();
+        let settings = self.settings.clone();
         let owned = job.clone();
-        let mut task = tokio::spawn(async move { execute(&provisioner, &router, &owned).await });
+        let mut task =
+            tokio::spawn(async move { execute(&provisioner, &router, &settings, &owned).await });
         let outcome = tokio::select! {
             joined = &mut task => match joined {
                 Ok(outcome) => outcome,
@@ -235,9 +237,18 @@ impl JobRunner {
 async fn execute(
     provisioner: &Provisioner,
     router: &crate::tenant::pool::Router,
+    settings: &WorkerSettings,
     job: &Job,
 ) -> Result<Option<serde_json::Value>, ProvisionError> {
     match job.kind {
+        JobKind::PublishTemplates => crate::sync::publish_templates(
+            provisioner,
+            router,
+            usize::from(settings.fanout_concurrency),
+            i32::from(settings.max_attempts),
+        )
+        .await
+        .map(Some),
         JobKind::SyncTemplates => provisioner.sync_templates(router, job).await,
         JobKind::ProvisionClient => provisioner.provision(job).await.map(|()| None),
         JobKind::DeleteClient => provisioner.delete(job).await,
