@@ -1,6 +1,7 @@
 //! Custom fields in the control plane: the desired state (`fields`: central ones with `client_id` NULL, and each
 //! client's own) and the observed state per client (`field_status`). Reconciling a client's database towards
-//! its desired fields is a `reconcile_fields` job.
+//! its desired fields is a `reconcile_fields` job; a central change is one `propagate_fields` fan-out over all
+//! clients (a client it cannot reach gets a `reconcile_fields` job of its own).
 
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
@@ -144,7 +145,7 @@ impl ControlPlane {
                 .bind(field.id)
                 .execute(&mut *tx)
                 .await?;
-                enqueue_reconciles(&mut tx, None, max_attempts).await?;
+                enqueue_propagation(&mut tx, max_attempts).await?;
             }
         }
         tx.commit().await?;
@@ -244,7 +245,10 @@ impl ControlPlane {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        enqueue_reconciles(&mut tx, owner, max_attempts).await?;
+        match owner {
+            Some(_) => enqueue_reconciles(&mut tx, owner, max_attempts).await?,
+            None => enqueue_propagation(&mut tx, max_attempts).await?,
+        }
         tx.commit().await?;
         Ok(clients)
     }
@@ -293,24 +297,25 @@ impl ControlPlane {
         Ok(queued)
     }
 
-    /// Records a successful reconcile: each field at the version reconciled is applied for the client (a field
-    /// changed meanwhile stays pending for the next run).
-    pub async fn fields_applied(
-        &self,
-        client: Uuid,
-        applied: &[(i64, i32)],
-    ) -> Result<(), ControlError> {
-        let (ids, versions): (Vec<i64>, Vec<i32>) = applied.iter().copied().unzip();
+    /// Records successful reconciles: (client, field, version reconciled), any number of clients in one
+    /// statement. A field changed meanwhile (another version) stays pending for the next run.
+    pub async fn fields_applied(&self, applied: &[(Uuid, i64, i32)]) -> Result<(), ControlError> {
+        if applied.is_empty() {
+            return Ok(());
+        }
+        let clients: Vec<Uuid> = applied.iter().map(|a| a.0).collect();
+        let ids: Vec<i64> = applied.iter().map(|a| a.1).collect();
+        let versions: Vec<i32> = applied.iter().map(|a| a.2).collect();
         sqlx::query(
             "INSERT INTO field_status AS s (field_id, client_id, status, applied_version)
-             SELECT f.id, $1, 'applied', f.version
-             FROM fields f JOIN unnest($2::int8[], $3::int4[]) AS d(id, version)
+             SELECT f.id, d.client, 'applied', f.version
+             FROM fields f JOIN unnest($1::uuid[], $2::int8[], $3::int4[]) AS d(client, id, version)
                   ON f.id = d.id AND f.version = d.version
              ON CONFLICT (field_id, client_id) DO UPDATE
                  SET status = 'applied', applied_version = EXCLUDED.applied_version, last_error = NULL,
                      updated_at = now()",
         )
-        .bind(client)
+        .bind(clients)
         .bind(ids)
         .bind(versions)
         .execute(&self.pool)
@@ -378,6 +383,29 @@ async fn enqueue_reconciles(
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(super::JOBS_CHANNEL)
         .bind(JobKind::ReconcileFields.as_str())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Queues one `propagate_fields` fan-out over every client (for the master client, so changes in a row coalesce
+/// while one is queued) and wakes the workers at commit.
+async fn enqueue_propagation(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    max_attempts: i32,
+) -> Result<(), ControlError> {
+    sqlx::query(
+        "INSERT INTO jobs (kind, client_id, payload, max_attempts)
+         SELECT $1, id, '{}'::jsonb, $2 FROM clients WHERE kind = 'master'
+         ON CONFLICT (client_id, kind) WHERE status = 'queued' DO NOTHING",
+    )
+    .bind(JobKind::PropagateFields.as_str())
+    .bind(max_attempts)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(super::JOBS_CHANNEL)
+        .bind(JobKind::PropagateFields.as_str())
         .execute(&mut **tx)
         .await?;
     Ok(())

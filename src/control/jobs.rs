@@ -30,16 +30,19 @@ pub enum JobKind {
     /// Sync every active client's templates at once (after a publish; queued for the master client, so several
     /// publishes in a row coalesce into one run).
     PublishTemplates,
+    /// Reconcile every client's fields at once (after a central field changed; queued for the master client).
+    PropagateFields,
 }
 
 impl JobKind {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::ProvisionClient,
         Self::DeleteClient,
         Self::SyncAccess,
         Self::ReconcileFields,
         Self::SyncTemplates,
         Self::PublishTemplates,
+        Self::PropagateFields,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -50,6 +53,7 @@ impl JobKind {
             Self::ReconcileFields => "reconcile_fields",
             Self::SyncTemplates => "sync_templates",
             Self::PublishTemplates => "publish_templates",
+            Self::PropagateFields => "propagate_fields",
         }
     }
 

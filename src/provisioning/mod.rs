@@ -555,6 +555,18 @@ impl Provisioner {
         id: Uuid,
         server: &ServerRecord,
     ) -> Result<fields::Reconciled, ProvisionError> {
+        let (done, applied) = self.reconcile_client_fields(id, server).await?;
+        self.control.fields_applied(&applied).await?;
+        Ok(done)
+    }
+
+    /// Reconciles one client's fields; returns what changed and the (client, field, version) pairs now applied
+    /// (for the caller to record, one by one or in batches).
+    async fn reconcile_client_fields(
+        &self,
+        id: Uuid,
+        server: &ServerRecord,
+    ) -> Result<(fields::Reconciled, Vec<(Uuid, i64, i32)>), ProvisionError> {
         let desired = self.control.desired_fields(id).await?;
         let specs = desired
             .iter()
@@ -563,12 +575,86 @@ impl Provisioner {
         let names = self.names(id);
         let target = self.admin_target(server)?.with_dbname(&names.database);
         let done = fields::reconcile(&target, &names.role, &specs).await?;
-        let applied: Vec<(i64, i32)> = desired.iter().map(|f| (f.id, f.version)).collect();
-        self.control.fields_applied(id, &applied).await?;
         if !done.is_empty() {
             tracing::info!(added = ?done.added, changed = ?done.changed, dropped = ?done.dropped, "fields reconciled");
         }
-        Ok(done)
+        Ok((
+            done,
+            desired.iter().map(|f| (id, f.id, f.version)).collect(),
+        ))
+    }
+
+    /// Runs a `propagate_fields` job: every active and suspended client's fields reconciled, `concurrency` at a
+    /// time, results recorded in batches; a client that fails is marked failed and gets a `reconcile_fields` job
+    /// of its own (retries with backoff), so it never holds up the others.
+    pub async fn propagate_fields(
+        &self,
+        concurrency: usize,
+        max_attempts: i32,
+    ) -> Result<Option<serde_json::Value>, ProvisionError> {
+        let servers: std::collections::HashMap<i64, ServerRecord> = self
+            .control
+            .list_servers()
+            .await?
+            .into_iter()
+            .map(|s| (s.id, s))
+            .collect();
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        for client in self.control.all_live_clients().await? {
+            let (Some(server), true) = (
+                client.server_id.and_then(|id| servers.get(&id)).cloned(),
+                matches!(
+                    client.status,
+                    ClientStatus::Active | ClientStatus::Suspended
+                ),
+            ) else {
+                continue;
+            };
+            let (this, permits) = (self.clone(), permits.clone());
+            let span = tracing::info_span!("reconcile_fields", client = %client.slug);
+            tasks.spawn(
+                async move {
+                    let _permit = permits.acquire_owned().await;
+                    (
+                        client.id,
+                        this.reconcile_client_fields(client.id, &server).await,
+                    )
+                }
+                .instrument(span),
+            );
+        }
+        let (mut reconciled, mut failed) = (0usize, 0usize);
+        let mut batch = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((client, result)) = joined else {
+                tracing::error!("a field reconcile task panicked");
+                continue;
+            };
+            match result {
+                Ok((_, applied)) => {
+                    reconciled += 1;
+                    batch.extend(applied);
+                }
+                Err(e) => {
+                    failed += 1;
+                    let error = crate::http::error::error_chain(&e);
+                    tracing::warn!(%client, %error, "field reconcile failed; the client retries on its own");
+                    self.control.fields_failed(client, &error).await?;
+                    self.control
+                        .enqueue_field_reconcile(client, max_attempts)
+                        .await?;
+                }
+            }
+            if batch.len() >= 256 {
+                self.control.fields_applied(&batch).await?;
+                batch.clear();
+            }
+        }
+        self.control.fields_applied(&batch).await?;
+        Ok(Some(
+            serde_json::json!({ "reconciled": reconciled, "failed": failed }),
+        ))
     }
 
     /// Runs a `sync_templates` job through the routing pool: the client's inherited copies follow the master's

@@ -241,6 +241,14 @@ async fn execute(
     job: &Job,
 ) -> Result<Option<serde_json::Value>, ProvisionError> {
     match job.kind {
+        JobKind::PropagateFields => {
+            provisioner
+                .propagate_fields(
+                    usize::from(settings.fanout_concurrency),
+                    i32::from(settings.max_attempts),
+                )
+                .await
+        }
         JobKind::PublishTemplates => crate::sync::publish_templates(
             provisioner,
             router,
