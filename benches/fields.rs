@@ -5,20 +5,31 @@
 //!
 //! Each of `BENCH_ROUNDS` (3) rounds:
 //!   mandant:  `POST /v1/fields {"name": "bench_central_<r>", "type": "integer"}` (202), then the workers'
-//!             `reconcile_fields` jobs (`workers.concurrency` = `BENCH_CONCURRENCY`, 4); timed from sending the POST
-//!             until the control plane's `field_status` says `applied` for every client (polled every 10 ms on a
-//!             connection of its own; `failed` must stay 0). `GET /v1/fields/{name}` confirms it afterwards.
+//!             `propagate_fields` fan-out job (`workers.fanout_concurrency` tenants at once, 8; `BENCH_FANOUT`; the
+//!             job loops: `workers.concurrency`, 4, `BENCH_CONCURRENCY`); timed from sending the POST until the
+//!             control plane's `field_status` says `applied` for every client (polled every 10 ms on a connection of
+//!             its own; `failed` must stay 0). `GET /v1/fields/{name}` confirms it afterwards.
 //!   loop:     the baseline: for each database, one after the other, a superuser connection and
 //!             `ALTER TABLE recipients ADD COLUMN bench_seq_<r> bigint` (autocommit). `bigint` is the column type
 //!             the reconciler gives an integer field, so both phases run the same DDL.
-//!   by hand:  context, always last in its round: one reconcile job's work done sequentially for every client, each
-//!             part timed: the claim (the claim SQL of `control/jobs.rs`, copied, on a connection of its own, on
-//!             probe jobs of a kind the workers never take), the control-plane reads (client, server, desired fields), connect, `SET ROLE`,
-//!             `BEGIN` + advisory lock + catalogue read, `ALTER TABLE`, catalogue `INSERT`, `COMMIT`, marking the
-//!             fields applied and completing the job (both the real control-plane methods). Its catalogue rows are
-//!             removed afterwards (untimed), so later reconciles have nothing to drop.
-//! The order of the first two phases alternates per round, every timed phase starts after a CHECKPOINT (the disk
-//! latency of this machine drifts), and the machine's CPU use during each phase is sampled from /proc/stat.
+//!   parallel: context: the same DDL over the same databases with `fanout_concurrency` connections at once and
+//!             nothing else (no control plane, no catalogue): the floor of any parallel propagation that opens one
+//!             connection per database, on this machine.
+//!   lean:     context: the reconciler's tenant-side SQL for one new field (`SET ROLE`, lock, catalogue read,
+//!             `ALTER TABLE`, catalogue `INSERT`, `COMMIT`) in two simple-query round trips after connecting,
+//!             `fanout_concurrency` at once, no control plane; its catalogue rows are removed right after (untimed).
+//!   by hand:  context, always last in its round: the fan-out job's work with one client at a time, each part
+//!             timed. Once: the claim (the claim SQL of `control/jobs.rs`, copied, on a connection of its own, on a
+//!             probe job of a kind the workers never take), the server and client lists, completing the job. Per
+//!             client: its desired fields, connect, `SET ROLE`, `BEGIN` + advisory lock + catalogue read,
+//!             `ALTER TABLE`, catalogue `INSERT`, `COMMIT`. Per 256: the batched status write. The control-plane
+//!             calls are the real methods. Its catalogue rows are removed afterwards (untimed), so later
+//!             reconciles have nothing to drop.
+//! The order of the first four phases rotates per round (round 1 starts with mandant, round 2 with the loop, ...),
+//! every timed phase starts after a CHECKPOINT (the disk latency of this machine drifts), and the CPU use during
+//! each phase is sampled from /proc: the machine's, this process's (the app with its workers, the bench), the
+//! cluster's (postmaster and backends) and the rest (a warning says when other processes, e.g. a build, took more
+//! than 10% of it).
 //! Medians over the rounds are reported, and every round. Prints a table and writes benches/results/fields.json.
 
 mod common;
@@ -26,9 +37,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::tokio_postgres::Client;
+use futures_util::StreamExt;
 use mandant::app::RunOptions;
 use mandant::control::jobs::{Job, JobKind};
-use mandant::tenant::cluster::{lock_key, quote_ident};
+use mandant::tenant::cluster::{lock_key, quote_ident, quote_literal};
 
 /// One round's timings (seconds) and CPU use.
 #[derive(Debug, Default, Clone)]
@@ -40,8 +52,18 @@ struct Round {
     /// POST sent → the first client applied.
     first_applied: f64,
     sequential: f64,
+    /// The loop's connects and ALTER TABLEs (summed).
+    sequential_connect: f64,
+    sequential_alter: f64,
     mandant_cpu: Cpu,
     sequential_cpu: Cpu,
+    /// The same ALTER TABLE loop, `fanout` databases at once (context: the floor).
+    parallel: f64,
+    parallel_cpu: Cpu,
+    /// The reconciler's tenant-side SQL in two round trips, `fanout` at once (context).
+    lean: f64,
+    lean_cpu: Cpu,
+    order: String,
     hand: Hand,
 }
 
@@ -50,29 +72,58 @@ struct Round {
 struct Cpu {
     busy: f64,
     iowait: f64,
+    /// CPU seconds of the whole machine (both cores) and of this process (the app with its workers, the bench).
+    machine_s: f64,
+    process_s: f64,
+    /// CPU seconds of the cluster's postmaster and its children (exited backends included).
+    postgres_s: f64,
+}
+
+impl Cpu {
+    /// CPU seconds of anything else on the machine (another build or test run disturbs the measurement).
+    fn other_s(&self) -> f64 {
+        (self.machine_s - self.process_s - self.postgres_s).max(0.0)
+    }
 }
 
 /// One reconcile job's parts, done by hand for every client in turn (seconds, summed over the clients).
 #[derive(Debug, Default, Clone, Copy)]
 struct Hand {
+    /// Once per job.
     claim: f64,
-    control_reads: f64,
+    job_reads: f64,
+    /// Per client.
+    desired: f64,
     connect: f64,
     set_role: f64,
-    begin_read: f64,
+    begin: f64,
+    lock: f64,
+    read: f64,
     alter: f64,
     catalogue: f64,
     commit: f64,
+    /// Per batch (of up to 256 client-field pairs).
     mark_applied: f64,
+    /// Once per job.
     complete: f64,
     total: f64,
+}
+
+impl Cpu {
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({"busy": self.busy, "iowait": self.iowait, "machine_cpu_s": self.machine_s,
+                           "process_cpu_s": self.process_s, "postgres_cpu_s": self.postgres_s,
+                           "other_cpu_s": self.other_s()})
+    }
 }
 
 impl Hand {
     fn json(&self) -> serde_json::Value {
         serde_json::json!({
-            "claim_s": self.claim, "control_reads_s": self.control_reads, "connect_s": self.connect,
-            "set_role_s": self.set_role, "begin_lock_read_s": self.begin_read, "alter_s": self.alter,
+            "claim_s": self.claim, "servers_clients_read_s": self.job_reads,
+            "desired_fields_reads_s": self.desired, "connect_s": self.connect,
+            "set_role_s": self.set_role, "begin_s": self.begin,
+            "advisory_lock_s": self.lock, "catalogue_read_s": self.read, "alter_s": self.alter,
             "catalogue_insert_s": self.catalogue, "commit_s": self.commit, "mark_applied_s": self.mark_applied,
             "complete_s": self.complete, "total_s": self.total,
         })
@@ -90,7 +141,6 @@ struct Tenant {
 async fn main() {
     let tenants = common::env_usize("BENCH_TENANTS", 200);
     let rounds = common::env_usize("BENCH_ROUNDS", 3).max(1);
-    let concurrency = common::env_usize("BENCH_CONCURRENCY", 4).max(1);
     let cluster = common::cluster("bench-fields");
     let admin = cluster
         .cluster()
@@ -98,13 +148,22 @@ async fn main() {
         .connect()
         .await
         .expect("admin");
-    let concurrency_env = concurrency.to_string();
-    let settings = common::settings(
-        &cluster,
-        "bench_ctl",
-        &[("MANDANT__WORKERS__CONCURRENCY", &concurrency_env)],
-    );
+    // The configured defaults unless BENCH_CONCURRENCY (job loops) or BENCH_FANOUT (tenants one fan-out job
+    // works on at once) say otherwise.
+    let mut overrides = Vec::new();
+    for (var, key) in [
+        ("BENCH_CONCURRENCY", "MANDANT__WORKERS__CONCURRENCY"),
+        ("BENCH_FANOUT", "MANDANT__WORKERS__FANOUT_CONCURRENCY"),
+    ] {
+        if let Ok(value) = std::env::var(var) {
+            overrides.push((key, value));
+        }
+    }
+    let overrides: Vec<(&str, &str)> = overrides.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let settings = common::settings(&cluster, "bench_ctl", &overrides);
     let control_pool = settings.database.max_connections;
+    let concurrency = settings.workers.concurrency;
+    let fanout = settings.workers.fanout_concurrency;
     let app = common::start_app(settings, RunOptions::default()).await;
     let http = reqwest::Client::new();
 
@@ -164,34 +223,106 @@ async fn main() {
         assert_eq!(app.state.provisioner().names(t.id).database, t.database);
     }
 
+    let postmaster = cluster.cluster().pid();
     let mut results = Vec::new();
     for round in 0..rounds {
         let mut r = Round::default();
-        let phases = if round % 2 == 0 {
-            ["mandant", "sequential"]
-        } else {
-            ["sequential", "mandant"]
-        };
+        // The order rotates, so each phase goes first in one round of three.
+        let mut phases = ["mandant", "sequential", "parallel", "lean"];
+        phases.rotate_left(round % 4);
+        r.order = phases.join(", ");
         for phase in phases {
             checkpoint(&admin).await;
-            let cpu = CpuSample::now();
+            let cpu = CpuSample::now(postmaster);
             if phase == "mandant" {
                 let name = format!("bench_central_{round}");
                 let (total, post, first) = propagate(&app, &http, &control, &name, n).await;
                 r.mandant_cpu = cpu.since();
                 (r.mandant, r.post, r.first_applied) = (total, post, first);
                 settle(&control).await;
+            } else if phase == "parallel" {
+                // The same DDL over the same databases, `fanout` at once, nothing else: the floor of any
+                // parallel propagation with one connection per database on this machine.
+                let sql = format!("ALTER TABLE recipients ADD COLUMN bench_par_{round} bigint");
+                let started = Instant::now();
+                futures_util::stream::iter(&databases)
+                    .for_each_concurrent(usize::from(fanout), |t| {
+                        let (cluster, sql) = (&cluster, &sql);
+                        async move {
+                            let db = cluster
+                                .cluster()
+                                .target(&t.database)
+                                .connect()
+                                .await
+                                .expect("connect");
+                            db.batch_execute(sql).await.expect("ALTER TABLE");
+                        }
+                    })
+                    .await;
+                r.parallel = started.elapsed().as_secs_f64();
+                r.parallel_cpu = cpu.since();
+            } else if phase == "lean" {
+                // The reconciler's tenant-side work for one new field in two round trips after connecting (simple
+                // query batches, literals instead of parameters), `fanout` at once, no control plane: what the
+                // propagation could approach.
+                let column = format!("bench_lean_{round}");
+                let provisioner = app.state.provisioner();
+                let started = Instant::now();
+                futures_util::stream::iter(&databases)
+                    .for_each_concurrent(usize::from(fanout), |t| {
+                        let (cluster, column) = (&cluster, &column);
+                        async move {
+                            let role = provisioner.names(t.id).role;
+                            let db = cluster
+                                .cluster()
+                                .target(&t.database)
+                                .with_application_name("mandant-fields")
+                                .connect()
+                                .await
+                                .expect("connect");
+                            let read = db
+                                .simple_query(&format!(
+                                    "SET ROLE {}; SET lock_timeout = '3s'; BEGIN; \
+                                     SELECT pg_advisory_xact_lock({}); \
+                                     SELECT name, data_type, length, required, personal FROM field_catalogue \
+                                     FOR UPDATE",
+                                    quote_ident(&role),
+                                    lock_key("mandant.fields")
+                                ))
+                                .await
+                                .expect("lean read");
+                            assert!(!read.is_empty());
+                            db.batch_execute(&format!(
+                                "ALTER TABLE recipients ADD COLUMN IF NOT EXISTS {col} bigint; \
+                                 INSERT INTO field_catalogue \
+                                     (name, origin, data_type, length, required, default_value, personal) \
+                                 VALUES ({name}, 'central', 'integer', NULL, false, NULL, false); COMMIT",
+                                col = quote_ident(column),
+                                name = quote_literal(column),
+                            ))
+                            .await
+                            .expect("lean write");
+                        }
+                    })
+                    .await;
+                r.lean = started.elapsed().as_secs_f64();
+                r.lean_cpu = cpu.since();
+                cleanup(&cluster, &control, &databases, &column).await;
             } else {
                 let sql = format!("ALTER TABLE recipients ADD COLUMN bench_seq_{round} bigint");
                 let started = Instant::now();
                 for t in &databases {
+                    let at = Instant::now();
                     let db = cluster
                         .cluster()
                         .target(&t.database)
                         .connect()
                         .await
                         .expect("connect");
+                    let connected = Instant::now();
                     db.batch_execute(&sql).await.expect("ALTER TABLE");
+                    r.sequential_connect += (connected - at).as_secs_f64();
+                    r.sequential_alter += connected.elapsed().as_secs_f64();
                 }
                 r.sequential = started.elapsed().as_secs_f64();
                 r.sequential_cpu = cpu.since();
@@ -200,15 +331,25 @@ async fn main() {
 
         checkpoint(&admin).await;
         r.hand = by_hand(&app, &control, &mut claimer, &databases, round).await;
-        cleanup(&cluster, &control, &databases, round).await;
+        cleanup(
+            &cluster,
+            &control,
+            &databases,
+            &format!("bench_hand_{round}"),
+        )
+        .await;
 
         eprintln!(
-            "round {}: mandant {:.3} s (POST {:.3} s, first applied {:.3} s), sequential loop {:.3} s, by hand {:.3} s",
+            "round {} ({}): mandant {:.3} s (POST {:.3} s, first applied {:.3} s), sequential loop {:.3} s, \
+             parallel loop {:.3} s, lean {:.3} s, by hand {:.3} s",
             round + 1,
+            r.order,
             r.mandant,
             r.post,
             r.first_applied,
             r.sequential,
+            r.parallel,
+            r.lean,
             r.hand.total
         );
         results.push(r);
@@ -226,16 +367,16 @@ async fn main() {
         }
     };
     type Pick = fn(&Round) -> f64;
-    let lines: [(&str, String, Pick); 16] = [
+    let lines: [(&str, String, Pick); 23] = [
         (
             "mandant",
-            format!("mandant: POST /v1/fields → all applied (workers {concurrency})"),
+            format!("mandant: POST /v1/fields → all applied (fan-out {fanout})"),
             |r| r.mandant,
         ),
         ("mandant_post", "  of which POST → 202".into(), |r| r.post),
         (
             "mandant_first_applied",
-            "  of which POST → first client applied".into(),
+            "  of which POST → first status recorded applied".into(),
             |r| r.first_applied,
         ),
         (
@@ -244,19 +385,44 @@ async fn main() {
             |r| r.sequential,
         ),
         (
+            "sequential_connect",
+            "  of which connect (superuser)".into(),
+            |r| r.sequential_connect,
+        ),
+        (
+            "sequential_alter",
+            "  of which ALTER TABLE (autocommit)".into(),
+            |r| r.sequential_alter,
+        ),
+        (
+            "parallel",
+            format!("parallel ALTER TABLE loop, {fanout} at once (the floor)"),
+            |r| r.parallel,
+        ),
+        (
+            "lean",
+            format!("lean reconcile, 2 round trips, {fanout} at once (no control)"),
+            |r| r.lean,
+        ),
+        (
             "hand",
-            "by hand: one job's work per client, in turn".into(),
+            "by hand: the fan-out job's work, one client at a time".into(),
             |r| r.hand.total,
         ),
         (
             "hand_claim",
-            "  claim (control plane, async commit)".into(),
+            "  claim the job (once, control plane)".into(),
             |r| r.hand.claim,
         ),
         (
-            "hand_control_reads",
-            "  client, server, desired fields".into(),
-            |r| r.hand.control_reads,
+            "hand_job_reads",
+            "  servers, live clients (once, control plane)".into(),
+            |r| r.hand.job_reads,
+        ),
+        (
+            "hand_desired",
+            "  desired fields (per client, control plane)".into(),
+            |r| r.hand.desired,
         ),
         ("hand_connect", "  connect (tenant db)".into(), |r| {
             r.hand.connect
@@ -264,11 +430,15 @@ async fn main() {
         ("hand_set_role", "  SET ROLE, lock_timeout".into(), |r| {
             r.hand.set_role
         }),
+        ("hand_begin", "  BEGIN".into(), |r| r.hand.begin),
         (
-            "hand_begin_read",
-            "  BEGIN, advisory lock, catalogue read".into(),
-            |r| r.hand.begin_read,
+            "hand_lock",
+            "  SELECT pg_advisory_xact_lock($1)".into(),
+            |r| r.hand.lock,
         ),
+        ("hand_read", "  catalogue read (FOR UPDATE)".into(), |r| {
+            r.hand.read
+        }),
         ("hand_alter", "  ALTER TABLE ADD COLUMN".into(), |r| {
             r.hand.alter
         }),
@@ -280,22 +450,25 @@ async fn main() {
         }),
         (
             "hand_mark_applied",
-            "  mark applied (control plane)".into(),
+            "  mark applied (batches of 256, control plane)".into(),
             |r| r.hand.mark_applied,
         ),
         (
             "hand_complete",
-            "  complete the job (control plane)".into(),
+            "  complete the job (once, control plane)".into(),
             |r| r.hand.complete,
         ),
         ("hand_other", "  (client-side remainder)".into(), |r| {
             let h = &r.hand;
             h.total
                 - (h.claim
-                    + h.control_reads
+                    + h.job_reads
+                    + h.desired
                     + h.connect
                     + h.set_role
-                    + h.begin_read
+                    + h.begin
+                    + h.lock
+                    + h.read
                     + h.alter
                     + h.catalogue
                     + h.commit
@@ -333,14 +506,7 @@ async fn main() {
     }
     let speedup = median(&|r| r.sequential) / median(&|r| r.mandant);
     let paired: Vec<f64> = results.iter().map(|r| r.sequential / r.mandant).collect();
-    let cpu = |pick: fn(&Round) -> Cpu| {
-        (
-            median(&|r| pick(r).busy) * 100.0,
-            median(&|r| pick(r).iowait) * 100.0,
-        )
-    };
-    let (mandant_busy, mandant_iowait) = cpu(|r| r.mandant_cpu);
-    let (sequential_busy, sequential_iowait) = cpu(|r| r.sequential_cpu);
+    let floor = median(&|r| r.sequential) / median(&|r| r.parallel);
     println!(
         "\nspeedup (sequential loop / mandant, medians): {speedup:.2}x (target >= 2); per round: {}",
         paired
@@ -350,11 +516,57 @@ async fn main() {
             .join(" ")
     );
     println!(
-        "CPU of both cores (median): mandant {mandant_busy:.0}% busy, {mandant_iowait:.0}% iowait; \
-         sequential loop {sequential_busy:.0}% busy, {sequential_iowait:.0}% iowait"
+        "floor: the bare parallel loop ({fanout} at once) is {floor:.2}x the sequential loop; mandant reaches {:.0}% of it; \
+         the lean reconcile is {:.2}x",
+        100.0 * speedup / floor,
+        median(&|r| r.sequential) / median(&|r| r.lean)
     );
+    type CpuPick = fn(&Round) -> Cpu;
+    let phases: [(&str, &str, CpuPick); 4] = [
+        ("mandant", "mandant", |r| r.mandant_cpu),
+        ("sequential", "sequential loop", |r| r.sequential_cpu),
+        ("parallel", "parallel loop", |r| r.parallel_cpu),
+        ("lean", "lean reconcile", |r| r.lean_cpu),
+    ];
     println!(
-        "worker concurrency {concurrency}, control-plane pool {control_pool} connections (config/test.toml)"
+        "CPU (medians): {:<16} {:>6} {:>8}   ms per tenant: {:>12} {:>10} {:>6} {:>7}",
+        "phase", "busy", "iowait", "this process", "PostgreSQL", "other", "total"
+    );
+    let mut cpu_report = serde_json::Map::new();
+    for (key, name, pick) in phases {
+        let m = |f: fn(&Cpu) -> f64| median(&|r| f(&pick(r)));
+        let per = |f: fn(&Cpu) -> f64| m(f) * 1000.0 / n as f64;
+        let (busy, iowait) = (m(|c| c.busy) * 100.0, m(|c| c.iowait) * 100.0);
+        let (own, pg, other) = (
+            per(|c| c.process_s),
+            per(|c| c.postgres_s),
+            per(|c| c.other_s()),
+        );
+        println!(
+            "               {name:<16} {busy:>5.0}% {iowait:>7.0}%                 {own:>12.2} {pg:>10.2} {other:>6.2} {:>7.2}",
+            own + pg + other
+        );
+        cpu_report.insert(
+            key.to_owned(),
+            serde_json::json!({"busy_percent": busy, "iowait_percent": iowait,
+                               "ms_per_tenant": {"this_process": own, "postgres": pg, "other": other}}),
+        );
+    }
+    println!(
+        "  (this process: the app with its workers and HTTP, and the bench; PostgreSQL: the postmaster and its backends)"
+    );
+    let disturbed = results
+        .iter()
+        .flat_map(|r| [r.mandant_cpu, r.sequential_cpu, r.parallel_cpu, r.lean_cpu])
+        .any(|c| c.other_s() > 0.1 * c.machine_s);
+    if disturbed {
+        println!(
+            "WARNING: other processes used more than 10% of the CPU during a timed phase: the machine was not quiet"
+        );
+    }
+    println!(
+        "workers.concurrency {concurrency}, workers.fanout_concurrency {fanout}, control-plane pool {control_pool} \
+         connections (config/test.toml)"
     );
 
     common::write_report(
@@ -366,23 +578,30 @@ async fn main() {
             "rounds": rounds,
             "fsync": common::fsync_label(),
             "worker_concurrency": concurrency,
+            "fanout_concurrency": fanout,
             "control_pool": control_pool,
             "target_speedup": 2.0,
             "speedup": speedup,
             "speedup_per_round": paired,
             "medians": medians,
-            "cpu_median_percent": {
-                "mandant": {"busy": mandant_busy, "iowait": mandant_iowait},
-                "sequential": {"busy": sequential_busy, "iowait": sequential_iowait},
-            },
-            "each_round": results.iter().enumerate().map(|(i, r)| serde_json::json!({
-                "order": if i % 2 == 0 { "mandant first" } else { "sequential first" },
+            "parallel_floor_speedup": floor,
+            "lean_speedup": median(&|r| r.sequential) / median(&|r| r.lean),
+            "cpu_medians": cpu_report,
+            "disturbed_by_other_processes": disturbed,
+            "each_round": results.iter().map(|r| serde_json::json!({
+                "order": r.order,
                 "mandant_s": r.mandant,
                 "mandant_post_s": r.post,
                 "mandant_first_applied_s": r.first_applied,
                 "sequential_s": r.sequential,
-                "mandant_cpu": {"busy": r.mandant_cpu.busy, "iowait": r.mandant_cpu.iowait},
-                "sequential_cpu": {"busy": r.sequential_cpu.busy, "iowait": r.sequential_cpu.iowait},
+                "sequential_connect_s": r.sequential_connect,
+                "sequential_alter_s": r.sequential_alter,
+                "mandant_cpu": r.mandant_cpu.json(),
+                "sequential_cpu": r.sequential_cpu.json(),
+                "parallel_s": r.parallel,
+                "parallel_cpu": r.parallel_cpu.json(),
+                "lean_s": r.lean,
+                "lean_cpu": r.lean_cpu.json(),
                 "by_hand": r.hand.json(),
             })).collect::<Vec<_>>(),
         }),
@@ -466,13 +685,14 @@ async fn propagate(
     (total, post, first.unwrap_or(total))
 }
 
-/// Waits (untimed) until no reconcile job is queued or running, so the next phase starts on a quiet system.
+/// Waits (untimed) until no field job is queued or running, so the next phase starts on a quiet system.
 async fn settle(control: &Client) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let open: i64 = control
             .query_one(
-                "SELECT count(*) FROM jobs WHERE kind = 'reconcile_fields' AND status IN ('queued', 'running')",
+                "SELECT count(*) FROM jobs
+                 WHERE kind IN ('propagate_fields', 'reconcile_fields') AND status IN ('queued', 'running')",
                 &[],
             )
             .await
@@ -481,16 +701,15 @@ async fn settle(control: &Client) {
         if open == 0 {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{open} reconcile jobs still open"
-        );
+        assert!(Instant::now() < deadline, "{open} field jobs still open");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
-/// One reconcile job's work for every client in turn, each part timed (see the module comment). The SQL on the
-/// tenant side is that of `tenant/fields.rs` for one added field; the column is `bench_hand_<round>`.
+/// The `propagate_fields` job's work done by hand, one client after the other, each part timed (see the module
+/// comment): per job the claim, the server and client lists and the completion; per client the desired-fields read
+/// and the tenant-side SQL of `tenant/fields.rs` for one added field (the column `bench_hand_<round>`); per batch
+/// the status write.
 async fn by_hand(
     app: &common::RunningApp,
     control_db: &Client,
@@ -502,67 +721,71 @@ async fn by_hand(
     let provisioner = app.state.provisioner();
     let lease = app.state.settings().workers.lease();
     let worker = "bench-by-hand";
-    // Probe jobs, one per client, of a kind the workers never claim (untimed; the real ones come with the POST).
+    // A probe job of a kind the workers never claim (untimed; the real one comes with the POST).
     control_db
         .execute(
             "INSERT INTO jobs (kind, client_id, max_attempts)
-             SELECT 'bench_probe', id, 8 FROM clients WHERE status = 'active'",
+             SELECT 'bench_probe', id, 8 FROM clients WHERE kind = 'master'",
             &[],
         )
         .await
-        .expect("probe jobs");
+        .expect("probe job");
     let kinds = vec!["bench_probe".to_owned()];
     let column = format!("bench_hand_{round}");
     let fields_lock = lock_key("mandant.fields");
     let mut h = Hand::default();
     let all = Instant::now();
-    for t in databases {
-        // The claim: the SQL of ControlPlane::claim_job (control/jobs.rs), on the probe jobs.
-        let at = Instant::now();
-        let claimed = {
-            let tx = claimer.transaction().await.expect("begin");
-            tx.batch_execute("SET LOCAL synchronous_commit = off")
-                .await
-                .expect("sync off");
-            let row = tx
-                .query_one(
-                    "UPDATE jobs SET status = 'running', attempts = attempts + 1, locked_by = $1,
-                            lease_until = now() + make_interval(secs => $2), updated_at = now()
-                     WHERE id = (
-                         SELECT j.id FROM jobs j
-                         WHERE j.kind = ANY($3)
-                           AND (j.status = 'queued' AND j.run_after <= now()
-                                OR j.status = 'running' AND j.lease_until < now() AND j.attempts < j.max_attempts)
-                           AND NOT EXISTS (
-                               SELECT 1 FROM jobs o
-                               WHERE o.client_id = j.client_id AND o.id <> j.id AND o.status = 'running')
-                         ORDER BY j.run_after, j.created_at
-                         FOR UPDATE SKIP LOCKED
-                         LIMIT 1)
-                     RETURNING id::text, attempts",
-                    &[&worker, &lease.as_secs_f64(), &kinds],
-                )
-                .await
-                .expect("claim");
-            tx.commit().await.expect("commit claim");
-            let id: uuid::Uuid = row.get::<_, &str>(0).parse().expect("job id");
-            (id, row.get::<_, i32>(1))
-        };
-        h.claim += at.elapsed().as_secs_f64();
 
-        let at = Instant::now();
-        let client = control.client_by_id(t.id).await.expect("client");
-        let server = control
-            .server(client.server_id.expect("placed"))
+    // The claim: the SQL of ControlPlane::claim_job (control/jobs.rs), on the probe job.
+    let at = Instant::now();
+    let claimed = {
+        let tx = claimer.transaction().await.expect("begin");
+        tx.batch_execute("SET LOCAL synchronous_commit = off")
             .await
-            .expect("server");
+            .expect("sync off");
+        let row = tx
+            .query_one(
+                "UPDATE jobs SET status = 'running', attempts = attempts + 1, locked_by = $1,
+                        lease_until = now() + make_interval(secs => $2), updated_at = now()
+                 WHERE id = (
+                     SELECT j.id FROM jobs j
+                     WHERE j.kind = ANY($3)
+                       AND (j.status = 'queued' AND j.run_after <= now()
+                            OR j.status = 'running' AND j.lease_until < now() AND j.attempts < j.max_attempts)
+                       AND NOT EXISTS (
+                           SELECT 1 FROM jobs o
+                           WHERE o.client_id = j.client_id AND o.id <> j.id AND o.status = 'running')
+                     ORDER BY j.run_after, j.created_at
+                     FOR UPDATE SKIP LOCKED
+                     LIMIT 1)
+                 RETURNING id::text, client_id::text, attempts",
+                &[&worker, &lease.as_secs_f64(), &kinds],
+            )
+            .await
+            .expect("claim");
+        tx.commit().await.expect("commit claim");
+        let id: uuid::Uuid = row.get::<_, &str>(0).parse().expect("job id");
+        let client: uuid::Uuid = row.get::<_, &str>(1).parse().expect("client id");
+        (id, client, row.get::<_, i32>(2))
+    };
+    h.claim = at.elapsed().as_secs_f64();
+
+    let at = Instant::now();
+    let servers = control.list_servers().await.expect("servers");
+    let clients = control.all_live_clients().await.expect("clients");
+    h.job_reads = at.elapsed().as_secs_f64();
+    assert_eq!(clients.len(), databases.len());
+
+    let mut applied = Vec::new();
+    for t in databases {
+        let at = Instant::now();
         let desired = control.desired_fields(t.id).await.expect("desired");
-        h.control_reads += at.elapsed().as_secs_f64();
-        assert_eq!(server.id, t.server);
+        h.desired += at.elapsed().as_secs_f64();
+        let server = servers.iter().find(|s| s.id == t.server).expect("server");
 
         let names = provisioner.names(t.id);
         let target = provisioner
-            .admin_target(&server)
+            .admin_target(server)
             .expect("target")
             .with_dbname(&names.database)
             .with_application_name("mandant-fields");
@@ -581,9 +804,13 @@ async fn by_hand(
 
         let at = Instant::now();
         let tx = db.transaction().await.expect("BEGIN");
+        h.begin += at.elapsed().as_secs_f64();
+        let at = Instant::now();
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&fields_lock])
             .await
             .expect("lock");
+        h.lock += at.elapsed().as_secs_f64();
+        let at = Instant::now();
         let catalogue = tx
             .query(
                 "SELECT name, data_type, length, required, personal FROM field_catalogue FOR UPDATE",
@@ -591,8 +818,8 @@ async fn by_hand(
             )
             .await
             .expect("catalogue");
-        h.begin_read += at.elapsed().as_secs_f64();
-        assert!(catalogue.len() >= round, "catalogue of {}", t.database);
+        h.read += at.elapsed().as_secs_f64();
+        assert!(catalogue.len() > round, "catalogue of {}", t.database);
 
         let at = Instant::now();
         tx.batch_execute(&format!(
@@ -628,47 +855,46 @@ async fn by_hand(
         tx.commit().await.expect("COMMIT");
         h.commit += at.elapsed().as_secs_f64();
         drop(db);
-
-        let at = Instant::now();
-        let applied: Vec<(i64, i32)> = desired.iter().map(|f| (f.id, f.version)).collect();
-        control
-            .fields_applied(t.id, &applied)
-            .await
-            .expect("applied");
-        h.mark_applied += at.elapsed().as_secs_f64();
-
-        let at = Instant::now();
-        let job = Job {
-            id: claimed.0,
-            kind: JobKind::ReconcileFields,
-            client_id: Some(t.id),
-            payload: serde_json::json!({}),
-            attempt: claimed.1,
-            max_attempts: 8,
-            locked_by: worker.to_owned(),
-        };
-        let result = serde_json::json!({"added": [&column], "changed": [], "dropped": []});
-        assert!(
-            control
-                .complete_job(&job, Some(result))
-                .await
-                .expect("complete"),
-            "probe job completed"
-        );
-        h.complete += at.elapsed().as_secs_f64();
+        applied.extend(desired.iter().map(|f| (t.id, f.id, f.version)));
     }
+
+    // One batched status write (the job writes every 256 entries and at the end).
+    let at = Instant::now();
+    for batch in applied.chunks(256) {
+        control.fields_applied(batch).await.expect("applied");
+    }
+    h.mark_applied = at.elapsed().as_secs_f64();
+
+    let at = Instant::now();
+    let job = Job {
+        id: claimed.0,
+        kind: JobKind::PropagateFields,
+        client_id: Some(claimed.1),
+        payload: serde_json::json!({}),
+        attempt: claimed.2,
+        max_attempts: 8,
+        locked_by: worker.to_owned(),
+    };
+    let result = serde_json::json!({"reconciled": databases.len(), "failed": 0});
+    assert!(
+        control
+            .complete_job(&job, Some(result))
+            .await
+            .expect("complete"),
+        "probe job completed"
+    );
+    h.complete = at.elapsed().as_secs_f64();
     h.total = all.elapsed().as_secs_f64();
     h
 }
 
-/// Removes the by-hand catalogue rows (so no reconcile drops the columns later) and the probe jobs. Untimed.
+/// Removes the catalogue rows of `column` (so no reconcile drops the columns later) and the probe jobs. Untimed.
 async fn cleanup(
     cluster: &mandant::embedded::ThrowawayCluster,
     control: &Client,
     databases: &[Tenant],
-    round: usize,
+    column: &str,
 ) {
-    let column = format!("bench_hand_{round}");
     for t in databases {
         let db = cluster
             .cluster()
@@ -691,10 +917,50 @@ struct CpuSample {
     busy: u64,
     iowait: u64,
     total: u64,
+    process: u64,
+    postgres: u64,
+    postmaster: Option<u32>,
+}
+
+/// The numeric fields of /proc/<pid>/stat after the command name (index 0 = state, 1 = ppid, 11 = utime, ...).
+fn proc_stat(pid: &str) -> Vec<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect()
+}
+
+/// utime + stime of a process, plus cutime + cstime (its reaped children) when `children`.
+fn ticks_of(stat: &[u64], children: bool) -> u64 {
+    let at = |i: usize| stat.get(i).copied().unwrap_or(0);
+    at(11) + at(12) + if children { at(13) + at(14) } else { 0 }
+}
+
+/// CPU ticks of the postmaster (with its reaped backends) and its live children.
+fn postgres_ticks(postmaster: Option<u32>) -> u64 {
+    let Some(pm) = postmaster else { return 0 };
+    let mut sum = ticks_of(&proc_stat(&pm.to_string()), true);
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let stat = proc_stat(pid);
+        if stat.get(1).copied() == Some(u64::from(pm)) {
+            sum += ticks_of(&stat, false);
+        }
+    }
+    sum
 }
 
 impl CpuSample {
-    fn now() -> Self {
+    fn now(postmaster: Option<u32>) -> Self {
         let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
         let ticks: Vec<u64> = stat
             .lines()
@@ -712,15 +978,22 @@ impl CpuSample {
             busy: total - idle,
             iowait: at(4),
             total,
+            process: ticks_of(&proc_stat("self"), false),
+            postgres: postgres_ticks(postmaster),
+            postmaster,
         }
     }
 
     fn since(&self) -> Cpu {
-        let now = Self::now();
+        let now = Self::now(self.postmaster);
         let total = (now.total - self.total).max(1) as f64;
+        // Clock ticks are USER_HZ, 100 per second on Linux.
         Cpu {
             busy: (now.busy - self.busy) as f64 / total,
             iowait: (now.iowait - self.iowait) as f64 / total,
+            machine_s: (now.busy - self.busy) as f64 / 100.0,
+            process_s: (now.process - self.process) as f64 / 100.0,
+            postgres_s: now.postgres.saturating_sub(self.postgres) as f64 / 100.0,
         }
     }
 }

@@ -177,6 +177,15 @@ impl ControlPlane {
         .ok_or(ControlError::NotFound)
     }
 
+    /// Every field: the central ones and every client's own (a fan-out reads them once).
+    pub async fn all_fields(&self) -> Result<Vec<FieldRecord>, ControlError> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {FIELD_COLUMNS} FROM fields f ORDER BY f.name"
+        )))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// What a client's database should have: the central fields and its own.
     pub async fn desired_fields(&self, client: Uuid) -> Result<Vec<FieldRecord>, ControlError> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(

@@ -555,7 +555,8 @@ impl Provisioner {
         id: Uuid,
         server: &ServerRecord,
     ) -> Result<fields::Reconciled, ProvisionError> {
-        let (done, applied) = self.reconcile_client_fields(id, server).await?;
+        let desired = self.control.desired_fields(id).await?;
+        let (done, applied) = self.reconcile_client_fields(id, server, &desired).await?;
         self.control.fields_applied(&applied).await?;
         Ok(done)
     }
@@ -566,8 +567,8 @@ impl Provisioner {
         &self,
         id: Uuid,
         server: &ServerRecord,
+        desired: &[FieldRecord],
     ) -> Result<(fields::Reconciled, Vec<(Uuid, i64, i32)>), ProvisionError> {
-        let desired = self.control.desired_fields(id).await?;
         let specs = desired
             .iter()
             .map(field_spec)
@@ -599,6 +600,8 @@ impl Provisioner {
             .into_iter()
             .map(|s| (s.id, s))
             .collect();
+        // Every field once (central and all clients' own), not a query per client.
+        let all_fields = self.control.all_fields().await?;
         let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
         for client in self.control.all_live_clients().await? {
@@ -611,15 +614,20 @@ impl Provisioner {
             ) else {
                 continue;
             };
+            let desired: Vec<FieldRecord> = all_fields
+                .iter()
+                .filter(|f| f.client_id.is_none_or(|owner| owner == client.id))
+                .cloned()
+                .collect();
             let (this, permits) = (self.clone(), permits.clone());
             let span = tracing::info_span!("reconcile_fields", client = %client.slug);
             tasks.spawn(
                 async move {
                     let _permit = permits.acquire_owned().await;
-                    (
-                        client.id,
-                        this.reconcile_client_fields(client.id, &server).await,
-                    )
+                    let result = this
+                        .reconcile_client_fields(client.id, &server, &desired)
+                        .await;
+                    (client.id, result)
                 }
                 .instrument(span),
             );
@@ -646,7 +654,7 @@ impl Provisioner {
                         .await?;
                 }
             }
-            if batch.len() >= 256 {
+            if batch.len() >= 64 {
                 self.control.fields_applied(&batch).await?;
                 batch.clear();
             }

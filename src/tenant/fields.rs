@@ -6,7 +6,7 @@
 //! typed, validated value (DDL takes no bind parameters).
 
 use chrono::SecondsFormat;
-use deadpool_postgres::tokio_postgres::types::Json;
+use deadpool_postgres::tokio_postgres::SimpleQueryMessage;
 
 use super::TenantError;
 use super::cluster::{quote_ident, quote_literal};
@@ -105,7 +105,9 @@ const LOCK_TIMEOUT: &str = "3s";
 
 /// Brings the tenant database `target` (connected as an administrator, acting as `run_as`, the table's owner) to
 /// exactly the custom fields `desired`: adds missing ones, grows texts and updates flags, drops fields that are no
-/// longer desired. One transaction; idempotent.
+/// longer desired. One transaction in three round trips (set-up and lock; the catalogue; every change and the
+/// commit in one batch, values as quoted literals of validated data); idempotent. The connection is private
+/// and dropped at the end, so an error anywhere leaves nothing half-done.
 pub async fn reconcile(
     target: &PgTarget,
     run_as: &str,
@@ -113,106 +115,98 @@ pub async fn reconcile(
 ) -> Result<Reconciled, TenantError> {
     let context = format!("reconciling the fields of {}", target.dbname());
     let err = |e| TenantError::postgres(context.clone())(e);
-    let mut client = target
+    let client = target
         .with_application_name("mandant-fields")
         .connect()
         .await
         .map_err(err)?;
+    // One reconcile per database at a time (a request and a job may meet here).
     client
         .batch_execute(&format!(
-            "SET ROLE {}; SET lock_timeout = '{LOCK_TIMEOUT}'",
-            quote_ident(run_as)
+            "SET ROLE {}; SET lock_timeout = '{LOCK_TIMEOUT}'; BEGIN; SELECT pg_advisory_xact_lock({})",
+            quote_ident(run_as),
+            super::cluster::lock_key("mandant.fields")
         ))
         .await
         .map_err(err)?;
-    let tx = client.transaction().await.map_err(err)?;
-    // One reconcile per database at a time (a request and a job may meet here).
-    tx.execute(
-        "SELECT pg_advisory_xact_lock($1)",
-        &[&super::cluster::lock_key("mandant.fields")],
-    )
-    .await
-    .map_err(err)?;
-    let rows = tx
-        .query(
-            "SELECT name, data_type, length, required, personal FROM field_catalogue FOR UPDATE",
-            &[],
+    let catalogue: Vec<(String, Option<i32>, bool, bool)> = client
+        .simple_query(
+            "SELECT name, length, required, personal FROM field_catalogue ORDER BY name FOR UPDATE",
         )
         .await
-        .map_err(err)?;
+        .map_err(err)?
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some((
+                row.get(0).unwrap_or_default().to_owned(),
+                row.get(1).and_then(|l| l.parse().ok()),
+                row.get(2) == Some("t"),
+                row.get(3) == Some("t"),
+            )),
+            _ => None,
+        })
+        .collect();
     let mut done = Reconciled::default();
-    for row in &rows {
-        let name: String = row.get("name");
-        let Some(want) = desired.iter().find(|d| d.name == name) else {
-            tx.batch_execute(&format!(
-                "ALTER TABLE recipients DROP COLUMN IF EXISTS {}",
-                quote_ident(&name)
-            ))
-            .await
-            .map_err(err)?;
-            tx.execute("DELETE FROM field_catalogue WHERE name = $1", &[&name])
-                .await
-                .map_err(err)?;
-            done.dropped.push(name);
+    let mut batch = String::new();
+    for (name, length, required, personal) in &catalogue {
+        let Some(want) = desired.iter().find(|d| &d.name == name) else {
+            batch.push_str(&format!(
+                "ALTER TABLE recipients DROP COLUMN IF EXISTS {};
+                 DELETE FROM field_catalogue WHERE name = {};\n",
+                quote_ident(name),
+                quote_literal(name)
+            ));
+            done.dropped.push(name.clone());
             continue;
         };
-        let length: Option<i32> = row.get("length");
-        let (required, personal): (bool, bool) = (row.get("required"), row.get("personal"));
         let mut changed = false;
-        if let (Some(have), Some(wanted)) = (length, want.length())
+        if let (Some(have), Some(wanted)) = (*length, want.length())
             && wanted > have
         {
             // Growing a varchar is a catalogue change in PostgreSQL: no rewrite, no scan.
-            tx.batch_execute(&format!(
-                "ALTER TABLE recipients ALTER COLUMN {} TYPE {}",
-                quote_ident(&name),
+            batch.push_str(&format!(
+                "ALTER TABLE recipients ALTER COLUMN {} TYPE {};\n",
+                quote_ident(name),
                 want.column_type()
-            ))
-            .await
-            .map_err(err)?;
+            ));
             changed = true;
         }
-        if changed || required != want.required || personal != want.personal {
-            tx.execute(
-                "UPDATE field_catalogue SET length = $2, required = $3, personal = $4, applied_at = now()
-                 WHERE name = $1",
-                &[&name, &want.length(), &want.required, &want.personal],
-            )
-            .await
-            .map_err(err)?;
-            done.changed.push(name);
+        if changed || *required != want.required || *personal != want.personal {
+            batch.push_str(&format!(
+                "UPDATE field_catalogue SET length = {}, required = {}, personal = {}, applied_at = now()
+                 WHERE name = {};\n",
+                want.length().map_or("NULL".into(), |l| l.to_string()),
+                want.required,
+                want.personal,
+                quote_literal(name)
+            ));
+            done.changed.push(name.clone());
         }
     }
     for want in desired {
-        if rows.iter().any(|r| r.get::<_, &str>("name") == want.name) {
+        if catalogue.iter().any(|(name, ..)| name == &want.name) {
             continue;
         }
         // IF NOT EXISTS: a column left by hand without its catalogue row is adopted, not an error.
-        tx.batch_execute(&format!(
-            "ALTER TABLE recipients ADD COLUMN IF NOT EXISTS {}",
-            want.column_definition()
-        ))
-        .await
-        .map_err(err)?;
-        let default = want.default.as_ref().map(to_json).map(Json);
-        tx.execute(
-            "INSERT INTO field_catalogue (name, origin, data_type, length, required, default_value, personal)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[
-                &want.name,
-                &want.origin,
-                &want.ty.name(),
-                &want.length(),
-                &want.required,
-                &default,
-                &want.personal,
-            ],
-        )
-        .await
-        .map_err(err)?;
+        let default = want.default.as_ref().map_or("NULL".into(), |v| {
+            format!("{}::jsonb", quote_literal(&to_json(v).to_string()))
+        });
+        batch.push_str(&format!(
+            "ALTER TABLE recipients ADD COLUMN IF NOT EXISTS {};
+             INSERT INTO field_catalogue (name, origin, data_type, length, required, default_value, personal)
+             VALUES ({}, {}, {}, {}, {}, {default}, {});\n",
+            want.column_definition(),
+            quote_literal(&want.name),
+            quote_literal(want.origin),
+            quote_literal(want.ty.name()),
+            want.length().map_or("NULL".into(), |l| l.to_string()),
+            want.required,
+            want.personal,
+        ));
         done.added.push(want.name.clone());
     }
-    tx.commit().await.map_err(err)?;
+    batch.push_str("COMMIT");
+    client.batch_execute(&batch).await.map_err(err)?;
     Ok(done)
 }
 
