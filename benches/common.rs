@@ -147,3 +147,22 @@ pub async fn wait_active(app: &RunningApp, n: usize) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Creates `slugs` as clients through the API, 50 at a time (each batch provisioned before the next), and waits
+/// until all of them (and the master) are active.
+pub async fn create_clients(app: &RunningApp, http: &reqwest::Client, slugs: &[String]) {
+    for chunk in slugs.chunks(50) {
+        for slug in chunk {
+            let status = http
+                .post(format!("{}/v1/clients", app.base))
+                .json(&serde_json::json!({"slug": slug, "name": slug}))
+                .send()
+                .await
+                .expect("POST client")
+                .status();
+            assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{slug}");
+        }
+        wait_active(app, 0).await;
+    }
+    wait_active(app, slugs.len() + 1).await;
+}

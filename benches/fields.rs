@@ -170,20 +170,7 @@ async fn main() {
     // Setup (untimed): `tenants` sub-clients through the API, in chunks.
     let setup = Instant::now();
     let slugs: Vec<String> = (0..tenants).map(|i| format!("f-{i:04}")).collect();
-    for chunk in slugs.chunks(50) {
-        for slug in chunk {
-            let status = http
-                .post(format!("{}/v1/clients", app.base))
-                .json(&serde_json::json!({"slug": slug, "name": slug}))
-                .send()
-                .await
-                .expect("POST client")
-                .status();
-            assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{slug}");
-        }
-        common::wait_active(&app, 0).await;
-    }
-    common::wait_active(&app, tenants + 1).await;
+    common::create_clients(&app, &http, &slugs).await;
     eprintln!(
         "setup: {tenants} clients in {:.1} s",
         setup.elapsed().as_secs_f64()

@@ -30,20 +30,7 @@ async fn main() {
     // Setup (untimed): `registered` clients through the API.
     let setup = Instant::now();
     let slugs: Vec<String> = (0..registered).map(|i| format!("m-{i:04}")).collect();
-    for chunk in slugs.chunks(50) {
-        for slug in chunk {
-            let status = http
-                .post(format!("{}/v1/clients", app.base))
-                .json(&serde_json::json!({"slug": slug, "name": slug}))
-                .send()
-                .await
-                .expect("POST")
-                .status();
-            assert_eq!(status, reqwest::StatusCode::ACCEPTED);
-        }
-        common::wait_active(&app, 0).await;
-    }
-    common::wait_active(&app, registered + 1).await;
+    common::create_clients(&app, &http, &slugs).await;
     eprintln!(
         "setup: {registered} clients in {:.1} s",
         setup.elapsed().as_secs_f64()

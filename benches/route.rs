@@ -86,20 +86,7 @@ async fn main() {
     // Setup (untimed): the tenants, each with 100 recipients (ids 1..=100) imported through the API.
     let setup = Instant::now();
     let slugs: Vec<String> = (0..tenants).map(|i| format!("t-{i:04}")).collect();
-    for chunk in slugs.chunks(50) {
-        for slug in chunk {
-            let status = http
-                .post(format!("{}/v1/clients", app.base))
-                .json(&json!({"slug": slug, "name": slug}))
-                .send()
-                .await
-                .expect("POST")
-                .status();
-            assert_eq!(status, reqwest::StatusCode::ACCEPTED);
-        }
-        common::wait_active(&app, 0).await;
-    }
-    common::wait_active(&app, tenants + 1).await;
+    common::create_clients(&app, &http, &slugs).await;
     let mut body = String::from("email,first_name\n");
     for i in 0..recipients_per_tenant {
         body.push_str(&format!("person{i}@example.org,Person {i}\n"));

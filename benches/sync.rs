@@ -37,20 +37,7 @@ async fn main() {
     // Setup (untimed).
     let setup = Instant::now();
     let slugs: Vec<String> = (0..tenants).map(|i| format!("s-{i:04}")).collect();
-    for chunk in slugs.chunks(50) {
-        for slug in chunk {
-            let status = http
-                .post(format!("{}/v1/clients", app.base))
-                .json(&json!({"slug": slug, "name": slug}))
-                .send()
-                .await
-                .expect("POST")
-                .status();
-            assert_eq!(status, reqwest::StatusCode::ACCEPTED);
-        }
-        common::wait_active(&app, 0).await;
-    }
-    common::wait_active(&app, tenants + 1).await;
+    common::create_clients(&app, &http, &slugs).await;
     let control = app.state.control();
     let mut targets = Vec::new();
     for client in control.all_live_clients().await.expect("clients") {

@@ -493,3 +493,44 @@ pub(super) async fn enqueue(
     }
     Ok(id)
 }
+
+/// Whom [`enqueue_for`] queues a job for.
+pub(super) enum JobFor {
+    /// The master client: a fan-out over everyone, coalesced while one is queued.
+    Master,
+    /// Every client with a database (or just the one given).
+    Live(Option<Uuid>),
+}
+
+/// Queues a job of `kind` for many clients in one statement (skipping clients with one queued already) and
+/// notifies workers at commit.
+pub(super) async fn enqueue_for(
+    tx: &mut Transaction<'_, Postgres>,
+    kind: JobKind,
+    who: JobFor,
+    max_attempts: i32,
+) -> Result<(), ControlError> {
+    let (master, only) = match who {
+        JobFor::Master => (true, None),
+        JobFor::Live(only) => (false, only),
+    };
+    sqlx::query(
+        "INSERT INTO jobs (kind, client_id, payload, max_attempts)
+         SELECT $1, id, '{}'::jsonb, $2 FROM clients
+         WHERE CASE WHEN $3 THEN kind = 'master'
+                    ELSE status IN ('provisioning', 'active', 'suspended') AND ($4::uuid IS NULL OR id = $4) END
+         ON CONFLICT (client_id, kind) WHERE status = 'queued' DO NOTHING",
+    )
+    .bind(kind.as_str())
+    .bind(max_attempts)
+    .bind(master)
+    .bind(only)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(super::JOBS_CHANNEL)
+        .bind(kind.as_str())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 use uuid::Uuid;
 
-use super::clients::enqueue;
+use super::clients::{JobFor, enqueue, enqueue_for};
 use super::jobs::JobKind;
 use super::{ControlError, ControlPlane};
 
@@ -145,7 +145,13 @@ impl ControlPlane {
                 .bind(field.id)
                 .execute(&mut *tx)
                 .await?;
-                enqueue_propagation(&mut tx, max_attempts).await?;
+                enqueue_for(
+                    &mut tx,
+                    JobKind::PropagateFields,
+                    JobFor::Master,
+                    max_attempts,
+                )
+                .await?;
             }
         }
         tx.commit().await?;
@@ -255,8 +261,24 @@ impl ControlPlane {
             .execute(&mut *tx)
             .await?;
         match owner {
-            Some(_) => enqueue_reconciles(&mut tx, owner, max_attempts).await?,
-            None => enqueue_propagation(&mut tx, max_attempts).await?,
+            Some(_) => {
+                enqueue_for(
+                    &mut tx,
+                    JobKind::ReconcileFields,
+                    JobFor::Live(owner),
+                    max_attempts,
+                )
+                .await?
+            }
+            None => {
+                enqueue_for(
+                    &mut tx,
+                    JobKind::PropagateFields,
+                    JobFor::Master,
+                    max_attempts,
+                )
+                .await?
+            }
         }
         tx.commit().await?;
         Ok(clients)
@@ -370,52 +392,4 @@ impl ControlPlane {
         .fetch_all(&self.pool)
         .await?)
     }
-}
-
-/// Queues a `reconcile_fields` job for every live client (or just `only`) in one statement, skipping clients
-/// with one queued already, and wakes the workers at commit.
-async fn enqueue_reconciles(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    only: Option<Uuid>,
-    max_attempts: i32,
-) -> Result<(), ControlError> {
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO jobs (kind, client_id, payload, max_attempts)
-         SELECT $1, id, '{{}}'::jsonb, $2 FROM clients WHERE status IN {LIVE} AND ($3::uuid IS NULL OR id = $3)
-         ON CONFLICT (client_id, kind) WHERE status = 'queued' DO NOTHING"
-    )))
-    .bind(JobKind::ReconcileFields.as_str())
-    .bind(max_attempts)
-    .bind(only)
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(super::JOBS_CHANNEL)
-        .bind(JobKind::ReconcileFields.as_str())
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-/// Queues one `propagate_fields` fan-out over every client (for the master client, so changes in a row coalesce
-/// while one is queued) and wakes the workers at commit.
-async fn enqueue_propagation(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    max_attempts: i32,
-) -> Result<(), ControlError> {
-    sqlx::query(
-        "INSERT INTO jobs (kind, client_id, payload, max_attempts)
-         SELECT $1, id, '{}'::jsonb, $2 FROM clients WHERE kind = 'master'
-         ON CONFLICT (client_id, kind) WHERE status = 'queued' DO NOTHING",
-    )
-    .bind(JobKind::PropagateFields.as_str())
-    .bind(max_attempts)
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(super::JOBS_CHANNEL)
-        .bind(JobKind::PropagateFields.as_str())
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
 }

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 use uuid::Uuid;
 
+use super::clients::{JobFor, enqueue_for};
 use super::jobs::JobKind;
 use super::{ControlError, ControlPlane};
 
@@ -66,7 +67,13 @@ impl ControlPlane {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        enqueue_syncs(&mut tx, max_attempts).await?;
+        enqueue_for(
+            &mut tx,
+            JobKind::PublishTemplates,
+            JobFor::Master,
+            max_attempts,
+        )
+        .await?;
         let template = latest_on(&mut tx, id).await?;
         tx.commit().await?;
         Ok(template)
@@ -96,7 +103,13 @@ impl ControlPlane {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        enqueue_syncs(&mut tx, max_attempts).await?;
+        enqueue_for(
+            &mut tx,
+            JobKind::PublishTemplates,
+            JobFor::Master,
+            max_attempts,
+        )
+        .await?;
         let template = latest_on(&mut tx, id).await?;
         tx.commit().await?;
         Ok(template)
@@ -122,7 +135,13 @@ impl ControlPlane {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        enqueue_syncs(&mut tx, max_attempts).await?;
+        enqueue_for(
+            &mut tx,
+            JobKind::PublishTemplates,
+            JobFor::Master,
+            max_attempts,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -286,27 +305,4 @@ async fn latest_on(
         .fetch_optional(&mut **tx)
         .await?
         .ok_or(ControlError::NotFound)
-}
-
-/// Queues one `publish_templates` fan-out (for the master client, so publishes in a row coalesce while one is
-/// queued) and wakes the workers at commit.
-async fn enqueue_syncs(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    max_attempts: i32,
-) -> Result<(), ControlError> {
-    sqlx::query(
-        "INSERT INTO jobs (kind, client_id, payload, max_attempts)
-         SELECT $1, id, '{}'::jsonb, $2 FROM clients WHERE kind = 'master'
-         ON CONFLICT (client_id, kind) WHERE status = 'queued' DO NOTHING",
-    )
-    .bind(JobKind::PublishTemplates.as_str())
-    .bind(max_attempts)
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(super::JOBS_CHANNEL)
-        .bind(JobKind::PublishTemplates.as_str())
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
 }

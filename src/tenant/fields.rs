@@ -115,11 +115,7 @@ pub async fn reconcile(
 ) -> Result<Reconciled, TenantError> {
     let context = format!("reconciling the fields of {}", target.dbname());
     let err = |e| TenantError::postgres(context.clone())(e);
-    let client = target
-        .with_application_name("mandant-fields")
-        .connect()
-        .await
-        .map_err(err)?;
+    let client = connect(target).await.map_err(err)?;
     // One reconcile per database at a time (a request and a job may meet here).
     client
         .batch_execute(&format!(
@@ -210,15 +206,20 @@ pub async fn reconcile(
     Ok(done)
 }
 
+async fn connect(
+    target: &PgTarget,
+) -> Result<deadpool_postgres::tokio_postgres::Client, deadpool_postgres::tokio_postgres::Error> {
+    target
+        .with_application_name("mandant-fields")
+        .connect()
+        .await
+}
+
 /// Differences between the catalogue and the real columns of `recipients` (for `tenants fields --check`).
 pub async fn drift(target: &PgTarget, desired: &[FieldSpec]) -> Result<Vec<String>, TenantError> {
     let context = format!("checking the fields of {}", target.dbname());
     let err = |e| TenantError::postgres(context.clone())(e);
-    let client = target
-        .with_application_name("mandant-fields")
-        .connect()
-        .await
-        .map_err(err)?;
+    let client = connect(target).await.map_err(err)?;
     let catalogue: Vec<String> = client
         .query("SELECT name FROM field_catalogue ORDER BY name", &[])
         .await
