@@ -96,20 +96,7 @@ impl ControlPlane {
         .await?
         .ok_or(ControlError::NotFound)?;
         insert_version(&mut tx, id, version, content).await?;
-        sqlx::query(
-            "UPDATE template_sync SET status = 'pending', updated_at = now()
-             WHERE template_id = $1 AND status <> 'overridden'",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        enqueue_for(
-            &mut tx,
-            JobKind::PublishTemplates,
-            JobFor::Master,
-            max_attempts,
-        )
-        .await?;
+        resync(&mut tx, id, max_attempts).await?;
         let template = latest_on(&mut tx, id).await?;
         tx.commit().await?;
         Ok(template)
@@ -128,20 +115,7 @@ impl ControlPlane {
         if found == 0 {
             return Err(ControlError::NotFound);
         }
-        sqlx::query(
-            "UPDATE template_sync SET status = 'pending', updated_at = now()
-             WHERE template_id = $1 AND status <> 'overridden'",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        enqueue_for(
-            &mut tx,
-            JobKind::PublishTemplates,
-            JobFor::Master,
-            max_attempts,
-        )
-        .await?;
+        resync(&mut tx, id, max_attempts).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -305,4 +279,20 @@ async fn latest_on(
         .fetch_optional(&mut **tx)
         .await?
         .ok_or(ControlError::NotFound)
+}
+
+/// After a new version or a retraction: every copy that follows the master is pending, and the fan-out queued.
+async fn resync(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    id: Uuid,
+    max_attempts: i32,
+) -> Result<(), ControlError> {
+    sqlx::query(
+        "UPDATE template_sync SET status = 'pending', updated_at = now()
+         WHERE template_id = $1 AND status <> 'overridden'",
+    )
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    enqueue_for(tx, JobKind::PublishTemplates, JobFor::Master, max_attempts).await
 }
