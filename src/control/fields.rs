@@ -313,6 +313,9 @@ impl ControlPlane {
              WHERE s.status <> 'applied' AND c.status IN ('active', 'suspended')
                AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.client_id = s.client_id
                                AND j.kind = 'reconcile_fields' AND j.status IN ('queued', 'running'))
+               -- A fan-out queued or under way covers every client.
+               AND NOT EXISTS (SELECT 1 FROM jobs p WHERE p.kind = 'propagate_fields'
+                               AND p.status IN ('queued', 'running'))
              ON CONFLICT (client_id, kind) WHERE status = 'queued' DO NOTHING",
         )
         .bind(max_attempts)

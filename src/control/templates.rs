@@ -239,6 +239,9 @@ impl ControlPlane {
              WHERE s.status IN ('pending', 'failed') AND c.status = 'active'
                AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.client_id = s.client_id
                                AND j.kind = 'sync_templates' AND j.status IN ('queued', 'running'))
+               -- A fan-out queued or under way covers every client.
+               AND NOT EXISTS (SELECT 1 FROM jobs p WHERE p.kind = 'publish_templates'
+                               AND p.status IN ('queued', 'running'))
              ON CONFLICT (client_id, kind) WHERE status = 'queued' DO NOTHING",
         )
         .bind(max_attempts)

@@ -506,3 +506,32 @@ async fn tenants_fields_reports_drift_between_desired_fields_and_real_columns() 
         "{drift}"
     );
 }
+
+#[tokio::test]
+async fn the_requeue_sweep_leaves_clients_to_a_queued_fan_out_and_picks_up_the_ones_it_left_behind()
+{
+    let app = crate::helpers::spawn_app_without_workers().await;
+    let runner = app.runner("sweep");
+    app.create_client("swept").await;
+    app.drain(&runner).await;
+    let created = app
+        .post_json("/v1/fields", &json!({"name": "tier", "type": "integer"}))
+        .await;
+    assert_eq!(created.status(), StatusCode::ACCEPTED);
+    let control = app.state.control();
+    // The fan-out is queued: the sweep adds nothing.
+    assert_eq!(control.requeue_unapplied_fields(8).await.unwrap(), 0);
+    app.drain(&runner).await;
+    let done: Value = app.get("/v1/fields/tier").await.json().await.unwrap();
+    assert_eq!(done["propagation"]["applied"], 2, "{done}");
+    // A status left behind (as by a client whose retries ran out) gets a job of its own.
+    app.control()
+        .await
+        .batch_execute("UPDATE field_status SET status = 'failed', last_error = 'down'")
+        .await
+        .unwrap();
+    assert_eq!(control.requeue_unapplied_fields(8).await.unwrap(), 2);
+    app.drain(&runner).await;
+    let again: Value = app.get("/v1/fields/tier").await.json().await.unwrap();
+    assert_eq!(again["propagation"]["applied"], 2, "{again}");
+}
