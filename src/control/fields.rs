@@ -306,29 +306,14 @@ impl ControlPlane {
     /// Queues a reconcile for every live client with a field not applied and no reconcile queued or running
     /// (e.g. one whose retries ran out while its database was down). Returns how many were queued.
     pub async fn requeue_unapplied_fields(&self, max_attempts: i32) -> Result<u64, ControlError> {
-        let queued = sqlx::query(
-            "INSERT INTO jobs (kind, client_id, payload, max_attempts)
-             SELECT DISTINCT 'reconcile_fields', s.client_id, '{}'::jsonb, $1::int
-             FROM field_status s JOIN clients c ON c.id = s.client_id
-             WHERE s.status <> 'applied' AND c.status IN ('active', 'suspended')
-               AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.client_id = s.client_id
-                               AND j.kind = 'reconcile_fields' AND j.status IN ('queued', 'running'))
-               -- A fan-out queued or under way covers every client.
-               AND NOT EXISTS (SELECT 1 FROM jobs p WHERE p.kind = 'propagate_fields'
-                               AND p.status IN ('queued', 'running'))
-             ON CONFLICT (client_id, kind) WHERE status = 'queued' DO NOTHING",
+        self.requeue_left_behind(
+            JobKind::ReconcileFields,
+            JobKind::PropagateFields,
+            "SELECT s.client_id FROM field_status s JOIN clients c ON c.id = s.client_id
+             WHERE s.status <> 'applied' AND c.status IN ('active', 'suspended')",
+            max_attempts,
         )
-        .bind(max_attempts)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        if queued > 0 {
-            sqlx::query("SELECT pg_notify($1, 'reconcile_fields')")
-                .bind(super::JOBS_CHANNEL)
-                .execute(&self.pool)
-                .await?;
-        }
-        Ok(queued)
+        .await
     }
 
     /// Records successful reconciles: (client, field, version reconciled), any number of clients in one

@@ -137,6 +137,40 @@ pub struct Operation {
 }
 
 impl ControlPlane {
+    /// Queues a `kind` job for each client `open_clients` (a query of `client_id`s) names that has none queued or
+    /// running, unless a `fan_out` job (which covers every client) is queued or running; wakes the workers.
+    /// For clients whose own retries ran out: the reconcilers give up on nobody.
+    pub(super) async fn requeue_left_behind(
+        &self,
+        kind: JobKind,
+        fan_out: JobKind,
+        open_clients: &'static str,
+        max_attempts: i32,
+    ) -> Result<u64, ControlError> {
+        let queued = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO jobs (kind, client_id, payload, max_attempts)
+             SELECT DISTINCT $1, open.client_id, '{{}}'::jsonb, $2::int FROM ({open_clients}) AS open
+             WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.client_id = open.client_id
+                               AND j.kind = $1 AND j.status IN ('queued', 'running'))
+               AND NOT EXISTS (SELECT 1 FROM jobs f WHERE f.kind = $3 AND f.status IN ('queued', 'running'))
+             ON CONFLICT (client_id, kind) WHERE status = 'queued' DO NOTHING"
+        )))
+        .bind(kind.as_str())
+        .bind(max_attempts)
+        .bind(fan_out.as_str())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if queued > 0 {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(super::JOBS_CHANNEL)
+                .bind(kind.as_str())
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(queued)
+    }
+
     /// Claims the next runnable job of a kind this binary knows: queued and due, or running with an expired lease
     /// (its worker died) and attempts left; never while another job of the same client is running (the partial
     /// unique index `jobs_one_running_per_client` makes that a hard guarantee between racing claims). Counts an

@@ -232,23 +232,14 @@ impl ControlPlane {
 
     /// Queues a sync for every active client with a template not in sync and no sync queued or running.
     pub async fn requeue_unsynced_templates(&self, max_attempts: i32) -> Result<u64, ControlError> {
-        let queued = sqlx::query(
-            "INSERT INTO jobs (kind, client_id, payload, max_attempts)
-             SELECT DISTINCT 'sync_templates', s.client_id, '{}'::jsonb, $1::int
-             FROM template_sync s JOIN clients c ON c.id = s.client_id
-             WHERE s.status IN ('pending', 'failed') AND c.status = 'active'
-               AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.client_id = s.client_id
-                               AND j.kind = 'sync_templates' AND j.status IN ('queued', 'running'))
-               -- A fan-out queued or under way covers every client.
-               AND NOT EXISTS (SELECT 1 FROM jobs p WHERE p.kind = 'publish_templates'
-                               AND p.status IN ('queued', 'running'))
-             ON CONFLICT (client_id, kind) WHERE status = 'queued' DO NOTHING",
+        self.requeue_left_behind(
+            JobKind::SyncTemplates,
+            JobKind::PublishTemplates,
+            "SELECT s.client_id FROM template_sync s JOIN clients c ON c.id = s.client_id
+             WHERE s.status IN ('pending', 'failed') AND c.status = 'active'",
+            max_attempts,
         )
-        .bind(max_attempts)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(queued)
+        .await
     }
 }
 
