@@ -185,14 +185,17 @@ where
     let upsert = format!(
         "WITH source AS ({source}), written AS (
              INSERT INTO recipients ({cols}) SELECT {cols} FROM source
-             ON CONFLICT ((lower(email))) DO UPDATE SET {sets}, updated_at = now()
+             ON CONFLICT ((lower(email))) DO UPDATE SET {sets}
              RETURNING (xmax = 0) AS inserted
          )
          SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written",
+        // The e-mail address keeps its stored spelling; `updated_at` always moves, so an import of addresses
+        // alone is still a valid statement (and counts its matches as updates).
         sets = written
             .iter()
-            .skip(1) // the e-mail address keeps its stored spelling
+            .skip(1)
             .map(|c| keep(c))
+            .chain(["updated_at = now()".to_owned()])
             .collect::<Vec<_>>()
             .join(", "),
     );

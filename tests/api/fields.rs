@@ -535,3 +535,110 @@ async fn the_requeue_sweep_leaves_clients_to_a_queued_fan_out_and_picks_up_the_o
     let again: Value = app.get("/v1/fields/tier").await.json().await.unwrap();
     assert_eq!(again["propagation"]["applied"], 2, "{again}");
 }
+
+#[tokio::test]
+async fn an_own_field_on_an_unreachable_database_is_pending_then_applied_and_required_fields_are_enforced()
+ {
+    let app = spawn_app().await;
+    app.create_active_client("remote").await;
+    let id = app.client_json("remote").await["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let database = app.state.provisioner().names(id).database;
+    let admin = superuser("postgres").await;
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS false"
+        ))
+        .await
+        .unwrap();
+    let created = app
+        .post_json(
+            "/v1/clients/remote/fields",
+            &json!({"name": "consent", "type": "boolean", "required": true, "default": false}),
+        )
+        .await;
+    assert_eq!(created.status(), StatusCode::ACCEPTED);
+    let body: Value = created.json().await.unwrap();
+    assert_eq!(body["status"], "pending");
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS true"
+        ))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let fields: Value = app
+            .get("/v1/clients/remote/fields")
+            .await
+            .json()
+            .await
+            .unwrap();
+        if field_status(&fields, "consent")["status"] == "applied" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never applied: {fields}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        columns(&app, "remote")
+            .await
+            .contains(&"consent".to_owned())
+    );
+
+    // Required: omitted gets the default, cleared or empty is refused, nothing written.
+    let r: Value = app
+        .post_json(
+            "/v1/clients/remote/recipients",
+            &json!({"email": "r@example.org"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["consent"], false);
+    let cleared = app
+        .patch_json(
+            &format!("/v1/clients/remote/recipients/{}", r["id"]),
+            &json!({"consent": null}),
+        )
+        .await;
+    assert_eq!(cleared.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(cleared).await, "invalid_field");
+    let empty_cell = app
+        .post_body(
+            "/v1/clients/remote/recipients/import",
+            "text/csv",
+            "email,consent\nx@example.org,true\ny@example.org,\n",
+        )
+        .await;
+    assert_eq!(empty_cell.status(), StatusCode::BAD_REQUEST);
+    let error: Value = empty_cell.json().await.unwrap();
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("line 3: consent: is required"),
+        "{error}"
+    );
+    // An import without the column: new recipients get the default, existing ones keep their value.
+    let without = app
+        .post_body(
+            "/v1/clients/remote/recipients/import",
+            "text/csv",
+            "email\nr@example.org\nz@example.org\n",
+        )
+        .await;
+    assert_eq!(without.status(), StatusCode::OK);
+    let consent: i64 = app
+        .tenant_db("remote")
+        .await
+        .query_one("SELECT count(*) FROM recipients WHERE consent = false", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(consent, 2);
+}
