@@ -71,6 +71,14 @@ pub fn limit(requested: Option<i64>) -> Result<i64, ApiError> {
     Ok(limit)
 }
 
+/// The page size and keyset position (an id) of a list request.
+pub fn keyset(
+    limit_param: Option<i64>,
+    cursor: Option<&str>,
+) -> Result<(i64, Option<i64>), ApiError> {
+    Ok((limit(limit_param)?, super::extract::cursor_id(cursor)?))
+}
+
 /// [`limit`] from a text value (query maps that read every value as text).
 pub fn limit_text(requested: Option<&str>) -> Result<i64, ApiError> {
     match requested.map(str::parse::<i64>) {

@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::cursor::{self, Page};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, ApiQuery, cursor_id, path_id, path_slug};
+use super::extract::{ApiJson, ApiQuery, path_id, path_slug};
 use crate::app::AppState;
 use crate::data::lists::{self, Binding, BindingStatus, ListMember, MailingList};
 use crate::data::{self, DataError};
@@ -89,8 +89,7 @@ pub async fn list(
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<Page<MailingList>>, ApiError> {
     let slug = path_slug(&slug)?;
-    let limit = cursor::limit(params.limit)?;
-    let after = cursor_id(params.cursor.as_deref())?;
+    let (limit, after) = cursor::keyset(params.limit, params.cursor.as_deref())?;
     let (_, db) = data::connect(&state, &slug).await?;
     let items = lists::list(db.client(), after, limit + 1).await?;
     Ok(Json(Page::from_rows(items, limit, |l| l.id.to_string())))
@@ -159,8 +158,7 @@ pub async fn members(
     ApiQuery(params): ApiQuery<MemberParams>,
 ) -> Result<Json<Page<ListMember>>, ApiError> {
     let (slug, id) = (path_slug(&slug)?, path_id(&id)?);
-    let limit = cursor::limit(params.limit)?;
-    let after = cursor_id(params.cursor.as_deref())?;
+    let (limit, after) = cursor::keyset(params.limit, params.cursor.as_deref())?;
     let (_, db) = data::connect(&state, &slug).await?;
     let items = lists::members(db.client(), id, params.status, after, limit + 1).await?;
     Ok(Json(Page::from_rows(items, limit, |m| {

@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 
 use super::cursor::{self, Page};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, ApiQuery, cursor_id, path_id, path_slug};
+use super::extract::{ApiJson, ApiQuery, path_id, path_slug};
 use super::lists::PageParams;
 use crate::app::AppState;
 use crate::data::recipients::Recipient;
@@ -73,8 +73,7 @@ pub async fn list(
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<Page<TargetGroup>>, ApiError> {
     let slug = path_slug(&slug)?;
-    let limit = cursor::limit(params.limit)?;
-    let after = cursor_id(params.cursor.as_deref())?;
+    let (limit, after) = cursor::keyset(params.limit, params.cursor.as_deref())?;
     let (_, db) = data::connect(&state, &slug).await?;
     let items = target_groups::list(db.client(), after, limit + 1).await?;
     Ok(Json(Page::from_rows(items, limit, |g| g.id.to_string())))
@@ -141,8 +140,7 @@ pub async fn members(
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<Page<Recipient>>, ApiError> {
     let (slug, id) = (path_slug(&slug)?, path_id(&id)?);
-    let limit = cursor::limit(params.limit)?;
-    let after = cursor_id(params.cursor.as_deref())?;
+    let (limit, after) = cursor::keyset(params.limit, params.cursor.as_deref())?;
     let (_, db) = data::connect(&state, &slug).await?;
     let items = target_groups::members(db.client(), id, after, limit + 1).await?;
     Ok(Json(Page::from_rows(items, limit, |r| r.id.to_string())))
