@@ -10,6 +10,7 @@ use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
+use crate::access::authn::{self, Authenticator};
 use crate::config::Settings;
 use crate::control::{self, CONTROL_DB, ControlPlane};
 use crate::data::RouteCache;
@@ -81,6 +82,7 @@ pub struct App {
     provisioner: Provisioner,
     router: Router,
     routes: RouteCache,
+    auth: Arc<Authenticator>,
     metrics: PrometheusHandle,
 }
 
@@ -97,12 +99,17 @@ impl AppState {
             credentials,
         );
         let router = Router::new(settings.routing.router());
+        let auth = Arc::new(Authenticator::new(
+            control.clone(),
+            settings.auth.cache_ttl(),
+        ));
         Ok(Self(Arc::new(App {
             settings,
             control,
             provisioner,
             router,
             routes: RouteCache::default(),
+            auth,
             metrics: crate::http::metrics::recorder(),
         })))
     }
@@ -140,6 +147,11 @@ impl AppState {
         &self.0.routes
     }
 
+    /// Bearer-token authentication and its principal cache.
+    pub fn auth(&self) -> &Arc<Authenticator> {
+        &self.0.auth
+    }
+
     /// The routing pool to tenant databases.
     pub fn router(&self) -> &Router {
         &self.0.router
@@ -172,11 +184,18 @@ pub struct Application {
 
 impl Application {
     /// Opens the control database (starting the embedded cluster if configured so), applies control-plane
-    /// migrations, registers the local database server and binds the listener.
+    /// migrations, registers the local database server, makes sure the built-in roles and a first admin exist,
+    /// and binds the listener.
     pub async fn build(settings: Settings, options: RunOptions) -> anyhow::Result<Self> {
         let listen = settings.server.listen;
         let (state, database) = AppState::start(settings).await?;
-        match TcpListener::bind(listen).await {
+        let bound = async {
+            authn::bootstrap(state.control(), state.settings()).await?;
+            TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding server.listen = {listen}"))
+        };
+        match bound.await {
             Ok(listener) => Ok(Self {
                 listener,
                 state,
@@ -186,7 +205,7 @@ impl Application {
             Err(e) => {
                 state.control().close().await;
                 database.close().await;
-                Err(anyhow::Error::new(e).context(format!("binding server.listen = {listen}")))
+                Err(e)
             }
         }
     }
@@ -213,6 +232,13 @@ impl Application {
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
         spawn_background(&state, &cancel, &tasks, options);
+        // Principal-cache invalidation for this HTTP server.
+        tasks.spawn(
+            state
+                .auth()
+                .clone()
+                .listen(state.settings().workers.poll_interval(), cancel.clone()),
+        );
 
         let http_stop = CancellationToken::new();
         let router = crate::http::router(state.clone());

@@ -211,6 +211,13 @@ impl RoutingSettings {
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
     pub bootstrap_token: Secret,
+    pub cache_ttl_secs: u64,
+}
+
+impl AuthSettings {
+    pub fn cache_ttl(&self) -> Duration {
+        Duration::from_secs(self.cache_ttl_secs)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

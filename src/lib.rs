@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md for the components and how a request flows through them.
 
+pub mod access;
 pub mod app;
 pub mod cli;
 pub mod config;

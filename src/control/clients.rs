@@ -15,6 +15,7 @@ pub struct Client {
     pub id: Uuid,
     pub slug: String,
     pub name: String,
+    pub parent_id: Option<Uuid>,
     pub parent: Option<String>,
     pub kind: String,
     pub status: ClientStatus,
@@ -38,6 +39,7 @@ struct ClientRow {
     id: Uuid,
     slug: String,
     name: String,
+    parent_id: Option<Uuid>,
     parent: Option<String>,
     kind: String,
     status: String,
@@ -58,6 +60,7 @@ impl TryFrom<ClientRow> for Client {
             id: r.id,
             slug: r.slug,
             name: r.name,
+            parent_id: r.parent_id,
             parent: r.parent,
             kind: r.kind,
             status,
@@ -86,7 +89,7 @@ fn convert(rows: Vec<ClientRow>) -> Result<Vec<Client>, ControlError> {
 macro_rules! select_clients {
     ($($tail:literal)*) => {
         concat!(
-            "SELECT c.id, c.slug, c.name, p.slug AS parent, c.kind, c.status, c.server_id, s.name AS server,
+            "SELECT c.id, c.slug, c.name, c.parent_id, p.slug AS parent, c.kind, c.status, c.server_id, s.name AS server,
                     c.db_name, c.schema_version, c.generation, c.created_at, c.updated_at
              FROM clients c
              LEFT JOIN clients p ON p.id = c.parent_id
@@ -103,6 +106,8 @@ pub struct ClientFilter {
     pub parent: Option<ClientSlug>,
     /// Keyset position: list clients after this (slug, id).
     pub after: Option<(String, Uuid)>,
+    /// Only these clients (`None` = all): the clients a caller can see.
+    pub visible: Option<Vec<Uuid>>,
     pub limit: i64,
 }
 
@@ -113,6 +118,7 @@ impl ControlPlane {
         slug: &ClientSlug,
         name: &ClientName,
         parent: Option<&ClientSlug>,
+        creator_access: Option<(Uuid, bool)>,
         max_attempts: i32,
     ) -> Result<(Client, Uuid), ControlError> {
         let mut tx = self.pool.begin().await?;
@@ -158,6 +164,20 @@ impl ControlPlane {
         )
         .await?
         .ok_or_else(|| ControlError::Query(sqlx::Error::RowNotFound))?;
+        if let Some((user, private_data)) = creator_access {
+            // A creator who is not a master admin would not see the client it made (access to a parent implies
+            // none to its children): it gets full access to it, with the private-data right it has on the parent.
+            sqlx::query(
+                "INSERT INTO client_access (user_id, client_id, level, private_data, granted_by)
+                 VALUES ($1, $2, 'full', $3, $1)",
+            )
+            .bind(user)
+            .bind(id)
+            .bind(private_data)
+            .execute(&mut *tx)
+            .await?;
+            super::access::notify_auth_change(&mut tx).await?;
+        }
         let client = client_by_id_on(&mut tx, id).await?;
         tx.commit().await?;
         Ok((client, job))
@@ -223,6 +243,7 @@ impl ControlPlane {
             "WHERE ($1::text IS NULL AND c.status <> 'deleted' OR c.status = $1)
                AND ($2::text IS NULL OR p.slug = $2 AND p.status <> 'deleted')
                AND ($3::text IS NULL OR (c.slug, c.id) > ($3, $4::uuid))
+               AND ($6::uuid[] IS NULL OR c.id = ANY($6))
              ORDER BY c.slug, c.id
              LIMIT $5"
         ))
@@ -231,6 +252,7 @@ impl ControlPlane {
         .bind(after_slug)
         .bind(after_id)
         .bind(filter.limit)
+        .bind(filter.visible.as_deref())
         .fetch_all(&self.pool)
         .await?;
         convert(rows)

@@ -118,6 +118,8 @@ where
 #[derive(Debug, Clone, Serialize, FromRow, utoipa::ToSchema)]
 pub struct Operation {
     pub id: Uuid,
+    #[serde(skip)]
+    pub client_id: Option<Uuid>,
     #[schema(example = "provision_client")]
     pub kind: String,
     /// The client's slug.
@@ -393,7 +395,7 @@ impl ControlPlane {
 
     pub async fn operation(&self, id: Uuid) -> Result<Operation, ControlError> {
         sqlx::query_as(
-            "SELECT j.id, j.kind, c.slug AS client, j.status, j.attempts, j.last_error, j.step, j.result,
+            "SELECT j.id, j.kind, j.client_id, c.slug AS client, j.status, j.attempts, j.last_error, j.step, j.result,
                     j.created_at, j.updated_at
              FROM jobs j LEFT JOIN clients c ON c.id = j.client_id
              WHERE j.id = $1",

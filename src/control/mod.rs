@@ -7,6 +7,7 @@
 //!
 //! The schema is in `control_migrations/` and is applied by [`migrate::run`] under an advisory lock.
 
+pub mod access;
 pub mod clients;
 pub mod fields;
 pub mod jobs;
@@ -68,6 +69,16 @@ pub enum ControlError {
     FieldTakenByClients(Vec<String>),
     #[error("a field of this name exists already")]
     FieldExists,
+    #[error("the username is taken")]
+    UsernameTaken,
+    #[error("a role of this name exists already")]
+    RoleNameTaken,
+    #[error("the role is held by {0} user(s)")]
+    RoleInUse(i64),
+    #[error("built-in roles cannot be changed or deleted")]
+    BuiltinRole,
+    #[error("unknown role(s): {}", .0.join(", "))]
+    UnknownRoles(Vec<String>),
 }
 
 impl From<sqlx::Error> for ControlError {

@@ -37,6 +37,7 @@ pub struct MasterTemplate {
 #[derive(Debug, Clone, FromRow)]
 pub struct SyncRow {
     pub template_id: Uuid,
+    pub client_id: Uuid,
     pub client: String,
     pub status: String,
     pub synced_version: Option<i32>,
@@ -221,7 +222,7 @@ impl ControlPlane {
     /// by the periodic re-queue once it is active again).
     pub async fn template_sync(&self, id: Uuid) -> Result<Vec<SyncRow>, ControlError> {
         Ok(sqlx::query_as(
-            "SELECT s.template_id, c.slug AS client, s.status, s.synced_version, s.last_error, s.updated_at
+            "SELECT s.template_id, s.client_id, c.slug AS client, s.status, s.synced_version, s.last_error, s.updated_at
              FROM template_sync s JOIN clients c ON c.id = s.client_id
              WHERE s.template_id = $1 AND c.status IN ('active', 'suspended') ORDER BY c.slug",
         )

@@ -177,6 +177,7 @@ pub async fn members(
     status: Option<BindingStatus>,
     after_id: Option<i64>,
     limit: i64,
+    privacy: super::Privacy,
 ) -> Result<Vec<ListMember>, DataError> {
     get(db, list_id).await?;
     let sql = format!(
@@ -199,12 +200,15 @@ pub async fn members(
             ],
         )
         .await?;
+    let mut recipients: Vec<Recipient> = rows.iter().map(Recipient::from).collect();
+    super::recipients::protect(db, privacy, None, &mut recipients).await?;
     Ok(rows
         .iter()
-        .map(|r| {
+        .zip(recipients)
+        .map(|(r, recipient)| {
             let status: String = r.get("binding_status");
             ListMember {
-                recipient: Recipient::from(r),
+                recipient,
                 binding_status: BindingStatus::parse(&status).unwrap_or(BindingStatus::Blocked),
             }
         })

@@ -27,6 +27,43 @@ use crate::domain::{ClientSlug, ClientStatus, Invalid};
 use crate::provisioning::ProvisionError;
 use crate::tenant::pool::{PooledConn, RouteError, TenantRoute};
 
+/// Whether a caller may see personal data on a client (its `private_data` right, DESIGN.md §6). Without it,
+/// personal fields (e-mail, names, custom fields marked personal) are masked in every recipient returned, and
+/// filters and target-group rules on them are refused, so they cannot be inferred either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Privacy {
+    Visible,
+    Masked,
+}
+
+impl Privacy {
+    pub fn new(private_data: bool) -> Self {
+        if private_data {
+            Self::Visible
+        } else {
+            Self::Masked
+        }
+    }
+
+    /// Refuses reading these fields (filters, rules) when personal data is masked.
+    pub fn check_fields<'a>(
+        self,
+        schema: &schema::Schema,
+        names: impl IntoIterator<Item = &'a String>,
+    ) -> Result<(), DataError> {
+        if self == Self::Visible {
+            return Ok(());
+        }
+        match names
+            .into_iter()
+            .find(|n| schema.get(n).is_some_and(|f| f.personal))
+        {
+            Some(name) => Err(DataError::PersonalData(name.clone())),
+            None => Ok(()),
+        }
+    }
+}
+
 /// How long a cached route is trusted.
 pub const ROUTE_TTL: Duration = Duration::from_secs(1);
 
@@ -58,6 +95,9 @@ pub enum DataError {
     Field(String),
     #[error("a target group with this name exists already")]
     GroupNameTaken,
+    /// A filter or rule on a personal field by a caller without the private-data right; names the field.
+    #[error("{0} is personal data")]
+    PersonalData(String),
     #[error("tenant query failed: {}", crate::db::describe_pg_error(.0))]
     Query(#[from] tokio_postgres::Error),
 }
@@ -71,8 +111,8 @@ impl From<ProvisionError> for DataError {
     }
 }
 
-/// slug → (fetched at, client, route); shared, so a hit costs two reference counts, not copies.
-type Routed = (Instant, Arc<Client>, Arc<TenantRoute>);
+/// slug → (fetched at, client, route once placed); shared, so a hit costs two reference counts, not copies.
+type Routed = (Instant, Arc<Client>, Option<Arc<TenantRoute>>);
 
 #[derive(Default)]
 pub struct RouteCache {
@@ -113,35 +153,46 @@ pub async fn connect(
     Ok((client, conn))
 }
 
+/// A live client by slug, from the route cache (the access check of every client-scoped request uses this).
+pub async fn client(state: &AppState, slug: &ClientSlug) -> Result<Arc<Client>, DataError> {
+    Ok(lookup(state, slug).await?.1)
+}
+
 async fn route(
     state: &AppState,
     slug: &ClientSlug,
 ) -> Result<(Arc<Client>, Arc<TenantRoute>), DataError> {
+    match lookup(state, slug).await? {
+        (_, client, Some(route)) => Ok((client, route)),
+        (_, client, None) => Err(DataError::ClientNotActive(client.status)),
+    }
+}
+
+async fn lookup(state: &AppState, slug: &ClientSlug) -> Result<Routed, DataError> {
     let cache = state.routes();
-    if let Some((at, client, route)) = cache.lock().get(slug.as_str())
-        && at.elapsed() < ROUTE_TTL
+    if let Some(entry) = cache.lock().get(slug.as_str())
+        && entry.0.elapsed() < ROUTE_TTL
     {
-        return Ok((client.clone(), route.clone()));
+        return Ok(entry.clone());
     }
     let client = match state.control().client_by_slug(slug).await {
         Ok(client) => client,
         Err(ControlError::NotFound) => return Err(DataError::NotFound),
         Err(e) => return Err(e.into()),
     };
-    let Some(server_id) = client.server_id else {
-        return Err(DataError::ClientNotActive(client.status));
+    let route = match client.server_id {
+        Some(server_id) => {
+            let server = state.control().server(server_id).await?;
+            let target = state.provisioner().tenant_target(&server, client.id)?;
+            Some(Arc::new(TenantRoute {
+                client_id: client.id,
+                server_id,
+                target,
+            }))
+        }
+        None => None,
     };
-    let server = state.control().server(server_id).await?;
-    let target = state.provisioner().tenant_target(&server, client.id)?;
-    let route = Arc::new(TenantRoute {
-        client_id: client.id,
-        server_id,
-        target,
-    });
-    let client = Arc::new(client);
-    cache.lock().insert(
-        slug.as_str().to_owned(),
-        (Instant::now(), client.clone(), route.clone()),
-    );
-    Ok((client, route))
+    let entry = (Instant::now(), Arc::new(client), route);
+    cache.lock().insert(slug.as_str().to_owned(), entry.clone());
+    Ok(entry)
 }

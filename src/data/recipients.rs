@@ -25,7 +25,8 @@ pub const GENDER_MAX: usize = 32;
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Recipient {
     pub id: i64,
-    pub email: String,
+    /// Null only when masked (see `_masked`).
+    pub email: Option<String>,
     pub first_name: Option<String>,
     pub last_name: Option<String>,
     pub gender: Option<String>,
@@ -35,6 +36,65 @@ pub struct Recipient {
     #[serde(flatten)]
     #[schema(value_type = Object)]
     pub fields: serde_json::Map<String, Json>,
+    /// The personal fields whose values are withheld (null) because the caller lacks the private-data right on
+    /// this client; absent when nothing is masked. (A field name cannot start with `_`.)
+    #[serde(rename = "_masked", skip_serializing_if = "Vec::is_empty")]
+    pub masked: Vec<String>,
+}
+
+impl Recipient {
+    /// Withholds the personal fields of `schema`.
+    fn mask(&mut self, schema: &Schema) {
+        for field in schema.fields().filter(|f| f.personal) {
+            let name = field.name.as_str();
+            let slot = match name {
+                "email" => Some(&mut self.email),
+                "first_name" => Some(&mut self.first_name),
+                "last_name" => Some(&mut self.last_name),
+                "gender" => Some(&mut self.gender),
+                _ => None,
+            };
+            let present = match slot {
+                Some(standard) => {
+                    *standard = None;
+                    true
+                }
+                None => self.fields.get_mut(name).map(|v| *v = Json::Null).is_some(),
+            };
+            if present {
+                self.masked.push(name.to_owned());
+            }
+        }
+    }
+}
+
+/// Applies `privacy` to recipients read from `db`: masked, their personal fields are withheld. The tenant's
+/// schema (which custom fields are personal) is read only when a recipient has custom fields and none is given.
+pub async fn protect(
+    db: &Client,
+    privacy: super::Privacy,
+    schema: Option<&Schema>,
+    recipients: &mut [Recipient],
+) -> Result<(), DataError> {
+    if privacy == super::Privacy::Visible || recipients.is_empty() {
+        return Ok(());
+    }
+    let loaded;
+    let schema = match schema {
+        Some(schema) => schema,
+        None if recipients.iter().any(|r| !r.fields.is_empty()) => {
+            loaded = Schema::load(db).await?;
+            &loaded
+        }
+        None => {
+            loaded = Schema::standard();
+            &loaded
+        }
+    };
+    for recipient in recipients {
+        recipient.mask(schema);
+    }
+    Ok(())
 }
 
 impl From<&Row> for Recipient {
@@ -49,13 +109,14 @@ impl From<&Row> for Recipient {
         }
         Self {
             id: r.get("id"),
-            email: r.get("email"),
+            email: Some(r.get("email")),
             first_name: r.get("first_name"),
             last_name: r.get("last_name"),
             gender: r.get("gender"),
             created_at: r.get("created_at"),
             updated_at: r.get("updated_at"),
             fields,
+            masked: Vec::new(),
         }
     }
 }

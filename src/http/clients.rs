@@ -10,9 +10,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use super::auth::{AuditNote, Caller, denial};
 use super::cursor::{self, Page};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiQuery, path_slug};
+use crate::access::{Denied, Permission, Rights};
 use crate::app::AppState;
 use crate::control::clients::{Client, ClientFilter};
 use crate::domain::{ClientName, ClientSlug, ClientStatus};
@@ -24,7 +26,7 @@ pub struct ClientView {
     #[schema(example = "acme-de")]
     pub slug: String,
     pub name: String,
-    /// The parent's slug; null for the master client.
+    /// The parent's slug; null for the master client, and when the caller has no access to the parent.
     pub parent: Option<String>,
     /// `master` or `sub`.
     pub kind: String,
@@ -44,12 +46,16 @@ pub struct ClientView {
 }
 
 impl ClientView {
-    fn new(client: Client, operation: Option<Uuid>) -> Self {
+    /// The client as `rights` may see it: a parent the caller cannot see is not named.
+    fn new(client: Client, operation: Option<Uuid>, rights: &Rights) -> Self {
+        let parent_visible = client
+            .parent_id
+            .is_some_and(|p| rights.grant(p).is_visible());
         Self {
             id: client.id,
             slug: client.slug,
             name: client.name,
-            parent: client.parent,
+            parent: client.parent.filter(|_| parent_visible),
             kind: client.kind,
             status: client.status,
             server: client.server,
@@ -119,35 +125,63 @@ fn max_attempts(state: &AppState) -> i32 {
         (status = 422, description = "Unknown parent", body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     ApiJson(body): ApiJson<CreateClient>,
 ) -> Result<Response, ApiError> {
     let slug = ClientSlug::parse(&body.slug)?;
     let name = ClientName::parse(&body.name)?;
-    let parent = match &body.parent {
-        Some(p) => Some(ClientSlug::parse(p).map_err(|_| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unknown_parent",
-                "The parent client does not exist.",
-            )
-        })?),
-        None => None,
+    let unknown_parent = || {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_parent",
+            "The parent client does not exist.",
+        )
     };
+    let parent = match &body.parent {
+        Some(p) => ClientSlug::parse(p).map_err(|_| unknown_parent())?,
+        None => ClientSlug::master(),
+    };
+    // Creating under a parent needs full access to it; an invisible parent is one that does not exist.
+    let parent_client = match crate::data::client(&state, &parent).await {
+        Ok(client) => client,
+        Err(crate::data::DataError::NotFound) => return Err(unknown_parent()),
+        Err(e) => return Err(e.into()),
+    };
+    let grant = match caller
+        .rights
+        .authorize(parent_client.id, Permission::ClientsCreate)
+    {
+        Ok(grant) => grant,
+        Err(Denied::Invisible) => return Err(unknown_parent()),
+        Err(denied) => return Err(denial(denied)),
+    };
+    let creator_access =
+        (!caller.rights.master_admin).then_some((caller.user_id, grant.private_data));
     let (client, operation) = state
         .control()
-        .create_client(&slug, &name, parent.as_ref(), max_attempts(&state))
+        .create_client(
+            &slug,
+            &name,
+            Some(&parent),
+            creator_access,
+            max_attempts(&state),
+        )
         .await?;
+    if creator_access.is_some() {
+        state.auth().invalidate();
+    }
     tracing::info!(client = %slug, %operation, "client created; provisioning");
     let location = format!("/v1/clients/{slug}");
+    let note = AuditNote::client(client.id, &client.slug);
     let mut response = (
         StatusCode::ACCEPTED,
-        Json(ClientView::new(client, Some(operation))),
+        Json(ClientView::new(client, Some(operation), &caller.rights)),
     )
         .into_response();
     if let Ok(value) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, value);
     }
-    Ok(response)
+    Ok(note.attach(response))
 }
 
 /// List clients, ordered by slug.
@@ -157,6 +191,7 @@ pub async fn create(
         (status = 400, description = "Invalid filter, limit or cursor", body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Page<ClientView>>, ApiError> {
     let limit = cursor::limit(params.limit)?;
@@ -177,12 +212,13 @@ pub async fn list(
             status,
             parent,
             after,
+            visible: caller.rights.visible_clients(),
             limit: limit + 1,
         })
         .await?;
     let views = clients
         .into_iter()
-        .map(|c| ClientView::new(c, None))
+        .map(|c| ClientView::new(c, None, &caller.rights))
         .collect();
     Ok(Json(Page::from_rows(views, limit, |c| {
         format!("{}/{}", c.slug, c.id)
@@ -197,10 +233,11 @@ pub async fn list(
         (status = 404, description = "No such client", body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     Path(slug): Path<String>,
 ) -> Result<Json<ClientView>, ApiError> {
     let client = state.control().client_by_slug(&path_slug(&slug)?).await?;
-    Ok(Json(ClientView::new(client, None)))
+    Ok(Json(ClientView::new(client, None, &caller.rights)))
 }
 
 /// Rename a client (the slug never changes).
@@ -212,13 +249,14 @@ pub async fn get(
         (status = 404, description = "No such client", body = ErrorBody)))]
 pub async fn update(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     Path(slug): Path<String>,
     ApiJson(body): ApiJson<UpdateClient>,
 ) -> Result<Json<ClientView>, ApiError> {
     let slug = path_slug(&slug)?;
     let name = ClientName::parse(&body.name)?;
     let client = state.control().rename_client(&slug, &name).await?;
-    Ok(Json(ClientView::new(client, None)))
+    Ok(Json(ClientView::new(client, None, &caller.rights)))
 }
 
 /// Suspend an active client: its data plane is refused and its database role may no longer log in.
@@ -230,9 +268,10 @@ pub async fn update(
         (status = 409, description = "Not active, or the master", body = ErrorBody)))]
 pub async fn suspend(
     State(state): State<AppState>,
+    caller: Caller,
     Path(slug): Path<String>,
 ) -> Result<Json<ClientView>, ApiError> {
-    set_suspended(state, &slug, true).await
+    set_suspended(state, caller, &slug, true).await
 }
 
 /// Resume a suspended client.
@@ -244,13 +283,15 @@ pub async fn suspend(
         (status = 409, description = "Not suspended", body = ErrorBody)))]
 pub async fn resume(
     State(state): State<AppState>,
+    caller: Caller,
     Path(slug): Path<String>,
 ) -> Result<Json<ClientView>, ApiError> {
-    set_suspended(state, &slug, false).await
+    set_suspended(state, caller, &slug, false).await
 }
 
 async fn set_suspended(
     state: AppState,
+    Caller(caller): Caller,
     slug: &str,
     suspend: bool,
 ) -> Result<Json<ClientView>, ApiError> {
@@ -261,7 +302,7 @@ async fn set_suspended(
         .await?;
     crate::data::status_changed(&state, &client);
     tracing::info!(client = %slug, status = client.status.as_str(), "client status changed");
-    Ok(Json(ClientView::new(client, None)))
+    Ok(Json(ClientView::new(client, None, &caller.rights)))
 }
 
 /// Delete a client: its database (optionally archived first) and role are dropped in the background; the
@@ -274,6 +315,7 @@ async fn set_suspended(
         (status = 409, description = "Already being deleted, the master, or has sub-clients", body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     Path(slug): Path<String>,
     ApiQuery(params): ApiQuery<DeleteParams>,
 ) -> Result<Response, ApiError> {
@@ -287,7 +329,7 @@ pub async fn delete(
     tracing::info!(client = %slug, %operation, archive, "client deletion requested");
     Ok((
         StatusCode::ACCEPTED,
-        Json(ClientView::new(client, Some(operation))),
+        Json(ClientView::new(client, Some(operation), &caller.rights)),
     )
         .into_response())
 }

@@ -196,6 +196,26 @@ impl From<ControlError> for ApiError {
                 "field_exists",
                 "A field of this name exists already.".into(),
             ),
+            ControlError::UsernameTaken => {
+                conflict("username_taken", "Another user has this username.".into())
+            }
+            ControlError::RoleNameTaken => conflict(
+                "role_name_taken",
+                "A role with this name exists already.".into(),
+            ),
+            ControlError::RoleInUse(n) => conflict(
+                "role_in_use",
+                format!("{n} user(s) hold this role; take it from them first."),
+            ),
+            ControlError::BuiltinRole => conflict(
+                "builtin_role",
+                "Built-in roles cannot be changed or deleted.".into(),
+            ),
+            ControlError::UnknownRoles(names) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_role",
+                format!("No such role: {}.", names.join(", ")),
+            ),
             ControlError::NoCapacity => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no_capacity",
@@ -251,6 +271,13 @@ impl From<DataError> for ApiError {
                 "A target group with this name exists already.",
             ),
             DataError::Invalid(invalid) => invalid.into(),
+            DataError::PersonalData(field) => Self::new(
+                StatusCode::FORBIDDEN,
+                "private_data_required",
+                format!(
+                    "{field} is personal data; filtering on it needs the private-data right on this client."
+                ),
+            ),
             DataError::Rule(message) => Self::new(StatusCode::BAD_REQUEST, "invalid_rule", message),
             DataError::Field(message) => {
                 Self::new(StatusCode::BAD_REQUEST, "invalid_field", message)

@@ -8,12 +8,13 @@ use axum::response::Response;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
+use super::auth::ClientScope;
 use super::cursor::{self, Page};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiQuery, path_id, path_slug};
 use crate::app::AppState;
 use crate::data::lists::{self, Binding, BindingStatus, ListMember, MailingList};
-use crate::data::{self, DataError};
+use crate::data::{self, DataError, Privacy};
 use crate::domain::{optional_text, required_text};
 
 const LIST_NAME_MAX: usize = 200;
@@ -154,13 +155,15 @@ pub async fn bind(
         (status = 404, description = "No such client or list", body = ErrorBody)))]
 pub async fn members(
     State(state): State<AppState>,
+    scope: ClientScope,
     Path((slug, id)): Path<(String, String)>,
     ApiQuery(params): ApiQuery<MemberParams>,
 ) -> Result<Json<Page<ListMember>>, ApiError> {
     let (slug, id) = (path_slug(&slug)?, path_id(&id)?);
     let (limit, after) = cursor::keyset(params.limit, params.cursor.as_deref())?;
     let (_, db) = data::connect(&state, &slug).await?;
-    let items = lists::members(db.client(), id, params.status, after, limit + 1).await?;
+    let privacy = Privacy::new(scope.grant.private_data);
+    let items = lists::members(db.client(), id, params.status, after, limit + 1, privacy).await?;
     Ok(Json(Page::from_rows(items, limit, |m| {
         m.recipient.id.to_string()
     })))

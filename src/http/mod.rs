@@ -2,9 +2,12 @@
 //! and adds the middleware every request goes through.
 //!
 //! Middleware, outermost first: request id (`x-request-id`, generated if absent, echoed back) → tracing span →
-//! error normalisation → panic catcher → timeout → routing → (per route) metrics → body limit → handler. Handlers stay thin: parse into
-//! newtypes, check access, call one lower layer, map the result.
+//! error normalisation → panic catcher → timeout → routing → (per route) access check, audit and metrics
+//! (`auth::guard`) → body limit → handler. Handlers stay thin: parse into newtypes, call one lower layer, map the
+//! result; access is checked before they run (`auth.rs`), and they filter and mask what they return by it.
 
+pub mod audit;
+pub mod auth;
 pub mod clients;
 pub mod cursor;
 pub mod error;
@@ -16,8 +19,10 @@ pub mod metrics;
 pub mod openapi;
 pub mod operations;
 pub mod recipients;
+pub mod roles;
 pub mod target_groups;
 pub mod templates;
+pub mod users;
 
 use std::sync::Arc;
 
@@ -81,17 +86,28 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(target_groups::get, target_groups::delete))
         .routes(routes!(target_groups::count))
         .routes(routes!(target_groups::members))
+        .routes(routes!(users::me))
+        .routes(routes!(users::list, users::create))
+        .routes(routes!(users::get, users::update, users::delete))
+        .routes(routes!(users::list_tokens, users::create_token))
+        .routes(routes!(users::revoke_token))
+        .routes(routes!(users::set_access, users::remove_access))
+        .routes(routes!(roles::permissions))
+        .routes(routes!(roles::list, roles::create))
+        .routes(routes!(roles::replace, roles::delete))
+        .routes(routes!(audit::list))
         .split_for_parts();
 
     let server = &state.settings().server;
     let body_limit = server.body_limit_bytes;
     let timeout = server.request_timeout();
 
-    // Routing, with the route-aware middleware on each route (metrics label by the matched route template).
+    // Routing, with the route-aware middleware on each route: the access check and audit (by the matched route
+    // template's policy) and the metrics (labelled by the template).
     let routed = router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(metrics::track))
+        .layer(middleware::from_fn_with_state(state.clone(), auth::guard))
         .layer(Extension(Arc::new(document)))
         // Every extractor (JSON, bytes) stops at the body limit; the import streams its body and keeps its own.
         .layer(DefaultBodyLimit::max(body_limit))

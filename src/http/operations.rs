@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use uuid::Uuid;
 
+use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use crate::app::AppState;
 use crate::control::jobs::Operation;
@@ -17,8 +18,19 @@ use crate::control::jobs::Operation;
         (status = 404, description = "No such operation", body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Operation>, ApiError> {
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found())?;
-    Ok(Json(state.control().operation(id).await?))
+    let operation = state.control().operation(id).await?;
+    // An operation is as visible as its client (one without a client: to master admins only).
+    let visible = match operation.client_id {
+        Some(client) => caller.rights.grant(client).is_visible(),
+        None => caller.rights.master_admin,
+    };
+    if visible {
+        Ok(Json(operation))
+    } else {
+        Err(ApiError::not_found())
+    }
 }

@@ -10,6 +10,7 @@ use deadpool_postgres::tokio_postgres;
 use serde::{Deserialize, Deserializer};
 use utoipa::{IntoParams, ToSchema};
 
+use super::auth::ClientScope;
 use super::cursor::{self, Page};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiQuery, cursor_id, path_id, path_slug};
@@ -20,7 +21,7 @@ use crate::data::recipients::{
 };
 use crate::data::rules;
 use crate::data::schema::Schema;
-use crate::data::{self, DataError};
+use crate::data::{self, DataError, Privacy};
 use crate::domain::{Email, optional_text};
 
 /// Standard fields, plus the client's custom fields flattened beside them (`"city": "Berlin"`).
@@ -107,6 +108,7 @@ fn text(field: &'static str, value: Option<&str>, max: usize) -> Result<Option<S
         (status = 503, description = "The tenant database is unavailable", body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
+    scope: ClientScope,
     Path(slug): Path<String>,
     ApiJson(body): ApiJson<CreateRecipient>,
 ) -> Result<Response, ApiError> {
@@ -124,7 +126,15 @@ pub async fn create(
         let schema = Schema::load(db.client()).await?;
         new.custom = recipients::custom_values(&schema, &body.fields)?;
     }
-    let recipient = recipients::create(db.client(), &new).await?;
+    let mut recipient = recipients::create(db.client(), &new).await?;
+    let privacy = Privacy::new(scope.grant.private_data);
+    recipients::protect(
+        db.client(),
+        privacy,
+        None,
+        std::slice::from_mut(&mut recipient),
+    )
+    .await?;
     Ok(super::created(
         &format!("/v1/clients/{slug}/recipients/{}", recipient.id),
         &recipient,
@@ -141,6 +151,7 @@ pub async fn create(
         (status = 409, description = "The client is not active", body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
+    scope: ClientScope,
     Path(slug): Path<String>,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Page<Recipient>>, ApiError> {
@@ -148,14 +159,17 @@ pub async fn list(
     let limit = cursor::limit_text(params.limit.as_deref())?;
     let after_id = cursor_id(params.cursor.as_deref())?;
     let (_, db) = data::connect(&state, &slug).await?;
+    let privacy = Privacy::new(scope.grant.private_data);
     let filter = if params.filters.is_empty() {
         None
     } else {
         let schema = schema_for(db.client(), params.filters.keys()).await?;
+        privacy.check_fields(&schema, params.filters.keys())?;
         let filters: Vec<(String, String)> = params.filters.into_iter().collect();
         Some(rules::equalities(&filters, &schema).map_err(DataError::Field)?)
     };
-    let items = recipients::list(db.client(), filter, after_id, limit + 1).await?;
+    let mut items = recipients::list(db.client(), filter, after_id, limit + 1).await?;
+    recipients::protect(db.client(), privacy, None, &mut items).await?;
     Ok(Json(Page::from_rows(items, limit, |r| r.id.to_string())))
 }
 
@@ -167,11 +181,21 @@ pub async fn list(
         (status = 404, description = "No such client or recipient", body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
+    scope: ClientScope,
     Path((slug, id)): Path<(String, String)>,
 ) -> Result<Json<Recipient>, ApiError> {
     let (slug, id) = (path_slug(&slug)?, path_id(&id)?);
     let (_, db) = data::connect(&state, &slug).await?;
-    Ok(Json(recipients::get(db.client(), id).await?))
+    let mut recipient = recipients::get(db.client(), id).await?;
+    let privacy = Privacy::new(scope.grant.private_data);
+    recipients::protect(
+        db.client(),
+        privacy,
+        None,
+        std::slice::from_mut(&mut recipient),
+    )
+    .await?;
+    Ok(Json(recipient))
 }
 
 /// Change a recipient: absent fields stay, `null` clears a name or gender.
@@ -184,6 +208,7 @@ pub async fn get(
         (status = 409, description = "E-mail taken, or the client is not active", body = ErrorBody)))]
 pub async fn update(
     State(state): State<AppState>,
+    scope: ClientScope,
     Path((slug, id)): Path<(String, String)>,
     ApiJson(body): ApiJson<UpdateRecipient>,
 ) -> Result<Json<Recipient>, ApiError> {
@@ -205,7 +230,16 @@ pub async fn update(
         let schema = Schema::load(db.client()).await?;
         patch.custom = recipients::custom_values(&schema, &body.fields)?;
     }
-    Ok(Json(recipients::update(db.client(), id, &patch).await?))
+    let mut recipient = recipients::update(db.client(), id, &patch).await?;
+    let privacy = Privacy::new(scope.grant.private_data);
+    recipients::protect(
+        db.client(),
+        privacy,
+        None,
+        std::slice::from_mut(&mut recipient),
+    )
+    .await?;
+    Ok(Json(recipient))
 }
 
 /// Delete a recipient (and its list bindings).

@@ -7,6 +7,7 @@ use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::auth::ClientScope;
 use super::cursor::{self, Page};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiQuery, path_id, path_slug};
@@ -14,7 +15,7 @@ use super::lists::PageParams;
 use crate::app::AppState;
 use crate::data::recipients::Recipient;
 use crate::data::target_groups::{self, TargetGroup};
-use crate::data::{self, DataError};
+use crate::data::{self, DataError, Privacy};
 use crate::domain::required_text;
 
 const GROUP_NAME_MAX: usize = 200;
@@ -48,13 +49,15 @@ pub struct GroupCount {
         (status = 409, description = "Name taken, or the client is not active", body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
+    scope: ClientScope,
     Path(slug): Path<String>,
     ApiJson(body): ApiJson<CreateTargetGroup>,
 ) -> Result<Response, ApiError> {
     let slug = path_slug(&slug)?;
     let name = required_text("name", &body.name, GROUP_NAME_MAX).map_err(DataError::from)?;
     let (_, db) = data::connect(&state, &slug).await?;
-    let group = target_groups::create(db.client(), &name, &body.rule).await?;
+    let privacy = Privacy::new(scope.grant.private_data);
+    let group = target_groups::create(db.client(), &name, &body.rule, privacy).await?;
     Ok(super::created(
         &format!("/v1/clients/{slug}/target-groups/{}", group.id),
         &group,
@@ -119,11 +122,13 @@ pub async fn delete(
         (status = 404, description = "No such client or target group", body = ErrorBody)))]
 pub async fn count(
     State(state): State<AppState>,
+    scope: ClientScope,
     Path((slug, id)): Path<(String, String)>,
 ) -> Result<Json<GroupCount>, ApiError> {
     let (slug, id) = (path_slug(&slug)?, path_id(&id)?);
     let (_, db) = data::connect(&state, &slug).await?;
-    let count = target_groups::count(db.client(), id).await?;
+    let privacy = Privacy::new(scope.grant.private_data);
+    let count = target_groups::count(db.client(), id, privacy).await?;
     Ok(Json(GroupCount { count }))
 }
 
@@ -136,12 +141,14 @@ pub async fn count(
         (status = 404, description = "No such client or target group", body = ErrorBody)))]
 pub async fn members(
     State(state): State<AppState>,
+    scope: ClientScope,
     Path((slug, id)): Path<(String, String)>,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<Page<Recipient>>, ApiError> {
     let (slug, id) = (path_slug(&slug)?, path_id(&id)?);
     let (limit, after) = cursor::keyset(params.limit, params.cursor.as_deref())?;
     let (_, db) = data::connect(&state, &slug).await?;
-    let items = target_groups::members(db.client(), id, after, limit + 1).await?;
+    let privacy = Privacy::new(scope.grant.private_data);
+    let items = target_groups::members(db.client(), id, after, limit + 1, privacy).await?;
     Ok(Json(Page::from_rows(items, limit, |r| r.id.to_string())))
 }

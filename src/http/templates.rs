@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use super::auth::Caller;
 use super::cursor::{self, Page};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiQuery, path_slug};
@@ -260,15 +261,22 @@ pub async fn retract(
         (status = 404, description = "No such template", body = ErrorBody)))]
 pub async fn sync_status(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<SyncReport>, ApiError> {
     let id = template_id(&id)?;
     let template = state.control().template(id).await?;
     let rows = state.control().template_sync(id).await?;
+    // Only the clients the caller can see (access to the master implies none to its sub-clients).
+    let clients = rows
+        .into_iter()
+        .filter(|r| caller.rights.grant(r.client_id).is_visible())
+        .map(SyncState::from)
+        .collect();
     Ok(Json(SyncReport {
         template: id,
         version: template.version,
-        clients: rows.into_iter().map(SyncState::from).collect(),
+        clients,
     }))
 }
 

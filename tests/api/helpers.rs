@@ -32,6 +32,25 @@ fn test_root() -> PathBuf {
     ScratchDir::root().expect("scratch root")
 }
 
+/// The first admin's token in every test app (`auth.bootstrap_token`); the harness's HTTP client sends it.
+pub const ADMIN_TOKEN: &str = "mdt_test-admin-token-for-the-harness-only-0001";
+
+/// An HTTP client that authenticates with `token`.
+pub fn http_client(token: Option<&str>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().expect("header value"),
+        );
+    }
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .default_headers(headers)
+        .build()
+        .expect("http client")
+}
+
 pub fn next_id() -> u32 {
     static NEXT: AtomicU32 = AtomicU32::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
@@ -141,6 +160,7 @@ pub async fn spawn_app_opts(extra: &[(&str, String)], options: RunOptions) -> Te
         ("MANDANT__TENANTS__DB_PREFIX", format!("{}_", unique("t"))),
         ("MANDANT__TENANTS__TEMPLATE_DB", unique("tpl_")),
         ("MANDANT__TENANTS__CREDENTIAL_SECRET", unique("secret-")),
+        ("MANDANT__AUTH__BOOTSTRAP_TOKEN", ADMIN_TOKEN.to_owned()),
         (
             "MANDANT__TENANTS__ARCHIVE_DIR",
             test_root().join(unique("archives-")).display().to_string(),
@@ -159,10 +179,7 @@ pub async fn spawn_app_opts(extra: &[(&str, String)], options: RunOptions) -> Te
     }));
     TestApp {
         addr,
-        client: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("http client"),
+        client: http_client(Some(ADMIN_TOKEN)),
         control_db,
         settings,
         state,

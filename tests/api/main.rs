@@ -1,5 +1,6 @@
 //! The one integration-test binary: every test against real PostgreSQL and real HTTP. Files mirror features.
 
+mod access;
 mod cli;
 mod clients;
 mod embedded;

@@ -1,0 +1,548 @@
+//! The access check of every route, and the audit record of every mutating call.
+//!
+//! [`guard`] runs on every matched route (after routing, so it knows the route template). It looks the route up
+//! in [`POLICIES`], which names for each (method, route) what the call needs:
+//! - `Public`: nothing (health, metrics, the OpenAPI document);
+//! - `Authenticated`: a valid token; the handler decides the rest (`/v1/me`, a user's own tokens);
+//! - `Global(p)`: permission `p` through a role; the handler filters what it returns by access;
+//! - `Client(p)`: `p` and access to the client of the `{slug}` path parameter (DESIGN.md §6): none → 404 exactly
+//!   as for a client that does not exist, read → `*.read` only;
+//! - `Master(p)`: `p` and access to the master client (central fields, master templates).
+//!
+//! A route without an entry is never run (405), so an endpoint cannot be added unprotected; a test walks the
+//! OpenAPI document and asserts every operation has a policy and answers 401 without a token. Handlers read the
+//! caller with the [`Caller`] extractor and the checked client with [`ClientScope`].
+//!
+//! Every POST/PUT/PATCH/DELETE by an authenticated caller is recorded in the audit log after it ran: who, the
+//! route, the concrete path, the client, the outcome (`succeeded` 2xx, `denied` by this check, `failed`
+//! otherwise). Handlers may add an [`AuditNote`] to the response (the client a call concerned when it is not in
+//! the path). Calls without a valid token are refused before anything runs and are not recorded (that would let
+//! anyone fill the log); they are counted in the metrics.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::extract::path_slug;
+use crate::access::{Denied, Grant, Permission, Principal, bearer_token};
+use crate::app::AppState;
+use crate::control::access::AuditEntry;
+use crate::control::clients::Client;
+use crate::data::{self, DataError};
+use crate::domain::ClientSlug;
+
+/// What a route needs (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    Public,
+    Authenticated,
+    Global(Permission),
+    Client(Permission),
+    Master(Permission),
+}
+
+/// The access policy of every route: (method, route template, rule). HEAD is checked as GET.
+pub const POLICIES: &[(&str, &str, Rule)] = {
+    use Permission::*;
+    use Rule::*;
+    &[
+        ("GET", "/healthz", Public),
+        ("GET", "/readyz", Public),
+        ("GET", "/metrics", Public),
+        ("GET", "/v1/openapi.json", Public),
+        // Clients and their operations.
+        ("GET", "/v1/clients", Global(ClientsRead)),
+        ("POST", "/v1/clients", Global(ClientsCreate)),
+        ("GET", "/v1/clients/{slug}", Client(ClientsRead)),
+        ("PATCH", "/v1/clients/{slug}", Client(ClientsManage)),
+        ("DELETE", "/v1/clients/{slug}", Client(ClientsDelete)),
+        ("POST", "/v1/clients/{slug}/suspend", Client(ClientsManage)),
+        ("POST", "/v1/clients/{slug}/resume", Client(ClientsManage)),
+        ("GET", "/v1/operations/{id}", Global(ClientsRead)),
+        // Fields: central ones are the master's.
+        ("GET", "/v1/fields", Master(FieldsRead)),
+        ("POST", "/v1/fields", Master(FieldsManage)),
+        ("GET", "/v1/fields/{name}", Master(FieldsRead)),
+        ("DELETE", "/v1/fields/{name}", Master(FieldsManage)),
+        ("GET", "/v1/clients/{slug}/fields", Client(FieldsRead)),
+        ("POST", "/v1/clients/{slug}/fields", Client(FieldsManage)),
+        (
+            "PATCH",
+            "/v1/clients/{slug}/fields/{name}",
+            Client(FieldsManage),
+        ),
+        (
+            "DELETE",
+            "/v1/clients/{slug}/fields/{name}",
+            Client(FieldsManage),
+        ),
+        // Templates: master templates are the master's.
+        ("GET", "/v1/templates", Master(TemplatesRead)),
+        ("POST", "/v1/templates", Master(TemplatesManage)),
+        ("GET", "/v1/templates/{id}", Master(TemplatesRead)),
+        ("PUT", "/v1/templates/{id}", Master(TemplatesManage)),
+        ("DELETE", "/v1/templates/{id}", Master(TemplatesManage)),
+        ("GET", "/v1/templates/{id}/sync", Master(TemplatesRead)),
+        ("GET", "/v1/clients/{slug}/templates", Client(TemplatesRead)),
+        (
+            "POST",
+            "/v1/clients/{slug}/templates",
+            Client(TemplatesManage),
+        ),
+        (
+            "GET",
+            "/v1/clients/{slug}/templates/{id}",
+            Client(TemplatesRead),
+        ),
+        (
+            "PUT",
+            "/v1/clients/{slug}/templates/{id}",
+            Client(TemplatesManage),
+        ),
+        (
+            "DELETE",
+            "/v1/clients/{slug}/templates/{id}/override",
+            Client(TemplatesManage),
+        ),
+        // Recipients, lists, target groups (data plane).
+        (
+            "GET",
+            "/v1/clients/{slug}/recipients",
+            Client(RecipientsRead),
+        ),
+        (
+            "POST",
+            "/v1/clients/{slug}/recipients",
+            Client(RecipientsWrite),
+        ),
+        (
+            "POST",
+            "/v1/clients/{slug}/recipients/import",
+            Client(RecipientsImport),
+        ),
+        (
+            "GET",
+            "/v1/clients/{slug}/recipients/{id}",
+            Client(RecipientsRead),
+        ),
+        (
+            "PATCH",
+            "/v1/clients/{slug}/recipients/{id}",
+            Client(RecipientsWrite),
+        ),
+        (
+            "DELETE",
+            "/v1/clients/{slug}/recipients/{id}",
+            Client(RecipientsWrite),
+        ),
+        (
+            "GET",
+            "/v1/clients/{slug}/mailing-lists",
+            Client(RecipientsRead),
+        ),
+        (
+            "POST",
+            "/v1/clients/{slug}/mailing-lists",
+            Client(RecipientsWrite),
+        ),
+        (
+            "GET",
+            "/v1/clients/{slug}/mailing-lists/{id}",
+            Client(RecipientsRead),
+        ),
+        (
+            "DELETE",
+            "/v1/clients/{slug}/mailing-lists/{id}",
+            Client(RecipientsWrite),
+        ),
+        (
+            "GET",
+            "/v1/clients/{slug}/mailing-lists/{id}/recipients",
+            Client(RecipientsRead),
+        ),
+        (
+            "PUT",
+            "/v1/clients/{slug}/mailing-lists/{id}/recipients/{rid}",
+            Client(RecipientsWrite),
+        ),
+        (
+            "GET",
+            "/v1/clients/{slug}/target-groups",
+            Client(RecipientsRead),
+        ),
+        (
+            "POST",
+            "/v1/clients/{slug}/target-groups",
+            Client(RecipientsWrite),
+        ),
+        (
+            "GET",
+            "/v1/clients/{slug}/target-groups/{id}",
+            Client(RecipientsRead),
+        ),
+        (
+            "DELETE",
+            "/v1/clients/{slug}/target-groups/{id}",
+            Client(RecipientsWrite),
+        ),
+        (
+            "GET",
+            "/v1/clients/{slug}/target-groups/{id}/count",
+            Client(RecipientsRead),
+        ),
+        (
+            "GET",
+            "/v1/clients/{slug}/target-groups/{id}/recipients",
+            Client(RecipientsRead),
+        ),
+        // Users, roles, access, audit (the handlers check the user's home client and no-escalation).
+        ("GET", "/v1/me", Authenticated),
+        ("GET", "/v1/permissions", Authenticated),
+        ("GET", "/v1/users", Global(UsersRead)),
+        ("POST", "/v1/users", Global(UsersManage)),
+        ("GET", "/v1/users/{username}", Global(UsersRead)),
+        ("PATCH", "/v1/users/{username}", Global(UsersManage)),
+        ("DELETE", "/v1/users/{username}", Global(UsersManage)),
+        ("GET", "/v1/users/{username}/tokens", Authenticated),
+        ("POST", "/v1/users/{username}/tokens", Authenticated),
+        ("DELETE", "/v1/users/{username}/tokens/{id}", Authenticated),
+        (
+            "PUT",
+            "/v1/users/{username}/access/{slug}",
+            Global(UsersManage),
+        ),
+        (
+            "DELETE",
+            "/v1/users/{username}/access/{slug}",
+            Global(UsersManage),
+        ),
+        ("GET", "/v1/roles", Global(UsersRead)),
+        ("POST", "/v1/roles", Global(RolesManage)),
+        ("PUT", "/v1/roles/{name}", Global(RolesManage)),
+        ("DELETE", "/v1/roles/{name}", Global(RolesManage)),
+        ("GET", "/v1/audit", Global(AuditRead)),
+    ]
+};
+
+type PolicyMap = HashMap<(&'static str, &'static str), Rule>;
+
+fn policies() -> &'static PolicyMap {
+    static MAP: OnceLock<PolicyMap> = OnceLock::new();
+    MAP.get_or_init(|| {
+        POLICIES
+            .iter()
+            .map(|(m, r, rule)| ((*m, *r), *rule))
+            .collect()
+    })
+}
+
+/// The rule for a call, if the route has one for this method.
+pub fn policy(method: &Method, route: &str) -> Option<Rule> {
+    let method = if method == Method::HEAD {
+        "GET"
+    } else {
+        method.as_str()
+    };
+    policies().get(&(method, route)).copied()
+}
+
+/// The authenticated caller, for handlers.
+#[derive(Clone)]
+pub struct Caller(pub Arc<Principal>);
+
+/// The client of a `Client`/`Master` route, checked, with the caller's access to it.
+#[derive(Clone)]
+pub struct ClientScope {
+    pub client: Arc<Client>,
+    pub grant: Grant,
+}
+
+/// What a handler adds to its response for the audit entry.
+#[derive(Clone, Debug, Default)]
+pub struct AuditNote {
+    /// The client the call concerned, when it is not the one of the path (a new client, a user's home client).
+    pub client: Option<(Uuid, String)>,
+    pub detail: Option<serde_json::Value>,
+}
+
+impl AuditNote {
+    pub fn client(id: Uuid, slug: &str) -> Self {
+        Self {
+            client: Some((id, slug.to_owned())),
+            detail: None,
+        }
+    }
+
+    /// Attaches this note to a response.
+    pub fn attach(self, mut response: Response) -> Response {
+        response.extensions_mut().insert(self);
+        response
+    }
+}
+
+fn missing_extension(what: &str) -> ApiError {
+    tracing::error!(what, "a handler ran without its access check; refusing");
+    ApiError::internal()
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| missing_extension("caller"))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientScope {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<ClientScope>()
+            .cloned()
+            .ok_or_else(|| missing_extension("client scope"))
+    }
+}
+
+/// 401, with `WWW-Authenticate`.
+pub fn unauthorized() -> Response {
+    let mut response = ApiError::for_status(StatusCode::UNAUTHORIZED).into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"mandant\""),
+    );
+    response
+}
+
+/// The answer to a refused check.
+pub fn denial(denied: Denied) -> ApiError {
+    match denied {
+        Denied::Invisible => ApiError::not_found(),
+        Denied::Permission(p) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "permission_denied",
+            format!("None of your roles has the permission {p}."),
+        ),
+        Denied::ReadOnly(p) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "read_only_access",
+            format!("You have read-only access to this client; {p} needs full access."),
+        ),
+    }
+}
+
+/// The route-level middleware: access check, audit, metrics.
+pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = request.method().clone();
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let response = match &route {
+        // No route matched: the router's own 404 runs, which touches nothing.
+        None => next.run(request).await,
+        Some(route) => enforce(&state, route.as_str(), request, next).await,
+    };
+    super::metrics::record(&method, route.as_ref(), response.status().as_u16(), start);
+    response
+}
+
+async fn enforce(state: &AppState, route: &str, request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let Some(rule) = policy(&method, route) else {
+        return method_not_allowed(route);
+    };
+    if rule == Rule::Public {
+        return next.run(request).await;
+    }
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token)
+        .map(str::to_owned);
+    let principal = match authenticate(state, token.as_deref()).await {
+        Ok(Some(principal)) => principal,
+        Ok(None) => return unauthorized(),
+        Err(e) => return e.into_response(),
+    };
+    let (mut parts, body) = request.into_parts();
+    let mutating = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let audit = mutating.then(|| AuditEntry {
+        user_id: Some(principal.user_id),
+        username: Some(principal.username.clone()),
+        client_id: None,
+        client_slug: None,
+        action: format!("{method} {route}"),
+        target: parts.uri.path().to_owned(),
+        outcome: "failed",
+        status: 0,
+        request_id: parts
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        detail: None,
+    });
+    let checked = check(state, rule, &principal, &mut parts).await;
+    let (scope, path_slug) = match checked {
+        Ok(found) => found,
+        Err((error, client)) => {
+            let response = error.clone().into_response();
+            if let Some(mut entry) = audit {
+                if let Some(client) = client {
+                    entry.client_id = Some(client.id);
+                    entry.client_slug = Some(client.slug.clone());
+                }
+                entry.outcome = "denied";
+                record(state, entry, response.status().as_u16()).await;
+            }
+            return response;
+        }
+    };
+    parts.extensions.insert(Caller(principal));
+    if let Some(scope) = &scope {
+        parts.extensions.insert(scope.clone());
+    }
+    let response = next.run(Request::from_parts(parts, body)).await;
+    if let Some(mut entry) = audit {
+        let status = response.status();
+        entry.outcome = if status.is_success() {
+            "succeeded"
+        } else {
+            "failed"
+        };
+        match (response.extensions().get::<AuditNote>(), &scope) {
+            (Some(note), _) if note.client.is_some() || note.detail.is_some() => {
+                if let Some((id, slug)) = &note.client {
+                    entry.client_id = Some(*id);
+                    entry.client_slug = Some(slug.clone());
+                }
+                entry.detail = note.detail.clone();
+            }
+            (_, Some(scope)) => {
+                entry.client_id = Some(scope.client.id);
+                entry.client_slug = Some(scope.client.slug.clone());
+            }
+            _ => entry.client_slug = path_slug,
+        }
+        record(state, entry, status.as_u16()).await;
+    }
+    response
+}
+
+type Refusal = (ApiError, Option<Arc<Client>>);
+
+/// Applies `rule` for `principal`; returns the client scope (for client and master routes) and, for other
+/// routes, a `{slug}` of the path (for the audit entry).
+async fn check(
+    state: &AppState,
+    rule: Rule,
+    principal: &Principal,
+    parts: &mut Parts,
+) -> Result<(Option<ClientScope>, Option<String>), Refusal> {
+    let rights = &principal.rights;
+    match rule {
+        Rule::Public | Rule::Authenticated => Ok((None, slug_param(parts).await)),
+        Rule::Global(p) => {
+            if rights.can(p) {
+                Ok((None, slug_param(parts).await))
+            } else {
+                Err((denial(Denied::Permission(p)), None))
+            }
+        }
+        Rule::Client(p) => {
+            let slug = slug_param(parts).await.unwrap_or_default();
+            let slug = path_slug(&slug).map_err(|e| (e, None))?;
+            let client = resolve(state, &slug).await.map_err(|e| (e, None))?;
+            match rights.authorize(client.id, p) {
+                Ok(grant) => Ok((Some(ClientScope { client, grant }), None)),
+                Err(denied) => Err((denial(denied), Some(client))),
+            }
+        }
+        Rule::Master(p) => {
+            let client = resolve(state, &ClientSlug::master())
+                .await
+                .map_err(|e| (e, None))?;
+            match rights.authorize(client.id, p) {
+                Ok(grant) => Ok((Some(ClientScope { client, grant }), None)),
+                // Central resources are public knowledge (the OpenAPI document): refuse, do not hide.
+                Err(Denied::Invisible) => Err((
+                    ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "permission_denied",
+                        format!("{p} on central definitions needs access to the master client."),
+                    ),
+                    Some(client),
+                )),
+                Err(denied) => Err((denial(denied), Some(client))),
+            }
+        }
+    }
+}
+
+async fn resolve(state: &AppState, slug: &ClientSlug) -> Result<Arc<Client>, ApiError> {
+    match data::client(state, slug).await {
+        Ok(client) => Ok(client),
+        Err(DataError::NotFound) => Err(ApiError::not_found()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn slug_param(parts: &mut Parts) -> Option<String> {
+    let params = RawPathParams::from_request_parts(parts, &()).await.ok()?;
+    params
+        .iter()
+        .find(|(key, _)| *key == "slug")
+        .map(|(_, value)| value.to_owned())
+}
+
+async fn authenticate(
+    state: &AppState,
+    token: Option<&str>,
+) -> Result<Option<Arc<Principal>>, ApiError> {
+    match token {
+        Some(token) => Ok(state.auth().authenticate(token).await?),
+        None => Ok(None),
+    }
+}
+
+async fn record(state: &AppState, mut entry: AuditEntry, status: u16) {
+    entry.status = status;
+    if let Err(e) = state.control().record_audit(&entry).await {
+        // The call has happened; its record is lost. Loud, with what it was (no secrets are in an entry).
+        tracing::error!(
+            error = %e,
+            user = entry.username.as_deref().unwrap_or_default(),
+            action = %entry.action,
+            target = %entry.target,
+            status,
+            "could not write an audit entry"
+        );
+    }
+}
+
+/// 405 with the methods the route has.
+fn method_not_allowed(route: &str) -> Response {
+    let allowed: Vec<&str> = POLICIES
+        .iter()
+        .filter(|(_, r, _)| *r == route)
+        .map(|(m, _, _)| *m)
+        .collect();
+    let mut response = ApiError::for_status(StatusCode::METHOD_NOT_ALLOWED).into_response();
+    if let Ok(value) = HeaderValue::from_str(&allowed.join(",")) {
+        response.headers_mut().insert(header::ALLOW, value);
+    }
+    response
+}

@@ -1,0 +1,193 @@
+//! `/v1/roles`, `/v1/permissions`: the central roles (sets of permission tokens, usable for users of every
+//! client). Built-in roles are fixed; a role can only be given permissions its author holds.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::auth::{AuditNote, Caller};
+use super::error::{ApiError, ErrorBody};
+use super::extract::ApiJson;
+use crate::access::{Permission, Permissions, Principal, parse_role_name};
+use crate::app::AppState;
+use crate::control::access::RoleRecord;
+use crate::domain::{ClientSlug, optional_text};
+
+const DESCRIPTION_MAX: usize = 500;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PermissionView {
+    #[schema(example = "recipients.read")]
+    pub name: &'static str,
+    pub description: &'static str,
+    /// Whether `read` access to a client allows it (only the `*.read` permissions).
+    pub read: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RoleView {
+    #[schema(example = "campaign-manager")]
+    pub name: String,
+    pub description: String,
+    /// Built-in roles cannot be changed or deleted.
+    pub builtin: bool,
+    pub permissions: Vec<String>,
+    /// How many users hold the role.
+    pub users: i64,
+}
+
+impl From<RoleRecord> for RoleView {
+    fn from(r: RoleRecord) -> Self {
+        Self {
+            name: r.name,
+            description: r.description,
+            builtin: r.builtin,
+            permissions: r.permissions,
+            users: r.users,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRole {
+    /// `^[a-z][a-z0-9-]{1,39}$`.
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Permission tokens (`GET /v1/permissions`); the caller must hold each.
+    pub permissions: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaceRole {
+    #[serde(default)]
+    pub description: String,
+    pub permissions: Vec<String>,
+}
+
+/// Every permission token.
+#[utoipa::path(get, path = "/v1/permissions", tag = "users",
+    responses((status = 200, description = "The permission tokens", body = Vec<PermissionView>)))]
+pub async fn permissions() -> Json<Vec<PermissionView>> {
+    Json(
+        Permission::ALL
+            .iter()
+            .map(|p| PermissionView {
+                name: p.as_str(),
+                description: p.description(),
+                read: p.is_read(),
+            })
+            .collect(),
+    )
+}
+
+/// Every role, built-in ones first.
+#[utoipa::path(get, path = "/v1/roles", tag = "users",
+    responses((status = 200, description = "The roles", body = Vec<RoleView>),
+        (status = 403, description = "No users.read", body = ErrorBody)))]
+pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<RoleView>>, ApiError> {
+    let roles = state.control().roles().await?;
+    Ok(Json(roles.into_iter().map(RoleView::from).collect()))
+}
+
+/// The permissions of a role body, which the caller must all hold.
+fn permissions_given(caller: &Principal, tokens: &[String]) -> Result<Permissions, ApiError> {
+    let permissions = Permissions::parse_all(tokens)?;
+    if caller.rights.may_assign(permissions, false) {
+        Ok(permissions)
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "escalation_refused",
+            "A role can only have permissions that you hold yourself.",
+        ))
+    }
+}
+
+fn description(text: &str) -> Result<String, ApiError> {
+    Ok(optional_text("description", Some(text), DESCRIPTION_MAX)?.unwrap_or_default())
+}
+
+/// Roles are central: their audit entries belong to the master client.
+async fn master_note(state: &AppState) -> AuditNote {
+    match crate::data::client(state, &ClientSlug::master()).await {
+        Ok(master) => AuditNote::client(master.id, &master.slug),
+        Err(_) => AuditNote::default(),
+    }
+}
+
+/// Define a role.
+#[utoipa::path(post, path = "/v1/roles", tag = "users", request_body = CreateRole,
+    responses((status = 201, description = "Created", body = RoleView),
+        (status = 400, description = "Invalid name or unknown permission", body = ErrorBody),
+        (status = 403, description = "No roles.manage, or a permission the caller lacks", body = ErrorBody),
+        (status = 409, description = "Name taken", body = ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    ApiJson(body): ApiJson<CreateRole>,
+) -> Result<Response, ApiError> {
+    let name = parse_role_name(&body.name)?;
+    let description = description(&body.description)?;
+    let permissions = permissions_given(&caller, &body.permissions)?;
+    let role = state
+        .control()
+        .create_role(&name, &description, permissions)
+        .await?;
+    state.auth().invalidate();
+    let location = format!("/v1/roles/{name}");
+    Ok(master_note(&state)
+        .await
+        .attach(super::created(&location, &RoleView::from(role))))
+}
+
+/// Replace a custom role's description and permissions (its holders' rights change at once).
+#[utoipa::path(put, path = "/v1/roles/{name}", tag = "users", request_body = ReplaceRole,
+    params(("name" = String, Path, description = "The role")),
+    responses((status = 200, description = "The role now", body = RoleView),
+        (status = 400, description = "Unknown permission", body = ErrorBody),
+        (status = 403, description = "No roles.manage, or a permission the caller lacks", body = ErrorBody),
+        (status = 404, description = "No such role", body = ErrorBody),
+        (status = 409, description = "A built-in role", body = ErrorBody)))]
+pub async fn replace(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<ReplaceRole>,
+) -> Result<Response, ApiError> {
+    let name = parse_role_name(&name).map_err(|_| ApiError::not_found())?;
+    let description = description(&body.description)?;
+    let permissions = permissions_given(&caller, &body.permissions)?;
+    let role = state
+        .control()
+        .replace_role(&name, &description, permissions)
+        .await?;
+    state.auth().invalidate();
+    Ok(master_note(&state)
+        .await
+        .attach(Json(RoleView::from(role)).into_response()))
+}
+
+/// Delete a custom role nobody holds.
+#[utoipa::path(delete, path = "/v1/roles/{name}", tag = "users",
+    params(("name" = String, Path, description = "The role")),
+    responses((status = 204, description = "Deleted"),
+        (status = 403, description = "No roles.manage", body = ErrorBody),
+        (status = 404, description = "No such role", body = ErrorBody),
+        (status = 409, description = "A built-in role, or held by users", body = ErrorBody)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let name = parse_role_name(&name).map_err(|_| ApiError::not_found())?;
+    state.control().delete_role(&name).await?;
+    state.auth().invalidate();
+    Ok(master_note(&state)
+        .await
+        .attach(StatusCode::NO_CONTENT.into_response()))
+}
