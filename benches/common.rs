@@ -53,6 +53,7 @@ pub fn settings(cluster: &ThrowawayCluster, control_db: &str, extra: &[(&str, &s
         "MANDANT__TENANTS__CREDENTIAL_SECRET".into(),
         "bench-secret".into(),
     );
+    env.insert("MANDANT__AUTH__BOOTSTRAP_TOKEN".into(), ADMIN_TOKEN.into());
     for (k, v) in extra {
         env.insert((*k).into(), (*v).into());
     }
@@ -63,6 +64,27 @@ pub fn settings(cluster: &ThrowawayCluster, control_db: &str, extra: &[(&str, &s
         env,
     })
     .expect("bench settings")
+}
+
+/// The first admin's token of every benchmark app (`auth.bootstrap_token`).
+pub const ADMIN_TOKEN: &str = "mdt_bench-admin-token-for-benchmarks-only-0001";
+
+/// Default headers that authenticate as the admin.
+pub fn admin_headers() -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {ADMIN_TOKEN}").parse().expect("header"),
+    );
+    headers
+}
+
+/// An HTTP client that authenticates as the admin.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .default_headers(admin_headers())
+        .build()
+        .expect("http client")
 }
 
 /// A running app: its address and a stop handle.

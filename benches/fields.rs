@@ -165,7 +165,7 @@ async fn main() {
     let concurrency = settings.workers.concurrency;
     let fanout = settings.workers.fanout_concurrency;
     let app = common::start_app(settings, RunOptions::default()).await;
-    let http = reqwest::Client::new();
+    let http = common::http();
 
     // Setup (untimed): `tenants` sub-clients through the API, in chunks.
     let setup = Instant::now();

@@ -79,7 +79,7 @@ async fn main() {
         .expect("admin");
     let settings = common::settings(&cluster, "bench_ctl", &[]);
     let app = common::start_app(settings, RunOptions::default()).await;
-    let http = reqwest::Client::new();
+    let http = common::http();
 
     // Setup (untimed): three fresh clients per round, and the rows in both formats.
     let setup = Instant::now();

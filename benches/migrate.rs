@@ -25,7 +25,7 @@ async fn main() {
         &[("MANDANT__WORKERS__CONCURRENCY", "4")],
     );
     let app = common::start_app(settings, RunOptions::default()).await;
-    let http = reqwest::Client::new();
+    let http = common::http();
 
     // Setup (untimed): `registered` clients through the API.
     let setup = Instant::now();

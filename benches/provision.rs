@@ -38,7 +38,7 @@ async fn main() {
     mandant::telemetry::init(&settings.log);
     let template = settings.tenants.template_db.clone();
     let app = common::start_app(settings, RunOptions::default()).await;
-    let http = reqwest::Client::new();
+    let http = common::http();
     common::wait_active(&app, 1).await; // the master: creates and migrates the template, untimed
 
     // Sign-up latency on an idle system: one client at a time, POST until the operation has succeeded.

@@ -80,6 +80,7 @@ async fn main() {
     let app = common::start_app(settings, RunOptions::default()).await;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(clients * 2)
+        .default_headers(common::admin_headers())
         .build()
         .expect("http client");
 
@@ -146,14 +147,19 @@ async fn main() {
         StaticRouter::start(&slugs[..fit_tenants], &targets[..fit_tenants], per_tenant).await;
     let single_static = StaticRouter::start(&slugs[..1], &targets[..1], budget).await;
     let no_pool = NoPoolRouter::start(&slugs, &targets).await;
-    // mandant's own handler and routing pool without its HTTP middleware (request id, tracing, metrics,
-    // timeout, error normaliser): separates the router's cost from the middleware's.
+    // mandant's own handler and routing pool without its HTTP middleware (request id, tracing, access check
+    // and audit, metrics, timeout, error normaliser): separates the router's cost from the middleware's. The
+    // handler reads the access check's result, so a stand-in supplies it (full access, from the route cache).
     let handler_only = serve(
         axum::Router::new()
             .route(
                 "/v1/clients/{slug}/recipients/{id}",
                 axum::routing::get(mandant::http::recipients::get),
             )
+            .layer(axum::middleware::from_fn_with_state(
+                app.state.clone(),
+                full_access,
+            ))
             .with_state(app.state.clone()),
     )
     .await;
@@ -667,6 +673,24 @@ async fn no_pool_get(
     drop(client);
     let _ = driver.await;
     result.map(Json).map_err(|_| StatusCode::NOT_FOUND)
+}
+
+/// The stand-in for the access check in the handler-only phase.
+async fn full_access(
+    State(state): State<mandant::app::AppState>,
+    Path((slug, _)): Path<(String, String)>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let slug = mandant::domain::ClientSlug::parse(&slug).expect("slug");
+    let client = mandant::data::client(&state, &slug).await.expect("client");
+    request
+        .extensions_mut()
+        .insert(mandant::http::auth::ClientScope {
+            client,
+            grant: mandant::access::Grant::EVERYTHING,
+        });
+    next.run(request).await
 }
 
 async fn serve(router: axum::Router) -> String {

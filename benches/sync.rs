@@ -32,7 +32,7 @@ async fn main() {
     );
     let concurrency = settings.workers.fanout_concurrency;
     let app = common::start_app(settings, RunOptions::default()).await;
-    let http = reqwest::Client::new();
+    let http = common::http();
 
     // Setup (untimed).
     let setup = Instant::now();

@@ -16,7 +16,8 @@ pub async fn run(settings: Settings, args: Args) -> anyhow::Result<ExitCode> {
     let options = RunOptions {
         no_workers: args.no_workers,
     };
+    let stop = crate::shutdown::signal();
     let app = Application::build(settings, options).await?;
-    app.run_until(crate::shutdown::signal()).await?;
+    app.run_until(stop).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -570,8 +570,8 @@ async fn the_access_rule_holds_on_every_endpoint_group_for_full_read_none_and_pr
         }
         // Filters and rules on personal fields: refused without the right (so they cannot be inferred).
         let personal_reads = [
-            format!("/v1/clients/alpha/recipients?email=anna@example.org"),
-            format!("/v1/clients/alpha/recipients?phone=1"),
+            "/v1/clients/alpha/recipients?email=anna@example.org".to_owned(),
+            "/v1/clients/alpha/recipients?phone=1".to_owned(),
             format!("/v1/clients/alpha/target-groups/{mail_group}/count"),
             format!("/v1/clients/alpha/target-groups/{mail_group}/recipients"),
         ];

@@ -17,13 +17,17 @@ struct Served {
 
 impl Served {
     fn start(cwd: &Path, data_dir: &Path) -> Self {
+        Self::start_at(cwd, data_dir, "info")
+    }
+
+    fn start_at(cwd: &Path, data_dir: &Path, level: &str) -> Self {
         let mut child = mandant_command(cwd)
             .arg("serve")
             .env("MANDANT__EMBEDDED__DATA_DIR", data_dir)
             .env("MANDANT__EMBEDDED__FSYNC", "false")
             .env("MANDANT__SERVER__LISTEN", "127.0.0.1:0")
             .env("MANDANT__LOG__FORMAT", "json")
-            .env("MANDANT__LOG__LEVEL", "info")
+            .env("MANDANT__LOG__LEVEL", level)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -202,4 +206,88 @@ fn a_missing_config_file_exits_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+}
+
+#[tokio::test]
+async fn first_serve_prints_the_generated_admin_token_once_and_no_token_ever_reaches_the_log() {
+    use std::os::unix::fs::PermissionsExt;
+    let cwd = TestDir::new("serve-token");
+    let data = cwd.path().join("data");
+    let mut served = Served::start_at(cwd.path(), &data, "debug");
+    let addr = served.addr();
+
+    let file = data.join("admin.token");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "admin.token mode {mode:o}");
+    let token = std::fs::read_to_string(&file).unwrap().trim().to_owned();
+    assert!(token.starts_with("mdt_") && token.len() == 47, "{token}");
+
+    let http = crate::helpers::http_client(Some(&token));
+    let me: serde_json::Value = http
+        .get(format!("http://{addr}/v1/me"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["username"], "admin");
+    // A second token, used and revoked, with a debug-level log meanwhile.
+    let created: serde_json::Value = http
+        .post(format!("http://{addr}/v1/users/admin/tokens"))
+        .json(&serde_json::json!({"name": "ci"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let second = created["token"].as_str().unwrap().to_owned();
+    let other = crate::helpers::http_client(Some(&second));
+    let status = other
+        .get(format!("http://{addr}/v1/clients"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, reqwest::StatusCode::OK);
+    let id = created["id"].as_str().unwrap();
+    http.delete(format!("http://{addr}/v1/users/admin/tokens/{id}"))
+        .send()
+        .await
+        .unwrap();
+    let refused = other
+        .get(format!("http://{addr}/v1/clients"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(refused, reqwest::StatusCode::UNAUTHORIZED);
+    assert!(served.terminate().success());
+
+    // The generated token was printed exactly once (the line for the operator), never in a log record; the
+    // second token appears nowhere.
+    let printed: Vec<&String> = served.seen.iter().filter(|l| l.contains(&token)).collect();
+    assert_eq!(printed.len(), 1, "{printed:?}");
+    assert!(
+        serde_json::from_str::<serde_json::Value>(printed[0]).is_err(),
+        "a log record: {}",
+        printed[0]
+    );
+    assert!(
+        !served.seen.iter().any(|l| l.contains(&second)),
+        "the second token was logged"
+    );
+
+    // A restart creates no second admin and prints nothing.
+    let mut again = Served::start(cwd.path(), &data);
+    again.addr();
+    let status = again.terminate();
+    assert!(status.success(), "{status}: {}", again.seen.join("\n"));
+    assert!(
+        !again.seen.iter().any(|l| l.contains("mdt_")),
+        "{:?}",
+        again.seen
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), token);
 }
