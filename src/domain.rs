@@ -26,14 +26,18 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> Invalid {
 #[serde(transparent)]
 pub struct ClientSlug(String);
 
+/// `^[a-z][a-z0-9<extra>]*$` with a length in `len`: the shape of slugs, usernames and role names.
+pub fn is_identifier(value: &str, len: std::ops::RangeInclusive<usize>, extra: &[char]) -> bool {
+    len.contains(&value.len())
+        && value.starts_with(|c: char| c.is_ascii_lowercase())
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || extra.contains(&c))
+}
+
 impl ClientSlug {
     pub fn parse(value: &str) -> Result<Self, Invalid> {
-        let ok = (2..=40).contains(&value.len())
-            && value.starts_with(|c: char| c.is_ascii_lowercase())
-            && value
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        if ok {
+        if is_identifier(value, 2..=40, &['-']) {
             Ok(Self(value.to_owned()))
         } else {
             Err(invalid(

@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::domain::Invalid;
+use crate::domain::{Invalid, is_identifier};
 
 /// A permission token (DESIGN.md §6).
 #[derive(
@@ -449,12 +449,7 @@ pub struct Username(String);
 
 impl Username {
     pub fn parse(value: &str) -> Result<Self, Invalid> {
-        let ok = (2..=63).contains(&value.len())
-            && value.starts_with(|c: char| c.is_ascii_lowercase())
-            && value.chars().all(|c| {
-                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
-            });
-        if ok {
+        if is_identifier(value, 2..=63, &['.', '_', '-']) {
             Ok(Self(value.to_owned()))
         } else {
             Err(Invalid {
@@ -479,12 +474,7 @@ impl fmt::Display for Username {
 
 /// A role name: `^[a-z][a-z0-9-]{1,39}$`.
 pub fn parse_role_name(value: &str) -> Result<String, Invalid> {
-    let ok = (2..=40).contains(&value.len())
-        && value.starts_with(|c: char| c.is_ascii_lowercase())
-        && value
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if ok {
+    if is_identifier(value, 2..=40, &['-']) {
         Ok(value.to_owned())
     } else {
         Err(Invalid {

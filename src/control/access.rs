@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use serde::Serialize;
 use sqlx::{FromRow, Postgres, Transaction};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{ControlError, ControlPlane};
@@ -42,13 +44,14 @@ pub struct AccessRow {
     pub updated_at: DateTime<Utc>,
 }
 
-/// A token's metadata (never the token or its hash).
-#[derive(Debug, Clone, FromRow)]
+/// A token's metadata (never the token or its hash), as stored and as the API shows it.
+#[derive(Debug, Clone, FromRow, Serialize, ToSchema)]
 pub struct TokenMeta {
     pub id: Uuid,
     pub name: String,
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
+    /// Updated at most once a minute.
     pub last_used_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
 }
@@ -465,13 +468,18 @@ impl ControlPlane {
 
     /// Deletes a user with its tokens and access (its audit entries stay, with its name).
     pub async fn delete_user(&self, id: Uuid) -> Result<(), ControlError> {
+        self.auth_write_one(sqlx::query("DELETE FROM users WHERE id = $1").bind(id))
+            .await
+    }
+
+    /// Runs one statement that must change a row (`NotFound` otherwise) and notifies the auth channel, in one
+    /// transaction.
+    async fn auth_write_one(
+        &self,
+        statement: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<(), ControlError> {
         let mut tx = self.pool.begin().await?;
-        let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
+        if statement.execute(&mut *tx).await?.rows_affected() == 0 {
             return Err(ControlError::NotFound);
         }
         notify_auth_change(&mut tx).await?;
@@ -558,21 +566,14 @@ impl ControlPlane {
 
     /// Revokes a token of a user (idempotent); `NotFound` if the user has no such token.
     pub async fn revoke_token(&self, user: Uuid, token: Uuid) -> Result<(), ControlError> {
-        let mut tx = self.pool.begin().await?;
-        let found = sqlx::query(
-            "UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 AND user_id = $2",
+        self.auth_write_one(
+            sqlx::query(
+                "UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 AND user_id = $2",
+            )
+            .bind(token)
+            .bind(user),
         )
-        .bind(token)
-        .bind(user)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if found == 0 {
-            return Err(ControlError::NotFound);
-        }
-        notify_auth_change(&mut tx).await?;
-        tx.commit().await?;
-        Ok(())
+        .await
     }
 
     pub async fn roles(&self) -> Result<Vec<RoleRecord>, ControlError> {

@@ -265,6 +265,13 @@ pub struct ClientScope {
     pub grant: Grant,
 }
 
+impl ClientScope {
+    /// Whether personal data is shown or masked for the caller on this client.
+    pub fn privacy(&self) -> crate::data::Privacy {
+        crate::data::Privacy::new(self.grant.private_data)
+    }
+}
+
 /// What a handler adds to its response for the audit entry.
 #[derive(Clone, Debug, Default)]
 pub struct AuditNote {
@@ -399,13 +406,14 @@ async fn enforce(state: &AppState, route: &str, request: Request, next: Next) ->
     let (scope, path_slug) = match checked {
         Ok(found) => found,
         Err((error, client)) => {
-            let response = error.clone().into_response();
+            let response = error.into_response();
             if let Some(mut entry) = audit {
                 if let Some(client) = client {
                     entry.client_id = Some(client.id);
                     entry.client_slug = Some(client.slug.clone());
                 }
                 entry.outcome = "denied";
+                entry.detail = error_detail(&response);
                 record(state, entry, response.status().as_u16()).await;
             }
             return response;
@@ -437,12 +445,23 @@ async fn enforce(state: &AppState, route: &str, request: Request, next: Next) ->
             }
             _ => entry.client_slug = path_slug,
         }
+        if entry.detail.is_none() {
+            entry.detail = error_detail(&response);
+        }
         record(state, entry, status.as_u16()).await;
     }
     response
 }
 
 type Refusal = (ApiError, Option<Arc<Client>>);
+
+/// `{"error": "<code>"}` of an error response.
+fn error_detail(response: &Response) -> Option<serde_json::Value> {
+    response
+        .extensions()
+        .get::<super::error::ErrorCode>()
+        .map(|code| serde_json::json!({"error": code.0}))
+}
 
 /// Applies `rule` for `principal`; returns the client scope (for client and master routes) and, for other
 /// routes, a `{slug}` of the path (for the audit entry).

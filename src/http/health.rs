@@ -15,14 +15,14 @@ pub struct Status {
 }
 
 /// The process is up and serving HTTP. Checks nothing else.
-#[utoipa::path(get, path = "/healthz", tag = "operations",
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
     responses((status = 200, description = "The process is up", body = Status)))]
 pub async fn healthz() -> Json<Status> {
     Json(Status { status: "ok" })
 }
 
 /// The process can do its work: the control-plane database answers.
-#[utoipa::path(get, path = "/readyz", tag = "operations",
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
     responses(
         (status = 200, description = "Ready", body = Status),
         (status = 503, description = "The control plane is unreachable", body = ErrorBody,

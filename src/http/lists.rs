@@ -14,7 +14,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiQuery, path_id, path_slug};
 use crate::app::AppState;
 use crate::data::lists::{self, Binding, BindingStatus, ListMember, MailingList};
-use crate::data::{self, DataError, Privacy};
+use crate::data::{self, DataError};
 use crate::domain::{optional_text, required_text};
 
 const LIST_NAME_MAX: usize = 200;
@@ -162,7 +162,7 @@ pub async fn members(
     let (slug, id) = (path_slug(&slug)?, path_id(&id)?);
     let (limit, after) = cursor::keyset(params.limit, params.cursor.as_deref())?;
     let (_, db) = data::connect(&state, &slug).await?;
-    let privacy = Privacy::new(scope.grant.private_data);
+    let privacy = scope.privacy();
     let items = lists::members(db.client(), id, params.status, after, limit + 1, privacy).await?;
     Ok(Json(Page::from_rows(items, limit, |m| {
         m.recipient.id.to_string()

@@ -83,7 +83,7 @@ fn handles(method: &Method, route: &str, status: u16) -> Handles {
 }
 
 /// Prometheus text exposition of every metric of this process.
-#[utoipa::path(get, path = "/metrics", tag = "operations",
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     state.router().publish_metrics();

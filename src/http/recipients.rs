@@ -21,7 +21,7 @@ use crate::data::recipients::{
 };
 use crate::data::rules;
 use crate::data::schema::Schema;
-use crate::data::{self, DataError, Privacy};
+use crate::data::{self, DataError};
 use crate::domain::{Email, optional_text};
 
 /// Standard fields, plus the client's custom fields flattened beside them (`"city": "Berlin"`).
@@ -95,6 +95,15 @@ fn text(field: &'static str, value: Option<&str>, max: usize) -> Result<Option<S
     Ok(optional_text(field, value, max)?)
 }
 
+/// Masks the personal fields of a recipient about to be returned, unless the caller has the private-data right.
+async fn shown(
+    db: &tokio_postgres::Client,
+    scope: &ClientScope,
+    recipient: &mut Recipient,
+) -> Result<(), DataError> {
+    recipients::protect(db, scope.privacy(), None, std::slice::from_mut(recipient)).await
+}
+
 /// Add a recipient; its e-mail address must be new to this client (case-insensitively).
 #[utoipa::path(post, path = "/v1/clients/{slug}/recipients", tag = "recipients", request_body = CreateRecipient,
     params(("slug" = String, Path, description = "The client's slug")),
@@ -127,14 +136,7 @@ pub async fn create(
         new.custom = recipients::custom_values(&schema, &body.fields)?;
     }
     let mut recipient = recipients::create(db.client(), &new).await?;
-    let privacy = Privacy::new(scope.grant.private_data);
-    recipients::protect(
-        db.client(),
-        privacy,
-        None,
-        std::slice::from_mut(&mut recipient),
-    )
-    .await?;
+    shown(db.client(), &scope, &mut recipient).await?;
     Ok(super::created(
         &format!("/v1/clients/{slug}/recipients/{}", recipient.id),
         &recipient,
@@ -159,7 +161,7 @@ pub async fn list(
     let limit = cursor::limit_text(params.limit.as_deref())?;
     let after_id = cursor_id(params.cursor.as_deref())?;
     let (_, db) = data::connect(&state, &slug).await?;
-    let privacy = Privacy::new(scope.grant.private_data);
+    let privacy = scope.privacy();
     let filter = if params.filters.is_empty() {
         None
     } else {
@@ -187,14 +189,7 @@ pub async fn get(
     let (slug, id) = (path_slug(&slug)?, path_id(&id)?);
     let (_, db) = data::connect(&state, &slug).await?;
     let mut recipient = recipients::get(db.client(), id).await?;
-    let privacy = Privacy::new(scope.grant.private_data);
-    recipients::protect(
-        db.client(),
-        privacy,
-        None,
-        std::slice::from_mut(&mut recipient),
-    )
-    .await?;
+    shown(db.client(), &scope, &mut recipient).await?;
     Ok(Json(recipient))
 }
 
@@ -231,14 +226,7 @@ pub async fn update(
         patch.custom = recipients::custom_values(&schema, &body.fields)?;
     }
     let mut recipient = recipients::update(db.client(), id, &patch).await?;
-    let privacy = Privacy::new(scope.grant.private_data);
-    recipients::protect(
-        db.client(),
-        privacy,
-        None,
-        std::slice::from_mut(&mut recipient),
-    )
-    .await?;
+    shown(db.client(), &scope, &mut recipient).await?;
     Ok(Json(recipient))
 }
 

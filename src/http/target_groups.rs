@@ -15,7 +15,7 @@ use super::lists::PageParams;
 use crate::app::AppState;
 use crate::data::recipients::Recipient;
 use crate::data::target_groups::{self, TargetGroup};
-use crate::data::{self, DataError, Privacy};
+use crate::data::{self, DataError};
 use crate::domain::required_text;
 
 const GROUP_NAME_MAX: usize = 200;
@@ -56,7 +56,7 @@ pub async fn create(
     let slug = path_slug(&slug)?;
     let name = required_text("name", &body.name, GROUP_NAME_MAX).map_err(DataError::from)?;
     let (_, db) = data::connect(&state, &slug).await?;
-    let privacy = Privacy::new(scope.grant.private_data);
+    let privacy = scope.privacy();
     let group = target_groups::create(db.client(), &name, &body.rule, privacy).await?;
     Ok(super::created(
         &format!("/v1/clients/{slug}/target-groups/{}", group.id),
@@ -127,7 +127,7 @@ pub async fn count(
 ) -> Result<Json<GroupCount>, ApiError> {
     let (slug, id) = (path_slug(&slug)?, path_id(&id)?);
     let (_, db) = data::connect(&state, &slug).await?;
-    let privacy = Privacy::new(scope.grant.private_data);
+    let privacy = scope.privacy();
     let count = target_groups::count(db.client(), id, privacy).await?;
     Ok(Json(GroupCount { count }))
 }
@@ -148,7 +148,7 @@ pub async fn members(
     let (slug, id) = (path_slug(&slug)?, path_id(&id)?);
     let (limit, after) = cursor::keyset(params.limit, params.cursor.as_deref())?;
     let (_, db) = data::connect(&state, &slug).await?;
-    let privacy = Privacy::new(scope.grant.private_data);
+    let privacy = scope.privacy();
     let items = target_groups::members(db.client(), id, after, limit + 1, privacy).await?;
     Ok(Json(Page::from_rows(items, limit, |r| r.id.to_string())))
 }

@@ -92,38 +92,14 @@ pub struct MeView {
     /// Whether the caller has the master-admin role (everything on every client).
     pub master_admin: bool,
     /// The token this request used.
-    pub token: TokenView,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TokenView {
-    pub id: Uuid,
-    pub name: String,
-    pub created_at: DateTime<Utc>,
-    pub expires_at: Option<DateTime<Utc>>,
-    /// Updated at most once a minute.
-    pub last_used_at: Option<DateTime<Utc>>,
-    pub revoked_at: Option<DateTime<Utc>>,
-}
-
-impl From<TokenMeta> for TokenView {
-    fn from(t: TokenMeta) -> Self {
-        Self {
-            id: t.id,
-            name: t.name,
-            created_at: t.created_at,
-            expires_at: t.expires_at,
-            last_used_at: t.last_used_at,
-            revoked_at: t.revoked_at,
-        }
-    }
+    pub token: TokenMeta,
 }
 
 /// A new token: the only response that ever contains it.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct NewTokenView {
+pub struct NewToken {
     #[serde(flatten)]
-    pub meta: TokenView,
+    pub meta: TokenMeta,
     /// The bearer token. Shown once; only its hash is stored.
     pub token: String,
 }
@@ -317,7 +293,7 @@ pub async fn me(
         user: UserView::new(user, Some(access)),
         permissions,
         master_admin: rights.master_admin,
-        token: token.into(),
+        token,
     }))
 }
 
@@ -450,7 +426,11 @@ pub async fn update(
         .as_deref()
         .map(|n| optional_text("display_name", Some(n), NAME_MAX).map(Option::unwrap_or_default))
         .transpose()?;
-    check_manage(&state, &caller, &user).await?;
+    let only_own_name =
+        user.id == caller.user_id && body.roles.is_none() && body.disabled.is_none();
+    if !only_own_name {
+        check_manage(&state, &caller, &user).await?;
+    }
     if let Some(roles) = &body.roles {
         check_roles(&state, &caller, roles).await?;
     }
@@ -506,23 +486,23 @@ async fn token_owner(
 /// A user's tokens (metadata only; never the tokens).
 #[utoipa::path(get, path = "/v1/users/{username}/tokens", tag = "users",
     params(("username" = String, Path, description = "The username")),
-    responses((status = 200, description = "The tokens, newest first", body = Vec<TokenView>),
+    responses((status = 200, description = "The tokens, newest first", body = Vec<TokenMeta>),
         (status = 403, description = "Someone else's, and not permitted", body = ErrorBody),
         (status = 404, description = "No such user (or not visible)", body = ErrorBody)))]
 pub async fn list_tokens(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Path(username): Path<String>,
-) -> Result<Json<Vec<TokenView>>, ApiError> {
+) -> Result<Json<Vec<TokenMeta>>, ApiError> {
     let user = token_owner(&state, &caller, &username).await?;
     let tokens = state.control().tokens(user.id).await?;
-    Ok(Json(tokens.into_iter().map(TokenView::from).collect()))
+    Ok(Json(tokens))
 }
 
 /// Create a token: 256 random bits, returned once in this response; only its hash is stored.
 #[utoipa::path(post, path = "/v1/users/{username}/tokens", tag = "users", request_body = CreateToken,
     params(("username" = String, Path, description = "The username")),
-    responses((status = 201, description = "The token, shown only now", body = NewTokenView),
+    responses((status = 201, description = "The token, shown only now", body = NewToken),
         (status = 400, description = "Invalid input", body = ErrorBody),
         (status = 403, description = "Someone else's, and not permitted", body = ErrorBody),
         (status = 404, description = "No such user (or not visible)", body = ErrorBody)))]
@@ -554,10 +534,7 @@ pub async fn create_token(
         .await?;
     tracing::info!(user = %user.username, token = %meta.id, "token created");
     let location = format!("/v1/users/{}/tokens/{}", user.username, meta.id);
-    let view = NewTokenView {
-        meta: meta.into(),
-        token,
-    };
+    let view = NewToken { meta, token };
     Ok(home_note(&user).attach(super::created(&location, &view)))
 }
 

@@ -79,6 +79,11 @@ async fn every_operation_has_an_access_policy_and_refuses_a_call_without_a_token
     let app = spawn_app().await;
     let (status, _, document) = call(&app, None, Method::GET, "/v1/openapi.json", None).await;
     assert_eq!(status, StatusCode::OK, "the OpenAPI document is public");
+    assert_eq!(
+        document["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    assert_eq!(document["security"], json!([{"bearer": []}]));
     let mut checked = 0;
     for (path, operations) in document["paths"].as_object().unwrap() {
         for method in operations.as_object().unwrap().keys() {
@@ -95,6 +100,12 @@ async fn every_operation_has_an_access_policy_and_refuses_a_call_without_a_token
             let (status, _, body) = call(&app, None, method.clone(), &concrete, body).await;
             if rule == mandant::http::auth::Rule::Public {
                 assert_ne!(status, StatusCode::UNAUTHORIZED, "{method} {path}");
+                let security = &operations[method.as_str().to_lowercase().as_str()]["security"];
+                assert_eq!(
+                    security,
+                    &json!([{}]),
+                    "{method} {path} documented as public"
+                );
             } else {
                 assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {body}");
                 assert_eq!(body["error"]["code"], "unauthorized", "{method} {path}");
@@ -1073,6 +1084,11 @@ async fn every_mutating_call_is_audited_without_secrets_and_the_log_is_filtered_
             .unwrap()
             .iter()
             .all(|e| e["client"] == "alpha" && e["user"] == "auditor")
+    );
+    assert_eq!(log["items"][1]["detail"], json!({"error": "email_taken"}));
+    assert_eq!(
+        log["items"][2]["detail"],
+        json!({"error": "permission_denied"})
     );
     // The attempt on beta is recorded on beta, which the auditor cannot read; the admin can.
     let (_, _, all) = call(&app, a, Method::GET, "/v1/audit", None).await;
