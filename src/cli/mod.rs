@@ -5,6 +5,7 @@ mod migrate;
 mod serve;
 mod templates;
 mod tenants;
+mod users;
 mod worker;
 
 use std::path::PathBuf;
@@ -42,6 +43,9 @@ pub enum Command {
     /// The master templates' sync state.
     #[command(subcommand)]
     Templates(templates::Command),
+    /// Users: mint an API token from the command line (e.g. when the admin's token is lost).
+    #[command(subcommand)]
+    Users(users::Command),
 }
 
 /// Parses the command line, loads settings, runs the command. Exit codes: 0 success, 1 failure, 2 bad
@@ -73,6 +77,7 @@ pub fn main() -> ExitCode {
             Command::Migrate(args) => migrate::run(settings, args).await,
             Command::Tenants(command) => tenants::run(settings, command).await,
             Command::Templates(command) => templates::run(settings, command).await,
+            Command::Users(command) => users::run(settings, command).await,
         }
     });
     match result {

@@ -1219,3 +1219,35 @@ async fn a_client_created_by_a_non_admin_is_visible_to_its_creator_only_with_ful
     let (status, _, _) = call(&app, Some(&agent), Method::GET, "/v1/clients/shop", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn an_operator_mints_a_token_from_the_command_line_and_it_is_audited() {
+    let app = spawn_app().await;
+    let cwd = crate::helpers::TestDir::new("users-cwd");
+    let out = app
+        .command(cwd.path())
+        .args(["users", "token", "admin", "--name", "recovery"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(token.starts_with("mdt_"), "{token}");
+    let (status, _, me) = call(&app, Some(&token), Method::GET, "/v1/me", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(me["token"]["name"], "recovery");
+    let (_, _, log) = call(&app, Some(&token), Method::GET, "/v1/audit", None).await;
+    assert_eq!(log["items"][0]["action"], "CLI mandant users token", "{log}");
+    assert!(!log.to_string().contains(&token));
+
+    let unknown = app
+        .command(cwd.path())
+        .args(["users", "token", "nobody"])
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(unknown.stdout.is_empty());
+}
