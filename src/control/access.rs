@@ -220,6 +220,33 @@ pub(super) async fn notify_auth_change(
     Ok(())
 }
 
+/// Serialises changes that could remove the last active master admin (the bootstrap lock: no admin is being
+/// created meanwhile either).
+async fn lock_admins(tx: &mut Transaction<'_, Postgres>) -> Result<(), ControlError> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(BOOTSTRAP_LOCK)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Refuses a change (the caller's transaction rolls back) that leaves no active master admin: nobody could then
+/// create roles or clients, or reach a client nobody else has access to.
+async fn keep_an_admin(tx: &mut Transaction<'_, Postgres>) -> Result<(), ControlError> {
+    let admins: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM users u JOIN user_roles r ON r.user_id = u.id AND r.role = $1
+         WHERE u.status = 'active'",
+    )
+    .bind(MASTER_ADMIN)
+    .fetch_one(&mut **tx)
+    .await?;
+    if admins == 0 {
+        Err(ControlError::LastMasterAdmin)
+    } else {
+        Ok(())
+    }
+}
+
 /// Sets a user's roles; an unknown role name is refused with the names.
 async fn set_roles(
     tx: &mut Transaction<'_, Postgres>,
@@ -438,6 +465,7 @@ impl ControlPlane {
         change: &UserChange,
     ) -> Result<UserRecord, ControlError> {
         let mut tx = self.pool.begin().await?;
+        lock_admins(&mut tx).await?;
         let status = change
             .disabled
             .map(|d| if d { "disabled" } else { "active" });
@@ -457,6 +485,7 @@ impl ControlPlane {
         if let Some(roles) = &change.roles {
             set_roles(&mut tx, id, roles).await?;
         }
+        keep_an_admin(&mut tx).await?;
         notify_auth_change(&mut tx).await?;
         let user = sqlx::query_as(select_users!("WHERE u.id = $1"))
             .bind(id)
@@ -468,19 +497,29 @@ impl ControlPlane {
 
     /// Deletes a user with its tokens and access (its audit entries stay, with its name).
     pub async fn delete_user(&self, id: Uuid) -> Result<(), ControlError> {
-        self.auth_write_one(sqlx::query("DELETE FROM users WHERE id = $1").bind(id))
-            .await
+        self.auth_write_one(
+            sqlx::query("DELETE FROM users WHERE id = $1").bind(id),
+            true,
+        )
+        .await
     }
 
     /// Runs one statement that must change a row (`NotFound` otherwise) and notifies the auth channel, in one
-    /// transaction.
+    /// transaction; `admins`: the statement may remove an active master admin, which must not be the last.
     async fn auth_write_one(
         &self,
         statement: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
+        admins: bool,
     ) -> Result<(), ControlError> {
         let mut tx = self.pool.begin().await?;
+        if admins {
+            lock_admins(&mut tx).await?;
+        }
         if statement.execute(&mut *tx).await?.rows_affected() == 0 {
             return Err(ControlError::NotFound);
+        }
+        if admins {
+            keep_an_admin(&mut tx).await?;
         }
         notify_auth_change(&mut tx).await?;
         tx.commit().await?;
@@ -572,6 +611,7 @@ impl ControlPlane {
             )
             .bind(token)
             .bind(user),
+            false,
         )
         .await
     }

@@ -79,6 +79,8 @@ pub enum ControlError {
     BuiltinRole,
     #[error("unknown role(s): {}", .0.join(", "))]
     UnknownRoles(Vec<String>),
+    #[error("the last active master admin cannot be disabled, deleted or lose the role")]
+    LastMasterAdmin,
 }
 
 impl From<sqlx::Error> for ControlError {

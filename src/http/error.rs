@@ -216,6 +216,10 @@ impl From<ControlError> for ApiError {
                 "builtin_role",
                 "Built-in roles cannot be changed or deleted.".into(),
             ),
+            ControlError::LastMasterAdmin => conflict(
+                "last_master_admin",
+                "This is the last active master admin; make another one first.".into(),
+            ),
             ControlError::UnknownRoles(names) => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "unknown_role",

@@ -1240,7 +1240,10 @@ async fn an_operator_mints_a_token_from_the_command_line_and_it_is_audited() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(me["token"]["name"], "recovery");
     let (_, _, log) = call(&app, Some(&token), Method::GET, "/v1/audit", None).await;
-    assert_eq!(log["items"][0]["action"], "CLI mandant users token", "{log}");
+    assert_eq!(
+        log["items"][0]["action"], "CLI mandant users token",
+        "{log}"
+    );
     assert!(!log.to_string().contains(&token));
 
     let unknown = app
@@ -1250,4 +1253,42 @@ async fn an_operator_mints_a_token_from_the_command_line_and_it_is_audited() {
         .unwrap();
     assert_eq!(unknown.status.code(), Some(1));
     assert!(unknown.stdout.is_empty());
+}
+
+#[tokio::test]
+async fn the_last_active_master_admin_cannot_be_removed_even_by_two_admins_demoting_each_other_at_once()
+ {
+    let app = spawn_app().await;
+    user(&app, "ops", "master", &["master-admin"], &[]).await;
+    let control = app.state.control();
+    let admin = control.user_by_name("admin").await.unwrap();
+    let ops = control.user_by_name("ops").await.unwrap();
+    let demote = |id| {
+        let control = control.clone();
+        async move {
+            control
+                .update_user(
+                    id,
+                    &mandant::control::access::UserChange {
+                        roles: Some(vec!["viewer".to_owned()]),
+                        ..Default::default()
+                    },
+                )
+                .await
+        }
+    };
+    let (a, b) = tokio::join!(demote(admin.id), demote(ops.id));
+    assert!(
+        a.is_ok() != b.is_ok(),
+        "exactly one demotion may succeed: {a:?} {b:?}"
+    );
+    let refused = a.err().or(b.err()).unwrap();
+    assert!(
+        matches!(refused, mandant::control::ControlError::LastMasterAdmin),
+        "{refused:?}"
+    );
+    let admins = app
+        .control_i64("SELECT count(*) FROM user_roles WHERE role = 'master-admin'")
+        .await;
+    assert_eq!(admins, 1);
 }
