@@ -465,6 +465,31 @@ async fn the_access_rule_holds_on_every_endpoint_group_for_full_read_none_and_pr
                 None,
                 read(StatusCode::OK),
             ),
+            (
+                Method::PATCH,
+                "/v1/users/alpha-clerk".into(),
+                Some(json!({"display_name": format!("Clerk {n}")})),
+                write(StatusCode::OK),
+            ),
+            (
+                Method::PUT,
+                "/v1/users/alpha-clerk/access/alpha".into(),
+                Some(json!({"level": "read"})),
+                write(StatusCode::OK),
+            ),
+            // (a client named in a body: unknown rather than not found)
+            (
+                Method::POST,
+                "/v1/users".into(),
+                Some(
+                    json!({"username": format!("made-{n}"), "home_client": "alpha", "roles": ["viewer"]}),
+                ),
+                match (visible, full) {
+                    (false, _) => StatusCode::UNPROCESSABLE_ENTITY,
+                    (true, false) => StatusCode::FORBIDDEN,
+                    (true, true) => StatusCode::CREATED,
+                },
+            ),
             // audit
             (
                 Method::GET,
@@ -474,19 +499,20 @@ async fn the_access_rule_holds_on_every_endpoint_group_for_full_read_none_and_pr
             ),
         ];
         for (method, path, body, expected) in checks {
-            let (status, bytes, json) = call(&app, t, method.clone(), &path, body).await;
+            let (status, bytes, json) = call(&app, t, method.clone(), &path, body.clone()).await;
             assert_eq!(status, expected, "{name}: {method} {path}: {json}");
             if status == StatusCode::NOT_FOUND {
-                // Invisible looks exactly like nonexistent.
+                // Invisible looks exactly like nonexistent (a client nobody has, a user nobody has).
                 let missing = path
-                    .replace("/alpha", "/no-such-client")
-                    .replace("client=alpha", "client=no-such-client");
+                    .replace("/clients/alpha", "/clients/no-such-client")
+                    .replace("client=alpha", "client=no-such-client")
+                    .replace("alpha-clerk", "no-such-user");
                 let (other_status, other_bytes, _) =
-                    call(&app, t, method.clone(), &missing, None).await;
+                    call(&app, t, method.clone(), &missing, body).await;
                 assert_eq!(other_status, StatusCode::NOT_FOUND, "{missing}");
                 assert_eq!(
                     bytes, other_bytes,
-                    "{name}: {method} {path} differs from a nonexistent client"
+                    "{name}: {method} {path} differs from {missing}"
                 );
             }
         }
