@@ -86,6 +86,7 @@ CREATE TABLE audit_log (
 );
 CREATE INDEX audit_log_client ON audit_log (client_id, id);
 CREATE INDEX audit_log_user ON audit_log (user_id, id);
+CREATE INDEX audit_log_at ON audit_log (at);
 
 -- The built-in roles (DESIGN.md §6). The code re-asserts their permissions at start (ensure_builtin_roles), so a
 -- later release can add a permission to them without a migration.

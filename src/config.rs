@@ -212,6 +212,7 @@ impl RoutingSettings {
 pub struct AuthSettings {
     pub bootstrap_token: Secret,
     pub cache_ttl_secs: u64,
+    pub audit_retention_days: u32,
 }
 
 impl AuthSettings {

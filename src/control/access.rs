@@ -787,6 +787,27 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// Deletes audit entries older than `days`, in batches (no long lock on the table); returns how many.
+    pub async fn prune_audit(&self, days: u32) -> Result<u64, ControlError> {
+        const BATCH: i64 = 10_000;
+        let mut pruned = 0;
+        loop {
+            let deleted = sqlx::query(
+                "DELETE FROM audit_log WHERE id IN (
+                     SELECT id FROM audit_log WHERE at < now() - make_interval(days => $1) ORDER BY id LIMIT $2)",
+            )
+            .bind(i32::try_from(days).unwrap_or(i32::MAX))
+            .bind(BATCH)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            pruned += deleted;
+            if deleted < BATCH as u64 {
+                return Ok(pruned);
+            }
+        }
+    }
+
     /// Audit entries, newest first.
     pub async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, ControlError> {
         Ok(sqlx::query_as(

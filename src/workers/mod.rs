@@ -67,7 +67,13 @@ pub struct JobRunner {
     last_sweep: std::sync::Mutex<Option<std::time::Instant>>,
     /// When this runner last re-queued field reconciles that ran out of retries.
     last_requeue: std::sync::Mutex<Option<std::time::Instant>>,
+    /// `auth.audit_retention_days` (0 = keep the audit log forever), and when it last pruned.
+    audit_retention_days: u32,
+    last_prune: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How often the audit log is pruned to `auth.audit_retention_days`.
+const AUDIT_PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// How often clients whose fields are not applied (and have no reconcile queued, e.g. because its retries ran out
 /// while the database was down) get a fresh reconcile job: the reconciler gives up on nobody.
@@ -84,6 +90,8 @@ impl JobRunner {
             cancel: CancellationToken::new(),
             last_sweep: std::sync::Mutex::new(None),
             last_requeue: std::sync::Mutex::new(None),
+            audit_retention_days: state.settings().auth.audit_retention_days,
+            last_prune: std::sync::Mutex::new(None),
         }
     }
 
@@ -120,6 +128,16 @@ impl JobRunner {
                     fields = queued,
                     templates = syncs,
                     "re-queued reconciles that ran out of retries"
+                );
+            }
+        }
+        if self.audit_retention_days > 0 && due(&self.last_prune, AUDIT_PRUNE_EVERY) {
+            let pruned = self.control.prune_audit(self.audit_retention_days).await?;
+            if pruned > 0 {
+                tracing::info!(
+                    entries = pruned,
+                    days = self.audit_retention_days,
+                    "pruned the audit log"
                 );
             }
         }

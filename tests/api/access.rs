@@ -1318,3 +1318,27 @@ async fn the_last_active_master_admin_cannot_be_removed_even_by_two_admins_demot
         .await;
     assert_eq!(admins, 1);
 }
+
+#[tokio::test]
+async fn workers_prune_audit_entries_older_than_the_retention() {
+    let app = crate::helpers::spawn_app_opts(
+        &[("MANDANT__AUTH__AUDIT_RETENTION_DAYS", "30".to_owned())],
+        mandant::app::RunOptions { no_workers: true },
+    )
+    .await;
+    app.control()
+        .await
+        .batch_execute(
+            "INSERT INTO audit_log (at, action, target, outcome, status)
+             SELECT now() - make_interval(days => d), 'POST /v1/x', '/v1/x', 'succeeded', 200
+             FROM generate_series(1, 60) AS d",
+        )
+        .await
+        .unwrap();
+    let runner = app.runner("pruner");
+    app.drain(&runner).await;
+    let left = app
+        .control_i64("SELECT count(*) FROM audit_log WHERE action = 'POST /v1/x'")
+        .await;
+    assert_eq!(left, 29, "entries of 1..29 days ago stay");
+}
