@@ -83,6 +83,41 @@ pub fn equalities(filters: &[(String, String)], schema: &Schema) -> Result<Compi
     compile(&serde_json::json!({"all": conditions}), schema)
 }
 
+/// Withholds the values of conditions on personal fields in a stored rule (one written by someone with the
+/// private-data right can hold an e-mail address): `value` becomes null and the condition gets `"_masked": true`.
+/// Returns whether anything was withheld.
+pub fn mask_personal_values(rule: &mut Json, schema: &Schema) -> bool {
+    match rule {
+        Json::Object(node) => {
+            let personal = node
+                .get("field")
+                .and_then(Json::as_str)
+                .map(|name| schema.get(name).is_some_and(|f| f.personal));
+            match personal {
+                Some(true) if node.contains_key("value") => {
+                    node.insert("value".into(), Json::Null);
+                    node.insert("_masked".into(), Json::Bool(true));
+                    true
+                }
+                Some(_) => false,
+                None => {
+                    let mut masked = false;
+                    for (key, child) in node.iter_mut() {
+                        if matches!(key.as_str(), "all" | "any" | "not") {
+                            masked |= mask_personal_values(child, schema);
+                        }
+                    }
+                    masked
+                }
+            }
+        }
+        Json::Array(children) => children.iter_mut().fold(false, |masked, child| {
+            mask_personal_values(child, schema) | masked
+        }),
+        _ => false,
+    }
+}
+
 /// Compiles `rule` against the tenant's schema. The error message is for the caller.
 pub fn compile(rule: &Json, schema: &Schema) -> Result<Compiled, String> {
     let mut compiler = Compiler {
@@ -361,6 +396,26 @@ mod tests {
 
     fn sql(rule: Json) -> Result<String, String> {
         compile(&rule, &Schema::standard()).map(|c| c.sql)
+    }
+
+    #[test]
+    fn personal_values_are_withheld_at_any_depth_and_others_kept() {
+        let mut rule = json!({"all": [
+            {"not": {"any": [{"field": "last_name", "op": "in", "value": ["Alt", "Bert"]}]}},
+            {"field": "gender", "op": "eq", "value": "f"},
+            {"field": "email", "op": "not_null"}
+        ]});
+        assert!(mask_personal_values(&mut rule, &Schema::standard()));
+        assert_eq!(
+            rule,
+            json!({"all": [
+                {"not": {"any": [{"field": "last_name", "op": "in", "value": null, "_masked": true}]}},
+                {"field": "gender", "op": "eq", "value": "f"},
+                {"field": "email", "op": "not_null"}
+            ]})
+        );
+        let mut plain = json!({"field": "gender", "op": "eq", "value": "f"});
+        assert!(!mask_personal_values(&mut plain, &Schema::standard()));
     }
 
     #[test]

@@ -73,6 +73,23 @@ pub async fn compile(
     Ok((compiled, schema))
 }
 
+/// Applies `privacy` to groups about to be returned: masked, the values of conditions on personal fields are
+/// withheld (see [`rules::mask_personal_values`]).
+pub async fn protect(
+    db: &Client,
+    privacy: Privacy,
+    groups: &mut [TargetGroup],
+) -> Result<(), DataError> {
+    if privacy == Privacy::Visible || groups.is_empty() {
+        return Ok(());
+    }
+    let schema = Schema::load(db).await?;
+    for group in groups {
+        rules::mask_personal_values(&mut group.rule, &schema);
+    }
+    Ok(())
+}
+
 /// Stores a group whose rule compiles.
 pub async fn create(
     db: &Client,

@@ -72,13 +72,15 @@ pub async fn create(
         (status = 404, description = "No such client", body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
+    scope: ClientScope,
     Path(slug): Path<String>,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<Page<TargetGroup>>, ApiError> {
     let slug = path_slug(&slug)?;
     let (limit, after) = cursor::keyset(params.limit, params.cursor.as_deref())?;
     let (_, db) = data::connect(&state, &slug).await?;
-    let items = target_groups::list(db.client(), after, limit + 1).await?;
+    let mut items = target_groups::list(db.client(), after, limit + 1).await?;
+    target_groups::protect(db.client(), scope.privacy(), &mut items).await?;
     Ok(Json(Page::from_rows(items, limit, |g| g.id.to_string())))
 }
 
@@ -90,11 +92,19 @@ pub async fn list(
         (status = 404, description = "No such client or target group", body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
+    scope: ClientScope,
     Path((slug, id)): Path<(String, String)>,
 ) -> Result<Json<TargetGroup>, ApiError> {
     let (slug, id) = (path_slug(&slug)?, path_id(&id)?);
     let (_, db) = data::connect(&state, &slug).await?;
-    Ok(Json(target_groups::get(db.client(), id).await?))
+    let mut group = target_groups::get(db.client(), id).await?;
+    target_groups::protect(
+        db.client(),
+        scope.privacy(),
+        std::slice::from_mut(&mut group),
+    )
+    .await?;
+    Ok(Json(group))
 }
 
 /// Delete a target group (recipients are not touched).

@@ -624,6 +624,41 @@ async fn the_access_rule_holds_on_every_endpoint_group_for_full_read_none_and_pr
                 );
             }
         }
+        // A stored rule's values on personal fields are withheld too (it was written with the right).
+        let (_, _, stored) = call(
+            &app,
+            t,
+            Method::GET,
+            &format!("/v1/clients/alpha/target-groups/{mail_group}"),
+            None,
+        )
+        .await;
+        let (_, _, all_groups) = call(
+            &app,
+            t,
+            Method::GET,
+            "/v1/clients/alpha/target-groups",
+            None,
+        )
+        .await;
+        let listed_rule = all_groups["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["id"] == mail_group)
+            .unwrap()["rule"]
+            .clone();
+        for rule in [&stored["rule"], &listed_rule] {
+            if *private_data {
+                assert_eq!(rule["value"], "anna", "{name}: {rule}");
+            } else {
+                assert_eq!(
+                    rule,
+                    &json!({"field": "email", "op": "contains", "value": null, "_masked": true}),
+                    "{name}"
+                );
+            }
+        }
         if full && !private_data {
             let (status, _, body) = call(
                 &app,
