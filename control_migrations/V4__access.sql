@@ -61,9 +61,14 @@ CREATE TABLE api_tokens (
     expires_at   timestamptz,
     -- Updated at most once a minute per token (not on every request).
     last_used_at timestamptz,
-    revoked_at   timestamptz
+    revoked_at   timestamptz,
+    -- Who minted it for the user through the API, if not the user itself (NULL: itself, the bootstrap or the
+    -- CLI). Such a token lives only while its minter could still act for the user (dominates it, src/access): it
+    -- is revoked when a change of either's rights ends that, or when the minter is disabled or deleted.
+    created_by   uuid REFERENCES users (id) ON DELETE SET NULL
 );
 CREATE INDEX api_tokens_user ON api_tokens (user_id);
+CREATE INDEX api_tokens_created_by ON api_tokens (created_by) WHERE created_by IS NOT NULL;
 
 -- Every mutating API call: who, when, on which client, what, on what, and how it ended. Never secrets.
 -- user_id and client_id carry no foreign keys: the log outlives deleted users; names are kept as they were.

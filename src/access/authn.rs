@@ -28,6 +28,9 @@ use crate::shutdown::CancellationToken;
 const TOUCH_EVERY_SECS: i64 = 60;
 /// Cached principals at most (a flood of distinct valid tokens just clears the cache).
 const MAX_CACHED: usize = 10_000;
+/// How often the auth listener's connection is checked, and how long the check may take.
+const LISTENER_PING: Duration = Duration::from_secs(10);
+const LISTENER_PING_TIMEOUT: Duration = Duration::from_secs(3);
 /// The file the generated first admin token is written to, in `embedded.data_dir`.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 
@@ -156,6 +159,10 @@ impl Authenticator {
             // Changes made while nobody listened may be cached from before: start clean.
             self.invalidate();
             self.listening.store(true, Ordering::Release);
+            // A half-open connection would block `recv` without an error while notifications are lost: a
+            // periodic round trip on the same connection notices it, and the cache is off until reconnected.
+            let mut ping = tokio::time::interval(LISTENER_PING);
+            ping.reset();
             loop {
                 tokio::select! {
                     received = listener.recv() => match received {
@@ -165,6 +172,17 @@ impl Authenticator {
                             break;
                         }
                     },
+                    _ = ping.tick() => {
+                        let alive = tokio::time::timeout(
+                            LISTENER_PING_TIMEOUT,
+                            sqlx::query("SELECT 1").execute(&mut listener),
+                        )
+                        .await;
+                        if !matches!(alive, Ok(Ok(_))) {
+                            tracing::warn!("auth listener stopped answering; principals are not cached until it is back");
+                            break;
+                        }
+                    }
                     () = cancel.cancelled() => break,
                 }
             }

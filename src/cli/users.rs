@@ -59,7 +59,7 @@ async fn token(
     let token = new_token();
     let expires_at = expires_in_days.map(|d| chrono::Utc::now() + chrono::Duration::days(d));
     let meta = control
-        .create_token(user.id, &name, &token_hash(&token), expires_at)
+        .create_token(user.id, &name, &token_hash(&token), expires_at, None)
         .await?;
     control
         .record_audit(&AuditEntry {

@@ -247,6 +247,77 @@ async fn keep_an_admin(tx: &mut Transaction<'_, Postgres>) -> Result<(), Control
     }
 }
 
+/// A user's rights, read in a transaction.
+async fn rights_in(
+    tx: &mut Transaction<'_, Postgres>,
+    user: Uuid,
+) -> Result<Option<Rights>, ControlError> {
+    let row: Option<RightsRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        rights_columns!(),
+        " FROM users u WHERE u.id = $1"
+    ))
+    .bind(user)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.map(|r| r.rights()))
+}
+
+/// Keeps the invariant of tokens minted for someone else: the minter still dominates the holder. Called after the
+/// rights of `users` changed (in the same transaction); revokes every live token, minted by or for one of them,
+/// whose minter no longer could act for its holder.
+async fn revoke_undominated(
+    tx: &mut Transaction<'_, Postgres>,
+    users: &[Uuid],
+) -> Result<(), ControlError> {
+    let minted: Vec<(Uuid, Uuid, Uuid)> = sqlx::query_as(
+        "SELECT id, user_id, created_by FROM api_tokens
+         WHERE revoked_at IS NULL AND created_by IS NOT NULL AND created_by <> user_id
+           AND (user_id = ANY($1) OR created_by = ANY($1))",
+    )
+    .bind(users)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut rights: HashMap<Uuid, Option<Rights>> = HashMap::new();
+    let mut revoke = Vec::new();
+    for (token, holder, minter) in minted {
+        for user in [holder, minter] {
+            if let std::collections::hash_map::Entry::Vacant(slot) = rights.entry(user) {
+                slot.insert(rights_in(tx, user).await?);
+            }
+        }
+        let allowed = match (&rights[&minter], &rights[&holder]) {
+            (Some(minter), Some(holder)) => minter.dominates(holder),
+            _ => false,
+        };
+        if !allowed {
+            revoke.push(token);
+        }
+    }
+    if !revoke.is_empty() {
+        sqlx::query("UPDATE api_tokens SET revoked_at = now() WHERE id = ANY($1)")
+            .bind(&revoke)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Revokes the tokens `minter` minted for other users (it is being disabled or deleted).
+async fn revoke_minted_by(
+    tx: &mut Transaction<'_, Postgres>,
+    minter: Uuid,
+) -> Result<(), ControlError> {
+    sqlx::query(
+        "UPDATE api_tokens SET revoked_at = now()
+         WHERE created_by = $1 AND user_id <> $1 AND revoked_at IS NULL",
+    )
+    .bind(minter)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// Sets a user's roles; an unknown role name is refused with the names.
 async fn set_roles(
     tx: &mut Transaction<'_, Postgres>,
@@ -484,6 +555,10 @@ impl ControlPlane {
         }
         if let Some(roles) = &change.roles {
             set_roles(&mut tx, id, roles).await?;
+            revoke_undominated(&mut tx, &[id]).await?;
+        }
+        if change.disabled == Some(true) {
+            revoke_minted_by(&mut tx, id).await?;
         }
         keep_an_admin(&mut tx).await?;
         notify_auth_change(&mut tx).await?;
@@ -497,30 +572,18 @@ impl ControlPlane {
 
     /// Deletes a user with its tokens and access (its audit entries stay, with its name).
     pub async fn delete_user(&self, id: Uuid) -> Result<(), ControlError> {
-        self.auth_write_one(
-            sqlx::query("DELETE FROM users WHERE id = $1").bind(id),
-            true,
-        )
-        .await
-    }
-
-    /// Runs one statement that must change a row (`NotFound` otherwise) and notifies the auth channel, in one
-    /// transaction; `admins`: the statement may remove an active master admin, which must not be the last.
-    async fn auth_write_one(
-        &self,
-        statement: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
-        admins: bool,
-    ) -> Result<(), ControlError> {
         let mut tx = self.pool.begin().await?;
-        if admins {
-            lock_admins(&mut tx).await?;
-        }
-        if statement.execute(&mut *tx).await?.rows_affected() == 0 {
+        lock_admins(&mut tx).await?;
+        revoke_minted_by(&mut tx, id).await?;
+        let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
             return Err(ControlError::NotFound);
         }
-        if admins {
-            keep_an_admin(&mut tx).await?;
-        }
+        keep_an_admin(&mut tx).await?;
         notify_auth_change(&mut tx).await?;
         tx.commit().await?;
         Ok(())
@@ -568,26 +631,30 @@ impl ControlPlane {
             .execute(&mut *tx)
             .await?;
         }
+        revoke_undominated(&mut tx, &[user]).await?;
         notify_auth_change(&mut tx).await?;
         tx.commit().await?;
         Ok(())
     }
 
+    /// `created_by`: who minted it for the user, if not the user itself.
     pub async fn create_token(
         &self,
         user: Uuid,
         name: &str,
         hash: &[u8; 32],
         expires_at: Option<DateTime<Utc>>,
+        created_by: Option<Uuid>,
     ) -> Result<TokenMeta, ControlError> {
         Ok(sqlx::query_as(
-            "INSERT INTO api_tokens (user_id, name, hash, expires_at) VALUES ($1, $2, $3, $4)
+            "INSERT INTO api_tokens (user_id, name, hash, expires_at, created_by) VALUES ($1, $2, $3, $4, $5)
              RETURNING id, name, created_at, expires_at, last_used_at, revoked_at",
         )
         .bind(user)
         .bind(name)
         .bind(hash.as_slice())
         .bind(expires_at)
+        .bind(created_by)
         .fetch_one(&self.pool)
         .await?)
     }
@@ -605,15 +672,21 @@ impl ControlPlane {
 
     /// Revokes a token of a user (idempotent); `NotFound` if the user has no such token.
     pub async fn revoke_token(&self, user: Uuid, token: Uuid) -> Result<(), ControlError> {
-        self.auth_write_one(
-            sqlx::query(
-                "UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 AND user_id = $2",
-            )
-            .bind(token)
-            .bind(user),
-            false,
+        let mut tx = self.pool.begin().await?;
+        let found = sqlx::query(
+            "UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 AND user_id = $2",
         )
-        .await
+        .bind(token)
+        .bind(user)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if found == 0 {
+            return Err(ControlError::NotFound);
+        }
+        notify_auth_change(&mut tx).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     pub async fn roles(&self) -> Result<Vec<RoleRecord>, ControlError> {
@@ -705,6 +778,13 @@ impl ControlPlane {
             .await?;
         self.write_role_permissions(&mut tx, name, permissions)
             .await?;
+        // Its holders' rights changed: tokens minted for or by them may no longer be covered.
+        let holders: Vec<Uuid> =
+            sqlx::query_scalar("SELECT user_id FROM user_roles WHERE role = $1")
+                .bind(name)
+                .fetch_all(&mut *tx)
+                .await?;
+        revoke_undominated(&mut tx, &holders).await?;
         tx.commit().await?;
         self.role(name).await
     }
@@ -727,6 +807,16 @@ impl ControlPlane {
         .execute(&mut **tx)
         .await?;
         notify_auth_change(tx).await
+    }
+
+    /// The users who hold a role.
+    pub async fn role_holders(&self, name: &str) -> Result<Vec<Uuid>, ControlError> {
+        Ok(
+            sqlx::query_scalar("SELECT user_id FROM user_roles WHERE role = $1 ORDER BY user_id")
+                .bind(name)
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     pub async fn role(&self, name: &str) -> Result<RoleRecord, ControlError> {

@@ -225,9 +225,10 @@ pub const POLICIES: &[(&str, &str, Rule)] = {
             Global(UsersManage),
         ),
         ("GET", "/v1/roles", Global(UsersRead)),
-        ("POST", "/v1/roles", Global(RolesManage)),
-        ("PUT", "/v1/roles/{name}", Global(RolesManage)),
-        ("DELETE", "/v1/roles/{name}", Global(RolesManage)),
+        // Roles are central definitions (they reach every client): the master's, like central fields.
+        ("POST", "/v1/roles", Master(RolesManage)),
+        ("PUT", "/v1/roles/{name}", Master(RolesManage)),
+        ("DELETE", "/v1/roles/{name}", Master(RolesManage)),
         ("GET", "/v1/audit", Global(AuditRead)),
     ]
 };

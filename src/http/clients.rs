@@ -206,6 +206,21 @@ pub async fn list(
         .map(ClientSlug::parse)
         .transpose()?;
     let after = params.cursor.as_deref().map(decode_cursor).transpose()?;
+    // A parent the caller cannot see filters like one that does not exist (its children are not confirmed).
+    if let Some(parent) = &parent {
+        let visible = match crate::data::client(&state, parent).await {
+            Ok(client) => caller.rights.grant(client.id).is_visible(),
+            Err(crate::data::DataError::NotFound) => false,
+            Err(e) => return Err(e.into()),
+        };
+        if !visible {
+            return Ok(Json(Page::from_rows(
+                Vec::new(),
+                limit,
+                |c: &ClientView| c.slug.clone(),
+            )));
+        }
+    }
     let clients = state
         .control()
         .list_clients(&ClientFilter {

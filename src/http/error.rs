@@ -284,7 +284,8 @@ impl From<DataError> for ApiError {
                 StatusCode::FORBIDDEN,
                 "private_data_required",
                 format!(
-                    "{field} is personal data; filtering on it needs the private-data right on this client."
+                    "{field} is personal data: filtering on it, or making it not personal, needs the private-data \
+                     right on this client."
                 ),
             ),
             DataError::Rule(message) => Self::new(StatusCode::BAD_REQUEST, "invalid_rule", message),

@@ -10,9 +10,11 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::auth::{Caller, ClientScope};
 use super::cursor::{self, Page};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiQuery, path_slug};
+use crate::access::Rights;
 use crate::app::AppState;
 use crate::control::ControlError;
 use crate::control::clients::Client;
@@ -181,7 +183,13 @@ fn body(field: &FieldRecord, status: Option<&FieldStatusRow>) -> FieldBody {
     }
 }
 
-fn propagation(rows: &[FieldStatusRow]) -> Propagation {
+/// How far a central field has reached, over the clients the caller can see (access to the master implies none
+/// to its sub-clients, not even their number).
+fn propagation(rows: &[FieldStatusRow], rights: &Rights) -> Propagation {
+    let rows: Vec<&FieldStatusRow> = rows
+        .iter()
+        .filter(|r| rights.grant(r.client_id).is_visible())
+        .collect();
     let count = |status: &str| rows.iter().filter(|r| r.status == status).count();
     Propagation {
         applied: count("applied"),
@@ -234,6 +242,7 @@ pub async fn list_central(
         (status = 409, description = "The name is taken (by a central field or by clients' own fields)", body = ErrorBody)))]
 pub async fn create_central(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     ApiJson(request): ApiJson<CreateField>,
 ) -> Result<Response, ApiError> {
     let new = validate(&request)?;
@@ -244,7 +253,7 @@ pub async fn create_central(
         .await?;
     let statuses = state.control().field_statuses(field.id).await?;
     let mut shown = body(&field, None);
-    shown.propagation = Some(propagation(&statuses));
+    shown.propagation = Some(propagation(&statuses, &caller.rights));
     tracing::info!(field = %field.name, clients = statuses.len(), "central field created");
     let mut response = super::created(&format!("/v1/fields/{}", field.name), &shown);
     *response.status_mut() = StatusCode::ACCEPTED;
@@ -259,12 +268,13 @@ pub async fn create_central(
         (status = 404, description = "No such central field", body = ErrorBody)))]
 pub async fn get_central(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     Path(name): Path<String>,
 ) -> Result<Json<FieldBody>, ApiError> {
     let field = state.control().field(None, &name).await?;
     let statuses = state.control().field_statuses(field.id).await?;
     let mut shown = body(&field, None);
-    shown.propagation = Some(propagation(&statuses));
+    shown.propagation = Some(propagation(&statuses, &caller.rights));
     Ok(Json(shown))
 }
 
@@ -452,10 +462,15 @@ async fn own_field(state: &AppState, client: &Client, name: &str) -> Result<Fiel
         (status = 409, description = "A standard or central field, a type change or a shorter text", body = ErrorBody)))]
 pub async fn update_client(
     State(state): State<AppState>,
+    scope: ClientScope,
     Path((slug, name)): Path<(String, String)>,
     ApiJson(request): ApiJson<UpdateField>,
 ) -> Result<Response, ApiError> {
     let slug = path_slug(&slug)?;
+    // Un-marking a personal field would unmask its values: only for someone who may see them anyway.
+    if request.personal == Some(false) && !scope.grant.private_data {
+        return Err(DataError::PersonalData(name).into());
+    }
     let client = client_with_database(&state, &slug).await?;
     let field = own_field(&state, &client, &name).await?;
     if request

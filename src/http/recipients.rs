@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use deadpool_postgres::tokio_postgres;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::ClientScope;
@@ -93,6 +93,36 @@ async fn schema_for<'a>(
 
 fn text(field: &'static str, value: Option<&str>, max: usize) -> Result<Option<String>, DataError> {
     Ok(optional_text(field, value, max)?)
+}
+
+/// What an import did. Without the private-data right the split into inserted and updated is withheld: it would
+/// tell how many of the imported addresses were already recipients.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImportResult {
+    /// Records read (after the CSV header).
+    pub records: u64,
+    /// Recipients created (null when masked).
+    pub inserted: Option<u64>,
+    /// Existing recipients updated, matched by e-mail address case-insensitively (null when masked).
+    pub updated: Option<u64>,
+    #[serde(rename = "_masked", skip_serializing_if = "Vec::is_empty")]
+    pub masked: Vec<&'static str>,
+}
+
+impl ImportResult {
+    fn new(outcome: ImportOutcome, privacy: data::Privacy) -> Self {
+        let visible = privacy == data::Privacy::Visible;
+        Self {
+            records: outcome.records,
+            inserted: visible.then_some(outcome.inserted),
+            updated: visible.then_some(outcome.updated),
+            masked: if visible {
+                Vec::new()
+            } else {
+                vec!["inserted", "updated"]
+            },
+        }
+    }
 }
 
 /// Masks the personal fields of a recipient about to be returned, unless the caller has the private-data right.
@@ -310,7 +340,7 @@ fn import_format(headers: &HeaderMap, params: &ImportParams) -> Result<Format, A
     request_body(content = String, content_type = "text/csv",
         description = "CSV with a header line (text/csv), or NDJSON (application/x-ndjson)"),
     responses(
-        (status = 200, description = "Imported", body = ImportOutcome),
+        (status = 200, description = "Imported", body = ImportResult),
         (status = 400, description = "A bad record (its line is named); nothing was written", body = ErrorBody),
         (status = 404, description = "No such client", body = ErrorBody),
         (status = 409, description = "The client is not active", body = ErrorBody),
@@ -319,11 +349,12 @@ fn import_format(headers: &HeaderMap, params: &ImportParams) -> Result<Format, A
         (status = 503, description = "The tenant database is unavailable", body = ErrorBody)))]
 pub async fn import(
     State(state): State<AppState>,
+    scope: ClientScope,
     Path(slug): Path<String>,
     ApiQuery(params): ApiQuery<ImportParams>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<ImportOutcome>, ApiError> {
+) -> Result<Json<ImportResult>, ApiError> {
     let slug = path_slug(&slug)?;
     let format = import_format(&headers, &params)?;
     let limit = state.settings().server.import_limit_bytes;
@@ -346,5 +377,5 @@ pub async fn import(
     .await?;
     tracing::info!(client = %client.slug, records = outcome.records, inserted = outcome.inserted,
         updated = outcome.updated, "recipients imported");
-    Ok(Json(outcome))
+    Ok(Json(ImportResult::new(outcome, scope.privacy())))
 }

@@ -8,13 +8,13 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::auth::{AuditNote, Caller};
+use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::extract::ApiJson;
 use crate::access::{Permission, Permissions, Principal, parse_role_name};
 use crate::app::AppState;
 use crate::control::access::RoleRecord;
-use crate::domain::{ClientSlug, optional_text};
+use crate::domain::optional_text;
 
 const DESCRIPTION_MAX: usize = 500;
 
@@ -113,12 +113,30 @@ fn description(text: &str) -> Result<String, ApiError> {
     Ok(optional_text("description", Some(text), DESCRIPTION_MAX)?.unwrap_or_default())
 }
 
-/// Roles are central: their audit entries belong to the master client.
-async fn master_note(state: &AppState) -> AuditNote {
-    match crate::data::client(state, &ClientSlug::master()).await {
-        Ok(master) => AuditNote::client(master.id, &master.slug),
-        Err(_) => AuditNote::default(),
+/// A role's new definition reaches every holder on every client: the caller must be able to manage each of them
+/// (and is not one of them, unless a master admin: nobody edits their own rights).
+async fn check_holders(state: &AppState, caller: &Principal, role: &str) -> Result<(), ApiError> {
+    if caller.rights.master_admin {
+        return Ok(());
     }
+    for holder in state.control().role_holders(role).await? {
+        if holder == caller.user_id {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "self_edit_refused",
+                "You hold this role; ask another administrator to change it.",
+            ));
+        }
+        let theirs = state.control().user_rights(holder).await?;
+        if !caller.rights.dominates(&theirs) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "escalation_refused",
+                "Users you cannot manage hold this role; you cannot change it.",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Define a role.
@@ -141,9 +159,7 @@ pub async fn create(
         .await?;
     state.auth().invalidate();
     let location = format!("/v1/roles/{name}");
-    Ok(master_note(&state)
-        .await
-        .attach(super::created(&location, &RoleView::from(role))))
+    Ok(super::created(&location, &RoleView::from(role)))
 }
 
 /// Replace a custom role's description and permissions (its holders' rights change at once).
@@ -163,14 +179,13 @@ pub async fn replace(
     let name = parse_role_name(&name).map_err(|_| ApiError::not_found())?;
     let description = description(&body.description)?;
     let permissions = permissions_given(&caller, &body.permissions)?;
+    check_holders(&state, &caller, &name).await?;
     let role = state
         .control()
         .replace_role(&name, &description, permissions)
         .await?;
     state.auth().invalidate();
-    Ok(master_note(&state)
-        .await
-        .attach(Json(RoleView::from(role)).into_response()))
+    Ok(Json(RoleView::from(role)).into_response())
 }
 
 /// Delete a custom role nobody holds.
@@ -187,7 +202,5 @@ pub async fn delete(
     let name = parse_role_name(&name).map_err(|_| ApiError::not_found())?;
     state.control().delete_role(&name).await?;
     state.auth().invalidate();
-    Ok(master_note(&state)
-        .await
-        .attach(StatusCode::NO_CONTENT.into_response()))
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

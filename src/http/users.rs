@@ -478,6 +478,10 @@ async fn token_owner(
 ) -> Result<UserRecord, ApiError> {
     let user = visible_user(state, caller, username).await?;
     if user.id != caller.user_id {
+        // Without users.read, other users do not exist for the caller (no 403 that confirms one).
+        if !caller.rights.can(crate::access::Permission::UsersRead) {
+            return Err(ApiError::not_found());
+        }
         check_manage(state, caller, &user).await?;
     }
     Ok(user)
@@ -526,11 +530,22 @@ pub async fn create_token(
             .into());
         }
     };
+    // A token never outlives the one that made it (a leaked short-lived token cannot mint a permanent one).
+    let expires_at = match (expires_at, caller.expires_at) {
+        (Some(wanted), Some(limit)) => Some(wanted.min(limit)),
+        (wanted, limit) => wanted.or(limit),
+    };
     let user = token_owner(&state, &caller, &username).await?;
     let token = new_token();
     let meta = state
         .control()
-        .create_token(user.id, &name, &token_hash(&token), expires_at)
+        .create_token(
+            user.id,
+            &name,
+            &token_hash(&token),
+            expires_at,
+            (user.id != caller.user_id).then_some(caller.user_id),
+        )
         .await?;
     tracing::info!(user = %user.username, token = %meta.id, "token created");
     let location = format!("/v1/users/{}/tokens/{}", user.username, meta.id);

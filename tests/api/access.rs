@@ -525,6 +525,22 @@ async fn the_access_rule_holds_on_every_endpoint_group_for_full_read_none_and_pr
             .await
             .unwrap();
         assert_eq!(import.status(), write(StatusCode::OK), "{name}: import");
+        if full {
+            // Without the private-data right, the split would tell how many addresses were known already.
+            let outcome: Value = import.json().await.unwrap();
+            assert_eq!(outcome["records"], 1);
+            if *private_data {
+                assert_eq!(outcome["inserted"], 1, "{outcome}");
+            } else {
+                assert_eq!(
+                    outcome,
+                    json!({"records": 1, "inserted": null, "updated": null, "_masked": ["inserted", "updated"]})
+                );
+            }
+        }
+        // A parent the caller cannot see filters like one that does not exist.
+        let (_, _, children) = call(&app, t, Method::GET, "/v1/clients?parent=master", None).await;
+        assert_eq!(children["items"], json!([]), "{name}");
 
         // Client lists show only visible clients; the invisible one is not named anywhere.
         let (_, bytes, clients) = call(&app, t, Method::GET, "/v1/clients", None).await;
@@ -660,6 +676,17 @@ async fn the_access_rule_holds_on_every_endpoint_group_for_full_read_none_and_pr
             }
         }
         if full && !private_data {
+            // Un-marking a personal field would unmask it.
+            let (status, _, body) = call(
+                &app,
+                t,
+                Method::PATCH,
+                "/v1/clients/alpha/fields/phone",
+                Some(json!({"personal": false})),
+            )
+            .await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+            assert_eq!(body["error"]["code"], "private_data_required");
             let (status, _, body) = call(
                 &app,
                 t,
@@ -743,6 +770,23 @@ async fn central_definitions_need_access_to_the_master_and_sync_status_shows_onl
         assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}: {response}");
         assert_eq!(response["error"]["code"], "permission_denied");
     }
+    let (status, _, _) = call(
+        &app,
+        Some(ADMIN_TOKEN),
+        Method::POST,
+        "/v1/fields",
+        Some(json!({"name": "segment", "type": "integer"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    // A central field's progress counts only the clients the caller sees (master and alpha, not beta).
+    let (_, _, segment) = call(&app, Some(&reader), Method::GET, "/v1/fields/segment", None).await;
+    let progress = &segment["propagation"];
+    let seen = ["applied", "pending", "failed"]
+        .iter()
+        .map(|k| progress[*k].as_u64().unwrap())
+        .sum::<u64>();
+    assert_eq!(seen, 2, "{segment}");
     let (status, _, _) = call(&app, Some(&reader), Method::GET, "/v1/fields", None).await;
     assert_eq!(status, StatusCode::OK);
     let (status, _, body) = call(
@@ -945,7 +989,14 @@ async fn nobody_can_grant_more_than_they_hold_or_change_their_own_rights() {
         assert_eq!(response["error"]["code"], "escalation_refused");
     }
     // A role author can only give a role what it holds.
-    let author = user(&app, "author", "master", &["operator"], &[]).await;
+    let author = user(
+        &app,
+        "author",
+        "master",
+        &["operator"],
+        &[("master", "full", false)],
+    )
+    .await;
     let (_, _, _) = call(
         &app,
         admin,
@@ -973,6 +1024,50 @@ async fn nobody_can_grant_more_than_they_hold_or_change_their_own_rights() {
     )
     .await;
     assert_eq!(status, StatusCode::CREATED);
+    // A role reaches all its holders: only someone who can manage each of them (and is not one) may change it.
+    user(
+        &app,
+        "holder",
+        "master",
+        &["smaller", "editor"],
+        &[("master", "read", false)],
+    )
+    .await;
+    for (role, code) in [
+        ("smaller", "escalation_refused"),
+        ("operator", "self_edit_refused"),
+    ] {
+        let (status, _, body) = call(
+            &app,
+            Some(&author),
+            Method::PUT,
+            &format!("/v1/roles/{role}"),
+            Some(json!({"permissions": ["clients.read", "servers.manage"]})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{role}: {body}");
+        assert_eq!(body["error"]["code"], code, "{role}");
+    }
+    // Roles are central: without full access to the master, no role changes at all.
+    let (status, _, body) = call(
+        &app,
+        admin,
+        Method::PUT,
+        "/v1/users/author/access/master",
+        Some(json!({"level": "read"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _, body) = call(
+        &app,
+        Some(&author),
+        Method::POST,
+        "/v1/roles",
+        Some(json!({"name": "another", "permissions": ["clients.read"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "read_only_access");
     // Built-in roles are fixed; a held role cannot be deleted.
     let (status, _, _) = call(
         &app,
@@ -995,7 +1090,7 @@ async fn nobody_can_grant_more_than_they_hold_or_change_their_own_rights() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(users, ["admin", "author", "boss", "helper"]);
+    assert_eq!(users, ["admin", "author", "boss", "helper", "holder"]);
     let helper: (String, Vec<String>) = {
         let row = db
             .query_one(
@@ -1028,7 +1123,7 @@ async fn nobody_can_grant_more_than_they_hold_or_change_their_own_rights() {
     let tokens: i64 = app.control_i64("SELECT count(*) FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE u.username = 'helper'").await;
     assert_eq!(tokens, 0);
     let roles: i64 = app
-        .control_i64("SELECT count(*) FROM roles WHERE name IN ('sneaky', 'bigger')")
+        .control_i64("SELECT count(*) FROM roles WHERE name IN ('sneaky', 'bigger', 'another')")
         .await;
     assert_eq!(roles, 0);
 }
@@ -1376,4 +1471,143 @@ async fn workers_prune_audit_entries_older_than_the_retention() {
         .control_i64("SELECT count(*) FROM audit_log WHERE action = 'POST /v1/x'")
         .await;
     assert_eq!(left, 29, "entries of 1..29 days ago stay");
+}
+
+#[tokio::test]
+async fn a_token_never_outlives_the_token_or_the_rights_it_was_minted_with() {
+    let app = spawn_app().await;
+    app.create_active_client("alpha").await;
+    let admin = Some(ADMIN_TOKEN);
+    user(
+        &app,
+        "vera",
+        "alpha",
+        &["viewer"],
+        &[("alpha", "read", false)],
+    )
+    .await;
+    let boss = user(
+        &app,
+        "boss",
+        "alpha",
+        &["client-admin"],
+        &[("alpha", "full", false)],
+    )
+    .await;
+
+    // A one-day token cannot mint a permanent one.
+    let (_, _, short) = call(
+        &app,
+        admin,
+        Method::POST,
+        "/v1/users/vera/tokens",
+        Some(json!({"name": "short", "expires_in_days": 1})),
+    )
+    .await;
+    let short_token = short["token"].as_str().unwrap().to_owned();
+    let (status, _, minted) = call(
+        &app,
+        Some(&short_token),
+        Method::POST,
+        "/v1/users/vera/tokens",
+        Some(json!({"name": "forever"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(minted["expires_at"], short["expires_at"], "{minted}");
+
+    // The boss mints a token for vera (it may act for her as she is now) ...
+    let (status, _, for_vera) = call(
+        &app,
+        Some(&boss),
+        Method::POST,
+        "/v1/users/vera/tokens",
+        Some(json!({"name": "by-boss"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let by_boss = for_vera["token"].as_str().unwrap().to_owned();
+    let (status, _, _) = call(&app, Some(&by_boss), Method::GET, "/v1/me", None).await;
+    assert_eq!(status, StatusCode::OK);
+    // ... which stops working when vera's rights change (her own token keeps working) ...
+    let (status, _, _) = call(
+        &app,
+        admin,
+        Method::PUT,
+        "/v1/users/vera/access/alpha",
+        Some(json!({"level": "read", "private_data": true})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = call(&app, Some(&by_boss), Method::GET, "/v1/me", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = call(&app, Some(&short_token), Method::GET, "/v1/me", None).await;
+    assert_eq!(status, StatusCode::OK);
+    // ... and tokens the boss minted stop when the boss is disabled.
+    call(
+        &app,
+        admin,
+        Method::PUT,
+        "/v1/users/vera/access/alpha",
+        Some(json!({"level": "read"})),
+    )
+    .await;
+    let (_, _, again) = call(
+        &app,
+        Some(&boss),
+        Method::POST,
+        "/v1/users/vera/tokens",
+        Some(json!({"name": "by-boss-2"})),
+    )
+    .await;
+    let by_boss = again["token"].as_str().unwrap().to_owned();
+    let (status, _, _) = call(
+        &app,
+        admin,
+        Method::PATCH,
+        "/v1/users/boss",
+        Some(json!({"disabled": true})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = call(&app, Some(&by_boss), Method::GET, "/v1/me", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = call(&app, Some(&short_token), Method::GET, "/v1/me", None).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Without users.read, another user's tokens answer as for a user that does not exist.
+    call(
+        &app,
+        admin,
+        Method::POST,
+        "/v1/roles",
+        Some(json!({"name": "reader", "permissions": ["recipients.read"]})),
+    )
+    .await;
+    let plain = user(
+        &app,
+        "plain",
+        "alpha",
+        &["reader"],
+        &[("alpha", "read", false)],
+    )
+    .await;
+    let (status, bytes, _) = call(
+        &app,
+        Some(&plain),
+        Method::GET,
+        "/v1/users/boss/tokens",
+        None,
+    )
+    .await;
+    let (other, other_bytes, _) = call(
+        &app,
+        Some(&plain),
+        Method::GET,
+        "/v1/users/nobody-here/tokens",
+        None,
+    )
+    .await;
+    assert_eq!((status, &bytes), (other, &other_bytes));
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }
