@@ -159,11 +159,7 @@ async fn main() {
     let hit_us = micro(cached.state.clone()).await;
     let lookup_us = micro(uncached.state.clone()).await;
 
-    let median = |v: &[Run], f: &dyn Fn(&Run) -> f64| {
-        let mut x: Vec<f64> = v.iter().map(f).collect();
-        x.sort_by(|a, b| a.total_cmp(b));
-        x[x.len() / 2]
-    };
+    let median = |v: &[Run], f: &dyn Fn(&Run) -> f64| common::median_of(v, f);
     println!(
         "\nauth ({}, {clients} clients, {secs} s per phase, {rounds} rounds; medians)",
         common::fsync_label()

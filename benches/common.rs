@@ -120,6 +120,13 @@ impl RunningApp {
     }
 }
 
+/// The median of `f` over `items` (the upper one of an even count, as the route benchmark always reported).
+pub fn median_of<T>(items: &[T], f: impl Fn(&T) -> f64) -> f64 {
+    let mut v: Vec<f64> = items.iter().map(f).collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;

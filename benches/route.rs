@@ -333,11 +333,7 @@ async fn main() {
     }
 
     // Report: medians over rounds.
-    let median = |runs: &[Run], f: &dyn Fn(&Run) -> f64| -> f64 {
-        let mut v: Vec<f64> = runs.iter().map(f).collect();
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
-    };
+    let median = |runs: &[Run], f: &dyn Fn(&Run) -> f64| -> f64 { common::median_of(runs, f) };
     println!(
         "\nroute ({}, {clients} clients, budget {budget}, {secs} s per phase, {rounds} rounds; medians)",
         common::fsync_label()
