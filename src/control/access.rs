@@ -318,6 +318,23 @@ async fn revoke_minted_by(
     Ok(())
 }
 
+/// Locks a custom role for a change: `NotFound` if there is none, `BuiltinRole` for a built-in one.
+async fn lock_custom_role(
+    tx: &mut Transaction<'_, Postgres>,
+    name: &str,
+) -> Result<(), ControlError> {
+    let builtin: Option<bool> =
+        sqlx::query_scalar("SELECT builtin FROM roles WHERE name = $1 FOR UPDATE")
+            .bind(name)
+            .fetch_optional(&mut **tx)
+            .await?;
+    match builtin {
+        None => Err(ControlError::NotFound),
+        Some(true) => Err(ControlError::BuiltinRole),
+        Some(false) => Ok(()),
+    }
+}
+
 /// Sets a user's roles; an unknown role name is refused with the names.
 async fn set_roles(
     tx: &mut Transaction<'_, Postgres>,
@@ -761,16 +778,7 @@ impl ControlPlane {
         permissions: Permissions,
     ) -> Result<RoleRecord, ControlError> {
         let mut tx = self.pool.begin().await?;
-        let builtin: Option<bool> =
-            sqlx::query_scalar("SELECT builtin FROM roles WHERE name = $1 FOR UPDATE")
-                .bind(name)
-                .fetch_optional(&mut *tx)
-                .await?;
-        match builtin {
-            None => return Err(ControlError::NotFound),
-            Some(true) => return Err(ControlError::BuiltinRole),
-            Some(false) => {}
-        }
+        lock_custom_role(&mut tx, name).await?;
         sqlx::query("UPDATE roles SET description = $2, updated_at = now() WHERE name = $1")
             .bind(name)
             .bind(description)
@@ -830,16 +838,7 @@ impl ControlPlane {
     /// Deletes a custom role that nobody holds.
     pub async fn delete_role(&self, name: &str) -> Result<(), ControlError> {
         let mut tx = self.pool.begin().await?;
-        let builtin: Option<bool> =
-            sqlx::query_scalar("SELECT builtin FROM roles WHERE name = $1 FOR UPDATE")
-                .bind(name)
-                .fetch_optional(&mut *tx)
-                .await?;
-        match builtin {
-            None => return Err(ControlError::NotFound),
-            Some(true) => return Err(ControlError::BuiltinRole),
-            Some(false) => {}
-        }
+        lock_custom_role(&mut tx, name).await?;
         let holders: i64 = sqlx::query_scalar("SELECT count(*) FROM user_roles WHERE role = $1")
             .bind(name)
             .fetch_one(&mut *tx)
