@@ -57,6 +57,17 @@ const FIELD_COLUMNS: &str = "f.id, f.client_id, f.name, f.data_type, f.length, f
                              f.personal, f.version, f.created_at, f.updated_at";
 
 impl ControlPlane {
+    /// The fields marked personal for a client: central ones and its own (desired state, so a change counts before
+    /// the client's database has applied it).
+    pub async fn personal_fields(&self, client: Uuid) -> Result<Vec<String>, ControlError> {
+        Ok(sqlx::query_scalar(
+            "SELECT name FROM fields WHERE personal AND (client_id IS NULL OR client_id = $1) ORDER BY name",
+        )
+        .bind(client)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Creates a field. A client's own field: refused when a central field has the name or the client's quota is
     /// used up; its status row is `pending` (the caller applies it). A central field: refused when clients have
     /// an own field of that name (`FieldTakenByClients` lists them); every live client gets a `pending` status

@@ -177,7 +177,7 @@ pub async fn members(
     status: Option<BindingStatus>,
     after_id: Option<i64>,
     limit: i64,
-    privacy: super::Privacy,
+    privacy: &super::Privacy,
 ) -> Result<Vec<ListMember>, DataError> {
     get(db, list_id).await?;
     let sql = format!(

@@ -30,34 +30,36 @@ use crate::tenant::pool::{PooledConn, RouteError, TenantRoute};
 /// Whether a caller may see personal data on a client (its `private_data` right, DESIGN.md §6). Without it,
 /// personal fields (e-mail, names, custom fields marked personal) are masked in every recipient returned, and
 /// filters and target-group rules on them are refused, so they cannot be inferred either.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Privacy {
     Visible,
-    Masked,
+    /// Personal data withheld. Carries the fields the control plane marks personal for this client, so a field
+    /// marked personal a moment ago counts even before the tenant's catalogue says so.
+    Masked(Arc<[String]>),
 }
 
 impl Privacy {
-    pub fn new(private_data: bool) -> Self {
-        if private_data {
-            Self::Visible
-        } else {
-            Self::Masked
-        }
+    pub fn is_visible(&self) -> bool {
+        matches!(self, Self::Visible)
+    }
+
+    /// Whether `name` is personal data on this client (by the tenant's schema or the control plane's desired
+    /// state).
+    pub fn is_personal(&self, schema: &schema::Schema, name: &str) -> bool {
+        schema.get(name).is_some_and(|f| f.personal)
+            || matches!(self, Self::Masked(marked) if marked.iter().any(|n| n == name))
     }
 
     /// Refuses reading these fields (filters, rules) when personal data is masked.
     pub fn check_fields<'a>(
-        self,
+        &self,
         schema: &schema::Schema,
         names: impl IntoIterator<Item = &'a String>,
     ) -> Result<(), DataError> {
-        if self == Self::Visible {
+        if self.is_visible() {
             return Ok(());
         }
-        match names
-            .into_iter()
-            .find(|n| schema.get(n).is_some_and(|f| f.personal))
-        {
+        match names.into_iter().find(|n| self.is_personal(schema, n)) {
             Some(name) => Err(DataError::PersonalData(name.clone())),
             None => Ok(()),
         }

@@ -43,9 +43,12 @@ pub struct Recipient {
 }
 
 impl Recipient {
-    /// Withholds the personal fields of `schema`.
-    fn mask(&mut self, schema: &Schema) {
-        for field in schema.fields().filter(|f| f.personal) {
+    /// Withholds the personal fields.
+    fn mask(&mut self, schema: &Schema, privacy: &super::Privacy) {
+        for field in schema
+            .fields()
+            .filter(|f| privacy.is_personal(schema, &f.name))
+        {
             let name = field.name.as_str();
             let slot = match name {
                 "email" => Some(&mut self.email),
@@ -72,11 +75,11 @@ impl Recipient {
 /// schema (which custom fields are personal) is read only when a recipient has custom fields and none is given.
 pub async fn protect(
     db: &Client,
-    privacy: super::Privacy,
+    privacy: &super::Privacy,
     schema: Option<&Schema>,
     recipients: &mut [Recipient],
 ) -> Result<(), DataError> {
-    if privacy == super::Privacy::Visible || recipients.is_empty() {
+    if privacy.is_visible() || recipients.is_empty() {
         return Ok(());
     }
     let loaded;
@@ -92,7 +95,7 @@ pub async fn protect(
         }
     };
     for recipient in recipients {
-        recipient.mask(schema);
+        recipient.mask(schema, privacy);
     }
     Ok(())
 }

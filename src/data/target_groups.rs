@@ -48,7 +48,7 @@ fn name_taken(e: tokio_postgres::Error) -> DataError {
 pub async fn compile(
     db: &Client,
     rule: &Json,
-    privacy: Privacy,
+    privacy: &Privacy,
 ) -> Result<(Compiled, Schema), DataError> {
     let schema = Schema::load(db).await?;
     let compiled = rules::compile(rule, &schema).map_err(DataError::Rule)?;
@@ -77,15 +77,15 @@ pub async fn compile(
 /// withheld (see [`rules::mask_personal_values`]).
 pub async fn protect(
     db: &Client,
-    privacy: Privacy,
+    privacy: &Privacy,
     groups: &mut [TargetGroup],
 ) -> Result<(), DataError> {
-    if privacy == Privacy::Visible || groups.is_empty() {
+    if privacy.is_visible() || groups.is_empty() {
         return Ok(());
     }
     let schema = Schema::load(db).await?;
     for group in groups {
-        rules::mask_personal_values(&mut group.rule, &schema);
+        rules::mask_personal_values(&mut group.rule, &|name| privacy.is_personal(&schema, name));
     }
     Ok(())
 }
@@ -95,7 +95,7 @@ pub async fn create(
     db: &Client,
     name: &str,
     rule: &Json,
-    privacy: Privacy,
+    privacy: &Privacy,
 ) -> Result<TargetGroup, DataError> {
     compile(db, rule, privacy).await?;
     let row = db
@@ -146,7 +146,7 @@ pub async fn delete(db: &Client, id: i64) -> Result<(), DataError> {
 
 /// How many recipients the group's rule matches now.
 /// (A count over a personal field would let it be inferred: refused like the rule itself when masked.)
-pub async fn count(db: &Client, id: i64, privacy: Privacy) -> Result<i64, DataError> {
+pub async fn count(db: &Client, id: i64, privacy: &Privacy) -> Result<i64, DataError> {
     let group = get(db, id).await?;
     let (compiled, _) = compile(db, &group.rule, privacy).await?;
     let sql = format!("SELECT count(*) FROM recipients r WHERE {}", compiled.sql);
@@ -160,7 +160,7 @@ pub async fn members(
     id: i64,
     after_id: Option<i64>,
     limit: i64,
-    privacy: Privacy,
+    privacy: &Privacy,
 ) -> Result<Vec<Recipient>, DataError> {
     let group = get(db, id).await?;
     let (mut compiled, schema) = compile(db, &group.rule, privacy).await?;

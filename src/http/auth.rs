@@ -268,8 +268,27 @@ pub struct ClientScope {
 
 impl ClientScope {
     /// Whether personal data is shown or masked for the caller on this client.
-    pub fn privacy(&self) -> crate::data::Privacy {
-        crate::data::Privacy::new(self.grant.private_data)
+    /// A connection to the checked client's database, as its own role. (The data plane is reached through this
+    /// only, so never without the access check; and the route found must still be this very client.)
+    pub async fn connect(
+        &self,
+        state: &AppState,
+    ) -> Result<(Arc<Client>, crate::tenant::pool::PooledConn), DataError> {
+        let slug = ClientSlug::parse(&self.client.slug).map_err(|_| DataError::NotFound)?;
+        let (client, conn) = data::connect(state, &slug).await?;
+        if client.id != self.client.id {
+            return Err(DataError::NotFound);
+        }
+        Ok((client, conn))
+    }
+
+    /// Without the private-data right, with the fields the control plane marks personal for the client.
+    pub async fn privacy(&self, state: &AppState) -> Result<crate::data::Privacy, ApiError> {
+        if self.grant.private_data {
+            return Ok(crate::data::Privacy::Visible);
+        }
+        let marked = state.control().personal_fields(self.client.id).await?;
+        Ok(crate::data::Privacy::Masked(marked.into()))
     }
 }
 
@@ -404,7 +423,7 @@ async fn enforce(state: &AppState, route: &str, request: Request, next: Next) ->
         detail: None,
     });
     let checked = check(state, rule, &principal, &mut parts).await;
-    let (scope, path_slug) = match checked {
+    let (scope, slug_in_path) = match checked {
         Ok(found) => found,
         Err((error, client)) => {
             let response = error.into_response();
@@ -444,7 +463,7 @@ async fn enforce(state: &AppState, route: &str, request: Request, next: Next) ->
                 entry.client_id = Some(scope.client.id);
                 entry.client_slug = Some(scope.client.slug.clone());
             }
-            _ => entry.client_slug = path_slug,
+            _ => entry.client_slug = slug_in_path,
         }
         if entry.detail.is_none() {
             entry.detail = error_detail(&response);

@@ -13,8 +13,8 @@ use super::cursor::{self, Page};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiQuery, path_id, path_slug};
 use crate::app::AppState;
+use crate::data::DataError;
 use crate::data::lists::{self, Binding, BindingStatus, ListMember, MailingList};
-use crate::data::{self, DataError};
 use crate::domain::{optional_text, required_text};
 
 const LIST_NAME_MAX: usize = 200;
@@ -63,6 +63,7 @@ pub struct MemberParams {
         (status = 409, description = "Name taken, or the client is not active", body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
+    scope: ClientScope,
     Path(slug): Path<String>,
     ApiJson(body): ApiJson<CreateList>,
 ) -> Result<Response, ApiError> {
@@ -70,7 +71,7 @@ pub async fn create(
     let name = required_text("name", &body.name, LIST_NAME_MAX).map_err(DataError::from)?;
     let description = optional_text("description", body.description.as_deref(), DESCRIPTION_MAX)
         .map_err(DataError::from)?;
-    let (_, db) = data::connect(&state, &slug).await?;
+    let (_, db) = scope.connect(&state).await?;
     let list = lists::create(db.client(), &name, description.as_deref()).await?;
     Ok(super::created(
         &format!("/v1/clients/{slug}/mailing-lists/{}", list.id),
@@ -86,12 +87,11 @@ pub async fn create(
         (status = 404, description = "No such client", body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
-    Path(slug): Path<String>,
+    scope: ClientScope,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<Page<MailingList>>, ApiError> {
-    let slug = path_slug(&slug)?;
     let (limit, after) = cursor::keyset(params.limit, params.cursor.as_deref())?;
-    let (_, db) = data::connect(&state, &slug).await?;
+    let (_, db) = scope.connect(&state).await?;
     let items = lists::list(db.client(), after, limit + 1).await?;
     Ok(Json(Page::from_rows(items, limit, |l| l.id.to_string())))
 }
@@ -104,10 +104,11 @@ pub async fn list(
         (status = 404, description = "No such client or list", body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
-    Path((slug, id)): Path<(String, String)>,
+    scope: ClientScope,
+    Path((_, id)): Path<(String, String)>,
 ) -> Result<Json<MailingList>, ApiError> {
-    let (slug, id) = (path_slug(&slug)?, path_id(&id)?);
-    let (_, db) = data::connect(&state, &slug).await?;
+    let id = path_id(&id)?;
+    let (_, db) = scope.connect(&state).await?;
     Ok(Json(lists::get(db.client(), id).await?))
 }
 
@@ -119,10 +120,11 @@ pub async fn get(
         (status = 404, description = "No such client or list", body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
-    Path((slug, id)): Path<(String, String)>,
+    scope: ClientScope,
+    Path((_, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let (slug, id) = (path_slug(&slug)?, path_id(&id)?);
-    let (_, db) = data::connect(&state, &slug).await?;
+    let id = path_id(&id)?;
+    let (_, db) = scope.connect(&state).await?;
     lists::delete(db.client(), id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -138,11 +140,12 @@ pub async fn delete(
         (status = 404, description = "No such client, list or recipient", body = ErrorBody)))]
 pub async fn bind(
     State(state): State<AppState>,
-    Path((slug, id, rid)): Path<(String, String, String)>,
+    scope: ClientScope,
+    Path((_, id, rid)): Path<(String, String, String)>,
     ApiJson(body): ApiJson<SetBinding>,
 ) -> Result<Json<Binding>, ApiError> {
-    let (slug, id, rid) = (path_slug(&slug)?, path_id(&id)?, path_id(&rid)?);
-    let (_, db) = data::connect(&state, &slug).await?;
+    let (id, rid) = (path_id(&id)?, path_id(&rid)?);
+    let (_, db) = scope.connect(&state).await?;
     Ok(Json(lists::bind(db.client(), id, rid, body.status).await?))
 }
 
@@ -156,14 +159,14 @@ pub async fn bind(
 pub async fn members(
     State(state): State<AppState>,
     scope: ClientScope,
-    Path((slug, id)): Path<(String, String)>,
+    Path((_, id)): Path<(String, String)>,
     ApiQuery(params): ApiQuery<MemberParams>,
 ) -> Result<Json<Page<ListMember>>, ApiError> {
-    let (slug, id) = (path_slug(&slug)?, path_id(&id)?);
+    let id = path_id(&id)?;
     let (limit, after) = cursor::keyset(params.limit, params.cursor.as_deref())?;
-    let (_, db) = data::connect(&state, &slug).await?;
-    let privacy = scope.privacy();
-    let items = lists::members(db.client(), id, params.status, after, limit + 1, privacy).await?;
+    let (_, db) = scope.connect(&state).await?;
+    let privacy = scope.privacy(&state).await?;
+    let items = lists::members(db.client(), id, params.status, after, limit + 1, &privacy).await?;
     Ok(Json(Page::from_rows(items, limit, |m| {
         m.recipient.id.to_string()
     })))

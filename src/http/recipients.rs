@@ -15,13 +15,13 @@ use super::cursor::{self, Page};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiQuery, cursor_id, path_id, path_slug};
 use crate::app::AppState;
+use crate::data::DataError;
 use crate::data::import::{self, Format, ImportError, ImportOutcome};
 use crate::data::recipients::{
     self, GENDER_MAX, NAME_MAX, NewRecipient, Recipient, RecipientPatch,
 };
 use crate::data::rules;
 use crate::data::schema::Schema;
-use crate::data::{self, DataError};
 use crate::domain::{Email, optional_text};
 
 /// Standard fields, plus the client's custom fields flattened beside them (`"city": "Berlin"`).
@@ -110,8 +110,8 @@ pub struct ImportResult {
 }
 
 impl ImportResult {
-    fn new(outcome: ImportOutcome, privacy: data::Privacy) -> Self {
-        let visible = privacy == data::Privacy::Visible;
+    fn new(outcome: ImportOutcome, private_data: bool) -> Self {
+        let visible = private_data;
         Self {
             records: outcome.records,
             inserted: visible.then_some(outcome.inserted),
@@ -127,11 +127,14 @@ impl ImportResult {
 
 /// Masks the personal fields of a recipient about to be returned, unless the caller has the private-data right.
 async fn shown(
+    state: &AppState,
     db: &tokio_postgres::Client,
     scope: &ClientScope,
     recipient: &mut Recipient,
-) -> Result<(), DataError> {
-    recipients::protect(db, scope.privacy(), None, std::slice::from_mut(recipient)).await
+) -> Result<(), ApiError> {
+    let privacy = scope.privacy(state).await?;
+    recipients::protect(db, &privacy, None, std::slice::from_mut(recipient)).await?;
+    Ok(())
 }
 
 /// Add a recipient; its e-mail address must be new to this client (case-insensitively).
@@ -159,14 +162,14 @@ pub async fn create(
         gender: text("gender", body.gender.as_deref(), GENDER_MAX)?,
         custom: Vec::new(),
     };
-    let (_, db) = data::connect(&state, &slug).await?;
+    let (_, db) = scope.connect(&state).await?;
     let mut new = new;
     if !body.fields.is_empty() {
         let schema = Schema::load(db.client()).await?;
         new.custom = recipients::custom_values(&schema, &body.fields)?;
     }
     let mut recipient = recipients::create(db.client(), &new).await?;
-    shown(db.client(), &scope, &mut recipient).await?;
+    shown(&state, db.client(), &scope, &mut recipient).await?;
     Ok(super::created(
         &format!("/v1/clients/{slug}/recipients/{}", recipient.id),
         &recipient,
@@ -184,14 +187,12 @@ pub async fn create(
 pub async fn list(
     State(state): State<AppState>,
     scope: ClientScope,
-    Path(slug): Path<String>,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Page<Recipient>>, ApiError> {
-    let slug = path_slug(&slug)?;
     let limit = cursor::limit_text(params.limit.as_deref())?;
     let after_id = cursor_id(params.cursor.as_deref())?;
-    let (_, db) = data::connect(&state, &slug).await?;
-    let privacy = scope.privacy();
+    let (_, db) = scope.connect(&state).await?;
+    let privacy = scope.privacy(&state).await?;
     let filter = if params.filters.is_empty() {
         None
     } else {
@@ -201,7 +202,7 @@ pub async fn list(
         Some(rules::equalities(&filters, &schema).map_err(DataError::Field)?)
     };
     let mut items = recipients::list(db.client(), filter, after_id, limit + 1).await?;
-    recipients::protect(db.client(), privacy, None, &mut items).await?;
+    recipients::protect(db.client(), &privacy, None, &mut items).await?;
     Ok(Json(Page::from_rows(items, limit, |r| r.id.to_string())))
 }
 
@@ -214,12 +215,12 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     scope: ClientScope,
-    Path((slug, id)): Path<(String, String)>,
+    Path((_, id)): Path<(String, String)>,
 ) -> Result<Json<Recipient>, ApiError> {
-    let (slug, id) = (path_slug(&slug)?, path_id(&id)?);
-    let (_, db) = data::connect(&state, &slug).await?;
+    let id = path_id(&id)?;
+    let (_, db) = scope.connect(&state).await?;
     let mut recipient = recipients::get(db.client(), id).await?;
-    shown(db.client(), &scope, &mut recipient).await?;
+    shown(&state, db.client(), &scope, &mut recipient).await?;
     Ok(Json(recipient))
 }
 
@@ -234,10 +235,10 @@ pub async fn get(
 pub async fn update(
     State(state): State<AppState>,
     scope: ClientScope,
-    Path((slug, id)): Path<(String, String)>,
+    Path((_, id)): Path<(String, String)>,
     ApiJson(body): ApiJson<UpdateRecipient>,
 ) -> Result<Json<Recipient>, ApiError> {
-    let (slug, id) = (path_slug(&slug)?, path_id(&id)?);
+    let id = path_id(&id)?;
     let change =
         |field, value: Option<Option<String>>, max| -> Result<Option<Option<String>>, DataError> {
             value.map(|v| text(field, v.as_deref(), max)).transpose()
@@ -249,14 +250,14 @@ pub async fn update(
         gender: change("gender", body.gender, GENDER_MAX)?,
         custom: Vec::new(),
     };
-    let (_, db) = data::connect(&state, &slug).await?;
+    let (_, db) = scope.connect(&state).await?;
     let mut patch = patch;
     if !body.fields.is_empty() {
         let schema = Schema::load(db.client()).await?;
         patch.custom = recipients::custom_values(&schema, &body.fields)?;
     }
     let mut recipient = recipients::update(db.client(), id, &patch).await?;
-    shown(db.client(), &scope, &mut recipient).await?;
+    shown(&state, db.client(), &scope, &mut recipient).await?;
     Ok(Json(recipient))
 }
 
@@ -268,10 +269,11 @@ pub async fn update(
         (status = 404, description = "No such client or recipient", body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
-    Path((slug, id)): Path<(String, String)>,
+    scope: ClientScope,
+    Path((_, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let (slug, id) = (path_slug(&slug)?, path_id(&id)?);
-    let (_, db) = data::connect(&state, &slug).await?;
+    let id = path_id(&id)?;
+    let (_, db) = scope.connect(&state).await?;
     recipients::delete(db.client(), id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -350,12 +352,10 @@ fn import_format(headers: &HeaderMap, params: &ImportParams) -> Result<Format, A
 pub async fn import(
     State(state): State<AppState>,
     scope: ClientScope,
-    Path(slug): Path<String>,
     ApiQuery(params): ApiQuery<ImportParams>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<ImportResult>, ApiError> {
-    let slug = path_slug(&slug)?;
     let format = import_format(&headers, &params)?;
     let limit = state.settings().server.import_limit_bytes;
     let declared = headers
@@ -365,7 +365,7 @@ pub async fn import(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(DataError::Import(ImportError::TooLarge(limit)).into());
     }
-    let (client, mut db) = data::connect(&state, &slug).await?;
+    let (client, mut db) = scope.connect(&state).await?;
     let schema = Schema::load(db.client()).await?;
     let outcome = import::run(
         db.client_mut(),
@@ -377,5 +377,5 @@ pub async fn import(
     .await?;
     tracing::info!(client = %client.slug, records = outcome.records, inserted = outcome.inserted,
         updated = outcome.updated, "recipients imported");
-    Ok(Json(ImportResult::new(outcome, scope.privacy())))
+    Ok(Json(ImportResult::new(outcome, scope.grant.private_data)))
 }

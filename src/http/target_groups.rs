@@ -13,9 +13,9 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiQuery, path_id, path_slug};
 use super::lists::PageParams;
 use crate::app::AppState;
+use crate::data::DataError;
 use crate::data::recipients::Recipient;
 use crate::data::target_groups::{self, TargetGroup};
-use crate::data::{self, DataError};
 use crate::domain::required_text;
 
 const GROUP_NAME_MAX: usize = 200;
@@ -55,9 +55,9 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let slug = path_slug(&slug)?;
     let name = required_text("name", &body.name, GROUP_NAME_MAX).map_err(DataError::from)?;
-    let (_, db) = data::connect(&state, &slug).await?;
-    let privacy = scope.privacy();
-    let group = target_groups::create(db.client(), &name, &body.rule, privacy).await?;
+    let (_, db) = scope.connect(&state).await?;
+    let privacy = scope.privacy(&state).await?;
+    let group = target_groups::create(db.client(), &name, &body.rule, &privacy).await?;
     Ok(super::created(
         &format!("/v1/clients/{slug}/target-groups/{}", group.id),
         &group,
@@ -73,14 +73,12 @@ pub async fn create(
 pub async fn list(
     State(state): State<AppState>,
     scope: ClientScope,
-    Path(slug): Path<String>,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<Page<TargetGroup>>, ApiError> {
-    let slug = path_slug(&slug)?;
     let (limit, after) = cursor::keyset(params.limit, params.cursor.as_deref())?;
-    let (_, db) = data::connect(&state, &slug).await?;
+    let (_, db) = scope.connect(&state).await?;
     let mut items = target_groups::list(db.client(), after, limit + 1).await?;
-    target_groups::protect(db.client(), scope.privacy(), &mut items).await?;
+    target_groups::protect(db.client(), &scope.privacy(&state).await?, &mut items).await?;
     Ok(Json(Page::from_rows(items, limit, |g| g.id.to_string())))
 }
 
@@ -93,14 +91,14 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     scope: ClientScope,
-    Path((slug, id)): Path<(String, String)>,
+    Path((_, id)): Path<(String, String)>,
 ) -> Result<Json<TargetGroup>, ApiError> {
-    let (slug, id) = (path_slug(&slug)?, path_id(&id)?);
-    let (_, db) = data::connect(&state, &slug).await?;
+    let id = path_id(&id)?;
+    let (_, db) = scope.connect(&state).await?;
     let mut group = target_groups::get(db.client(), id).await?;
     target_groups::protect(
         db.client(),
-        scope.privacy(),
+        &scope.privacy(&state).await?,
         std::slice::from_mut(&mut group),
     )
     .await?;
@@ -115,10 +113,11 @@ pub async fn get(
         (status = 404, description = "No such client or target group", body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
-    Path((slug, id)): Path<(String, String)>,
+    scope: ClientScope,
+    Path((_, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let (slug, id) = (path_slug(&slug)?, path_id(&id)?);
-    let (_, db) = data::connect(&state, &slug).await?;
+    let id = path_id(&id)?;
+    let (_, db) = scope.connect(&state).await?;
     target_groups::delete(db.client(), id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -133,12 +132,12 @@ pub async fn delete(
 pub async fn count(
     State(state): State<AppState>,
     scope: ClientScope,
-    Path((slug, id)): Path<(String, String)>,
+    Path((_, id)): Path<(String, String)>,
 ) -> Result<Json<GroupCount>, ApiError> {
-    let (slug, id) = (path_slug(&slug)?, path_id(&id)?);
-    let (_, db) = data::connect(&state, &slug).await?;
-    let privacy = scope.privacy();
-    let count = target_groups::count(db.client(), id, privacy).await?;
+    let id = path_id(&id)?;
+    let (_, db) = scope.connect(&state).await?;
+    let privacy = scope.privacy(&state).await?;
+    let count = target_groups::count(db.client(), id, &privacy).await?;
     Ok(Json(GroupCount { count }))
 }
 
@@ -152,13 +151,13 @@ pub async fn count(
 pub async fn members(
     State(state): State<AppState>,
     scope: ClientScope,
-    Path((slug, id)): Path<(String, String)>,
+    Path((_, id)): Path<(String, String)>,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<Page<Recipient>>, ApiError> {
-    let (slug, id) = (path_slug(&slug)?, path_id(&id)?);
+    let id = path_id(&id)?;
     let (limit, after) = cursor::keyset(params.limit, params.cursor.as_deref())?;
-    let (_, db) = data::connect(&state, &slug).await?;
-    let privacy = scope.privacy();
-    let items = target_groups::members(db.client(), id, after, limit + 1, privacy).await?;
+    let (_, db) = scope.connect(&state).await?;
+    let privacy = scope.privacy(&state).await?;
+    let items = target_groups::members(db.client(), id, after, limit + 1, &privacy).await?;
     Ok(Json(Page::from_rows(items, limit, |r| r.id.to_string())))
 }

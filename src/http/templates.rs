@@ -10,13 +10,14 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::auth::Caller;
+use super::auth::ClientScope;
 use super::cursor::{self, Page};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiQuery, path_slug};
 use crate::app::AppState;
 use crate::control::templates::{MasterTemplate, SyncRow, TemplateContent};
+use crate::data::DataError;
 use crate::data::templates::{self, TenantTemplate};
-use crate::data::{self, DataError};
 use crate::domain::{Invalid, required_text};
 
 /// Longest body (HTML or text), in bytes.
@@ -288,13 +289,12 @@ pub async fn sync_status(
         (status = 404, description = "No such client", body = ErrorBody)))]
 pub async fn client_list(
     State(state): State<AppState>,
-    Path(slug): Path<String>,
+    scope: ClientScope,
     ApiQuery(params): ApiQuery<TemplatePage>,
 ) -> Result<Json<Page<TenantTemplate>>, ApiError> {
-    let slug = path_slug(&slug)?;
     let limit = cursor::limit(params.limit)?;
     let after = after(params.cursor.as_deref())?;
-    let (_, db) = data::connect(&state, &slug).await?;
+    let (_, db) = scope.connect(&state).await?;
     let items = templates::list(db.client(), after, limit + 1).await?;
     Ok(Json(Page::from_rows(items, limit, |t| t.id.to_string())))
 }
@@ -308,12 +308,13 @@ pub async fn client_list(
         (status = 404, description = "No such client", body = ErrorBody)))]
 pub async fn client_create(
     State(state): State<AppState>,
+    scope: ClientScope,
     Path(slug): Path<String>,
     ApiJson(input): ApiJson<TemplateInput>,
 ) -> Result<Response, ApiError> {
     let slug = path_slug(&slug)?;
     let content = content(input)?;
-    let (_, db) = data::connect(&state, &slug).await?;
+    let (_, db) = scope.connect(&state).await?;
     let template = templates::create_local(db.client(), &content).await?;
     Ok(super::created(
         &format!("/v1/clients/{slug}/templates/{}", template.id),
@@ -329,10 +330,11 @@ pub async fn client_create(
         (status = 404, description = "No such client or template", body = ErrorBody)))]
 pub async fn client_get(
     State(state): State<AppState>,
-    Path((slug, id)): Path<(String, String)>,
+    scope: ClientScope,
+    Path((_, id)): Path<(String, String)>,
 ) -> Result<Json<TenantTemplate>, ApiError> {
-    let (slug, id) = (path_slug(&slug)?, template_id(&id)?);
-    let (_, db) = data::connect(&state, &slug).await?;
+    let id = template_id(&id)?;
+    let (_, db) = scope.connect(&state).await?;
     Ok(Json(templates::get(db.client(), id).await?))
 }
 
@@ -346,12 +348,13 @@ pub async fn client_get(
         (status = 404, description = "No such client or template", body = ErrorBody)))]
 pub async fn client_update(
     State(state): State<AppState>,
-    Path((slug, id)): Path<(String, String)>,
+    scope: ClientScope,
+    Path((_, id)): Path<(String, String)>,
     ApiJson(input): ApiJson<TemplateInput>,
 ) -> Result<Json<TenantTemplate>, ApiError> {
-    let (slug, id) = (path_slug(&slug)?, template_id(&id)?);
+    let id = template_id(&id)?;
     let content = content(input)?;
-    let (client, db) = data::connect(&state, &slug).await?;
+    let (client, db) = scope.connect(&state).await?;
     let template = templates::update(db.client(), id, &content).await?;
     if template.overridden {
         state
@@ -371,10 +374,11 @@ pub async fn client_update(
         (status = 409, description = "A local template (it has no master) or one that is not overridden", body = ErrorBody)))]
 pub async fn client_revert(
     State(state): State<AppState>,
-    Path((slug, id)): Path<(String, String)>,
+    scope: ClientScope,
+    Path((_, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let (slug, id) = (path_slug(&slug)?, template_id(&id)?);
-    let (client, db) = data::connect(&state, &slug).await?;
+    let id = template_id(&id)?;
+    let (client, db) = scope.connect(&state).await?;
     let copy = templates::get(db.client(), id).await?;
     if copy.origin != "inherited" {
         return Err(ApiError::new(
