@@ -365,6 +365,13 @@ pub async fn create(
         }
         None => {
             let home = state.control().client_by_id(caller.home_client).await?;
+            if home.status == crate::domain::ClientStatus::Deleted {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "unknown_client",
+                    "Your home client is deleted; name a home client for the new user.",
+                ));
+            }
             Arc::new(home)
         }
     };
