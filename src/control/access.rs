@@ -136,9 +136,12 @@ macro_rules! rights_columns {
         "ARRAY(SELECT ur.role FROM user_roles ur WHERE ur.user_id = u.id ORDER BY ur.role) AS roles,
          ARRAY(SELECT DISTINCT rp.permission FROM user_roles ur JOIN role_permissions rp ON rp.role = ur.role
                WHERE ur.user_id = u.id) AS permissions,
-         ARRAY(SELECT a.client_id FROM client_access a WHERE a.user_id = u.id ORDER BY a.client_id) AS access_clients,
-         ARRAY(SELECT a.level FROM client_access a WHERE a.user_id = u.id ORDER BY a.client_id) AS access_levels,
-         ARRAY(SELECT a.private_data FROM client_access a WHERE a.user_id = u.id ORDER BY a.client_id) AS access_private"
+         ARRAY(SELECT a.client_id FROM client_access a JOIN clients ac ON ac.id = a.client_id AND ac.status <> 'deleted'
+               WHERE a.user_id = u.id ORDER BY a.client_id) AS access_clients,
+         ARRAY(SELECT a.level FROM client_access a JOIN clients ac ON ac.id = a.client_id AND ac.status <> 'deleted'
+               WHERE a.user_id = u.id ORDER BY a.client_id) AS access_levels,
+         ARRAY(SELECT a.private_data FROM client_access a JOIN clients ac ON ac.id = a.client_id AND ac.status <> 'deleted'
+               WHERE a.user_id = u.id ORDER BY a.client_id) AS access_private"
     };
 }
 
@@ -266,7 +269,7 @@ async fn rights_in(
 /// Keeps the invariant of tokens minted for someone else: the minter still dominates the holder. Called after the
 /// rights of `users` changed (in the same transaction); revokes every live token, minted by or for one of them,
 /// whose minter no longer could act for its holder.
-async fn revoke_undominated(
+pub(super) async fn revoke_undominated(
     tx: &mut Transaction<'_, Postgres>,
     users: &[Uuid],
 ) -> Result<(), ControlError> {

@@ -176,6 +176,8 @@ impl ControlPlane {
             .bind(private_data)
             .execute(&mut *tx)
             .await?;
+            // The creator's rights grew: tokens others minted for it may no longer be covered.
+            super::access::revoke_undominated(&mut tx, &[user]).await?;
             super::access::notify_auth_change(&mut tx).await?;
         }
         let client = client_by_id_on(&mut tx, id).await?;

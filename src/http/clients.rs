@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::auth::{AuditNote, Caller, denial};
+use super::auth::{AuditNote, Caller, ClientScope, denial};
 use super::cursor::{self, Page};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiQuery, path_slug};
@@ -249,9 +249,13 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Path(slug): Path<String>,
+    scope: ClientScope,
 ) -> Result<Json<ClientView>, ApiError> {
-    let client = state.control().client_by_slug(&path_slug(&slug)?).await?;
+    // By the id the access check found (a slug could have been freed and reused since).
+    let client = state.control().client_by_id(scope.client.id).await?;
+    if client.status == ClientStatus::Deleted {
+        return Err(ApiError::not_found());
+    }
     Ok(Json(ClientView::new(client, None, &caller.rights)))
 }
 

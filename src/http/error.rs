@@ -178,9 +178,10 @@ impl From<ControlError> for ApiError {
                 "master_client",
                 format!("The master client cannot be {what}."),
             ),
-            ControlError::HasChildren(n) => conflict(
+            // Not how many: some may be invisible to the caller.
+            ControlError::HasChildren(_) => conflict(
                 "client_has_children",
-                format!("The client still has {n} sub-client(s); delete them first."),
+                "The client still has sub-clients; delete them first.".into(),
             ),
             ControlError::FieldIsCentral => conflict(
                 "field_is_central",
@@ -284,8 +285,8 @@ impl From<DataError> for ApiError {
                 StatusCode::FORBIDDEN,
                 "private_data_required",
                 format!(
-                    "{field} is personal data: filtering on it, or making it not personal, needs the private-data \
-                     right on this client."
+                    "{field} is personal data: reading, filtering on, writing it or making it not personal needs \
+                     the private-data right on this client."
                 ),
             ),
             DataError::Rule(message) => Self::new(StatusCode::BAD_REQUEST, "invalid_rule", message),

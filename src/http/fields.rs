@@ -13,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{Caller, ClientScope};
 use super::cursor::{self, Page};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, ApiQuery, path_slug};
+use super::extract::{ApiJson, ApiQuery};
 use crate::access::Rights;
 use crate::app::AppState;
 use crate::control::ControlError;
@@ -221,6 +221,30 @@ fn page(
     Ok(Page::from_rows(rows, limit, |f| f.name.clone()))
 }
 
+/// 409 naming the clients (the caller can see) whose own field has the name a central field wants.
+async fn taken_by_clients(state: &AppState, rights: &Rights, slugs: Vec<String>) -> ApiError {
+    let mut shown = Vec::new();
+    for slug in slugs {
+        let Ok(parsed) = ClientSlug::parse(&slug) else {
+            continue;
+        };
+        if let Ok(client) = crate::data::client(state, &parsed).await
+            && rights.grant(client.id).is_visible()
+        {
+            shown.push(slug);
+        }
+    }
+    let message = if shown.is_empty() {
+        "Clients have an own field of this name.".to_owned()
+    } else {
+        format!(
+            "Clients have an own field of this name, among them: {}.",
+            shown.join(", ")
+        )
+    };
+    ApiError::new(StatusCode::CONFLICT, "field_taken_by_clients", message)
+}
+
 /// Central fields, by name.
 #[utoipa::path(get, path = "/v1/fields", tag = "fields", params(FieldPage),
     responses((status = 200, description = "A page of central fields", body = Page<FieldBody>)))]
@@ -247,10 +271,17 @@ pub async fn create_central(
 ) -> Result<Response, ApiError> {
     let new = validate(&request)?;
     let max_attempts = i32::from(state.settings().workers.max_attempts);
-    let field = state
+    let field = match state
         .control()
         .create_field(None, &new, i64::MAX, max_attempts)
-        .await?;
+        .await
+    {
+        Ok(field) => field,
+        Err(ControlError::FieldTakenByClients(slugs)) => {
+            return Err(taken_by_clients(&state, &caller.rights, slugs).await);
+        }
+        Err(e) => return Err(e.into()),
+    };
     let statuses = state.control().field_statuses(field.id).await?;
     let mut shown = body(&field, None);
     shown.propagation = Some(propagation(&statuses, &caller.rights));
@@ -286,6 +317,7 @@ pub async fn get_central(
         (status = 404, description = "No such central field", body = ErrorBody)))]
 pub async fn delete_central(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let max_attempts = i32::from(state.settings().workers.max_attempts);
@@ -294,19 +326,25 @@ pub async fn delete_central(
         .delete_field(None, &name, max_attempts)
         .await?;
     tracing::info!(field = %name, clients = clients.len(), "central field deleted");
+    // Counted over the clients the caller sees.
+    let visible = clients
+        .iter()
+        .filter(|c| caller.rights.grant(**c).is_visible())
+        .count();
     Ok((
         StatusCode::ACCEPTED,
         Json(DeletedField {
             name,
-            clients: clients.len(),
+            clients: visible,
         }),
     )
         .into_response())
 }
 
 /// The client, if its database takes field changes (active or suspended).
-async fn client_with_database(state: &AppState, slug: &ClientSlug) -> Result<Client, ApiError> {
-    let client = state.control().client_by_slug(slug).await?;
+async fn client_with_database(state: &AppState, scope: &ClientScope) -> Result<Client, ApiError> {
+    // By the id the access check found (a slug could have been freed and reused since).
+    let client = state.control().client_by_id(scope.client.id).await?;
     if !matches!(
         client.status,
         ClientStatus::Active | ClientStatus::Suspended
@@ -346,11 +384,10 @@ async fn apply_now(state: &AppState, client: &Client) -> Result<bool, ApiError> 
         (status = 404, description = "No such client", body = ErrorBody)))]
 pub async fn list_client(
     State(state): State<AppState>,
-    Path(slug): Path<String>,
+    scope: ClientScope,
     ApiQuery(params): ApiQuery<FieldPage>,
 ) -> Result<Json<Page<FieldBody>>, ApiError> {
-    let slug = path_slug(&slug)?;
-    let client = state.control().client_by_slug(&slug).await?;
+    let client = &scope.client;
     let statuses = state.control().client_field_statuses(client.id).await?;
     let mut items: Vec<FieldBody> = Schema::standard()
         .fields()
@@ -398,12 +435,11 @@ pub async fn list_client(
         (status = 409, description = "Name taken, a central field, quota used up, or the client is not active", body = ErrorBody)))]
 pub async fn create_client(
     State(state): State<AppState>,
-    Path(slug): Path<String>,
+    scope: ClientScope,
     ApiJson(request): ApiJson<CreateField>,
 ) -> Result<Response, ApiError> {
-    let slug = path_slug(&slug)?;
     let new = validate(&request)?;
-    let client = client_with_database(&state, &slug).await?;
+    let client = client_with_database(&state, &scope).await?;
     let settings = state.settings();
     let field = state
         .control()
@@ -417,7 +453,10 @@ pub async fn create_client(
     let applied = apply_now(&state, &client).await?;
     let mut shown = body(&field, None);
     shown.status = Some(if applied { "applied" } else { "pending" }.into());
-    let mut response = super::created(&format!("/v1/clients/{slug}/fields/{}", field.name), &shown);
+    let mut response = super::created(
+        &format!("/v1/clients/{}/fields/{}", client.slug, field.name),
+        &shown,
+    );
     if !applied {
         *response.status_mut() = StatusCode::ACCEPTED;
     }
@@ -463,15 +502,14 @@ async fn own_field(state: &AppState, client: &Client, name: &str) -> Result<Fiel
 pub async fn update_client(
     State(state): State<AppState>,
     scope: ClientScope,
-    Path((slug, name)): Path<(String, String)>,
+    Path((_, name)): Path<(String, String)>,
     ApiJson(request): ApiJson<UpdateField>,
 ) -> Result<Response, ApiError> {
-    let slug = path_slug(&slug)?;
     // Un-marking a personal field would unmask its values: only for someone who may see them anyway.
     if request.personal == Some(false) && !scope.grant.private_data {
         return Err(DataError::PersonalData(name).into());
     }
-    let client = client_with_database(&state, &slug).await?;
+    let client = client_with_database(&state, &scope).await?;
     let field = own_field(&state, &client, &name).await?;
     if request
         .data_type
@@ -528,10 +566,10 @@ pub async fn update_client(
         (status = 409, description = "A standard or central field", body = ErrorBody)))]
 pub async fn delete_client(
     State(state): State<AppState>,
-    Path((slug, name)): Path<(String, String)>,
+    scope: ClientScope,
+    Path((_, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let slug = path_slug(&slug)?;
-    let client = client_with_database(&state, &slug).await?;
+    let client = client_with_database(&state, &scope).await?;
     own_field(&state, &client, &name).await?;
     let max_attempts = i32::from(state.settings().workers.max_attempts);
     state

@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use deadpool_postgres::tokio_postgres;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::ClientScope;
@@ -95,33 +95,13 @@ fn text(field: &'static str, value: Option<&str>, max: usize) -> Result<Option<S
     Ok(optional_text(field, value, max)?)
 }
 
-/// What an import did. Without the private-data right the split into inserted and updated is withheld: it would
-/// tell how many of the imported addresses were already recipients.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ImportResult {
-    /// Records read (after the CSV header).
-    pub records: u64,
-    /// Recipients created (null when masked).
-    pub inserted: Option<u64>,
-    /// Existing recipients updated, matched by e-mail address case-insensitively (null when masked).
-    pub updated: Option<u64>,
-    #[serde(rename = "_masked", skip_serializing_if = "Vec::is_empty")]
-    pub masked: Vec<&'static str>,
-}
-
-impl ImportResult {
-    fn new(outcome: ImportOutcome, private_data: bool) -> Self {
-        let visible = private_data;
-        Self {
-            records: outcome.records,
-            inserted: visible.then_some(outcome.inserted),
-            updated: visible.then_some(outcome.updated),
-            masked: if visible {
-                Vec::new()
-            } else {
-                vec!["inserted", "updated"]
-            },
-        }
+/// Writing a personal field needs the private-data right: a write keyed by or setting an address answers whether it
+/// is known (409 `email_taken`), and an upsert would tie a marker of the caller's to a masked recipient.
+fn personal_write(scope: &ClientScope, field: &str) -> Result<(), DataError> {
+    if scope.grant.private_data {
+        Ok(())
+    } else {
+        Err(DataError::PersonalData(field.to_owned()))
     }
 }
 
@@ -155,6 +135,7 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateRecipient>,
 ) -> Result<Response, ApiError> {
     let slug = path_slug(&slug)?;
+    personal_write(&scope, "email")?;
     let new = NewRecipient {
         email: Email::parse(&body.email)?,
         first_name: text("first_name", body.first_name.as_deref(), NAME_MAX)?,
@@ -250,10 +231,23 @@ pub async fn update(
         gender: change("gender", body.gender, GENDER_MAX)?,
         custom: Vec::new(),
     };
+    for (field, set) in [
+        ("email", patch.email.is_some()),
+        ("first_name", patch.first_name.is_some()),
+        ("last_name", patch.last_name.is_some()),
+    ] {
+        if set {
+            personal_write(&scope, field)?;
+        }
+    }
     let (_, db) = scope.connect(&state).await?;
     let mut patch = patch;
     if !body.fields.is_empty() {
         let schema = Schema::load(db.client()).await?;
+        scope
+            .privacy(&state)
+            .await?
+            .check_fields(&schema, body.fields.keys())?;
         patch.custom = recipients::custom_values(&schema, &body.fields)?;
     }
     let mut recipient = recipients::update(db.client(), id, &patch).await?;
@@ -342,7 +336,7 @@ fn import_format(headers: &HeaderMap, params: &ImportParams) -> Result<Format, A
     request_body(content = String, content_type = "text/csv",
         description = "CSV with a header line (text/csv), or NDJSON (application/x-ndjson)"),
     responses(
-        (status = 200, description = "Imported", body = ImportResult),
+        (status = 200, description = "Imported", body = ImportOutcome),
         (status = 400, description = "A bad record (its line is named); nothing was written", body = ErrorBody),
         (status = 404, description = "No such client", body = ErrorBody),
         (status = 409, description = "The client is not active", body = ErrorBody),
@@ -355,7 +349,8 @@ pub async fn import(
     ApiQuery(params): ApiQuery<ImportParams>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<ImportResult>, ApiError> {
+) -> Result<Json<ImportOutcome>, ApiError> {
+    personal_write(&scope, "email")?;
     let format = import_format(&headers, &params)?;
     let limit = state.settings().server.import_limit_bytes;
     let declared = headers
@@ -377,5 +372,5 @@ pub async fn import(
     .await?;
     tracing::info!(client = %client.slug, records = outcome.records, inserted = outcome.inserted,
         updated = outcome.updated, "recipients imported");
-    Ok(Json(ImportResult::new(outcome, scope.grant.private_data)))
+    Ok(Json(outcome))
 }

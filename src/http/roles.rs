@@ -35,18 +35,19 @@ pub struct RoleView {
     /// Built-in roles cannot be changed or deleted.
     pub builtin: bool,
     pub permissions: Vec<String>,
-    /// How many users hold the role.
-    pub users: i64,
+    /// How many users hold the role (shown to master admins only: holders span every client).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub users: Option<i64>,
 }
 
-impl From<RoleRecord> for RoleView {
-    fn from(r: RoleRecord) -> Self {
+impl RoleView {
+    fn new(r: RoleRecord, caller: &Principal) -> Self {
         Self {
             name: r.name,
             description: r.description,
             builtin: r.builtin,
             permissions: r.permissions,
-            users: r.users,
+            users: caller.rights.master_admin.then_some(r.users),
         }
     }
 }
@@ -90,9 +91,17 @@ pub async fn permissions() -> Json<Vec<PermissionView>> {
 #[utoipa::path(get, path = "/v1/roles", tag = "users",
     responses((status = 200, description = "The roles", body = Vec<RoleView>),
         (status = 403, description = "No users.read", body = ErrorBody)))]
-pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<RoleView>>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+) -> Result<Json<Vec<RoleView>>, ApiError> {
     let roles = state.control().roles().await?;
-    Ok(Json(roles.into_iter().map(RoleView::from).collect()))
+    Ok(Json(
+        roles
+            .into_iter()
+            .map(|r| RoleView::new(r, &caller))
+            .collect(),
+    ))
 }
 
 /// The permissions of a role body, which the caller must all hold.
@@ -159,7 +168,7 @@ pub async fn create(
         .await?;
     state.auth().invalidate();
     let location = format!("/v1/roles/{name}");
-    Ok(super::created(&location, &RoleView::from(role)))
+    Ok(super::created(&location, &RoleView::new(role, &caller)))
 }
 
 /// Replace a custom role's description and permissions (its holders' rights change at once).
@@ -185,7 +194,7 @@ pub async fn replace(
         .replace_role(&name, &description, permissions)
         .await?;
     state.auth().invalidate();
-    Ok(Json(RoleView::from(role)).into_response())
+    Ok(Json(RoleView::new(role, &caller)).into_response())
 }
 
 /// Delete a custom role nobody holds.
