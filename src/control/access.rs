@@ -223,9 +223,10 @@ pub(super) async fn notify_auth_change(
     Ok(())
 }
 
-/// Serialises changes that could remove the last active master admin (the bootstrap lock: no admin is being
-/// created meanwhile either).
-async fn lock_admins(tx: &mut Transaction<'_, Postgres>) -> Result<(), ControlError> {
+/// Serialises changes of rights (roles, access, delegated tokens, role definitions, users disabled or deleted),
+/// so the checks made inside them (the last master admin, dominance) see every other change's result. The same
+/// lock as the first-start bootstrap.
+async fn lock_rights(tx: &mut Transaction<'_, Postgres>) -> Result<(), ControlError> {
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(BOOTSTRAP_LOCK)
         .execute(&mut **tx)
@@ -304,6 +305,27 @@ pub(super) async fn revoke_undominated(
             .await?;
     }
     Ok(())
+}
+
+/// Re-checks inside the writing transaction (after [`lock_rights`]) what the caller checked before: that `actor`
+/// dominates `target` (`actor`: `None` for master admins and the command line, who need no check).
+async fn still_dominates(
+    tx: &mut Transaction<'_, Postgres>,
+    actor: Option<Uuid>,
+    target: Uuid,
+) -> Result<Option<Rights>, ControlError> {
+    let Some(actor) = actor else {
+        return Ok(None);
+    };
+    let (Some(mine), Some(theirs)) = (rights_in(tx, actor).await?, rights_in(tx, target).await?)
+    else {
+        return Err(ControlError::NotFound);
+    };
+    if mine.dominates(&theirs) {
+        Ok(Some(mine))
+    } else {
+        Err(ControlError::NotDominated)
+    }
 }
 
 /// Revokes the tokens `minter` minted for other users (it is being disabled or deleted).
@@ -550,13 +572,16 @@ impl ControlPlane {
         .await?)
     }
 
+    /// `actor`: who changes it, if its dominance must hold (see [`still_dominates`]).
     pub async fn update_user(
         &self,
         id: Uuid,
         change: &UserChange,
+        actor: Option<Uuid>,
     ) -> Result<UserRecord, ControlError> {
         let mut tx = self.pool.begin().await?;
-        lock_admins(&mut tx).await?;
+        lock_rights(&mut tx).await?;
+        still_dominates(&mut tx, actor, id).await?;
         let status = change
             .disabled
             .map(|d| if d { "disabled" } else { "active" });
@@ -591,9 +616,10 @@ impl ControlPlane {
     }
 
     /// Deletes a user with its tokens and access (its audit entries stay, with its name).
-    pub async fn delete_user(&self, id: Uuid) -> Result<(), ControlError> {
+    pub async fn delete_user(&self, id: Uuid, actor: Option<Uuid>) -> Result<(), ControlError> {
         let mut tx = self.pool.begin().await?;
-        lock_admins(&mut tx).await?;
+        lock_rights(&mut tx).await?;
+        still_dominates(&mut tx, actor, id).await?;
         revoke_minted_by(&mut tx, id).await?;
         let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
             .bind(id)
@@ -621,15 +647,23 @@ impl ControlPlane {
         .await?)
     }
 
-    /// Sets (or, for level none, removes) a user's access to a client.
+    /// Sets (or, for level none, removes) a user's access to a client. `actor`: who grants it, if its dominance
+    /// over the user and its right to give this grant must hold.
     pub async fn set_access(
         &self,
         user: Uuid,
         client: Uuid,
         grant: Grant,
         granted_by: Uuid,
+        actor: Option<Uuid>,
     ) -> Result<(), ControlError> {
         let mut tx = self.pool.begin().await?;
+        lock_rights(&mut tx).await?;
+        if let Some(mine) = still_dominates(&mut tx, actor, user).await?
+            && !mine.may_grant(client, grant)
+        {
+            return Err(ControlError::NotDominated);
+        }
         if grant.level == Level::None {
             sqlx::query("DELETE FROM client_access WHERE user_id = $1 AND client_id = $2")
                 .bind(user)
@@ -666,7 +700,13 @@ impl ControlPlane {
         expires_at: Option<DateTime<Utc>>,
         created_by: Option<Uuid>,
     ) -> Result<TokenMeta, ControlError> {
-        Ok(sqlx::query_as(
+        let mut tx = self.pool.begin().await?;
+        if created_by.is_some() {
+            // Minted for someone else: the minter must dominate it now, serialised with rights changes.
+            lock_rights(&mut tx).await?;
+            still_dominates(&mut tx, created_by, user).await?;
+        }
+        let token = sqlx::query_as(
             "INSERT INTO api_tokens (user_id, name, hash, expires_at, created_by) VALUES ($1, $2, $3, $4, $5)
              RETURNING id, name, created_at, expires_at, last_used_at, revoked_at",
         )
@@ -675,8 +715,10 @@ impl ControlPlane {
         .bind(hash.as_slice())
         .bind(expires_at)
         .bind(created_by)
-        .fetch_one(&self.pool)
-        .await?)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(token)
     }
 
     /// A user's tokens, newest first (revoked ones included).
@@ -779,9 +821,25 @@ impl ControlPlane {
         name: &str,
         description: &str,
         permissions: Permissions,
+        actor: Option<Uuid>,
     ) -> Result<RoleRecord, ControlError> {
         let mut tx = self.pool.begin().await?;
         lock_custom_role(&mut tx, name).await?;
+        if let Some(actor) = actor {
+            // Every holder's rights change: the actor must dominate each (and not be one).
+            lock_rights(&mut tx).await?;
+            let holders: Vec<Uuid> =
+                sqlx::query_scalar("SELECT user_id FROM user_roles WHERE role = $1")
+                    .bind(name)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            for holder in holders {
+                if holder == actor {
+                    return Err(ControlError::NotDominated);
+                }
+                still_dominates(&mut tx, Some(actor), holder).await?;
+            }
+        }
         sqlx::query("UPDATE roles SET description = $2, updated_at = now() WHERE name = $1")
             .bind(name)
             .bind(description)

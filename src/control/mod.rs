@@ -81,6 +81,8 @@ pub enum ControlError {
     UnknownRoles(Vec<String>),
     #[error("the last active master admin cannot be disabled, deleted or lose the role")]
     LastMasterAdmin,
+    #[error("the acting user no longer holds everything the user it acts on holds")]
+    NotDominated,
 }
 
 impl From<sqlx::Error> for ControlError {

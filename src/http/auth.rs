@@ -28,6 +28,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
 use uuid::Uuid;
 
 use super::error::ApiError;
@@ -443,34 +444,77 @@ async fn enforce(state: &AppState, route: &str, request: Request, next: Next) ->
     if let Some(scope) = &scope {
         parts.extensions.insert(scope.clone());
     }
-    let response = next.run(Request::from_parts(parts, body)).await;
-    if let Some(mut entry) = audit {
-        let status = response.status();
-        entry.outcome = if status.is_success() {
-            "succeeded"
-        } else {
-            "failed"
+    let request = Request::from_parts(parts, body);
+    let Some(entry) = audit else {
+        return next.run(request).await;
+    };
+    // A write and its audit entry run in their own task: if the request is dropped (the server's timeout, the
+    // client hanging up) the handler still finishes what it started and the entry is still written. A panic in
+    // the handler is answered (500) and audited here too.
+    let state = state.clone();
+    let task = tokio::spawn(async move {
+        let ran = std::panic::AssertUnwindSafe(next.run(request))
+            .catch_unwind()
+            .await;
+        let response = ran.unwrap_or_else(|_| {
+            tracing::error!("a handler panicked");
+            ApiError::internal().into_response()
+        });
+        let outcome = Outcome {
+            status: response.status(),
+            note: response.extensions().get::<AuditNote>().cloned(),
+            error: error_detail(&response),
         };
-        match (response.extensions().get::<AuditNote>(), &scope) {
-            (Some(note), _) if note.client.is_some() || note.detail.is_some() => {
-                if let Some((id, slug)) = &note.client {
-                    entry.client_id = Some(*id);
-                    entry.client_slug = Some(slug.clone());
-                }
-                entry.detail = note.detail.clone();
-            }
-            (_, Some(scope)) => {
-                entry.client_id = Some(scope.client.id);
-                entry.client_slug = Some(scope.client.slug.clone());
-            }
-            _ => entry.client_slug = slug_in_path,
+        audit_outcome(&state, entry, outcome, scope.as_ref(), slug_in_path).await;
+        response
+    });
+    match task.await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::error!(error = %e, "a write task failed");
+            ApiError::internal().into_response()
         }
-        if entry.detail.is_none() {
-            entry.detail = error_detail(&response);
-        }
-        record(state, entry, status.as_u16()).await;
     }
-    response
+}
+
+/// What the audit needs of a response (taken before any await: a response is not `Sync`).
+struct Outcome {
+    status: StatusCode,
+    note: Option<AuditNote>,
+    error: Option<serde_json::Value>,
+}
+
+/// Completes and writes the audit entry of a call that ran.
+async fn audit_outcome(
+    state: &AppState,
+    mut entry: AuditEntry,
+    outcome: Outcome,
+    scope: Option<&ClientScope>,
+    slug_in_path: Option<String>,
+) {
+    entry.outcome = if outcome.status.is_success() {
+        "succeeded"
+    } else {
+        "failed"
+    };
+    match (outcome.note, scope) {
+        (Some(note), _) if note.client.is_some() || note.detail.is_some() => {
+            if let Some((id, slug)) = note.client {
+                entry.client_id = Some(id);
+                entry.client_slug = Some(slug);
+            }
+            entry.detail = note.detail;
+        }
+        (_, Some(scope)) => {
+            entry.client_id = Some(scope.client.id);
+            entry.client_slug = Some(scope.client.slug.clone());
+        }
+        _ => entry.client_slug = slug_in_path,
+    }
+    if entry.detail.is_none() {
+        entry.detail = outcome.error;
+    }
+    record(state, entry, outcome.status.as_u16()).await;
 }
 
 type Refusal = (ApiError, Option<Arc<Client>>);

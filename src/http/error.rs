@@ -217,6 +217,11 @@ impl From<ControlError> for ApiError {
                 "builtin_role",
                 "Built-in roles cannot be changed or deleted.".into(),
             ),
+            ControlError::NotDominated => Self::new(
+                StatusCode::FORBIDDEN,
+                "escalation_refused",
+                "The user holds permissions or access that you do not (it changed meanwhile); nothing was changed.",
+            ),
             ControlError::LastMasterAdmin => conflict(
                 "last_master_admin",
                 "This is the last active master admin; make another one first.".into(),

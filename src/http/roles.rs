@@ -191,7 +191,12 @@ pub async fn replace(
     check_holders(&state, &caller, &name).await?;
     let role = state
         .control()
-        .replace_role(&name, &description, permissions)
+        .replace_role(
+            &name,
+            &description,
+            permissions,
+            super::users::acting(&caller),
+        )
         .await?;
     state.auth().invalidate();
     Ok(Json(RoleView::new(role, &caller)).into_response())

@@ -173,6 +173,11 @@ fn self_edit() -> ApiError {
     )
 }
 
+/// The caller as the control plane re-checks it inside a change (master admins need no check).
+pub fn acting(caller: &Principal) -> Option<Uuid> {
+    (!caller.rights.master_admin).then_some(caller.user_id)
+}
+
 /// A user the caller can see (404 otherwise, as for one that does not exist).
 async fn visible_user(
     state: &AppState,
@@ -450,6 +455,7 @@ pub async fn update(
                 disabled: body.disabled,
                 roles: body.roles,
             },
+            if only_own_name { None } else { acting(&caller) },
         )
         .await?;
     state.auth().invalidate();
@@ -471,7 +477,10 @@ pub async fn delete(
 ) -> Result<Response, ApiError> {
     let user = visible_user(&state, &caller, &username).await?;
     check_manage(&state, &caller, &user).await?;
-    state.control().delete_user(user.id).await?;
+    state
+        .control()
+        .delete_user(user.id, acting(&caller))
+        .await?;
     state.auth().invalidate();
     tracing::info!(user = %user.username, "user deleted");
     Ok(home_note(&user).attach(StatusCode::NO_CONTENT.into_response()))
@@ -635,7 +644,7 @@ async fn change_access(
     }
     state
         .control()
-        .set_access(user.id, client.id, grant, caller.user_id)
+        .set_access(user.id, client.id, grant, caller.user_id, acting(caller))
         .await?;
     state.auth().invalidate();
     tracing::info!(user = %user.username, client = %client.slug, level = grant.level.as_str(),

@@ -1448,6 +1448,7 @@ async fn the_last_active_master_admin_cannot_be_removed_even_by_two_admins_demot
                         roles: Some(vec!["viewer".to_owned()]),
                         ..Default::default()
                     },
+                    None,
                 )
                 .await
         }
@@ -1629,4 +1630,327 @@ async fn a_token_never_outlives_the_token_or_the_rights_it_was_minted_with() {
     .await;
     assert_eq!((status, &bytes), (other, &other_bytes));
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_write_cut_off_by_the_request_timeout_still_finishes_and_is_audited() {
+    let app = crate::helpers::spawn_app_with(&[(
+        "MANDANT__SERVER__REQUEST_TIMEOUT_SECS",
+        "1".to_owned(),
+    )])
+    .await;
+    app.create_active_client("slow").await;
+    // A reader holds the recipients table: the field's ALTER waits (up to its lock timeout), longer than the
+    // request may take.
+    let tenant = app.tenant_db("slow").await;
+    tenant
+        .batch_execute("BEGIN; LOCK TABLE recipients IN ACCESS SHARE MODE")
+        .await
+        .unwrap();
+    let (status, _, body) = call(
+        &app,
+        Some(ADMIN_TOKEN),
+        Method::POST,
+        "/v1/clients/slow/fields",
+        Some(json!({"name": "late_field", "type": "integer"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "request_timeout");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let entry = loop {
+        let (_, _, log) = call(
+            &app,
+            Some(ADMIN_TOKEN),
+            Method::GET,
+            "/v1/audit?client=slow",
+            None,
+        )
+        .await;
+        if let Some(entry) = log["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["action"] == "POST /v1/clients/{slug}/fields")
+        {
+            break entry.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no audit entry: {log}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    // The handler ran to its end (the field is recorded, pending while the lock is held).
+    assert!(entry["status"].as_i64().unwrap() < 300, "{entry}");
+    assert_eq!(entry["outcome"], "succeeded");
+    tenant.batch_execute("ROLLBACK").await.unwrap();
+    let fields = app
+        .control_i64("SELECT count(*) FROM fields WHERE name = 'late_field'")
+        .await;
+    assert_eq!(fields, 1);
+}
+
+#[tokio::test]
+async fn a_token_minted_for_a_user_dies_when_that_user_creates_a_client_its_minter_cannot_see() {
+    let app = spawn_app().await;
+    app.create_active_client("agency").await;
+    let admin = Some(ADMIN_TOKEN);
+    call(&app, admin, Method::POST, "/v1/roles", Some(json!({"name": "founder", "permissions": ["clients.read", "clients.create", "users.read", "users.manage", "recipients.read"]}))).await;
+    let minter = user(
+        &app,
+        "minter",
+        "agency",
+        &["founder"],
+        &[("agency", "full", true)],
+    )
+    .await;
+    let holder_own = user(
+        &app,
+        "holder",
+        "agency",
+        &["founder"],
+        &[("agency", "full", true)],
+    )
+    .await;
+    let (status, _, minted) = call(
+        &app,
+        Some(&minter),
+        Method::POST,
+        "/v1/users/holder/tokens",
+        Some(json!({"name": "delegated"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{minted}");
+    let delegated = minted["token"].as_str().unwrap().to_owned();
+    let (status, _, body) = call(
+        &app,
+        Some(&holder_own),
+        Method::POST,
+        "/v1/clients",
+        Some(json!({"slug": "holders-shop", "name": "Shop", "parent": "agency"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let (status, _, _) = call(&app, Some(&delegated), Method::GET, "/v1/me", None).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the minter cannot see the holder's new client"
+    );
+    let (status, _, _) = call(
+        &app,
+        Some(&holder_own),
+        Method::GET,
+        "/v1/clients/holders-shop",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn central_field_conflicts_and_counts_name_only_clients_the_caller_sees() {
+    let app = spawn_app().await;
+    for slug in ["alpha", "secret"] {
+        app.create_active_client(slug).await;
+    }
+    let admin = Some(ADMIN_TOKEN);
+    let (status, _, _) = call(
+        &app,
+        admin,
+        Method::POST,
+        "/v1/clients/secret/fields",
+        Some(json!({"name": "loyalty", "type": "integer"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let central = user(
+        &app,
+        "centralist",
+        "master",
+        &["client-admin"],
+        &[("master", "full", false), ("alpha", "full", false)],
+    )
+    .await;
+    let c = Some(central.as_str());
+    let (status, _, body) = call(
+        &app,
+        c,
+        Method::POST,
+        "/v1/fields",
+        Some(json!({"name": "loyalty", "type": "integer"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(body["error"]["code"], "field_taken_by_clients");
+    assert!(!body.to_string().contains("secret"), "{body}");
+    let (status, _, body) = call(
+        &app,
+        admin,
+        Method::POST,
+        "/v1/fields",
+        Some(json!({"name": "loyalty", "type": "integer"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(
+        body.to_string().contains("secret"),
+        "the admin sees who: {body}"
+    );
+
+    let (status, _, _) = call(
+        &app,
+        c,
+        Method::POST,
+        "/v1/fields",
+        Some(json!({"name": "segment", "type": "integer"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, _, deleted) = call(&app, c, Method::DELETE, "/v1/fields/segment", None).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(
+        deleted["clients"], 2,
+        "master and alpha, not secret: {deleted}"
+    );
+
+    let (_, _, roles) = call(&app, c, Method::GET, "/v1/roles", None).await;
+    assert!(
+        roles
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r.get("users").is_none()),
+        "{roles}"
+    );
+    let (_, _, roles) = call(&app, admin, Method::GET, "/v1/roles", None).await;
+    assert!(
+        roles
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["users"].is_i64()),
+        "{roles}"
+    );
+}
+
+#[tokio::test]
+async fn access_to_a_deleted_client_neither_counts_nor_blocks_managing_the_user() {
+    let app = spawn_app().await;
+    app.create_active_client("home").await;
+    app.create_active_client("gone").await;
+    user(
+        &app,
+        "worker",
+        "home",
+        &["viewer"],
+        &[("home", "read", false), ("gone", "read", false)],
+    )
+    .await;
+    let manager = user(
+        &app,
+        "manager",
+        "home",
+        &["client-admin"],
+        &[("home", "full", false)],
+    )
+    .await;
+    let (status, _, _) = call(
+        &app,
+        Some(&manager),
+        Method::PATCH,
+        "/v1/users/worker",
+        Some(json!({"disabled": true})),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "worker still has access the manager lacks"
+    );
+    let deleted = app.delete("/v1/clients/gone").await;
+    assert_eq!(deleted.status(), StatusCode::ACCEPTED);
+    let op: Value = deleted.json().await.unwrap();
+    let op = app
+        .wait_for_operation(op["operation"].as_str().unwrap())
+        .await;
+    assert_eq!(op["status"], "succeeded", "{op}");
+    let (status, _, body) = call(
+        &app,
+        Some(&manager),
+        Method::PATCH,
+        "/v1/users/worker",
+        Some(json!({"disabled": true})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn dominance_is_rechecked_inside_the_change_so_a_stale_check_cannot_delegate_or_grant() {
+    let app = spawn_app().await;
+    app.create_active_client("alpha").await;
+    user(
+        &app,
+        "vera",
+        "alpha",
+        &["viewer"],
+        &[("alpha", "read", false)],
+    )
+    .await;
+    user(
+        &app,
+        "boss",
+        "alpha",
+        &["client-admin"],
+        &[("alpha", "full", false)],
+    )
+    .await;
+    let control = app.state.control();
+    let vera = control.user_by_name("vera").await.unwrap();
+    let boss = control.user_by_name("boss").await.unwrap();
+    let alpha = app.client_json("alpha").await["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let hash = mandant::access::token_hash("mdt_some-token-for-this-test-only-00000000000");
+    control
+        .create_token(vera.id, "ok", &hash, None, Some(boss.id))
+        .await
+        .unwrap();
+    // Vera gains what the boss lacks (as a concurrent change would, after the boss's handler checked).
+    let private = mandant::access::Grant {
+        level: mandant::access::Level::Read,
+        private_data: true,
+    };
+    control
+        .set_access(vera.id, alpha, private, vera.id, None)
+        .await
+        .unwrap();
+    let hash = mandant::access::token_hash("mdt_another-token-for-this-test-only-0000000000");
+    let refused = control
+        .create_token(vera.id, "stale", &hash, None, Some(boss.id))
+        .await;
+    assert!(
+        matches!(refused, Err(mandant::control::ControlError::NotDominated)),
+        "{refused:?}"
+    );
+    let full = mandant::access::Grant {
+        level: mandant::access::Level::Full,
+        private_data: false,
+    };
+    let refused = control
+        .set_access(vera.id, alpha, full, boss.id, Some(boss.id))
+        .await;
+    assert!(
+        matches!(refused, Err(mandant::control::ControlError::NotDominated)),
+        "{refused:?}"
+    );
+    let tokens = app.control_i64("SELECT count(*) FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE u.username = 'vera' AND t.revoked_at IS NULL").await;
+    assert_eq!(
+        tokens, 1,
+        "vera's own token only: the boss's was revoked when she gained rights"
+    );
 }
