@@ -7,6 +7,9 @@
 //!   what an implementation without the cache does;
 //! - `cached, client user`: a non-admin (client-admin role, access to the tenant) on the cached app.
 //!
+//! - writes (`PATCH` a recipient's gender): the full server (authentication, access check with the client resolved
+//!   fresh, the audit entry, in its own task) beside the same handler behind a stand-in for the check (baseline).
+//!
 //! And `Authenticator::authenticate` alone, in-process: a cache hit against a control-plane lookup.
 //! Prints a table and writes benches/results/auth.json. Knobs: BENCH_CLIENTS (32), BENCH_SECS (5), BENCH_ROUNDS (3).
 
@@ -111,11 +114,30 @@ async fn main() {
         .build()
         .expect("client");
 
+    // The write baseline: mandant's PATCH handler behind a stand-in for the access check (no authentication, no
+    // audit entry, the client from the route cache).
+    let handler_only = common::serve(
+        axum::Router::new()
+            .route(
+                "/v1/clients/{slug}/recipients/{id}",
+                axum::routing::patch(mandant::http::recipients::update),
+            )
+            .layer(axum::middleware::from_fn_with_state(
+                cached.state.clone(),
+                common::full_access,
+            ))
+            .with_state(cached.state.clone()),
+    )
+    .await;
+
     let path = format!("/v1/clients/{slug}/recipients/1");
-    let phases: [(&str, &reqwest::Client, &str); 3] = [
-        ("uncached (baseline)", &admin, &uncached.base),
-        ("cached", &admin, &cached.base),
-        ("cached, client user", &clerk, &cached.base),
+    // (name, client, server, write?)
+    let phases: [(&str, &reqwest::Client, &str, bool); 5] = [
+        ("read: uncached (baseline)", &admin, &uncached.base, false),
+        ("read: cached", &admin, &cached.base, false),
+        ("read: cached, client user", &clerk, &cached.base, false),
+        ("write: handler (baseline)", &admin, &handler_only, true),
+        ("write: full server", &admin, &cached.base, true),
     ];
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); phases.len()];
     for round in 0..rounds {
@@ -125,10 +147,10 @@ async fn main() {
             order.reverse();
         }
         for i in order {
-            let (name, http, base) = phases[i];
+            let (name, http, base, write) = phases[i];
             let url = format!("{base}{path}");
-            let _ = drive(http, &url, clients, Duration::from_secs(1)).await;
-            let run = drive(http, &url, clients, Duration::from_secs(secs)).await;
+            let _ = drive(http, &url, write, clients, Duration::from_secs(1)).await;
+            let run = drive(http, &url, write, clients, Duration::from_secs(secs)).await;
             eprintln!(
                 "  {name}: {:.0} req/s, p99 {:.2} ms, errors {}",
                 run.requests as f64 / run.secs,
@@ -169,7 +191,7 @@ async fn main() {
         "phase", "req/s", "p50 ms", "p99 ms", "errors"
     );
     let mut report = Vec::new();
-    for (i, (name, _, _)) in phases.iter().enumerate() {
+    for (i, (name, _, _, _)) in phases.iter().enumerate() {
         let rps = median(&runs[i], &|r| r.requests as f64 / r.secs);
         let p50 = median(&runs[i], &|r| r.p50_ms);
         let p99 = median(&runs[i], &|r| r.p99_ms);
@@ -181,9 +203,15 @@ async fn main() {
     }
     let base_rps = median(&runs[0], &|r| r.requests as f64 / r.secs);
     let cached_rps = median(&runs[1], &|r| r.requests as f64 / r.secs);
+    let write_base = median(&runs[3], &|r| r.requests as f64 / r.secs);
+    let write_full = median(&runs[4], &|r| r.requests as f64 / r.secs);
     println!(
         "\ncached / uncached throughput: {:.2}x",
         cached_rps / base_rps
+    );
+    println!(
+        "writes: full server (authentication, access check, fresh client, audit entry) / handler = {:.2}",
+        write_full / write_base
     );
     println!(
         "authenticate(): cache hit {hit_us:.2} µs, control-plane lookup {lookup_us:.1} µs (sequential, {n} calls)"
@@ -197,6 +225,7 @@ async fn main() {
             "fsync": common::fsync_label(),
             "phases": report,
             "cached_over_uncached": cached_rps / base_rps,
+            "write_full_over_handler": write_full / write_base,
             "authenticate_us": {"cache_hit": hit_us, "control_plane_lookup": lookup_us},
         }),
     );
@@ -204,8 +233,14 @@ async fn main() {
     uncached.stop().await;
 }
 
-/// `clients` keep-alive loops sending GET `url` for `window`.
-async fn drive(http: &reqwest::Client, url: &str, clients: usize, window: Duration) -> Run {
+/// `clients` keep-alive loops sending GET `url` (or, `write`, a PATCH changing a non-personal field) for `window`.
+async fn drive(
+    http: &reqwest::Client,
+    url: &str,
+    write: bool,
+    clients: usize,
+    window: Duration,
+) -> Run {
     let deadline = Instant::now() + window;
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -217,7 +252,12 @@ async fn drive(http: &reqwest::Client, url: &str, clients: usize, window: Durati
             let mut errors = 0u64;
             while Instant::now() < deadline {
                 let t = Instant::now();
-                match http.get(url.as_str()).send().await {
+                let request = if write {
+                    http.patch(url.as_str()).json(&json!({"gender": "f"}))
+                } else {
+                    http.get(url.as_str())
+                };
+                match request.send().await {
                     Ok(r) if r.status().is_success() => {
                         let _ = r.bytes().await;
                         latencies.push(t.elapsed());

@@ -195,3 +195,39 @@ pub async fn create_clients(app: &RunningApp, http: &reqwest::Client, slugs: &[S
     }
     wait_active(app, slugs.len() + 1).await;
 }
+
+/// The stand-in for the access check in handler-only phases (full access, the client from the route cache):
+/// handlers read the check's result.
+pub async fn full_access(
+    axum::extract::State(state): axum::extract::State<mandant::app::AppState>,
+    axum::extract::Path(params): axum::extract::Path<Vec<(String, String)>>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let slug = params
+        .iter()
+        .find(|(k, _)| k == "slug")
+        .map(|(_, v)| v.as_str())
+        .expect("a {slug} route");
+    let slug = mandant::domain::ClientSlug::parse(slug).expect("slug");
+    let client = mandant::data::client(&state, &slug).await.expect("client");
+    request
+        .extensions_mut()
+        .insert(mandant::http::auth::ClientScope {
+            client,
+            grant: mandant::access::Grant::EVERYTHING,
+        });
+    next.run(request).await
+}
+
+/// Serves `router` on a free local port; returns its base URL.
+pub async fn serve(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    base
+}

@@ -150,7 +150,7 @@ async fn main() {
     // mandant's own handler and routing pool without its HTTP middleware (request id, tracing, access check
     // and audit, metrics, timeout, error normaliser): separates the router's cost from the middleware's. The
     // handler reads the access check's result, so a stand-in supplies it (full access, from the route cache).
-    let handler_only = serve(
+    let handler_only = common::serve(
         axum::Router::new()
             .route(
                 "/v1/clients/{slug}/recipients/{id}",
@@ -158,7 +158,7 @@ async fn main() {
             )
             .layer(axum::middleware::from_fn_with_state(
                 app.state.clone(),
-                full_access,
+                common::full_access,
             ))
             .with_state(app.state.clone()),
     )
@@ -600,7 +600,7 @@ impl StaticRouter {
             )
             .with_state(state);
         Self {
-            base: serve(router).await,
+            base: common::serve(router).await,
         }
     }
 }
@@ -650,7 +650,7 @@ impl NoPoolRouter {
                 configs: Arc::new(configs),
             });
         Self {
-            base: serve(router).await,
+            base: common::serve(router).await,
         }
     }
 }
@@ -669,33 +669,4 @@ async fn no_pool_get(
     drop(client);
     let _ = driver.await;
     result.map(Json).map_err(|_| StatusCode::NOT_FOUND)
-}
-
-/// The stand-in for the access check in the handler-only phase.
-async fn full_access(
-    State(state): State<mandant::app::AppState>,
-    Path((slug, _)): Path<(String, String)>,
-    mut request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let slug = mandant::domain::ClientSlug::parse(&slug).expect("slug");
-    let client = mandant::data::client(&state, &slug).await.expect("client");
-    request
-        .extensions_mut()
-        .insert(mandant::http::auth::ClientScope {
-            client,
-            grant: mandant::access::Grant::EVERYTHING,
-        });
-    next.run(request).await
-}
-
-async fn serve(router: axum::Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
-    base
 }

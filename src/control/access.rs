@@ -916,7 +916,14 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// Records an entry with an asynchronous commit: the insert does not wait for its WAL flush (a PostgreSQL or
+    /// machine crash can lose the last fraction of a second of entries; a crash of mandant loses nothing). Measured:
+    /// a synchronous commit here halved write throughput (`cargo bench --bench auth`).
     pub async fn record_audit(&self, entry: &AuditEntry) -> Result<(), ControlError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
             "INSERT INTO audit_log (user_id, username, client_id, client_slug, action, target, outcome, status,
                                     request_id, detail)
@@ -932,8 +939,9 @@ impl ControlPlane {
         .bind(i16::try_from(entry.status).unwrap_or(i16::MAX))
         .bind(entry.request_id.as_deref())
         .bind(entry.detail.as_ref())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -270,17 +270,14 @@ impl ControlPlane {
         convert(rows)
     }
 
-    pub async fn rename_client(
-        &self,
-        slug: &ClientSlug,
-        name: &ClientName,
-    ) -> Result<Client, ControlError> {
+    /// Renames a live client (by id: the one the caller's access was checked on).
+    pub async fn rename_client(&self, id: Uuid, name: &ClientName) -> Result<Client, ControlError> {
         let mut tx = self.pool.begin().await?;
         let id: Option<Uuid> = sqlx::query_scalar(
             "UPDATE clients SET name = $2, updated_at = now()
-             WHERE slug = $1 AND status <> 'deleted' RETURNING id",
+             WHERE id = $1 AND status <> 'deleted' RETURNING id",
         )
-        .bind(slug.as_str())
+        .bind(id)
         .bind(name.as_str())
         .fetch_optional(&mut *tx)
         .await?;
@@ -292,7 +289,7 @@ impl ControlPlane {
     /// `active` → `suspended`, or back, with a job that applies it to the tenant's role.
     pub async fn set_suspended(
         &self,
-        slug: &ClientSlug,
+        id: Uuid,
         suspend: bool,
         max_attempts: i32,
     ) -> Result<Client, ControlError> {
@@ -302,7 +299,7 @@ impl ControlPlane {
             ("suspended", "active", "resume", "suspended")
         };
         let mut tx = self.pool.begin().await?;
-        let client = locked_live_client(&mut tx, slug).await?;
+        let client = locked_live_client(&mut tx, id).await?;
         if client.is_master() && suspend {
             return Err(ControlError::IsMaster("suspended"));
         }
@@ -337,12 +334,12 @@ impl ControlPlane {
     /// cancelled; a running one notices the status at its next step and stops.
     pub async fn request_delete(
         &self,
-        slug: &ClientSlug,
+        id: Uuid,
         archive: bool,
         max_attempts: i32,
     ) -> Result<(Client, Uuid), ControlError> {
         let mut tx = self.pool.begin().await?;
-        let client = locked_live_client(&mut tx, slug).await?;
+        let client = locked_live_client(&mut tx, id).await?;
         if client.is_master() {
             return Err(ControlError::IsMaster("deleted"));
         }
@@ -468,12 +465,12 @@ impl ControlPlane {
 
 async fn locked_live_client(
     tx: &mut Transaction<'_, Postgres>,
-    slug: &ClientSlug,
+    id: Uuid,
 ) -> Result<Client, ControlError> {
     let id: Option<Uuid> = sqlx::query_scalar(
-        "SELECT id FROM clients WHERE slug = $1 AND status <> 'deleted' FOR UPDATE",
+        "SELECT id FROM clients WHERE id = $1 AND status <> 'deleted' FOR UPDATE",
     )
-    .bind(slug.as_str())
+    .bind(id)
     .fetch_optional(&mut **tx)
     .await?;
     client_by_id_on(tx, id.ok_or(ControlError::NotFound)?).await

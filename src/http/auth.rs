@@ -423,7 +423,7 @@ async fn enforce(state: &AppState, route: &str, request: Request, next: Next) ->
             .map(str::to_owned),
         detail: None,
     });
-    let checked = check(state, rule, &principal, &mut parts, mutating).await;
+    let checked = check(state, rule, &principal, &mut parts).await;
     let (scope, slug_in_path) = match checked {
         Ok(found) => found,
         Err((error, client)) => {
@@ -534,7 +534,6 @@ async fn check(
     rule: Rule,
     principal: &Principal,
     parts: &mut Parts,
-    fresh: bool,
 ) -> Result<(Option<ClientScope>, Option<String>), Refusal> {
     let rights = &principal.rights;
     match rule {
@@ -549,10 +548,6 @@ async fn check(
         Rule::Client(p) => {
             let slug = slug_param(parts).await.unwrap_or_default();
             let slug = path_slug(&slug).map_err(|e| (e, None))?;
-            if fresh {
-                // A write acts on the client as it is now, not as cached (up to 1 s) for reads.
-                state.routes().invalidate(slug.as_str());
-            }
             let client = resolve(state, &slug).await.map_err(|e| (e, None))?;
             match rights.authorize(client.id, p) {
                 Ok(grant) => Ok((Some(ClientScope { client, grant }), None)),

@@ -2,7 +2,7 @@
 //! and map the result; provisioning and deletion happen in jobs (`GET /v1/operations/{id}`).
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::auth::{AuditNote, Caller, ClientScope, denial};
 use super::cursor::{self, Page};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, ApiQuery, path_slug};
+use super::extract::{ApiJson, ApiQuery};
 use crate::access::{Denied, Permission, Rights};
 use crate::app::AppState;
 use crate::control::clients::{Client, ClientFilter};
@@ -269,12 +269,11 @@ pub async fn get(
 pub async fn update(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Path(slug): Path<String>,
+    scope: ClientScope,
     ApiJson(body): ApiJson<UpdateClient>,
 ) -> Result<Json<ClientView>, ApiError> {
-    let slug = path_slug(&slug)?;
     let name = ClientName::parse(&body.name)?;
-    let client = state.control().rename_client(&slug, &name).await?;
+    let client = state.control().rename_client(scope.client.id, &name).await?;
     Ok(Json(ClientView::new(client, None, &caller.rights)))
 }
 
@@ -288,9 +287,9 @@ pub async fn update(
 pub async fn suspend(
     State(state): State<AppState>,
     caller: Caller,
-    Path(slug): Path<String>,
+    scope: ClientScope,
 ) -> Result<Json<ClientView>, ApiError> {
-    set_suspended(state, caller, &slug, true).await
+    set_suspended(state, caller, scope, true).await
 }
 
 /// Resume a suspended client.
@@ -303,24 +302,24 @@ pub async fn suspend(
 pub async fn resume(
     State(state): State<AppState>,
     caller: Caller,
-    Path(slug): Path<String>,
+    scope: ClientScope,
 ) -> Result<Json<ClientView>, ApiError> {
-    set_suspended(state, caller, &slug, false).await
+    set_suspended(state, caller, scope, false).await
 }
 
+/// Acts on the client by the id the access check found (a slug could have been freed and reused since).
 async fn set_suspended(
     state: AppState,
     Caller(caller): Caller,
-    slug: &str,
+    scope: ClientScope,
     suspend: bool,
 ) -> Result<Json<ClientView>, ApiError> {
-    let slug = path_slug(slug)?;
     let client = state
         .control()
-        .set_suspended(&slug, suspend, max_attempts(&state))
+        .set_suspended(scope.client.id, suspend, max_attempts(&state))
         .await?;
     crate::data::status_changed(&state, &client);
-    tracing::info!(client = %slug, status = client.status.as_str(), "client status changed");
+    tracing::info!(client = %client.slug, status = client.status.as_str(), "client status changed");
     Ok(Json(ClientView::new(client, None, &caller.rights)))
 }
 
@@ -335,17 +334,16 @@ async fn set_suspended(
 pub async fn delete(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Path(slug): Path<String>,
+    scope: ClientScope,
     ApiQuery(params): ApiQuery<DeleteParams>,
 ) -> Result<Response, ApiError> {
-    let slug = path_slug(&slug)?;
     let archive = params.archive.unwrap_or(false);
     let (client, operation) = state
         .control()
-        .request_delete(&slug, archive, max_attempts(&state))
+        .request_delete(scope.client.id, archive, max_attempts(&state))
         .await?;
     crate::data::status_changed(&state, &client);
-    tracing::info!(client = %slug, %operation, archive, "client deletion requested");
+    tracing::info!(client = %client.slug, %operation, archive, "client deletion requested");
     Ok((
         StatusCode::ACCEPTED,
         Json(ClientView::new(client, Some(operation), &caller.rights)),
