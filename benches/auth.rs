@@ -7,8 +7,8 @@
 //!   what an implementation without the cache does;
 //! - `cached, client user`: a non-admin (client-admin role, access to the tenant) on the cached app.
 //!
-//! - writes (`PATCH` a recipient's gender): the full server (authentication, access check with the client resolved
-//!   fresh, the audit entry, in its own task) beside the same handler behind a stand-in for the check (baseline).
+//! - writes (`PATCH` a recipient's gender): the full server (authentication, access check, the audit entry, in
+//!   its own task) beside the same handler behind a stand-in for the check (baseline).
 //!
 //! And `Authenticator::authenticate` alone, in-process: a cache hit against a control-plane lookup.
 //! Prints a table and writes benches/results/auth.json. Knobs: BENCH_CLIENTS (32), BENCH_SECS (5), BENCH_ROUNDS (3).
@@ -210,7 +210,7 @@ async fn main() {
         cached_rps / base_rps
     );
     println!(
-        "writes: full server (authentication, access check, fresh client, audit entry) / handler = {:.2}",
+        "writes: full server (authentication, access check, audit entry) / handler = {:.2}",
         write_full / write_base
     );
     println!(

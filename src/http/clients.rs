@@ -273,7 +273,10 @@ pub async fn update(
     ApiJson(body): ApiJson<UpdateClient>,
 ) -> Result<Json<ClientView>, ApiError> {
     let name = ClientName::parse(&body.name)?;
-    let client = state.control().rename_client(scope.client.id, &name).await?;
+    let client = state
+        .control()
+        .rename_client(scope.client.id, &name)
+        .await?;
     Ok(Json(ClientView::new(client, None, &caller.rights)))
 }
 
