@@ -116,17 +116,10 @@ async fn main() {
 
     // The write baseline: mandant's PATCH handler behind a stand-in for the access check (no authentication, no
     // audit entry, the client from the route cache).
-    let handler_only = common::serve(
-        axum::Router::new()
-            .route(
-                "/v1/clients/{slug}/recipients/{id}",
-                axum::routing::patch(mandant::http::recipients::update),
-            )
-            .layer(axum::middleware::from_fn_with_state(
-                cached.state.clone(),
-                common::full_access,
-            ))
-            .with_state(cached.state.clone()),
+    let handler_only = common::handler_only(
+        &cached.state,
+        "/v1/clients/{slug}/recipients/{id}",
+        axum::routing::patch(mandant::http::recipients::update),
     )
     .await;
 

@@ -231,3 +231,22 @@ pub async fn serve(router: axum::Router) -> String {
     });
     base
 }
+
+/// mandant's own handler on `route`, behind the stand-in for the access check and none of the server's other
+/// middleware, served on a free port; returns its base URL.
+pub async fn handler_only(
+    state: &mandant::app::AppState,
+    route: &str,
+    handler: axum::routing::MethodRouter<mandant::app::AppState>,
+) -> String {
+    serve(
+        axum::Router::new()
+            .route(route, handler)
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                full_access,
+            ))
+            .with_state(state.clone()),
+    )
+    .await
+}

@@ -150,17 +150,10 @@ async fn main() {
     // mandant's own handler and routing pool without its HTTP middleware (request id, tracing, access check
     // and audit, metrics, timeout, error normaliser): separates the router's cost from the middleware's. The
     // handler reads the access check's result, so a stand-in supplies it (full access, from the route cache).
-    let handler_only = common::serve(
-        axum::Router::new()
-            .route(
-                "/v1/clients/{slug}/recipients/{id}",
-                axum::routing::get(mandant::http::recipients::get),
-            )
-            .layer(axum::middleware::from_fn_with_state(
-                app.state.clone(),
-                common::full_access,
-            ))
-            .with_state(app.state.clone()),
+    let handler_only = common::handler_only(
+        &app.state,
+        "/v1/clients/{slug}/recipients/{id}",
+        axum::routing::get(mandant::http::recipients::get),
     )
     .await;
 
