@@ -13,7 +13,6 @@ use super::extract::ApiQuery;
 use crate::access::{Permission, Username};
 use crate::app::AppState;
 use crate::control::access::{AuditFilter, AuditRecord};
-use crate::data::{self, DataError};
 use crate::domain::ClientSlug;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -84,11 +83,7 @@ pub async fn list(
     let client = match &params.client {
         Some(slug) => {
             let slug = ClientSlug::parse(slug).map_err(|_| ApiError::not_found())?;
-            let client = match data::client(&state, &slug).await {
-                Ok(client) => client,
-                Err(DataError::NotFound) => return Err(ApiError::not_found()),
-                Err(e) => return Err(e.into()),
-            };
+            let client = super::auth::resolve(&state, &slug).await?;
             caller
                 .rights
                 .authorize(client.id, Permission::AuditRead)

@@ -575,7 +575,8 @@ async fn check(
     }
 }
 
-async fn resolve(state: &AppState, slug: &ClientSlug) -> Result<Arc<Client>, ApiError> {
+/// A live client by slug from the route cache; one that does not exist is the generic 404.
+pub async fn resolve(state: &AppState, slug: &ClientSlug) -> Result<Arc<Client>, ApiError> {
     match data::client(state, slug).await {
         Ok(client) => Ok(client),
         Err(DataError::NotFound) => Err(ApiError::not_found()),

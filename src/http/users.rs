@@ -24,7 +24,6 @@ use crate::access::{Denied, Grant, Level, Principal, Username, new_token, token_
 use crate::app::AppState;
 use crate::control::access::{AccessRow, NewUser, TokenMeta, UserChange, UserFilter, UserRecord};
 use crate::control::clients::Client;
-use crate::data::{self, DataError};
 use crate::domain::{ClientSlug, optional_text};
 
 /// Longest display name and token name.
@@ -255,11 +254,7 @@ async fn visible_client(
     caller: &Principal,
     slug: &ClientSlug,
 ) -> Result<Arc<Client>, ApiError> {
-    let client = match data::client(state, slug).await {
-        Ok(client) => client,
-        Err(DataError::NotFound) => return Err(ApiError::not_found()),
-        Err(e) => return Err(e.into()),
-    };
+    let client = super::auth::resolve(state, slug).await?;
     if caller.rights.grant(client.id).is_visible() {
         Ok(client)
     } else {

@@ -1954,3 +1954,132 @@ async fn dominance_is_rechecked_inside_the_change_so_a_stale_check_cannot_delega
         "vera's own token only: the boss's was revoked when she gained rights"
     );
 }
+
+#[tokio::test]
+async fn bad_user_role_token_and_access_input_is_a_clear_4xx_and_changes_nothing() {
+    let app = spawn_app().await;
+    app.create_active_client("alpha").await;
+    let admin = Some(ADMIN_TOKEN);
+    user(&app, "vera", "alpha", &["viewer"], &[]).await;
+    let cases: Vec<(Method, &str, Value, StatusCode, &str)> = vec![
+        (
+            Method::POST,
+            "/v1/users",
+            json!({"username": "Bad Name"}),
+            StatusCode::BAD_REQUEST,
+            "validation_failed",
+        ),
+        (
+            Method::POST,
+            "/v1/users",
+            json!({"username": "x'; DROP TABLE users; --"}),
+            StatusCode::BAD_REQUEST,
+            "validation_failed",
+        ),
+        (
+            Method::POST,
+            "/v1/users",
+            json!({"username": "newbie", "roles": ["no-such-role"]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_role",
+        ),
+        (
+            Method::POST,
+            "/v1/users",
+            json!({"username": "vera"}),
+            StatusCode::CONFLICT,
+            "username_taken",
+        ),
+        (
+            Method::POST,
+            "/v1/users",
+            json!({"username": "newbie", "extra": 1}),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+        (
+            Method::POST,
+            "/v1/users/vera/tokens",
+            json!({"name": ""}),
+            StatusCode::BAD_REQUEST,
+            "validation_failed",
+        ),
+        (
+            Method::POST,
+            "/v1/users/vera/tokens",
+            json!({"name": "t", "expires_in_days": 0}),
+            StatusCode::BAD_REQUEST,
+            "validation_failed",
+        ),
+        (
+            Method::PUT,
+            "/v1/users/vera/access/alpha",
+            json!({"level": "admin"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+        (
+            Method::PUT,
+            "/v1/users/vera/access/no-such-client",
+            json!({"level": "read"}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            Method::POST,
+            "/v1/roles",
+            json!({"name": "r1", "permissions": ["everything"]}),
+            StatusCode::BAD_REQUEST,
+            "validation_failed",
+        ),
+        (
+            Method::POST,
+            "/v1/roles",
+            json!({"name": "Role!", "permissions": []}),
+            StatusCode::BAD_REQUEST,
+            "validation_failed",
+        ),
+        (
+            Method::POST,
+            "/v1/roles",
+            json!({"name": "viewer", "permissions": []}),
+            StatusCode::CONFLICT,
+            "role_name_taken",
+        ),
+        (
+            Method::PUT,
+            "/v1/roles/no-such-role",
+            json!({"permissions": []}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+    ];
+    for (method, path, body, status, code) in cases {
+        let (got, _, response) = call(&app, admin, method.clone(), path, Some(body.clone())).await;
+        assert_eq!(got, status, "{method} {path} {body}: {response}");
+        assert_eq!(response["error"]["code"], code, "{method} {path} {body}");
+    }
+    for (path, status) in [
+        ("/v1/users/NOT%20A%20NAME", StatusCode::NOT_FOUND),
+        ("/v1/users/vera/tokens/not-a-uuid", StatusCode::NOT_FOUND),
+        ("/v1/audit?limit=0", StatusCode::BAD_REQUEST),
+        ("/v1/audit?cursor=zz", StatusCode::BAD_REQUEST),
+        ("/v1/audit?client=Not_A_Slug", StatusCode::NOT_FOUND),
+    ] {
+        let method = if path.contains("/tokens/") {
+            Method::DELETE
+        } else {
+            Method::GET
+        };
+        let (got, _, response) = call(&app, admin, method, path, None).await;
+        assert_eq!(got, status, "{path}: {response}");
+    }
+    let users = app.control_i64("SELECT count(*) FROM users").await;
+    assert_eq!(users, 2, "admin and vera only");
+    let roles = app
+        .control_i64("SELECT count(*) FROM roles WHERE NOT builtin")
+        .await;
+    assert_eq!(roles, 0);
+    let grants = app.control_i64("SELECT count(*) FROM client_access").await;
+    assert_eq!(grants, 0);
+}
