@@ -18,7 +18,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mandant::app::RunOptions;
+use mandant::server::RunOptions;
 use serde_json::json;
 
 #[derive(Debug, Default, Clone)]

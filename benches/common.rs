@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use mandant::app::{Application, RunOptions};
 use mandant::config::{LoadOptions, Settings, TEST_TOML};
 use mandant::embedded::ThrowawayCluster;
+use mandant::server::{Application, RunOptions};
 
 /// A size from the environment, or its default.
 pub fn env_usize(name: &str, default: usize) -> usize {
@@ -210,12 +210,12 @@ pub async fn full_access(
         .map(|(_, v)| v.as_str())
         .expect("a {slug} route");
     let slug = mandant::domain::ClientSlug::parse(slug).expect("slug");
-    let client = mandant::data::client(&state, &slug).await.expect("client");
+    let client = state.data().client(&slug).await.expect("client");
     request
         .extensions_mut()
         .insert(mandant::http::auth::ClientScope {
             client,
-            grant: mandant::access::Grant::EVERYTHING,
+            grant: mandant::domain::rights::Grant::EVERYTHING,
         });
     next.run(request).await
 }

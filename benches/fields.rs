@@ -38,9 +38,9 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::tokio_postgres::Client;
 use futures_util::StreamExt;
-use mandant::app::RunOptions;
 use mandant::control::jobs::{Job, JobKind};
-use mandant::tenant::cluster::{lock_key, quote_ident, quote_literal};
+use mandant::db::{lock_key, quote_ident, quote_literal};
+use mandant::server::RunOptions;
 
 /// One round's timings (seconds) and CPU use.
 #[derive(Debug, Default, Clone)]
@@ -207,7 +207,7 @@ async fn main() {
     let n = databases.len();
     assert_eq!(n, tenants + 1, "active clients (the master included)");
     for t in &databases {
-        assert_eq!(app.state.provisioner().names(t.id).database, t.database);
+        assert_eq!(app.state.targets().names(t.id).database, t.database);
     }
 
     let postmaster = cluster.cluster().pid();
@@ -253,13 +253,13 @@ async fn main() {
                 // query batches, literals instead of parameters), `fanout` at once, no control plane: what the
                 // propagation could approach.
                 let column = format!("bench_lean_{round}");
-                let provisioner = app.state.provisioner();
+                let targets = app.state.targets();
                 let started = Instant::now();
                 futures_util::stream::iter(&databases)
                     .for_each_concurrent(usize::from(fanout), |t| {
                         let (cluster, column) = (&cluster, &column);
                         async move {
-                            let role = provisioner.names(t.id).role;
+                            let role = targets.names(t.id).role;
                             let db = cluster
                                 .cluster()
                                 .target(&t.database)
@@ -705,7 +705,7 @@ async fn by_hand(
     round: usize,
 ) -> Hand {
     let control = app.state.control();
-    let provisioner = app.state.provisioner();
+    let targets = app.state.targets();
     let lease = app.state.settings().workers.lease();
     let worker = "bench-by-hand";
     // A probe job of a kind the workers never claim (untimed; the real one comes with the POST).
@@ -770,11 +770,10 @@ async fn by_hand(
         h.desired += at.elapsed().as_secs_f64();
         let server = servers.iter().find(|s| s.id == t.server).expect("server");
 
-        let names = provisioner.names(t.id);
-        let target = provisioner
-            .admin_target(server)
+        let names = targets.names(t.id);
+        let target = targets
+            .admin_on_tenant(server, t.id)
             .expect("target")
-            .with_dbname(&names.database)
             .with_application_name("mandant-fields");
         let at = Instant::now();
         let mut db = target.connect().await.expect("connect");

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use deadpool_postgres::tokio_postgres::{Client, CopyInSink};
 use futures_util::{SinkExt, pin_mut};
-use mandant::app::RunOptions;
+use mandant::server::RunOptions;
 
 const COLUMNS: &str = "email, first_name, last_name, gender";
 const FIRST: [&str; 8] = [
@@ -318,7 +318,7 @@ async fn database(app: &common::RunningApp, http: &reqwest::Client, slug: &str) 
         .await
         .expect("client body");
     let id: uuid::Uuid = client["id"].as_str().expect("id").parse().expect("uuid");
-    app.state.provisioner().names(id).database
+    app.state.targets().names(id).database
 }
 
 /// One API import of `csv`: seconds from sending the request to the parsed response, and the response's

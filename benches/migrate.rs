@@ -9,8 +9,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use mandant::app::RunOptions;
 use mandant::fleet::{FleetOptions, migrate_fleet};
+use mandant::server::RunOptions;
 use mandant::tenant::migrate::MigrationSet;
 
 #[tokio::main]
@@ -36,7 +36,7 @@ async fn main() {
         setup.elapsed().as_secs_f64()
     );
 
-    let provisioner = app.state.provisioner().clone();
+    let fleet_runner = app.state.fleet();
     let only: Vec<_> = slugs[..pending_tenants]
         .iter()
         .map(|s| mandant::domain::ClientSlug::parse(s).expect("slug"))
@@ -108,7 +108,7 @@ async fn main() {
         if phase == "fleet" {
             // 1a. The fleet migration (templates first, then the tenants), one pending migration per tenant.
             let report = migrate_fleet(
-                &provisioner.clone().with_migrations(fleet_set.clone()),
+                &fleet_runner.clone().with_migrations(fleet_set.clone()),
                 &options,
                 |_| {},
             )
@@ -148,7 +148,7 @@ async fn main() {
     };
     admin.batch_execute("CHECKPOINT").await.expect("checkpoint");
     let noop_started = Instant::now();
-    let noop_report = migrate_fleet(&provisioner, &all, |_| {})
+    let noop_report = migrate_fleet(&fleet_runner, &all, |_| {})
         .await
         .expect("no-op");
     let noop = noop_started.elapsed();
@@ -171,7 +171,7 @@ async fn main() {
     // Context: --verify connects to every tenant and reads its history.
     let verify_started = Instant::now();
     let verified = migrate_fleet(
-        &provisioner,
+        &fleet_runner,
         &FleetOptions {
             verify: true,
             dry_run: true,

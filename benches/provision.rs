@@ -12,7 +12,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::tokio_postgres::Client;
-use mandant::app::RunOptions;
+use mandant::server::RunOptions;
 use mandant::tenant::migrate::migrate_database;
 
 /// Clients provisioned one at a time first, for the idle sign-up latency.

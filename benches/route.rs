@@ -24,9 +24,9 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use deadpool_postgres::tokio_postgres::{self, NoTls};
-use mandant::app::RunOptions;
 use mandant::data::recipients::{self, Recipient};
 use mandant::db::PgTarget;
+use mandant::server::RunOptions;
 use rand::Rng;
 use serde_json::json;
 
@@ -119,8 +119,8 @@ async fn main() {
             .expect("server");
         targets.push(
             app.state
-                .provisioner()
-                .tenant_target(&server, client.id)
+                .targets()
+                .tenant(&server, client.id)
                 .expect("target"),
         );
     }
@@ -135,7 +135,7 @@ async fn main() {
             .expect("placed")
     };
     // The setup's connections are not part of any phase.
-    app.state.router().close();
+    app.state.pools().close();
     eprintln!(
         "setup: {tenants} tenants x {recipients_per_tenant} recipients in {:.1} s",
         setup.elapsed().as_secs_f64()
@@ -209,18 +209,18 @@ async fn main() {
             } else {
                 fit_tenants
             };
-            app.state.router().close();
+            app.state.pools().close();
             // Warm-up, then the measured window.
             let _ = load(base.clone(), uniform(n), false).await;
-            let before = app.state.router().stats();
+            let before = app.state.pools().stats();
             let run = load(base.clone(), uniform(n), false).await;
-            let after = app.state.router().stats();
+            let after = app.state.pools().stats();
             eprintln!(
                 "  {name}: {:.0} req/s, p99 {:.2} ms, errors {} (mandant pool: cap {}, {} cold acquires, {} evictions, {} own waits)",
                 run.rps(),
                 run.p99_ms,
                 run.errors,
-                app.state.router().tenant_cap(server_id),
+                app.state.pools().tenant_cap(server_id),
                 after.cold - before.cold,
                 after.evictions - before.evictions,
                 after.own_waits - before.own_waits,
@@ -248,11 +248,11 @@ async fn main() {
                 table.entry(name).or_default().push(run);
                 continue;
             }
-            app.state.router().close();
+            app.state.pools().close();
             // Warm-up fills the cache; the ideal LRU replays the warm-up and the measured trace, counting hits
             // in the measured part only.
             let warm = load(app.base.clone(), zipf_pick.clone(), true).await;
-            let router = app.state.router().clone();
+            let router = app.state.pools().clone();
             let before = router.stats();
             let sampling = Arc::new(AtomicBool::new(true));
             let permit_peak = Arc::new(AtomicUsize::new(0));

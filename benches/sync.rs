@@ -13,7 +13,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use mandant::app::RunOptions;
+use mandant::server::RunOptions;
 use serde_json::json;
 
 #[tokio::main]
@@ -47,8 +47,8 @@ async fn main() {
             .expect("server");
         targets.push(
             app.state
-                .provisioner()
-                .tenant_target(&server, client.id)
+                .targets()
+                .tenant(&server, client.id)
                 .expect("target")
                 .with_application_name("bench-sync-loop"),
         );
@@ -81,7 +81,7 @@ async fn main() {
             ["loop", "mandant"]
         };
         for phase in phases {
-            app.state.router().close();
+            app.state.pools().close();
             admin.batch_execute("CHECKPOINT").await.expect("checkpoint");
             let body = json!({
                 "name": "Newsletter",

@@ -1,76 +1,21 @@
-//! Assembling the service: the control database (external or embedded), migrations, shared state, the HTTP
-//! server, background tasks, and the ordered shutdown of `shutdown.rs`.
+//! The application state: one value holding every service of this process, shared by the edges (HTTP handlers,
+//! workers, CLI commands). Building it connects nothing eagerly; opening databases, serving and the shutdown
+//! order are `server.rs`'s.
 
-use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
 
-use crate::access::authn::{self, Authenticator};
+use crate::access::authn::Authenticator;
 use crate::config::Settings;
-use crate::control::{self, CONTROL_DB, ControlPlane};
-use crate::data::RouteCache;
+use crate::control::ControlPlane;
+use crate::data::DataPlane;
 use crate::db::PgTarget;
-use crate::embedded::{Cluster, ClusterSpec};
+use crate::fanout::FanOut;
+use crate::fleet::Fleet;
 use crate::provisioning::Provisioner;
-use crate::provisioning::credentials::Credentials;
-use crate::shutdown::{CancellationToken, TaskTracker};
-use crate::tenant::cluster::ensure_database;
-use crate::tenant::pool::Router;
-
-/// How often histogram samples are folded into the Prometheus exporter's buckets.
-const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Where the control plane lives: the configured `database.url`, or the embedded cluster (started by this
-/// process, or already running for another `mandant` process on the same data directory).
-#[derive(Debug)]
-pub struct ControlDatabase {
-    target: PgTarget,
-    cluster: Option<Cluster>,
-}
-
-impl ControlDatabase {
-    /// Resolves the control database and makes sure it exists.
-    pub async fn open(settings: &Settings) -> anyhow::Result<Self> {
-        let (target, cluster) = match settings.database.target()? {
-            Some(target) => {
-                tracing::info!(database = %target.redacted(), "using the configured control-plane database");
-                (target, None)
-            }
-            None => {
-                let spec = ClusterSpec::from_settings(settings);
-                let cluster = tokio::task::spawn_blocking(move || Cluster::start(&spec))
-                    .await
-                    .context("the embedded PostgreSQL start task failed")??;
-                (cluster.target(CONTROL_DB), Some(cluster))
-            }
-        };
-        ensure_database(&target)
-            .await
-            .context("preparing the control-plane database")?;
-        Ok(Self { target, cluster })
-    }
-
-    pub fn target(&self) -> &PgTarget {
-        &self.target
-    }
-
-    /// The embedded cluster, if the control plane is on one.
-    pub fn cluster(&self) -> Option<&Cluster> {
-        self.cluster.as_ref()
-    }
-
-    /// Stops the embedded cluster if this process started it (the last step of every shutdown).
-    pub async fn close(self) {
-        if let Some(mut cluster) = self.cluster {
-            let _ = tokio::task::spawn_blocking(move || cluster.stop()).await;
-        }
-    }
-}
+use crate::tenant::pool::{PoolSettings, TenantPools};
+use crate::tenant::targets::Targets;
 
 /// State shared by every handler and worker; cheap to clone.
 #[derive(Clone)]
@@ -79,9 +24,9 @@ pub struct AppState(Arc<App>);
 pub struct App {
     settings: Settings,
     control: ControlPlane,
+    data: DataPlane,
+    fanout: FanOut,
     provisioner: Provisioner,
-    router: Router,
-    routes: RouteCache,
     auth: Arc<Authenticator>,
     metrics: PrometheusHandle,
 }
@@ -91,14 +36,11 @@ impl AppState {
     /// credential key.
     pub fn new(settings: Settings, control_target: &PgTarget) -> anyhow::Result<Self> {
         let control = ControlPlane::connect_lazy(control_target, &settings.database);
-        let credentials = Credentials::load(&settings)?;
-        let provisioner = Provisioner::new(
-            &settings,
-            control.clone(),
-            control_target.clone(),
-            credentials,
-        );
-        let router = Router::new(settings.routing.router());
+        let targets = Targets::load(&settings, control_target.clone())?;
+        let pools = TenantPools::new(PoolSettings::from(&settings.routing));
+        let data = DataPlane::new(control.clone(), targets.clone(), pools);
+        let fanout = FanOut::new(control.clone(), data.clone(), &settings.workers);
+        let provisioner = Provisioner::new(&settings, fanout.clone(), targets);
         let auth = Arc::new(Authenticator::new(
             control.clone(),
             settings.auth.cache_ttl(),
@@ -106,45 +48,42 @@ impl AppState {
         Ok(Self(Arc::new(App {
             settings,
             control,
+            data,
+            fanout,
             provisioner,
-            router,
-            routes: RouteCache::default(),
             auth,
-            metrics: crate::http::metrics::recorder(),
+            metrics: crate::telemetry::recorder(),
         })))
     }
 
-    /// Opens the control database, applies control-plane migrations, registers the local database server and
-    /// makes sure the master client gets provisioned. Shared by `serve` and `worker`.
-    pub async fn start(settings: Settings) -> anyhow::Result<(Self, ControlDatabase)> {
-        let database = ControlDatabase::open(&settings).await?;
-        let prepared = async {
-            control::migrate::run(database.target()).await?;
-            let state = Self::new(settings, database.target())?;
-            let capacity = state.settings().tenants.local_max_databases;
-            state.control().ensure_local_server(capacity).await?;
-            let attempts = i32::from(state.settings().workers.max_attempts);
-            if let Some(job) = state.control().ensure_master_provisioning(attempts).await? {
-                tracing::info!(operation = %job, "the master client will be provisioned");
-            }
-            anyhow::Ok(state)
-        };
-        match prepared.await {
-            Ok(state) => Ok((state, database)),
-            Err(e) => {
-                database.close().await;
-                Err(e)
-            }
-        }
-    }
-
+    /// The client lifecycle jobs.
     pub fn provisioner(&self) -> &Provisioner {
         &self.0.provisioner
     }
 
-    /// The slug → route cache of the data plane.
-    pub fn routes(&self) -> &RouteCache {
-        &self.0.routes
+    /// Central fields and master templates pushed to every client.
+    pub fn fanout(&self) -> &FanOut {
+        &self.0.fanout
+    }
+
+    /// The fleet migration over every tenant, with the migrations of this binary.
+    pub fn fleet(&self) -> Fleet {
+        Fleet::new(self.0.control.clone(), self.targets().clone())
+    }
+
+    /// The data plane: route cache, routing pool, tenant targets.
+    pub fn data(&self) -> &DataPlane {
+        &self.0.data
+    }
+
+    /// The routing pool to tenant databases.
+    pub fn pools(&self) -> &TenantPools {
+        self.0.data.pools()
+    }
+
+    /// Where tenants live and how they connect.
+    pub fn targets(&self) -> &Targets {
+        self.0.data.targets()
     }
 
     /// Bearer-token authentication and its principal cache.
@@ -152,10 +91,6 @@ impl AppState {
         &self.0.auth
     }
 
-    /// The routing pool to tenant databases.
-    pub fn router(&self) -> &Router {
-        &self.0.router
-    }
     pub fn settings(&self) -> &Settings {
         &self.0.settings
     }
@@ -164,198 +99,5 @@ impl AppState {
     }
     pub fn metrics(&self) -> &PrometheusHandle {
         &self.0.metrics
-    }
-}
-
-/// Options of `serve` that are not configuration.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RunOptions {
-    /// Serve HTTP only; leave background work to separate `mandant worker` processes.
-    pub no_workers: bool,
-}
-
-/// A built, bound, not yet running service.
-pub struct Application {
-    listener: TcpListener,
-    state: AppState,
-    database: ControlDatabase,
-    options: RunOptions,
-}
-
-impl Application {
-    /// Opens the control database (starting the embedded cluster if configured so), applies control-plane
-    /// migrations, registers the local database server, makes sure the built-in roles and a first admin exist,
-    /// and binds the listener.
-    pub async fn build(settings: Settings, options: RunOptions) -> anyhow::Result<Self> {
-        let listen = settings.server.listen;
-        let (state, database) = AppState::start(settings).await?;
-        let bound = async {
-            authn::bootstrap(state.control(), state.settings()).await?;
-            TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("binding server.listen = {listen}"))
-        };
-        match bound.await {
-            Ok(listener) => Ok(Self {
-                listener,
-                state,
-                database,
-                options,
-            }),
-            Err(e) => {
-                state.control().close().await;
-                database.close().await;
-                Err(e)
-            }
-        }
-    }
-
-    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
-        Ok(self.listener.local_addr()?)
-    }
-
-    pub fn state(&self) -> &AppState {
-        &self.state
-    }
-
-    /// Serves until `stop` resolves, then shuts down in the order documented in `shutdown.rs`.
-    pub async fn run_until(self, stop: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
-        let Self {
-            listener,
-            state,
-            database,
-            options,
-        } = self;
-        let addr = listener.local_addr()?;
-        tracing::info!(%addr, "listening");
-
-        let cancel = CancellationToken::new();
-        let tasks = TaskTracker::new();
-        spawn_background(&state, &cancel, &tasks, options);
-        // Principal-cache invalidation for this HTTP server.
-        tasks.spawn(
-            state
-                .auth()
-                .clone()
-                .listen(state.settings().workers.poll_interval(), cancel.clone()),
-        );
-
-        let http_stop = CancellationToken::new();
-        let router = crate::http::router(state.clone());
-        let server = axum::serve(listener, router)
-            .with_graceful_shutdown(http_stop.clone().cancelled_owned())
-            .into_future();
-        let mut server = tokio::spawn(server);
-
-        let served = tokio::select! {
-            result = &mut server => Some(result),
-            () = stop => None,
-        };
-
-        // 1. Stop accepting; give in-flight requests the grace period. Whatever happened to the HTTP server, the
-        //    rest of the shutdown runs (no early return before step 4).
-        http_stop.cancel();
-        let finished = match served {
-            Some(result) => Some(result),
-            None => {
-                let grace = state.settings().server.shutdown_grace();
-                match tokio::time::timeout(grace, &mut server).await {
-                    Ok(result) => Some(result),
-                    Err(_) => {
-                        tracing::warn!(
-                            ?grace,
-                            "in-flight requests did not finish in time; dropping them"
-                        );
-                        server.abort();
-                        None
-                    }
-                }
-            }
-        };
-        let result = match finished {
-            Some(Ok(served)) => served.context("HTTP server failed"),
-            Some(Err(joined)) => Err(anyhow::Error::new(joined).context("HTTP server task failed")),
-            None => Ok(()),
-        };
-
-        // 2.-4.
-        stop_background_and_close(&state, cancel, tasks, database).await;
-        result
-    }
-}
-
-/// `mandant worker`: the background workers without HTTP, until `stop` resolves.
-pub async fn run_workers(
-    settings: Settings,
-    stop: impl Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
-    let (state, database) = AppState::start(settings).await?;
-    let cancel = CancellationToken::new();
-    let tasks = TaskTracker::new();
-    spawn_background(&state, &cancel, &tasks, RunOptions { no_workers: false });
-    stop.await;
-    stop_background_and_close(&state, cancel, tasks, database).await;
-    Ok(())
-}
-
-/// Steps 2-4 of the shutdown order (`shutdown.rs`): background tasks, pools, embedded cluster.
-async fn stop_background_and_close(
-    state: &AppState,
-    cancel: CancellationToken,
-    tasks: TaskTracker,
-    database: ControlDatabase,
-) {
-    // 2. Cancel background tasks and wait for each of them (a job in flight is handed back).
-    cancel.cancel();
-    tasks.close();
-    tasks.wait().await;
-
-    // 3. Close pools: tenant connections first, then the control plane (nothing may use it after this).
-    state.router().close();
-    state.control().close().await;
-
-    // 4. Stop the embedded cluster if we started it.
-    database.close().await;
-    tracing::info!("shutdown complete");
-}
-
-/// Starts the background loops of this process on `tasks`, all stopped by `cancel`.
-fn spawn_background(
-    state: &AppState,
-    cancel: &CancellationToken,
-    tasks: &TaskTracker,
-    options: RunOptions,
-) {
-    let metrics = state.metrics().clone();
-    let token = cancel.clone();
-    tasks.spawn(async move {
-        let mut tick = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => metrics.run_upkeep(),
-                () = token.cancelled() => break,
-            }
-        }
-    });
-    // Routing-pool hygiene: idle TTL, max lifetime, unused pools; and its gauges.
-    let router = state.router().clone();
-    let every = state.settings().routing.gc_interval();
-    let token = cancel.clone();
-    tasks.spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    router.collect_garbage();
-                    router.publish_metrics();
-                }
-                () = token.cancelled() => break,
-            }
-        }
-    });
-    if options.no_workers {
-        tracing::info!("--no-workers: background jobs are left to `mandant worker` processes");
-    } else {
-        crate::workers::spawn(state, tasks, cancel);
     }
 }

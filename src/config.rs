@@ -7,7 +7,6 @@
 //! value, so printing a `Settings` is safe.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,7 +14,8 @@ use std::time::Duration;
 use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
 
-use crate::db::PgTarget;
+use crate::db::{PgTarget, Secret};
+pub use crate::telemetry::{LogFormat, LogSettings};
 
 /// The committed defaults, compiled into the binary.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -34,34 +34,6 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
         reason: reason.into(),
-    }
-}
-
-/// A value that must never be printed: `Debug` and `Display` show `[redacted]`.
-#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    /// The secret value, for the one place that needs it (a connection, a hash).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_empty() {
-            f.write_str("Secret(empty)")
-        } else {
-            f.write_str("Secret([redacted])")
-        }
     }
 }
 
@@ -188,20 +160,6 @@ pub struct RoutingSettings {
 }
 
 impl RoutingSettings {
-    pub fn router(&self) -> crate::tenant::pool::RouterSettings {
-        crate::tenant::pool::RouterSettings {
-            budget_per_server: self.budget_per_server,
-            per_tenant_cap: self.per_tenant_cap,
-            max_waiters_per_tenant: self.max_waiters_per_tenant,
-            acquire_timeout: Duration::from_millis(self.acquire_timeout_ms),
-            idle_ttl: Duration::from_secs(self.idle_ttl_secs),
-            max_lifetime: Duration::from_secs(self.max_lifetime_secs),
-            breaker_cooldown: Duration::from_millis(self.breaker_cooldown_ms),
-            pool_idle_drop: Duration::from_secs(self.pool_idle_drop_secs),
-            fair_share_hold: Duration::from_secs(self.fair_share_hold_secs),
-        }
-    }
-
     pub fn gc_interval(&self) -> Duration {
         Duration::from_secs(self.gc_interval_secs)
     }
@@ -219,20 +177,6 @@ impl AuthSettings {
     pub fn cache_ttl(&self) -> Duration {
         Duration::from_secs(self.cache_ttl_secs)
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Pretty,
-    Json,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogSettings {
-    pub format: LogFormat,
-    pub level: String,
 }
 
 /// Where settings come from. [`LoadOptions::from_process`] is what the binary uses; tests build their own so

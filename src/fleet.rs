@@ -17,13 +17,44 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-use crate::control::ControlError;
-use crate::control::clients::Client;
+use crate::control::clients::ClientRecord;
 use crate::control::servers::ServerRecord;
+use crate::control::{ControlError, ControlPlane};
+use crate::db::PgTarget;
 use crate::domain::ClientSlug;
-use crate::provisioning::{ProvisionError, Provisioner};
+use crate::tenant::TenantError;
 use crate::tenant::migrate::{MigrationSet, Verification, migrate_with, read_history};
-use crate::tenant::template;
+use crate::tenant::targets::Targets;
+use crate::tenant::template_db;
+
+/// What a fleet run needs: the registry, where tenants live, and the migrations to bring them to.
+#[derive(Clone)]
+pub struct Fleet {
+    control: ControlPlane,
+    targets: Targets,
+    migrations: MigrationSet,
+}
+
+impl Fleet {
+    /// With the migrations embedded in this binary (`tenant_migrations/`).
+    pub fn new(control: ControlPlane, targets: Targets) -> Self {
+        Self {
+            control,
+            targets,
+            migrations: MigrationSet::embedded().clone(),
+        }
+    }
+
+    /// With another migration set (tests of a newly added migration).
+    pub fn with_migrations(mut self, migrations: MigrationSet) -> Self {
+        self.migrations = migrations;
+        self
+    }
+
+    pub fn migrations(&self) -> &MigrationSet {
+        &self.migrations
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct FleetOptions {
@@ -116,16 +147,16 @@ impl FleetReport {
     }
 }
 
-/// Runs the fleet migration with the provisioner's migration set. `on_result` sees each tenant as it finishes
+/// Runs the fleet migration with the fleet's migration set. `on_result` sees each tenant as it finishes
 /// (progress display).
 pub async fn migrate_fleet(
-    provisioner: &Provisioner,
+    fleet: &Fleet,
     options: &FleetOptions,
     on_result: impl Fn(&TenantResult) + Send + Sync + 'static,
 ) -> Result<FleetReport, FleetError> {
     let started = Instant::now();
-    let control = provisioner.control();
-    let set = provisioner.migrations().clone();
+    let control = &fleet.control;
+    let set = fleet.migrations.clone();
     let clients = select(control.all_live_clients().await?, &options.only)?;
     let servers: HashMap<i64, ServerRecord> = control
         .list_servers()
@@ -135,7 +166,7 @@ pub async fn migrate_fleet(
         .collect();
 
     // 1. Template databases, so clients provisioned from now on start current.
-    let templates = migrate_templates(provisioner, servers.values(), options).await;
+    let templates = migrate_templates(fleet, servers.values(), options).await;
 
     // 2. Tenants, through a queue bounded overall and per server.
     let overall = Arc::new(Semaphore::new(options.concurrency.max(1)));
@@ -151,8 +182,7 @@ pub async fn migrate_fleet(
         };
         let server_permits = per_server[&server.id].clone();
         let overall = overall.clone();
-        let provisioner = provisioner.clone();
-        let set = set.clone();
+        let fleet = fleet.clone();
         let options = options.clone();
         let on_result = on_result.clone();
         let span = tracing::info_span!("tenant_migrate", client = %client.slug);
@@ -161,7 +191,7 @@ pub async fn migrate_fleet(
                 // Server first, then overall: a tenant waiting for a busy server never holds an overall slot.
                 let _server = server_permits.acquire_owned().await;
                 let _overall = overall.acquire_owned().await;
-                let result = migrate_tenant(&provisioner, &client, &server, &set, &options).await;
+                let result = migrate_tenant(&fleet, &client, &server, &options).await;
                 on_result(&result);
                 result
             }
@@ -183,10 +213,10 @@ pub async fn migrate_fleet(
             Err(e) => tracing::error!(error = %e, "a tenant migration task panicked"),
         }
         if unrecorded.len() >= RECORD_BATCH {
-            record_versions(provisioner, &mut unrecorded).await;
+            record_versions(control, &mut unrecorded).await;
         }
     }
-    record_versions(provisioner, &mut unrecorded).await;
+    record_versions(control, &mut unrecorded).await;
     tenants.sort_by(|a, b| a.client.cmp(&b.client));
     let count = |o: Outcome| tenants.iter().filter(|t| t.outcome == o).count();
     Ok(FleetReport {
@@ -205,33 +235,35 @@ pub async fn migrate_fleet(
 /// Tenant versions written to the registry per statement.
 const RECORD_BATCH: usize = 64;
 
-async fn record_versions(provisioner: &Provisioner, versions: &mut Vec<(uuid::Uuid, i32)>) {
+async fn record_versions(control: &ControlPlane, versions: &mut Vec<(uuid::Uuid, i32)>) {
     if versions.is_empty() {
         return;
     }
-    if let Err(e) = provisioner.control().set_schema_versions(versions).await {
+    if let Err(e) = control.set_schema_versions(versions).await {
         tracing::warn!(error = %e, tenants = versions.len(), "could not record schema versions; the next run will re-check these tenants");
     }
     versions.clear();
 }
 
-/// Brings the template database of every active server in `servers` to the provisioner's latest migration
+/// Brings the template database of every active server in `servers` to the fleet's latest migration
 /// (`mandant migrate` runs this after the control plane; the fleet run starts with it).
 pub async fn migrate_templates<'a>(
-    provisioner: &Provisioner,
+    fleet: &Fleet,
     servers: impl IntoIterator<Item = &'a ServerRecord>,
     options: &FleetOptions,
 ) -> Vec<TemplateResult> {
     let mut results = Vec::new();
     for server in servers.into_iter().filter(|s| s.status == "active") {
-        results
-            .push(migrate_template(provisioner, server, provisioner.migrations(), options).await);
+        results.push(migrate_template(fleet, server, options).await);
     }
     results
 }
 
 /// Active and suspended clients (those with a database to keep current), narrowed to `only`.
-fn select(clients: Vec<Client>, only: &[ClientSlug]) -> Result<Vec<Client>, FleetError> {
+fn select(
+    clients: Vec<ClientRecord>,
+    only: &[ClientSlug],
+) -> Result<Vec<ClientRecord>, FleetError> {
     let unknown: Vec<&str> = only
         .iter()
         .filter(|slug| !clients.iter().any(|c| c.slug == slug.as_str()))
@@ -248,11 +280,11 @@ fn select(clients: Vec<Client>, only: &[ClientSlug]) -> Result<Vec<Client>, Flee
 }
 
 async fn migrate_template(
-    provisioner: &Provisioner,
+    fleet: &Fleet,
     server: &ServerRecord,
-    set: &MigrationSet,
     options: &FleetOptions,
 ) -> TemplateResult {
+    let set = &fleet.migrations;
     let mut result = TemplateResult {
         server: server.name.clone(),
         from: server.template_version,
@@ -269,13 +301,16 @@ async fn migrate_template(
         return result;
     }
     let migrated = async {
-        let admin = provisioner.admin_target(server)?;
-        let outcome = template::ensure_template(&admin, provisioner.templates(), set).await?;
-        provisioner
-            .control()
+        let admin = fleet.targets.admin(server).map_err(|e| e.to_string())?;
+        let outcome = template_db::ensure_template(&admin, fleet.targets.template_db(), set)
+            .await
+            .map_err(|e| e.to_string())?;
+        fleet
+            .control
             .set_template_version(server.id, outcome.to)
-            .await?;
-        Ok::<_, ProvisionError>(outcome)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(outcome)
     };
     match migrated.await {
         Ok(outcome) => {
@@ -288,21 +323,20 @@ async fn migrate_template(
         Err(e) => {
             tracing::error!(server = %server.name, error = %e, "template database migration failed");
             result.outcome = Outcome::Failed;
-            result.error = Some(e.to_string());
+            result.error = Some(e);
         }
     }
     result
 }
 
 async fn migrate_tenant(
-    provisioner: &Provisioner,
-    client: &Client,
+    fleet: &Fleet,
+    client: &ClientRecord,
     server: &ServerRecord,
-    set: &MigrationSet,
     options: &FleetOptions,
 ) -> TenantResult {
     let started = Instant::now();
-    let names = provisioner.names(client.id);
+    let names = fleet.targets.names(client.id);
     let mut result = TenantResult {
         client_id: client.id,
         record: None,
@@ -319,78 +353,95 @@ async fn migrate_tenant(
         error: None,
         verification: None,
     };
-    let finish = |mut r: TenantResult| {
-        r.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-        match r.outcome {
-            Outcome::Failed => tracing::error!(
-                error = r.error.as_deref().unwrap_or(""),
-                "tenant migration failed"
-            ),
-            Outcome::Divergent => {
-                tracing::warn!("tenant migration history diverges; nothing applied")
+    match fleet.targets.admin_on_tenant(server, client.id) {
+        Ok(target) => {
+            if needs_migration(&mut result, client, &target, &fleet.migrations, options).await {
+                apply(&mut result, client, &target, &names.role, &fleet.migrations).await;
             }
-            Outcome::Migrated => tracing::info!(from = r.from, to = r.to, "tenant migrated"),
-            _ => {}
         }
-        r
-    };
-    let target = match provisioner.admin_target(server) {
-        Ok(admin) => admin.with_dbname(&names.database),
-        Err(e) => {
-            result.outcome = Outcome::Failed;
-            result.error = Some(e.to_string());
-            return finish(result);
-        }
-    };
+        Err(e) => fail(&mut result, &e),
+    }
+    result.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    match result.outcome {
+        Outcome::Failed => tracing::error!(
+            error = result.error.as_deref().unwrap_or(""),
+            "tenant migration failed"
+        ),
+        Outcome::Divergent => tracing::warn!("tenant migration history diverges; nothing applied"),
+        Outcome::Migrated => tracing::info!(from = result.from, to = result.to, "tenant migrated"),
+        _ => {}
+    }
+    result
+}
 
-    let mut known_version = client.schema_version;
-    if options.verify {
+fn fail(result: &mut TenantResult, e: &TenantError) {
+    result.outcome = Outcome::Failed;
+    result.error = Some(e.to_string());
+}
+
+/// Whether the tenant has migrations to apply now: by the registry, or (`verify`) by its real history, whose
+/// drift from the registry is recorded. Fills in `result` for every tenant that ends here (current, divergent,
+/// a dry run's pending list, a failed check).
+async fn needs_migration(
+    result: &mut TenantResult,
+    client: &ClientRecord,
+    target: &PgTarget,
+    set: &MigrationSet,
+    options: &FleetOptions,
+) -> bool {
+    let pending = if options.verify {
         result.connected = true;
-        match read_history(&target).await {
-            Ok(history) => {
-                let verification = set.verify(&history);
-                known_version = verification.applied_version;
-                result.from = known_version;
-                result.to = known_version;
-                if known_version != client.schema_version && !options.dry_run {
-                    // The registry drifted from the database: the database is the truth (recorded with the
-                    // run's other versions, in batches; a migration below overrides it).
-                    result.record = Some(known_version);
-                }
-                let clean = verification.is_clean();
-                let pending = verification.pending.clone();
-                result.verification = Some(verification);
-                if !clean {
-                    result.outcome = Outcome::Divergent;
-                    return finish(result);
-                }
-                if pending.is_empty() {
-                    return finish(result);
-                }
-                if options.dry_run {
-                    result.outcome = Outcome::WouldMigrate;
-                    result.to = set.latest();
-                    result.migrations = pending;
-                    return finish(result);
-                }
-            }
+        let history = match read_history(target).await {
+            Ok(history) => history,
             Err(e) => {
-                result.outcome = Outcome::Failed;
-                result.error = Some(e.to_string());
-                return finish(result);
+                fail(result, &e);
+                return false;
             }
+        };
+        let verification = set.verify(&history);
+        let known_version = verification.applied_version;
+        result.from = known_version;
+        result.to = known_version;
+        if known_version != client.schema_version && !options.dry_run {
+            // The registry drifted from the database: the database is the truth (recorded with the run's other
+            // versions, in batches; a migration below overrides it).
+            result.record = Some(known_version);
         }
-    } else if known_version >= set.latest() {
-        return finish(result);
-    } else if options.dry_run {
+        let clean = verification.is_clean();
+        let pending = verification.pending.clone();
+        result.verification = Some(verification);
+        if !clean {
+            result.outcome = Outcome::Divergent;
+            return false;
+        }
+        pending
+    } else if client.schema_version >= set.latest() {
+        Vec::new()
+    } else {
+        set.pending_after(client.schema_version)
+    };
+    if pending.is_empty() {
+        return false;
+    }
+    if options.dry_run {
         result.outcome = Outcome::WouldMigrate;
         result.to = set.latest();
-        result.migrations = set.pending_after(known_version);
-        return finish(result);
+        result.migrations = pending;
+        return false;
     }
+    true
+}
 
+/// Applies the pending migrations as the tenant's role under the tenant's advisory lock.
+async fn apply(
+    result: &mut TenantResult,
+    client: &ClientRecord,
+    target: &PgTarget,
+    role: &str,
+    set: &MigrationSet,
+) {
     result.connected = true;
-    match migrate_with(&target, Some(&names.role), set).await {
+    match migrate_with(target, Some(role), set).await {
         Ok(outcome) => {
             result.from = outcome.from;
             result.to = outcome.to;
@@ -414,5 +465,4 @@ async fn migrate_tenant(
             }
         }
     }
-    finish(result)
 }

@@ -1,6 +1,6 @@
 //! Shutdown: the signals that start it and the order in which the parts stop.
 //!
-//! The order, used by `serve` (see [`crate::app::Application::run_until`]):
+//! The order, used by `serve` (see [`crate::server::Application::run_until`]):
 //! 1. stop accepting connections; in-flight HTTP requests get `server.shutdown_grace_secs` to finish, then are
 //!    dropped (a request cut off there rolls back: every handler's work is one transaction or an idempotent job);
 //! 2. cancel background tasks (workers, metrics upkeep) through one [`CancellationToken`] and wait for every one

@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use sqlx::postgres::PgListener;
 
-use super::{Principal, TOKEN_MIN_LEN, hashes_equal, new_token, token_hash};
 use crate::config::Settings;
 use crate::control::access::AUTH_CHANNEL;
 use crate::control::{ControlError, ControlPlane};
+use crate::domain::rights::{Principal, TOKEN_MIN_LEN, hashes_equal, new_token, token_hash};
 use crate::shutdown::CancellationToken;
 
 /// How often a token's `last_used_at` is written at most.

@@ -4,10 +4,11 @@
 
 use std::process::ExitCode;
 
-use crate::app::{AppState, ControlDatabase};
+use crate::app::AppState;
 use crate::config::Settings;
 use crate::control;
 use crate::fleet::{FleetOptions, Outcome, migrate_templates};
+use crate::server::ControlDatabase;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {}
@@ -41,7 +42,7 @@ async fn migrate_all(settings: Settings, database: &ControlDatabase) -> anyhow::
         dry_run: false,
         verify: false,
     };
-    let templates = migrate_templates(state.provisioner(), &servers, &options).await;
+    let templates = migrate_templates(&state.fleet(), &servers, &options).await;
     state.control().close().await;
     let mut failed = false;
     for t in &templates {

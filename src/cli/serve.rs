@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
-use crate::app::{Application, RunOptions};
 use crate::config::Settings;
+use crate::server::{Application, RunOptions};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -2,9 +2,9 @@
 
 use std::process::ExitCode;
 
-use crate::app::ControlDatabase;
 use crate::config::Settings;
 use crate::control::ControlPlane;
+use crate::server::ControlDatabase;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {

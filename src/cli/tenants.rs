@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::Serialize;
 
-use crate::app::{AppState, ControlDatabase};
 use crate::config::Settings;
 use crate::control::ControlPlane;
 use crate::domain::ClientSlug;
 use crate::fleet::{FleetOptions, FleetReport, Outcome, TenantResult, migrate_fleet};
+use crate::server::{self, ControlDatabase};
 use crate::tenant::migrate::latest_version;
 
 #[derive(Debug, clap::Subcommand)]
@@ -69,7 +69,7 @@ async fn migrate(settings: Settings, args: MigrateArgs) -> anyhow::Result<ExitCo
         .map(|s| ClientSlug::parse(s.trim()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("--only: {e}"))?;
-    let (state, database) = AppState::start(settings).await?;
+    let (state, database) = server::start(settings).await?;
     let options = FleetOptions {
         concurrency: usize::from(args.concurrency),
         per_server: usize::from(args.per_server.unwrap_or(args.concurrency)),
@@ -79,10 +79,7 @@ async fn migrate(settings: Settings, args: MigrateArgs) -> anyhow::Result<ExitCo
     };
     let progress = Progress::new();
     let reporter = progress.clone();
-    let result = migrate_fleet(state.provisioner(), &options, move |r| {
-        reporter.tenant_done(r)
-    })
-    .await;
+    let result = migrate_fleet(&state.fleet(), &options, move |r| reporter.tenant_done(r)).await;
     progress.finish();
     state.control().close().await;
     database.close().await;
@@ -295,8 +292,8 @@ struct FieldCheck {
 
 /// `mandant tenants fields`: the field drift of every client with a database; exit 1 when any drifts or fails.
 async fn fields(settings: Settings, args: ListArgs) -> anyhow::Result<ExitCode> {
-    let (state, database) = AppState::start(settings).await?;
-    let provisioner = state.provisioner();
+    let (state, database) = server::start(settings).await?;
+    let targets = state.targets();
     let control = state.control();
     let mut checks = Vec::new();
     for client in control.all_live_clients().await? {
@@ -315,11 +312,9 @@ async fn fields(settings: Settings, args: ListArgs) -> anyhow::Result<ExitCode> 
                 .desired_fields(client.id)
                 .await?
                 .iter()
-                .map(crate::provisioning::field_spec)
+                .map(crate::fanout::fields::field_spec)
                 .collect::<Result<Vec<_>, _>>()?;
-            let target = provisioner
-                .admin_target(&server)?
-                .with_dbname(&provisioner.names(client.id).database);
+            let target = targets.admin_on_tenant(&server, client.id)?;
             Ok::<_, anyhow::Error>(crate::tenant::fields::drift(&target, &desired).await?)
         }
         .await;

@@ -4,11 +4,11 @@
 
 use std::process::ExitCode;
 
-use crate::access::{Username, new_token, token_hash};
-use crate::app::ControlDatabase;
 use crate::config::Settings;
 use crate::control::ControlPlane;
 use crate::control::access::AuditEntry;
+use crate::domain::rights::{Username, new_token, token_hash};
+use crate::server::ControlDatabase;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {

@@ -9,6 +9,6 @@ use crate::config::Settings;
 pub struct Args {}
 
 pub async fn run(settings: Settings, _args: Args) -> anyhow::Result<ExitCode> {
-    crate::app::run_workers(settings, crate::shutdown::signal()).await?;
+    crate::server::run_workers(settings, crate::shutdown::signal()).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -13,7 +13,9 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{ControlError, ControlPlane};
-use crate::access::{Grant, Level, MASTER_ADMIN, Permissions, Principal, Rights, builtin_roles};
+use crate::domain::rights::{
+    Grant, Level, MASTER_ADMIN, Permissions, Principal, Rights, builtin_roles,
+};
 
 /// The channel notified when users, roles, access or tokens change.
 pub const AUTH_CHANNEL: &str = "mandant_auth";

@@ -11,7 +11,7 @@ use crate::domain::{ClientName, ClientSlug, ClientStatus};
 
 /// A client as the registry knows it (desired state plus the recorded observations).
 #[derive(Debug, Clone)]
-pub struct Client {
+pub struct ClientRecord {
     pub id: Uuid,
     pub slug: String,
     pub name: String,
@@ -28,7 +28,7 @@ pub struct Client {
     pub updated_at: DateTime<Utc>,
 }
 
-impl Client {
+impl ClientRecord {
     pub fn is_master(&self) -> bool {
         self.kind == "master"
     }
@@ -52,7 +52,7 @@ struct ClientRow {
     updated_at: DateTime<Utc>,
 }
 
-impl TryFrom<ClientRow> for Client {
+impl TryFrom<ClientRow> for ClientRecord {
     type Error = ControlError;
     fn try_from(r: ClientRow) -> Result<Self, ControlError> {
         let status = stored_status(&r.status)?;
@@ -81,8 +81,8 @@ fn stored_status(value: &str) -> Result<ClientStatus, ControlError> {
         .map_err(|e| ControlError::Query(sqlx::Error::Decode(e.to_string().into())))
 }
 
-fn convert(rows: Vec<ClientRow>) -> Result<Vec<Client>, ControlError> {
-    rows.into_iter().map(Client::try_from).collect()
+fn convert(rows: Vec<ClientRow>) -> Result<Vec<ClientRecord>, ControlError> {
+    rows.into_iter().map(ClientRecord::try_from).collect()
 }
 
 /// The joined select every client query starts from; `c` is the client.
@@ -120,7 +120,7 @@ impl ControlPlane {
         parent: Option<&ClientSlug>,
         creator_access: Option<(Uuid, bool)>,
         max_attempts: i32,
-    ) -> Result<(Client, Uuid), ControlError> {
+    ) -> Result<(ClientRecord, Uuid), ControlError> {
         let mut tx = self.pool.begin().await?;
         let parent_slug = parent.cloned().unwrap_or_else(ClientSlug::master);
         let parent_row: Option<(Uuid, String, String)> = sqlx::query_as(
@@ -219,7 +219,7 @@ impl ControlPlane {
     }
 
     /// A live (not deleted) client by slug.
-    pub async fn client_by_slug(&self, slug: &ClientSlug) -> Result<Client, ControlError> {
+    pub async fn client_by_slug(&self, slug: &ClientSlug) -> Result<ClientRecord, ControlError> {
         let row: Option<ClientRow> = sqlx::query_as(select_clients!(
             "WHERE c.slug = $1 AND c.status <> 'deleted'"
         ))
@@ -230,13 +230,16 @@ impl ControlPlane {
     }
 
     /// Any client, tombstones included.
-    pub async fn client_by_id(&self, id: Uuid) -> Result<Client, ControlError> {
+    pub async fn client_by_id(&self, id: Uuid) -> Result<ClientRecord, ControlError> {
         let mut conn = self.pool.acquire().await?;
         client_by_id_on(&mut conn, id).await
     }
 
     /// Clients ordered by (slug, id), after the filter's position. Deleted clients only when asked for.
-    pub async fn list_clients(&self, filter: &ClientFilter) -> Result<Vec<Client>, ControlError> {
+    pub async fn list_clients(
+        &self,
+        filter: &ClientFilter,
+    ) -> Result<Vec<ClientRecord>, ControlError> {
         let (after_slug, after_id) = match &filter.after {
             Some((slug, id)) => (Some(slug.as_str()), Some(*id)),
             None => (None, None),
@@ -261,7 +264,7 @@ impl ControlPlane {
     }
 
     /// Every client that is not deleted, for the CLI.
-    pub async fn all_live_clients(&self) -> Result<Vec<Client>, ControlError> {
+    pub async fn all_live_clients(&self) -> Result<Vec<ClientRecord>, ControlError> {
         let rows: Vec<ClientRow> = sqlx::query_as(select_clients!(
             "WHERE c.status <> 'deleted' ORDER BY c.kind, c.slug"
         ))
@@ -271,7 +274,11 @@ impl ControlPlane {
     }
 
     /// Renames a live client (by id: the one the caller's access was checked on).
-    pub async fn rename_client(&self, id: Uuid, name: &ClientName) -> Result<Client, ControlError> {
+    pub async fn rename_client(
+        &self,
+        id: Uuid,
+        name: &ClientName,
+    ) -> Result<ClientRecord, ControlError> {
         let mut tx = self.pool.begin().await?;
         let id: Option<Uuid> = sqlx::query_scalar(
             "UPDATE clients SET name = $2, updated_at = now()
@@ -292,7 +299,7 @@ impl ControlPlane {
         id: Uuid,
         suspend: bool,
         max_attempts: i32,
-    ) -> Result<Client, ControlError> {
+    ) -> Result<ClientRecord, ControlError> {
         let (from, to, action, allowed) = if suspend {
             ("active", "suspended", "suspend", "active")
         } else {
@@ -337,7 +344,7 @@ impl ControlPlane {
         id: Uuid,
         archive: bool,
         max_attempts: i32,
-    ) -> Result<(Client, Uuid), ControlError> {
+    ) -> Result<(ClientRecord, Uuid), ControlError> {
         let mut tx = self.pool.begin().await?;
         let client = locked_live_client(&mut tx, id).await?;
         if client.is_master() {
@@ -405,7 +412,7 @@ impl ControlPlane {
         id: Uuid,
         server_id: i64,
         db_name: &str,
-    ) -> Result<Client, ControlError> {
+    ) -> Result<ClientRecord, ControlError> {
         sqlx::query(
             "UPDATE clients SET server_id = $2, db_name = $3, updated_at = now()
              WHERE id = $1 AND server_id IS NULL",
@@ -466,7 +473,7 @@ impl ControlPlane {
 async fn locked_live_client(
     tx: &mut Transaction<'_, Postgres>,
     id: Uuid,
-) -> Result<Client, ControlError> {
+) -> Result<ClientRecord, ControlError> {
     let id: Option<Uuid> = sqlx::query_scalar(
         "SELECT id FROM clients WHERE id = $1 AND status <> 'deleted' FOR UPDATE",
     )
@@ -477,7 +484,10 @@ async fn locked_live_client(
 }
 
 /// One client by id, on a pooled connection or inside a transaction.
-async fn client_by_id_on(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<Client, ControlError> {
+async fn client_by_id_on(
+    conn: &mut sqlx::PgConnection,
+    id: Uuid,
+) -> Result<ClientRecord, ControlError> {
     let row: Option<ClientRow> = sqlx::query_as(select_clients!("WHERE c.id = $1"))
         .bind(id)
         .fetch_optional(conn)

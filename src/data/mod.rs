@@ -1,9 +1,10 @@
 //! The data plane: requests routed to a client's own database through the routing pool.
 //!
-//! Owns the DML on tenant databases (DDL is `tenant/`'s) and the route cache: slug → client record and route,
-//! kept for [`ROUTE_TTL`] so a busy tenant does not cost a control-plane query per request. A status change in this
-//! process invalidates the entry at once; in other processes it is noticed within the TTL, and PostgreSQL itself
-//! refuses a suspended tenant's role (NOLOGIN) meanwhile.
+//! Owns the DML on tenant databases (DDL is `tenant/`'s) and [`DataPlane`]: the route cache (slug → client record
+//! and route, kept for [`ROUTE_TTL`] so a busy tenant does not cost a control-plane query per request), the
+//! routing pool ([`TenantPools`]) and the tenant targets. A status change in this process invalidates the entry at
+//! once; in other processes it is noticed within the TTL, and PostgreSQL itself refuses a suspended tenant's role
+//! (NOLOGIN) meanwhile.
 //! Never: touches the control plane except through `control/` reads, or connects as anything but the tenant role.
 
 pub mod import;
@@ -20,12 +21,13 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::tokio_postgres;
 
-use crate::app::AppState;
-use crate::control::ControlError;
-use crate::control::clients::Client;
+use crate::control::clients::ClientRecord;
+use crate::control::servers::ServerRecord;
+use crate::control::{ControlError, ControlPlane};
 use crate::domain::{ClientSlug, ClientStatus, Invalid};
-use crate::provisioning::ProvisionError;
-use crate::tenant::pool::{PooledConn, RouteError, TenantRoute};
+use crate::tenant::TenantError;
+use crate::tenant::pool::{PooledConn, RouteError, TenantPools, TenantRoute};
+use crate::tenant::targets::Targets;
 
 /// Whether a caller may see personal data on a client (its `private_data` right, DESIGN.md §6). Without it,
 /// personal fields (e-mail, names, custom fields marked personal) are masked in every recipient returned, and
@@ -79,6 +81,8 @@ pub enum DataError {
     Route(#[from] RouteError),
     #[error(transparent)]
     Control(#[from] ControlError),
+    #[error(transparent)]
+    Tenant(#[from] TenantError),
     #[error("{0}")]
     Config(String),
     #[error(transparent)]
@@ -104,97 +108,121 @@ pub enum DataError {
     Query(#[from] tokio_postgres::Error),
 }
 
-impl From<ProvisionError> for DataError {
-    fn from(e: ProvisionError) -> Self {
-        match e {
-            ProvisionError::Control(e) => Self::Control(e),
-            other => Self::Config(other.to_string()),
-        }
-    }
-}
-
 /// slug → (fetched at, client, route once placed); shared, so a hit costs two reference counts, not copies.
-type Routed = (Instant, Arc<Client>, Option<Arc<TenantRoute>>);
+type Routed = (Instant, Arc<ClientRecord>, Option<Arc<TenantRoute>>);
 
 #[derive(Default)]
-pub struct RouteCache {
+struct RouteCache {
     entries: Mutex<HashMap<String, Routed>>,
 }
 
 impl RouteCache {
-    pub fn invalidate(&self, slug: &str) {
-        self.lock().remove(slug);
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Routed>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// Tells the data plane of this process that a client's status changed: its cached route is forgotten, and
-/// unless it is active its pooled connections are closed. Other processes notice within [`ROUTE_TTL`]; meanwhile
-/// PostgreSQL refuses the role (the access job's NOLOGIN and `pg_terminate_backend`) or the database is dropped
-/// `WITH (FORCE)` by the deletion job.
-pub fn status_changed(state: &AppState, client: &Client) {
-    state.routes().invalidate(&client.slug);
-    if client.status != ClientStatus::Active {
-        state.router().close_tenant(client.id);
-    }
+/// The data plane of one process: route cache, routing pool and tenant targets. Cheap to clone.
+#[derive(Clone)]
+pub struct DataPlane {
+    control: ControlPlane,
+    targets: Targets,
+    pools: TenantPools,
+    routes: Arc<RouteCache>,
 }
 
-/// A connection to an active client's database, as its own role.
-pub async fn connect(
-    state: &AppState,
-    slug: &ClientSlug,
-) -> Result<(Arc<Client>, PooledConn), DataError> {
-    let (client, route) = route(state, slug).await?;
-    if client.status != ClientStatus::Active {
-        return Err(DataError::ClientNotActive(client.status));
-    }
-    let conn = state.router().acquire(&route).await?;
-    Ok((client, conn))
-}
-
-/// A live client by slug, from the route cache (the access check of every client-scoped request uses this).
-pub async fn client(state: &AppState, slug: &ClientSlug) -> Result<Arc<Client>, DataError> {
-    Ok(lookup(state, slug).await?.1)
-}
-
-async fn route(
-    state: &AppState,
-    slug: &ClientSlug,
-) -> Result<(Arc<Client>, Arc<TenantRoute>), DataError> {
-    match lookup(state, slug).await? {
-        (_, client, Some(route)) => Ok((client, route)),
-        (_, client, None) => Err(DataError::ClientNotActive(client.status)),
-    }
-}
-
-async fn lookup(state: &AppState, slug: &ClientSlug) -> Result<Routed, DataError> {
-    let cache = state.routes();
-    if let Some(entry) = cache.lock().get(slug.as_str())
-        && entry.0.elapsed() < ROUTE_TTL
-    {
-        return Ok(entry.clone());
-    }
-    let client = match state.control().client_by_slug(slug).await {
-        Ok(client) => client,
-        Err(ControlError::NotFound) => return Err(DataError::NotFound),
-        Err(e) => return Err(e.into()),
-    };
-    let route = match client.server_id {
-        Some(server_id) => {
-            let server = state.control().server(server_id).await?;
-            let target = state.provisioner().tenant_target(&server, client.id)?;
-            Some(Arc::new(TenantRoute {
-                client_id: client.id,
-                server_id,
-                target,
-            }))
+impl DataPlane {
+    pub fn new(control: ControlPlane, targets: Targets, pools: TenantPools) -> Self {
+        Self {
+            control,
+            targets,
+            pools,
+            routes: Arc::default(),
         }
-        None => None,
-    };
-    let entry = (Instant::now(), Arc::new(client), route);
-    cache.lock().insert(slug.as_str().to_owned(), entry.clone());
-    Ok(entry)
+    }
+
+    /// The routing pool to tenant databases.
+    pub fn pools(&self) -> &TenantPools {
+        &self.pools
+    }
+
+    /// Where tenants live and how they connect.
+    pub fn targets(&self) -> &Targets {
+        &self.targets
+    }
+
+    /// A route to a client's database on `server`, as its own role.
+    pub fn route(
+        &self,
+        server: &ServerRecord,
+        client_id: uuid::Uuid,
+    ) -> Result<TenantRoute, TenantError> {
+        Ok(TenantRoute {
+            client_id,
+            server_id: server.id,
+            target: self.targets.tenant(server, client_id)?,
+        })
+    }
+
+    /// Forgets a cached route.
+    pub fn invalidate(&self, slug: &str) {
+        self.routes.lock().remove(slug);
+    }
+
+    /// Tells the data plane of this process that a client's status changed: its cached route is forgotten, and
+    /// unless it is active its pooled connections are closed. Other processes notice within [`ROUTE_TTL`];
+    /// meanwhile PostgreSQL refuses the role (the access job's NOLOGIN and `pg_terminate_backend`) or the
+    /// database is dropped `WITH (FORCE)` by the deletion job.
+    pub fn status_changed(&self, client: &ClientRecord) {
+        self.invalidate(&client.slug);
+        if client.status != ClientStatus::Active {
+            self.pools.close_tenant(client.id);
+        }
+    }
+
+    /// A connection to an active client's database, as its own role.
+    pub async fn connect(
+        &self,
+        slug: &ClientSlug,
+    ) -> Result<(Arc<ClientRecord>, PooledConn), DataError> {
+        let (client, route) = match self.lookup(slug).await? {
+            (_, client, Some(route)) => (client, route),
+            (_, client, None) => return Err(DataError::ClientNotActive(client.status)),
+        };
+        if client.status != ClientStatus::Active {
+            return Err(DataError::ClientNotActive(client.status));
+        }
+        let conn = self.pools.acquire(&route).await?;
+        Ok((client, conn))
+    }
+
+    /// A live client by slug, from the route cache (the access check of every client-scoped request uses this).
+    pub async fn client(&self, slug: &ClientSlug) -> Result<Arc<ClientRecord>, DataError> {
+        Ok(self.lookup(slug).await?.1)
+    }
+
+    async fn lookup(&self, slug: &ClientSlug) -> Result<Routed, DataError> {
+        if let Some(entry) = self.routes.lock().get(slug.as_str())
+            && entry.0.elapsed() < ROUTE_TTL
+        {
+            return Ok(entry.clone());
+        }
+        let client = match self.control.client_by_slug(slug).await {
+            Ok(client) => client,
+            Err(ControlError::NotFound) => return Err(DataError::NotFound),
+            Err(e) => return Err(e.into()),
+        };
+        let route = match client.server_id {
+            Some(server_id) => {
+                let server = self.control.server(server_id).await?;
+                Some(Arc::new(self.route(&server, client.id)?))
+            }
+            None => None,
+        };
+        let entry = (Instant::now(), Arc::new(client), route);
+        self.routes
+            .lock()
+            .insert(slug.as_str().to_owned(), entry.clone());
+        Ok(entry)
+    }
 }

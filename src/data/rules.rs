@@ -76,7 +76,7 @@ pub fn equalities(filters: &[(String, String)], schema: &Schema) -> Result<Compi
         let condition = if value.is_null() {
             serde_json::json!({"field": name, "op": "is_null"})
         } else {
-            serde_json::json!({"field": name, "op": "eq", "value": crate::tenant::fields::to_json(&value)})
+            serde_json::json!({"field": name, "op": "eq", "value": value.to_json()})
         };
         conditions.push(condition);
     }

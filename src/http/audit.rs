@@ -10,10 +10,10 @@ use super::auth::Caller;
 use super::cursor::{self, Page};
 use super::error::{ApiError, ErrorBody};
 use super::extract::ApiQuery;
-use crate::access::{Permission, Username};
 use crate::app::AppState;
 use crate::control::access::{AuditFilter, AuditRecord};
 use crate::domain::ClientSlug;
+use crate::domain::rights::{Permission, Username};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AuditView {

@@ -33,12 +33,12 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::path_slug;
-use crate::access::{Denied, Grant, Permission, Principal, bearer_token};
 use crate::app::AppState;
 use crate::control::access::AuditEntry;
-use crate::control::clients::Client;
-use crate::data::{self, DataError};
+use crate::control::clients::ClientRecord;
+use crate::data::DataError;
 use crate::domain::ClientSlug;
+use crate::domain::rights::{Denied, Grant, Permission, Principal, bearer_token};
 
 /// What a route needs (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,7 +263,7 @@ pub struct Caller(pub Arc<Principal>);
 /// The client of a `Client`/`Master` route, checked, with the caller's access to it.
 #[derive(Clone)]
 pub struct ClientScope {
-    pub client: Arc<Client>,
+    pub client: Arc<ClientRecord>,
     pub grant: Grant,
 }
 
@@ -274,9 +274,9 @@ impl ClientScope {
     pub async fn connect(
         &self,
         state: &AppState,
-    ) -> Result<(Arc<Client>, crate::tenant::pool::PooledConn), DataError> {
+    ) -> Result<(Arc<ClientRecord>, crate::tenant::pool::PooledConn), DataError> {
         let slug = ClientSlug::parse(&self.client.slug).map_err(|_| DataError::NotFound)?;
-        let (client, conn) = data::connect(state, &slug).await?;
+        let (client, conn) = state.data().connect(&slug).await?;
         if client.id != self.client.id {
             return Err(DataError::NotFound);
         }
@@ -517,7 +517,7 @@ async fn audit_outcome(
     record(state, entry, outcome.status.as_u16()).await;
 }
 
-type Refusal = (ApiError, Option<Arc<Client>>);
+type Refusal = (ApiError, Option<Arc<ClientRecord>>);
 
 /// `{"error": "<code>"}` of an error response.
 fn error_detail(response: &Response) -> Option<serde_json::Value> {
@@ -576,8 +576,8 @@ async fn check(
 }
 
 /// A live client by slug from the route cache; one that does not exist is the generic 404.
-pub async fn resolve(state: &AppState, slug: &ClientSlug) -> Result<Arc<Client>, ApiError> {
-    match data::client(state, slug).await {
+pub async fn resolve(state: &AppState, slug: &ClientSlug) -> Result<Arc<ClientRecord>, ApiError> {
+    match state.data().client(slug).await {
         Ok(client) => Ok(client),
         Err(DataError::NotFound) => Err(ApiError::not_found()),
         Err(e) => Err(e.into()),

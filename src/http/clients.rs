@@ -14,9 +14,9 @@ use super::auth::{AuditNote, Caller, ClientScope, denial};
 use super::cursor::{self, Page};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiQuery};
-use crate::access::{Denied, Permission, Rights};
 use crate::app::AppState;
-use crate::control::clients::{Client, ClientFilter};
+use crate::control::clients::{ClientFilter, ClientRecord};
+use crate::domain::rights::{Denied, Permission, Rights};
 use crate::domain::{ClientName, ClientSlug, ClientStatus};
 use crate::tenant::migrate::latest_version;
 
@@ -47,7 +47,7 @@ pub struct ClientView {
 
 impl ClientView {
     /// The client as `rights` may see it: a parent the caller cannot see is not named.
-    fn new(client: Client, operation: Option<Uuid>, rights: &Rights) -> Self {
+    fn new(client: ClientRecord, operation: Option<Uuid>, rights: &Rights) -> Self {
         let parent_visible = client
             .parent_id
             .is_some_and(|p| rights.grant(p).is_visible());
@@ -142,7 +142,7 @@ pub async fn create(
         None => ClientSlug::master(),
     };
     // Creating under a parent needs full access to it; an invisible parent is one that does not exist.
-    let parent_client = match crate::data::client(&state, &parent).await {
+    let parent_client = match state.data().client(&parent).await {
         Ok(client) => client,
         Err(crate::data::DataError::NotFound) => return Err(unknown_parent()),
         Err(e) => return Err(e.into()),
@@ -208,7 +208,7 @@ pub async fn list(
     let after = params.cursor.as_deref().map(decode_cursor).transpose()?;
     // A parent the caller cannot see filters like one that does not exist (its children are not confirmed).
     if let Some(parent) = &parent {
-        let visible = match crate::data::client(&state, parent).await {
+        let visible = match state.data().client(parent).await {
             Ok(client) => caller.rights.grant(client.id).is_visible(),
             Err(crate::data::DataError::NotFound) => false,
             Err(e) => return Err(e.into()),
@@ -321,7 +321,7 @@ async fn set_suspended(
         .control()
         .set_suspended(scope.client.id, suspend, max_attempts(&state))
         .await?;
-    crate::data::status_changed(&state, &client);
+    state.data().status_changed(&client);
     tracing::info!(client = %client.slug, status = client.status.as_str(), "client status changed");
     Ok(Json(ClientView::new(client, None, &caller.rights)))
 }
@@ -345,7 +345,7 @@ pub async fn delete(
         .control()
         .request_delete(scope.client.id, archive, max_attempts(&state))
         .await?;
-    crate::data::status_changed(&state, &client);
+    state.data().status_changed(&client);
     tracing::info!(client = %client.slug, %operation, archive, "client deletion requested");
     Ok((
         StatusCode::ACCEPTED,

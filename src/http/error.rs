@@ -5,6 +5,7 @@
 //! wrong method, body too large, panics) are rewritten into the same shape by [`normalize`]. A 5xx is logged with
 //! its full cause; its response carries only a generic sentence, never SQL or a stack trace.
 
+use crate::telemetry::error_chain;
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -335,18 +336,6 @@ impl From<DataError> for ApiError {
             }
         }
     }
-}
-
-/// `e: cause: cause ...`, for logs.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// Rewrites any error response that is not already JSON (from axum's rejections, the body limit, a caught

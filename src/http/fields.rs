@@ -14,15 +14,14 @@ use super::auth::{Caller, ClientScope};
 use super::cursor::{self, Page};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiQuery};
-use crate::access::Rights;
 use crate::app::AppState;
 use crate::control::ControlError;
-use crate::control::clients::Client;
+use crate::control::clients::ClientRecord;
 use crate::control::fields::{FieldRecord, FieldStatusRow, NewField};
 use crate::data::DataError;
 use crate::data::schema::{Field, FieldType, Origin, Schema};
+use crate::domain::rights::Rights;
 use crate::domain::{ClientSlug, ClientStatus, FieldName, Invalid, STANDARD_FIELDS};
-use crate::tenant::fields::to_json;
 
 const TYPES: [&str; 6] = ["text", "integer", "number", "boolean", "date", "timestamp"];
 const TEXT_MAX: i32 = 4000;
@@ -145,7 +144,7 @@ fn validate(body: &CreateField) -> Result<NewField, ApiError> {
             let value = Field::custom(name.as_str(), ty, body.personal)
                 .parse_json(json)
                 .map_err(|e| invalid("default", e))?;
-            (!value.is_null()).then(|| to_json(&value))
+            (!value.is_null()).then(|| value.to_json())
         }
     };
     if body.required && default.is_none() {
@@ -228,7 +227,7 @@ async fn taken_by_clients(state: &AppState, rights: &Rights, slugs: Vec<String>)
         let Ok(parsed) = ClientSlug::parse(&slug) else {
             continue;
         };
-        if let Ok(client) = crate::data::client(state, &parsed).await
+        if let Ok(client) = state.data().client(&parsed).await
             && rights.grant(client.id).is_visible()
         {
             shown.push(slug);
@@ -342,7 +341,10 @@ pub async fn delete_central(
 }
 
 /// The client, if its database takes field changes (active or suspended).
-async fn client_with_database(state: &AppState, scope: &ClientScope) -> Result<Client, ApiError> {
+async fn client_with_database(
+    state: &AppState,
+    scope: &ClientScope,
+) -> Result<ClientRecord, ApiError> {
     // By the id the access check found (a slug could have been freed and reused since).
     let client = state.control().client_by_id(scope.client.id).await?;
     if !matches!(
@@ -356,15 +358,15 @@ async fn client_with_database(state: &AppState, scope: &ClientScope) -> Result<C
 
 /// Applies the client's desired fields now; on failure (its database unreachable, a lock held too long) leaves
 /// them pending for the reconciler. Returns whether they were applied.
-async fn apply_now(state: &AppState, client: &Client) -> Result<bool, ApiError> {
+async fn apply_now(state: &AppState, client: &ClientRecord) -> Result<bool, ApiError> {
     let server_id = client
         .server_id
         .ok_or(DataError::ClientNotActive(client.status))?;
     let server = state.control().server(server_id).await?;
-    match state.provisioner().apply_fields(client.id, &server).await {
+    match state.fanout().apply_fields(client.id, &server).await {
         Ok(_) => Ok(true),
         Err(e) => {
-            tracing::warn!(client = %client.slug, error = %super::error::error_chain(&e),
+            tracing::warn!(client = %client.slug, error = %crate::telemetry::error_chain(&e),
                 "could not apply the client's fields now; left to the reconciler");
             let max_attempts = i32::from(state.settings().workers.max_attempts);
             state
@@ -464,7 +466,11 @@ pub async fn create_client(
 }
 
 /// Why a client cannot change or drop `name`: it is standard or central (409), or unknown (404).
-async fn own_field(state: &AppState, client: &Client, name: &str) -> Result<FieldRecord, ApiError> {
+async fn own_field(
+    state: &AppState,
+    client: &ClientRecord,
+    name: &str,
+) -> Result<FieldRecord, ApiError> {
     if STANDARD_FIELDS.contains(&name) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -11,33 +11,8 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, State};
 use axum::http::{Method, header};
 use axum::response::{IntoResponse, Response};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::app::AppState;
-
-/// Latency buckets in seconds: from a warm query (~1 ms) to the request timeout.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
-
-/// The process-wide recorder. `metrics` allows one global recorder, so every `App` in a process (tests start
-/// many) shares it.
-pub fn recorder() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-                .unwrap_or_else(|_| PrometheusBuilder::new());
-            match builder.install_recorder() {
-                Ok(handle) => handle,
-                // Another recorder is installed (only possible if an embedding program set one): render ours
-                // unattached rather than fail the start.
-                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
-            }
-        })
-        .clone()
-}
 
 /// Counts and times one request (called by the route middleware, `auth::guard`). Metric handles are registered
 /// once per (method, route, status) and then reused: a registry lookup with freshly allocated labels on every
@@ -86,7 +61,7 @@ fn handles(method: &Method, route: &str, status: u16) -> Handles {
 #[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    state.router().publish_metrics();
+    state.pools().publish_metrics();
     let handle = state.metrics();
     handle.run_upkeep();
     (

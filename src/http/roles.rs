@@ -11,10 +11,10 @@ use utoipa::ToSchema;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::extract::ApiJson;
-use crate::access::{Permission, Permissions, Principal, parse_role_name};
 use crate::app::AppState;
 use crate::control::access::RoleRecord;
 use crate::domain::optional_text;
+use crate::domain::rights::{Permission, Permissions, Principal, parse_role_name};
 
 const DESCRIPTION_MAX: usize = 500;
 

@@ -2,7 +2,7 @@
 //!
 //! A user is visible to callers who can see its home client (and to itself). Managing a user (changing,
 //! disabling, deleting it, its tokens and access) needs `users.manage`, full access to its home client, and that
-//! the caller [dominates](crate::access::Rights::dominates) it: nobody can act for someone who holds more. A user
+//! the caller [dominates](crate::domain::rights::Rights::dominates) it: nobody can act for someone who holds more. A user
 //! manages its own tokens; nobody edits its own roles, access or status.
 
 use std::sync::Arc;
@@ -20,10 +20,10 @@ use super::auth::{AuditNote, Caller, denial};
 use super::cursor::{self, Page};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiQuery, path_slug};
-use crate::access::{Denied, Grant, Level, Principal, Username, new_token, token_hash};
 use crate::app::AppState;
 use crate::control::access::{AccessRow, NewUser, TokenMeta, UserChange, UserFilter, UserRecord};
-use crate::control::clients::Client;
+use crate::control::clients::ClientRecord;
+use crate::domain::rights::{Denied, Grant, Level, Principal, Username, new_token, token_hash};
 use crate::domain::{ClientSlug, optional_text};
 
 /// Longest display name and token name.
@@ -206,7 +206,10 @@ async fn check_manage(
     }
     caller
         .rights
-        .authorize(user.home_client_id, crate::access::Permission::UsersManage)
+        .authorize(
+            user.home_client_id,
+            crate::domain::rights::Permission::UsersManage,
+        )
         .map_err(denial)?;
     let theirs = state.control().user_rights(user.id).await?;
     if caller.rights.dominates(&theirs) {
@@ -253,7 +256,7 @@ async fn visible_client(
     state: &AppState,
     caller: &Principal,
     slug: &ClientSlug,
-) -> Result<Arc<Client>, ApiError> {
+) -> Result<Arc<ClientRecord>, ApiError> {
     let client = super::auth::resolve(state, slug).await?;
     if caller.rights.grant(client.id).is_visible() {
         Ok(client)
@@ -285,7 +288,7 @@ pub async fn me(
         .ok_or_else(ApiError::not_found)?;
     let rights = &caller.rights;
     let permissions = if rights.master_admin {
-        crate::access::Permissions::all().names()
+        crate::domain::rights::Permissions::all().names()
     } else {
         rights.permissions.names()
     };
@@ -377,7 +380,7 @@ pub async fn create(
     };
     caller
         .rights
-        .authorize(home.id, crate::access::Permission::UsersManage)
+        .authorize(home.id, crate::domain::rights::Permission::UsersManage)
         .map_err(denial)?;
     check_roles(&state, &caller, &body.roles).await?;
     let user = state
@@ -490,7 +493,10 @@ async fn token_owner(
     let user = visible_user(state, caller, username).await?;
     if user.id != caller.user_id {
         // Without users.read, other users do not exist for the caller (no 403 that confirms one).
-        if !caller.rights.can(crate::access::Permission::UsersRead) {
+        if !caller
+            .rights
+            .can(crate::domain::rights::Permission::UsersRead)
+        {
             return Err(ApiError::not_found());
         }
         check_manage(state, caller, &user).await?;
@@ -630,7 +636,9 @@ async fn change_access(
     check_manage(state, caller, &user).await?;
     if !caller.rights.may_grant(client.id, grant) {
         return Err(if caller.rights.grant(client.id).level < Level::Full {
-            denial(Denied::ReadOnly(crate::access::Permission::UsersManage))
+            denial(Denied::ReadOnly(
+                crate::domain::rights::Permission::UsersManage,
+            ))
         } else {
             escalation(
                 "You cannot pass on the private-data right on this client: you do not have it.",

@@ -5,13 +5,7 @@ use deadpool_postgres::tokio_postgres::Client;
 use deadpool_postgres::tokio_postgres::error::SqlState;
 
 use super::TenantError;
-use crate::config::Secret;
-use crate::db::PgTarget;
-
-/// Quotes an SQL identifier: wraps it in double quotes and doubles any inside.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
+use crate::db::{PgTarget, Secret, quote_ident, quote_literal};
 
 /// Makes sure the database `target` names exists, creating it through the same server's `postgres` database
 /// when it does not. Returns true if it was created. Safe to run from several processes at once.
@@ -49,20 +43,6 @@ pub async fn ensure_database(target: &PgTarget) -> Result<bool, TenantError> {
             target.dbname()
         ))(e)),
     }
-}
-
-/// Quotes an SQL string literal (for the few utility statements that cannot take bind parameters).
-pub fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
-}
-
-/// A stable advisory-lock key for a name (the first 8 bytes of its SHA-256).
-pub fn lock_key(name: &str) -> i64 {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(name.as_bytes());
-    let mut bytes = [0u8; 8];
-    bytes.copy_from_slice(&digest[..8]);
-    i64::from_be_bytes(bytes)
 }
 
 /// Opens an admin connection to the server's maintenance database.
@@ -259,28 +239,6 @@ pub async fn drop_role(admin: &Client, role: &str) -> Result<(), TenantError> {
         .batch_execute(&sql)
         .await
         .map_err(TenantError::postgres(format!("dropping role {role}")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quote_literal_doubles_embedded_quotes() {
-        assert_eq!(quote_literal("it's"), "'it''s'");
-    }
-
-    #[test]
-    fn lock_keys_are_stable_and_distinct() {
-        assert_eq!(lock_key("a"), lock_key("a"));
-        assert_ne!(lock_key("a"), lock_key("b"));
-    }
-
-    #[test]
-    fn quote_ident_doubles_embedded_quotes() {
-        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
-        assert_eq!(quote_ident("plain"), "\"plain\"");
-    }
 }
 
 #[cfg(test)]

@@ -9,9 +9,9 @@ use chrono::SecondsFormat;
 use deadpool_postgres::tokio_postgres::SimpleQueryMessage;
 
 use super::TenantError;
-use super::cluster::{quote_ident, quote_literal};
-use crate::data::schema::{FieldType, Value};
 use crate::db::PgTarget;
+use crate::db::{lock_key, quote_ident, quote_literal};
+use crate::domain::field::{FieldType, Value};
 
 /// One field as the tenant database should have it.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,19 +72,6 @@ pub fn literal(value: &Value) -> Option<String> {
     })
 }
 
-/// The value as JSON, for the catalogue's `default_value`.
-pub fn to_json(value: &Value) -> serde_json::Value {
-    match value {
-        Value::Null => serde_json::Value::Null,
-        Value::Text(s) => s.clone().into(),
-        Value::Integer(v) => (*v).into(),
-        Value::Number(v) => (*v).into(),
-        Value::Boolean(v) => (*v).into(),
-        Value::Date(d) => d.format("%Y-%m-%d").to_string().into(),
-        Value::Timestamp(t) => t.to_rfc3339_opts(SecondsFormat::AutoSi, true).into(),
-    }
-}
-
 /// What [`reconcile`] changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reconciled {
@@ -121,7 +108,7 @@ pub async fn reconcile(
         .batch_execute(&format!(
             "SET ROLE {}; SET lock_timeout = '{LOCK_TIMEOUT}'; BEGIN; SELECT pg_advisory_xact_lock({})",
             quote_ident(run_as),
-            super::cluster::lock_key("mandant.fields")
+            lock_key("mandant.fields")
         ))
         .await
         .map_err(err)?;
@@ -185,7 +172,7 @@ pub async fn reconcile(
         }
         // IF NOT EXISTS: a column left by hand without its catalogue row is adopted, not an error.
         let default = want.default.as_ref().map_or("NULL".into(), |v| {
-            format!("{}::jsonb", quote_literal(&to_json(v).to_string()))
+            format!("{}::jsonb", quote_literal(&v.to_json().to_string()))
         });
         batch.push_str(&format!(
             "ALTER TABLE recipients ADD COLUMN IF NOT EXISTS {};

@@ -12,8 +12,8 @@ use refinery::Migration;
 use refinery::Runner;
 
 use super::TenantError;
-use super::cluster::quote_ident;
 use crate::db::PgTarget;
+use crate::db::quote_ident;
 
 mod embedded {
     refinery::embed_migrations!("tenant_migrations");

@@ -1,15 +1,18 @@
-//! Tenant databases: cluster-level DDL (databases, roles), the tenant migrations, the template database and the
-//! routing pool.
+//! Tenant databases: cluster-level DDL (databases, roles), the tenant migrations, the template database, the
+//! custom-field DDL, where each tenant lives and its credentials (`targets.rs`, `credentials.rs`), and the
+//! routing pool (`pool.rs`, [`pool::TenantPools`]).
 //!
 //! Owns every statement that creates, alters or drops a database or role on a database server. Identifiers are
-//! validated by the caller's newtypes and quoted here with [`cluster::quote_ident`]; values are bound parameters.
-//! Never: touches the control plane (that is `control/`).
+//! validated by the caller's newtypes and quoted here with [`crate::db::quote_ident`]; values are bound parameters.
+//! Never: queries the control plane (that is `control/`; only its record types are read here).
 
 pub mod cluster;
+pub mod credentials;
 pub mod fields;
 pub mod migrate;
 pub mod pool;
-pub mod template;
+pub mod targets;
+pub mod template_db;
 
 use deadpool_postgres::tokio_postgres;
 
@@ -25,6 +28,8 @@ pub enum TenantError {
     },
     #[error("{context}: {message}")]
     Migration { context: String, message: String },
+    #[error("database server {0}: its admin URL is not valid: {1}")]
+    BadServer(String, String),
 }
 
 impl TenantError {
@@ -37,7 +42,7 @@ impl TenantError {
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
             Self::Postgres { source, .. } => source.code().map(|c| c.code()),
-            Self::Migration { .. } => None,
+            Self::Migration { .. } | Self::BadServer(..) => None,
         }
     }
 }

@@ -17,8 +17,8 @@
 //! - **Fast failure.** Connection errors are classified by SQLSTATE; a tenant whose database is missing, whose
 //!   role is refused or whose server is down is remembered as broken for a cooldown and fails in microseconds
 //!   without touching the budget, so it never evicts healthy tenants' connections.
-//! - **Hygiene.** Idle TTL and max lifetime (with jitter) are enforced by [`Router::collect_garbage`]; pools idle for
-//!   long are dropped; [`Router::close_tenant`] drains a suspended or deleted tenant's pool.
+//! - **Hygiene.** Idle TTL and max lifetime (with jitter) are enforced by [`TenantPools::collect_garbage`]; pools idle for
+//!   long are dropped; [`TenantPools::close_tenant`] drains a suspended or deleted tenant's pool.
 //!
 //! Never: queries the control plane (callers pass a [`TenantRoute`]), or connects as anything but the tenant's own
 //! role.
@@ -36,6 +36,7 @@ use deadpool_postgres::tokio_postgres::{self, NoTls};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use uuid::Uuid;
 
+use crate::config::RoutingSettings;
 use crate::db::{PgTarget, describe_pg_error};
 
 /// How long a connection-less tenant waits for a freed permit before looking for idle connections again.
@@ -48,7 +49,7 @@ const STALE_IDLE: Duration = Duration::from_secs(1);
 
 /// Limits and timings of the routing pool.
 #[derive(Debug, Clone)]
-pub struct RouterSettings {
+pub struct PoolSettings {
     /// Connections one mandant process may hold to one database server, all tenants together.
     pub budget_per_server: usize,
     /// Connections one tenant may hold.
@@ -69,7 +70,7 @@ pub struct RouterSettings {
     pub fair_share_hold: Duration,
 }
 
-impl Default for RouterSettings {
+impl Default for PoolSettings {
     fn default() -> Self {
         Self {
             budget_per_server: 40,
@@ -81,6 +82,22 @@ impl Default for RouterSettings {
             breaker_cooldown: Duration::from_secs(2),
             pool_idle_drop: Duration::from_secs(600),
             fair_share_hold: Duration::from_secs(10),
+        }
+    }
+}
+
+impl From<&RoutingSettings> for PoolSettings {
+    fn from(s: &RoutingSettings) -> Self {
+        Self {
+            budget_per_server: s.budget_per_server,
+            per_tenant_cap: s.per_tenant_cap,
+            max_waiters_per_tenant: s.max_waiters_per_tenant,
+            acquire_timeout: Duration::from_millis(s.acquire_timeout_ms),
+            idle_ttl: Duration::from_secs(s.idle_ttl_secs),
+            max_lifetime: Duration::from_secs(s.max_lifetime_secs),
+            breaker_cooldown: Duration::from_millis(s.breaker_cooldown_ms),
+            pool_idle_drop: Duration::from_secs(s.pool_idle_drop_secs),
+            fair_share_hold: Duration::from_secs(s.fair_share_hold_secs),
         }
     }
 }
@@ -157,7 +174,7 @@ impl TenantConn {
 }
 
 /// A checked-out connection; returns to its tenant's pool on drop and wakes one request of the same tenant
-/// that is waiting for it (see [`Router::acquire`]).
+/// that is waiting for it (see [`TenantPools::acquire`]).
 pub struct PooledConn {
     conn: Option<Object<TenantManager>>,
     /// The tenant's cap (see [`TenantPool::gate`]), held while the connection is out.
@@ -216,7 +233,7 @@ pub struct TenantManager {
     config: tokio_postgres::Config,
     budget: Arc<ServerBudget>,
     router: Weak<Inner>,
-    settings: RouterSettings,
+    settings: PoolSettings,
 }
 
 impl std::fmt::Debug for TenantManager {
@@ -338,7 +355,7 @@ struct TenantPool {
 
 /// Counters since the router was built (for benchmarks and tests; `/metrics` has the same as counters).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RouterStats {
+pub struct PoolStats {
     /// Acquires served by a connection that already existed.
     pub warm: u64,
     /// Acquires that had to open a connection.
@@ -349,7 +366,7 @@ pub struct RouterStats {
     pub own_waits: u64,
 }
 
-impl RouterStats {
+impl PoolStats {
     /// Warm acquires over all successful acquires.
     pub fn hit_ratio(&self) -> f64 {
         let total = self.warm + self.cold;
@@ -370,7 +387,7 @@ struct Handles {
 }
 
 struct Inner {
-    settings: RouterSettings,
+    settings: PoolSettings,
     /// Registered on first use, after the process installed its recorder.
     handles: std::sync::OnceLock<Handles>,
     warm: AtomicU64,
@@ -390,12 +407,12 @@ pub struct BudgetStatus {
 
 /// The routing pool; cheap to clone.
 #[derive(Clone)]
-pub struct Router {
+pub struct TenantPools {
     inner: Arc<Inner>,
 }
 
-impl Router {
-    pub fn new(settings: RouterSettings) -> Self {
+impl TenantPools {
+    pub fn new(settings: PoolSettings) -> Self {
         Self {
             inner: Arc::new(Inner {
                 settings,
@@ -542,8 +559,8 @@ impl Router {
     }
 
     /// Counters since the router was built.
-    pub fn stats(&self) -> RouterStats {
-        RouterStats {
+    pub fn stats(&self) -> PoolStats {
+        PoolStats {
             warm: self.inner.warm.load(Ordering::Relaxed),
             cold: self.inner.cold.load(Ordering::Relaxed),
             evictions: self.inner.evictions.load(Ordering::Relaxed),

@@ -16,9 +16,12 @@ use crate::app::AppState;
 use crate::config::WorkerSettings;
 use crate::control::jobs::{AfterFailure, Job, JobKind};
 use crate::control::{ControlError, ControlPlane, JOBS_CHANNEL};
-use crate::http::error::error_chain;
-use crate::provisioning::{Faults, ProvisionError, Provisioner};
+use crate::fanout::FanOut;
+#[cfg(feature = "testing")]
+use crate::provisioning::Faults;
+use crate::provisioning::{ProvisionError, Provisioner};
 use crate::shutdown::{CancellationToken, TaskTracker};
+use crate::telemetry::error_chain;
 
 /// What one tick did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +43,7 @@ pub enum Tick {
         error: String,
     },
     /// Test fault injection: the job stopped as if the process had died.
+    #[cfg(feature = "testing")]
     Crashed {
         job: Uuid,
     },
@@ -57,8 +61,7 @@ pub enum Tick {
 pub struct JobRunner {
     control: ControlPlane,
     provisioner: Provisioner,
-    /// Template sync goes through the routing pool.
-    router: crate::tenant::pool::Router,
+    fanout: FanOut,
     settings: WorkerSettings,
     worker_id: String,
     cancel: CancellationToken,
@@ -84,7 +87,7 @@ impl JobRunner {
         Self {
             control: state.control().clone(),
             provisioner: state.provisioner().clone(),
-            router: state.router().clone(),
+            fanout: state.fanout().clone(),
             settings: state.settings().workers.clone(),
             worker_id: worker_id.into(),
             cancel: CancellationToken::new(),
@@ -95,6 +98,7 @@ impl JobRunner {
         }
     }
 
+    #[cfg(feature = "testing")]
     pub fn with_faults(mut self, faults: Faults) -> Self {
         self.provisioner = self.provisioner.with_faults(faults);
         self
@@ -170,12 +174,9 @@ impl JobRunner {
 
     /// Runs a claimed job beside its heartbeat and records the outcome.
     async fn run(&self, job: Job) -> Result<Tick, ControlError> {
-        let provisioner = self.provisioner.clone();
-        let router = self.router.clone();
-        let settings = self.settings.clone();
+        let (provisioner, fanout) = (self.provisioner.clone(), self.fanout.clone());
         let owned = job.clone();
-        let mut task =
-            tokio::spawn(async move { execute(&provisioner, &router, &settings, &owned).await });
+        let mut task = tokio::spawn(async move { execute(&provisioner, &fanout, &owned).await });
         let outcome = tokio::select! {
             joined = &mut task => match joined {
                 Ok(outcome) => outcome,
@@ -204,6 +205,7 @@ impl JobRunner {
                     Ok(Tick::LostClaim { job: job.id })
                 }
             }
+            #[cfg(feature = "testing")]
             Err(ProvisionError::SimulatedCrash(_)) => Ok(Tick::Crashed { job: job.id }),
             Err(ProvisionError::LostClaim) => Ok(Tick::LostClaim { job: job.id }),
             Err(e) => self.record_failure(&job, e).await,
@@ -252,35 +254,21 @@ impl JobRunner {
     }
 }
 
+/// Runs one job by its kind: lifecycle jobs by the provisioner, fan-out jobs by the fan-out.
 async fn execute(
     provisioner: &Provisioner,
-    router: &crate::tenant::pool::Router,
-    settings: &WorkerSettings,
+    fanout: &FanOut,
     job: &Job,
 ) -> Result<Option<serde_json::Value>, ProvisionError> {
-    match job.kind {
-        JobKind::PropagateFields => {
-            provisioner
-                .propagate_fields(
-                    usize::from(settings.fanout_concurrency),
-                    i32::from(settings.max_attempts),
-                )
-                .await
-        }
-        JobKind::PublishTemplates => crate::sync::publish_templates(
-            provisioner,
-            router,
-            usize::from(settings.fanout_concurrency),
-            i32::from(settings.max_attempts),
-        )
-        .await
-        .map(Some),
-        JobKind::SyncTemplates => provisioner.sync_templates(router, job).await,
-        JobKind::ProvisionClient => provisioner.provision(job).await.map(|()| None),
-        JobKind::DeleteClient => provisioner.delete(job).await,
-        JobKind::SyncAccess => provisioner.sync_access(job).await.map(|()| None),
-        JobKind::ReconcileFields => provisioner.reconcile_fields(job).await,
-    }
+    Ok(match job.kind {
+        JobKind::PropagateFields => fanout.propagate_fields().await?,
+        JobKind::PublishTemplates => fanout.publish_templates().await?,
+        JobKind::SyncTemplates => fanout.sync_templates(job).await?,
+        JobKind::ReconcileFields => fanout.reconcile_fields(job).await?,
+        JobKind::ProvisionClient => provisioner.provision(job).await.map(|()| None)?,
+        JobKind::DeleteClient => provisioner.delete(job).await?,
+        JobKind::SyncAccess => provisioner.sync_access(job).await.map(|()| None)?,
+    })
 }
 
 /// Starts `workers.concurrency` job loops and one NOTIFY listener on `tasks`, all stopped by `cancel`.

@@ -1473,7 +1473,7 @@ async fn the_last_active_master_admin_cannot_be_removed_even_by_two_admins_demot
 async fn workers_prune_audit_entries_older_than_the_retention() {
     let app = crate::helpers::spawn_app_opts(
         &[("MANDANT__AUTH__AUDIT_RETENTION_DAYS", "30".to_owned())],
-        mandant::app::RunOptions { no_workers: true },
+        mandant::server::RunOptions { no_workers: true },
     )
     .await;
     app.control()
@@ -1915,21 +1915,22 @@ async fn dominance_is_rechecked_inside_the_change_so_a_stale_check_cannot_delega
         .unwrap()
         .parse()
         .unwrap();
-    let hash = mandant::access::token_hash("mdt_some-token-for-this-test-only-00000000000");
+    let hash = mandant::domain::rights::token_hash("mdt_some-token-for-this-test-only-00000000000");
     control
         .create_token(vera.id, "ok", &hash, None, Some(boss.id))
         .await
         .unwrap();
     // Vera gains what the boss lacks (as a concurrent change would, after the boss's handler checked).
-    let private = mandant::access::Grant {
-        level: mandant::access::Level::Read,
+    let private = mandant::domain::rights::Grant {
+        level: mandant::domain::rights::Level::Read,
         private_data: true,
     };
     control
         .set_access(vera.id, alpha, private, vera.id, None)
         .await
         .unwrap();
-    let hash = mandant::access::token_hash("mdt_another-token-for-this-test-only-0000000000");
+    let hash =
+        mandant::domain::rights::token_hash("mdt_another-token-for-this-test-only-0000000000");
     let refused = control
         .create_token(vera.id, "stale", &hash, None, Some(boss.id))
         .await;
@@ -1937,8 +1938,8 @@ async fn dominance_is_rechecked_inside_the_change_so_a_stale_check_cannot_delega
         matches!(refused, Err(mandant::control::ControlError::NotDominated)),
         "{refused:?}"
     );
-    let full = mandant::access::Grant {
-        level: mandant::access::Level::Full,
+    let full = mandant::domain::rights::Grant {
+        level: mandant::domain::rights::Level::Full,
         private_data: false,
     };
     let refused = control

@@ -113,11 +113,7 @@ async fn a_tenant_role_logs_in_to_its_own_database_but_is_refused_by_another_ten
         .server(record.server_id.unwrap())
         .await
         .unwrap();
-    let target_a = app
-        .state
-        .provisioner()
-        .tenant_target(&server, uuid_of(&a))
-        .unwrap();
+    let target_a = app.state.targets().tenant(&server, uuid_of(&a)).unwrap();
     let own = target_a.connect().await.unwrap();
     own.batch_execute("INSERT INTO recipients (email) VALUES ('x@example.org')")
         .await
@@ -131,7 +127,7 @@ async fn a_tenant_role_logs_in_to_its_own_database_but_is_refused_by_another_ten
     // And a wrong password is refused outright.
     let wrong = target_a.with_credentials(
         target_a.user(),
-        mandant::config::Secret::new("not-the-password"),
+        mandant::db::Secret::new("not-the-password"),
     );
     assert_eq!(
         wrong.connect().await.unwrap_err().code().map(|c| c.code()),

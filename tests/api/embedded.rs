@@ -115,10 +115,10 @@ async fn tenant_roles_must_give_their_password_while_the_superuser_uses_the_priv
         .await
         .unwrap();
     let base = cluster.target("postgres");
-    let wrong = base.with_credentials("tenant_x", mandant::config::Secret::new("wrong"));
+    let wrong = base.with_credentials("tenant_x", mandant::db::Secret::new("wrong"));
     let err = wrong.connect().await.unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("28P01"), "{err}");
-    let right = base.with_credentials("tenant_x", mandant::config::Secret::new("right-password"));
+    let right = base.with_credentials("tenant_x", mandant::db::Secret::new("right-password"));
     right.connect().await.unwrap();
 }
 

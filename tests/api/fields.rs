@@ -306,7 +306,7 @@ async fn a_tenant_database_down_during_a_central_field_gets_it_when_it_returns()
     let app = spawn_app().await;
     app.create_active_client("steady").await;
     app.create_active_client("flaky").await;
-    let flaky_db = app.state.provisioner().names(
+    let flaky_db = app.state.targets().names(
         app.client_json("flaky").await["id"]
             .as_str()
             .unwrap()
@@ -546,7 +546,7 @@ async fn an_own_field_on_an_unreachable_database_is_pending_then_applied_and_req
         .unwrap()
         .parse()
         .unwrap();
-    let database = app.state.provisioner().names(id).database;
+    let database = app.state.targets().names(id).database;
     let admin = superuser("postgres").await;
     admin
         .batch_execute(&format!(

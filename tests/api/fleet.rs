@@ -2,8 +2,8 @@
 //! `--only`, divergent histories and registry drift.
 
 use mandant::domain::ClientSlug;
+use mandant::fleet::Fleet;
 use mandant::fleet::{FleetOptions, FleetReport, Outcome, migrate_fleet};
-use mandant::provisioning::Provisioner;
 use mandant::tenant::migrate::MigrationSet;
 
 use crate::helpers::{TestApp, TestDir, spawn_app_without_workers, superuser};
@@ -32,9 +32,9 @@ async fn fleet(n: usize) -> TestApp {
 }
 
 /// The app's provisioner with one more migration, as if a file had been added.
-fn with_new_migration(app: &TestApp) -> Provisioner {
+fn with_new_migration(app: &TestApp) -> Fleet {
     let set = MigrationSet::embedded().with(NEW, NEW_SQL).unwrap();
-    app.state.provisioner().clone().with_migrations(set)
+    app.state.fleet().with_migrations(set)
 }
 
 async fn database_of(app: &TestApp, slug: &str) -> String {
@@ -305,7 +305,7 @@ async fn verify_corrects_a_drifted_registry_from_the_real_history() {
         .await
         .unwrap();
     let report = migrate_fleet(
-        app.state.provisioner(),
+        &app.state.fleet(),
         &FleetOptions {
             verify: true,
             ..options()

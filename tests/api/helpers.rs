@@ -9,10 +9,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::tokio_postgres;
-use mandant::app::{AppState, Application, RunOptions};
+use mandant::app::AppState;
 use mandant::config::{LoadOptions, Settings, TEST_TOML};
 use mandant::db::PgTarget;
 use mandant::embedded::{Cluster, ClusterSpec, ScratchDir, ThrowawayCluster};
+use mandant::server::{Application, RunOptions};
 use tokio::sync::oneshot;
 
 /// A scratch directory, removed on drop.
@@ -358,7 +359,7 @@ impl TestApp {
             .expect("client id")
             .parse()
             .expect("uuid");
-        superuser(&self.state.provisioner().names(id).database).await
+        superuser(&self.state.targets().names(id).database).await
     }
 
     /// The routing-pool route of an active client, as the data plane would build it.
@@ -375,8 +376,8 @@ impl TestApp {
             server_id: server.id,
             target: self
                 .state
-                .provisioner()
-                .tenant_target(&server, client.id)
+                .targets()
+                .tenant(&server, client.id)
                 .expect("tenant target"),
         }
     }

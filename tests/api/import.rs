@@ -8,7 +8,7 @@ use deadpool_postgres::tokio_postgres::SimpleQueryMessage;
 use futures_util::StreamExt;
 use mandant::data::import::{self, Format};
 use mandant::data::schema::Schema;
-use mandant::tenant::pool::{Router, RouterSettings};
+use mandant::tenant::pool::{PoolSettings, TenantPools};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -279,9 +279,9 @@ async fn a_cancelled_import_returns_its_connection_outside_any_transaction() {
     app.create_active_client("importer").await;
     let route = app.route("importer").await;
     // One connection per tenant, so the next acquire gets the very connection the cancelled import used.
-    let router = Router::new(RouterSettings {
+    let router = TenantPools::new(PoolSettings {
         per_tenant_cap: 1,
-        ..RouterSettings::default()
+        ..PoolSettings::default()
     });
 
     let mut conn = router.acquire(&route).await.unwrap();

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use mandant::provisioning::{Faults, Step};
 use mandant::workers::Tick;
 
-use mandant::app::RunOptions;
+use mandant::server::RunOptions;
 
 use crate::helpers::{TestDir, spawn_app_opts, spawn_app_without_workers, superuser};
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use mandant::tenant::pool::{RouteError, Router, RouterSettings, TenantRoute};
+use mandant::tenant::pool::{PoolSettings, RouteError, TenantPools, TenantRoute};
 
 use crate::helpers::{TestApp, spawn_app_without_workers, superuser};
 
@@ -23,12 +23,12 @@ async fn tenants(n: usize) -> (TestApp, Vec<TenantRoute>) {
     (app, routes)
 }
 
-fn settings(budget: usize, cap: usize) -> RouterSettings {
-    RouterSettings {
+fn settings(budget: usize, cap: usize) -> PoolSettings {
+    PoolSettings {
         budget_per_server: budget,
         per_tenant_cap: cap,
         acquire_timeout: Duration::from_secs(10),
-        ..RouterSettings::default()
+        ..PoolSettings::default()
     }
 }
 
@@ -49,7 +49,7 @@ async fn tenant_backends(app: &TestApp) -> i64 {
 #[tokio::test]
 async fn a_cold_tenant_is_served_while_the_budget_is_full_of_other_tenants_idle_connections() {
     let (app, routes) = tenants(3).await;
-    let router = Router::new(settings(3, 2));
+    let router = TenantPools::new(settings(3, 2));
     {
         let a1 = router.acquire(&routes[0]).await.unwrap();
         let a2 = router.acquire(&routes[0]).await.unwrap();
@@ -80,7 +80,7 @@ async fn a_cold_tenant_is_served_while_the_budget_is_full_of_other_tenants_idle_
 async fn the_budget_is_never_exceeded_under_concurrent_load_over_many_tenants() {
     let (app, routes) = tenants(8).await;
     let budget = 4;
-    let router = Router::new(settings(budget, 2));
+    let router = TenantPools::new(settings(budget, 2));
     let peak = Arc::new(AtomicI64::new(0));
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = {
@@ -132,7 +132,7 @@ async fn the_budget_is_never_exceeded_under_concurrent_load_over_many_tenants() 
 async fn a_tenant_whose_database_is_gone_fails_fast_and_others_are_unaffected_with_no_leaked_permits()
  {
     let (app, routes) = tenants(2).await;
-    let router = Router::new(settings(2, 2));
+    let router = TenantPools::new(settings(2, 2));
     let gone = routes[0].target.dbname().to_owned();
     superuser("postgres")
         .await
@@ -164,7 +164,7 @@ async fn a_tenant_whose_database_is_gone_fails_fast_and_others_are_unaffected_wi
 #[tokio::test]
 async fn waiting_requests_are_bounded_per_tenant_and_closing_a_tenant_frees_its_permits() {
     let (_app, routes) = tenants(1).await;
-    let router = Router::new(RouterSettings {
+    let router = TenantPools::new(PoolSettings {
         max_waiters_per_tenant: 2,
         acquire_timeout: Duration::from_millis(300),
         ..settings(1, 1)
@@ -198,7 +198,7 @@ async fn waiting_requests_are_bounded_per_tenant_and_closing_a_tenant_frees_its_
 #[tokio::test]
 async fn suspending_or_deleting_a_client_closes_its_connections_and_metrics_show_the_budget() {
     let (app, routes) = tenants(2).await;
-    let router = app.state.router();
+    let router = app.state.pools();
     let server = routes[0].server_id;
     for route in &routes {
         let conn = router.acquire(route).await.unwrap();
@@ -249,7 +249,7 @@ async fn suspending_or_deleting_a_client_closes_its_connections_and_metrics_show
 #[tokio::test]
 async fn under_pressure_tenant_caps_drop_to_a_fair_share_and_grow_back_when_it_passes() {
     let (_app, routes) = tenants(4).await;
-    let router = Router::new(RouterSettings {
+    let router = TenantPools::new(PoolSettings {
         fair_share_hold: Duration::ZERO,
         ..settings(4, 4)
     });
@@ -295,7 +295,7 @@ async fn under_pressure_tenant_caps_drop_to_a_fair_share_and_grow_back_when_it_p
 #[tokio::test]
 async fn a_lowered_cap_is_taken_back_from_connections_in_use_as_they_return() {
     let (_app, routes) = tenants(2).await;
-    let router = Router::new(RouterSettings {
+    let router = TenantPools::new(PoolSettings {
         acquire_timeout: Duration::from_millis(500),
         ..settings(2, 4)
     });

@@ -179,7 +179,7 @@ async fn a_tenant_down_during_publish_is_synced_when_it_returns_and_deliveries_n
         .unwrap()
         .parse()
         .unwrap();
-    let database = app.state.provisioner().names(offline_id).database;
+    let database = app.state.targets().names(offline_id).database;
     let admin = superuser("postgres").await;
     admin
         .batch_execute(&format!(
@@ -195,7 +195,7 @@ async fn a_tenant_down_during_publish_is_synced_when_it_returns_and_deliveries_n
         )
         .await
         .unwrap();
-    app.state.router().close_tenant(offline_id);
+    app.state.pools().close_tenant(offline_id);
 
     let created: Value = app
         .post_json("/v1/templates", &template("Notice", "v1"))
@@ -238,7 +238,7 @@ async fn a_tenant_down_during_publish_is_synced_when_it_returns_and_deliveries_n
     wait_for_sync(&app, &id, |c| c["synced_version"] == 2).await;
     let before = copy(&app, "online", &id).await;
     let route = app.route("online").await;
-    let router = mandant::tenant::pool::Router::new(Default::default());
+    let router = mandant::tenant::pool::TenantPools::new(Default::default());
     let mut conn = router.acquire(&route).await.unwrap();
     let stale = mandant::data::templates::sync(conn.client_mut(), &masters_v1)
         .await

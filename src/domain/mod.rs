@@ -1,6 +1,9 @@
 //! Domain values that can only be built through a parser ("parse, don't validate"): once a `ClientSlug` exists
 //! it is valid, so no unchecked string reaches SQL or a log line from here.
 
+pub mod field;
+pub mod rights;
+
 use std::fmt;
 
 use serde::{Deserialize, Serialize};

@@ -11,12 +11,9 @@
 use deadpool_postgres::tokio_postgres::Client;
 
 use super::TenantError;
-use super::cluster::{
-    admin_connect, create_database_from, database_exists, ensure_nologin_role, lock_key,
-    quote_ident,
-};
+use super::cluster::{admin_connect, create_database_from, database_exists, ensure_nologin_role};
 use super::migrate::{MigrateOutcome, MigrationSet, migrate_with};
-use crate::db::PgTarget;
+use crate::db::{PgTarget, lock_key, quote_ident};
 
 /// Names on one server derived from the configuration.
 #[derive(Debug, Clone)]

@@ -9,7 +9,8 @@ use std::path::Path;
 use hmac::{KeyInit, Mac};
 use uuid::Uuid;
 
-use crate::config::{Secret, Settings};
+use crate::config::Settings;
+use crate::db::Secret;
 
 const KEY_FILE: &str = "tenant.key";
 const CONTEXT: &str = "mandant.tenant-role.v1:";

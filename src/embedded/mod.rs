@@ -28,6 +28,15 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+mod binaries;
+#[cfg(feature = "testing")]
+mod testing;
+
+pub use binaries::Binaries;
+use binaries::RunAs;
+#[cfg(feature = "testing")]
+pub use testing::{ScratchDir, ThrowawayCluster};
+
 use crate::config::Settings;
 use crate::db::PgTarget;
 
@@ -144,204 +153,6 @@ impl ClusterSpec {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.data_dir.hash(&mut h);
         std::env::temp_dir().join(format!("mandant-{:016x}", h.finish()))
-    }
-}
-
-/// The directory holding the PostgreSQL server binaries.
-#[derive(Debug, Clone)]
-pub struct Binaries {
-    dir: PathBuf,
-}
-
-impl Binaries {
-    /// Finds `initdb` and `postgres`: the explicit directory if given (and only it), else `pg_config --bindir`,
-    /// `PATH`, `/usr/lib/postgresql/*/bin` (newest first, but `prefer_major` first of all).
-    pub fn discover(
-        explicit: Option<&Path>,
-        prefer_major: Option<&str>,
-    ) -> Result<Self, EmbeddedError> {
-        let candidates = match explicit {
-            Some(dir) => vec![dir.to_path_buf()],
-            None => Self::candidates(prefer_major),
-        };
-        Self::first_complete(&candidates)
-    }
-
-    /// The first directory of `candidates` that holds both binaries.
-    pub fn first_complete(candidates: &[PathBuf]) -> Result<Self, EmbeddedError> {
-        candidates
-            .iter()
-            .find(|dir| dir.join("initdb").is_file() && dir.join("postgres").is_file())
-            .map(|dir| Self { dir: dir.clone() })
-            .ok_or_else(|| EmbeddedError::BinariesMissing {
-                searched: candidates
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })
-    }
-
-    fn candidates(prefer_major: Option<&str>) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        let mut versioned: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| {
-                let major = e.file_name().to_string_lossy().parse::<u32>().ok()?;
-                Some((major, e.path().join("bin")))
-            })
-            .collect();
-        versioned.sort_by_key(|(major, _)| std::cmp::Reverse(*major));
-        if let Some(major) = prefer_major {
-            out.extend(
-                versioned
-                    .iter()
-                    .filter(|(m, _)| m.to_string() == major)
-                    .map(|(_, p)| p.clone()),
-            );
-        }
-        if let Ok(output) = Command::new("pg_config").arg("--bindir").output()
-            && output.status.success()
-        {
-            out.push(PathBuf::from(
-                String::from_utf8_lossy(&output.stdout).trim(),
-            ));
-        }
-        if let Some(path) = std::env::var_os("PATH") {
-            out.extend(std::env::split_paths(&path));
-        }
-        out.extend(versioned.into_iter().map(|(_, p)| p));
-        out.push(PathBuf::from("/usr/local/pgsql/bin"));
-        let mut seen = std::collections::HashSet::new();
-        out.retain(|p| seen.insert(p.clone()));
-        out
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// A program from the same installation (`pg_dump`, `pg_restore`, ...).
-    pub fn tool(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    /// The major version of these binaries (`postgres --version` → "15").
-    pub fn major_version(&self) -> Result<String, EmbeddedError> {
-        let output = Command::new(self.tool("postgres"))
-            .arg("--version")
-            .output()
-            .map_err(io_err("running postgres --version"))?;
-        let text = String::from_utf8_lossy(&output.stdout);
-        let version = text.split_whitespace().nth(2).unwrap_or_default();
-        Ok(version.split('.').next().unwrap_or_default().to_owned())
-    }
-}
-
-/// The system user the cluster's processes run as.
-#[derive(Debug, Clone, Copy)]
-enum RunAs {
-    /// Not root: the cluster runs as we do.
-    Me,
-    /// Root: the `postgres` system user.
-    User { uid: u32, gid: u32 },
-}
-
-impl RunAs {
-    fn detect() -> Result<Self, EmbeddedError> {
-        if !nix::unistd::geteuid().is_root() {
-            return Ok(Self::Me);
-        }
-        let user = nix::unistd::User::from_name(SUPERUSER)
-            .ok()
-            .flatten()
-            .ok_or(EmbeddedError::NoPostgresUser)?;
-        Ok(Self::User {
-            uid: user.uid.as_raw(),
-            gid: user.gid.as_raw(),
-        })
-    }
-
-    /// Makes `path` (created by us) belong to the cluster's user.
-    fn give(&self, path: &Path) -> Result<(), EmbeddedError> {
-        if let Self::User { uid, gid } = *self {
-            nix::unistd::chown(
-                path,
-                Some(nix::unistd::Uid::from_raw(uid)),
-                Some(nix::unistd::Gid::from_raw(gid)),
-            )
-            .map_err(|e| {
-                io_err(format!("giving {} to the postgres user", path.display()))(e.into())
-            })?;
-        }
-        Ok(())
-    }
-
-    /// Checks that every ancestor of `path` is searchable by the cluster's user.
-    fn check_reachable(&self, path: &Path) -> Result<(), EmbeddedError> {
-        let Self::User { uid, gid } = *self else {
-            return Ok(());
-        };
-        use std::os::unix::fs::MetadataExt;
-        for dir in path.ancestors().skip(1) {
-            let Ok(meta) = fs::metadata(dir) else {
-                continue;
-            };
-            let mode = meta.mode();
-            let searchable = if meta.uid() == uid {
-                mode & 0o100 != 0
-            } else if meta.gid() == gid {
-                mode & 0o010 != 0
-            } else {
-                mode & 0o001 != 0
-            };
-            if !searchable {
-                return Err(EmbeddedError::NotTraversable {
-                    path: path.to_path_buf(),
-                    blocked: dir.to_path_buf(),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Prepares `command` to drop to this user (and optionally to die with its parent thread) in the child.
-    fn apply(&self, command: &mut Command, die_with_parent: bool) {
-        let ids = match *self {
-            Self::Me => None,
-            Self::User { uid, gid } => Some((uid, gid)),
-        };
-        let parent = std::process::id() as libc::pid_t;
-        // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe functions
-        // (setgroups, setgid, setuid, prctl, getppid, _exit); it allocates nothing.
-        unsafe {
-            command.pre_exec(move || {
-                if let Some((uid, gid)) = ids {
-                    let groups = [gid as libc::gid_t];
-                    if libc::setgroups(1, groups.as_ptr()) != 0
-                        || libc::setgid(gid as libc::gid_t) != 0
-                        || libc::setuid(uid as libc::uid_t) != 0
-                    {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
-                #[cfg(target_os = "linux")]
-                if die_with_parent {
-                    // Set after setuid: a change of credentials clears the parent-death signal.
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT as libc::c_ulong) != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    if libc::getppid() != parent {
-                        libc::_exit(1);
-                    }
-                }
-                #[cfg(not(target_os = "linux"))]
-                let _ = (die_with_parent, parent);
-                Ok(())
-            });
-        }
     }
 }
 
@@ -654,7 +465,7 @@ impl Drop for Cluster {
 }
 
 /// The fields of `postmaster.pid` we use.
-struct PidFile {
+pub(crate) struct PidFile {
     pid: i32,
     port: u16,
     socket_dir: PathBuf,
@@ -662,7 +473,7 @@ struct PidFile {
 }
 
 impl PidFile {
-    fn parse(text: &str) -> Option<Self> {
+    pub(crate) fn parse(text: &str) -> Option<Self> {
         let lines: Vec<&str> = text.lines().collect();
         Some(Self {
             pid: lines.first()?.trim().parse().ok()?,
@@ -678,7 +489,7 @@ impl PidFile {
         })
     }
 
-    fn is_alive_postgres(&self) -> bool {
+    pub(crate) fn is_alive_postgres(&self) -> bool {
         if self.pid <= 0 {
             return false;
         }
@@ -776,101 +587,4 @@ fn tail(path: &Path) -> String {
     let mut buf = Vec::new();
     let _ = file.read_to_end(&mut buf);
     String::from_utf8_lossy(&buf).trim().to_owned()
-}
-
-/// A directory under `$TMPDIR/mandant-tests/`, searchable by the `postgres` user, removed on drop. For
-/// throwaway clusters (tests, benchmarks) and their scratch files.
-pub struct ScratchDir {
-    path: PathBuf,
-}
-
-impl ScratchDir {
-    /// Root of all scratch directories; directories there older than an hour whose cluster no longer runs are
-    /// left-overs of killed runs and are removed.
-    pub fn root() -> Result<PathBuf, EmbeddedError> {
-        let root = std::env::temp_dir().join("mandant-tests");
-        fs::create_dir_all(&root).map_err(io_err(format!("creating {}", root.display())))?;
-        fs::set_permissions(&root, fs::Permissions::from_mode(0o755))
-            .map_err(io_err(format!("opening {}", root.display())))?;
-        Ok(root)
-    }
-
-    pub fn new(tag: &str) -> Result<Self, EmbeddedError> {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = Self::root()?.join(format!("{tag}-{}-{n}", std::process::id()));
-        fs::create_dir_all(&path).map_err(io_err(format!("creating {}", path.display())))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
-            .map_err(io_err(format!("opening {}", path.display())))?;
-        Ok(Self { path })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Removes scratch directories of earlier runs that were killed before they could clean up.
-    pub fn remove_stale() {
-        const STALE_AFTER: Duration = Duration::from_secs(3600);
-        let Ok(root) = Self::root() else { return };
-        let Ok(entries) = fs::read_dir(root) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > STALE_AFTER);
-            let running = fs::read_to_string(path.join("pg/postmaster.pid"))
-                .ok()
-                .and_then(|t| PidFile::parse(&t))
-                .is_some_and(|p| p.is_alive_postgres());
-            if old && !running {
-                let _ = fs::remove_dir_all(&path);
-            }
-        }
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
-    }
-}
-
-/// A cluster in its own scratch directory, for tests and benchmarks. Stopped and removed on drop.
-pub struct ThrowawayCluster {
-    // Field order matters: the cluster stops before its directory is removed.
-    cluster: Cluster,
-    _dir: ScratchDir,
-}
-
-impl ThrowawayCluster {
-    /// fsync off: tests.
-    pub fn start(tag: &str) -> Result<Self, EmbeddedError> {
-        Self::start_with(tag, false)
-    }
-
-    /// With a choice of durability: benchmarks measure with fsync on, as a production cluster runs.
-    pub fn start_with(tag: &str, fsync: bool) -> Result<Self, EmbeddedError> {
-        let dir = ScratchDir::new(tag)?;
-        let spec = ClusterSpec {
-            data_dir: dir.path().to_path_buf(),
-            bin_dir: None,
-            port: 5432,
-            fsync,
-            max_connections: 300,
-            start_timeout: Duration::from_secs(60),
-        };
-        let cluster = Cluster::start(&spec)?;
-        Ok(Self { cluster, _dir: dir })
-    }
-
-    pub fn cluster(&self) -> &Cluster {
-        &self.cluster
-    }
 }

@@ -1,0 +1,175 @@
+//! Work over every client at once, in one shape: central fields (`fields.rs`), master templates
+//! (`templates.rs`), and anything later that must reach every tenant (cross-client queries, moves).
+//!
+//! [`FanOut::over_clients`] reads the servers once, runs one task per selected client, at most
+//! `workers.fanout_concurrency` at a time, writes the results to the control plane in batches of
+//! [`RECORD_BATCH`], and hands a client that fails to its [`Recorder`], which marks it failed and queues a job of
+//! its own for it (with the job queue's leases, backoff and `NOTIFY`), so a down tenant never holds up the others.
+//! The per-client jobs (`reconcile_fields`, `sync_templates`) and the provisioning step reuse the same
+//! single-client functions, so there is one way to apply fields and one way to sync templates.
+//! Never: DDL of its own (that is `tenant/fields.rs`) or DML of its own (that is `data/templates.rs`).
+
+pub mod fields;
+pub mod templates;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::config::WorkerSettings;
+use crate::control::clients::ClientRecord;
+use crate::control::jobs::Job;
+use crate::control::servers::ServerRecord;
+use crate::control::{ControlError, ControlPlane};
+use crate::data::DataPlane;
+use crate::tenant::TenantError;
+
+/// Results written to the control plane per statement.
+pub const RECORD_BATCH: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FanoutError {
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error(transparent)]
+    Tenant(#[from] TenantError),
+    #[error("the job has no client")]
+    NoClient,
+    #[error("field {0}: {1}")]
+    BadField(String, String),
+    #[error("template sync: {0}")]
+    Sync(String),
+}
+
+/// What a fan-out does with its results: successes in batches, and a client that failed (mark it, queue its own
+/// retrying job).
+pub trait Recorder: Sync {
+    type Item: Send + 'static;
+
+    fn record(
+        &self,
+        control: &ControlPlane,
+        batch: &[Self::Item],
+    ) -> impl Future<Output = Result<(), ControlError>> + Send;
+
+    fn failed(
+        &self,
+        control: &ControlPlane,
+        client: Uuid,
+        error: &str,
+        max_attempts: i32,
+    ) -> impl Future<Output = Result<(), ControlError>> + Send;
+}
+
+/// How many clients a fan-out reached and how many failed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub done: usize,
+    pub failed: usize,
+}
+
+/// The fan-out jobs and the single-client steps they share. Cheap to clone.
+#[derive(Clone)]
+pub struct FanOut {
+    control: ControlPlane,
+    data: DataPlane,
+    concurrency: usize,
+    max_attempts: i32,
+}
+
+impl FanOut {
+    pub fn new(control: ControlPlane, data: DataPlane, workers: &WorkerSettings) -> Self {
+        Self {
+            control,
+            data,
+            concurrency: usize::from(workers.fanout_concurrency).max(1),
+            max_attempts: i32::from(workers.max_attempts),
+        }
+    }
+
+    pub fn control(&self) -> &ControlPlane {
+        &self.control
+    }
+
+    /// The client a per-client job is for.
+    async fn job_client(&self, job: &Job) -> Result<ClientRecord, FanoutError> {
+        let id = job.client_id.ok_or(FanoutError::NoClient)?;
+        Ok(self.control.client_by_id(id).await?)
+    }
+
+    /// Runs `work` for every live client on a registered server that `select` accepts, at most `concurrency` at
+    /// a time, each in a span naming the job and the client. Successes are recorded in batches; a failure is
+    /// logged and handed to `recorder.failed`.
+    pub async fn over_clients<W, Fut, R>(
+        &self,
+        job: &'static str,
+        select: impl Fn(&ClientRecord) -> bool,
+        work: W,
+        recorder: &R,
+    ) -> Result<Outcome, ControlError>
+    where
+        W: Fn(ClientRecord, ServerRecord) -> Fut,
+        Fut: Future<Output = Result<Vec<R::Item>, String>> + Send + 'static,
+        R: Recorder,
+    {
+        let servers: HashMap<i64, ServerRecord> = self
+            .control
+            .list_servers()
+            .await?
+            .into_iter()
+            .map(|s| (s.id, s))
+            .collect();
+        let permits = Arc::new(Semaphore::new(self.concurrency));
+        let mut tasks = tokio::task::JoinSet::new();
+        for client in self.control.all_live_clients().await? {
+            let Some(server) = client.server_id.and_then(|id| servers.get(&id)) else {
+                continue;
+            };
+            if !select(&client) {
+                continue;
+            }
+            let id = client.id;
+            let span = tracing::info_span!("fanout", job, client = %client.slug);
+            let running = work(client, server.clone());
+            let permits = permits.clone();
+            tasks.spawn(
+                async move {
+                    let _permit = permits.acquire_owned().await;
+                    (id, running.await)
+                }
+                .instrument(span),
+            );
+        }
+        let mut outcome = Outcome::default();
+        let mut batch = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((client, result)) = joined else {
+                tracing::error!(job, "a fan-out task panicked");
+                continue;
+            };
+            match result {
+                Ok(items) => {
+                    outcome.done += 1;
+                    batch.extend(items);
+                }
+                Err(error) => {
+                    outcome.failed += 1;
+                    tracing::warn!(job, %client, %error, "failed for one client; it retries on its own");
+                    recorder
+                        .failed(&self.control, client, &error, self.max_attempts)
+                        .await?;
+                }
+            }
+            if batch.len() >= RECORD_BATCH {
+                recorder.record(&self.control, &batch).await?;
+                batch.clear();
+            }
+        }
+        recorder.record(&self.control, &batch).await?;
+        Ok(outcome)
+    }
+}
