@@ -9,6 +9,7 @@ mod fleet;
 mod health;
 mod helpers;
 mod import;
+mod layers;
 mod lists;
 mod migrate;
 mod provisioning;

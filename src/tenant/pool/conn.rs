@@ -1,0 +1,204 @@
+//! Physical tenant connections: the deadpool manager that takes a permit of the server's budget before it
+//! connects and keeps it inside the connection, and the checked-out connection that wakes a waiter on return.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use deadpool::managed::{self, Metrics, Object, RecycleError, RecycleResult};
+use deadpool_postgres::tokio_postgres::{self, NoTls};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use uuid::Uuid;
+
+use super::*;
+
+/// A physical connection and the budget permit it owns.
+pub struct TenantConn {
+    pub(super) client: tokio_postgres::Client,
+    pub(super) _permit: OwnedSemaphorePermit,
+    /// Lifetime limit of this connection (max lifetime with jitter).
+    pub(super) expires_after: Duration,
+}
+
+impl std::fmt::Debug for TenantConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantConn").finish_non_exhaustive()
+    }
+}
+
+impl TenantConn {
+    pub fn client(&self) -> &tokio_postgres::Client {
+        &self.client
+    }
+
+    /// For transactions. A transaction dropped unfinished (a cancelled request) queues its `ROLLBACK` on the
+    /// connection before the connection can serve anyone else, and a `COPY` dropped unfinished sends
+    /// `CopyFail` (tokio-postgres' `Transaction` and `CopyInSink`), so a connection never returns to the pool
+    /// inside a transaction; the `cancelled_transaction` test holds us to it.
+    pub fn client_mut(&mut self) -> &mut tokio_postgres::Client {
+        &mut self.client
+    }
+}
+
+/// A checked-out connection; returns to its tenant's pool on drop and wakes one request of the same tenant
+/// that is waiting for it (see [`TenantPools::acquire`]).
+pub struct PooledConn {
+    pub(super) conn: Option<Object<TenantManager>>,
+    /// The tenant's cap (see [`TenantPool::gate`]), held while the connection is out.
+    pub(super) gate: Option<OwnedSemaphorePermit>,
+    pub(super) tenant: Arc<TenantPool>,
+}
+
+impl std::fmt::Debug for PooledConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledConn").finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for PooledConn {
+    type Target = TenantConn;
+
+    fn deref(&self) -> &TenantConn {
+        // Present until drop.
+        self.conn.as_deref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl std::ops::DerefMut for PooledConn {
+    fn deref_mut(&mut self) -> &mut TenantConn {
+        self.conn.as_deref_mut().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        drop(self.conn.take());
+        if let Some(permit) = self.gate.take() {
+            self.tenant.release_gate(permit);
+        }
+        self.tenant.returned.notify_one();
+        self.tenant.budget.returned.notify_waiters();
+    }
+}
+
+pub(super) struct ServerBudget {
+    pub(super) permits: Arc<Semaphore>,
+    pub(super) capacity: usize,
+    /// The per-tenant cap in force on this server: the configured cap, or a fair share of the budget while
+    /// the tenants in use do not fit (see [`Inner::under_pressure`]).
+    pub(super) fair_cap: AtomicUsize,
+    /// When a tenant without connections last had to evict another's.
+    pub(super) last_pressure: Mutex<Option<Instant>>,
+    /// Signalled when any connection on this server is returned (idle, so evictable).
+    pub(super) returned: tokio::sync::Notify,
+}
+
+/// Creates and recycles one tenant's connections, taking a budget permit for each.
+pub struct TenantManager {
+    pub(super) client_id: Uuid,
+    pub(super) server_id: i64,
+    pub(super) config: tokio_postgres::Config,
+    pub(super) budget: Arc<ServerBudget>,
+    pub(super) router: Weak<Inner>,
+    pub(super) settings: PoolSettings,
+}
+
+impl std::fmt::Debug for TenantManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantManager")
+            .field("client_id", &self.client_id)
+            .field("server_id", &self.server_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl managed::Manager for TenantManager {
+    type Type = TenantConn;
+    type Error = RouteError;
+
+    async fn create(&self) -> Result<TenantConn, RouteError> {
+        // A tenant at its fair-share cap waits for its own connections (the gate in `acquire` normally keeps
+        // it from getting here; this covers requests that passed the gate just before the cap dropped).
+        if let Some(router) = self.router.upgrade() {
+            let held = router.connections_of(self.client_id);
+            if held > 0 && held >= self.budget.fair_cap.load(Ordering::Relaxed) {
+                return Err(RouteError::Saturated);
+            }
+        }
+        let permit = loop {
+            if let Ok(permit) = self.budget.permits.clone().try_acquire_owned() {
+                break permit;
+            }
+            // The budget is full. A tenant holding connections waits for one of its own to come back
+            // (`acquire` retries the pool); only a tenant holding none may close another tenant's idle one.
+            let Some(router) = self.router.upgrade() else {
+                return Err(RouteError::Closed);
+            };
+            if router.connections_of(self.client_id) > 0 {
+                // A warm tenant may take over a connection whose tenant has gone quiet, never a recently used
+                // one (that thrashes). Otherwise everyone in use wants more than the budget holds: fair share.
+                if router.evict_lru_idle(self.server_id, self.client_id, Some(STALE_IDLE)) {
+                    continue;
+                }
+                router.under_pressure(self.server_id, &self.budget, true);
+                return Err(RouteError::Saturated);
+            }
+            // Lowering the caps may close idle surplus connections; only if that freed nothing, evict.
+            router.under_pressure(self.server_id, &self.budget, false);
+            if let Ok(permit) = self.budget.permits.clone().try_acquire_owned() {
+                break permit;
+            }
+            // Registered before looking for a victim, so a connection returned meanwhile is not missed.
+            let returned = self.budget.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            router.evict_lru_idle(self.server_id, self.client_id, None);
+            metrics::counter!("tenant_pool_budget_waits_total").increment(1);
+            // Wait for the permit the eviction freed (or any other), or for any connection on this server to
+            // become idle (then look again); `acquire`'s deadline bounds the loop.
+            tokio::select! {
+                acquired = self.budget.permits.clone().acquire_owned() => {
+                    break acquired.map_err(|_| RouteError::Closed)?;
+                }
+                () = &mut returned => {}
+                () = tokio::time::sleep(BUDGET_RETRY) => {}
+            }
+        };
+        let connected = self.config.connect(NoTls).await;
+        let (client, connection) = match connected {
+            Ok(pair) => {
+                metrics::counter!("tenant_pool_connects_total", "result" => "ok").increment(1);
+                pair
+            }
+            Err(e) => {
+                let error = RouteError::classify(&e);
+                metrics::counter!("tenant_pool_connects_total", "result" => "error").increment(1);
+                if let Some(router) = self.router.upgrade() {
+                    router.trip(self.client_id, &error);
+                }
+                return Err(error);
+            }
+        };
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let jitter = 0.9 + rand::random::<f64>() * 0.2;
+        Ok(TenantConn {
+            client,
+            _permit: permit,
+            expires_after: self.settings.max_lifetime.mul_f64(jitter),
+        })
+    }
+
+    async fn recycle(&self, conn: &mut TenantConn, metrics: &Metrics) -> RecycleResult<RouteError> {
+        if conn.client.is_closed() {
+            return Err(RecycleError::message("the connection is closed"));
+        }
+        if metrics.age() > conn.expires_after {
+            return Err(RecycleError::message(
+                "the connection reached its max lifetime",
+            ));
+        }
+        Ok(())
+    }
+}

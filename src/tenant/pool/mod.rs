@@ -1,0 +1,391 @@
+//! The routing pool: one lazily created deadpool pool per tenant database, under a connection budget per database
+//! server that is never exceeded.
+//!
+//! - **Budget.** Every physical connection owns a permit of its server's semaphore for its whole life (the permit
+//!   lives inside the pooled object), so the bound holds on every path: a connection dropped by eviction, by the
+//!   pool's recycling, by GC or by an error gives its permit back, and nothing else can.
+//! - **Eviction.** When the budget is full and a tenant *with no connection* needs one, the least recently used
+//!   idle connection of another tenant on the same server is closed. A tenant that already holds connections
+//!   waits for its own instead of stealing (stealing by warm tenants thrashes: measured in FACTS.md), unless
+//!   the other tenant has gone quiet (unused for a second): then its idle connection is fair game.
+//! - **Fair share under pressure.** When a cold tenant has to evict, the tenants in use do not fit the budget:
+//!   every tenant's cap on that server drops to `budget / tenants holding connections` (at least 1, via
+//!   a per-tenant gate semaphore), so the budget caches as many distinct tenants as possible (an LRU of tenants, not of
+//!   connections). Caps double back towards the configured cap once no eviction was needed for a while.
+//! - **Bounded waiting.** A per-tenant cap (the pool's size), a bound on waiters per tenant (→ `Busy`, 429) and
+//!   an acquire deadline (→ `Timeout`, 503).
+//! - **Fast failure.** Connection errors are classified by SQLSTATE; a tenant whose database is missing, whose
+//!   role is refused or whose server is down is remembered as broken for a cooldown and fails in microseconds
+//!   without touching the budget, so it never evicts healthy tenants' connections.
+//! - **Hygiene.** Idle TTL and max lifetime (with jitter) are enforced by [`TenantPools::collect_garbage`]; pools idle for
+//!   long are dropped; [`TenantPools::close_tenant`] drains a suspended or deleted tenant's pool.
+//!
+//! Never: queries the control plane (callers pass a [`TenantRoute`]), or connects as anything but the tenant's own
+//! role.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use deadpool::managed::{Object, PoolError, Timeouts};
+use deadpool_postgres::tokio_postgres::{self};
+use tokio::sync::TryAcquireError;
+use uuid::Uuid;
+
+use crate::config::RoutingSettings;
+use crate::db::{PgTarget, describe_pg_error};
+
+mod conn;
+mod state;
+
+use conn::ServerBudget;
+pub use conn::{PooledConn, TenantConn, TenantManager};
+use state::{Inner, TenantPool, WaiterGuard, lock};
+
+/// How long a connection-less tenant waits for a freed permit before looking for idle connections again.
+const BUDGET_RETRY: Duration = Duration::from_millis(5);
+/// How long a tenant waiting for one of its own connections waits for one to be returned before it looks at
+/// its pool again anyway.
+const OWN_RETRY: Duration = Duration::from_millis(5);
+/// A tenant unused this long has gone quiet: a warm tenant may take over its idle connection.
+const STALE_IDLE: Duration = Duration::from_secs(1);
+
+/// Limits and timings of the routing pool.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Connections one mandant process may hold to one database server, all tenants together.
+    pub budget_per_server: usize,
+    /// Connections one tenant may hold.
+    pub per_tenant_cap: usize,
+    /// Requests that may wait for a connection of one tenant; more are refused at once (`Busy`).
+    pub max_waiters_per_tenant: usize,
+    /// How long a request waits for a connection.
+    pub acquire_timeout: Duration,
+    /// An idle connection older than this (since its last use) is closed by garbage collection.
+    pub idle_ttl: Duration,
+    /// A connection is closed after this long (±10% jitter, so connections do not expire together).
+    pub max_lifetime: Duration,
+    /// How long a tenant whose connection failed is answered from memory.
+    pub breaker_cooldown: Duration,
+    /// A tenant pool without connections and unused for this long is dropped.
+    pub pool_idle_drop: Duration,
+    /// How long after the last eviction by a cold tenant the fair-share caps start growing back.
+    pub fair_share_hold: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            budget_per_server: 40,
+            per_tenant_cap: 4,
+            max_waiters_per_tenant: 64,
+            acquire_timeout: Duration::from_secs(5),
+            idle_ttl: Duration::from_secs(300),
+            max_lifetime: Duration::from_secs(3600),
+            breaker_cooldown: Duration::from_secs(2),
+            pool_idle_drop: Duration::from_secs(600),
+            fair_share_hold: Duration::from_secs(10),
+        }
+    }
+}
+
+impl From<&RoutingSettings> for PoolSettings {
+    fn from(s: &RoutingSettings) -> Self {
+        Self {
+            budget_per_server: s.budget_per_server,
+            per_tenant_cap: s.per_tenant_cap,
+            max_waiters_per_tenant: s.max_waiters_per_tenant,
+            acquire_timeout: Duration::from_millis(s.acquire_timeout_ms),
+            idle_ttl: Duration::from_secs(s.idle_ttl_secs),
+            max_lifetime: Duration::from_secs(s.max_lifetime_secs),
+            breaker_cooldown: Duration::from_millis(s.breaker_cooldown_ms),
+            pool_idle_drop: Duration::from_secs(s.pool_idle_drop_secs),
+            fair_share_hold: Duration::from_secs(s.fair_share_hold_secs),
+        }
+    }
+}
+
+/// Where one tenant's connections go: decided by the caller from the (cached) control-plane record.
+#[derive(Debug, Clone)]
+pub struct TenantRoute {
+    pub client_id: Uuid,
+    pub server_id: i64,
+    /// The tenant's own database, as its own role.
+    pub target: PgTarget,
+}
+
+/// Why no connection could be had. Mapped to HTTP in `http/error.rs`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RouteError {
+    #[error("the tenant database does not exist")]
+    DatabaseMissing,
+    #[error("the tenant database refused its role: {0}")]
+    AuthFailed(String),
+    #[error("the database server is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the database server has no free connection slots")]
+    ServerFull,
+    #[error("too many requests are waiting for this tenant")]
+    Busy,
+    #[error("no connection became free in time")]
+    Timeout,
+    #[error("the tenant's pool is closed")]
+    Closed,
+    /// Internal: the budget is full and the tenant holds connections; wait for one of them.
+    #[error("the budget is full; waiting for one of the tenant's own connections")]
+    Saturated,
+}
+
+impl RouteError {
+    /// Classifies a connect error by SQLSTATE (or as I/O when there is none).
+    fn classify(e: &tokio_postgres::Error) -> Self {
+        match e.code().map(|c| c.code()) {
+            Some("3D000") => Self::DatabaseMissing,
+            Some(code) if code.starts_with("28") => Self::AuthFailed(describe_pg_error(e)),
+            Some("53300") => Self::ServerFull,
+            _ => Self::Unavailable(describe_pg_error(e)),
+        }
+    }
+}
+
+/// Counters since the router was built (for benchmarks and tests; `/metrics` has the same as counters).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Acquires served by a connection that already existed.
+    pub warm: u64,
+    /// Acquires that had to open a connection.
+    pub cold: u64,
+    /// Idle connections closed to make room for another tenant.
+    pub evictions: u64,
+    /// Times a tenant found the budget full and waited for one of its own connections.
+    pub own_waits: u64,
+}
+
+impl PoolStats {
+    /// Warm acquires over all successful acquires.
+    pub fn hit_ratio(&self) -> f64 {
+        let total = self.warm + self.cold;
+        if total == 0 {
+            0.0
+        } else {
+            self.warm as f64 / total as f64
+        }
+    }
+}
+
+/// Budget use of one server, for `/metrics` and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetStatus {
+    pub capacity: usize,
+    pub in_use: usize,
+}
+
+/// The routing pool; cheap to clone.
+#[derive(Clone)]
+pub struct TenantPools {
+    inner: Arc<Inner>,
+}
+
+impl TenantPools {
+    pub fn new(settings: PoolSettings) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                settings,
+                handles: std::sync::OnceLock::new(),
+                warm: AtomicU64::new(0),
+                cold: AtomicU64::new(0),
+                evictions: AtomicU64::new(0),
+                own_waits: AtomicU64::new(0),
+                servers: Mutex::new(HashMap::new()),
+                tenants: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// A connection to the tenant's database, as its own role.
+    pub async fn acquire(&self, route: &TenantRoute) -> Result<PooledConn, RouteError> {
+        let started = Instant::now();
+        let tenant = self.inner.tenant(route)?;
+        if let Some(error) = tenant.broken() {
+            metrics::counter!("tenant_pool_fast_failures_total").increment(1);
+            return Err(error);
+        }
+        // Counted down on every path, also when the request is cancelled while it waits.
+        let _waiting =
+            WaiterGuard::enter(&tenant.waiters, self.inner.settings.max_waiters_per_tenant)
+                .ok_or(RouteError::Busy)?;
+        let deadline = started + self.inner.settings.acquire_timeout;
+        // The tenant's cap first: waiting here is a FIFO queue per tenant, without polling.
+        let gate = match tenant.gate.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => return Err(RouteError::Closed),
+            Err(TryAcquireError::NoPermits) => {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(remaining, tenant.gate.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    Ok(Err(_)) => return Err(RouteError::Closed),
+                    Err(_) => {
+                        metrics::counter!("tenant_pool_timeouts_total").increment(1);
+                        return Err(RouteError::Timeout);
+                    }
+                }
+            }
+        };
+        // Fast path: an idle connection, taken without arming a timer (the common case of a warm tenant).
+        let fast = if tenant.pool.status().available > 0 {
+            let timeouts = Timeouts {
+                wait: Some(Duration::ZERO),
+                create: Some(self.inner.settings.acquire_timeout),
+                recycle: None,
+            };
+            Some(tenant.pool.timeout_get(&timeouts).await)
+        } else {
+            None
+        };
+        let result = match fast {
+            Some(Ok(conn)) => Ok(Ok(conn)),
+            Some(Err(PoolError::Timeout(_) | PoolError::Backend(RouteError::Saturated))) | None => {
+                loop {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(remaining, tenant.pool.get()).await {
+                        Ok(Err(PoolError::Backend(RouteError::Saturated)))
+                            if !remaining.is_zero() =>
+                        {
+                            // Until one of the tenant's connections comes back (or, as a fallback for one
+                            // that is closed instead, a moment).
+                            self.inner.own_waits.fetch_add(1, Ordering::Relaxed);
+                            metrics::counter!("tenant_pool_own_waits_total").increment(1);
+                            let _ =
+                                tokio::time::timeout(OWN_RETRY, tenant.returned.notified()).await;
+                        }
+                        other => break other,
+                    }
+                }
+            }
+            Some(Err(error)) => Ok(Err(error)),
+        };
+        *lock(&tenant.last_used) = Instant::now();
+        let handles = self.inner.metrics();
+        handles
+            .acquire_seconds
+            .record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(Ok(conn)) => {
+                // A connection recycled at least once existed before this request: a warm hit.
+                let warm = Object::metrics(&conn).recycle_count > 0;
+                let (counter, exported) = if warm {
+                    (&self.inner.warm, &handles.warm)
+                } else {
+                    (&self.inner.cold, &handles.cold)
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                exported.increment(1);
+                Ok(PooledConn {
+                    conn: Some(conn),
+                    gate: Some(gate),
+                    tenant: tenant.clone(),
+                })
+            }
+            Ok(Err(PoolError::Backend(RouteError::Saturated)))
+            | Ok(Err(PoolError::Timeout(_)))
+            | Err(_) => {
+                metrics::counter!("tenant_pool_timeouts_total").increment(1);
+                Err(RouteError::Timeout)
+            }
+            Ok(Err(PoolError::Backend(error))) => Err(error),
+            Ok(Err(PoolError::Closed)) => Err(RouteError::Closed),
+            Ok(Err(_)) => Err(RouteError::Timeout),
+        }
+    }
+
+    /// Closes a tenant's pool and its connections (suspension, deletion). The next `acquire` starts afresh.
+    pub fn close_tenant(&self, client_id: Uuid) {
+        if let Some(tenant) = lock(&self.inner.tenants).remove(&client_id) {
+            tenant.close();
+        }
+    }
+
+    /// Closes every pool (shutdown).
+    pub fn close(&self) {
+        for (_, tenant) in lock(&self.inner.tenants).drain() {
+            tenant.close();
+        }
+    }
+
+    /// Closes idle connections past their TTL or lifetime, and drops pools unused for long.
+    pub fn collect_garbage(&self) {
+        let settings = &self.inner.settings;
+        let mut tenants = lock(&self.inner.tenants);
+        for tenant in tenants.values() {
+            let removed = tenant.pool.retain(|conn, metrics| {
+                metrics.last_used() < settings.idle_ttl && metrics.age() < conn.expires_after
+            });
+            if !removed.removed.is_empty() {
+                metrics::counter!("tenant_pool_evictions_total", "reason" => "idle_or_lifetime")
+                    .increment(removed.removed.len() as u64);
+            }
+        }
+        tenants.retain(|_, tenant| {
+            tenant.pool.status().size > 0
+                || lock(&tenant.last_used).elapsed() < settings.pool_idle_drop
+        });
+        drop(tenants);
+        self.inner.relax();
+    }
+
+    /// Counters since the router was built.
+    pub fn stats(&self) -> PoolStats {
+        PoolStats {
+            warm: self.inner.warm.load(Ordering::Relaxed),
+            cold: self.inner.cold.load(Ordering::Relaxed),
+            evictions: self.inner.evictions.load(Ordering::Relaxed),
+            own_waits: self.inner.own_waits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The per-tenant cap in force on a server (the configured cap, or a fair share under pressure).
+    pub fn tenant_cap(&self, server_id: i64) -> usize {
+        lock(&self.inner.servers)
+            .get(&server_id)
+            .map(|b| b.fair_cap.load(Ordering::Relaxed))
+            .unwrap_or(self.inner.settings.per_tenant_cap)
+    }
+
+    /// How much of a server's budget is in use.
+    pub fn budget(&self, server_id: i64) -> Option<BudgetStatus> {
+        lock(&self.inner.servers)
+            .get(&server_id)
+            .map(|b| BudgetStatus {
+                capacity: b.capacity,
+                in_use: b.capacity - b.permits.available_permits(),
+            })
+    }
+
+    /// Publishes budget and pool gauges to `/metrics`.
+    pub fn publish_metrics(&self) {
+        for (server, budget) in lock(&self.inner.servers).iter() {
+            let server = server.to_string();
+            metrics::gauge!("tenant_pool_budget_capacity", "server" => server.clone())
+                .set(budget.capacity as f64);
+            metrics::gauge!("tenant_pool_budget_in_use", "server" => server.clone())
+                .set((budget.capacity - budget.permits.available_permits()) as f64);
+            metrics::gauge!("tenant_pool_tenant_cap", "server" => server)
+                .set(budget.fair_cap.load(Ordering::Relaxed) as f64);
+        }
+        let tenants = lock(&self.inner.tenants);
+        let (mut idle, mut size, mut broken) = (0usize, 0usize, 0usize);
+        for tenant in tenants.values() {
+            let status = tenant.pool.status();
+            idle += status.available;
+            size += status.size;
+            broken += usize::from(tenant.broken().is_some());
+        }
+        metrics::gauge!("tenant_pool_connections", "state" => "idle").set(idle as f64);
+        metrics::gauge!("tenant_pool_connections", "state" => "active")
+            .set(size.saturating_sub(idle) as f64);
+        metrics::gauge!("tenant_pool_tenants").set(tenants.len() as f64);
+        metrics::gauge!("tenant_pool_warm_hit_ratio").set(self.stats().hit_ratio());
+        metrics::gauge!("tenant_pool_breakers_open").set(broken as f64);
+    }
+}

@@ -1,0 +1,329 @@
+//! The routing pool's shared state: per-server budgets, per-tenant pools and gates, eviction, fair shares,
+//! the breaker, and garbage collection.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use deadpool::Runtime;
+use deadpool::managed::Pool;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use uuid::Uuid;
+
+use super::*;
+
+pub(super) struct TenantPool {
+    pub(super) pool: Pool<TenantManager>,
+    pub(super) budget: Arc<ServerBudget>,
+    /// The tenant's current cap as permits (the pool's own size is the configured cap): lowered and raised
+    /// with the fair share. `Pool::resize` cannot do this, as it cannot take back permits of connections in
+    /// use; this gate can, by forgetting permits as they come back (`gate_debt`).
+    pub(super) gate: Arc<Semaphore>,
+    pub(super) gate_size: AtomicUsize,
+    pub(super) gate_debt: AtomicUsize,
+    /// Signalled when a connection of this tenant is returned.
+    pub(super) returned: tokio::sync::Notify,
+    pub(super) server_id: i64,
+    pub(super) waiters: AtomicUsize,
+    pub(super) last_used: Mutex<Instant>,
+    pub(super) broken: Mutex<Option<(Instant, RouteError)>>,
+}
+
+/// Handles of the metrics recorded on every acquire, registered once (a lookup per request costs ~5% of a warm
+/// request, measured with the route benchmark).
+pub(super) struct Handles {
+    pub(super) acquire_seconds: metrics::Histogram,
+    pub(super) warm: metrics::Counter,
+    pub(super) cold: metrics::Counter,
+}
+
+pub(super) struct Inner {
+    pub(super) settings: PoolSettings,
+    /// Registered on first use, after the process installed its recorder.
+    pub(super) handles: std::sync::OnceLock<Handles>,
+    pub(super) warm: AtomicU64,
+    pub(super) cold: AtomicU64,
+    pub(super) evictions: AtomicU64,
+    pub(super) own_waits: AtomicU64,
+    pub(super) servers: Mutex<HashMap<i64, Arc<ServerBudget>>>,
+    pub(super) tenants: Mutex<HashMap<Uuid, Arc<TenantPool>>>,
+}
+
+impl Inner {
+    pub(super) fn metrics(&self) -> &Handles {
+        self.handles.get_or_init(|| Handles {
+            acquire_seconds: metrics::histogram!("tenant_pool_acquire_seconds"),
+            warm: metrics::counter!("tenant_pool_acquires_total", "result" => "warm"),
+            cold: metrics::counter!("tenant_pool_acquires_total", "result" => "cold"),
+        })
+    }
+
+    pub(super) fn tenant(
+        self: &Arc<Self>,
+        route: &TenantRoute,
+    ) -> Result<Arc<TenantPool>, RouteError> {
+        if let Some(tenant) = lock(&self.tenants).get(&route.client_id) {
+            return Ok(tenant.clone());
+        }
+        let budget = lock(&self.servers)
+            .entry(route.server_id)
+            .or_insert_with(|| {
+                Arc::new(ServerBudget {
+                    permits: Arc::new(Semaphore::new(self.settings.budget_per_server)),
+                    capacity: self.settings.budget_per_server,
+                    fair_cap: AtomicUsize::new(self.settings.per_tenant_cap),
+                    last_pressure: Mutex::new(None),
+                    returned: tokio::sync::Notify::new(),
+                })
+            })
+            .clone();
+        let cap = budget.fair_cap.load(Ordering::Relaxed);
+        let manager = TenantManager {
+            client_id: route.client_id,
+            server_id: route.server_id,
+            // Named, so operators (and the route benchmark) can tell the router's backends apart.
+            config: route
+                .target
+                .with_application_name("mandant-router")
+                .tokio_config(),
+            budget: budget.clone(),
+            router: Arc::downgrade(self),
+            settings: self.settings.clone(),
+        };
+        let pool = Pool::builder(manager)
+            .max_size(self.settings.per_tenant_cap)
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| RouteError::Unavailable(format!("building the tenant's pool: {e}")))?;
+        let tenant = Arc::new(TenantPool {
+            pool,
+            budget,
+            gate: Arc::new(Semaphore::new(cap)),
+            gate_size: AtomicUsize::new(cap),
+            gate_debt: AtomicUsize::new(0),
+            returned: tokio::sync::Notify::new(),
+            server_id: route.server_id,
+            waiters: AtomicUsize::new(0),
+            last_used: Mutex::new(Instant::now()),
+            broken: Mutex::new(None),
+        });
+        Ok(lock(&self.tenants)
+            .entry(route.client_id)
+            .or_insert(tenant)
+            .clone())
+    }
+
+    pub(super) fn connections_of(&self, client_id: Uuid) -> usize {
+        lock(&self.tenants)
+            .get(&client_id)
+            .map(|t| t.pool.status().size)
+            .unwrap_or(0)
+    }
+
+    /// Closes the least recently used idle connection of another tenant on the server.
+    /// `idle_for`: only a tenant unused for at least that long. Returns whether a connection was closed.
+    pub(super) fn evict_lru_idle(
+        &self,
+        server_id: i64,
+        except: Uuid,
+        idle_for: Option<Duration>,
+    ) -> bool {
+        let victim = lock(&self.tenants)
+            .iter()
+            .filter(|(id, t)| {
+                **id != except && t.server_id == server_id && t.pool.status().available > 0
+            })
+            .map(|(_, t)| (*lock(&t.last_used), t))
+            .filter(|(used, _)| idle_for.is_none_or(|d| used.elapsed() >= d))
+            .min_by_key(|(used, _)| *used)
+            .map(|(_, t)| t.clone());
+        let Some(victim) = victim else {
+            return false;
+        };
+        let mut taken = false;
+        let removed = victim.pool.retain(|_, _| {
+            let keep = taken;
+            taken = true;
+            keep
+        });
+        if removed.removed.is_empty() {
+            return false;
+        }
+        self.evictions.fetch_add(1, Ordering::Relaxed);
+        let reason = if idle_for.is_some() {
+            "stale"
+        } else {
+            "budget"
+        };
+        metrics::counter!("tenant_pool_evictions_total", "reason" => reason).increment(1);
+        true
+    }
+
+    /// The budget is full and a tenant wants another connection (`holder`: it has some already): the tenants
+    /// in use do not fit. Each tenant's cap drops to a fair share of the budget (at least 1), so the budget
+    /// holds connections of as many distinct tenants as possible instead of several of a few hot ones, and
+    /// warm tenants queue on their own connections (in the pool, without polling). Only the first signal at a
+    /// given share does work.
+    pub(super) fn under_pressure(&self, server_id: i64, budget: &ServerBudget, holder: bool) {
+        *lock(&budget.last_pressure) = Some(Instant::now());
+        let current = budget.fair_cap.load(Ordering::Relaxed);
+        if current <= 1 {
+            return;
+        }
+        let tenants = lock(&self.tenants);
+        let holders = tenants
+            .values()
+            .filter(|t| t.server_id == server_id && t.pool.status().size > 0)
+            .count();
+        let share = (budget.capacity / (holders + usize::from(!holder)).max(1)).max(1);
+        if share < current {
+            budget.fair_cap.store(share, Ordering::Relaxed);
+            for tenant in tenants.values().filter(|t| t.server_id == server_id) {
+                tenant.set_cap(share);
+            }
+            metrics::counter!("tenant_pool_fair_share_changes_total", "direction" => "down")
+                .increment(1);
+        }
+    }
+
+    /// Without pressure for a while, caps grow back (doubling per garbage-collection pass) to the configured cap.
+    pub(super) fn relax(&self) {
+        let configured = self.settings.per_tenant_cap;
+        let servers: Vec<(i64, Arc<ServerBudget>)> = lock(&self.servers)
+            .iter()
+            .map(|(id, b)| (*id, b.clone()))
+            .collect();
+        for (server_id, budget) in servers {
+            let current = budget.fair_cap.load(Ordering::Relaxed);
+            let calm = lock(&budget.last_pressure)
+                .is_none_or(|at| at.elapsed() >= self.settings.fair_share_hold);
+            if current >= configured || !calm {
+                continue;
+            }
+            let raised = (current * 2).min(configured);
+            budget.fair_cap.store(raised, Ordering::Relaxed);
+            for tenant in lock(&self.tenants)
+                .values()
+                .filter(|t| t.server_id == server_id)
+            {
+                tenant.set_cap(raised);
+            }
+            metrics::counter!("tenant_pool_fair_share_changes_total", "direction" => "up")
+                .increment(1);
+        }
+    }
+
+    pub(super) fn trip(&self, client_id: Uuid, error: &RouteError) {
+        let cooldown = match error {
+            RouteError::ServerFull => self.settings.breaker_cooldown / 4,
+            RouteError::Timeout | RouteError::Busy | RouteError::Closed | RouteError::Saturated => {
+                return;
+            }
+            _ => self.settings.breaker_cooldown,
+        };
+        if let Some(tenant) = lock(&self.tenants).get(&client_id) {
+            *lock(&tenant.broken) = Some((Instant::now() + cooldown, error.clone()));
+            metrics::counter!("tenant_pool_breaker_trips_total").increment(1);
+        }
+    }
+}
+
+impl TenantPool {
+    /// Closes the pool and fails the requests waiting for it.
+    pub(super) fn close(&self) {
+        self.gate.close();
+        self.pool.close();
+    }
+
+    /// Sets the tenant's cap: lowering it closes idle connections over the new cap at once and takes back
+    /// gate permits as they are returned; raising it pays back that debt first.
+    pub(super) fn set_cap(&self, cap: usize) {
+        let old = self.gate_size.swap(cap, Ordering::AcqRel);
+        if cap < old {
+            let surplus = old - cap;
+            let forgotten = self.gate.forget_permits(surplus);
+            self.gate_debt
+                .fetch_add(surplus - forgotten, Ordering::AcqRel);
+            let mut size = self.pool.status().size;
+            self.pool.retain(|_, _| {
+                let keep = size <= cap;
+                if !keep {
+                    size -= 1;
+                }
+                keep
+            });
+        } else if cap > old {
+            let mut grant = cap - old;
+            let mut debt = self.gate_debt.load(Ordering::Acquire);
+            loop {
+                let paid = debt.min(grant);
+                match self.gate_debt.compare_exchange(
+                    debt,
+                    debt - paid,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => {
+                        grant -= paid;
+                        break;
+                    }
+                    Err(now) => debt = now,
+                }
+            }
+            self.gate.add_permits(grant);
+        }
+    }
+
+    /// Gives a gate permit back, or keeps it if the cap was lowered meanwhile.
+    pub(super) fn release_gate(&self, permit: OwnedSemaphorePermit) {
+        let owed = self
+            .gate_debt
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |debt| {
+                debt.checked_sub(1)
+            })
+            .is_ok();
+        if owed {
+            permit.forget();
+        } else {
+            drop(permit);
+        }
+    }
+
+    /// The remembered failure, while its cooldown lasts.
+    pub(super) fn broken(&self) -> Option<RouteError> {
+        let mut broken = lock(&self.broken);
+        match &*broken {
+            Some((until, error)) if Instant::now() < *until => Some(error.clone()),
+            Some(_) => {
+                *broken = None;
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+/// One waiting request of a tenant; the count goes down when it is dropped.
+pub(super) struct WaiterGuard<'a>(&'a AtomicUsize);
+
+impl<'a> WaiterGuard<'a> {
+    pub(super) fn enter(waiters: &'a AtomicUsize, max: usize) -> Option<Self> {
+        if waiters.fetch_add(1, Ordering::AcqRel) >= max {
+            waiters.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self(waiters))
+    }
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Locks a mutex, recovering from poisoning (every critical section here leaves consistent state).
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
