@@ -37,6 +37,15 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// `Ok` when `ok`, else the error naming `key`.
+fn ensure(ok: bool, key: &'static str, reason: &str) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(key, reason))
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
@@ -246,50 +255,69 @@ impl Settings {
     }
 
     /// Checks that serde cannot express: ranges and cross-field rules.
+    /// Every key's constraint; the first one broken is the error (naming the key).
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.server.body_limit_bytes < 1024 {
-            return Err(invalid("server.body_limit_bytes", "must be at least 1024"));
+        let (server, database, embedded) = (&self.server, &self.database, &self.embedded);
+        ensure(
+            server.body_limit_bytes >= 1024,
+            "server.body_limit_bytes",
+            "must be at least 1024",
+        )?;
+        ensure(
+            (1..=100_000).contains(&self.tenants.scram_iterations),
+            "tenants.scram_iterations",
+            "must be between 1 and 100000",
+        )?;
+        ensure(
+            server.import_limit_bytes >= 1024,
+            "server.import_limit_bytes",
+            "must be at least 1024",
+        )?;
+        ensure(
+            server.request_timeout_secs > 0,
+            "server.request_timeout_secs",
+            "must be at least 1",
+        )?;
+        ensure(
+            database.max_connections > 0,
+            "database.max_connections",
+            "must be at least 1",
+        )?;
+        ensure(
+            database.acquire_timeout_secs > 0,
+            "database.acquire_timeout_secs",
+            "must be at least 1",
+        )?;
+        database.target()?;
+        ensure(
+            !embedded.data_dir.as_os_str().is_empty(),
+            "embedded.data_dir",
+            "must not be empty",
+        )?;
+        ensure(
+            embedded.port > 0,
+            "embedded.port",
+            "must be between 1 and 65535",
+        )?;
+        ensure(
+            (10..=10_000).contains(&embedded.max_connections),
+            "embedded.max_connections",
+            "must be between 10 and 10000",
+        )?;
+        ensure(
+            embedded.start_timeout_secs > 0,
+            "embedded.start_timeout_secs",
+            "must be at least 1",
+        )?;
+        self.validate_tenants()?;
+        self.validate_workers_and_routing()?;
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(invalid("log.level", e.to_string()));
         }
-        if !(1..=100_000).contains(&self.tenants.scram_iterations) {
-            return Err(invalid(
-                "tenants.scram_iterations",
-                "must be between 1 and 100000",
-            ));
-        }
-        if self.server.import_limit_bytes < 1024 {
-            return Err(invalid(
-                "server.import_limit_bytes",
-                "must be at least 1024",
-            ));
-        }
-        if self.server.request_timeout_secs == 0 {
-            return Err(invalid("server.request_timeout_secs", "must be at least 1"));
-        }
-        if self.database.max_connections == 0 {
-            return Err(invalid("database.max_connections", "must be at least 1"));
-        }
-        if self.database.acquire_timeout_secs == 0 {
-            return Err(invalid(
-                "database.acquire_timeout_secs",
-                "must be at least 1",
-            ));
-        }
-        self.database.target()?;
-        if self.embedded.data_dir.as_os_str().is_empty() {
-            return Err(invalid("embedded.data_dir", "must not be empty"));
-        }
-        if self.embedded.port == 0 {
-            return Err(invalid("embedded.port", "must be between 1 and 65535"));
-        }
-        if !(10..=10_000).contains(&self.embedded.max_connections) {
-            return Err(invalid(
-                "embedded.max_connections",
-                "must be between 10 and 10000",
-            ));
-        }
-        if self.embedded.start_timeout_secs == 0 {
-            return Err(invalid("embedded.start_timeout_secs", "must be at least 1"));
-        }
+        Ok(())
+    }
+
+    fn validate_tenants(&self) -> Result<(), ConfigError> {
         let prefix_ok = |s: &str, max: usize| {
             !s.is_empty()
                 && s.len() <= max
@@ -298,72 +326,73 @@ impl Settings {
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         };
         // 63 bytes is PostgreSQL's identifier limit; a client id (uuid, 32 hex digits) follows the prefix.
-        if !prefix_ok(&self.tenants.db_prefix, 63 - 32) {
-            return Err(invalid(
-                "tenants.db_prefix",
-                "must be 1-31 characters of a-z, 0-9 and _, starting with a letter",
-            ));
-        }
-        if !prefix_ok(&self.tenants.template_db, 63) {
-            return Err(invalid(
-                "tenants.template_db",
-                "must be 1-63 characters of a-z, 0-9 and _, starting with a letter",
-            ));
-        }
-        if !(1..=100_000).contains(&self.tenants.local_max_databases) {
-            return Err(invalid(
-                "tenants.local_max_databases",
-                "must be between 1 and 100000",
-            ));
-        }
+        ensure(
+            prefix_ok(&self.tenants.db_prefix, 63 - 32),
+            "tenants.db_prefix",
+            "must be 1-31 characters of a-z, 0-9 and _, starting with a letter",
+        )?;
+        ensure(
+            prefix_ok(&self.tenants.template_db, 63),
+            "tenants.template_db",
+            "must be 1-63 characters of a-z, 0-9 and _, starting with a letter",
+        )?;
+        ensure(
+            (1..=100_000).contains(&self.tenants.local_max_databases),
+            "tenants.local_max_databases",
+            "must be between 1 and 100000",
+        )
+    }
+
+    fn validate_workers_and_routing(&self) -> Result<(), ConfigError> {
         let w = &self.workers;
-        if !(1..=256).contains(&w.fanout_concurrency) {
-            return Err(invalid(
-                "workers.fanout_concurrency",
-                "must be between 1 and 256",
-            ));
-        }
-        if !(1..=256).contains(&w.concurrency) {
-            return Err(invalid("workers.concurrency", "must be between 1 and 256"));
-        }
-        if w.poll_interval_ms < 10 {
-            return Err(invalid("workers.poll_interval_ms", "must be at least 10"));
-        }
-        if w.lease_secs < 5 {
-            return Err(invalid("workers.lease_secs", "must be at least 5"));
-        }
-        if w.max_attempts == 0 {
-            return Err(invalid("workers.max_attempts", "must be at least 1"));
-        }
-        if w.backoff_max_secs == 0 {
-            return Err(invalid("workers.backoff_max_secs", "must be at least 1"));
-        }
+        ensure(
+            (1..=256).contains(&w.fanout_concurrency),
+            "workers.fanout_concurrency",
+            "must be between 1 and 256",
+        )?;
+        ensure(
+            (1..=256).contains(&w.concurrency),
+            "workers.concurrency",
+            "must be between 1 and 256",
+        )?;
+        ensure(
+            w.poll_interval_ms >= 10,
+            "workers.poll_interval_ms",
+            "must be at least 10",
+        )?;
+        ensure(
+            w.lease_secs >= 5,
+            "workers.lease_secs",
+            "must be at least 5",
+        )?;
+        ensure(
+            w.max_attempts > 0,
+            "workers.max_attempts",
+            "must be at least 1",
+        )?;
+        ensure(
+            w.backoff_max_secs > 0,
+            "workers.backoff_max_secs",
+            "must be at least 1",
+        )?;
         let r = &self.routing;
-        if r.budget_per_server == 0
-            || r.per_tenant_cap == 0
-            || r.per_tenant_cap > r.budget_per_server
-        {
-            return Err(invalid(
-                "routing.per_tenant_cap",
-                "must be at least 1 and at most routing.budget_per_server (itself at least 1)",
-            ));
-        }
-        if r.max_waiters_per_tenant == 0 {
-            return Err(invalid(
-                "routing.max_waiters_per_tenant",
-                "must be at least 1",
-            ));
-        }
-        if r.acquire_timeout_ms == 0 || r.gc_interval_secs == 0 || r.max_lifetime_secs == 0 {
-            return Err(invalid(
-                "routing",
-                "acquire_timeout_ms, gc_interval_secs and max_lifetime_secs must be at least 1",
-            ));
-        }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            return Err(invalid("log.level", e.to_string()));
-        }
-        Ok(())
+        ensure(
+            r.budget_per_server > 0
+                && r.per_tenant_cap > 0
+                && r.per_tenant_cap <= r.budget_per_server,
+            "routing.per_tenant_cap",
+            "must be at least 1 and at most routing.budget_per_server (itself at least 1)",
+        )?;
+        ensure(
+            r.max_waiters_per_tenant > 0,
+            "routing.max_waiters_per_tenant",
+            "must be at least 1",
+        )?;
+        ensure(
+            r.acquire_timeout_ms > 0 && r.gc_interval_secs > 0 && r.max_lifetime_secs > 0,
+            "routing",
+            "acquire_timeout_ms, gc_interval_secs and max_lifetime_secs must be at least 1",
+        )
     }
 
     /// The directory for the embedded cluster, archives and the bootstrap token, made absolute.
