@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{FanOut, FanoutError, Recorder};
@@ -63,28 +62,14 @@ impl FanOut {
         &self,
         job: &Job,
     ) -> Result<Option<serde_json::Value>, FanoutError> {
-        let client = self.job_client(job).await?;
-        let span = tracing::info_span!("reconcile_fields", client = %client.slug);
-        async {
-            let (Some(server_id), true) = (client.server_id, has_fields(client.status)) else {
-                return Ok(None);
-            };
-            let server = self.control.server(server_id).await?;
-            match self.apply_fields(client.id, &server).await {
-                Ok(done) => Ok(Some(serde_json::json!({
-                    "added": done.added, "changed": done.changed, "dropped": done.dropped,
-                }))),
-                Err(e) => {
-                    let error = error_chain(&e);
-                    if let Err(record) = self.control.fields_failed(client.id, &error).await {
-                        tracing::warn!(error = %record, "could not record the failure");
-                    }
-                    Err(e)
-                }
-            }
-        }
-        .instrument(span)
-        .await
+        let apply = |client: crate::control::clients::ClientRecord, server: ServerRecord| async move {
+            let done = self.apply_fields(client.id, &server).await?;
+            Ok(serde_json::json!({
+                "added": done.added, "changed": done.changed, "dropped": done.dropped,
+            }))
+        };
+        self.for_job_client(job, "reconcile_fields", has_fields, &FieldsRecorder, apply)
+            .await
     }
 
     /// Runs a `propagate_fields` job: every active and suspended client's fields reconciled (every field read
@@ -133,18 +118,22 @@ impl Recorder for FieldsRecorder {
         control.fields_applied(batch).await
     }
 
-    async fn failed(
+    async fn mark_failed(
         &self,
         control: &ControlPlane,
         client: Uuid,
         error: &str,
+    ) -> Result<(), ControlError> {
+        control.fields_failed(client, error).await
+    }
+
+    async fn queue_retry(
+        &self,
+        control: &ControlPlane,
+        client: Uuid,
         max_attempts: i32,
     ) -> Result<(), ControlError> {
-        control.fields_failed(client, error).await?;
-        control
-            .enqueue_field_reconcile(client, max_attempts)
-            .await?;
-        Ok(())
+        control.enqueue_field_reconcile(client, max_attempts).await
     }
 }
 

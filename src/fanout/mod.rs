@@ -26,6 +26,8 @@ use crate::control::jobs::Job;
 use crate::control::servers::ServerRecord;
 use crate::control::{ControlError, ControlPlane};
 use crate::data::DataPlane;
+use crate::domain::ClientStatus;
+use crate::telemetry::error_chain;
 use crate::tenant::TenantError;
 
 /// Results written to the control plane per statement.
@@ -45,8 +47,8 @@ pub enum FanoutError {
     Sync(String),
 }
 
-/// What a fan-out does with its results: successes in batches, and a client that failed (mark it, queue its own
-/// retrying job).
+/// What a fan-out records in the control plane: successes in batches; a client that failed is marked failed
+/// with the error, and (in a fan-out, not in its own retrying job) gets a job of its own queued.
 pub trait Recorder: Sync {
     type Item: Send + 'static;
 
@@ -56,11 +58,17 @@ pub trait Recorder: Sync {
         batch: &[Self::Item],
     ) -> impl Future<Output = Result<(), ControlError>> + Send;
 
-    fn failed(
+    fn mark_failed(
         &self,
         control: &ControlPlane,
         client: Uuid,
         error: &str,
+    ) -> impl Future<Output = Result<(), ControlError>> + Send;
+
+    fn queue_retry(
+        &self,
+        control: &ControlPlane,
+        client: Uuid,
         max_attempts: i32,
     ) -> impl Future<Output = Result<(), ControlError>> + Send;
 }
@@ -95,10 +103,42 @@ impl FanOut {
         &self.control
     }
 
-    /// The client a per-client job is for.
-    async fn job_client(&self, job: &Job) -> Result<ClientRecord, FanoutError> {
+    /// A per-client job (`reconcile_fields`, `sync_templates`): the job's client gets `work` when `select` accepts
+    /// its status and it is placed on a server; a failure is recorded on the client (the job queue retries the job
+    /// itself) and returned.
+    async fn for_job_client<T, Fut, R>(
+        &self,
+        job: &Job,
+        name: &'static str,
+        select: impl Fn(ClientStatus) -> bool,
+        recorder: &R,
+        work: impl FnOnce(ClientRecord, ServerRecord) -> Fut,
+    ) -> Result<Option<T>, FanoutError>
+    where
+        Fut: Future<Output = Result<T, FanoutError>>,
+        R: Recorder,
+    {
         let id = job.client_id.ok_or(FanoutError::NoClient)?;
-        Ok(self.control.client_by_id(id).await?)
+        let client = self.control.client_by_id(id).await?;
+        let span = tracing::info_span!("fanout", job = name, client = %client.slug);
+        async {
+            let (Some(server_id), true) = (client.server_id, select(client.status)) else {
+                return Ok(None);
+            };
+            let server = self.control.server(server_id).await?;
+            match work(client, server).await {
+                Ok(done) => Ok(Some(done)),
+                Err(e) => {
+                    let error = error_chain(&e);
+                    if let Err(record) = recorder.mark_failed(&self.control, id, &error).await {
+                        tracing::warn!(error = %record, "could not record the failure");
+                    }
+                    Err(e)
+                }
+            }
+        }
+        .instrument(span)
+        .await
     }
 
     /// Runs `work` for every live client on a registered server that `select` accepts, at most `concurrency` at
@@ -159,8 +199,9 @@ impl FanOut {
                 Err(error) => {
                     outcome.failed += 1;
                     tracing::warn!(job, %client, %error, "failed for one client; it retries on its own");
+                    recorder.mark_failed(&self.control, client, &error).await?;
                     recorder
-                        .failed(&self.control, client, &error, self.max_attempts)
+                        .queue_retry(&self.control, client, self.max_attempts)
                         .await?;
                 }
             }

@@ -5,11 +5,12 @@
 use std::sync::Arc;
 
 use deadpool_postgres::tokio_postgres;
-use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{FanOut, FanoutError, Recorder};
+use crate::control::clients::ClientRecord;
 use crate::control::jobs::Job;
+use crate::control::servers::ServerRecord;
 use crate::control::{ControlError, ControlPlane};
 use crate::data::templates::sync;
 use crate::domain::ClientStatus;
@@ -55,37 +56,20 @@ impl FanOut {
         &self,
         job: &Job,
     ) -> Result<Option<serde_json::Value>, FanoutError> {
-        let client = self.job_client(job).await?;
-        let span = tracing::info_span!("sync_templates", client = %client.slug);
-        async {
-            let (Some(server_id), ClientStatus::Active) = (client.server_id, client.status) else {
-                return Ok(None);
-            };
-            let server = self.control.server(server_id).await?;
+        let sync_one = |client: ClientRecord, server: ServerRecord| async move {
             let route = self.data.route(&server, client.id)?;
-            let outcome = async {
-                let mut conn = self
-                    .data
-                    .pools()
-                    .acquire(&route)
-                    .await
-                    .map_err(|e| FanoutError::Sync(e.to_string()))?;
-                self.copy_templates(client.id, conn.client_mut()).await
-            }
-            .await;
-            match outcome {
-                Ok(applied) => Ok(Some(serde_json::json!({ "applied": applied }))),
-                Err(e) => {
-                    let error = error_chain(&e);
-                    if let Err(record) = self.control.templates_failed(client.id, &error).await {
-                        tracing::warn!(error = %record, "could not record the failure");
-                    }
-                    Err(e)
-                }
-            }
-        }
-        .instrument(span)
-        .await
+            let mut conn = self
+                .data
+                .pools()
+                .acquire(&route)
+                .await
+                .map_err(|e| FanoutError::Sync(e.to_string()))?;
+            let applied = self.copy_templates(client.id, conn.client_mut()).await?;
+            Ok(serde_json::json!({ "applied": applied }))
+        };
+        let active = |status| status == ClientStatus::Active;
+        self.for_job_client(job, "sync_templates", active, &TemplatesRecorder, sync_one)
+            .await
     }
 
     /// Runs a `publish_templates` job: every active client synced; returns `{"synced": n, "failed": n}`.
@@ -141,15 +125,21 @@ impl Recorder for TemplatesRecorder {
         control.templates_synced(batch).await
     }
 
-    async fn failed(
+    async fn mark_failed(
         &self,
         control: &ControlPlane,
         client: Uuid,
         error: &str,
+    ) -> Result<(), ControlError> {
+        control.templates_failed(client, error).await
+    }
+
+    async fn queue_retry(
+        &self,
+        control: &ControlPlane,
+        client: Uuid,
         max_attempts: i32,
     ) -> Result<(), ControlError> {
-        control.templates_failed(client, error).await?;
-        control.enqueue_template_sync(client, max_attempts).await?;
-        Ok(())
+        control.enqueue_template_sync(client, max_attempts).await
     }
 }
