@@ -22,7 +22,7 @@ pub enum Step {
     /// Choose a database server and record the database name (once).
     Place,
     /// Make sure the server's template database exists and is current.
-    Template,
+    TemplateDb,
     /// Create (or reset) the tenant's login role.
     Role,
     /// Clone the tenant database from the template.
@@ -40,7 +40,7 @@ pub enum Step {
 impl Step {
     pub const ALL: [Self; 8] = [
         Self::Place,
-        Self::Template,
+        Self::TemplateDb,
         Self::Role,
         Self::Database,
         Self::Restrict,
@@ -52,7 +52,7 @@ impl Step {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Place => "place",
-            Self::Template => "template",
+            Self::TemplateDb => "template",
             Self::Role => "role",
             Self::Database => "database",
             Self::Restrict => "restrict",
@@ -144,7 +144,7 @@ impl Provisioner {
                 let server_id = run.client.server_id.ok_or(ControlError::NotFound)?;
                 run.server = Some(self.control.server(server_id).await?);
             }
-            Step::Template => {
+            Step::TemplateDb => {
                 let server = run.server()?;
                 if server.template_version < self.migrations.latest() {
                     let admin = self.targets.admin(server)?;

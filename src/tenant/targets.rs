@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::TenantError;
 use super::credentials::{Credentials, KeyFileError};
-use super::template_db::TemplateNames;
+use super::template_db::TemplateDbNames;
 use crate::config::{Settings, TenantSettings};
 use crate::control::servers::ServerRecord;
 use crate::db::{PgTarget, Secret};
@@ -35,7 +35,7 @@ impl TenantNames {
 pub struct Targets {
     control_target: PgTarget,
     tenants: TenantSettings,
-    template_db: TemplateNames,
+    template_db: TemplateDbNames,
     credentials: Credentials,
 }
 
@@ -43,7 +43,7 @@ impl Targets {
     pub fn new(settings: &Settings, control_target: PgTarget, credentials: Credentials) -> Self {
         Self {
             control_target,
-            template_db: TemplateNames::new(
+            template_db: TemplateDbNames::new(
                 &settings.tenants.db_prefix,
                 &settings.tenants.template_db,
             ),
@@ -66,7 +66,7 @@ impl Targets {
     }
 
     /// The template database's names on every server.
-    pub fn template_db(&self) -> &TemplateNames {
+    pub fn template_db(&self) -> &TemplateDbNames {
         &self.template_db
     }
 

@@ -17,13 +17,13 @@ use crate::db::{PgTarget, lock_key, quote_ident};
 
 /// Names on one server derived from the configuration.
 #[derive(Debug, Clone)]
-pub struct TemplateNames {
+pub struct TemplateDbNames {
     pub template_db: String,
     /// Owner of the template's objects until a clone hands them to the tenant.
     pub owner_role: String,
 }
 
-impl TemplateNames {
+impl TemplateDbNames {
     pub fn new(prefix: &str, template_db: &str) -> Self {
         Self {
             template_db: template_db.to_owned(),
@@ -40,7 +40,7 @@ impl TemplateNames {
 /// migration did. `admin` is the server's maintenance database as an administrator.
 pub async fn ensure_template(
     admin: &PgTarget,
-    names: &TemplateNames,
+    names: &TemplateDbNames,
     set: &MigrationSet,
 ) -> Result<MigrateOutcome, TenantError> {
     let conn = admin_connect(admin).await?;
@@ -70,7 +70,7 @@ pub async fn ensure_template(
 async fn prepare(
     conn: &Client,
     admin: &PgTarget,
-    names: &TemplateNames,
+    names: &TemplateDbNames,
     set: &MigrationSet,
 ) -> Result<MigrateOutcome, TenantError> {
     ensure_nologin_role(conn, &names.owner_role).await?;
@@ -113,7 +113,7 @@ async fn prepare(
 /// migration). True if created, false if it existed already.
 pub async fn clone_from_template(
     conn: &Client,
-    names: &TemplateNames,
+    names: &TemplateDbNames,
     database: &str,
 ) -> Result<bool, TenantError> {
     conn.execute("SELECT pg_advisory_lock_shared($1)", &[&names.lock()])
@@ -129,7 +129,7 @@ pub async fn clone_from_template(
 /// Hands every object in a fresh clone from the template owner to the tenant role. Idempotent.
 pub async fn hand_over(
     database: &PgTarget,
-    names: &TemplateNames,
+    names: &TemplateDbNames,
     tenant_role: &str,
 ) -> Result<(), TenantError> {
     let conn = database
