@@ -261,6 +261,10 @@ fn spawn_background(
             }
         }
     });
+    // The route cache follows the clients channel (it serves only while this listener is up).
+    let data = state.data().clone();
+    let (retry, token) = (state.settings().workers.poll_interval(), cancel.clone());
+    tasks.spawn(async move { data.listen(retry, token).await });
     // Routing-pool hygiene: idle TTL, max lifetime, unused pools; and its gauges.
     let pools = state.pools().clone();
     let every = state.settings().routing.gc_interval();

@@ -11,6 +11,7 @@ pub mod access;
 pub mod clients;
 pub mod fields;
 pub mod jobs;
+pub mod listen;
 pub mod migrate;
 pub mod servers;
 pub mod templates;
@@ -30,6 +31,9 @@ pub const CONTROL_DB: &str = "mandant";
 pub const LOCAL_SERVER: &str = "local";
 /// The channel `NOTIFY`d when a job is enqueued.
 pub const JOBS_CHANNEL: &str = "mandant_jobs";
+/// Notified by a trigger (`V5__client_events.sql`) whenever a client's status, server or database changes;
+/// payload `<client id> <status> <slug>`.
+pub const CLIENTS_CHANNEL: &str = "mandant_clients";
 /// How long the readiness probe waits for the control plane.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 

@@ -1,10 +1,16 @@
 //! The data plane: requests routed to a client's own database through the routing pool.
 //!
 //! Owns the DML on tenant databases (DDL is `tenant/`'s) and [`DataPlane`]: the route cache (slug → client record
-//! and route, kept for [`ROUTE_TTL`] so a busy tenant does not cost a control-plane query per request), the
-//! routing pool ([`TenantPools`]) and the tenant targets. A status change in this process invalidates the entry at
-//! once; in other processes it is noticed within the TTL, and PostgreSQL itself refuses a suspended tenant's role
-//! (NOLOGIN) meanwhile.
+//! and route, so a busy tenant does not cost a control-plane query per request), the routing pool
+//! ([`TenantPools`]) and the tenant targets.
+//!
+//! The route cache never contradicts what the API reported: it serves only **active** clients, only while its
+//! `LISTEN` on the clients channel is up, and for at most [`ROUTE_SAFETY_TTL`]. Every change of a client's status
+//! or placement notifies that channel from its transaction (a trigger), and each process drops the client's route
+//! on the notification (closing its pool unless it is active). A client that is not active is always read from
+//! the control plane before a request is refused with 409, so a client the API has just reported `active` is
+//! served at once, even when the notification has not arrived yet. A route loaded while a notification arrived is
+//! not cached (a generation counter), so a stale load cannot overwrite an invalidation.
 //! Never: touches the control plane except through `control/` reads, or connects as anything but the tenant role.
 
 pub mod import;
@@ -16,6 +22,7 @@ pub mod target_groups;
 pub mod templates;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,8 +30,10 @@ use deadpool_postgres::tokio_postgres;
 
 use crate::control::clients::ClientRecord;
 use crate::control::servers::ServerRecord;
-use crate::control::{ControlError, ControlPlane};
+use crate::control::listen::Listening;
+use crate::control::{CLIENTS_CHANNEL, ControlError, ControlPlane};
 use crate::domain::{ClientSlug, ClientStatus, Invalid};
+use crate::shutdown::CancellationToken;
 use crate::tenant::TenantError;
 use crate::tenant::pool::{PooledConn, RouteError, TenantPools, TenantRoute};
 use crate::tenant::targets::Targets;
@@ -68,8 +77,9 @@ impl Privacy {
     }
 }
 
-/// How long a cached route is trusted.
-pub const ROUTE_TTL: Duration = Duration::from_secs(1);
+/// How long a cached route is trusted at most, although every change is notified: a safety net for a
+/// notification lost in a way the listener's ping does not notice.
+pub const ROUTE_SAFETY_TTL: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
@@ -114,11 +124,40 @@ type Routed = (Instant, Arc<ClientRecord>, Option<Arc<TenantRoute>>);
 #[derive(Default)]
 struct RouteCache {
     entries: Mutex<HashMap<String, Routed>>,
+    /// Whether the clients listener is up (the cache serves only then).
+    listening: AtomicBool,
+    /// Bumped by every invalidation.
+    generation: AtomicU64,
 }
 
 impl RouteCache {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Routed>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn clear(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.lock().clear();
+    }
+
+    fn remove(&self, slug: &str) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.lock().remove(slug);
+    }
+
+    /// An active client's route, while the listener is up and the entry is young enough.
+    fn get(&self, slug: &str) -> Option<Routed> {
+        if !self.listening.load(Ordering::Acquire) {
+            return None;
+        }
+        self.lock()
+            .get(slug)
+            .filter(|(at, client, route)| {
+                at.elapsed() < ROUTE_SAFETY_TTL
+                    && client.status == ClientStatus::Active
+                    && route.is_some()
+            })
+            .cloned()
     }
 }
 
@@ -166,13 +205,20 @@ impl DataPlane {
 
     /// Forgets a cached route.
     pub fn invalidate(&self, slug: &str) {
-        self.routes.lock().remove(slug);
+        self.routes.remove(slug);
+    }
+
+    /// Follows the clients channel until cancelled (see the module documentation); the route cache serves only
+    /// while this runs and is connected.
+    pub async fn listen(&self, retry: Duration, cancel: CancellationToken) {
+        self.control
+            .listen(&[CLIENTS_CHANNEL], "routes", self, retry, cancel)
+            .await;
     }
 
     /// Tells the data plane of this process that a client's status changed: its cached route is forgotten, and
-    /// unless it is active its pooled connections are closed. Other processes notice within [`ROUTE_TTL`];
-    /// meanwhile PostgreSQL refuses the role (the access job's NOLOGIN and `pg_terminate_backend`) or the
-    /// database is dropped `WITH (FORCE)` by the deletion job.
+    /// unless it is active its pooled connections are closed. (Every process, this one included, also hears it
+    /// from the clients channel; this makes it immediate for the process that made the change.)
     pub fn status_changed(&self, client: &ClientRecord) {
         self.invalidate(&client.slug);
         if client.status != ClientStatus::Active {
@@ -185,15 +231,35 @@ impl DataPlane {
         &self,
         slug: &ClientSlug,
     ) -> Result<(Arc<ClientRecord>, PooledConn), DataError> {
-        let (client, route) = match self.lookup(slug).await? {
-            (_, client, Some(route)) => (client, route),
-            (_, client, None) => return Err(DataError::ClientNotActive(client.status)),
-        };
-        if client.status != ClientStatus::Active {
-            return Err(DataError::ClientNotActive(client.status));
+        let (client, route) = self.active_route(slug).await?;
+        match self.pools.acquire(&route).await {
+            Ok(conn) => Ok((client, conn)),
+            // Refused or gone (not merely busy): the route may be older than a status change whose notification
+            // has not arrived yet (a suspension, a deletion). Ask the control plane before blaming the tenant.
+            Err(
+                e @ (RouteError::AuthFailed(_)
+                | RouteError::DatabaseMissing
+                | RouteError::Closed
+                | RouteError::Unavailable(_)),
+            ) => {
+                self.invalidate(slug.as_str());
+                match self.active_route(slug).await {
+                    Ok(_) => Err(e.into()),
+                    Err(refused) => Err(refused),
+                }
+            }
+            Err(e) => Err(e.into()),
         }
-        let conn = self.pools.acquire(&route).await?;
-        Ok((client, conn))
+    }
+
+    async fn active_route(
+        &self,
+        slug: &ClientSlug,
+    ) -> Result<(Arc<ClientRecord>, Arc<TenantRoute>), DataError> {
+        match self.lookup(slug).await? {
+            (_, client, Some(route)) if client.status == ClientStatus::Active => Ok((client, route)),
+            (_, client, _) => Err(DataError::ClientNotActive(client.status)),
+        }
     }
 
     /// A live client by slug, from the route cache (the access check of every client-scoped request uses this).
@@ -202,11 +268,10 @@ impl DataPlane {
     }
 
     async fn lookup(&self, slug: &ClientSlug) -> Result<Routed, DataError> {
-        if let Some(entry) = self.routes.lock().get(slug.as_str())
-            && entry.0.elapsed() < ROUTE_TTL
-        {
-            return Ok(entry.clone());
+        if let Some(entry) = self.routes.get(slug.as_str()) {
+            return Ok(entry);
         }
+        let generation = self.routes.generation.load(Ordering::Acquire);
         let client = match self.control.client_by_slug(slug).await {
             Ok(client) => client,
             Err(ControlError::NotFound) => return Err(DataError::NotFound),
@@ -220,9 +285,40 @@ impl DataPlane {
             None => None,
         };
         let entry = (Instant::now(), Arc::new(client), route);
-        self.routes
-            .lock()
-            .insert(slug.as_str().to_owned(), entry.clone());
+        if entry.1.status == ClientStatus::Active {
+            let mut entries = self.routes.lock();
+            // Not if an invalidation happened meanwhile: this load may predate it.
+            if self.routes.generation.load(Ordering::Acquire) == generation {
+                entries.insert(slug.as_str().to_owned(), entry.clone());
+            }
+        }
         Ok(entry)
+    }
+}
+
+impl Listening for DataPlane {
+    fn up(&self) {
+        // Changes made while nobody listened may be cached from before: start clean.
+        self.routes.clear();
+        self.routes.listening.store(true, Ordering::Release);
+    }
+
+    fn notified(&self, _channel: &str, payload: &str) {
+        let mut parts = payload.splitn(3, ' ');
+        let (id, status, slug) = (parts.next(), parts.next(), parts.next());
+        match slug {
+            Some(slug) => self.routes.remove(slug),
+            None => self.routes.clear(),
+        }
+        if status != Some(ClientStatus::Active.as_str())
+            && let Some(id) = id.and_then(|id| uuid::Uuid::parse_str(id).ok())
+        {
+            self.pools.close_tenant(id);
+        }
+    }
+
+    fn down(&self) {
+        self.routes.listening.store(false, Ordering::Release);
+        self.routes.clear();
     }
 }

@@ -8,13 +8,13 @@
 
 use std::sync::Arc;
 
-use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::config::WorkerSettings;
 use crate::control::jobs::{AfterFailure, Job, JobKind};
+use crate::control::listen::Listening;
 use crate::control::{ControlError, ControlPlane, JOBS_CHANNEL};
 use crate::fanout::FanOut;
 #[cfg(feature = "testing")]
@@ -277,12 +277,17 @@ pub fn spawn(state: &AppState, tasks: &TaskTracker, cancel: &CancellationToken) 
     let worker_id = format!("{}-{}", std::process::id(), Uuid::new_v4().as_simple());
     let runner = Arc::new(JobRunner::new(state, worker_id).with_cancel(cancel.clone()));
     let wake = Arc::new(Notify::new());
-    tasks.spawn(listen(
+    let (control, waker, retry, token) = (
         state.control().clone(),
-        wake.clone(),
-        settings.clone(),
+        Wake(wake.clone()),
+        settings.poll_interval(),
         cancel.clone(),
-    ));
+    );
+    tasks.spawn(async move {
+        control
+            .listen(&[JOBS_CHANNEL], "jobs", &waker, retry, token)
+            .await
+    });
     for _ in 0..settings.concurrency {
         tasks.spawn(job_loop(
             runner.clone(),
@@ -328,41 +333,18 @@ async fn job_loop(
     }
 }
 
-/// LISTENs on the jobs channel and wakes the job loops; reconnects after errors (polling covers the gap).
-async fn listen(
-    control: ControlPlane,
-    wake: Arc<Notify>,
-    settings: WorkerSettings,
-    cancel: CancellationToken,
-) {
-    while !cancel.is_cancelled() {
-        let mut listener = match PgListener::connect_with(control.pool()).await {
-            Ok(listener) => listener,
-            Err(e) => {
-                tracing::debug!(error = %e, "job listener cannot connect; polling meanwhile");
-                tokio::select! {
-                    () = tokio::time::sleep(settings.poll_interval()) => continue,
-                    () = cancel.cancelled() => break,
-                }
-            }
-        };
-        if let Err(e) = listener.listen(JOBS_CHANNEL).await {
-            tracing::debug!(error = %e, "job listener cannot LISTEN; polling meanwhile");
-            continue;
-        }
-        loop {
-            tokio::select! {
-                received = listener.recv() => match received {
-                    Ok(_) => wake.notify_waiters(),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "job listener lost its connection");
-                        break;
-                    }
-                },
-                () = cancel.cancelled() => return,
-            }
-        }
+/// Wakes the job loops on every notification of the jobs channel (polling covers the gaps while it is down).
+struct Wake(Arc<Notify>);
+
+impl Listening for Wake {
+    fn up(&self) {
+        // Jobs queued while nobody listened: look now.
+        self.0.notify_waiters();
     }
+    fn notified(&self, _channel: &str, _payload: &str) {
+        self.0.notify_waiters();
+    }
+    fn down(&self) {}
 }
 
 /// Whether `every` has passed since `last` (and if so, marks now).
