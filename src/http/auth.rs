@@ -359,16 +359,8 @@ pub fn unauthorized() -> Response {
 pub fn denial(denied: Denied) -> ApiError {
     match denied {
         Denied::Invisible => ApiError::not_found(),
-        Denied::Permission(p) => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "permission_denied",
-            format!("None of your roles has the permission {p}."),
-        ),
-        Denied::ReadOnly(p) => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "read_only_access",
-            format!("You have read-only access to this client; {p} needs full access."),
-        ),
+        Denied::Permission(p) => ApiError::permission_denied(p),
+        Denied::ReadOnly(p) => ApiError::read_only_access(p),
     }
 }
 
@@ -561,14 +553,7 @@ async fn check(
             match rights.authorize(client.id, p) {
                 Ok(grant) => Ok((Some(ClientScope { client, grant }), None)),
                 // Central resources are public knowledge (the OpenAPI document): refuse, do not hide.
-                Err(Denied::Invisible) => Err((
-                    ApiError::new(
-                        StatusCode::FORBIDDEN,
-                        "permission_denied",
-                        format!("{p} on central definitions needs access to the master client."),
-                    ),
-                    Some(client),
-                )),
+                Err(Denied::Invisible) => Err((ApiError::master_access_required(p), Some(client))),
                 Err(denied) => Err((denial(denied), Some(client))),
             }
         }

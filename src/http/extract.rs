@@ -8,7 +8,6 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
-use crate::domain::Invalid;
 
 /// `axum::Json` with API errors.
 pub struct ApiJson<T>(pub T);
@@ -30,19 +29,16 @@ where
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {
     match rejection {
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+        JsonRejection::MissingJsonContentType(_) => ApiError::unsupported_media_type(
             "The body must be JSON (Content-Type: application/json).",
         ),
         JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             ApiError::for_status(StatusCode::PAYLOAD_TOO_LARGE)
         }
-        other => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
-            format!("The request body is not valid: {}", other.body_text()),
-        ),
+        other => ApiError::invalid_body(format!(
+            "The request body is not valid: {}",
+            other.body_text()
+        )),
     }
 }
 
@@ -65,17 +61,10 @@ where
 }
 
 fn query_rejection(rejection: QueryRejection) -> ApiError {
-    ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "invalid_query",
-        format!("The query string is not valid: {}", rejection.body_text()),
-    )
-}
-
-impl From<Invalid> for ApiError {
-    fn from(e: Invalid) -> Self {
-        ApiError::new(StatusCode::BAD_REQUEST, "validation_failed", e.to_string())
-    }
+    ApiError::invalid_query(format!(
+        "The query string is not valid: {}",
+        rejection.body_text()
+    ))
 }
 
 /// A client slug from the path: one that cannot exist is simply not found.
@@ -95,13 +84,9 @@ pub fn path_id(id: &str) -> Result<i64, ApiError> {
 pub fn cursor_id(cursor: Option<&str>) -> Result<Option<i64>, ApiError> {
     cursor
         .map(|c| {
-            super::cursor::decode(c)?.parse::<i64>().map_err(|_| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_cursor",
-                    "The cursor is not valid.",
-                )
-            })
+            super::cursor::decode(c)?
+                .parse::<i64>()
+                .map_err(|_| ApiError::invalid_cursor())
         })
         .transpose()
 }

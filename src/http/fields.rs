@@ -233,15 +233,7 @@ async fn taken_by_clients(state: &AppState, rights: &Rights, slugs: Vec<String>)
             shown.push(slug);
         }
     }
-    let message = if shown.is_empty() {
-        "Clients have an own field of this name.".to_owned()
-    } else {
-        format!(
-            "Clients have an own field of this name, among them: {}.",
-            shown.join(", ")
-        )
-    };
-    ApiError::new(StatusCode::CONFLICT, "field_taken_by_clients", message)
+    ApiError::field_taken_by_clients(&shown)
 }
 
 /// Central fields, by name.
@@ -472,22 +464,12 @@ async fn own_field(
     name: &str,
 ) -> Result<FieldRecord, ApiError> {
     if STANDARD_FIELDS.contains(&name) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "standard_field",
-            format!("{name} is a standard field; it cannot be changed or dropped."),
-        ));
+        return Err(ApiError::standard_field(name));
     }
     match state.control().field(Some(client.id), name).await {
         Ok(field) => Ok(field),
         Err(ControlError::NotFound) => match state.control().field(None, name).await {
-            Ok(_) => Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "inherited_field",
-                format!(
-                    "{name} is a central field inherited from the master; only the master changes it."
-                ),
-            )),
+            Ok(_) => Err(ApiError::inherited_field(name)),
             Err(ControlError::NotFound) => Err(ApiError::not_found()),
             Err(e) => Err(e.into()),
         },
@@ -522,25 +504,14 @@ pub async fn update_client(
         .as_deref()
         .is_some_and(|t| t != field.data_type)
     {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "type_change_refused",
-            format!(
-                "{name} is a {} field; a field's type cannot change (add a new field instead).",
-                field.data_type
-            ),
-        ));
+        return Err(ApiError::type_change_refused(&name, &field.data_type));
     }
     if let Some(length) = request.length {
         let Some(current) = field.length else {
             return Err(invalid("length", "applies to text fields only"));
         };
         if length < current {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "length_shrink_refused",
-                format!("{name} holds up to {current} characters; a text may only grow."),
-            ));
+            return Err(ApiError::length_shrink_refused(&name, current));
         }
         if length > TEXT_MAX {
             return Err(invalid("length", format!("must be at most {TEXT_MAX}")));

@@ -143,12 +143,7 @@ fn request_span(request: &Request) -> tracing::Span {
 
 async fn timeout_error(error: BoxError) -> ApiError {
     if error.is::<tower::timeout::error::Elapsed>() {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "request_timeout",
-            "The request took longer than this server allows; retry later.",
-        )
-        .with_retry_after(1)
+        ApiError::request_timeout()
     } else {
         tracing::error!(error = %error, "unhandled middleware error");
         ApiError::internal()

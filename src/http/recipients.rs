@@ -300,9 +300,7 @@ fn import_format(headers: &HeaderMap, params: &ImportParams) -> Result<Format, A
                 Some("tab") | Some("\t") => b'\t',
                 Some("|") => b'|',
                 Some(_) => {
-                    return Err(ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_parameter",
+                    return Err(ApiError::invalid_parameter(
                         "delimiter must be \",\", \";\", \"tab\" or \"|\".",
                     ));
                 }
@@ -311,17 +309,13 @@ fn import_format(headers: &HeaderMap, params: &ImportParams) -> Result<Format, A
         }
         "application/x-ndjson" | "application/ndjson" | "application/jsonl" => Format::Ndjson,
         _ => {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+            return Err(ApiError::unsupported_media_type(
                 "An import is text/csv (with a header line) or application/x-ndjson (one JSON object per line).",
             ));
         }
     };
     if format == Format::Ndjson && params.delimiter.is_some() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_parameter",
+        return Err(ApiError::invalid_parameter(
             "delimiter applies to CSV imports only.",
         ));
     }

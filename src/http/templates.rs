@@ -104,23 +104,15 @@ pub struct TemplatePage {
     pub cursor: Option<String>,
 }
 
-fn too_long(field: &'static str) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
-        format!("{field} is larger than {BODY_MAX} bytes."),
-    )
-}
-
 /// Validates a template's content (sizes, required fields).
 fn content(input: TemplateInput) -> Result<TemplateContent, ApiError> {
     let name = required_text("name", &input.name, 200).map_err(DataError::from)?;
     let subject = required_text("subject", &input.subject, 998).map_err(DataError::from)?;
     if input.html_body.len() > BODY_MAX {
-        return Err(too_long("html_body"));
+        return Err(ApiError::field_too_large("html_body", BODY_MAX));
     }
     if input.text_body.len() > BODY_MAX {
-        return Err(too_long("text_body"));
+        return Err(ApiError::field_too_large("text_body", BODY_MAX));
     }
     if input.html_body.trim().is_empty() && input.text_body.trim().is_empty() {
         return Err(Invalid {
@@ -145,13 +137,9 @@ fn template_id(id: &str) -> Result<Uuid, ApiError> {
 fn after(cursor: Option<&str>) -> Result<Option<Uuid>, ApiError> {
     cursor
         .map(|c| {
-            cursor::decode(c)?.parse::<Uuid>().map_err(|_| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_cursor",
-                    "The cursor is not valid.",
-                )
-            })
+            cursor::decode(c)?
+                .parse::<Uuid>()
+                .map_err(|_| ApiError::invalid_cursor())
         })
         .transpose()
 }
@@ -381,18 +369,10 @@ pub async fn client_revert(
     let (client, db) = scope.connect(&state).await?;
     let copy = templates::get(db.client(), id).await?;
     if copy.origin != "inherited" {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "local_template",
-            "This is the client's own template; it has no master version to revert to.",
-        ));
+        return Err(ApiError::local_template());
     }
     if !copy.overridden {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not_overridden",
-            "This template is not overridden; it already follows the master.",
-        ));
+        return Err(ApiError::not_overridden());
     }
     let master = state.control().template(id).await?;
     let reverted = templates::revert(db.client(), id, &master).await?;
