@@ -18,6 +18,7 @@ pub mod lists;
 pub mod metrics;
 pub mod openapi;
 pub mod operations;
+pub mod policy;
 pub mod recipients;
 pub mod roles;
 pub mod target_groups;
