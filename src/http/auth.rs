@@ -4,7 +4,8 @@
 //! in the policy table ([`super::policy`]), which names for each (method, route) the [`Rule`] a call must pass:
 //! `Public`, `Authenticated`, `Global(p)`, `Client(p)` (`p` and access to the `{slug}` client: none → 404 exactly
 //! as for a client that does not exist, read → `*.read` only) or `Master(p)`. A route without an entry is never
-//! run (405). Handlers read the caller with the [`Caller`] extractor and the checked client with [`ClientScope`].
+//! run (405). Handlers read the caller with the [`Caller`] extractor and the checked client with [`ClientScope`]
+//! (data-plane handlers through [`super::scope::Tenant`], which connects by [`ClientScope::connect`]).
 //!
 //! Every POST/PUT/PATCH/DELETE by an authenticated caller is recorded in the audit log after it ran: who, the
 //! route, the concrete path, the client, the outcome (`succeeded` 2xx, `denied` by this check, `failed`

@@ -21,6 +21,7 @@ pub mod operations;
 pub mod policy;
 pub mod recipients;
 pub mod roles;
+pub mod scope;
 pub mod target_groups;
 pub mod templates;
 pub mod users;
