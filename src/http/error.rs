@@ -1,9 +1,10 @@
 //! The one place errors become HTTP responses: `{"error": {"code": "snake_case", "message": "..."}}`.
 //!
-//! Handlers return [`ApiError`]; lower layers' error enums convert into it here (`From` impls), so the mapping of
-//! every failure to a status lives in this file. Errors produced by the framework or middleware (unknown route,
-//! wrong method, body too large, panics) are rewritten into the same shape by [`normalize`]. A 5xx is logged with
-//! its full cause; its response carries only a generic sentence, never SQL or a stack trace.
+//! Handlers return [`ApiError`]; lower layers' error enums convert into it here (`From` impls), and the errors a
+//! handler raises itself are named constructors here (`ApiError::invalid_cursor()`, ...), so the error codes the
+//! API answers with, and their statuses, live in this file. Errors produced by the framework or middleware
+//! (unknown route, wrong method, body too large, panics) are rewritten into the same shape by [`normalize`]. A
+//! 5xx is logged with its full cause; its response carries only a generic sentence, never SQL or a stack trace.
 
 use crate::telemetry::error_chain;
 use axum::Json;
