@@ -14,8 +14,8 @@ use std::collections::HashSet;
 use std::hash::BuildHasher;
 
 use bytes::{Bytes, BytesMut};
-use deadpool_postgres::tokio_postgres::Client;
 use deadpool_postgres::tokio_postgres::error::SqlState;
+use deadpool_postgres::tokio_postgres::{Client, Transaction};
 use futures_util::{SinkExt, Stream, StreamExt, pin_mut};
 use serde::Serialize;
 use serde_json::Value as Json;
@@ -88,6 +88,33 @@ where
     let fields: Vec<&Field> = schema.writable_fields().collect();
     let tx = db.transaction().await?;
     let columns: Vec<String> = fields.iter().map(|f| f.column()).collect();
+    create_staging(&tx, &fields).await?;
+    let mut reader = RecordReader::new(format, schema, &fields);
+    copy_body(&tx, &columns, &mut reader, body, limit_bytes).await?;
+
+    let source = staged_rows(reader.needs_dedup);
+    let written = written_columns(&columns, &reader.present);
+    let records = reader.records;
+    if let Some(inserted) = insert_all_new(&tx, &written, source).await? {
+        tx.commit().await?;
+        return Ok(ImportOutcome {
+            records,
+            inserted,
+            updated: 0,
+        });
+    }
+    let (inserted, updated) = upsert(&tx, &written, source).await?;
+    tx.commit().await?;
+    Ok(ImportOutcome {
+        records,
+        inserted,
+        updated,
+    })
+}
+
+/// The staging table the COPY fills: the line number, then every writable field in its own type. Dropped at
+/// commit (or with the transaction).
+async fn create_staging(tx: &Transaction<'_>, fields: &[&Field]) -> Result<(), DataError> {
     let staging = format!(
         "CREATE TEMPORARY TABLE mandant_import (line int8 NOT NULL, {}) ON COMMIT DROP",
         fields
@@ -97,6 +124,23 @@ where
             .join(", ")
     );
     tx.batch_execute(&staging).await?;
+    Ok(())
+}
+
+/// Reads the body chunk by chunk as it arrives, validating each record and sending the COPY rows on in chunks of
+/// [`COPY_CHUNK`]. A read error, a body over `limit_bytes`, a bad record or no record at all returns before the
+/// COPY is finished: the dropped sink aborts it (`CopyFail`).
+async fn copy_body<S, E>(
+    tx: &Transaction<'_>,
+    columns: &[String],
+    reader: &mut RecordReader<'_>,
+    body: S,
+    limit_bytes: usize,
+) -> Result<(), DataError>
+where
+    S: Stream<Item = Result<Bytes, E>>,
+    E: std::fmt::Display,
+{
     let sink = tx
         .copy_in::<_, Bytes>(&format!(
             "COPY mandant_import (line, {}) FROM STDIN",
@@ -105,7 +149,6 @@ where
         .await?;
     pin_mut!(sink);
 
-    let mut reader = RecordReader::new(format, schema, &fields);
     let mut out = BytesMut::with_capacity(COPY_CHUNK * 2);
     let mut received = 0usize;
     pin_mut!(body);
@@ -132,27 +175,39 @@ where
         sink.send(out.split().freeze()).await?;
     }
     sink.as_mut().finish().await?;
+    Ok(())
+}
 
-    // An address repeated in one import must reach the upsert once (the last record); the sort that ensures it
-    // costs about a third of the upsert, so it is skipped when parsing saw no repeat.
-    let source = if reader.needs_dedup {
+/// The staged rows to move. An address repeated in one import must reach the upsert once (the last record); the
+/// sort that ensures it costs about a third of the upsert, so it is skipped when parsing saw no repeat.
+fn staged_rows(needs_dedup: bool) -> &'static str {
+    if needs_dedup {
         "SELECT DISTINCT ON (lower(email)) * FROM mandant_import ORDER BY lower(email), line DESC"
     } else {
         "SELECT * FROM mandant_import"
-    };
-    // Only the fields the import has are written: the others keep their values, and a required field that is
-    // absent gets its default in new recipients.
-    let written: Vec<&str> = columns
+    }
+}
+
+/// The columns the move writes: only the fields the import has (`email` always, first), so the others keep their
+/// values, and a required field that is absent gets its default in new recipients.
+fn written_columns<'c>(columns: &'c [String], present: &[bool]) -> Vec<&'c str> {
+    columns
         .iter()
-        .zip(&reader.present)
+        .zip(present)
         .enumerate()
         .filter(|(i, (_, present))| *i == 0 || **present)
         .map(|(_, (column, _))| column.as_str())
-        .collect();
-    let cols = written.join(", ");
-    let records = reader.records;
-    // Only new addresses (a first import): a plain INSERT, about twice as fast as the upsert. A concurrent
-    // writer adding one of the addresses meanwhile makes it fail on the unique index; then the upsert runs.
+        .collect()
+}
+
+/// Only new addresses (a first import): a plain INSERT, about twice as fast as the upsert. Returns how many were
+/// inserted, or `None` when an address is known already — or a concurrent writer added one meanwhile (the unique
+/// index refuses it; the savepoint undoes the attempt): then the upsert has to run.
+async fn insert_all_new(
+    tx: &Transaction<'_>,
+    written: &[&str],
+    source: &str,
+) -> Result<Option<u64>, DataError> {
     let any_known: bool = tx
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM mandant_import s JOIN recipients r ON lower(r.email) = lower(s.email))",
@@ -160,27 +215,31 @@ where
         )
         .await?
         .get(0);
-    if !any_known {
-        tx.batch_execute("SAVEPOINT mandant_insert").await?;
-        let insert =
-            format!("INSERT INTO recipients ({cols}) SELECT {cols} FROM ({source}) AS source");
-        match tx.execute(&insert, &[]).await {
-            Ok(inserted) => {
-                tx.commit().await?;
-                return Ok(ImportOutcome {
-                    records,
-                    inserted,
-                    updated: 0,
-                });
-            }
-            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                tx.batch_execute("ROLLBACK TO SAVEPOINT mandant_insert")
-                    .await?;
-            }
-            Err(e) => return Err(e.into()),
-        }
+    if any_known {
+        return Ok(None);
     }
+    tx.batch_execute("SAVEPOINT mandant_insert").await?;
+    let cols = written.join(", ");
+    let insert = format!("INSERT INTO recipients ({cols}) SELECT {cols} FROM ({source}) AS source");
+    match tx.execute(&insert, &[]).await {
+        Ok(inserted) => Ok(Some(inserted)),
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT mandant_insert")
+                .await?;
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
 
+/// `INSERT ... ON CONFLICT (lower(email)) DO UPDATE` of the staged rows, keeping a stored value where the import
+/// has none; returns (inserted, updated).
+async fn upsert(
+    tx: &Transaction<'_>,
+    written: &[&str],
+    source: &str,
+) -> Result<(u64, u64), DataError> {
+    let cols = written.join(", ");
     let keep = |c: &str| format!("{c} = coalesce(EXCLUDED.{c}, recipients.{c})");
     let upsert = format!(
         "WITH source AS ({source}), written AS (
@@ -200,13 +259,8 @@ where
             .join(", "),
     );
     let row = tx.query_one(&upsert, &[]).await?;
-    tx.commit().await?;
     let count = |i| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
-    Ok(ImportOutcome {
-        records,
-        inserted: count(0),
-        updated: count(1),
-    })
+    Ok((count(0), count(1)))
 }
 
 /// Turns body bytes into validated COPY rows.

@@ -1,17 +1,11 @@
 //! The access check of every route, and the audit record of every mutating call.
 //!
 //! [`guard`] runs on every matched route (after routing, so it knows the route template). It looks the route up
-//! in [`POLICIES`], which names for each (method, route) what the call needs:
-//! - `Public`: nothing (health, metrics, the OpenAPI document);
-//! - `Authenticated`: a valid token; the handler decides the rest (`/v1/me`, a user's own tokens);
-//! - `Global(p)`: permission `p` through a role; the handler filters what it returns by access;
-//! - `Client(p)`: `p` and access to the client of the `{slug}` path parameter (DESIGN.md §6): none → 404 exactly
-//!   as for a client that does not exist, read → `*.read` only;
-//! - `Master(p)`: `p` and access to the master client (central fields, master templates).
-//!
-//! A route without an entry is never run (405), so an endpoint cannot be added unprotected; a test walks the
-//! OpenAPI document and asserts every operation has a policy and answers 401 without a token. Handlers read the
-//! caller with the [`Caller`] extractor and the checked client with [`ClientScope`].
+//! in the policy table ([`super::policy`]), which names for each (method, route) the [`Rule`] a call must pass:
+//! `Public`, `Authenticated`, `Global(p)`, `Client(p)` (`p` and access to the `{slug}` client: none → 404 exactly
+//! as for a client that does not exist, read → `*.read` only) or `Master(p)`. A route without an entry is never
+//! run (405). Handlers read the caller with the [`Caller`] extractor and the checked client with [`ClientScope`]
+//! (data-plane handlers through [`super::scope::Tenant`], which connects by [`ClientScope::connect`]).
 //!
 //! Every POST/PUT/PATCH/DELETE by an authenticated caller is recorded in the audit log after it ran: who, the
 //! route, the concrete path, the client, the outcome (`succeeded` 2xx, `denied` by this check, `failed`
@@ -19,8 +13,7 @@
 //! the path). Calls without a valid token are refused before anything runs and are not recorded (that would let
 //! anyone fill the log); they are counted in the metrics.
 
-use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
@@ -33,228 +26,13 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::path_slug;
+pub use super::policy::{POLICIES, Rule, policy};
 use crate::app::AppState;
 use crate::control::access::AuditEntry;
 use crate::control::clients::ClientRecord;
 use crate::data::DataError;
 use crate::domain::ClientSlug;
-use crate::domain::rights::{Denied, Grant, Permission, Principal, bearer_token};
-
-/// What a route needs (see the module documentation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rule {
-    Public,
-    Authenticated,
-    Global(Permission),
-    Client(Permission),
-    Master(Permission),
-}
-
-/// The access policy of every route: (method, route template, rule). HEAD is checked as GET.
-pub const POLICIES: &[(&str, &str, Rule)] = {
-    use Permission::*;
-    use Rule::*;
-    &[
-        ("GET", "/healthz", Public),
-        ("GET", "/readyz", Public),
-        ("GET", "/metrics", Public),
-        ("GET", "/v1/openapi.json", Public),
-        // Clients and their operations.
-        ("GET", "/v1/clients", Global(ClientsRead)),
-        ("POST", "/v1/clients", Global(ClientsCreate)),
-        ("GET", "/v1/clients/{slug}", Client(ClientsRead)),
-        ("PATCH", "/v1/clients/{slug}", Client(ClientsManage)),
-        ("DELETE", "/v1/clients/{slug}", Client(ClientsDelete)),
-        ("POST", "/v1/clients/{slug}/suspend", Client(ClientsManage)),
-        ("POST", "/v1/clients/{slug}/resume", Client(ClientsManage)),
-        ("GET", "/v1/operations/{id}", Global(ClientsRead)),
-        // Fields: central ones are the master's.
-        ("GET", "/v1/fields", Master(FieldsRead)),
-        ("POST", "/v1/fields", Master(FieldsManage)),
-        ("GET", "/v1/fields/{name}", Master(FieldsRead)),
-        ("DELETE", "/v1/fields/{name}", Master(FieldsManage)),
-        ("GET", "/v1/clients/{slug}/fields", Client(FieldsRead)),
-        ("POST", "/v1/clients/{slug}/fields", Client(FieldsManage)),
-        (
-            "PATCH",
-            "/v1/clients/{slug}/fields/{name}",
-            Client(FieldsManage),
-        ),
-        (
-            "DELETE",
-            "/v1/clients/{slug}/fields/{name}",
-            Client(FieldsManage),
-        ),
-        // Templates: master templates are the master's.
-        ("GET", "/v1/templates", Master(TemplatesRead)),
-        ("POST", "/v1/templates", Master(TemplatesManage)),
-        ("GET", "/v1/templates/{id}", Master(TemplatesRead)),
-        ("PUT", "/v1/templates/{id}", Master(TemplatesManage)),
-        ("DELETE", "/v1/templates/{id}", Master(TemplatesManage)),
-        ("GET", "/v1/templates/{id}/sync", Master(TemplatesRead)),
-        ("GET", "/v1/clients/{slug}/templates", Client(TemplatesRead)),
-        (
-            "POST",
-            "/v1/clients/{slug}/templates",
-            Client(TemplatesManage),
-        ),
-        (
-            "GET",
-            "/v1/clients/{slug}/templates/{id}",
-            Client(TemplatesRead),
-        ),
-        (
-            "PUT",
-            "/v1/clients/{slug}/templates/{id}",
-            Client(TemplatesManage),
-        ),
-        (
-            "DELETE",
-            "/v1/clients/{slug}/templates/{id}/override",
-            Client(TemplatesManage),
-        ),
-        // Recipients, lists, target groups (data plane).
-        (
-            "GET",
-            "/v1/clients/{slug}/recipients",
-            Client(RecipientsRead),
-        ),
-        (
-            "POST",
-            "/v1/clients/{slug}/recipients",
-            Client(RecipientsWrite),
-        ),
-        (
-            "POST",
-            "/v1/clients/{slug}/recipients/import",
-            Client(RecipientsImport),
-        ),
-        (
-            "GET",
-            "/v1/clients/{slug}/recipients/{id}",
-            Client(RecipientsRead),
-        ),
-        (
-            "PATCH",
-            "/v1/clients/{slug}/recipients/{id}",
-            Client(RecipientsWrite),
-        ),
-        (
-            "DELETE",
-            "/v1/clients/{slug}/recipients/{id}",
-            Client(RecipientsWrite),
-        ),
-        (
-            "GET",
-            "/v1/clients/{slug}/mailing-lists",
-            Client(RecipientsRead),
-        ),
-        (
-            "POST",
-            "/v1/clients/{slug}/mailing-lists",
-            Client(RecipientsWrite),
-        ),
-        (
-            "GET",
-            "/v1/clients/{slug}/mailing-lists/{id}",
-            Client(RecipientsRead),
-        ),
-        (
-            "DELETE",
-            "/v1/clients/{slug}/mailing-lists/{id}",
-            Client(RecipientsWrite),
-        ),
-        (
-            "GET",
-            "/v1/clients/{slug}/mailing-lists/{id}/recipients",
-            Client(RecipientsRead),
-        ),
-        (
-            "PUT",
-            "/v1/clients/{slug}/mailing-lists/{id}/recipients/{rid}",
-            Client(RecipientsWrite),
-        ),
-        (
-            "GET",
-            "/v1/clients/{slug}/target-groups",
-            Client(RecipientsRead),
-        ),
-        (
-            "POST",
-            "/v1/clients/{slug}/target-groups",
-            Client(RecipientsWrite),
-        ),
-        (
-            "GET",
-            "/v1/clients/{slug}/target-groups/{id}",
-            Client(RecipientsRead),
-        ),
-        (
-            "DELETE",
-            "/v1/clients/{slug}/target-groups/{id}",
-            Client(RecipientsWrite),
-        ),
-        (
-            "GET",
-            "/v1/clients/{slug}/target-groups/{id}/count",
-            Client(RecipientsRead),
-        ),
-        (
-            "GET",
-            "/v1/clients/{slug}/target-groups/{id}/recipients",
-            Client(RecipientsRead),
-        ),
-        // Users, roles, access, audit (the handlers check the user's home client and no-escalation).
-        ("GET", "/v1/me", Authenticated),
-        ("GET", "/v1/permissions", Authenticated),
-        ("GET", "/v1/users", Global(UsersRead)),
-        ("POST", "/v1/users", Global(UsersManage)),
-        ("GET", "/v1/users/{username}", Global(UsersRead)),
-        ("PATCH", "/v1/users/{username}", Global(UsersManage)),
-        ("DELETE", "/v1/users/{username}", Global(UsersManage)),
-        ("GET", "/v1/users/{username}/tokens", Authenticated),
-        ("POST", "/v1/users/{username}/tokens", Authenticated),
-        ("DELETE", "/v1/users/{username}/tokens/{id}", Authenticated),
-        (
-            "PUT",
-            "/v1/users/{username}/access/{slug}",
-            Global(UsersManage),
-        ),
-        (
-            "DELETE",
-            "/v1/users/{username}/access/{slug}",
-            Global(UsersManage),
-        ),
-        ("GET", "/v1/roles", Global(UsersRead)),
-        // Roles are central definitions (they reach every client): the master's, like central fields.
-        ("POST", "/v1/roles", Master(RolesManage)),
-        ("PUT", "/v1/roles/{name}", Master(RolesManage)),
-        ("DELETE", "/v1/roles/{name}", Master(RolesManage)),
-        ("GET", "/v1/audit", Global(AuditRead)),
-    ]
-};
-
-type PolicyMap = HashMap<(&'static str, &'static str), Rule>;
-
-fn policies() -> &'static PolicyMap {
-    static MAP: OnceLock<PolicyMap> = OnceLock::new();
-    MAP.get_or_init(|| {
-        POLICIES
-            .iter()
-            .map(|(m, r, rule)| ((*m, *r), *rule))
-            .collect()
-    })
-}
-
-/// The rule for a call, if the route has one for this method.
-pub fn policy(method: &Method, route: &str) -> Option<Rule> {
-    let method = if method == Method::HEAD {
-        "GET"
-    } else {
-        method.as_str()
-    };
-    policies().get(&(method, route)).copied()
-}
+use crate::domain::rights::{Denied, Grant, Principal, bearer_token};
 
 /// The authenticated caller, for handlers.
 #[derive(Clone)]
@@ -268,7 +46,6 @@ pub struct ClientScope {
 }
 
 impl ClientScope {
-    /// Whether personal data is shown or masked for the caller on this client.
     /// A connection to the checked client's database, as its own role. (The data plane is reached through this
     /// only, so never without the access check; and the route found must still be this very client.)
     pub async fn connect(
@@ -283,7 +60,8 @@ impl ClientScope {
         Ok((client, conn))
     }
 
-    /// Without the private-data right, with the fields the control plane marks personal for the client.
+    /// Whether personal data is shown or masked for the caller on this client: without the private-data right,
+    /// masked, with the fields the control plane marks personal for the client.
     pub async fn privacy(&self, state: &AppState) -> Result<crate::data::Privacy, ApiError> {
         if self.grant.private_data {
             return Ok(crate::data::Privacy::Visible);
@@ -359,16 +137,8 @@ pub fn unauthorized() -> Response {
 pub fn denial(denied: Denied) -> ApiError {
     match denied {
         Denied::Invisible => ApiError::not_found(),
-        Denied::Permission(p) => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "permission_denied",
-            format!("None of your roles has the permission {p}."),
-        ),
-        Denied::ReadOnly(p) => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "read_only_access",
-            format!("You have read-only access to this client; {p} needs full access."),
-        ),
+        Denied::Permission(p) => ApiError::permission_denied(p),
+        Denied::ReadOnly(p) => ApiError::read_only_access(p),
     }
 }
 
@@ -561,14 +331,7 @@ async fn check(
             match rights.authorize(client.id, p) {
                 Ok(grant) => Ok((Some(ClientScope { client, grant }), None)),
                 // Central resources are public knowledge (the OpenAPI document): refuse, do not hide.
-                Err(Denied::Invisible) => Err((
-                    ApiError::new(
-                        StatusCode::FORBIDDEN,
-                        "permission_denied",
-                        format!("{p} on central definitions needs access to the master client."),
-                    ),
-                    Some(client),
-                )),
+                Err(Denied::Invisible) => Err((ApiError::master_access_required(p), Some(client))),
                 Err(denied) => Err((denial(denied), Some(client))),
             }
         }
@@ -619,11 +382,7 @@ async fn record(state: &AppState, mut entry: AuditEntry, status: u16) {
 
 /// 405 with the methods the route has.
 fn method_not_allowed(route: &str) -> Response {
-    let allowed: Vec<&str> = POLICIES
-        .iter()
-        .filter(|(_, r, _)| *r == route)
-        .map(|(m, _, _)| *m)
-        .collect();
+    let allowed = super::policy::methods(route);
     let mut response = ApiError::for_status(StatusCode::METHOD_NOT_ALLOWED).into_response();
     if let Ok(value) = HeaderValue::from_str(&allowed.join(",")) {
         response.headers_mut().insert(header::ALLOW, value);

@@ -130,13 +130,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let slug = ClientSlug::parse(&body.slug)?;
     let name = ClientName::parse(&body.name)?;
-    let unknown_parent = || {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unknown_parent",
-            "The parent client does not exist.",
-        )
-    };
+    let unknown_parent = ApiError::unknown_parent;
     let parent = match &body.parent {
         Some(p) => ClientSlug::parse(p).map_err(|_| unknown_parent())?,
         None => ClientSlug::master(),
@@ -356,13 +350,7 @@ pub async fn delete(
 
 fn decode_cursor(cursor: &str) -> Result<(String, Uuid), ApiError> {
     let position = cursor::decode(cursor)?;
-    let bad = || {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_cursor",
-            "The cursor is not valid.",
-        )
-    };
+    let bad = ApiError::invalid_cursor;
     let (slug, id) = position.split_once('/').ok_or_else(bad)?;
     let id = Uuid::parse_str(id).map_err(|_| bad())?;
     Ok((slug.to_owned(), id))

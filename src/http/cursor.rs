@@ -1,7 +1,6 @@
 //! Pagination: the `{items, next_cursor}` page of every list (DESIGN.md §6) and its opaque cursors (the hex
 //! encoding of a position string, so clients never build or parse them).
 
-use axum::http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -15,13 +14,7 @@ pub fn encode(position: &str) -> String {
 }
 
 pub fn decode(cursor: &str) -> Result<String, ApiError> {
-    let bad = || {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_cursor",
-            "The cursor is not valid.",
-        )
-    };
+    let bad = ApiError::invalid_cursor;
     if cursor.is_empty() || !cursor.len().is_multiple_of(2) || cursor.len() > 2 * MAX_CURSOR_BYTES {
         return Err(bad());
     }
@@ -62,11 +55,9 @@ pub fn limit(requested: Option<i64>) -> Result<i64, ApiError> {
     const MAX_LIMIT: i64 = 1000;
     let limit = requested.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            format!("limit must be between 1 and {MAX_LIMIT}."),
-        ));
+        return Err(ApiError::invalid_query(format!(
+            "limit must be between 1 and {MAX_LIMIT}."
+        )));
     }
     Ok(limit)
 }

@@ -10,10 +10,11 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::{Caller, ClientScope};
+use super::auth::Caller;
 use super::cursor::{self, Page};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, ApiQuery};
+use super::extract::{ApiJson, ApiQuery, FieldPath};
+use super::scope::Tenant;
 use crate::app::AppState;
 use crate::control::ControlError;
 use crate::control::clients::ClientRecord;
@@ -233,15 +234,7 @@ async fn taken_by_clients(state: &AppState, rights: &Rights, slugs: Vec<String>)
             shown.push(slug);
         }
     }
-    let message = if shown.is_empty() {
-        "Clients have an own field of this name.".to_owned()
-    } else {
-        format!(
-            "Clients have an own field of this name, among them: {}.",
-            shown.join(", ")
-        )
-    };
-    ApiError::new(StatusCode::CONFLICT, "field_taken_by_clients", message)
+    ApiError::field_taken_by_clients(&shown)
 }
 
 /// Central fields, by name.
@@ -341,12 +334,9 @@ pub async fn delete_central(
 }
 
 /// The client, if its database takes field changes (active or suspended).
-async fn client_with_database(
-    state: &AppState,
-    scope: &ClientScope,
-) -> Result<ClientRecord, ApiError> {
+async fn client_with_database(state: &AppState, tenant: &Tenant) -> Result<ClientRecord, ApiError> {
     // By the id the access check found (a slug could have been freed and reused since).
-    let client = state.control().client_by_id(scope.client.id).await?;
+    let client = state.control().client_by_id(tenant.client().id).await?;
     if !matches!(
         client.status,
         ClientStatus::Active | ClientStatus::Suspended
@@ -386,10 +376,10 @@ async fn apply_now(state: &AppState, client: &ClientRecord) -> Result<bool, ApiE
         (status = 404, description = "No such client", body = ErrorBody)))]
 pub async fn list_client(
     State(state): State<AppState>,
-    scope: ClientScope,
+    tenant: Tenant,
     ApiQuery(params): ApiQuery<FieldPage>,
 ) -> Result<Json<Page<FieldBody>>, ApiError> {
-    let client = &scope.client;
+    let client = tenant.client();
     let statuses = state.control().client_field_statuses(client.id).await?;
     let mut items: Vec<FieldBody> = Schema::standard()
         .fields()
@@ -437,11 +427,11 @@ pub async fn list_client(
         (status = 409, description = "Name taken, a central field, quota used up, or the client is not active", body = ErrorBody)))]
 pub async fn create_client(
     State(state): State<AppState>,
-    scope: ClientScope,
+    tenant: Tenant,
     ApiJson(request): ApiJson<CreateField>,
 ) -> Result<Response, ApiError> {
     let new = validate(&request)?;
-    let client = client_with_database(&state, &scope).await?;
+    let client = client_with_database(&state, &tenant).await?;
     let settings = state.settings();
     let field = state
         .control()
@@ -472,22 +462,12 @@ async fn own_field(
     name: &str,
 ) -> Result<FieldRecord, ApiError> {
     if STANDARD_FIELDS.contains(&name) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "standard_field",
-            format!("{name} is a standard field; it cannot be changed or dropped."),
-        ));
+        return Err(ApiError::standard_field(name));
     }
     match state.control().field(Some(client.id), name).await {
         Ok(field) => Ok(field),
         Err(ControlError::NotFound) => match state.control().field(None, name).await {
-            Ok(_) => Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "inherited_field",
-                format!(
-                    "{name} is a central field inherited from the master; only the master changes it."
-                ),
-            )),
+            Ok(_) => Err(ApiError::inherited_field(name)),
             Err(ControlError::NotFound) => Err(ApiError::not_found()),
             Err(e) => Err(e.into()),
         },
@@ -507,40 +487,29 @@ async fn own_field(
         (status = 409, description = "A standard or central field, a type change or a shorter text", body = ErrorBody)))]
 pub async fn update_client(
     State(state): State<AppState>,
-    scope: ClientScope,
-    Path((_, name)): Path<(String, String)>,
+    tenant: Tenant,
+    FieldPath(name): FieldPath,
     ApiJson(request): ApiJson<UpdateField>,
 ) -> Result<Response, ApiError> {
     // Un-marking a personal field would unmask its values: only for someone who may see them anyway.
-    if request.personal == Some(false) && !scope.grant.private_data {
+    if request.personal == Some(false) && !tenant.private_data() {
         return Err(DataError::PersonalData(name).into());
     }
-    let client = client_with_database(&state, &scope).await?;
+    let client = client_with_database(&state, &tenant).await?;
     let field = own_field(&state, &client, &name).await?;
     if request
         .data_type
         .as_deref()
         .is_some_and(|t| t != field.data_type)
     {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "type_change_refused",
-            format!(
-                "{name} is a {} field; a field's type cannot change (add a new field instead).",
-                field.data_type
-            ),
-        ));
+        return Err(ApiError::type_change_refused(&name, &field.data_type));
     }
     if let Some(length) = request.length {
         let Some(current) = field.length else {
             return Err(invalid("length", "applies to text fields only"));
         };
         if length < current {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "length_shrink_refused",
-                format!("{name} holds up to {current} characters; a text may only grow."),
-            ));
+            return Err(ApiError::length_shrink_refused(&name, current));
         }
         if length > TEXT_MAX {
             return Err(invalid("length", format!("must be at most {TEXT_MAX}")));
@@ -572,10 +541,10 @@ pub async fn update_client(
         (status = 409, description = "A standard or central field", body = ErrorBody)))]
 pub async fn delete_client(
     State(state): State<AppState>,
-    scope: ClientScope,
-    Path((_, name)): Path<(String, String)>,
+    tenant: Tenant,
+    FieldPath(name): FieldPath,
 ) -> Result<StatusCode, ApiError> {
-    let client = client_with_database(&state, &scope).await?;
+    let client = client_with_database(&state, &tenant).await?;
     own_field(&state, &client, &name).await?;
     let max_attempts = i32::from(state.settings().workers.max_attempts);
     state

@@ -2,17 +2,15 @@
 //! database.
 
 use axum::Json;
-use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::ClientScope;
 use super::cursor::{self, Page};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, ApiQuery, path_id, path_slug};
-use crate::app::AppState;
+use super::extract::{ApiJson, ApiQuery, ListRecipient, RowId};
+use super::scope::Tenant;
 use crate::data::DataError;
 use crate::data::lists::{self, Binding, BindingStatus, ListMember, MailingList};
 use crate::domain::{optional_text, required_text};
@@ -62,19 +60,16 @@ pub struct MemberParams {
         (status = 404, description = "No such client", body = ErrorBody),
         (status = 409, description = "Name taken, or the client is not active", body = ErrorBody)))]
 pub async fn create(
-    State(state): State<AppState>,
-    scope: ClientScope,
-    Path(slug): Path<String>,
+    tenant: Tenant,
     ApiJson(body): ApiJson<CreateList>,
 ) -> Result<Response, ApiError> {
-    let slug = path_slug(&slug)?;
     let name = required_text("name", &body.name, LIST_NAME_MAX).map_err(DataError::from)?;
     let description = optional_text("description", body.description.as_deref(), DESCRIPTION_MAX)
         .map_err(DataError::from)?;
-    let (_, db) = scope.connect(&state).await?;
+    let db = tenant.db().await?;
     let list = lists::create(db.client(), &name, description.as_deref()).await?;
     Ok(super::created(
-        &format!("/v1/clients/{slug}/mailing-lists/{}", list.id),
+        &format!("/v1/clients/{}/mailing-lists/{}", tenant.slug(), list.id),
         &list,
     ))
 }
@@ -86,12 +81,11 @@ pub async fn create(
         (status = 200, description = "A page of lists", body = Page<MailingList>),
         (status = 404, description = "No such client", body = ErrorBody)))]
 pub async fn list(
-    State(state): State<AppState>,
-    scope: ClientScope,
+    tenant: Tenant,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<Page<MailingList>>, ApiError> {
     let (limit, after) = cursor::keyset(params.limit, params.cursor.as_deref())?;
-    let (_, db) = scope.connect(&state).await?;
+    let db = tenant.db().await?;
     let items = lists::list(db.client(), after, limit + 1).await?;
     Ok(Json(Page::from_rows(items, limit, |l| l.id.to_string())))
 }
@@ -102,13 +96,8 @@ pub async fn list(
     responses(
         (status = 200, description = "The list", body = MailingList),
         (status = 404, description = "No such client or list", body = ErrorBody)))]
-pub async fn get(
-    State(state): State<AppState>,
-    scope: ClientScope,
-    Path((_, id)): Path<(String, String)>,
-) -> Result<Json<MailingList>, ApiError> {
-    let id = path_id(&id)?;
-    let (_, db) = scope.connect(&state).await?;
+pub async fn get(tenant: Tenant, RowId(id): RowId) -> Result<Json<MailingList>, ApiError> {
+    let db = tenant.db().await?;
     Ok(Json(lists::get(db.client(), id).await?))
 }
 
@@ -118,13 +107,8 @@ pub async fn get(
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, description = "No such client or list", body = ErrorBody)))]
-pub async fn delete(
-    State(state): State<AppState>,
-    scope: ClientScope,
-    Path((_, id)): Path<(String, String)>,
-) -> Result<StatusCode, ApiError> {
-    let id = path_id(&id)?;
-    let (_, db) = scope.connect(&state).await?;
+pub async fn delete(tenant: Tenant, RowId(id): RowId) -> Result<StatusCode, ApiError> {
+    let db = tenant.db().await?;
     lists::delete(db.client(), id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -139,14 +123,15 @@ pub async fn delete(
         (status = 400, description = "Invalid status", body = ErrorBody),
         (status = 404, description = "No such client, list or recipient", body = ErrorBody)))]
 pub async fn bind(
-    State(state): State<AppState>,
-    scope: ClientScope,
-    Path((_, id, rid)): Path<(String, String, String)>,
+    tenant: Tenant,
+    path: Result<ListRecipient, ApiError>,
     ApiJson(body): ApiJson<SetBinding>,
 ) -> Result<Json<Binding>, ApiError> {
-    let (id, rid) = (path_id(&id)?, path_id(&rid)?);
-    let (_, db) = scope.connect(&state).await?;
-    Ok(Json(lists::bind(db.client(), id, rid, body.status).await?))
+    let ListRecipient { list, recipient } = path?;
+    let db = tenant.db().await?;
+    Ok(Json(
+        lists::bind(db.client(), list, recipient, body.status).await?,
+    ))
 }
 
 /// The recipients on a list with their status, by recipient id.
@@ -157,15 +142,13 @@ pub async fn bind(
         (status = 200, description = "A page of list members", body = Page<ListMember>),
         (status = 404, description = "No such client or list", body = ErrorBody)))]
 pub async fn members(
-    State(state): State<AppState>,
-    scope: ClientScope,
-    Path((_, id)): Path<(String, String)>,
+    tenant: Tenant,
     ApiQuery(params): ApiQuery<MemberParams>,
+    RowId(id): RowId,
 ) -> Result<Json<Page<ListMember>>, ApiError> {
-    let id = path_id(&id)?;
     let (limit, after) = cursor::keyset(params.limit, params.cursor.as_deref())?;
-    let (_, db) = scope.connect(&state).await?;
-    let privacy = scope.privacy(&state).await?;
+    let db = tenant.db().await?;
+    let privacy = tenant.privacy().await?;
     let items = lists::members(db.client(), id, params.status, after, limit + 1, &privacy).await?;
     Ok(Json(Page::from_rows(items, limit, |m| {
         m.recipient.id.to_string()

@@ -18,8 +18,10 @@ pub mod lists;
 pub mod metrics;
 pub mod openapi;
 pub mod operations;
+pub mod policy;
 pub mod recipients;
 pub mod roles;
+pub mod scope;
 pub mod target_groups;
 pub mod templates;
 pub mod users;
@@ -143,12 +145,7 @@ fn request_span(request: &Request) -> tracing::Span {
 
 async fn timeout_error(error: BoxError) -> ApiError {
     if error.is::<tower::timeout::error::Elapsed>() {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "request_timeout",
-            "The request took longer than this server allows; retry later.",
-        )
-        .with_retry_after(1)
+        ApiError::request_timeout()
     } else {
         tracing::error!(error = %error, "unhandled middleware error");
         ApiError::internal()

@@ -1,19 +1,21 @@
 //! `/v1/clients/{slug}/recipients`: recipients in the client's own database (data plane, through the routing
-//! pool). Standard fields for now; custom fields join them, flattened, with the field-schema issue.
+//! pool), with the import. Standard fields and the client's custom fields (central and its own) side by side,
+//! flattened, in bodies, filters and imports; personal fields are masked without the private-data right, and
+//! writing one needs it.
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use deadpool_postgres::tokio_postgres;
 use serde::{Deserialize, Deserializer};
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::ClientScope;
 use super::cursor::{self, Page};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, ApiQuery, cursor_id, path_id, path_slug};
+use super::extract::{ApiJson, ApiQuery, RowId, cursor_id};
+use super::scope::Tenant;
 use crate::app::AppState;
 use crate::data::DataError;
 use crate::data::import::{self, Format, ImportError, ImportOutcome};
@@ -97,8 +99,8 @@ fn text(field: &'static str, value: Option<&str>, max: usize) -> Result<Option<S
 
 /// Writing a personal field needs the private-data right: a write keyed by or setting an address answers whether it
 /// is known (409 `email_taken`), and an upsert would tie a marker of the caller's to a masked recipient.
-fn personal_write(scope: &ClientScope, field: &str) -> Result<(), DataError> {
-    if scope.grant.private_data {
+fn personal_write(tenant: &Tenant, field: &str) -> Result<(), DataError> {
+    if tenant.private_data() {
         Ok(())
     } else {
         Err(DataError::PersonalData(field.to_owned()))
@@ -107,12 +109,11 @@ fn personal_write(scope: &ClientScope, field: &str) -> Result<(), DataError> {
 
 /// Masks the personal fields of a recipient about to be returned, unless the caller has the private-data right.
 async fn shown(
-    state: &AppState,
+    tenant: &Tenant,
     db: &tokio_postgres::Client,
-    scope: &ClientScope,
     recipient: &mut Recipient,
 ) -> Result<(), ApiError> {
-    let privacy = scope.privacy(state).await?;
+    let privacy = tenant.privacy().await?;
     recipients::protect(db, &privacy, None, std::slice::from_mut(recipient)).await?;
     Ok(())
 }
@@ -129,13 +130,10 @@ async fn shown(
         (status = 429, description = "The tenant is busy", body = ErrorBody),
         (status = 503, description = "The tenant database is unavailable", body = ErrorBody)))]
 pub async fn create(
-    State(state): State<AppState>,
-    scope: ClientScope,
-    Path(slug): Path<String>,
+    tenant: Tenant,
     ApiJson(body): ApiJson<CreateRecipient>,
 ) -> Result<Response, ApiError> {
-    let slug = path_slug(&slug)?;
-    personal_write(&scope, "email")?;
+    personal_write(&tenant, "email")?;
     let new = NewRecipient {
         email: Email::parse(&body.email)?,
         first_name: text("first_name", body.first_name.as_deref(), NAME_MAX)?,
@@ -143,16 +141,16 @@ pub async fn create(
         gender: text("gender", body.gender.as_deref(), GENDER_MAX)?,
         custom: Vec::new(),
     };
-    let (_, db) = scope.connect(&state).await?;
+    let db = tenant.db().await?;
     let mut new = new;
     if !body.fields.is_empty() {
         let schema = Schema::load(db.client()).await?;
         new.custom = recipients::custom_values(&schema, &body.fields)?;
     }
     let mut recipient = recipients::create(db.client(), &new).await?;
-    shown(&state, db.client(), &scope, &mut recipient).await?;
+    shown(&tenant, db.client(), &mut recipient).await?;
     Ok(super::created(
-        &format!("/v1/clients/{slug}/recipients/{}", recipient.id),
+        &format!("/v1/clients/{}/recipients/{}", tenant.slug(), recipient.id),
         &recipient,
     ))
 }
@@ -166,14 +164,13 @@ pub async fn create(
         (status = 404, description = "No such client", body = ErrorBody),
         (status = 409, description = "The client is not active", body = ErrorBody)))]
 pub async fn list(
-    State(state): State<AppState>,
-    scope: ClientScope,
+    tenant: Tenant,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Page<Recipient>>, ApiError> {
     let limit = cursor::limit_text(params.limit.as_deref())?;
     let after_id = cursor_id(params.cursor.as_deref())?;
-    let (_, db) = scope.connect(&state).await?;
-    let privacy = scope.privacy(&state).await?;
+    let db = tenant.db().await?;
+    let privacy = tenant.privacy().await?;
     let filter = if params.filters.is_empty() {
         None
     } else {
@@ -193,15 +190,10 @@ pub async fn list(
     responses(
         (status = 200, description = "The recipient", body = Recipient),
         (status = 404, description = "No such client or recipient", body = ErrorBody)))]
-pub async fn get(
-    State(state): State<AppState>,
-    scope: ClientScope,
-    Path((_, id)): Path<(String, String)>,
-) -> Result<Json<Recipient>, ApiError> {
-    let id = path_id(&id)?;
-    let (_, db) = scope.connect(&state).await?;
+pub async fn get(tenant: Tenant, RowId(id): RowId) -> Result<Json<Recipient>, ApiError> {
+    let db = tenant.db().await?;
     let mut recipient = recipients::get(db.client(), id).await?;
-    shown(&state, db.client(), &scope, &mut recipient).await?;
+    shown(&tenant, db.client(), &mut recipient).await?;
     Ok(Json(recipient))
 }
 
@@ -214,12 +206,11 @@ pub async fn get(
         (status = 404, description = "No such client or recipient", body = ErrorBody),
         (status = 409, description = "E-mail taken, or the client is not active", body = ErrorBody)))]
 pub async fn update(
-    State(state): State<AppState>,
-    scope: ClientScope,
-    Path((_, id)): Path<(String, String)>,
+    tenant: Tenant,
+    id: Result<RowId, ApiError>,
     ApiJson(body): ApiJson<UpdateRecipient>,
 ) -> Result<Json<Recipient>, ApiError> {
-    let id = path_id(&id)?;
+    let RowId(id) = id?;
     let change =
         |field, value: Option<Option<String>>, max| -> Result<Option<Option<String>>, DataError> {
             value.map(|v| text(field, v.as_deref(), max)).transpose()
@@ -237,21 +228,21 @@ pub async fn update(
         ("last_name", patch.last_name.is_some()),
     ] {
         if set {
-            personal_write(&scope, field)?;
+            personal_write(&tenant, field)?;
         }
     }
-    let (_, db) = scope.connect(&state).await?;
+    let db = tenant.db().await?;
     let mut patch = patch;
     if !body.fields.is_empty() {
         let schema = Schema::load(db.client()).await?;
-        scope
-            .privacy(&state)
+        tenant
+            .privacy()
             .await?
             .check_fields(&schema, body.fields.keys())?;
         patch.custom = recipients::custom_values(&schema, &body.fields)?;
     }
     let mut recipient = recipients::update(db.client(), id, &patch).await?;
-    shown(&state, db.client(), &scope, &mut recipient).await?;
+    shown(&tenant, db.client(), &mut recipient).await?;
     Ok(Json(recipient))
 }
 
@@ -261,13 +252,8 @@ pub async fn update(
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, description = "No such client or recipient", body = ErrorBody)))]
-pub async fn delete(
-    State(state): State<AppState>,
-    scope: ClientScope,
-    Path((_, id)): Path<(String, String)>,
-) -> Result<StatusCode, ApiError> {
-    let id = path_id(&id)?;
-    let (_, db) = scope.connect(&state).await?;
+pub async fn delete(tenant: Tenant, RowId(id): RowId) -> Result<StatusCode, ApiError> {
+    let db = tenant.db().await?;
     recipients::delete(db.client(), id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -300,9 +286,7 @@ fn import_format(headers: &HeaderMap, params: &ImportParams) -> Result<Format, A
                 Some("tab") | Some("\t") => b'\t',
                 Some("|") => b'|',
                 Some(_) => {
-                    return Err(ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_parameter",
+                    return Err(ApiError::invalid_parameter(
                         "delimiter must be \",\", \";\", \"tab\" or \"|\".",
                     ));
                 }
@@ -311,17 +295,13 @@ fn import_format(headers: &HeaderMap, params: &ImportParams) -> Result<Format, A
         }
         "application/x-ndjson" | "application/ndjson" | "application/jsonl" => Format::Ndjson,
         _ => {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+            return Err(ApiError::unsupported_media_type(
                 "An import is text/csv (with a header line) or application/x-ndjson (one JSON object per line).",
             ));
         }
     };
     if format == Format::Ndjson && params.delimiter.is_some() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_parameter",
+        return Err(ApiError::invalid_parameter(
             "delimiter applies to CSV imports only.",
         ));
     }
@@ -345,12 +325,12 @@ fn import_format(headers: &HeaderMap, params: &ImportParams) -> Result<Format, A
         (status = 503, description = "The tenant database is unavailable", body = ErrorBody)))]
 pub async fn import(
     State(state): State<AppState>,
-    scope: ClientScope,
+    tenant: Tenant,
     ApiQuery(params): ApiQuery<ImportParams>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<ImportOutcome>, ApiError> {
-    personal_write(&scope, "email")?;
+    personal_write(&tenant, "email")?;
     let format = import_format(&headers, &params)?;
     let limit = state.settings().server.import_limit_bytes;
     let declared = headers
@@ -360,7 +340,7 @@ pub async fn import(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(DataError::Import(ImportError::TooLarge(limit)).into());
     }
-    let (client, mut db) = scope.connect(&state).await?;
+    let mut db = tenant.db().await?;
     let schema = Schema::load(db.client()).await?;
     let outcome = import::run(
         db.client_mut(),
@@ -370,7 +350,7 @@ pub async fn import(
         limit,
     )
     .await?;
-    tracing::info!(client = %client.slug, records = outcome.records, inserted = outcome.inserted,
+    tracing::info!(client = %tenant.slug(), records = outcome.records, inserted = outcome.inserted,
         updated = outcome.updated, "recipients imported");
     Ok(Json(outcome))
 }

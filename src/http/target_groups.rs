@@ -1,18 +1,16 @@
 //! `/v1/clients/{slug}/target-groups`: named rules over the client's recipients, evaluated in its own database.
 
 use axum::Json;
-use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::auth::ClientScope;
 use super::cursor::{self, Page};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, ApiQuery, path_id, path_slug};
+use super::extract::{ApiJson, ApiQuery, RowId};
 use super::lists::PageParams;
-use crate::app::AppState;
+use super::scope::Tenant;
 use crate::data::DataError;
 use crate::data::recipients::Recipient;
 use crate::data::target_groups::{self, TargetGroup};
@@ -48,18 +46,15 @@ pub struct GroupCount {
         (status = 404, description = "No such client", body = ErrorBody),
         (status = 409, description = "Name taken, or the client is not active", body = ErrorBody)))]
 pub async fn create(
-    State(state): State<AppState>,
-    scope: ClientScope,
-    Path(slug): Path<String>,
+    tenant: Tenant,
     ApiJson(body): ApiJson<CreateTargetGroup>,
 ) -> Result<Response, ApiError> {
-    let slug = path_slug(&slug)?;
     let name = required_text("name", &body.name, GROUP_NAME_MAX).map_err(DataError::from)?;
-    let (_, db) = scope.connect(&state).await?;
-    let privacy = scope.privacy(&state).await?;
+    let db = tenant.db().await?;
+    let privacy = tenant.privacy().await?;
     let group = target_groups::create(db.client(), &name, &body.rule, &privacy).await?;
     Ok(super::created(
-        &format!("/v1/clients/{slug}/target-groups/{}", group.id),
+        &format!("/v1/clients/{}/target-groups/{}", tenant.slug(), group.id),
         &group,
     ))
 }
@@ -71,14 +66,13 @@ pub async fn create(
         (status = 200, description = "A page of target groups", body = Page<TargetGroup>),
         (status = 404, description = "No such client", body = ErrorBody)))]
 pub async fn list(
-    State(state): State<AppState>,
-    scope: ClientScope,
+    tenant: Tenant,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<Page<TargetGroup>>, ApiError> {
     let (limit, after) = cursor::keyset(params.limit, params.cursor.as_deref())?;
-    let (_, db) = scope.connect(&state).await?;
+    let db = tenant.db().await?;
     let mut items = target_groups::list(db.client(), after, limit + 1).await?;
-    target_groups::protect(db.client(), &scope.privacy(&state).await?, &mut items).await?;
+    target_groups::protect(db.client(), &tenant.privacy().await?, &mut items).await?;
     Ok(Json(Page::from_rows(items, limit, |g| g.id.to_string())))
 }
 
@@ -88,17 +82,12 @@ pub async fn list(
     responses(
         (status = 200, description = "The target group", body = TargetGroup),
         (status = 404, description = "No such client or target group", body = ErrorBody)))]
-pub async fn get(
-    State(state): State<AppState>,
-    scope: ClientScope,
-    Path((_, id)): Path<(String, String)>,
-) -> Result<Json<TargetGroup>, ApiError> {
-    let id = path_id(&id)?;
-    let (_, db) = scope.connect(&state).await?;
+pub async fn get(tenant: Tenant, RowId(id): RowId) -> Result<Json<TargetGroup>, ApiError> {
+    let db = tenant.db().await?;
     let mut group = target_groups::get(db.client(), id).await?;
     target_groups::protect(
         db.client(),
-        &scope.privacy(&state).await?,
+        &tenant.privacy().await?,
         std::slice::from_mut(&mut group),
     )
     .await?;
@@ -111,13 +100,8 @@ pub async fn get(
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, description = "No such client or target group", body = ErrorBody)))]
-pub async fn delete(
-    State(state): State<AppState>,
-    scope: ClientScope,
-    Path((_, id)): Path<(String, String)>,
-) -> Result<StatusCode, ApiError> {
-    let id = path_id(&id)?;
-    let (_, db) = scope.connect(&state).await?;
+pub async fn delete(tenant: Tenant, RowId(id): RowId) -> Result<StatusCode, ApiError> {
+    let db = tenant.db().await?;
     target_groups::delete(db.client(), id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -129,14 +113,9 @@ pub async fn delete(
         (status = 200, description = "The number of matching recipients", body = GroupCount),
         (status = 400, description = "The rule no longer fits the client's fields or lists", body = ErrorBody),
         (status = 404, description = "No such client or target group", body = ErrorBody)))]
-pub async fn count(
-    State(state): State<AppState>,
-    scope: ClientScope,
-    Path((_, id)): Path<(String, String)>,
-) -> Result<Json<GroupCount>, ApiError> {
-    let id = path_id(&id)?;
-    let (_, db) = scope.connect(&state).await?;
-    let privacy = scope.privacy(&state).await?;
+pub async fn count(tenant: Tenant, RowId(id): RowId) -> Result<Json<GroupCount>, ApiError> {
+    let db = tenant.db().await?;
+    let privacy = tenant.privacy().await?;
     let count = target_groups::count(db.client(), id, &privacy).await?;
     Ok(Json(GroupCount { count }))
 }
@@ -149,15 +128,13 @@ pub async fn count(
         (status = 400, description = "The rule no longer fits the client's fields or lists", body = ErrorBody),
         (status = 404, description = "No such client or target group", body = ErrorBody)))]
 pub async fn members(
-    State(state): State<AppState>,
-    scope: ClientScope,
-    Path((_, id)): Path<(String, String)>,
+    tenant: Tenant,
     ApiQuery(params): ApiQuery<PageParams>,
+    RowId(id): RowId,
 ) -> Result<Json<Page<Recipient>>, ApiError> {
-    let id = path_id(&id)?;
     let (limit, after) = cursor::keyset(params.limit, params.cursor.as_deref())?;
-    let (_, db) = scope.connect(&state).await?;
-    let privacy = scope.privacy(&state).await?;
+    let db = tenant.db().await?;
+    let privacy = tenant.privacy().await?;
     let items = target_groups::members(db.client(), id, after, limit + 1, &privacy).await?;
     Ok(Json(Page::from_rows(items, limit, |r| r.id.to_string())))
 }

@@ -10,10 +10,10 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::auth::Caller;
-use super::auth::ClientScope;
 use super::cursor::{self, Page};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, ApiQuery, path_slug};
+use super::extract::{ApiJson, ApiQuery, TemplateId, template_id};
+use super::scope::Tenant;
 use crate::app::AppState;
 use crate::control::templates::{MasterTemplate, SyncRow, TemplateContent};
 use crate::data::DataError;
@@ -104,23 +104,15 @@ pub struct TemplatePage {
     pub cursor: Option<String>,
 }
 
-fn too_long(field: &'static str) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
-        format!("{field} is larger than {BODY_MAX} bytes."),
-    )
-}
-
 /// Validates a template's content (sizes, required fields).
 fn content(input: TemplateInput) -> Result<TemplateContent, ApiError> {
     let name = required_text("name", &input.name, 200).map_err(DataError::from)?;
     let subject = required_text("subject", &input.subject, 998).map_err(DataError::from)?;
     if input.html_body.len() > BODY_MAX {
-        return Err(too_long("html_body"));
+        return Err(ApiError::field_too_large("html_body", BODY_MAX));
     }
     if input.text_body.len() > BODY_MAX {
-        return Err(too_long("text_body"));
+        return Err(ApiError::field_too_large("text_body", BODY_MAX));
     }
     if input.html_body.trim().is_empty() && input.text_body.trim().is_empty() {
         return Err(Invalid {
@@ -137,21 +129,12 @@ fn content(input: TemplateInput) -> Result<TemplateContent, ApiError> {
     })
 }
 
-/// A template id from the path; anything that is not a UUID names no template (404).
-fn template_id(id: &str) -> Result<Uuid, ApiError> {
-    id.parse().map_err(|_| ApiError::not_found())
-}
-
 fn after(cursor: Option<&str>) -> Result<Option<Uuid>, ApiError> {
     cursor
         .map(|c| {
-            cursor::decode(c)?.parse::<Uuid>().map_err(|_| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_cursor",
-                    "The cursor is not valid.",
-                )
-            })
+            cursor::decode(c)?
+                .parse::<Uuid>()
+                .map_err(|_| ApiError::invalid_cursor())
         })
         .transpose()
 }
@@ -288,13 +271,12 @@ pub async fn sync_status(
         (status = 200, description = "A page of the client's templates", body = Page<TenantTemplate>),
         (status = 404, description = "No such client", body = ErrorBody)))]
 pub async fn client_list(
-    State(state): State<AppState>,
-    scope: ClientScope,
+    tenant: Tenant,
     ApiQuery(params): ApiQuery<TemplatePage>,
 ) -> Result<Json<Page<TenantTemplate>>, ApiError> {
     let limit = cursor::limit(params.limit)?;
     let after = after(params.cursor.as_deref())?;
-    let (_, db) = scope.connect(&state).await?;
+    let db = tenant.db().await?;
     let items = templates::list(db.client(), after, limit + 1).await?;
     Ok(Json(Page::from_rows(items, limit, |t| t.id.to_string())))
 }
@@ -307,17 +289,14 @@ pub async fn client_list(
         (status = 400, description = "Invalid content", body = ErrorBody),
         (status = 404, description = "No such client", body = ErrorBody)))]
 pub async fn client_create(
-    State(state): State<AppState>,
-    scope: ClientScope,
-    Path(slug): Path<String>,
+    tenant: Tenant,
     ApiJson(input): ApiJson<TemplateInput>,
 ) -> Result<Response, ApiError> {
-    let slug = path_slug(&slug)?;
     let content = content(input)?;
-    let (_, db) = scope.connect(&state).await?;
+    let db = tenant.db().await?;
     let template = templates::create_local(db.client(), &content).await?;
     Ok(super::created(
-        &format!("/v1/clients/{slug}/templates/{}", template.id),
+        &format!("/v1/clients/{}/templates/{}", tenant.slug(), template.id),
         &template,
     ))
 }
@@ -329,12 +308,10 @@ pub async fn client_create(
         (status = 200, description = "The template", body = TenantTemplate),
         (status = 404, description = "No such client or template", body = ErrorBody)))]
 pub async fn client_get(
-    State(state): State<AppState>,
-    scope: ClientScope,
-    Path((_, id)): Path<(String, String)>,
+    tenant: Tenant,
+    TemplateId(id): TemplateId,
 ) -> Result<Json<TenantTemplate>, ApiError> {
-    let id = template_id(&id)?;
-    let (_, db) = scope.connect(&state).await?;
+    let db = tenant.db().await?;
     Ok(Json(templates::get(db.client(), id).await?))
 }
 
@@ -348,18 +325,23 @@ pub async fn client_get(
         (status = 404, description = "No such client or template", body = ErrorBody)))]
 pub async fn client_update(
     State(state): State<AppState>,
-    scope: ClientScope,
-    Path((_, id)): Path<(String, String)>,
+    tenant: Tenant,
+    id: Result<TemplateId, ApiError>,
     ApiJson(input): ApiJson<TemplateInput>,
 ) -> Result<Json<TenantTemplate>, ApiError> {
-    let id = template_id(&id)?;
+    let TemplateId(id) = id?;
     let content = content(input)?;
-    let (client, db) = scope.connect(&state).await?;
+    let db = tenant.db().await?;
     let template = templates::update(db.client(), id, &content).await?;
     if template.overridden {
         state
             .control()
-            .templates_synced(&[(client.id, id, "overridden", template.master_version)])
+            .templates_synced(&[(
+                tenant.client().id,
+                id,
+                "overridden",
+                template.master_version,
+            )])
             .await?;
     }
     Ok(Json(template))
@@ -374,31 +356,22 @@ pub async fn client_update(
         (status = 409, description = "A local template (it has no master) or one that is not overridden", body = ErrorBody)))]
 pub async fn client_revert(
     State(state): State<AppState>,
-    scope: ClientScope,
-    Path((_, id)): Path<(String, String)>,
+    tenant: Tenant,
+    TemplateId(id): TemplateId,
 ) -> Result<Response, ApiError> {
-    let id = template_id(&id)?;
-    let (client, db) = scope.connect(&state).await?;
+    let db = tenant.db().await?;
     let copy = templates::get(db.client(), id).await?;
     if copy.origin != "inherited" {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "local_template",
-            "This is the client's own template; it has no master version to revert to.",
-        ));
+        return Err(ApiError::local_template());
     }
     if !copy.overridden {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not_overridden",
-            "This template is not overridden; it already follows the master.",
-        ));
+        return Err(ApiError::not_overridden());
     }
     let master = state.control().template(id).await?;
     let reverted = templates::revert(db.client(), id, &master).await?;
     state
         .control()
-        .templates_synced(&[(client.id, id, "synced", reverted.master_version)])
+        .templates_synced(&[(tenant.client().id, id, "synced", reverted.master_version)])
         .await?;
     Ok((StatusCode::OK, Json(reverted)).into_response())
 }
