@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::tokio_postgres;
 
 use crate::control::clients::ClientRecord;
-use crate::control::servers::ServerRecord;
 use crate::control::listen::Listening;
+use crate::control::servers::ServerRecord;
 use crate::control::{CLIENTS_CHANNEL, ControlError, ControlPlane};
 use crate::domain::{ClientSlug, ClientStatus, Invalid};
 use crate::shutdown::CancellationToken;
@@ -257,7 +257,9 @@ impl DataPlane {
         slug: &ClientSlug,
     ) -> Result<(Arc<ClientRecord>, Arc<TenantRoute>), DataError> {
         match self.lookup(slug).await? {
-            (_, client, Some(route)) if client.status == ClientStatus::Active => Ok((client, route)),
+            (_, client, Some(route)) if client.status == ClientStatus::Active => {
+                Ok((client, route))
+            }
             (_, client, _) => Err(DataError::ClientNotActive(client.status)),
         }
     }

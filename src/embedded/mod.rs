@@ -90,6 +90,15 @@ pub enum EmbeddedError {
         log: PathBuf,
         tail: String,
     },
+    #[error(
+        "the PostgreSQL (pid {pid}) on {} is still shutting down; it did not exit in time, so no new one could be \
+         started (stop it, or wait and start again)",
+        pgdata.display()
+    )]
+    StillShuttingDown { pid: i32, pgdata: PathBuf },
+    /// Internal: the postmaster being adopted began to shut down (or is gone) before it was ready.
+    #[error("the PostgreSQL already running on this data directory shut down while being adopted")]
+    AdoptedShutDown,
     #[error("PostgreSQL did not accept connections within {secs} s; last lines of {log}:\n{tail}")]
     StartTimeout {
         secs: u64,
@@ -262,16 +271,58 @@ impl Cluster {
             binaries,
             owned: None,
         };
-        if let Some(running) = cluster.running_postmaster() {
+        let deadline = Instant::now() + spec.start_timeout;
+        while let Some(running) = cluster.running_postmaster() {
+            if running.is_leaving() {
+                // Shutting down, or orphaned (the process that started it died, e.g. `kill -9` of a `serve`, and
+                // its parent-death signal is on the way): it will be gone in a moment. Wait, then start our own.
+                cluster.wait_gone(&running, deadline)?;
+                continue;
+            }
             // Another mandant process (a `serve`, or a CLI command) runs this cluster: use it, never stop it.
             tracing::info!(pid = running.pid, pgdata = %cluster.pgdata.display(), "using the embedded PostgreSQL already running");
             cluster.port = running.port;
-            cluster.socket_dir = running.socket_dir;
-            cluster.wait_ready(spec.start_timeout, None)?;
-            return Ok(cluster);
+            cluster.socket_dir = running.socket_dir.clone();
+            match cluster.wait_ready(
+                deadline.saturating_duration_since(Instant::now()),
+                None,
+                Some(&running),
+            ) {
+                Ok(()) => return Ok(cluster),
+                // It started to shut down while we waited for it: wait until it is gone, then start our own.
+                Err(EmbeddedError::AdoptedShutDown) => cluster.wait_gone(&running, deadline)?,
+                Err(e) => return Err(e),
+            }
         }
+        cluster.socket_dir = spec.socket_dir();
+        cluster.port = spec.port;
         cluster.spawn(spec, run_as)?;
         Ok(cluster)
+    }
+
+    /// Waits until the postmaster `leaving` has exited (an orphan is asked to shut down fast first, as its
+    /// parent-death signal would have), at most until `deadline`.
+    fn wait_gone(&self, leaving: &PidFile, deadline: Instant) -> Result<(), EmbeddedError> {
+        tracing::warn!(
+            pid = leaving.pid,
+            status = %leaving.status,
+            pgdata = %self.pgdata.display(),
+            "the embedded PostgreSQL on this data directory is shutting down (or was left behind by a process that \
+             died); waiting for it to exit before starting it again"
+        );
+        if leaving.is_orphan() {
+            let _ = kill(Pid::from_raw(leaving.pid), Signal::SIGINT);
+        }
+        while leaving.is_alive_postgres() {
+            if Instant::now() >= deadline {
+                return Err(EmbeddedError::StillShuttingDown {
+                    pid: leaving.pid,
+                    pgdata: self.pgdata.clone(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Ok(())
     }
 
     /// The postmaster recorded in `postmaster.pid`, if it is alive; a stale file (its process gone, or the pid
@@ -370,7 +421,7 @@ impl Cluster {
             pid: Pid::from_raw(pid as i32),
             exit: exit.clone(),
         });
-        if let Err(e) = self.wait_ready(spec.start_timeout, Some(&exit)) {
+        if let Err(e) = self.wait_ready(spec.start_timeout, Some(&exit), None) {
             self.stop();
             return Err(e);
         }
@@ -378,7 +429,12 @@ impl Cluster {
     }
 
     /// Waits until `postmaster.pid` says `ready` (the server accepts connections on its socket).
-    fn wait_ready(&self, timeout: Duration, exit: Option<&ExitSlot>) -> Result<(), EmbeddedError> {
+    fn wait_ready(
+        &self,
+        timeout: Duration,
+        exit: Option<&ExitSlot>,
+        adopted: Option<&PidFile>,
+    ) -> Result<(), EmbeddedError> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = exit.and_then(|e| e.describe()) {
@@ -388,10 +444,19 @@ impl Cluster {
                     tail: tail(&self.log_path),
                 });
             }
-            if let Ok(text) = fs::read_to_string(self.pgdata.join("postmaster.pid"))
-                && PidFile::parse(&text).is_some_and(|p| p.status == "ready")
-            {
-                return Ok(());
+            let pid_file = fs::read_to_string(self.pgdata.join("postmaster.pid"))
+                .ok()
+                .and_then(|text| PidFile::parse(&text));
+            match pid_file {
+                // An adopted postmaster that is shutting down (or gone) will never be ready: tell the caller now.
+                Some(p) if adopted.is_some() && p.is_leaving() => {
+                    return Err(EmbeddedError::AdoptedShutDown);
+                }
+                Some(p) if p.status == "ready" => return Ok(()),
+                _ if adopted.is_some_and(|a| !a.is_alive_postgres()) => {
+                    return Err(EmbeddedError::AdoptedShutDown);
+                }
+                _ => {}
             }
             if Instant::now() >= deadline {
                 return Err(EmbeddedError::StartTimeout {
@@ -487,6 +552,22 @@ impl PidFile {
                 .map(|l| l.trim().to_owned())
                 .unwrap_or_default(),
         })
+    }
+
+    /// Shutting down (`stopping` in its pid file), or orphaned: its parent, the process that started it, is gone
+    /// (it was re-parented to init), so its parent-death signal is on the way.
+    fn is_leaving(&self) -> bool {
+        self.status == "stopping" || self.is_orphan()
+    }
+
+    fn is_orphan(&self) -> bool {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        // Field 4 of /proc/<pid>/stat, after the parenthesised command name (which may contain spaces).
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        ppid == Some(1)
     }
 
     pub(crate) fn is_alive_postgres(&self) -> bool {
