@@ -542,3 +542,47 @@ pub async fn normalize(response: Response) -> Response {
     fresh.headers_mut().extend(parts.headers);
     fresh
 }
+
+/// The access service's refusals. Every status, code and message here is part of the API contract (tests compare
+/// bodies): a refusal on a user or client the caller cannot see is the very 404 of one that does not exist.
+impl From<crate::access::AccessError> for ApiError {
+    fn from(e: crate::access::AccessError) -> Self {
+        use crate::access::{AccessError, Escalation};
+        let forbidden = |code, message: &str| Self::new(StatusCode::FORBIDDEN, code, message);
+        match e {
+            AccessError::NotFound => Self::not_found(),
+            AccessError::Denied(denied) => super::auth::denial(denied),
+            AccessError::SelfEdit => forbidden(
+                "self_edit_refused",
+                "Nobody can change their own roles, access or status; ask another administrator.",
+            ),
+            AccessError::HoldsRole => forbidden(
+                "self_edit_refused",
+                "You hold this role; ask another administrator to change it.",
+            ),
+            AccessError::Escalation(escalation) => forbidden(
+                "escalation_refused",
+                match escalation {
+                    Escalation::ManageUser => {
+                        "This user holds permissions or access that you do not; you cannot manage it."
+                    }
+                    Escalation::AssignRole => {
+                        "A role you are giving has permissions that you do not hold."
+                    }
+                    Escalation::PrivateData => {
+                        "You cannot pass on the private-data right on this client: you do not have it."
+                    }
+                    Escalation::DefineRole => {
+                        "A role can only have permissions that you hold yourself."
+                    }
+                    Escalation::RoleHolders => {
+                        "Users you cannot manage hold this role; you cannot change it."
+                    }
+                },
+            ),
+            // The same answer as the control plane's, when the parent vanished meanwhile.
+            AccessError::UnknownParent => ControlError::UnknownParent.into(),
+            AccessError::Control(e) => e.into(),
+        }
+    }
+}
