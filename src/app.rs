@@ -90,7 +90,8 @@ impl AppState {
         self.0.data.targets()
     }
 
-    /// Bearer-token authentication and its principal cache.
+    /// Bearer-token authentication and its principal cache (changes of rights go through [`Self::access`], which
+    /// drops the cache).
     pub fn auth(&self) -> &Arc<Authenticator> {
         &self.0.auth
     }

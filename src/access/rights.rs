@@ -4,7 +4,7 @@
 //!
 //! Every change method checks (before, on the caller's principal), writes (the control plane re-checks under the
 //! rights lock, in the same transaction), and on success drops this process's cached principals
-//! ([`Authenticator::invalidate`]); other processes drop theirs on the change's `NOTIFY`. Never: HTTP types, SQL.
+//! (`Authenticator::invalidate`); other processes drop theirs on the change's `NOTIFY`. Never: HTTP types, SQL.
 
 use std::sync::Arc;
 

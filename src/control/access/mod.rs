@@ -1,7 +1,7 @@
 //! Users, roles, per-client access, API tokens and the audit log in the control plane (schema:
 //! `control_migrations/V4__access.sql`): the only SQL on these tables. The rules are `domain::rights`' and the
 //! checks before a change are `access/`'s; this module stores and reads, and re-checks inside each rights change's
-//! transaction, under [`RIGHTS_LOCK`], what the caller checked before (so concurrent changes cannot both pass on
+//! transaction, under `RIGHTS_LOCK`, what the caller checked before (so concurrent changes cannot both pass on
 //! stale rights). Never: HTTP types, caches, or decisions made without the lock that a concurrent change could
 //! invalidate.
 //!

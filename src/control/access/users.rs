@@ -200,7 +200,7 @@ impl ControlPlane {
         .await?)
     }
 
-    /// `actor`: who changes it, if its dominance must hold (see [`still_dominates`]).
+    /// `actor`: who changes it, if its dominance must hold (see `still_dominates`).
     pub async fn update_user(
         &self,
         id: Uuid,
