@@ -283,13 +283,7 @@ pub async fn create(
         optional_text("display_name", Some(&body.display_name), NAME_MAX)?.unwrap_or_default();
     let home = match &body.home_client {
         Some(slug) => {
-            let unknown = || {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "unknown_client",
-                    "The home client does not exist.",
-                )
-            };
+            let unknown = ApiError::unknown_home_client;
             let slug = ClientSlug::parse(slug).map_err(|_| unknown())?;
             visible_client(&state, &caller, &slug).await.map_err(|e| {
                 if e.status() == StatusCode::NOT_FOUND {
@@ -302,11 +296,7 @@ pub async fn create(
         None => {
             let home = state.control().client_by_id(caller.home_client).await?;
             if home.status == crate::domain::ClientStatus::Deleted {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "unknown_client",
-                    "Your home client is deleted; name a home client for the new user.",
-                ));
+                return Err(ApiError::home_client_deleted());
             }
             Arc::new(home)
         }
