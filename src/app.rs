@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::access::RightsService;
 use crate::access::authn::Authenticator;
 use crate::config::Settings;
 use crate::control::ControlPlane;
@@ -28,6 +29,7 @@ pub struct App {
     fanout: FanOut,
     provisioner: Provisioner,
     auth: Arc<Authenticator>,
+    access: RightsService,
     metrics: PrometheusHandle,
 }
 
@@ -45,6 +47,7 @@ impl AppState {
             control.clone(),
             settings.auth.cache_ttl(),
         ));
+        let access = RightsService::new(control.clone(), auth.clone());
         Ok(Self(Arc::new(App {
             settings,
             control,
@@ -52,6 +55,7 @@ impl AppState {
             fanout,
             provisioner,
             auth,
+            access,
             metrics: crate::telemetry::recorder(),
         })))
     }
@@ -86,9 +90,15 @@ impl AppState {
         self.0.data.targets()
     }
 
-    /// Bearer-token authentication and its principal cache.
+    /// Bearer-token authentication and its principal cache (changes of rights go through [`Self::access`], which
+    /// drops the cache).
     pub fn auth(&self) -> &Arc<Authenticator> {
         &self.0.auth
+    }
+
+    /// Every change of users, roles, access and tokens: checks, writes and drops the principal cache in one call.
+    pub fn access(&self) -> &RightsService {
+        &self.0.access
     }
 
     pub fn settings(&self) -> &Settings {

@@ -4,9 +4,10 @@
 //! Verified principals are cached by token hash for `auth.cache_ttl_secs`, but only while this process is
 //! `LISTEN`ing on the control plane's auth channel: every change of users, roles, access or tokens notifies it in
 //! its transaction, and each process drops its whole cache when the notification arrives (and the process that
-//! made the change drops it before answering). Without a working listener every request reads the control plane,
-//! so a disabled user or a revoked token is refused at once in every process either way. `last_used_at` is
-//! written at most once a minute per token, off the request path.
+//! made the change drops it before answering: [`RightsService`](super::RightsService) does after each change).
+//! Without a working listener every request reads the control plane, so a disabled user or a revoked token is
+//! refused at once in every process either way. `last_used_at` is written at most once a minute per token, off
+//! the request path.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -107,8 +108,9 @@ impl Authenticator {
         Ok(Some(principal))
     }
 
-    /// Forgets every cached principal (after a change of users, roles, access or tokens).
-    pub fn invalidate(&self) {
+    /// Forgets every cached principal (after a change of users, roles, access or tokens). Only `access/` calls it:
+    /// [`RightsService`](super::RightsService) after each change it commits, and the listener here.
+    pub(super) fn invalidate(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.lock().clear();
     }

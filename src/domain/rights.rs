@@ -10,7 +10,7 @@
 //! access, with at most its own private-data right; it may manage another user only if it
 //! [dominates](Rights::dominates) that user; nobody edits their own roles or access.
 //!
-//! Pure data and functions (no I/O), so every layer can use it: the SQL is in `control/access.rs`; authentication
+//! Pure data and functions (no I/O), so every layer can use it: the SQL is in `control/access/`; authentication
 //! and the rights-changing service calls in `access/`; the enforcement on every route in `http/auth.rs`.
 
 use std::collections::HashMap;

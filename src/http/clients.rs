@@ -10,13 +10,14 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::auth::{AuditNote, Caller, ClientScope, denial};
+use super::auth::{AuditNote, Caller, ClientScope};
 use super::cursor::{self, Page};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiQuery};
+use crate::access::NewClient;
 use crate::app::AppState;
 use crate::control::clients::{ClientFilter, ClientRecord};
-use crate::domain::rights::{Denied, Permission, Rights};
+use crate::domain::rights::Rights;
 use crate::domain::{ClientName, ClientSlug, ClientStatus};
 use crate::tenant::migrate::latest_version;
 
@@ -141,29 +142,15 @@ pub async fn create(
         Err(crate::data::DataError::NotFound) => return Err(unknown_parent()),
         Err(e) => return Err(e.into()),
     };
-    let grant = match caller
-        .rights
-        .authorize(parent_client.id, Permission::ClientsCreate)
-    {
-        Ok(grant) => grant,
-        Err(Denied::Invisible) => return Err(unknown_parent()),
-        Err(denied) => return Err(denial(denied)),
+    // Its creator's access to the new client is a change of rights: the access service makes it.
+    let new = NewClient {
+        slug: &slug,
+        name: &name,
+        parent: &parent,
+        parent_id: parent_client.id,
+        max_attempts: max_attempts(&state),
     };
-    let creator_access =
-        (!caller.rights.master_admin).then_some((caller.user_id, grant.private_data));
-    let (client, operation) = state
-        .control()
-        .create_client(
-            &slug,
-            &name,
-            Some(&parent),
-            creator_access,
-            max_attempts(&state),
-        )
-        .await?;
-    if creator_access.is_some() {
-        state.auth().invalidate();
-    }
+    let (client, operation) = state.access().create_client(&caller, &new).await?;
     tracing::info!(client = %slug, %operation, "client created; provisioning");
     let location = format!("/v1/clients/{slug}");
     let note = AuditNote::client(client.id, &client.slug);

@@ -542,3 +542,71 @@ pub async fn normalize(response: Response) -> Response {
     fresh.headers_mut().extend(parts.headers);
     fresh
 }
+
+/// The error codes of users, roles and access by name (as above), and the access service's refusals. Every status,
+/// code and message here is part of the API contract (tests compare bodies): a refusal on a user or client the
+/// caller cannot see is the very 404 of one that does not exist.
+impl ApiError {
+    /// 403: a change of one's own roles, access or status, or of a role one holds.
+    pub fn self_edit_refused(message: &'static str) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "self_edit_refused", message)
+    }
+
+    /// 403: a change that would give someone (or act for someone who holds) more than the caller holds.
+    pub fn escalation_refused(message: &'static str) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "escalation_refused", message)
+    }
+
+    /// 422: the home client named for a new user does not exist (or is invisible to the caller).
+    pub fn unknown_home_client() -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_client",
+            "The home client does not exist.",
+        )
+    }
+
+    /// 422: a new user without a named home client, and the caller's own home client is deleted.
+    pub fn home_client_deleted() -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_client",
+            "Your home client is deleted; name a home client for the new user.",
+        )
+    }
+}
+
+impl From<crate::access::AccessError> for ApiError {
+    fn from(e: crate::access::AccessError) -> Self {
+        use crate::access::{AccessError, Escalation};
+        match e {
+            AccessError::NotFound => Self::not_found(),
+            AccessError::Denied(denied) => super::auth::denial(denied),
+            AccessError::SelfEdit => Self::self_edit_refused(
+                "Nobody can change their own roles, access or status; ask another administrator.",
+            ),
+            AccessError::HoldsRole => Self::self_edit_refused(
+                "You hold this role; ask another administrator to change it.",
+            ),
+            AccessError::Escalation(escalation) => Self::escalation_refused(match escalation {
+                Escalation::ManageUser => {
+                    "This user holds permissions or access that you do not; you cannot manage it."
+                }
+                Escalation::AssignRole => {
+                    "A role you are giving has permissions that you do not hold."
+                }
+                Escalation::PrivateData => {
+                    "You cannot pass on the private-data right on this client: you do not have it."
+                }
+                Escalation::DefineRole => {
+                    "A role can only have permissions that you hold yourself."
+                }
+                Escalation::RoleHolders => {
+                    "Users you cannot manage hold this role; you cannot change it."
+                }
+            }),
+            AccessError::UnknownParent => Self::unknown_parent(),
+            AccessError::Control(e) => e.into(),
+        }
+    }
+}

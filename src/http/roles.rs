@@ -1,5 +1,9 @@
 //! `/v1/roles`, `/v1/permissions`: the central roles (sets of permission tokens, usable for users of every
 //! client). Built-in roles are fixed; a role can only be given permissions its author holds.
+//!
+//! Handlers parse input into domain values, call the access service ([`crate::access::RightsService`], which
+//! checks, writes and drops the principal cache in one call) and map the result to views. Never: a rights check
+//! or a write of roles of its own.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -104,48 +108,8 @@ pub async fn list(
     ))
 }
 
-/// The permissions of a role body, which the caller must all hold.
-fn permissions_given(caller: &Principal, tokens: &[String]) -> Result<Permissions, ApiError> {
-    let permissions = Permissions::parse_all(tokens)?;
-    if caller.rights.may_assign(permissions, false) {
-        Ok(permissions)
-    } else {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "escalation_refused",
-            "A role can only have permissions that you hold yourself.",
-        ))
-    }
-}
-
 fn description(text: &str) -> Result<String, ApiError> {
     Ok(optional_text("description", Some(text), DESCRIPTION_MAX)?.unwrap_or_default())
-}
-
-/// A role's new definition reaches every holder on every client: the caller must be able to manage each of them
-/// (and is not one of them, unless a master admin: nobody edits their own rights).
-async fn check_holders(state: &AppState, caller: &Principal, role: &str) -> Result<(), ApiError> {
-    if caller.rights.master_admin {
-        return Ok(());
-    }
-    for holder in state.control().role_holders(role).await? {
-        if holder == caller.user_id {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "self_edit_refused",
-                "You hold this role; ask another administrator to change it.",
-            ));
-        }
-        let theirs = state.control().user_rights(holder).await?;
-        if !caller.rights.dominates(&theirs) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "escalation_refused",
-                "Users you cannot manage hold this role; you cannot change it.",
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Define a role.
@@ -161,12 +125,11 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let name = parse_role_name(&body.name)?;
     let description = description(&body.description)?;
-    let permissions = permissions_given(&caller, &body.permissions)?;
+    let permissions = Permissions::parse_all(&body.permissions)?;
     let role = state
-        .control()
-        .create_role(&name, &description, permissions)
+        .access()
+        .create_role(&caller, &name, &description, permissions)
         .await?;
-    state.auth().invalidate();
     let location = format!("/v1/roles/{name}");
     Ok(super::created(&location, &RoleView::new(role, &caller)))
 }
@@ -187,18 +150,11 @@ pub async fn replace(
 ) -> Result<Response, ApiError> {
     let name = parse_role_name(&name).map_err(|_| ApiError::not_found())?;
     let description = description(&body.description)?;
-    let permissions = permissions_given(&caller, &body.permissions)?;
-    check_holders(&state, &caller, &name).await?;
+    let permissions = Permissions::parse_all(&body.permissions)?;
     let role = state
-        .control()
-        .replace_role(
-            &name,
-            &description,
-            permissions,
-            super::users::acting(&caller),
-        )
+        .access()
+        .replace_role(&caller, &name, &description, permissions)
         .await?;
-    state.auth().invalidate();
     Ok(Json(RoleView::new(role, &caller)).into_response())
 }
 
@@ -211,10 +167,10 @@ pub async fn replace(
         (status = 409, description = "A built-in role, or held by users", body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let name = parse_role_name(&name).map_err(|_| ApiError::not_found())?;
-    state.control().delete_role(&name).await?;
-    state.auth().invalidate();
+    state.access().delete_role(&caller, &name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -4,6 +4,10 @@
 //! disabling, deleting it, its tokens and access) needs `users.manage`, full access to its home client, and that
 //! the caller [dominates](crate::domain::rights::Rights::dominates) it: nobody can act for someone who holds more. A user
 //! manages its own tokens; nobody edits its own roles, access or status.
+//!
+//! Handlers parse input into domain values, call the access service ([`crate::access::RightsService`], which
+//! checks, writes and drops the principal cache in one call) and map the result to views and audit notes.
+//! Never: a rights check or a write of users, access or tokens of its own.
 
 use std::sync::Arc;
 
@@ -16,14 +20,14 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::auth::{AuditNote, Caller, denial};
+use super::auth::{AuditNote, Caller};
 use super::cursor::{self, Page};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiQuery, path_slug};
 use crate::app::AppState;
 use crate::control::access::{AccessRow, NewUser, TokenMeta, UserChange, UserFilter, UserRecord};
 use crate::control::clients::ClientRecord;
-use crate::domain::rights::{Denied, Grant, Level, Principal, Username, new_token, token_hash};
+use crate::domain::rights::{Grant, Level, Principal, Username};
 use crate::domain::{ClientSlug, optional_text};
 
 /// Longest display name and token name.
@@ -160,23 +164,6 @@ pub struct ListParams {
     pub cursor: Option<String>,
 }
 
-fn escalation(message: &str) -> ApiError {
-    ApiError::new(StatusCode::FORBIDDEN, "escalation_refused", message)
-}
-
-fn self_edit() -> ApiError {
-    ApiError::new(
-        StatusCode::FORBIDDEN,
-        "self_edit_refused",
-        "Nobody can change their own roles, access or status; ask another administrator.",
-    )
-}
-
-/// The caller as the control plane re-checks it inside a change (master admins need no check).
-pub fn acting(caller: &Principal) -> Option<Uuid> {
-    (!caller.rights.master_admin).then_some(caller.user_id)
-}
-
 /// A user the caller can see (404 otherwise, as for one that does not exist).
 async fn visible_user(
     state: &AppState,
@@ -184,57 +171,7 @@ async fn visible_user(
     username: &str,
 ) -> Result<UserRecord, ApiError> {
     let name = Username::parse(username).map_err(|_| ApiError::not_found())?;
-    let user = state.control().user_by_name(name.as_str()).await?;
-    let visible =
-        user.id == caller.user_id || caller.rights.grant(user.home_client_id).is_visible();
-    if visible {
-        Ok(user)
-    } else {
-        Err(ApiError::not_found())
-    }
-}
-
-/// Whether the caller may manage `user` (not itself): `users.manage`, full access to its home client, and
-/// dominance.
-async fn check_manage(
-    state: &AppState,
-    caller: &Principal,
-    user: &UserRecord,
-) -> Result<(), ApiError> {
-    if user.id == caller.user_id {
-        return Err(self_edit());
-    }
-    caller
-        .rights
-        .authorize(
-            user.home_client_id,
-            crate::domain::rights::Permission::UsersManage,
-        )
-        .map_err(denial)?;
-    let theirs = state.control().user_rights(user.id).await?;
-    if caller.rights.dominates(&theirs) {
-        Ok(())
-    } else {
-        Err(escalation(
-            "This user holds permissions or access that you do not; you cannot manage it.",
-        ))
-    }
-}
-
-/// The roles may be given by the caller (every permission they carry is its own).
-async fn check_roles(
-    state: &AppState,
-    caller: &Principal,
-    roles: &[String],
-) -> Result<(), ApiError> {
-    let (permissions, master_admin) = state.control().permissions_of_roles(roles).await?;
-    if caller.rights.may_assign(permissions, master_admin) {
-        Ok(())
-    } else {
-        Err(escalation(
-            "A role you are giving has permissions that you do not hold.",
-        ))
-    }
+    Ok(state.access().user(caller, &name).await?)
 }
 
 /// The user's access, restricted to clients the caller can see.
@@ -243,12 +180,8 @@ async fn access_view(
     caller: &Principal,
     user: &UserRecord,
 ) -> Result<Vec<AccessView>, ApiError> {
-    let rows = state.control().access_of(user.id).await?;
-    Ok(rows
-        .iter()
-        .filter(|a| user.id == caller.user_id || caller.rights.grant(a.client_id).is_visible())
-        .map(AccessView::from)
-        .collect())
+    let rows = state.access().access_of(caller, user).await?;
+    Ok(rows.iter().map(AccessView::from).collect())
 }
 
 /// A client named in a body or path, as the caller may see it (invisible = not found).
@@ -350,13 +283,7 @@ pub async fn create(
         optional_text("display_name", Some(&body.display_name), NAME_MAX)?.unwrap_or_default();
     let home = match &body.home_client {
         Some(slug) => {
-            let unknown = || {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "unknown_client",
-                    "The home client does not exist.",
-                )
-            };
+            let unknown = ApiError::unknown_home_client;
             let slug = ClientSlug::parse(slug).map_err(|_| unknown())?;
             visible_client(&state, &caller, &slug).await.map_err(|e| {
                 if e.status() == StatusCode::NOT_FOUND {
@@ -369,28 +296,22 @@ pub async fn create(
         None => {
             let home = state.control().client_by_id(caller.home_client).await?;
             if home.status == crate::domain::ClientStatus::Deleted {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "unknown_client",
-                    "Your home client is deleted; name a home client for the new user.",
-                ));
+                return Err(ApiError::home_client_deleted());
             }
             Arc::new(home)
         }
     };
-    caller
-        .rights
-        .authorize(home.id, crate::domain::rights::Permission::UsersManage)
-        .map_err(denial)?;
-    check_roles(&state, &caller, &body.roles).await?;
     let user = state
-        .control()
-        .create_user(&NewUser {
-            username: username.as_str(),
-            display_name: &display_name,
-            home_client: home.id,
-            roles: &body.roles,
-        })
+        .access()
+        .create_user(
+            &caller,
+            &NewUser {
+                username: username.as_str(),
+                display_name: &display_name,
+                home_client: home.id,
+                roles: &body.roles,
+            },
+        )
         .await?;
     tracing::info!(user = %username, client = %home.slug, "user created");
     let note = home_note(&user);
@@ -436,27 +357,12 @@ pub async fn update(
         .as_deref()
         .map(|n| optional_text("display_name", Some(n), NAME_MAX).map(Option::unwrap_or_default))
         .transpose()?;
-    let only_own_name =
-        user.id == caller.user_id && body.roles.is_none() && body.disabled.is_none();
-    if !only_own_name {
-        check_manage(&state, &caller, &user).await?;
-    }
-    if let Some(roles) = &body.roles {
-        check_roles(&state, &caller, roles).await?;
-    }
-    let changed = state
-        .control()
-        .update_user(
-            user.id,
-            &UserChange {
-                display_name,
-                disabled: body.disabled,
-                roles: body.roles,
-            },
-            if only_own_name { None } else { acting(&caller) },
-        )
-        .await?;
-    state.auth().invalidate();
+    let change = UserChange {
+        display_name,
+        disabled: body.disabled,
+        roles: body.roles,
+    };
+    let changed = state.access().update_user(&caller, &user, &change).await?;
     tracing::info!(user = %changed.username, status = %changed.status, "user changed");
     let access = access_view(&state, &caller, &changed).await?;
     Ok(home_note(&changed).attach(Json(UserView::new(changed, Some(access))).into_response()))
@@ -474,34 +380,9 @@ pub async fn delete(
     Path(username): Path<String>,
 ) -> Result<Response, ApiError> {
     let user = visible_user(&state, &caller, &username).await?;
-    check_manage(&state, &caller, &user).await?;
-    state
-        .control()
-        .delete_user(user.id, acting(&caller))
-        .await?;
-    state.auth().invalidate();
+    state.access().delete_user(&caller, &user).await?;
     tracing::info!(user = %user.username, "user deleted");
     Ok(home_note(&user).attach(StatusCode::NO_CONTENT.into_response()))
-}
-
-/// The user's own tokens, or those of a user the caller may manage.
-async fn token_owner(
-    state: &AppState,
-    caller: &Principal,
-    username: &str,
-) -> Result<UserRecord, ApiError> {
-    let user = visible_user(state, caller, username).await?;
-    if user.id != caller.user_id {
-        // Without users.read, other users do not exist for the caller (no 403 that confirms one).
-        if !caller
-            .rights
-            .can(crate::domain::rights::Permission::UsersRead)
-        {
-            return Err(ApiError::not_found());
-        }
-        check_manage(state, caller, &user).await?;
-    }
-    Ok(user)
 }
 
 /// A user's tokens (metadata only; never the tokens).
@@ -515,8 +396,8 @@ pub async fn list_tokens(
     Caller(caller): Caller,
     Path(username): Path<String>,
 ) -> Result<Json<Vec<TokenMeta>>, ApiError> {
-    let user = token_owner(&state, &caller, &username).await?;
-    let tokens = state.control().tokens(user.id).await?;
+    let user = visible_user(&state, &caller, &username).await?;
+    let tokens = state.access().tokens(&caller, &user).await?;
     Ok(Json(tokens))
 }
 
@@ -547,26 +428,17 @@ pub async fn create_token(
             .into());
         }
     };
-    // A token never outlives the one that made it (a leaked short-lived token cannot mint a permanent one).
-    let expires_at = match (expires_at, caller.expires_at) {
-        (Some(wanted), Some(limit)) => Some(wanted.min(limit)),
-        (wanted, limit) => wanted.or(limit),
-    };
-    let user = token_owner(&state, &caller, &username).await?;
-    let token = new_token();
-    let meta = state
-        .control()
-        .create_token(
-            user.id,
-            &name,
-            &token_hash(&token),
-            expires_at,
-            (user.id != caller.user_id).then_some(caller.user_id),
-        )
+    let user = visible_user(&state, &caller, &username).await?;
+    let minted = state
+        .access()
+        .create_token(&caller, &user, &name, expires_at)
         .await?;
-    tracing::info!(user = %user.username, token = %meta.id, "token created");
-    let location = format!("/v1/users/{}/tokens/{}", user.username, meta.id);
-    let view = NewToken { meta, token };
+    tracing::info!(user = %user.username, token = %minted.meta.id, "token created");
+    let location = format!("/v1/users/{}/tokens/{}", user.username, minted.meta.id);
+    let view = NewToken {
+        meta: minted.meta,
+        token: minted.token,
+    };
     Ok(home_note(&user).attach(super::created(&location, &view)))
 }
 
@@ -582,9 +454,8 @@ pub async fn revoke_token(
     Path((username, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found())?;
-    let user = token_owner(&state, &caller, &username).await?;
-    state.control().revoke_token(user.id, id).await?;
-    state.auth().invalidate();
+    let user = visible_user(&state, &caller, &username).await?;
+    state.access().revoke_token(&caller, &user, id).await?;
     tracing::info!(user = %user.username, token = %id, "token revoked");
     Ok(home_note(&user).attach(StatusCode::NO_CONTENT.into_response()))
 }
@@ -632,24 +503,11 @@ async fn change_access(
     grant: Grant,
 ) -> Result<Response, ApiError> {
     let user = visible_user(state, caller, username).await?;
-    let client = visible_client(state, caller, &path_slug(slug)?).await?;
-    check_manage(state, caller, &user).await?;
-    if !caller.rights.may_grant(client.id, grant) {
-        return Err(if caller.rights.grant(client.id).level < Level::Full {
-            denial(Denied::ReadOnly(
-                crate::domain::rights::Permission::UsersManage,
-            ))
-        } else {
-            escalation(
-                "You cannot pass on the private-data right on this client: you do not have it.",
-            )
-        });
-    }
+    let client = super::auth::resolve(state, &path_slug(slug)?).await?;
     state
-        .control()
-        .set_access(user.id, client.id, grant, caller.user_id, acting(caller))
+        .access()
+        .set_access(caller, &user, &client, grant)
         .await?;
-    state.auth().invalidate();
     tracing::info!(user = %user.username, client = %client.slug, level = grant.level.as_str(),
         private_data = grant.private_data, "access changed");
     let view = AccessView {
