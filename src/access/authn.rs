@@ -17,10 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use sqlx::postgres::PgListener;
 
 use crate::config::Settings;
 use crate::control::access::AUTH_CHANNEL;
+use crate::control::listen::Listening;
 use crate::control::{ControlError, ControlPlane};
 use crate::domain::rights::{Principal, TOKEN_MIN_LEN, hashes_equal, new_token, token_hash};
 use crate::shutdown::CancellationToken;
@@ -29,9 +29,6 @@ use crate::shutdown::CancellationToken;
 const TOUCH_EVERY_SECS: i64 = 60;
 /// Cached principals at most (a flood of distinct valid tokens just clears the cache).
 const MAX_CACHED: usize = 10_000;
-/// How often the auth listener's connection is checked, and how long the check may take.
-const LISTENER_PING: Duration = Duration::from_secs(10);
-const LISTENER_PING_TIMEOUT: Duration = Duration::from_secs(3);
 /// The file the generated first admin token is written to, in `embedded.data_dir`.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 
@@ -139,58 +136,29 @@ impl Authenticator {
     }
 
     /// LISTENs on the auth channel until cancelled, dropping the cache on every notification; the cache is off
-    /// while the listener is not connected (it reconnects after errors).
+    /// while the listener is not connected (it reconnects after errors; `control/listen.rs`).
     pub async fn listen(self: Arc<Self>, retry: Duration, cancel: CancellationToken) {
-        while !cancel.is_cancelled() {
-            let connected = async {
-                let mut listener = PgListener::connect_with(self.control.pool()).await?;
-                listener.listen(AUTH_CHANNEL).await?;
-                Ok::<_, sqlx::Error>(listener)
-            }
+        let control = self.control.clone();
+        control
+            .listen(&[AUTH_CHANNEL], "auth", &*self, retry, cancel)
             .await;
-            let mut listener = match connected {
-                Ok(listener) => listener,
-                Err(e) => {
-                    tracing::debug!(error = %e, "auth listener cannot connect; principals are not cached");
-                    tokio::select! {
-                        () = tokio::time::sleep(retry) => continue,
-                        () = cancel.cancelled() => break,
-                    }
-                }
-            };
-            // Changes made while nobody listened may be cached from before: start clean.
-            self.invalidate();
-            self.listening.store(true, Ordering::Release);
-            // A half-open connection would block `recv` without an error while notifications are lost: a
-            // periodic round trip on the same connection notices it, and the cache is off until reconnected.
-            let mut ping = tokio::time::interval(LISTENER_PING);
-            ping.reset();
-            loop {
-                tokio::select! {
-                    received = listener.recv() => match received {
-                        Ok(_) => self.invalidate(),
-                        Err(e) => {
-                            tracing::debug!(error = %e, "auth listener lost its connection");
-                            break;
-                        }
-                    },
-                    _ = ping.tick() => {
-                        let alive = tokio::time::timeout(
-                            LISTENER_PING_TIMEOUT,
-                            sqlx::query("SELECT 1").execute(&mut listener),
-                        )
-                        .await;
-                        if !matches!(alive, Ok(Ok(_))) {
-                            tracing::warn!("auth listener stopped answering; principals are not cached until it is back");
-                            break;
-                        }
-                    }
-                    () = cancel.cancelled() => break,
-                }
-            }
-            self.listening.store(false, Ordering::Release);
-            self.invalidate();
-        }
+    }
+}
+
+impl Listening for Authenticator {
+    fn up(&self) {
+        // Changes made while nobody listened may be cached from before: start clean.
+        self.invalidate();
+        self.listening.store(true, Ordering::Release);
+    }
+
+    fn notified(&self, _channel: &str, _payload: &str) {
+        self.invalidate();
+    }
+
+    fn down(&self) {
+        self.listening.store(false, Ordering::Release);
+        self.invalidate();
     }
 }
 

@@ -143,11 +143,6 @@ impl ControlPlane {
         }
     }
 
-    /// The pool, for `LISTEN` (workers) — not for queries outside this module.
-    pub(crate) fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     /// Closes the pool: waits for checked-out connections to come back, then closes them.
     pub async fn close(&self) {
         self.pool.close().await;
