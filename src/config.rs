@@ -127,6 +127,8 @@ pub struct TenantSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
+    /// Names this process's worker slots (empty = this host and the data directory); see [`Settings::worker_identity`].
+    pub identity: String,
     pub concurrency: u16,
     pub fanout_concurrency: u16,
     pub poll_interval_ms: u64,
@@ -393,6 +395,19 @@ impl Settings {
             "routing",
             "acquire_timeout_ms, gc_interval_secs and max_lifetime_secs must be at least 1",
         )
+    }
+
+    /// The stable identity of this process's workers: `workers.identity`, or this host and the data directory. A
+    /// process restarted with the same identity takes back the jobs its predecessor left running at once (see
+    /// `control::jobs::WorkerSlot`), instead of waiting for their leases to expire.
+    pub fn worker_identity(&self) -> String {
+        if !self.workers.identity.is_empty() {
+            return self.workers.identity.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_default();
+        format!("{host}:{}", self.data_dir().display())
     }
 
     /// The directory for the embedded cluster, archives and the bootstrap token, made absolute.

@@ -406,3 +406,53 @@ impl ControlPlane {
         .ok_or(ControlError::NotFound)
     }
 }
+
+/// How many processes may share one worker identity at once (each takes the first free slot).
+const WORKER_SLOTS: u32 = 64;
+
+/// A worker slot held for the life of a process: a session advisory lock on a dedicated connection. Whoever holds
+/// slot `identity#n` is the only process whose jobs are claimed as `identity#n/...`; a process that takes the slot
+/// after its holder died (the lock goes with the dead session) may take those jobs back at once instead of waiting
+/// for their leases to expire.
+pub struct WorkerSlot {
+    /// `<identity>#<n>`: the prefix of `locked_by` of every job this process claims.
+    pub name: String,
+    _session: sqlx::PgConnection,
+}
+
+impl ControlPlane {
+    /// Takes the first free slot of `identity` (see [`WorkerSlot`]).
+    pub async fn take_worker_slot(&self, identity: &str) -> Result<WorkerSlot, ControlError> {
+        let mut session = self.pool.acquire().await?.detach();
+        for n in 0..WORKER_SLOTS {
+            let name = format!("{identity}#{n}");
+            let key = crate::db::lock_key(&format!("mandant.worker:{name}"));
+            let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(key)
+                .fetch_one(&mut session)
+                .await?;
+            if taken {
+                return Ok(WorkerSlot {
+                    name,
+                    _session: session,
+                });
+            }
+        }
+        Err(ControlError::Unavailable(format!(
+            "all {WORKER_SLOTS} worker slots of {identity:?} are taken"
+        )))
+    }
+
+    /// Ends the leases of the jobs a dead holder of `slot` left running, so they are claimed again now. Returns
+    /// how many. Safe: the slot's lock proves that holder is gone, and every job write is fenced by its claim.
+    pub async fn reclaim_jobs(&self, slot: &WorkerSlot) -> Result<u64, ControlError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET lease_until = now() - interval '1 millisecond', updated_at = now()
+             WHERE status = 'running' AND starts_with(locked_by, $1 || '/')",
+        )
+        .bind(&slot.name)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}

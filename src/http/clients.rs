@@ -304,6 +304,10 @@ async fn set_suspended(
         .await?;
     state.data().status_changed(&client);
     tracing::info!(client = %client.slug, status = client.status.as_str(), "client status changed");
+    if let Err(e) = state.provisioner().apply_access(client.id).await {
+        // The queued `sync_access` job applies it (with retries); PostgreSQL keeps the old state meanwhile.
+        tracing::warn!(client = %client.slug, error = %crate::telemetry::error_chain(&e), "could not apply the status to the tenant role now");
+    }
     Ok(Json(ClientView::new(client, None, &caller.rights)))
 }
 

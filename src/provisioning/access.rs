@@ -10,6 +10,15 @@ use crate::domain::ClientStatus;
 use crate::tenant::cluster::{self, admin_connect};
 
 impl Provisioner {
+    /// Applies the client's status to its role now (the suspend and resume calls do this before they answer, so
+    /// a suspended client's connections are gone and a resumed client's role can log in at once; the queued
+    /// `sync_access` job repeats it if this fails).
+    pub async fn apply_access(&self, id: uuid::Uuid) -> Result<(), ProvisionError> {
+        let client = self.control.client_by_id(id).await?;
+        let span = tracing::info_span!("apply_access", client = %client.slug);
+        self.sync_access_steps(client).instrument(span).await
+    }
+
     /// Applies the client's current status to its role: `suspended` → NOLOGIN (and its sessions end), otherwise
     /// LOGIN. Re-reads the status afterwards and applies again if it changed meanwhile.
     pub async fn sync_access(&self, job: &Job) -> Result<(), ProvisionError> {

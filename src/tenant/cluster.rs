@@ -162,15 +162,32 @@ pub async fn set_role_login(admin: &Client, role: &str, login: bool) -> Result<b
         .await
         .map_err(TenantError::postgres(format!("changing login of {role}")))?;
     if !login {
-        admin
-            .execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+        end_sessions(admin, role).await?;
+    }
+    Ok(true)
+}
+
+/// How long [`end_sessions`] waits for terminated backends to exit.
+const SESSIONS_END_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Terminates every session of `role` and waits (bounded) until they are gone, so a caller told "done" can rely
+/// on no connection of the role being usable any more, in any process.
+async fn end_sessions(admin: &Client, role: &str) -> Result<(), TenantError> {
+    let started = std::time::Instant::now();
+    loop {
+        let left: i64 = admin
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = $1",
                 &[&role],
             )
             .await
-            .map_err(TenantError::postgres(format!("ending sessions of {role}")))?;
+            .map_err(TenantError::postgres(format!("ending sessions of {role}")))?
+            .get(0);
+        if left == 0 || started.elapsed() > SESSIONS_END_WITHIN {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    Ok(true)
 }
 
 pub async fn database_exists(admin: &Client, name: &str) -> Result<bool, TenantError> {

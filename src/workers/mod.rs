@@ -271,11 +271,11 @@ async fn execute(
     })
 }
 
-/// Starts `workers.concurrency` job loops and one NOTIFY listener on `tasks`, all stopped by `cancel`.
+/// Starts `workers.concurrency` job loops and one NOTIFY listener on `tasks`, all stopped by `cancel`. The loops
+/// claim jobs under this process's worker slot (`Settings::worker_identity`), after taking back the jobs a dead
+/// predecessor in the same slot left running.
 pub fn spawn(state: &AppState, tasks: &TaskTracker, cancel: &CancellationToken) {
-    let settings = &state.settings().workers;
-    let worker_id = format!("{}-{}", std::process::id(), Uuid::new_v4().as_simple());
-    let runner = Arc::new(JobRunner::new(state, worker_id).with_cancel(cancel.clone()));
+    let settings = state.settings().workers.clone();
     let wake = Arc::new(Notify::new());
     let (control, waker, retry, token) = (
         state.control().clone(),
@@ -288,15 +288,41 @@ pub fn spawn(state: &AppState, tasks: &TaskTracker, cancel: &CancellationToken) 
             .listen(&[JOBS_CHANNEL], "jobs", &waker, retry, token)
             .await
     });
-    for _ in 0..settings.concurrency {
-        tasks.spawn(job_loop(
-            runner.clone(),
-            wake.clone(),
-            settings.clone(),
-            cancel.clone(),
-        ));
-    }
-    tracing::info!(concurrency = settings.concurrency, "job workers started");
+    let (state, tracker, cancel) = (state.clone(), tasks.clone(), cancel.clone());
+    tasks.spawn(async move {
+        let identity = state.settings().worker_identity();
+        let slot = match state.control().take_worker_slot(&identity).await {
+            Ok(slot) => {
+                match state.control().reclaim_jobs(&slot).await {
+                    Ok(0) => {}
+                    Ok(jobs) => {
+                        tracing::info!(jobs, slot = %slot.name, "took back the jobs a previous process of this slot left running")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not take back left-over jobs; their leases expire"),
+                }
+                Some(slot)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no worker slot; left-over jobs of a crashed process wait for their leases");
+                None
+            }
+        };
+        let prefix = slot.as_ref().map_or(identity, |s| s.name.clone());
+        let worker_id = format!("{prefix}/{}-{}", std::process::id(), Uuid::new_v4().as_simple());
+        let runner = Arc::new(JobRunner::new(&state, worker_id).with_cancel(cancel.clone()));
+        for _ in 0..settings.concurrency {
+            tracker.spawn(job_loop(
+                runner.clone(),
+                wake.clone(),
+                settings.clone(),
+                cancel.clone(),
+            ));
+        }
+        tracing::info!(concurrency = settings.concurrency, "job workers started");
+        // The slot is held until shutdown (its session's lock is the proof that this process is alive).
+        cancel.cancelled().await;
+        drop(slot);
+    });
 }
 
 async fn job_loop(
