@@ -21,8 +21,13 @@ impl Served {
     }
 
     fn start_at(cwd: &Path, data_dir: &Path, level: &str) -> Self {
+        Self::start_with(cwd, data_dir, level, &[])
+    }
+
+    fn start_with(cwd: &Path, data_dir: &Path, level: &str, env: &[(&str, &str)]) -> Self {
         let mut child = mandant_command(cwd)
             .arg("serve")
+            .envs(env.iter().copied())
             .env("MANDANT__EMBEDDED__DATA_DIR", data_dir)
             .env("MANDANT__EMBEDDED__FSYNC", "false")
             .env("MANDANT__SERVER__LISTEN", "127.0.0.1:0")
@@ -290,4 +295,84 @@ async fn first_serve_prints_the_generated_admin_token_once_and_no_token_ever_rea
         again.seen
     );
     assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), token);
+}
+
+/// The bootstrap token of the restart test (at least 32 characters).
+const RESTART_TOKEN: &str = "mdt_restart-test-token-0123456789abcdef";
+
+async fn status_of(http: &reqwest::Client, addr: &str, slug: &str) -> String {
+    match http.get(format!("http://{addr}/v1/clients/{slug}")).send().await {
+        Ok(response) => response.json::<serde_json::Value>().await.ok().and_then(|c| {
+            c["status"].as_str().map(str::to_owned)
+        }),
+        Err(_) => None,
+    }
+    .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn serve_restarted_at_once_after_kill_9_comes_up_and_finishes_every_provisioning_without_waiting_for_leases()
+ {
+    let cwd = TestDir::new("restart-cwd");
+    let data = cwd.path().join("data");
+    // Leases far longer than the test waits: only taking the jobs back at start can finish them in time.
+    let env = [
+        ("MANDANT__AUTH__BOOTSTRAP_TOKEN", RESTART_TOKEN),
+        ("MANDANT__WORKERS__LEASE_SECS", "900"),
+    ];
+    let mut first = Served::start_with(cwd.path(), &data, "info", &env);
+    let addr = first.addr();
+    let http = crate::helpers::http_client(Some(RESTART_TOKEN));
+    let slugs: Vec<String> = (0..6).map(|i| format!("restart-{i}")).collect();
+    let mut operations = Vec::new();
+    for slug in &slugs {
+        let created = http
+            .post(format!("http://{addr}/v1/clients"))
+            .json(&serde_json::json!({"slug": slug, "name": slug}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), reqwest::StatusCode::ACCEPTED);
+        let body: serde_json::Value = created.json().await.unwrap();
+        operations.push(body["operation"].as_str().unwrap().to_owned());
+    }
+    // Kill -9 while a provisioning runs (as soon as one is seen running).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    'running: while Instant::now() < deadline {
+        for op in &operations {
+            let op: serde_json::Value = http
+                .get(format!("http://{addr}/v1/operations/{op}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if op["status"] == "running" {
+                break 'running;
+            }
+        }
+    }
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+
+    // At once, as `Restart=always` would: the killed serve's PostgreSQL is still shutting down.
+    let mut second = Served::start_with(cwd.path(), &data, "info", &env);
+    let addr = second.addr();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for slug in &slugs {
+        loop {
+            let status = status_of(&http, &addr, slug).await;
+            if status == "active" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{slug} is {status:?}, not active, after the restart:\n{}",
+                second.seen.join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert!(second.terminate().success());
 }

@@ -135,6 +135,8 @@ pub struct TestApp {
     pub state: AppState,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// False for a second process on another app's control plane: the first one cleans up.
+    owns_databases: bool,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -168,7 +170,15 @@ pub async fn spawn_app_opts(extra: &[(&str, String)], options: RunOptions) -> Te
         ),
     ];
     env.extend(extra.iter().cloned());
-    let settings = test_settings(&env);
+    start_app(test_settings(&env), control_db, options, true).await
+}
+
+async fn start_app(
+    settings: Settings,
+    control_db: String,
+    options: RunOptions,
+    owns_databases: bool,
+) -> TestApp {
     let app = Application::build(settings.clone(), options)
         .await
         .expect("build app");
@@ -186,10 +196,23 @@ pub async fn spawn_app_opts(extra: &[(&str, String)], options: RunOptions) -> Te
         state,
         stop: Some(stop),
         task: Some(task),
+        owns_databases,
     }
 }
 
 impl TestApp {
+    /// Another `mandant` process on this app's control plane, with the same settings (its own HTTP port, route
+    /// cache, routing pool and worker slot), as a second `serve` of a deployment would be.
+    pub async fn second_process(&self, options: RunOptions) -> TestApp {
+        start_app(
+            self.settings.clone(),
+            self.control_db.clone(),
+            options,
+            false,
+        )
+        .await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
@@ -423,6 +446,9 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+        if !self.owns_databases {
+            return;
         }
         // Drop what this test made. Async work cannot run in Drop, so use a small runtime on its own thread.
         let db = self.control_db.clone();

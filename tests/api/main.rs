@@ -3,6 +3,7 @@
 mod access;
 mod cli;
 mod clients;
+mod consistency;
 mod embedded;
 mod fields;
 mod fleet;
