@@ -270,6 +270,19 @@ pub fn lock_key(name: &str) -> i64 {
     i64::from_be_bytes(bytes)
 }
 
+/// Whether a tokio-postgres error means the connection itself is gone (closed, an I/O error, the server
+/// shutting down or terminating the session), not that the statement was wrong.
+pub fn is_connection_lost(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    if let Some(code) = e.code() {
+        let code = code.code();
+        return code.starts_with("08") || code.starts_with("57P");
+    }
+    std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+}
+
 /// The most useful text of a tokio-postgres error: its Display is often only "db error".
 pub fn describe_pg_error(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {

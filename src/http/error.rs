@@ -512,6 +512,14 @@ impl From<DataError> for ApiError {
                     "This client's database is unavailable right now; retry later.",
                 )
             }
+            // The connection broke under the query (the tenant's server restarted or shut down): the same answer.
+            DataError::Query(e) if crate::db::is_connection_lost(&e) => {
+                tracing::warn!(cause = %crate::db::describe_pg_error(&e), "tenant connection lost");
+                unavailable(
+                    "tenant_unavailable",
+                    "This client's database is unavailable right now; retry later.",
+                )
+            }
             other => {
                 tracing::error!(error = %error_chain(&other), "data-plane error");
                 Self::internal()

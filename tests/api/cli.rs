@@ -301,10 +301,16 @@ async fn first_serve_prints_the_generated_admin_token_once_and_no_token_ever_rea
 const RESTART_TOKEN: &str = "mdt_restart-test-token-0123456789abcdef";
 
 async fn status_of(http: &reqwest::Client, addr: &str, slug: &str) -> String {
-    match http.get(format!("http://{addr}/v1/clients/{slug}")).send().await {
-        Ok(response) => response.json::<serde_json::Value>().await.ok().and_then(|c| {
-            c["status"].as_str().map(str::to_owned)
-        }),
+    match http
+        .get(format!("http://{addr}/v1/clients/{slug}"))
+        .send()
+        .await
+    {
+        Ok(response) => response
+            .json::<serde_json::Value>()
+            .await
+            .ok()
+            .and_then(|c| c["status"].as_str().map(str::to_owned)),
         Err(_) => None,
     }
     .unwrap_or_default()

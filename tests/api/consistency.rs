@@ -18,7 +18,10 @@ async fn poll_status(app: &crate::helpers::TestApp, slug: &str, status: &str) {
         if client["status"] == status {
             return;
         }
-        assert!(Instant::now() < deadline, "{slug} never became {status}: {client}");
+        assert!(
+            Instant::now() < deadline,
+            "{slug} never became {status}: {client}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -91,7 +94,10 @@ async fn a_token_revoked_through_one_process_is_refused_by_the_other() {
     let with_token = crate::helpers::http_client(Some(&token));
     let me = second.url("/v1/me");
     // Cached by the second process.
-    assert_eq!(with_token.get(&me).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        with_token.get(&me).send().await.unwrap().status(),
+        StatusCode::OK
+    );
     let revoked = first.delete(&format!("/v1/users/admin/tokens/{id}")).await;
     assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -100,16 +106,40 @@ async fn a_token_revoked_through_one_process_is_refused_by_the_other() {
         if status == StatusCode::UNAUTHORIZED {
             break;
         }
-        assert!(Instant::now() < deadline, "the second process still accepts a revoked token");
+        assert!(
+            Instant::now() < deadline,
+            "the second process still accepts a revoked token"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     drop(second);
 }
 
 #[tokio::test]
-async fn jobs_split_between_two_processes_and_each_client_is_provisioned_once() {
+async fn jobs_split_between_two_processes_and_each_client_is_provisioned_once_over_one_new_template_database()
+ {
     let first = spawn_app().await;
     let second = first.second_process(RunOptions::default()).await;
+    // No template database (any more): the two processes' provisionings race to create it (serialised by a lock).
+    poll_status(&first, "master", "active").await;
+    let template = &first.settings.tenants.template_db;
+    let admin = superuser("postgres").await;
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{template}\" IS_TEMPLATE false; "
+        ))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!("DROP DATABASE \"{template}\" WITH (FORCE)"))
+        .await
+        .unwrap();
+    first
+        .control()
+        .await
+        .batch_execute("UPDATE db_servers SET template_version = 0")
+        .await
+        .unwrap();
     let mut slugs = Vec::new();
     for i in 0..8 {
         let slug = format!("split-{}-{i}", next_id());
@@ -141,7 +171,10 @@ async fn jobs_split_between_two_processes_and_each_client_is_provisioned_once() 
         .iter()
         .map(|r| r.get::<_, Option<String>>(0).unwrap_or_default())
         .collect();
-    assert_eq!(slots, 2, "two processes, two worker slots of one identity: {claimers:?}");
+    assert_eq!(
+        slots, 2,
+        "two processes, two worker slots of one identity: {claimers:?}"
+    );
     drop(second);
 }
 
@@ -182,7 +215,10 @@ async fn an_unwritable_archive_path_fails_the_delete_with_a_clear_error_and_keep
         if op["attempts"].as_i64().unwrap_or(0) >= 2 && op["last_error"].is_string() {
             break op;
         }
-        assert!(Instant::now() < deadline, "the delete was not retried: {op}");
+        assert!(
+            Instant::now() < deadline,
+            "the delete was not retried: {op}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let error = op["last_error"].as_str().unwrap();
@@ -201,4 +237,196 @@ async fn an_unwritable_archive_path_fails_the_delete_with_a_clear_error_and_keep
     assert!(exists, "the database was dropped without its archive");
     assert_eq!(app.client_json(&slug).await["status"], "deleting");
     let _ = std::fs::remove_file(&blocker);
+}
+
+/// Requests `path` in a loop until stopped; returns the statuses seen (load during a fault).
+fn load(
+    app: &crate::helpers::TestApp,
+    path: &str,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Vec<u16>>,
+) {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let (client, url) = (app.client.clone(), app.url(path));
+    let task = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while stopped.try_recv().is_err() {
+            if let Ok(response) = client.get(&url).send().await {
+                seen.push(response.status().as_u16());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        seen
+    });
+    (stop, task)
+}
+
+#[tokio::test]
+async fn a_tenant_server_restarted_under_load_fails_fast_with_503_and_serves_again_without_leaking_permits()
+ {
+    let app = spawn_app().await;
+    // A second, test-only database server that can restart without the control plane.
+    let dir = crate::helpers::TestDir::new("tenant-srv");
+    let spec = crate::helpers::throwaway_spec(dir.path());
+    let mut server = mandant::embedded::Cluster::start(&spec).unwrap();
+    let url = server.target("postgres").to_url().expose().to_owned();
+    let server_id: i64 = app
+        .control()
+        .await
+        .query_one(
+            "INSERT INTO db_servers (name, admin_url, max_databases) VALUES ('other', $1, 100000) RETURNING id",
+            &[&url],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let slug = format!("restarted-{}", next_id());
+    app.create_active_client(&slug).await;
+    let placed: i64 = app
+        .control()
+        .await
+        .query_one("SELECT server_id FROM clients WHERE slug = $1", &[&slug])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        placed, server_id,
+        "placement picks the server with the most room"
+    );
+    let path = format!("/v1/clients/{slug}/recipients");
+    let (stop, task) = load(&app, &path);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    tokio::task::spawn_blocking(move || {
+        server.stop();
+        server
+    })
+    .await
+    .unwrap();
+    // During the outage: a clear 503 with Retry-After, fast (the breaker), never a hang or a 500.
+    for _ in 0..5 {
+        let down = app.get(&path).await;
+        assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(down.headers().contains_key("retry-after"));
+        assert_eq!(error_code(down).await, "tenant_unavailable");
+    }
+    let spec_again = spec.clone();
+    let restarted =
+        tokio::task::spawn_blocking(move || mandant::embedded::Cluster::start(&spec_again))
+            .await
+            .unwrap()
+            .unwrap();
+    // Served again once the breaker's window has passed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if app.get(&path).await.status() == StatusCode::OK {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the tenant was not served again after its server came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(());
+    let seen = task.await.unwrap();
+    assert!(seen.iter().all(|s| matches!(s, 200 | 503)), "{seen:?}");
+    assert!(seen.contains(&200));
+    // No leaked permits: with the load gone, every permit in use belongs to a live pooled connection.
+    let budget = app
+        .state
+        .pools()
+        .budget(server_id)
+        .expect("budget of the server");
+    assert!(
+        budget.in_use <= app.settings.routing.per_tenant_cap,
+        "{budget:?}"
+    );
+    app.state.pools().close_tenant(
+        app.state
+            .data()
+            .client(&mandant::domain::ClientSlug::parse(&slug).unwrap())
+            .await
+            .unwrap()
+            .id,
+    );
+    let budget = app
+        .state
+        .pools()
+        .budget(server_id)
+        .expect("budget of the server");
+    assert_eq!(budget.in_use, 0, "{budget:?}");
+    drop(restarted);
+}
+
+#[tokio::test]
+async fn the_control_plane_restarted_under_load_answers_503_and_recovers_by_itself_losing_no_job() {
+    // The control plane (and the local tenant server) on a cluster of its own, so it can restart.
+    let dir = crate::helpers::TestDir::new("ctl-srv");
+    let spec = crate::helpers::throwaway_spec(dir.path());
+    let cluster = mandant::embedded::Cluster::start(&spec).unwrap();
+    let url = cluster.target("mandant_ctl").to_url().expose().to_owned();
+    let app = spawn_app_with(&[("MANDANT__DATABASE__URL", url)]).await;
+    let slug = format!("before-{}", next_id());
+    app.create_active_client(&slug).await;
+    let (stop, task) = load(&app, &format!("/v1/clients/{slug}"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let cluster = tokio::task::spawn_blocking(move || {
+        let mut cluster = cluster;
+        cluster.stop();
+        cluster
+    })
+    .await
+    .unwrap();
+    let down = app.get(&format!("/v1/clients/{slug}")).await;
+    assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(down.headers().contains_key("retry-after"));
+    assert_eq!(error_code(down).await, "control_plane_unavailable");
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    let spec_again = spec.clone();
+    let restarted =
+        tokio::task::spawn_blocking(move || mandant::embedded::Cluster::start(&spec_again))
+            .await
+            .unwrap()
+            .unwrap();
+    drop(cluster);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while app.get("/readyz").await.status() != StatusCode::OK {
+        assert!(Instant::now() < deadline, "/readyz never recovered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(());
+    let seen = task.await.unwrap();
+    assert!(seen.iter().all(|s| matches!(s, 200 | 503)), "{seen:?}");
+
+    // Workers and listeners reconnected by themselves: a new client is provisioned, and served at once.
+    let after = format!("after-{}", next_id());
+    app.create_client(&after).await;
+    poll_status(&app, &after, "active").await;
+    let created = app
+        .post_json(
+            &format!("/v1/clients/{after}/recipients"),
+            &json!({"email": "back@example.org"}),
+        )
+        .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    // No job lost or run twice: every provisioning succeeded, once per client.
+    let control = restarted.target("mandant_ctl").connect().await.unwrap();
+    let row = control
+        .query_one(
+            "SELECT count(*) FILTER (WHERE j.status = 'succeeded'), count(DISTINCT j.client_id), count(*)
+             FROM jobs j JOIN clients c ON c.id = j.client_id
+             WHERE j.kind = 'provision_client' AND c.kind = 'sub'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (succeeded, clients, jobs): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!((succeeded, clients, jobs), (2, 2, 2));
+    drop(app);
+    drop(restarted);
 }
