@@ -417,12 +417,27 @@ const WORKER_SLOTS: u32 = 64;
 pub struct WorkerSlot {
     /// `<identity>#<n>`: the prefix of `locked_by` of every job this process claims.
     pub name: String,
-    _session: sqlx::PgConnection,
+    session: sqlx::PgConnection,
+}
+
+impl WorkerSlot {
+    /// Whether the session holding the slot's lock still answers. When it does not, the lock may be gone (and
+    /// the slot another process's): stop claiming under it and take a new one.
+    pub async fn is_held(&mut self) -> bool {
+        let ping = sqlx::query("SELECT 1").execute(&mut self.session);
+        matches!(
+            tokio::time::timeout(Duration::from_secs(3), ping).await,
+            Ok(Ok(_))
+        )
+    }
 }
 
 impl ControlPlane {
-    /// Takes the first free slot of `identity` (see [`WorkerSlot`]).
+    /// Takes the first free slot of `identity` (see [`WorkerSlot`]). Slot names never contain `/` (it ends the
+    /// slot in `locked_by`; `%` and `/` of the identity are escaped), so one slot is never a prefix of another's
+    /// jobs.
     pub async fn take_worker_slot(&self, identity: &str) -> Result<WorkerSlot, ControlError> {
+        let identity = identity.replace('%', "%25").replace('/', "%2F");
         let mut session = self.pool.acquire().await?.detach();
         for n in 0..WORKER_SLOTS {
             let name = format!("{identity}#{n}");
@@ -432,10 +447,7 @@ impl ControlPlane {
                 .fetch_one(&mut session)
                 .await?;
             if taken {
-                return Ok(WorkerSlot {
-                    name,
-                    _session: session,
-                });
+                return Ok(WorkerSlot { name, session });
             }
         }
         Err(ControlError::Unavailable(format!(

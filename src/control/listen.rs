@@ -38,11 +38,16 @@ impl ControlPlane {
         while !cancel.is_cancelled() {
             let connected = async {
                 let mut listener = PgListener::connect_with(&self.pool).await?;
+                // Never reconnect behind our back (see below): a lost connection ends this listener.
+                listener.eager_reconnect(false);
+                let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                    .fetch_one(&mut listener)
+                    .await?;
                 listener.listen_all(channels.iter().copied()).await?;
-                Ok::<_, sqlx::Error>(listener)
+                Ok::<_, sqlx::Error>((listener, backend))
             }
             .await;
-            let mut listener = match connected {
+            let (mut listener, backend) = match connected {
                 Ok(listener) => listener,
                 Err(e) => {
                     tracing::debug!(listener = what, error = %e, "cannot listen; the cache is off meanwhile");
@@ -57,20 +62,30 @@ impl ControlPlane {
             ping.reset();
             loop {
                 tokio::select! {
-                    received = listener.recv() => match received {
-                        Ok(notification) => to.notified(notification.channel(), notification.payload()),
+                    // `try_recv`, not `recv`: `recv` reconnects and listens again by itself when the connection
+                    // ends, silently, so notifications sent in between would be lost while the cache kept
+                    // serving. `Ok(None)` is that lost connection: report it, and start over clean.
+                    received = listener.try_recv() => match received {
+                        Ok(Some(notification)) => {
+                            to.notified(notification.channel(), notification.payload())
+                        }
+                        Ok(None) => {
+                            tracing::debug!(listener = what, "lost the listening connection");
+                            break;
+                        }
                         Err(e) => {
                             tracing::debug!(listener = what, error = %e, "lost the listening connection");
                             break;
                         }
                     },
                     _ = ping.tick() => {
+                        // The same backend must answer: a query on a lost listener would reconnect it silently.
                         let alive = tokio::time::timeout(
                             PING_TIMEOUT,
-                            sqlx::query("SELECT 1").execute(&mut listener),
+                            sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()").fetch_one(&mut listener),
                         )
                         .await;
-                        if !matches!(alive, Ok(Ok(_))) {
+                        if !matches!(alive, Ok(Ok(pid)) if pid == backend) {
                             tracing::warn!(listener = what, "the listening connection stopped answering; the cache is off until it is back");
                             break;
                         }

@@ -7,7 +7,7 @@
 //! The route cache never contradicts what the API reported: it serves only **active** clients, only while its
 //! `LISTEN` on the clients channel is up, and for at most [`ROUTE_SAFETY_TTL`]. Every change of a client's status
 //! or placement notifies that channel from its transaction (a trigger), and each process drops the client's route
-//! on the notification (closing its pool unless it is active). A client that is not active is always read from
+//! on the notification and closes its pool (with its breaker state). A client that is not active is always read from
 //! the control plane before a request is refused with 409, so a client the API has just reported `active` is
 //! served at once, even when the notification has not arrived yet. A route loaded while a notification arrived is
 //! not cached (a generation counter), so a stale load cannot overwrite an invalidation.
@@ -216,14 +216,12 @@ impl DataPlane {
             .await;
     }
 
-    /// Tells the data plane of this process that a client's status changed: its cached route is forgotten, and
-    /// unless it is active its pooled connections are closed. (Every process, this one included, also hears it
+    /// Tells the data plane of this process that a client's status changed: its cached route is forgotten and its
+    /// pooled connections are closed (with any breaker state). (Every process, this one included, also hears it
     /// from the clients channel; this makes it immediate for the process that made the change.)
     pub fn status_changed(&self, client: &ClientRecord) {
         self.invalidate(&client.slug);
-        if client.status != ClientStatus::Active {
-            self.pools.close_tenant(client.id);
-        }
+        self.pools.close_tenant(client.id);
     }
 
     /// A connection to an active client's database, as its own role.
@@ -306,15 +304,20 @@ impl Listening for DataPlane {
     }
 
     fn notified(&self, _channel: &str, payload: &str) {
-        let mut parts = payload.splitn(3, ' ');
-        let (id, status, slug) = (parts.next(), parts.next(), parts.next());
-        match slug {
-            Some(slug) => self.routes.remove(slug),
-            None => self.routes.clear(),
+        // '<client id> <status> <slug>[ <old slug>]'
+        let mut parts = payload.split(' ');
+        let id = parts.next().and_then(|id| uuid::Uuid::parse_str(id).ok());
+        let _status = parts.next();
+        let slugs: Vec<&str> = parts.collect();
+        if slugs.is_empty() {
+            self.routes.clear();
         }
-        if status != Some(ClientStatus::Active.as_str())
-            && let Some(id) = id.and_then(|id| uuid::Uuid::parse_str(id).ok())
-        {
+        for slug in slugs {
+            self.routes.remove(slug);
+        }
+        // Every status change drops the tenant's pool, and with it a breaker a request racing the change may
+        // have tripped (a resumed role refusing a login a moment before it was allowed again).
+        if let Some(id) = id {
             self.pools.close_tenant(id);
         }
     }

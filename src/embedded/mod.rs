@@ -16,9 +16,8 @@
 //! cluster shuts down fast instead of lingering; it runs in its own process group so a terminal's Ctrl-C reaches
 //! only `mandant`, which then shuts down in order (DESIGN.md §4, `shutdown.rs`).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::fs::{self, OpenOptions};
+use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -29,11 +28,15 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 mod binaries;
+mod pidfile;
+mod setup;
 #[cfg(feature = "testing")]
 mod testing;
 
 pub use binaries::Binaries;
 use binaries::RunAs;
+pub(crate) use pidfile::PidFile;
+use setup::{initdb, lock_data_dir, prepare_private_dir, tail};
 #[cfg(feature = "testing")]
 pub use testing::{ScratchDir, ThrowawayCluster};
 
@@ -202,6 +205,8 @@ impl ExitSlot {
 struct Postmaster {
     pid: Pid,
     exit: Arc<ExitSlot>,
+    /// This process's claim on the postmaster (`pidfile::claim_owner`), released when it is stopped or we die.
+    _owner: Option<nix::fcntl::Flock<std::fs::File>>,
 }
 
 /// A running cluster. Dropping a cluster this process started stops it.
@@ -273,7 +278,7 @@ impl Cluster {
         };
         let deadline = Instant::now() + spec.start_timeout;
         while let Some(running) = cluster.running_postmaster() {
-            if running.is_leaving() {
+            if running.is_leaving(&spec.data_dir) {
                 // Shutting down, or orphaned (the process that started it died, e.g. `kill -9` of a `serve`, and
                 // its parent-death signal is on the way): it will be gone in a moment. Wait, then start our own.
                 cluster.wait_gone(&running, deadline)?;
@@ -310,7 +315,7 @@ impl Cluster {
             "the embedded PostgreSQL on this data directory is shutting down (or was left behind by a process that \
              died); waiting for it to exit before starting it again"
         );
-        if leaving.is_orphan() {
+        if leaving.is_orphan(self.data_dir()) {
             let _ = kill(Pid::from_raw(leaving.pid), Signal::SIGINT);
         }
         while leaving.is_alive_postgres() {
@@ -420,6 +425,7 @@ impl Cluster {
         self.owned = Some(Postmaster {
             pid: Pid::from_raw(pid as i32),
             exit: exit.clone(),
+            _owner: pidfile::claim_owner(&spec.data_dir, pid as i32),
         });
         if let Err(e) = self.wait_ready(spec.start_timeout, Some(&exit), None) {
             self.stop();
@@ -449,7 +455,7 @@ impl Cluster {
                 .and_then(|text| PidFile::parse(&text));
             match pid_file {
                 // An adopted postmaster that is shutting down (or gone) will never be ready: tell the caller now.
-                Some(p) if adopted.is_some() && p.is_leaving() => {
+                Some(p) if adopted.is_some() && p.is_leaving(self.data_dir()) => {
                     return Err(EmbeddedError::AdoptedShutDown);
                 }
                 Some(p) if p.status == "ready" => return Ok(()),
@@ -467,6 +473,11 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
+    }
+
+    /// mandant's data directory (the parent of `pg/`).
+    fn data_dir(&self) -> &Path {
+        self.pgdata.parent().unwrap_or(&self.pgdata)
     }
 
     /// A database on this cluster, as the bootstrap superuser.
@@ -527,145 +538,4 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// The fields of `postmaster.pid` we use.
-pub(crate) struct PidFile {
-    pid: i32,
-    port: u16,
-    socket_dir: PathBuf,
-    status: String,
-}
-
-impl PidFile {
-    pub(crate) fn parse(text: &str) -> Option<Self> {
-        let lines: Vec<&str> = text.lines().collect();
-        Some(Self {
-            pid: lines.first()?.trim().parse().ok()?,
-            port: lines
-                .get(3)
-                .and_then(|l| l.trim().parse().ok())
-                .unwrap_or(0),
-            socket_dir: PathBuf::from(lines.get(4).map(|l| l.trim()).unwrap_or_default()),
-            status: lines
-                .get(7)
-                .map(|l| l.trim().to_owned())
-                .unwrap_or_default(),
-        })
-    }
-
-    /// Shutting down (`stopping` in its pid file), or orphaned: its parent, the process that started it, is gone
-    /// (it was re-parented to init), so its parent-death signal is on the way.
-    fn is_leaving(&self) -> bool {
-        self.status == "stopping" || self.is_orphan()
-    }
-
-    fn is_orphan(&self) -> bool {
-        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
-        // Field 4 of /proc/<pid>/stat, after the parenthesised command name (which may contain spaces).
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<i32>().ok());
-        ppid == Some(1)
-    }
-
-    pub(crate) fn is_alive_postgres(&self) -> bool {
-        if self.pid <= 0 {
-            return false;
-        }
-        let alive = !matches!(
-            kill(Pid::from_raw(self.pid), None),
-            Err(nix::errno::Errno::ESRCH)
-        );
-        let cmdline = fs::read(format!("/proc/{}/cmdline", self.pid)).unwrap_or_default();
-        alive && String::from_utf8_lossy(&cmdline).contains("postgres")
-    }
-}
-
-/// An exclusive `flock` on `<data_dir>/embedded.lock`, held while a process starts the cluster.
-fn lock_data_dir(data_dir: &Path) -> Result<nix::fcntl::Flock<File>, EmbeddedError> {
-    let path = data_dir.join("embedded.lock");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io_err(format!("opening {}", path.display())))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, errno)| io_err(format!("locking {}", path.display()))(errno.into()))
-}
-
-/// Creates `dir` if needed and makes it private to the cluster's user (mode 0700).
-fn prepare_private_dir(dir: &Path, run_as: RunAs) -> Result<(), EmbeddedError> {
-    fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-        .map_err(io_err(format!("restricting {}", dir.display())))?;
-    run_as.give(dir)
-}
-
-/// Creates the cluster in a scratch directory and renames it into place, so a crash during `initdb` never leaves
-/// a half-made `pg/` that would block the next start.
-fn initdb(binaries: &Binaries, pgdata: &Path, run_as: RunAs) -> Result<(), EmbeddedError> {
-    let scratch = pgdata.with_file_name("pg.initdb-tmp");
-    if scratch.exists() {
-        fs::remove_dir_all(&scratch).map_err(io_err(format!(
-            "removing the leftover {}",
-            scratch.display()
-        )))?;
-    }
-    prepare_private_dir(&scratch, run_as)?;
-    tracing::info!(pgdata = %pgdata.display(), bin = %binaries.dir.display(), "creating the embedded PostgreSQL cluster");
-    let mut command = Command::new(binaries.tool("initdb"));
-    command
-        .arg("-D")
-        .arg(&scratch)
-        .args(["-U", SUPERUSER, "-A", "trust", "-E", "UTF8", "--no-locale"])
-        .arg("--no-instructions")
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null());
-    run_as.apply(&mut command, false);
-    let output = command.output().map_err(io_err(format!(
-        "running {}",
-        binaries.tool("initdb").display()
-    )))?;
-    if !output.status.success() {
-        let mut text = String::from_utf8_lossy(&output.stderr).into_owned();
-        text.push_str(&String::from_utf8_lossy(&output.stdout));
-        return Err(EmbeddedError::Initdb {
-            status: output.status.to_string(),
-            output: text.trim().to_owned(),
-        });
-    }
-    // Only the bootstrap superuser, through the private socket directory, may skip the password.
-    let hba = "# Written by mandant (src/embedded.rs). The socket directory is private to the cluster's user.\n\
-               local   all   postgres                 trust\n\
-               local   all   all                      scram-sha-256\n\
-               host    all   all   127.0.0.1/32       scram-sha-256\n\
-               host    all   all   ::1/128            scram-sha-256\n";
-    let mut file = OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(scratch.join("pg_hba.conf"))
-        .map_err(io_err("opening pg_hba.conf"))?;
-    file.write_all(hba.as_bytes())
-        .map_err(io_err("writing pg_hba.conf"))?;
-    fs::rename(&scratch, pgdata).map_err(io_err(format!(
-        "moving {} to {}",
-        scratch.display(),
-        pgdata.display()
-    )))
-}
-
-/// The last lines of a log file, for error messages.
-fn tail(path: &Path) -> String {
-    const TAIL_BYTES: u64 = 2048;
-    let Ok(mut file) = File::open(path) else {
-        return String::new();
-    };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = file.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES)));
-    let mut buf = Vec::new();
-    let _ = file.read_to_end(&mut buf);
-    String::from_utf8_lossy(&buf).trim().to_owned()
 }

@@ -298,17 +298,32 @@ async fn set_suspended(
     scope: ClientScope,
     suspend: bool,
 ) -> Result<Json<ClientView>, ApiError> {
+    // Resuming: the role may log in before the client is reported active (no request can see an active client
+    // whose role is refused). Suspending: the role's sessions end before the call answers, in every process.
+    if !suspend && scope.client.status == ClientStatus::Suspended {
+        applied(
+            &scope.client,
+            state.provisioner().allow_login(&scope.client).await,
+        );
+    }
     let client = state
         .control()
         .set_suspended(scope.client.id, suspend, max_attempts(&state))
         .await?;
+    if suspend {
+        applied(&client, state.provisioner().apply_access(client.id).await);
+    }
     state.data().status_changed(&client);
     tracing::info!(client = %client.slug, status = client.status.as_str(), "client status changed");
-    if let Err(e) = state.provisioner().apply_access(client.id).await {
-        // The queued `sync_access` job applies it (with retries); PostgreSQL keeps the old state meanwhile.
+    Ok(Json(ClientView::new(client, None, &caller.rights)))
+}
+
+/// Logs a role change a call could not make now: the queued `sync_access` job makes it (with retries), and
+/// PostgreSQL keeps the old state meanwhile.
+fn applied(client: &ClientRecord, result: Result<(), crate::provisioning::ProvisionError>) {
+    if let Err(e) = result {
         tracing::warn!(client = %client.slug, error = %crate::telemetry::error_chain(&e), "could not apply the status to the tenant role now");
     }
-    Ok(Json(ClientView::new(client, None, &caller.rights)))
 }
 
 /// Delete a client: its database (optionally archived first) and role are dropped in the background; the
@@ -330,6 +345,8 @@ pub async fn delete(
         .control()
         .request_delete(scope.client.id, archive, max_attempts(&state))
         .await?;
+    // The role's sessions end before the call answers (the deletion job drops the role anyway).
+    applied(&client, state.provisioner().apply_access(client.id).await);
     state.data().status_changed(&client);
     tracing::info!(client = %client.slug, %operation, archive, "client deletion requested");
     Ok((

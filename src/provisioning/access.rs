@@ -1,5 +1,8 @@
-//! The access job: a client's status applied to its tenant role (`suspended` → NOLOGIN, its sessions ended;
-//! otherwise LOGIN), re-reading the status afterwards so the last change always wins.
+//! The access job: a client's status applied to its tenant role (`suspended` or `deleting` → NOLOGIN, its
+//! sessions ended; `active` → LOGIN), re-reading the status afterwards so the last change always wins. The
+//! suspend, resume and delete calls apply it themselves before answering, bounded by [`APPLY_WITHIN`].
+
+use std::time::Duration;
 
 use tracing::Instrument;
 
@@ -9,18 +12,52 @@ use crate::control::jobs::Job;
 use crate::domain::ClientStatus;
 use crate::tenant::cluster::{self, admin_connect};
 
+/// How long a call waits for a role change before it answers anyway (a locked role, a server that is down);
+/// the queued `sync_access` job finishes it.
+pub const APPLY_WITHIN: Duration = Duration::from_secs(4);
+
+/// The login a status gives the tenant role (`None`: leave it as it is).
+fn login_for(status: ClientStatus) -> Option<bool> {
+    match status {
+        ClientStatus::Active => Some(true),
+        ClientStatus::Suspended | ClientStatus::Deleting => Some(false),
+        _ => None,
+    }
+}
+
 impl Provisioner {
-    /// Applies the client's status to its role now (the suspend and resume calls do this before they answer, so
-    /// a suspended client's connections are gone and a resumed client's role can log in at once; the queued
-    /// `sync_access` job repeats it if this fails).
+    /// Applies the client's status to its role now (suspend and delete do this before they answer, so the
+    /// client's connections are gone in every process), within [`APPLY_WITHIN`].
     pub async fn apply_access(&self, id: uuid::Uuid) -> Result<(), ProvisionError> {
-        let client = self.control.client_by_id(id).await?;
-        let span = tracing::info_span!("apply_access", client = %client.slug);
-        self.sync_access_steps(client).instrument(span).await
+        let work = async {
+            let client = self.control.client_by_id(id).await?;
+            let span = tracing::info_span!("apply_access", client = %client.slug);
+            self.sync_access_steps(client).instrument(span).await
+        };
+        tokio::time::timeout(APPLY_WITHIN, work)
+            .await
+            .map_err(|_| ProvisionError::TimedOut(APPLY_WITHIN))?
     }
 
-    /// Applies the client's current status to its role: `suspended` → NOLOGIN (and its sessions end), otherwise
-    /// LOGIN. Re-reads the status afterwards and applies again if it changed meanwhile.
+    /// Lets the client's role log in again, whatever its status says yet (resume does this before it commits
+    /// `active`, so no request can see an active client whose role is still refused), within [`APPLY_WITHIN`].
+    pub async fn allow_login(&self, client: &ClientRecord) -> Result<(), ProvisionError> {
+        let Some(server_id) = client.server_id else {
+            return Ok(());
+        };
+        let work = async {
+            let server = self.control.server(server_id).await?;
+            let admin = admin_connect(&self.targets.admin(&server)?).await?;
+            cluster::set_role_login(&admin, &self.targets.names(client.id).role, true).await?;
+            Ok(())
+        };
+        tokio::time::timeout(APPLY_WITHIN, work)
+            .await
+            .map_err(|_| ProvisionError::TimedOut(APPLY_WITHIN))?
+    }
+
+    /// Applies the client's current status to its role (see [`login_for`]). Re-reads the status afterwards and
+    /// applies again if it changed meanwhile.
     pub async fn sync_access(&self, job: &Job) -> Result<(), ProvisionError> {
         let client = self.job_client(job).await?;
         let span = tracing::info_span!("sync_access", client = %client.slug);
@@ -33,10 +70,9 @@ impl Provisioner {
             let Some(server_id) = client.server_id else {
                 return Ok(());
             };
-            if !client.status.has_live_database() {
+            let Some(login) = login_for(client.status) else {
                 return Ok(());
-            }
-            let login = client.status != ClientStatus::Suspended;
+            };
             let server = self.control.server(server_id).await?;
             let admin = admin_connect(&self.targets.admin(&server)?).await?;
             cluster::set_role_login(&admin, &self.targets.names(id).role, login).await?;

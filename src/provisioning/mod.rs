@@ -65,6 +65,8 @@ pub enum ProvisionError {
     LostClaim,
     #[error("the job panicked: {0}")]
     Panicked(String),
+    #[error("no answer from the database server within {0:?}")]
+    TimedOut(std::time::Duration),
 }
 
 /// Runs lifecycle jobs against the control plane and the database servers.

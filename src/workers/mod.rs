@@ -63,7 +63,10 @@ pub struct JobRunner {
     provisioner: Provisioner,
     fanout: FanOut,
     settings: WorkerSettings,
-    worker_id: String,
+    /// `locked_by` of the jobs this runner claims (changes when the process takes a new worker slot).
+    worker_id: std::sync::Mutex<String>,
+    /// No claims while this process holds no worker slot it can prove (see `spawn`).
+    paused: std::sync::atomic::AtomicBool,
     cancel: CancellationToken,
     /// When this runner last failed abandoned jobs; the sweep runs at most once per poll interval, not before
     /// every claim.
@@ -89,7 +92,8 @@ impl JobRunner {
             provisioner: state.provisioner().clone(),
             fanout: state.fanout().clone(),
             settings: state.settings().workers.clone(),
-            worker_id: worker_id.into(),
+            worker_id: std::sync::Mutex::new(worker_id.into()),
+            paused: std::sync::atomic::AtomicBool::new(false),
             cancel: CancellationToken::new(),
             last_sweep: std::sync::Mutex::new(None),
             last_requeue: std::sync::Mutex::new(None),
@@ -145,9 +149,17 @@ impl JobRunner {
                 );
             }
         }
+        if self.paused.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(Tick::Idle);
+        }
+        let worker_id = self
+            .worker_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let Some(job) = self
             .control
-            .claim_job(&self.worker_id, self.settings.lease())
+            .claim_job(&worker_id, self.settings.lease())
             .await?
         else {
             return Ok(Tick::Idle);
@@ -291,25 +303,10 @@ pub fn spawn(state: &AppState, tasks: &TaskTracker, cancel: &CancellationToken) 
     let (state, tracker, cancel) = (state.clone(), tasks.clone(), cancel.clone());
     tasks.spawn(async move {
         let identity = state.settings().worker_identity();
-        let slot = match state.control().take_worker_slot(&identity).await {
-            Ok(slot) => {
-                match state.control().reclaim_jobs(&slot).await {
-                    Ok(0) => {}
-                    Ok(jobs) => {
-                        tracing::info!(jobs, slot = %slot.name, "took back the jobs a previous process of this slot left running")
-                    }
-                    Err(e) => tracing::warn!(error = %e, "could not take back left-over jobs; their leases expire"),
-                }
-                Some(slot)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "no worker slot; left-over jobs of a crashed process wait for their leases");
-                None
-            }
-        };
-        let prefix = slot.as_ref().map_or(identity, |s| s.name.clone());
-        let worker_id = format!("{prefix}/{}-{}", std::process::id(), Uuid::new_v4().as_simple());
-        let runner = Arc::new(JobRunner::new(&state, worker_id).with_cancel(cancel.clone()));
+        let mut slot = take_slot(&state, &identity, true).await;
+        let prefix = slot.as_ref().map_or(identity.clone(), |s| s.name.clone());
+        let runner =
+            Arc::new(JobRunner::new(&state, worker_id(&prefix)).with_cancel(cancel.clone()));
         for _ in 0..settings.concurrency {
             tracker.spawn(job_loop(
                 runner.clone(),
@@ -319,10 +316,76 @@ pub fn spawn(state: &AppState, tasks: &TaskTracker, cancel: &CancellationToken) 
             ));
         }
         tracing::info!(concurrency = settings.concurrency, "job workers started");
-        // The slot is held until shutdown (its session's lock is the proof that this process is alive).
-        cancel.cancelled().await;
+        // The slot is held until shutdown: its session's lock is the proof that this process is alive. If the
+        // session stops answering, the lock may be gone and the slot another process's: claim nothing until a
+        // new slot is held (jobs already running keep their claims, fenced as always).
+        let mut check = tokio::time::interval(SLOT_CHECK_EVERY);
+        loop {
+            tokio::select! {
+                _ = check.tick() => {}
+                () = cancel.cancelled() => break,
+            }
+            let held = match slot.as_mut() {
+                Some(slot) => slot.is_held().await,
+                None => false,
+            };
+            if held {
+                continue;
+            }
+            runner
+                .paused
+                .store(true, std::sync::atomic::Ordering::Release);
+            slot = take_slot(&state, &identity, false).await;
+            if let Some(new) = &slot {
+                *runner.worker_id.lock().unwrap_or_else(|p| p.into_inner()) = worker_id(&new.name);
+                runner
+                    .paused
+                    .store(false, std::sync::atomic::Ordering::Release);
+            }
+        }
         drop(slot);
     });
+}
+
+/// How often the worker slot's session is checked.
+const SLOT_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn worker_id(slot: &str) -> String {
+    format!(
+        "{slot}/{}-{}",
+        std::process::id(),
+        Uuid::new_v4().as_simple()
+    )
+}
+
+/// Takes a worker slot of `identity`; at start (`reclaim`), also takes back the jobs a dead predecessor in that
+/// slot left running.
+async fn take_slot(
+    state: &AppState,
+    identity: &str,
+    reclaim: bool,
+) -> Option<crate::control::jobs::WorkerSlot> {
+    let slot = match state.control().take_worker_slot(identity).await {
+        Ok(slot) => slot,
+        Err(e) => {
+            tracing::warn!(error = %e, "no worker slot; jobs a crashed process left running wait for their leases");
+            return None;
+        }
+    };
+    if reclaim {
+        match state.control().reclaim_jobs(&slot).await {
+            Ok(0) => {}
+            Ok(jobs) => tracing::info!(
+                jobs,
+                slot = %slot.name,
+                "took back the jobs a previous process of this slot left running"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not take back left-over jobs; their leases expire")
+            }
+        }
+    }
+    Some(slot)
 }
 
 async fn job_loop(

@@ -7,6 +7,7 @@ mod consistency;
 mod embedded;
 mod fields;
 mod fleet;
+mod hardening;
 mod health;
 mod helpers;
 mod import;
