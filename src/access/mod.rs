@@ -10,7 +10,7 @@
 //! step by hand could forget another. Edges (HTTP handlers) parse input into domain values, call one method, and
 //! map the result (or [`AccessError`]) to a response.
 //!
-//! Never: HTTP types (status codes, response bodies: `http/error.rs` maps [`AccessError`]), SQL of its own, or a
+//! Never: HTTP types (status codes, response bodies: `http/error/` maps [`AccessError`]), SQL of its own, or a
 //! write of rights that bypasses [`RightsService`] (outside the command line's operator token).
 
 pub mod authn;

@@ -612,9 +612,7 @@ fn postmaster_of(pgdata: &Path) -> Option<i32> {
             .split(|b| *b == 0)
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        if args.first().is_some_and(|a| a.ends_with("postgres"))
-            && args.contains(&needle)
-        {
+        if args.first().is_some_and(|a| a.ends_with("postgres")) && args.contains(&needle) {
             return Some(pid);
         }
     }

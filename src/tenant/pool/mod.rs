@@ -115,7 +115,7 @@ pub struct TenantRoute {
     pub target: PgTarget,
 }
 
-/// Why no connection could be had. Mapped to HTTP in `http/error.rs`.
+/// Why no connection could be had. Mapped to HTTP in `http/error/`.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RouteError {
     #[error("the tenant database does not exist")]

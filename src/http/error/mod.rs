@@ -17,8 +17,9 @@ use crate::control::ControlError;
 use crate::data::DataError;
 use crate::data::import::ImportError;
 use crate::domain::Invalid;
-use crate::domain::rights::Permission;
 use crate::tenant::pool::RouteError;
+
+mod codes;
 
 /// Seconds a client should wait before retrying a 503.
 const RETRY_AFTER_SECS: u64 = 5;
@@ -120,179 +121,6 @@ impl ApiError {
     fn with_status(mut self, status: StatusCode) -> Self {
         self.status = status;
         self
-    }
-}
-
-/// Every error code a handler answers with, by name, with its status and wording. (The codes of lower layers'
-/// errors are in the `From` impls below; those of framework errors in [`ApiError::for_status`].)
-impl ApiError {
-    /// 400: the body is not what the endpoint takes.
-    pub fn invalid_body(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_body", message)
-    }
-
-    /// 400: the query string is not what the endpoint takes.
-    pub fn invalid_query(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_query", message)
-    }
-
-    /// 400: a `cursor` that no page of this list handed out.
-    pub fn invalid_cursor() -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_cursor",
-            "The cursor is not valid.",
-        )
-    }
-
-    /// 400: a query parameter with a value the endpoint does not take.
-    pub fn invalid_parameter(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_parameter", message)
-    }
-
-    /// 400: a value that breaks its field's rules.
-    pub fn validation_failed(invalid: &Invalid) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "validation_failed",
-            invalid.to_string(),
-        )
-    }
-
-    /// 403: none of the caller's roles has the permission.
-    pub fn permission_denied(permission: Permission) -> Self {
-        Self::new(
-            StatusCode::FORBIDDEN,
-            "permission_denied",
-            format!("None of your roles has the permission {permission}."),
-        )
-    }
-
-    /// 403: a central definition, and the caller has no access to the master client (refused, not hidden: central
-    /// resources are public knowledge).
-    pub fn master_access_required(permission: Permission) -> Self {
-        Self::new(
-            StatusCode::FORBIDDEN,
-            "permission_denied",
-            format!("{permission} on central definitions needs access to the master client."),
-        )
-    }
-
-    /// 403: a write with read-only access to the client.
-    pub fn read_only_access(permission: Permission) -> Self {
-        Self::new(
-            StatusCode::FORBIDDEN,
-            "read_only_access",
-            format!("You have read-only access to this client; {permission} needs full access."),
-        )
-    }
-
-    /// 409: clients have an own field of the name a central field wants; `visible` names those the caller sees.
-    pub fn field_taken_by_clients(visible: &[String]) -> Self {
-        let message = if visible.is_empty() {
-            "Clients have an own field of this name.".to_owned()
-        } else {
-            format!(
-                "Clients have an own field of this name, among them: {}.",
-                visible.join(", ")
-            )
-        };
-        Self::new(StatusCode::CONFLICT, "field_taken_by_clients", message)
-    }
-
-    /// 409: a client cannot change or drop a standard field.
-    pub fn standard_field(name: &str) -> Self {
-        Self::new(
-            StatusCode::CONFLICT,
-            "standard_field",
-            format!("{name} is a standard field; it cannot be changed or dropped."),
-        )
-    }
-
-    /// 409: a client cannot change or drop a central field.
-    pub fn inherited_field(name: &str) -> Self {
-        Self::new(
-            StatusCode::CONFLICT,
-            "inherited_field",
-            format!(
-                "{name} is a central field inherited from the master; only the master changes it."
-            ),
-        )
-    }
-
-    /// 409: a field's type never changes.
-    pub fn type_change_refused(name: &str, data_type: &str) -> Self {
-        Self::new(
-            StatusCode::CONFLICT,
-            "type_change_refused",
-            format!(
-                "{name} is a {data_type} field; a field's type cannot change (add a new field instead)."
-            ),
-        )
-    }
-
-    /// 409: a text field may only grow.
-    pub fn length_shrink_refused(name: &str, current: i32) -> Self {
-        Self::new(
-            StatusCode::CONFLICT,
-            "length_shrink_refused",
-            format!("{name} holds up to {current} characters; a text may only grow."),
-        )
-    }
-
-    /// 409: reverting the override of a client's own template.
-    pub fn local_template() -> Self {
-        Self::new(
-            StatusCode::CONFLICT,
-            "local_template",
-            "This is the client's own template; it has no master version to revert to.",
-        )
-    }
-
-    /// 409: reverting a template that is not overridden.
-    pub fn not_overridden() -> Self {
-        Self::new(
-            StatusCode::CONFLICT,
-            "not_overridden",
-            "This template is not overridden; it already follows the master.",
-        )
-    }
-
-    /// 413: one field of the body is larger than the endpoint takes.
-    pub fn field_too_large(field: &str, max_bytes: usize) -> Self {
-        Self::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("{field} is larger than {max_bytes} bytes."),
-        )
-    }
-
-    /// 415: a body of a content type the endpoint does not take.
-    pub fn unsupported_media_type(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            message,
-        )
-    }
-
-    /// 422: the parent named for a new client does not exist (or is invisible to the caller).
-    pub fn unknown_parent() -> Self {
-        Self::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unknown_parent",
-            "The parent client does not exist.",
-        )
-    }
-
-    /// 503: the request took longer than the server's timeout.
-    pub fn request_timeout() -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "request_timeout",
-            "The request took longer than this server allows; retry later.",
-        )
-        .with_retry_after(1)
     }
 }
 
@@ -549,39 +377,6 @@ pub async fn normalize(response: Response) -> Response {
     parts.headers.remove(header::CONTENT_TYPE);
     fresh.headers_mut().extend(parts.headers);
     fresh
-}
-
-/// The error codes of users, roles and access by name (as above), and the access service's refusals. Every status,
-/// code and message here is part of the API contract (tests compare bodies): a refusal on a user or client the
-/// caller cannot see is the very 404 of one that does not exist.
-impl ApiError {
-    /// 403: a change of one's own roles, access or status, or of a role one holds.
-    pub fn self_edit_refused(message: &'static str) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "self_edit_refused", message)
-    }
-
-    /// 403: a change that would give someone (or act for someone who holds) more than the caller holds.
-    pub fn escalation_refused(message: &'static str) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "escalation_refused", message)
-    }
-
-    /// 422: the home client named for a new user does not exist (or is invisible to the caller).
-    pub fn unknown_home_client() -> Self {
-        Self::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unknown_client",
-            "The home client does not exist.",
-        )
-    }
-
-    /// 422: a new user without a named home client, and the caller's own home client is deleted.
-    pub fn home_client_deleted() -> Self {
-        Self::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unknown_client",
-            "Your home client is deleted; name a home client for the new user.",
-        )
-    }
 }
 
 impl From<crate::access::AccessError> for ApiError {
