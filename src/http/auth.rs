@@ -31,8 +31,8 @@ use crate::app::AppState;
 use crate::control::access::AuditEntry;
 use crate::control::clients::ClientRecord;
 use crate::data::DataError;
-use crate::domain::ClientSlug;
 use crate::domain::rights::{Denied, Grant, Principal, bearer_token};
+use crate::domain::{ClientSlug, ClientStatus};
 
 /// The authenticated caller, for handlers.
 #[derive(Clone)]
@@ -216,7 +216,8 @@ async fn enforce(state: &AppState, route: &str, request: Request, next: Next) ->
     }
     let request = Request::from_parts(parts, body);
     let Some(entry) = audit else {
-        return next.run(request).await;
+        let response = next.run(request).await;
+        return recheck_unavailable(state, scope.as_ref(), response).await;
     };
     // A write and its audit entry run in their own task: if the request is dropped (the server's timeout, the
     // client hanging up) the handler still finishes what it started and the entry is still written. A panic in
@@ -230,6 +231,7 @@ async fn enforce(state: &AppState, route: &str, request: Request, next: Next) ->
             tracing::error!("a handler panicked");
             ApiError::internal().into_response()
         });
+        let response = recheck_unavailable(&state, scope.as_ref(), response).await;
         let outcome = Outcome {
             status: response.status(),
             note: response.extensions().get::<AuditNote>().cloned(),
@@ -244,6 +246,37 @@ async fn enforce(state: &AppState, route: &str, request: Request, next: Next) ->
             tracing::error!(error = %e, "a write task failed");
             ApiError::internal().into_response()
         }
+    }
+}
+
+/// A client's database that failed under a request (503 `tenant_unavailable`: its connection ended, its role
+/// refused) may have done so because the client was just suspended or deleted, through this process or another
+/// one whose notification has not arrived yet: then the answer is the status the API reports, 409
+/// `client_not_active`, not an outage. Checked on failures only, so it costs nothing on the served path.
+async fn recheck_unavailable(
+    state: &AppState,
+    scope: Option<&ClientScope>,
+    response: Response,
+) -> Response {
+    let (Some(scope), true) = (
+        scope,
+        response.status() == StatusCode::SERVICE_UNAVAILABLE
+            && response
+                .extensions()
+                .get::<super::error::ErrorCode>()
+                .is_some_and(|code| code.0 == "tenant_unavailable"),
+    ) else {
+        return response;
+    };
+    state.data().invalidate(&scope.client.slug);
+    let Ok(slug) = ClientSlug::parse(&scope.client.slug) else {
+        return response;
+    };
+    match state.data().client(&slug).await {
+        Ok(now) if now.id == scope.client.id && now.status != ClientStatus::Active => {
+            ApiError::from(DataError::ClientNotActive(now.status)).into_response()
+        }
+        _ => response,
     }
 }
 

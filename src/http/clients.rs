@@ -310,9 +310,9 @@ async fn set_suspended(
         .control()
         .set_suspended(scope.client.id, suspend, max_attempts(&state))
         .await?;
-    if suspend {
-        applied(&client, state.provisioner().apply_access(client.id).await);
-    }
+    // Applied after the commit in both directions too: a `sync_access` job of an earlier change that read the
+    // old status may have written its login meanwhile; this one reads the new status, so it is the last word.
+    applied(&client, state.provisioner().apply_access(client.id).await);
     state.data().status_changed(&client);
     tracing::info!(client = %client.slug, status = client.status.as_str(), "client status changed");
     Ok(Json(ClientView::new(client, None, &caller.rights)))

@@ -14,7 +14,7 @@ use crate::tenant::cluster::{self, admin_connect};
 
 /// How long a call waits for a role change before it answers anyway (a locked role, a server that is down);
 /// the queued `sync_access` job finishes it.
-pub const APPLY_WITHIN: Duration = Duration::from_secs(4);
+pub const APPLY_WITHIN: Duration = Duration::from_secs(3);
 
 /// The login a status gives the tenant role (`None`: leave it as it is).
 fn login_for(status: ClientStatus) -> Option<bool> {

@@ -154,7 +154,7 @@ pub async fn set_role_login(admin: &Client, role: &str, login: bool) -> Result<b
     }
     // A role row locked by someone else must not hold the caller (a suspend call) for long.
     let sql = format!(
-        "SET lock_timeout = '3s'; ALTER ROLE {} {}; RESET lock_timeout",
+        "SET lock_timeout = '2s'; ALTER ROLE {} {}; RESET lock_timeout",
         quote_ident(role),
         if login { "LOGIN" } else { "NOLOGIN" }
     );

@@ -76,7 +76,13 @@ async fn a_second_process_refuses_a_suspended_client_on_the_first_request_after_
     let deleted = second.delete(&format!("/v1/clients/{slug}")).await;
     assert_eq!(deleted.status(), StatusCode::ACCEPTED);
     let gone = first.get(&recipients).await;
-    assert_eq!(gone.status(), StatusCode::CONFLICT);
+    let status = gone.status();
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "{}",
+        gone.text().await.unwrap_or_default()
+    );
     drop(second);
 }
 

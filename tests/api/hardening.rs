@@ -395,7 +395,7 @@ async fn a_slug_change_drops_the_route_cached_under_the_old_slug() {
 /// request timeout, which answers 503 `request_timeout` although the client is already suspended.
 #[tokio::test]
 async fn suspend_answers_its_outcome_when_the_tenant_role_is_locked() {
-    let app = spawn_app_with(&[("MANDANT__SERVER__REQUEST_TIMEOUT_SECS", "4".into())]).await;
+    let app = spawn_app_with(&[("MANDANT__SERVER__REQUEST_TIMEOUT_SECS", "6".into())]).await;
     let slug = format!("lockedrole-{}", next_id());
     let client = app.create_active_client(&slug).await;
     let id: uuid::Uuid = client["id"].as_str().unwrap().parse().unwrap();
