@@ -348,6 +348,11 @@ impl Settings {
     fn validate_workers_and_routing(&self) -> Result<(), ConfigError> {
         let w = &self.workers;
         ensure(
+            w.identity.chars().count() <= 200 && !w.identity.chars().any(char::is_control),
+            "workers.identity",
+            "must be at most 200 characters without control characters",
+        )?;
+        ensure(
             (1..=256).contains(&w.fanout_concurrency),
             "workers.fanout_concurrency",
             "must be between 1 and 256",
@@ -531,6 +536,39 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("routing.per_tenant_cap"), "{err}");
+
+        for identity in ["host\u{7}bell".to_owned(), "x".repeat(201)] {
+            let err = Settings::load(&LoadOptions {
+                env: env(&[("MANDANT__WORKERS__IDENTITY", identity.as_str())]),
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("workers.identity"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_worker_identity_is_the_configured_one_or_host_and_data_directory() {
+        let settings = Settings::load(&LoadOptions {
+            env: env(&[("MANDANT__WORKERS__IDENTITY", "pod-0")]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(settings.worker_identity(), "pod-0");
+        let derived = Settings::load(&LoadOptions::default())
+            .unwrap()
+            .worker_identity();
+        assert!(
+            derived.ends_with(&format!(
+                ":{}",
+                Settings::load(&LoadOptions::default())
+                    .unwrap()
+                    .data_dir()
+                    .display()
+            )),
+            "{derived}"
+        );
     }
 
     #[test]

@@ -230,24 +230,10 @@ impl DataPlane {
         slug: &ClientSlug,
     ) -> Result<(Arc<ClientRecord>, PooledConn), DataError> {
         let (client, route) = self.active_route(slug).await?;
-        match self.pools.acquire(&route).await {
-            Ok(conn) => Ok((client, conn)),
-            // Refused or gone (not merely busy): the route may be older than a status change whose notification
-            // has not arrived yet (a suspension, a deletion). Ask the control plane before blaming the tenant.
-            Err(
-                e @ (RouteError::AuthFailed(_)
-                | RouteError::DatabaseMissing
-                | RouteError::Closed
-                | RouteError::Unavailable(_)),
-            ) => {
-                self.invalidate(slug.as_str());
-                match self.active_route(slug).await {
-                    Ok(_) => Err(e.into()),
-                    Err(refused) => Err(refused),
-                }
-            }
-            Err(e) => Err(e.into()),
-        }
+        // A refusal here (a role just made NOLOGIN, a database just dropped) is re-checked against the client's
+        // status where every tenant failure of a request is seen, `http::auth` (`recheck_unavailable`).
+        let conn = self.pools.acquire(&route).await?;
+        Ok((client, conn))
     }
 
     async fn active_route(

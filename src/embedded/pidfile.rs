@@ -94,3 +94,24 @@ fn owner_is_gone(data_dir: &Path, pid: i32) -> bool {
     let _ = lock.read_to_string(&mut text);
     text.trim().parse::<i32>().ok() == Some(pid)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_postmaster_is_orphaned_only_when_its_recorded_owner_is_gone() {
+        let dir = std::env::temp_dir().join(format!("mandant-owner-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        // No owner file: started some other way (pg_ctl, another tool), never called orphaned.
+        assert!(!owner_is_gone(&dir, 4242));
+        // Owned by a live process (this one holds the lock).
+        let held = claim_owner(&dir, 4242).expect("claim");
+        assert!(!owner_is_gone(&dir, 4242));
+        drop(held);
+        // The owner is gone: orphaned, but only the postmaster the file names.
+        assert!(owner_is_gone(&dir, 4242));
+        assert!(!owner_is_gone(&dir, 4243));
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

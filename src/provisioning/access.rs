@@ -29,31 +29,29 @@ impl Provisioner {
     /// Applies the client's status to its role now (suspend and delete do this before they answer, so the
     /// client's connections are gone in every process), within [`APPLY_WITHIN`].
     pub async fn apply_access(&self, id: uuid::Uuid) -> Result<(), ProvisionError> {
-        let work = async {
+        within_bound(async {
             let client = self.control.client_by_id(id).await?;
             let span = tracing::info_span!("apply_access", client = %client.slug);
             self.sync_access_steps(client).instrument(span).await
-        };
-        tokio::time::timeout(APPLY_WITHIN, work)
-            .await
-            .map_err(|_| ProvisionError::TimedOut(APPLY_WITHIN))?
+        })
+        .await
     }
 
     /// Lets the client's role log in again, whatever its status says yet (resume does this before it commits
     /// `active`, so no request can see an active client whose role is still refused), within [`APPLY_WITHIN`].
     pub async fn allow_login(&self, client: &ClientRecord) -> Result<(), ProvisionError> {
+        within_bound(self.set_login(client, true)).await
+    }
+
+    /// Sets the login of the client's role on its server (a client not placed yet has no role).
+    async fn set_login(&self, client: &ClientRecord, login: bool) -> Result<(), ProvisionError> {
         let Some(server_id) = client.server_id else {
             return Ok(());
         };
-        let work = async {
-            let server = self.control.server(server_id).await?;
-            let admin = admin_connect(&self.targets.admin(&server)?).await?;
-            cluster::set_role_login(&admin, &self.targets.names(client.id).role, true).await?;
-            Ok(())
-        };
-        tokio::time::timeout(APPLY_WITHIN, work)
-            .await
-            .map_err(|_| ProvisionError::TimedOut(APPLY_WITHIN))?
+        let server = self.control.server(server_id).await?;
+        let admin = admin_connect(&self.targets.admin(&server)?).await?;
+        cluster::set_role_login(&admin, &self.targets.names(client.id).role, login).await?;
+        Ok(())
     }
 
     /// Applies the client's current status to its role (see [`login_for`]). Re-reads the status afterwards and
@@ -65,18 +63,12 @@ impl Provisioner {
     }
 
     async fn sync_access_steps(&self, mut client: ClientRecord) -> Result<(), ProvisionError> {
-        let id = client.id;
         loop {
-            let Some(server_id) = client.server_id else {
-                return Ok(());
-            };
             let Some(login) = login_for(client.status) else {
                 return Ok(());
             };
-            let server = self.control.server(server_id).await?;
-            let admin = admin_connect(&self.targets.admin(&server)?).await?;
-            cluster::set_role_login(&admin, &self.targets.names(id).role, login).await?;
-            let now = self.control.client_by_id(id).await?;
+            self.set_login(&client, login).await?;
+            let now = self.control.client_by_id(client.id).await?;
             if now.status == client.status {
                 tracing::info!(login, "applied the client's access state");
                 return Ok(());
@@ -84,4 +76,13 @@ impl Provisioner {
             client = now;
         }
     }
+}
+
+/// A role change made by a call, bounded by [`APPLY_WITHIN`].
+async fn within_bound(
+    work: impl std::future::Future<Output = Result<(), ProvisionError>>,
+) -> Result<(), ProvisionError> {
+    tokio::time::timeout(APPLY_WITHIN, work)
+        .await
+        .map_err(|_| ProvisionError::TimedOut(APPLY_WITHIN))?
 }

@@ -268,14 +268,21 @@ fn load(
     (stop, task)
 }
 
-#[tokio::test]
-async fn a_tenant_server_restarted_under_load_fails_fast_with_503_and_serves_again_without_leaking_permits()
- {
-    let app = spawn_app().await;
-    // A second, test-only database server that can restart without the control plane.
+/// A second, test-only database server with its own cluster (it can restart without the control plane), and an
+/// active client placed on it. Returns the cluster's directory, spec, cluster, server id and the client's slug.
+async fn client_on_another_server(
+    app: &crate::helpers::TestApp,
+    prefix: &str,
+) -> (
+    crate::helpers::TestDir,
+    mandant::embedded::ClusterSpec,
+    mandant::embedded::Cluster,
+    i64,
+    String,
+) {
     let dir = crate::helpers::TestDir::new("tenant-srv");
     let spec = crate::helpers::throwaway_spec(dir.path());
-    let mut server = mandant::embedded::Cluster::start(&spec).unwrap();
+    let server = mandant::embedded::Cluster::start(&spec).unwrap();
     let url = server.target("postgres").to_url().expose().to_owned();
     let server_id: i64 = app
         .control()
@@ -287,7 +294,7 @@ async fn a_tenant_server_restarted_under_load_fails_fast_with_503_and_serves_aga
         .await
         .unwrap()
         .get(0);
-    let slug = format!("restarted-{}", next_id());
+    let slug = format!("{prefix}-{}", next_id());
     app.create_active_client(&slug).await;
     let placed: i64 = app
         .control()
@@ -300,6 +307,74 @@ async fn a_tenant_server_restarted_under_load_fails_fast_with_503_and_serves_aga
         placed, server_id,
         "placement picks the server with the most room"
     );
+    (dir, spec, server, server_id, slug)
+}
+
+#[tokio::test]
+async fn suspend_and_resume_answer_while_the_tenant_server_is_down_and_the_role_follows_when_it_is_back()
+ {
+    let app = spawn_app().await;
+    let (_dir, spec, server, _, slug) = client_on_another_server(&app, "downsusp").await;
+    let path = format!("/v1/clients/{slug}/recipients");
+    assert_eq!(app.get(&path).await.status(), StatusCode::OK);
+    let server = tokio::task::spawn_blocking(move || {
+        let mut server = server;
+        server.stop();
+        server
+    })
+    .await
+    .unwrap();
+    // The role cannot be changed now: the calls answer anyway (bounded), with the status they committed.
+    let suspended = app.post(&format!("/v1/clients/{slug}/suspend")).await;
+    assert_eq!(suspended.status(), StatusCode::OK);
+    assert_eq!(app.client_json(&slug).await["status"], "suspended");
+    let refused = app.get(&path).await;
+    assert_eq!(refused.status(), StatusCode::CONFLICT);
+    let restarted = tokio::task::spawn_blocking(move || mandant::embedded::Cluster::start(&spec))
+        .await
+        .unwrap()
+        .unwrap();
+    drop(server);
+    // The queued access job applies the suspension once the server is back: the role cannot log in.
+    let role = {
+        let id = app.client_json(&slug).await["id"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        app.state.targets().names(id).role
+    };
+    let admin = restarted.target("postgres").connect().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let can: bool = admin
+            .query_one(
+                "SELECT rolcanlogin FROM pg_roles WHERE rolname = $1",
+                &[&role],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if !can {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the suspension never reached the role"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let resumed = app.post(&format!("/v1/clients/{slug}/resume")).await;
+    assert_eq!(resumed.status(), StatusCode::OK);
+    assert_eq!(app.get(&path).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_tenant_server_restarted_under_load_fails_fast_with_503_and_serves_again_without_leaking_permits()
+ {
+    let app = spawn_app().await;
+    let (_dir, spec, mut server, server_id, slug) =
+        client_on_another_server(&app, "restarted").await;
     let path = format!("/v1/clients/{slug}/recipients");
     let (stop, task) = load(&app, &path);
     tokio::time::sleep(Duration::from_millis(200)).await;

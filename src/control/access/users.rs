@@ -79,6 +79,14 @@ async fn revoke_minted_by(
 }
 
 /// Sets a user's roles; an unknown role name is refused with the names.
+/// The user `id` as the transaction sees it (after its own writes).
+async fn user_in(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> Result<UserRecord, ControlError> {
+    Ok(sqlx::query_as(select_users!("WHERE u.id = $1"))
+        .bind(id)
+        .fetch_one(&mut **tx)
+        .await?)
+}
+
 async fn set_roles(
     tx: &mut Transaction<'_, Postgres>,
     user: Uuid,
@@ -170,10 +178,7 @@ impl ControlPlane {
             Err(e) => return Err(e.into()),
         };
         set_roles(&mut tx, id, new.roles).await?;
-        let user = sqlx::query_as(select_users!("WHERE u.id = $1"))
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
+        let user = user_in(&mut tx, id).await?;
         tx.commit().await?;
         Ok(user)
     }
@@ -235,10 +240,7 @@ impl ControlPlane {
         }
         keep_an_admin(&mut tx).await?;
         notify_auth_change(&mut tx).await?;
-        let user = sqlx::query_as(select_users!("WHERE u.id = $1"))
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
+        let user = user_in(&mut tx, id).await?;
         tx.commit().await?;
         Ok(user)
     }
