@@ -136,9 +136,25 @@ pub struct WorkerSettings {
     pub max_attempts: u16,
     pub backoff_base_ms: u64,
     pub backoff_max_secs: u64,
+    /// Per-client deadline of cross-client work (a count in one client, a page of a stream, its statistics).
+    pub fanout_client_deadline_ms: u64,
+    /// How often the overview's figures are gathered (0 = never).
+    pub stats_interval_secs: u64,
+    /// How often each process records when its routing pool last served each client.
+    pub served_flush_secs: u64,
 }
 
 impl WorkerSettings {
+    pub fn fanout_client_deadline(&self) -> Duration {
+        Duration::from_millis(self.fanout_client_deadline_ms)
+    }
+    /// `None`: statistics are off.
+    pub fn stats_interval(&self) -> Option<Duration> {
+        (self.stats_interval_secs > 0).then(|| Duration::from_secs(self.stats_interval_secs))
+    }
+    pub fn served_flush(&self) -> Duration {
+        Duration::from_secs(self.served_flush_secs)
+    }
     pub fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.poll_interval_ms)
     }
@@ -356,6 +372,21 @@ impl Settings {
             (1..=256).contains(&w.fanout_concurrency),
             "workers.fanout_concurrency",
             "must be between 1 and 256",
+        )?;
+        ensure(
+            (100..=600_000).contains(&w.fanout_client_deadline_ms),
+            "workers.fanout_client_deadline_ms",
+            "must be between 100 and 600000",
+        )?;
+        ensure(
+            w.stats_interval_secs == 0 || w.stats_interval_secs >= 10,
+            "workers.stats_interval_secs",
+            "must be 0 (off) or at least 10",
+        )?;
+        ensure(
+            (1..=3600).contains(&w.served_flush_secs),
+            "workers.served_flush_secs",
+            "must be between 1 and 3600",
         )?;
         ensure(
             (1..=256).contains(&w.concurrency),

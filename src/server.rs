@@ -265,6 +265,10 @@ fn spawn_background(
     let data = state.data().clone();
     let (retry, token) = (state.settings().workers.poll_interval(), cancel.clone());
     tasks.spawn(async move { data.listen(retry, token).await });
+    // When the routing pool last served each client (the overview's `last_served_at`).
+    let data = state.data().clone();
+    let (every, token) = (state.settings().workers.served_flush(), cancel.clone());
+    tasks.spawn(async move { data.record_served(every, token).await });
     // Routing-pool hygiene: idle TTL, max lifetime, unused pools; and its gauges.
     let pools = state.pools().clone();
     let every = state.settings().routing.gc_interval();

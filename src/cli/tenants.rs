@@ -225,28 +225,77 @@ struct TenantRow {
     schema_version: i32,
     latest_schema_version: i32,
     behind: bool,
+    /// The overview's figures (`GET /v1/overview`), as the statistics worker last took them.
+    database_bytes: Option<i64>,
+    recipients: Option<i64>,
+    lists: Option<i64>,
+    counts_at: Option<chrono::DateTime<chrono::Utc>>,
+    fields_current: i64,
+    fields_desired: i64,
+    templates_current: i64,
+    templates_desired: i64,
+    last_error: Option<String>,
+    last_served_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// `12.3 MB`-style sizes for the table.
+fn human_bytes(bytes: Option<i64>) -> String {
+    let Some(bytes) = bytes else {
+        return "-".into();
+    };
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < units.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", units[unit])
+    }
 }
 
 async fn list(settings: Settings, args: ListArgs) -> anyhow::Result<ExitCode> {
     let database = ControlDatabase::open(&settings).await?;
     let control = ControlPlane::connect_lazy(database.target(), &settings.database);
     let clients = control.all_live_clients().await;
+    let ids: Vec<uuid::Uuid> = clients
+        .as_ref()
+        .map(|c| c.iter().map(|c| c.id).collect())
+        .unwrap_or_default();
+    let figures = control.client_figures(&ids).await;
     control.close().await;
     database.close().await;
+    let mut figures = figures?;
     let latest = latest_version();
     let rows: Vec<TenantRow> = clients?
         .into_iter()
-        .map(|c| TenantRow {
-            behind: c.status.has_live_database() && c.schema_version < latest,
-            slug: c.slug,
-            name: c.name,
-            kind: c.kind,
-            status: c.status.as_str(),
-            parent: c.parent,
-            server: c.server,
-            database: c.db_name,
-            schema_version: c.schema_version,
-            latest_schema_version: latest,
+        .map(|c| {
+            let f = figures.remove(&c.id).unwrap_or_default();
+            TenantRow {
+                behind: c.status.has_live_database() && c.schema_version < latest,
+                slug: c.slug,
+                name: c.name,
+                kind: c.kind,
+                status: c.status.as_str(),
+                parent: c.parent,
+                server: c.server,
+                database: c.db_name,
+                schema_version: c.schema_version,
+                latest_schema_version: latest,
+                database_bytes: f.database_bytes,
+                recipients: f.recipients,
+                lists: f.lists,
+                counts_at: f.counts_at,
+                fields_current: f.fields.current,
+                fields_desired: f.fields.desired,
+                templates_current: f.templates.current + f.templates.overridden,
+                templates_desired: f.templates.desired,
+                last_error: f.last_error.map(|e| format!("{}: {}", e.source, e.message)),
+                last_served_at: f.last_served_at,
+            }
         })
         .collect();
     if args.json {
@@ -254,9 +303,19 @@ async fn list(settings: Settings, args: ListArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<24} {:<13} {:<10} {:<45} {:>7}",
-        "SLUG", "STATUS", "SERVER", "DATABASE", "SCHEMA"
+        "{:<24} {:<13} {:<10} {:>12} {:>10} {:>10} {:>6} {:>7} {:>9} {:<20}",
+        "SLUG",
+        "STATUS",
+        "SERVER",
+        "SCHEMA",
+        "SIZE",
+        "RECIPIENTS",
+        "LISTS",
+        "FIELDS",
+        "TEMPLATES",
+        "LAST SERVED"
     );
+    let count = |n: Option<i64>| n.map_or_else(|| "-".to_owned(), |n| n.to_string());
     for row in &rows {
         let schema = format!(
             "v{}{}",
@@ -264,17 +323,27 @@ async fn list(settings: Settings, args: ListArgs) -> anyhow::Result<ExitCode> {
             if row.behind { " (behind)" } else { "" }
         );
         println!(
-            "{:<24} {:<13} {:<10} {:<45} {:>7}",
+            "{:<24} {:<13} {:<10} {:>12} {:>10} {:>10} {:>6} {:>7} {:>9} {:<20}",
             row.slug,
             row.status,
             row.server.as_deref().unwrap_or("-"),
-            row.database.as_deref().unwrap_or("-"),
-            schema
+            schema,
+            human_bytes(row.database_bytes),
+            count(row.recipients),
+            count(row.lists),
+            format!("{}/{}", row.fields_current, row.fields_desired),
+            format!("{}/{}", row.templates_current, row.templates_desired),
+            row.last_served_at.map_or_else(
+                || "-".to_owned(),
+                |t| t.format("%Y-%m-%d %H:%M:%S").to_string()
+            ),
         );
     }
     let behind = rows.iter().filter(|r| r.behind).count();
+    let erring = rows.iter().filter(|r| r.last_error.is_some()).count();
     println!(
-        "{} client(s); latest tenant schema v{latest}; {behind} behind",
+        "{} client(s); latest tenant schema v{latest}; {behind} behind; {erring} with an error standing \
+         (--json shows it)",
         rows.len()
     );
     Ok(ExitCode::SUCCESS)

@@ -68,6 +68,23 @@ impl ControlPlane {
         .await?)
     }
 
+    /// [`Self::personal_fields`] of several clients in one query.
+    pub async fn personal_fields_of(
+        &self,
+        clients: &[Uuid],
+    ) -> Result<std::collections::HashMap<Uuid, Vec<String>>, ControlError> {
+        let rows: Vec<(Uuid, Vec<String>)> = sqlx::query_as(
+            "SELECT c.id, coalesce(array_agg(f.name ORDER BY f.name) FILTER (WHERE f.name IS NOT NULL), '{}')
+             FROM unnest($1::uuid[]) AS c(id)
+             LEFT JOIN fields f ON f.personal AND (f.client_id IS NULL OR f.client_id = c.id)
+             GROUP BY c.id",
+        )
+        .bind(clients)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().collect())
+    }
+
     /// Creates a field. A client's own field: refused when a central field has the name or the client's quota is
     /// used up; its status row is `pending` (the caller applies it). A central field: refused when clients have
     /// an own field of that name (`FieldTakenByClients` lists them); every live client gets a `pending` status

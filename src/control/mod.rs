@@ -14,6 +14,8 @@ pub mod jobs;
 pub mod listen;
 pub mod migrate;
 pub mod servers;
+pub mod stats;
+pub mod target_groups;
 pub mod templates;
 
 use std::time::Duration;
@@ -87,6 +89,8 @@ pub enum ControlError {
     LastMasterAdmin,
     #[error("the acting user no longer holds everything the user it acts on holds")]
     NotDominated,
+    #[error("a cross-client target group of this name exists already")]
+    GroupNameTaken,
 }
 
 impl From<sqlx::Error> for ControlError {

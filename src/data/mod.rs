@@ -35,7 +35,7 @@ use crate::control::{CLIENTS_CHANNEL, ControlError, ControlPlane};
 use crate::domain::{ClientSlug, ClientStatus, Invalid};
 use crate::shutdown::CancellationToken;
 use crate::tenant::TenantError;
-use crate::tenant::pool::{PooledConn, RouteError, TenantPools, TenantRoute};
+use crate::tenant::pool::{PooledConn, RouteError, TenantPools, TenantRoute, Use};
 use crate::tenant::targets::Targets;
 
 /// Whether a caller may see personal data on a client (its `private_data` right, DESIGN.md §6). Without it,
@@ -116,6 +116,9 @@ pub enum DataError {
     PersonalData(String),
     #[error("tenant query failed: {}", crate::db::describe_pg_error(.0))]
     Query(#[from] tokio_postgres::Error),
+    /// Work on one client of a cross-client request did not finish within its per-client deadline.
+    #[error("the client's database did not answer within {} ms", .0.as_millis())]
+    Deadline(Duration),
 }
 
 /// slug → (fetched at, client, route once placed); shared, so a hit costs two reference counts, not copies.
@@ -224,16 +227,59 @@ impl DataPlane {
         self.pools.close_tenant(client.id);
     }
 
-    /// A connection to an active client's database, as its own role.
+    /// A connection to an active client's database, as its own role, for a request of the client's own.
     pub async fn connect(
         &self,
         slug: &ClientSlug,
     ) -> Result<(Arc<ClientRecord>, PooledConn), DataError> {
+        self.connect_for(slug, Use::Request).await
+    }
+
+    /// A connection to an active client's database, as its own role; `usage` says whether the client counts as
+    /// served ([`Use::Request`]) or is visited by work over many clients ([`Use::Scan`]).
+    pub async fn connect_for(
+        &self,
+        slug: &ClientSlug,
+        usage: Use,
+    ) -> Result<(Arc<ClientRecord>, PooledConn), DataError> {
         let (client, route) = self.active_route(slug).await?;
         // A refusal here (a role just made NOLOGIN, a database just dropped) is re-checked against the client's
         // status where every tenant failure of a request is seen, `http::auth` (`recheck_unavailable`).
-        let conn = self.pools.acquire(&route).await?;
+        let conn = self.pools.acquire_for(&route, usage).await?;
         Ok((client, conn))
+    }
+
+    /// Writes when this process's routing pool last served each client since the last call to the control plane
+    /// (the overview's `last_served_at`). On failure the times are kept for the next call.
+    pub async fn flush_served(&self) -> Result<(), ControlError> {
+        let served: Vec<(uuid::Uuid, chrono::DateTime<chrono::Utc>)> = self
+            .pools
+            .take_served()
+            .into_iter()
+            .map(|(id, at)| (id, at.into()))
+            .collect();
+        if let Err(e) = self.control.record_served(&served).await {
+            self.pools
+                .restore_served(served.into_iter().map(|(id, at)| (id, at.into())));
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Flushes [`Self::flush_served`] every `every` until cancelled, and once more at the end.
+    pub async fn record_served(&self, every: Duration, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = cancel.cancelled() => break,
+            }
+            if let Err(e) = self.flush_served().await {
+                tracing::warn!(error = %e, "could not record when clients were last served");
+            }
+        }
+        let _ = self.flush_served().await;
     }
 
     async fn active_route(

@@ -305,3 +305,14 @@ pub async fn delete(db: &Client, id: i64) -> Result<(), DataError> {
     }
     Ok(())
 }
+
+/// How many recipients and mailing lists the client's database holds (the overview's figures).
+pub async fn figures(db: &Client) -> Result<(i64, i64), DataError> {
+    let row = db
+        .query_one(
+            "SELECT (SELECT count(*) FROM recipients), (SELECT count(*) FROM mailing_lists)",
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}

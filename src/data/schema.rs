@@ -35,6 +35,13 @@ impl Schema {
         }
     }
 
+    /// The standard fields and `extra` (e.g. the central fields every client shares), in that order.
+    pub fn standard_with(extra: impl IntoIterator<Item = Field>) -> Self {
+        let mut schema = Self::standard();
+        schema.fields.extend(extra);
+        schema
+    }
+
     /// The standard fields and the custom fields applied to this tenant's database.
     pub async fn load(db: &Client) -> Result<Self, DataError> {
         let mut schema = Self::standard();

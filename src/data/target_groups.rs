@@ -148,7 +148,12 @@ pub async fn delete(db: &Client, id: i64) -> Result<(), DataError> {
 /// (A count over a personal field would let it be inferred: refused like the rule itself when masked.)
 pub async fn count(db: &Client, id: i64, privacy: &Privacy) -> Result<i64, DataError> {
     let group = get(db, id).await?;
-    let (compiled, _) = compile(db, &group.rule, privacy).await?;
+    count_rule(db, &group.rule, privacy).await
+}
+
+/// How many recipients `rule` matches now (a stored group's, or a cross-client group's in this client).
+pub async fn count_rule(db: &Client, rule: &Json, privacy: &Privacy) -> Result<i64, DataError> {
+    let (compiled, _) = compile(db, rule, privacy).await?;
     let sql = format!("SELECT count(*) FROM recipients r WHERE {}", compiled.sql);
     let row = db.query_one(&sql, &compiled.param_refs()).await?;
     Ok(row.get(0))
@@ -163,7 +168,18 @@ pub async fn members(
     privacy: &Privacy,
 ) -> Result<Vec<Recipient>, DataError> {
     let group = get(db, id).await?;
-    let (mut compiled, schema) = compile(db, &group.rule, privacy).await?;
+    members_by_rule(db, &group.rule, after_id, limit, privacy).await
+}
+
+/// The recipients `rule` matches now, by id (keyset pagination), protected by `privacy`.
+pub async fn members_by_rule(
+    db: &Client,
+    rule: &Json,
+    after_id: Option<i64>,
+    limit: i64,
+    privacy: &Privacy,
+) -> Result<Vec<Recipient>, DataError> {
+    let (mut compiled, schema) = compile(db, rule, privacy).await?;
     let after = compiled.push(Box::new(after_id));
     let limit = compiled.push(Box::new(limit));
     let sql = format!(

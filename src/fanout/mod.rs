@@ -9,7 +9,9 @@
 //! single-client functions, so there is one way to apply fields and one way to sync templates.
 //! Never: DDL of its own (that is `tenant/fields.rs`) or DML of its own (that is `data/templates.rs`).
 
+pub mod crossclient;
 pub mod fields;
+pub mod stats;
 pub mod templates;
 
 use std::collections::HashMap;
@@ -87,6 +89,8 @@ pub struct FanOut {
     data: DataPlane,
     concurrency: usize,
     max_attempts: i32,
+    /// Per-client deadline of cross-client work.
+    deadline: std::time::Duration,
 }
 
 impl FanOut {
@@ -96,6 +100,7 @@ impl FanOut {
             data,
             concurrency: usize::from(workers.fanout_concurrency).max(1),
             max_attempts: i32::from(workers.max_attempts),
+            deadline: workers.fanout_client_deadline(),
         }
     }
 

@@ -15,6 +15,7 @@ use crate::control::{ControlError, ControlPlane};
 use crate::data::templates::sync;
 use crate::domain::ClientStatus;
 use crate::telemetry::error_chain;
+use crate::tenant::pool::Use;
 
 /// (client, template, status, synced version).
 type SyncState = (Uuid, Uuid, &'static str, Option<i32>);
@@ -61,7 +62,7 @@ impl FanOut {
             let mut conn = self
                 .data
                 .pools()
-                .acquire(&route)
+                .acquire_for(&route, Use::Scan)
                 .await
                 .map_err(|e| FanoutError::Sync(e.to_string()))?;
             let applied = self.copy_templates(client.id, conn.client_mut()).await?;
@@ -86,7 +87,7 @@ impl FanOut {
                         let route = route.map_err(|e| error_chain(&e))?;
                         let mut conn = data
                             .pools()
-                            .acquire(&route)
+                            .acquire_for(&route, Use::Scan)
                             .await
                             .map_err(|e| e.to_string())?;
                         let states = sync(conn.client_mut(), &masters)

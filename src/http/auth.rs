@@ -31,7 +31,7 @@ use crate::app::AppState;
 use crate::control::access::AuditEntry;
 use crate::control::clients::ClientRecord;
 use crate::data::DataError;
-use crate::domain::rights::{Denied, Grant, Principal, bearer_token};
+use crate::domain::rights::{Denied, Grant, Level, Principal, bearer_token};
 use crate::domain::{ClientSlug, ClientStatus};
 
 /// The authenticated caller, for handlers.
@@ -357,11 +357,14 @@ async fn check(
                 Err(denied) => Err((denial(denied), Some(client))),
             }
         }
-        Rule::Master(p) => {
+        Rule::Master(p) | Rule::MasterFull(p) => {
             let client = resolve(state, &ClientSlug::master())
                 .await
                 .map_err(|e| (e, None))?;
             match rights.authorize(client.id, p) {
+                Ok(grant) if matches!(rule, Rule::MasterFull(_)) && grant.level != Level::Full => {
+                    Err((denial(Denied::ReadOnly(p)), Some(client)))
+                }
                 Ok(grant) => Ok((Some(ClientScope { client, grant }), None)),
                 // Central resources are public knowledge (the OpenAPI document): refuse, do not hide.
                 Err(Denied::Invisible) => Err((ApiError::master_access_required(p), Some(client))),

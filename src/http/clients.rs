@@ -48,7 +48,7 @@ pub struct ClientView {
 
 impl ClientView {
     /// The client as `rights` may see it: a parent the caller cannot see is not named.
-    fn new(client: ClientRecord, operation: Option<Uuid>, rights: &Rights) -> Self {
+    pub(super) fn new(client: ClientRecord, operation: Option<Uuid>, rights: &Rights) -> Self {
         let parent_visible = client
             .parent_id
             .is_some_and(|p| rights.grant(p).is_visible());
@@ -175,6 +175,26 @@ pub async fn list(
     Caller(caller): Caller,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Page<ClientView>>, ApiError> {
+    let (clients, limit) = visible_page(&state, &caller.rights, &params).await?;
+    let views = clients
+        .into_iter()
+        .map(|c| ClientView::new(c, None, &caller.rights))
+        .collect();
+    Ok(Json(Page::from_rows(views, limit, page_position)))
+}
+
+/// The keyset position of a client in a listing.
+pub(super) fn page_position(c: &ClientView) -> String {
+    format!("{}/{}", c.slug, c.id)
+}
+
+/// One page of the clients `rights` can see, by the listing's filters (one more than the limit, for
+/// [`Page::from_rows`]), and the limit.
+pub(super) async fn visible_page(
+    state: &AppState,
+    rights: &Rights,
+    params: &ListParams,
+) -> Result<(Vec<ClientRecord>, i64), ApiError> {
     let limit = cursor::limit(params.limit)?;
     let status = params
         .status
@@ -190,16 +210,12 @@ pub async fn list(
     // A parent the caller cannot see filters like one that does not exist (its children are not confirmed).
     if let Some(parent) = &parent {
         let visible = match state.data().client(parent).await {
-            Ok(client) => caller.rights.grant(client.id).is_visible(),
+            Ok(client) => rights.grant(client.id).is_visible(),
             Err(crate::data::DataError::NotFound) => false,
             Err(e) => return Err(e.into()),
         };
         if !visible {
-            return Ok(Json(Page::from_rows(
-                Vec::new(),
-                limit,
-                |c: &ClientView| c.slug.clone(),
-            )));
+            return Ok((Vec::new(), limit));
         }
     }
     let clients = state
@@ -208,17 +224,11 @@ pub async fn list(
             status,
             parent,
             after,
-            visible: caller.rights.visible_clients(),
+            visible: rights.visible_clients(),
             limit: limit + 1,
         })
         .await?;
-    let views = clients
-        .into_iter()
-        .map(|c| ClientView::new(c, None, &caller.rights))
-        .collect();
-    Ok(Json(Page::from_rows(views, limit, |c| {
-        format!("{}/{}", c.slug, c.id)
-    })))
+    Ok((clients, limit))
 }
 
 /// One client.

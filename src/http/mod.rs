@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod auth;
 pub mod clients;
+pub mod crossclient;
 pub mod cursor;
 pub mod error;
 pub mod extract;
@@ -18,6 +19,7 @@ pub mod lists;
 pub mod metrics;
 pub mod openapi;
 pub mod operations;
+pub mod overview;
 pub mod policy;
 pub mod recipients;
 pub mod roles;
@@ -88,6 +90,11 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(target_groups::get, target_groups::delete))
         .routes(routes!(target_groups::count))
         .routes(routes!(target_groups::members))
+        .routes(routes!(crossclient::create, crossclient::list))
+        .routes(routes!(crossclient::get, crossclient::delete))
+        .routes(routes!(crossclient::count))
+        .routes(routes!(crossclient::recipients))
+        .routes(routes!(overview::overview))
         .routes(routes!(users::me))
         .routes(routes!(users::list, users::create))
         .routes(routes!(users::get, users::update, users::delete))

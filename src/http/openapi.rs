@@ -22,6 +22,7 @@ use super::error::{ErrorBody, ErrorDetail};
         (name = "clients", description = "Sub-clients, each with its own database, and their background operations"),
         (name = "recipients", description = "Recipients in a client's own database"),
         (name = "mailing-lists", description = "Mailing lists and bindings in a client's own database"),
+        (name = "cross-client", description = "The master's view of every client: cross-client target groups over central fields, and the overview"),
         (name = "users", description = "Users, tokens, access per client, roles, permissions and the audit log")
     )
 )]

@@ -25,6 +25,9 @@ pub enum Rule {
     Client(Permission),
     /// The permission and access to the master client (central fields, master templates, roles).
     Master(Permission),
+    /// The permission and full access to the master client (cross-client target groups: defining one needs
+    /// `recipients.read` only, but it is a central definition, like a central field).
+    MasterFull(Permission),
 }
 
 /// The access policy of every route: (method, route template, rule). HEAD is checked as GET.
@@ -181,6 +184,26 @@ pub const POLICIES: &[(&str, &str, Rule)] = {
             "/v1/clients/{slug}/target-groups/{id}/recipients",
             Client(RecipientsRead),
         ),
+        // Cross-client target groups and the overview (the master's view of every client).
+        ("GET", "/v1/target-groups", Master(RecipientsRead)),
+        ("POST", "/v1/target-groups", MasterFull(RecipientsRead)),
+        ("GET", "/v1/target-groups/{id}", Master(RecipientsRead)),
+        (
+            "DELETE",
+            "/v1/target-groups/{id}",
+            MasterFull(RecipientsRead),
+        ),
+        (
+            "GET",
+            "/v1/target-groups/{id}/count",
+            Master(RecipientsRead),
+        ),
+        (
+            "GET",
+            "/v1/target-groups/{id}/recipients",
+            Master(RecipientsRead),
+        ),
+        ("GET", "/v1/overview", Global(ClientsRead)),
         // Users, roles, access, audit (the handlers check the user's home client and no-escalation).
         ("GET", "/v1/me", Authenticated),
         ("GET", "/v1/permissions", Authenticated),

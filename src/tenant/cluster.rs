@@ -53,6 +53,21 @@ pub async fn admin_connect(admin: &PgTarget) -> Result<Client, TenantError> {
     ))
 }
 
+/// The size on disk of these databases (those that exist), by name.
+pub async fn database_sizes(
+    admin: &Client,
+    names: &[String],
+) -> Result<std::collections::HashMap<String, i64>, TenantError> {
+    let rows = admin
+        .query(
+            "SELECT datname::text, pg_database_size(oid) FROM pg_database WHERE datname = ANY($1::text[])",
+            &[&names],
+        )
+        .await
+        .map_err(TenantError::postgres("reading database sizes"))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
 /// The SCRAM-SHA-256 verifier of a password (what PostgreSQL stores; the clear password is never sent), with
 /// `iterations` rounds of PBKDF2. Both the server and every client that logs in pay for the rounds on each new
 /// connection; stretching protects guessable passwords, and tenant passwords are 256-bit HMAC outputs, so a

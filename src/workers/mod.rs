@@ -300,6 +300,9 @@ pub fn spawn(state: &AppState, tasks: &TaskTracker, cancel: &CancellationToken) 
             .listen(&[JOBS_CHANNEL], "jobs", &waker, retry, token)
             .await
     });
+    if let Some(every) = settings.stats_interval() {
+        tasks.spawn(stats_loop(state.fanout().clone(), every, cancel.clone()));
+    }
     let (state, tracker, cancel) = (state.clone(), tasks.clone(), cancel.clone());
     tasks.spawn(async move {
         let identity = state.settings().worker_identity();
@@ -418,6 +421,34 @@ async fn job_loop(
             () = &mut notified => {}
             () = tokio::time::sleep(settings.poll_interval()) => {}
             () = cancel.cancelled() => break,
+        }
+    }
+}
+
+/// Gathers the overview's figures every `every` (see `fanout::stats`): each round collects the clients whose
+/// figures are older than 90% of the interval, so several worker processes together collect each client about
+/// once per interval; only one collects at a time.
+async fn stats_loop(fanout: FanOut, every: std::time::Duration, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = cancel.cancelled() => break,
+        }
+        let collecting = fanout.collect_stats(every.mul_f64(0.9));
+        let outcome = tokio::select! {
+            outcome = collecting => outcome,
+            () = cancel.cancelled() => break,
+        };
+        match outcome {
+            Ok(Some(outcome)) if outcome.done + outcome.failed > 0 => tracing::info!(
+                clients = outcome.done,
+                incomplete = outcome.failed,
+                "gathered the overview's statistics"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not gather the overview's statistics"),
         }
     }
 }

@@ -8,7 +8,7 @@ use sha2::Digest;
 use crate::helpers::{ADMIN_TOKEN, TestApp, error_code, http_client, spawn_app};
 
 /// A request as some user; returns status, body bytes and the parsed body (Null if not JSON).
-async fn call(
+pub async fn call(
     app: &TestApp,
     token: Option<&str>,
     method: Method,
@@ -31,7 +31,7 @@ async fn call(
 }
 
 /// Creates a user (as the admin) with roles and access, and a token for it; returns the token.
-async fn user(
+pub async fn user(
     app: &TestApp,
     username: &str,
     home: &str,

@@ -4,6 +4,7 @@ mod access;
 mod cli;
 mod clients;
 mod consistency;
+mod crossclient;
 mod embedded;
 mod fields;
 mod fleet;

@@ -170,6 +170,16 @@ impl ApiError {
         )
     }
 
+    /// 422: a client named in a cross-client target group's selection does not exist (or is invisible to the
+    /// caller: the very same answer).
+    pub fn unknown_client(slug: &str) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_client",
+            format!("There is no client {slug:?}."),
+        )
+    }
+
     /// 503: the request took longer than the server's timeout.
     pub fn request_timeout() -> Self {
         Self::new(

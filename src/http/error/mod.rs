@@ -81,6 +81,14 @@ impl ApiError {
         self.status
     }
 
+    /// The body's `error` object (a per-client error row of a cross-client answer uses the same codes).
+    pub fn detail(&self) -> ErrorDetail {
+        ErrorDetail {
+            code: self.code.to_owned(),
+            message: self.message.clone(),
+        }
+    }
+
     /// The generic error for a status the framework produced without a body we can use.
     pub fn for_status(status: StatusCode) -> Self {
         let (code, message) = match status {
@@ -233,6 +241,10 @@ impl From<ControlError> for ApiError {
                 "escalation_refused",
                 "The user holds permissions or access that you do not (it changed meanwhile); nothing was changed.",
             ),
+            ControlError::GroupNameTaken => conflict(
+                "target_group_name_taken",
+                "A cross-client target group with this name exists already.".into(),
+            ),
             ControlError::LastMasterAdmin => conflict(
                 "last_master_admin",
                 "This is the last active master admin; make another one first.".into(),
@@ -340,6 +352,13 @@ impl From<DataError> for ApiError {
                     "This client's database is unavailable right now; retry later.",
                 )
             }
+            DataError::Deadline(limit) => unavailable(
+                "tenant_timeout",
+                &format!(
+                    "This client's database did not answer within {} ms.",
+                    limit.as_millis()
+                ),
+            ),
             // The connection broke under the query (the tenant's server restarted or shut down): the same answer.
             DataError::Query(e) if crate::db::is_connection_lost(&e) => {
                 tracing::warn!(cause = %crate::db::describe_pg_error(&e), "tenant connection lost");

@@ -181,6 +181,15 @@ pub struct BudgetStatus {
     pub in_use: usize,
 }
 
+/// What a connection is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// A request of the tenant's own (recorded as the tenant's last use).
+    Request,
+    /// Work that visits many tenants once (statistics, cross-client queries, fan-out).
+    Scan,
+}
+
 /// The routing pool; cheap to clone.
 #[derive(Clone)]
 pub struct TenantPools {
@@ -199,12 +208,45 @@ impl TenantPools {
                 own_waits: AtomicU64::new(0),
                 servers: Mutex::new(HashMap::new()),
                 tenants: Mutex::new(HashMap::new()),
+                served: Mutex::new(HashMap::new()),
             }),
         }
     }
 
-    /// A connection to the tenant's database, as its own role.
+    /// A connection to the tenant's database, as its own role, for a request of the tenant's own.
     pub async fn acquire(&self, route: &TenantRoute) -> Result<PooledConn, RouteError> {
+        self.acquire_for(route, Use::Request).await
+    }
+
+    /// A connection to the tenant's database, as its own role, for a request (`Use::Request`: the tenant counts
+    /// as served) or for work that visits many tenants (`Use::Scan`: statistics, cross-client queries, fan-out).
+    pub async fn acquire_for(
+        &self,
+        route: &TenantRoute,
+        usage: Use,
+    ) -> Result<PooledConn, RouteError> {
+        let conn = self.checkout(route).await?;
+        if usage == Use::Request {
+            lock(&self.inner.served).insert(route.client_id, std::time::SystemTime::now());
+        }
+        Ok(conn)
+    }
+
+    /// The tenants served to requests since the last call, with the time each was last served.
+    pub fn take_served(&self) -> Vec<(Uuid, std::time::SystemTime)> {
+        lock(&self.inner.served).drain().collect()
+    }
+
+    /// Puts back times [`Self::take_served`] returned that could not be recorded (a later time wins).
+    pub fn restore_served(&self, served: impl IntoIterator<Item = (Uuid, std::time::SystemTime)>) {
+        let mut map = lock(&self.inner.served);
+        for (id, at) in served {
+            let entry = map.entry(id).or_insert(at);
+            *entry = (*entry).max(at);
+        }
+    }
+
+    async fn checkout(&self, route: &TenantRoute) -> Result<PooledConn, RouteError> {
         let started = Instant::now();
         let tenant = self.inner.tenant(route)?;
         if let Some(error) = tenant.broken() {

@@ -48,6 +48,8 @@ pub(super) struct Inner {
     pub(super) own_waits: AtomicU64,
     pub(super) servers: Mutex<HashMap<i64, Arc<ServerBudget>>>,
     pub(super) tenants: Mutex<HashMap<Uuid, Arc<TenantPool>>>,
+    /// Tenants served to requests since [`super::TenantPools::take_served`] last ran, and when last.
+    pub(super) served: Mutex<HashMap<Uuid, std::time::SystemTime>>,
 }
 
 impl Inner {

@@ -1,0 +1,149 @@
+//! The statistics behind the overview: per client its database size (one query per server through the admin
+//! connection), and its recipients and lists (through its own role, one tenant connection at a time per server,
+//! as [`Use::Scan`] work), written to the control plane with the time each was taken. Never run by a request:
+//! the worker's statistics loop runs it every `workers.stats_interval_secs`, and only one process at a time (a
+//! session advisory lock), so several worker processes do not multiply the load.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::{FanOut, Outcome};
+use crate::control::ControlError;
+use crate::control::clients::ClientRecord;
+use crate::control::servers::ServerRecord;
+use crate::control::stats::CollectedFigures;
+use crate::data::{DataError, DataPlane, recipients};
+use crate::domain::ClientStatus;
+use crate::telemetry::error_chain;
+use crate::tenant::cluster;
+use crate::tenant::pool::Use;
+
+impl FanOut {
+    /// Collects the figures of every client whose figures are older than `min_age`, unless another process is
+    /// collecting right now (then `None`). Servers are visited in parallel, the clients of one server one at a
+    /// time.
+    pub async fn collect_stats(&self, min_age: Duration) -> Result<Option<Outcome>, ControlError> {
+        let Some(_lock) = self.control.try_stats_lock().await? else {
+            return Ok(None);
+        };
+        let due = self.control.clients_due_for_stats(min_age).await?;
+        let servers: HashMap<i64, ServerRecord> = self
+            .control
+            .list_servers()
+            .await?
+            .into_iter()
+            .map(|s| (s.id, s))
+            .collect();
+        let mut by_server: HashMap<i64, Vec<ClientRecord>> = HashMap::new();
+        for client in due {
+            if let Some(server) = client.server_id {
+                by_server.entry(server).or_default().push(client);
+            }
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for (server_id, clients) in by_server {
+            let Some(server) = servers.get(&server_id).cloned() else {
+                continue;
+            };
+            let (data, control, deadline) =
+                (self.data.clone(), self.control.clone(), self.deadline);
+            tasks.spawn(async move {
+                let span = tracing::info_span!("statistics", server = %server.name);
+                let figures = tracing::Instrument::instrument(
+                    collect_server(&data, &server, &clients, deadline),
+                    span,
+                )
+                .await;
+                control.record_figures(&figures).await?;
+                Ok::<_, ControlError>(figures)
+            });
+        }
+        let mut outcome = Outcome::default();
+        while let Some(joined) = tasks.join_next().await {
+            let figures = match joined {
+                Ok(recorded) => recorded?,
+                Err(e) => {
+                    tracing::error!(error = %e, "a statistics task panicked");
+                    continue;
+                }
+            };
+            for f in figures {
+                if f.error.is_some() {
+                    outcome.failed += 1;
+                } else {
+                    outcome.done += 1;
+                }
+            }
+        }
+        Ok(Some(outcome))
+    }
+}
+
+/// The figures of one server's clients.
+async fn collect_server(
+    data: &DataPlane,
+    server: &ServerRecord,
+    clients: &[ClientRecord],
+    deadline: Duration,
+) -> Vec<CollectedFigures> {
+    let names: Vec<String> = clients.iter().filter_map(|c| c.db_name.clone()).collect();
+    let sizes = async {
+        let admin = cluster::admin_connect(&data.targets().admin(server)?).await?;
+        cluster::database_sizes(&admin, &names).await
+    };
+    let sizes = match tokio::time::timeout(deadline, sizes).await {
+        Ok(Ok(sizes)) => Ok(sizes),
+        Ok(Err(e)) => Err(format!("database sizes: {}", error_chain(&e))),
+        Err(_) => Err(format!(
+            "database sizes: no answer within {} ms",
+            deadline.as_millis()
+        )),
+    };
+    let mut figures = Vec::with_capacity(clients.len());
+    for client in clients {
+        let database_bytes = match (&sizes, &client.db_name) {
+            (Ok(sizes), Some(name)) => sizes.get(name).copied(),
+            _ => None,
+        };
+        let mut error = sizes.as_ref().err().cloned();
+        // A suspended client's role cannot log in: its counts stay as they were taken last.
+        let counts = if client.status == ClientStatus::Active {
+            match tokio::time::timeout(deadline, count_one(data, server, client)).await {
+                Ok(Ok(counts)) => Some(counts),
+                Ok(Err(e)) => {
+                    error = Some(format!("counts: {}", error_chain(&e)));
+                    None
+                }
+                Err(_) => {
+                    error = Some(format!(
+                        "counts: no answer within {} ms",
+                        deadline.as_millis()
+                    ));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if let Some(error) = &error {
+            tracing::info!(client = %client.slug, %error, "statistics incomplete for one client");
+        }
+        figures.push(CollectedFigures {
+            client: client.id,
+            database_bytes,
+            counts,
+            error,
+        });
+    }
+    figures
+}
+
+async fn count_one(
+    data: &DataPlane,
+    server: &ServerRecord,
+    client: &ClientRecord,
+) -> Result<(i64, i64), DataError> {
+    let route = data.route(server, client.id)?;
+    let conn = data.pools().acquire_for(&route, Use::Scan).await?;
+    recipients::figures(conn.client()).await
+}
