@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value as Json;
 use tokio::sync::{Semaphore, mpsc};
 
-use super::FanOut;
+use super::{FanOut, within};
 use crate::control::clients::ClientRecord;
 use crate::control::fields::FieldRecord;
 use crate::data::recipients::Recipient;
@@ -20,7 +20,7 @@ use crate::data::schema::{Field, FieldType, Origin, Schema};
 use crate::data::target_groups::{count_rule, members_by_rule};
 use crate::data::{DataError, Privacy};
 use crate::domain::ClientSlug;
-use crate::tenant::pool::Use;
+use crate::tenant::pool::{PooledConn, Use};
 
 /// One client a cross-client request visits, with what the caller may see there.
 #[derive(Debug, Clone)]
@@ -99,15 +99,7 @@ impl FanOut {
                 async move {
                     let _permit = permits.acquire_owned().await;
                     let started = Instant::now();
-                    let work = async {
-                        let slug = ClientSlug::parse(&visit.client.slug)?;
-                        let (_, conn) = data.connect_for(&slug, Use::Scan).await?;
-                        count_rule(conn.client(), &rule, &visit.privacy).await
-                    };
-                    let result = match tokio::time::timeout(deadline, work).await {
-                        Ok(result) => result,
-                        Err(_) => Err(DataError::Deadline(deadline)),
-                    };
+                    let result = count_one(&data, &rule, &visit, deadline).await;
                     if let Err(e) = &result {
                         tracing::info!(error = %e, "cross-client count failed for one client");
                     }
@@ -159,6 +151,38 @@ impl FanOut {
     }
 }
 
+/// A connection to the visited client for scan work, within `deadline`.
+async fn connect(
+    data: &crate::data::DataPlane,
+    visit: &Visit,
+    deadline: Duration,
+) -> Result<PooledConn, DataError> {
+    let connected = async {
+        let slug = ClientSlug::parse(&visit.client.slug)?;
+        data.connect_for(&slug, Use::Scan).await
+    };
+    match tokio::time::timeout(deadline, connected).await {
+        Ok(connected) => Ok(connected?.1),
+        Err(_) => Err(DataError::Deadline(deadline)),
+    }
+}
+
+async fn count_one(
+    data: &crate::data::DataPlane,
+    rule: &Json,
+    visit: &Visit,
+    deadline: Duration,
+) -> Result<i64, DataError> {
+    let started = Instant::now();
+    let conn = connect(data, visit, deadline).await?;
+    let remaining = deadline.saturating_sub(started.elapsed());
+    within(conn, remaining, async |conn| {
+        count_rule(conn.client(), rule, &visit.privacy).await
+    })
+    .await
+    .0
+}
+
 /// One client's part of a stream; false once the receiver is gone.
 async fn stream_client(
     data: &crate::data::DataPlane,
@@ -169,22 +193,23 @@ async fn stream_client(
 ) -> bool {
     let slug = visit.client.slug.clone();
     let failed = |e: DataError| StreamItem::Failed(slug.clone(), e);
-    let connected = async {
-        let parsed = ClientSlug::parse(&slug)?;
-        data.connect_for(&parsed, Use::Scan).await
-    };
-    let conn = match tokio::time::timeout(deadline, connected).await {
-        Ok(Ok((_, conn))) => conn,
-        Ok(Err(e)) => return tx.send(failed(e)).await.is_ok(),
-        Err(_) => return tx.send(failed(DataError::Deadline(deadline))).await.is_ok(),
+    let mut conn = match connect(data, visit, deadline).await {
+        Ok(conn) => conn,
+        Err(e) => return tx.send(failed(e)).await.is_ok(),
     };
     let mut after = None;
     loop {
-        let page = members_by_rule(conn.client(), rule, after, STREAM_PAGE, &visit.privacy);
-        let page = match tokio::time::timeout(deadline, page).await {
-            Ok(Ok(page)) => page,
-            Ok(Err(e)) => return tx.send(failed(e)).await.is_ok(),
-            Err(_) => return tx.send(failed(DataError::Deadline(deadline))).await.is_ok(),
+        let (page, kept) = within(conn, deadline, async |conn| {
+            members_by_rule(conn.client(), rule, after, STREAM_PAGE, &visit.privacy).await
+        })
+        .await;
+        let page = match (page, kept) {
+            (Ok(page), Some(kept)) => {
+                conn = kept;
+                page
+            }
+            (Ok(_), None) => return true,
+            (Err(e), _) => return tx.send(failed(e)).await.is_ok(),
         };
         let full = page.len() as i64 == STREAM_PAGE;
         after = page.last().map(|r| r.id);

@@ -75,6 +75,26 @@ pub trait Recorder: Sync {
     ) -> impl Future<Output = Result<(), ControlError>> + Send;
 }
 
+/// Runs `work` on `conn` within `deadline`; a connection cut off is abandoned (its query cancelled), never
+/// returned to the pool still busy.
+pub async fn within<T>(
+    conn: crate::tenant::pool::PooledConn,
+    deadline: std::time::Duration,
+    work: impl AsyncFnOnce(&crate::tenant::pool::PooledConn) -> Result<T, crate::data::DataError>,
+) -> (
+    Result<T, crate::data::DataError>,
+    Option<crate::tenant::pool::PooledConn>,
+) {
+    let outcome = tokio::time::timeout(deadline, work(&conn)).await;
+    match outcome {
+        Ok(result) => (result, Some(conn)),
+        Err(_) => {
+            conn.abandon();
+            (Err(crate::data::DataError::Deadline(deadline)), None)
+        }
+    }
+}
+
 /// How many clients a fan-out reached and how many failed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Outcome {

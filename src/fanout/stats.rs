@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::{FanOut, Outcome};
+use super::{FanOut, Outcome, within};
 use crate::control::ControlError;
 use crate::control::clients::ClientRecord;
 use crate::control::servers::ServerRecord;
@@ -108,17 +108,10 @@ async fn collect_server(
         let mut error = sizes.as_ref().err().cloned();
         // A suspended client's role cannot log in: its counts stay as they were taken last.
         let counts = if client.status == ClientStatus::Active {
-            match tokio::time::timeout(deadline, count_one(data, server, client)).await {
-                Ok(Ok(counts)) => Some(counts),
-                Ok(Err(e)) => {
+            match count_one(data, server, client, deadline).await {
+                Ok(counts) => Some(counts),
+                Err(e) => {
                     error = Some(format!("counts: {}", error_chain(&e)));
-                    None
-                }
-                Err(_) => {
-                    error = Some(format!(
-                        "counts: no answer within {} ms",
-                        deadline.as_millis()
-                    ));
                     None
                 }
             }
@@ -142,8 +135,17 @@ async fn count_one(
     data: &DataPlane,
     server: &ServerRecord,
     client: &ClientRecord,
+    deadline: Duration,
 ) -> Result<(i64, i64), DataError> {
     let route = data.route(server, client.id)?;
-    let conn = data.pools().acquire_for(&route, Use::Scan).await?;
-    recipients::figures(conn.client()).await
+    let conn =
+        match tokio::time::timeout(deadline, data.pools().acquire_for(&route, Use::Scan)).await {
+            Ok(conn) => conn?,
+            Err(_) => return Err(DataError::Deadline(deadline)),
+        };
+    within(conn, deadline, async |conn| {
+        recipients::figures(conn.client()).await
+    })
+    .await
+    .0
 }

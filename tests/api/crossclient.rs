@@ -734,3 +734,57 @@ async fn the_overview_shows_each_visible_clients_figures_after_the_statistics_jo
             .starts_with("statistics: ")
     );
 }
+
+#[tokio::test]
+async fn a_slow_or_suspended_client_is_reported_with_its_error_and_the_others_are_counted() {
+    let app = crate::helpers::spawn_app_with(&[(
+        "MANDANT__WORKERS__FANOUT_CLIENT_DEADLINE_MS",
+        "1500".to_owned(),
+    )])
+    .await;
+    for slug in ["sl-fast", "sl-slow", "sl-paused"] {
+        app.create_active_client(slug).await;
+        let created = app
+            .post_json(
+                &format!("/v1/clients/{slug}/recipients"),
+                &json!({"email": format!("x@{slug}.example"), "gender": "f"}),
+            )
+            .await;
+        assert_eq!(created.status(), StatusCode::CREATED);
+    }
+    let suspended = app.post("/v1/clients/sl-paused/suspend").await;
+    assert_eq!(suspended.status(), StatusCode::OK);
+    let group: Value = app
+        .post_json(
+            "/v1/target-groups",
+            &json!({"name": "Women", "rule": {"field": "gender", "op": "eq", "value": "f"},
+                    "clients": ["sl-fast", "sl-slow", "sl-paused"]}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    // A transaction holding the recipients table: the count there waits past its deadline.
+    let mut blocker = app.tenant_db("sl-slow").await;
+    let tx = blocker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE recipients IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let count: Value = app
+        .get(&format!("/v1/target-groups/{}/count", group["id"]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    let rows = count["clients"].as_array().unwrap();
+    let of = |slug: &str| rows.iter().find(|r| r["client"] == slug).unwrap();
+    assert_eq!(of("sl-fast")["count"], 1, "{count}");
+    assert_eq!(of("sl-slow")["error"]["code"], "tenant_timeout", "{count}");
+    assert_eq!(
+        of("sl-paused")["error"]["code"],
+        "client_not_active",
+        "{count}"
+    );
+    assert_eq!(count["total"], 1);
+}

@@ -70,6 +70,24 @@ impl std::ops::DerefMut for PooledConn {
     }
 }
 
+impl PooledConn {
+    /// Keeps the connection out of the pool and cancels what it is running: for work cut off by a deadline,
+    /// whose query may still run on the server (returned to the pool, the connection would make its next user
+    /// wait for that query). The connection closes once the cancel request was sent.
+    pub fn abandon(mut self) {
+        if let Some(conn) = self.conn.take() {
+            let cancel = conn.client.cancel_token();
+            let conn = Object::take(conn);
+            tokio::spawn(async move {
+                if let Err(e) = cancel.cancel_query(NoTls).await {
+                    tracing::debug!(error = %e, "could not cancel an abandoned tenant query");
+                }
+                drop(conn);
+            });
+        }
+    }
+}
+
 impl Drop for PooledConn {
     fn drop(&mut self) {
         drop(self.conn.take());
