@@ -11,6 +11,7 @@ mod hardening;
 mod health;
 mod helpers;
 mod import;
+mod isolation;
 mod layers;
 mod lists;
 mod migrate;
