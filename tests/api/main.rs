@@ -18,5 +18,6 @@ mod migrate;
 mod provisioning;
 mod recipients;
 mod routing;
+mod rule_properties;
 mod target_groups;
 mod templates;
