@@ -100,7 +100,9 @@ async fn close_own_databases(
     database: &ControlDatabase,
     settings: &Settings,
 ) -> anyhow::Result<()> {
-    let admin = admin_connect(&database.target().with_dbname("postgres")).await?;
+    // Through the control database itself (GRANT/REVOKE ON DATABASE works from any database of the server), so
+    // a configured server needs nothing more than before.
+    let admin = admin_connect(database.target()).await?;
     let mut own = vec![
         database.target().dbname(),
         settings.tenants.template_db.as_str(),
