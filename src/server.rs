@@ -15,7 +15,7 @@ use crate::control::{self, CONTROL_DB};
 use crate::db::PgTarget;
 use crate::embedded::{Cluster, ClusterSpec};
 use crate::shutdown::{CancellationToken, TaskTracker};
-use crate::tenant::cluster::ensure_database;
+use crate::tenant::cluster::{admin_connect, close_to_public, ensure_database};
 
 /// How often histogram samples are folded into the Prometheus exporter's buckets.
 const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -76,6 +76,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<(AppState, ControlDatab
         let state = AppState::new(settings, database.target())?;
         let capacity = state.settings().tenants.local_max_databases;
         state.control().ensure_local_server(capacity).await?;
+        close_own_databases(&database, state.settings()).await?;
         let attempts = i32::from(state.settings().workers.max_attempts);
         if let Some(job) = state.control().ensure_master_provisioning(attempts).await? {
             tracing::info!(operation = %job, "the master client will be provisioned");
@@ -89,6 +90,31 @@ pub async fn start(settings: Settings) -> anyhow::Result<(AppState, ControlDatab
             Err(e)
         }
     }
+}
+
+/// Closes mandant's own databases on the local server to `PUBLIC` (tenant roles must not open them): the control
+/// plane, the template database and, on the embedded cluster (which is mandant's alone), `postgres` and `template1`.
+/// Never other databases of a configured server, which may belong to other applications. Runs at every start, so
+/// installations made before this check are repaired; a no-op when nothing is open.
+async fn close_own_databases(
+    database: &ControlDatabase,
+    settings: &Settings,
+) -> anyhow::Result<()> {
+    // Through the control database itself (GRANT/REVOKE ON DATABASE works from any database of the server), so
+    // a configured server needs nothing more than before.
+    let admin = admin_connect(database.target()).await?;
+    let mut own = vec![
+        database.target().dbname(),
+        settings.tenants.template_db.as_str(),
+    ];
+    if database.cluster().is_some() {
+        own.extend(["postgres", "template1"]);
+    }
+    let closed = close_to_public(&admin, &own).await?;
+    if !closed.is_empty() {
+        tracing::info!(databases = ?closed, "revoked CONNECT and TEMP from PUBLIC");
+    }
+    Ok(())
 }
 
 /// Options of `serve` that are not configuration.

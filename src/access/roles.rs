@@ -57,10 +57,13 @@ impl RightsService {
         if caller.rights.master_admin {
             return Ok(());
         }
-        for holder in self.control.role_holders(role).await? {
-            if holder == caller.user_id {
-                return Err(AccessError::HoldsRole);
-            }
+        let holders = self.control.role_holders(role).await?;
+        // The caller's own holding first: which refusal comes must not depend on the order of other holders.
+        if holders.contains(&caller.user_id) {
+            return Err(AccessError::HoldsRole);
+        }
+        // Every holder counts, visible to the caller or not; the refusal names none and counts none.
+        for holder in holders {
             let theirs = self.control.user_rights(holder).await?;
             if !caller.rights.dominates(&theirs) {
                 return Err(Escalation::RoleHolders.into());

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::rights::{RightsService, acting};
 use super::{AccessError, Escalation};
-use crate::control::access::{NewUser, TokenMeta, UserChange, UserRecord};
+use crate::control::access::{NewUser, TokenMeta, UserChange, UserRecord, UserUpdated};
 use crate::control::clients::ClientRecord;
 use crate::domain::rights::{Denied, Grant, Level, Permission, Principal, new_token, token_hash};
 
@@ -39,13 +39,14 @@ impl RightsService {
     }
 
     /// Changes a user's display name, status or roles. A user may change its own display name; anything else
-    /// needs the caller to manage it, and roles given must be the caller's to give.
+    /// needs the caller to manage it, and roles given must be the caller's to give. Disabling a user revokes its
+    /// live tokens (the result counts them): enabling it again needs new ones.
     pub async fn update_user(
         &self,
         caller: &Principal,
         user: &UserRecord,
         change: &UserChange,
-    ) -> Result<UserRecord, AccessError> {
+    ) -> Result<UserUpdated, AccessError> {
         let only_own_name =
             user.id == caller.user_id && change.roles.is_none() && change.disabled.is_none();
         if !only_own_name {

@@ -79,8 +79,9 @@ pub enum ControlError {
     UsernameTaken,
     #[error("a role of this name exists already")]
     RoleNameTaken,
-    #[error("the role is held by {0} user(s)")]
-    RoleInUse(i64),
+    /// The role is held (by anyone: the count is not told, holders may be invisible to the caller).
+    #[error("the role is held by users")]
+    RoleInUse,
     #[error("built-in roles cannot be changed or deleted")]
     BuiltinRole,
     #[error("unknown role(s): {}", .0.join(", "))]

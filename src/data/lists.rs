@@ -189,17 +189,17 @@ pub async fn members(
          ORDER BY r.id LIMIT $4",
         super::recipients::COLUMNS
     );
-    let rows = db
-        .query(
-            &sql,
-            &[
-                &list_id,
-                &status.map(BindingStatus::as_str),
-                &after_id,
-                &limit,
-            ],
-        )
-        .await?;
+    let rows = super::recipients::query_columns(
+        db,
+        &sql,
+        &[
+            &list_id,
+            &status.map(BindingStatus::as_str),
+            &after_id,
+            &limit,
+        ],
+    )
+    .await?;
     let mut recipients: Vec<Recipient> = rows.iter().map(Recipient::from).collect();
     super::recipients::protect(db, privacy, None, &mut recipients).await?;
     Ok(rows

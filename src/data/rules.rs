@@ -302,6 +302,10 @@ impl Compiler<'_> {
                     .and_then(Json::as_str)
                     .filter(|s| !s.is_empty() && s.chars().count() <= 4000)
                     .ok_or_else(|| format!("{here}: value must be a non-empty string"))?;
+                // No stored text has them (values are refused with them), and PostgreSQL refuses a NUL.
+                if fragment.chars().any(char::is_control) {
+                    return Err(format!("{here}: value must not contain control characters"));
+                }
                 let p = self.out.push(Box::new(fragment.to_lowercase()));
                 Ok(if op == Op::Contains {
                     format!("(strpos(lower({column}), {p}::text) > 0)")
@@ -497,5 +501,152 @@ mod tests {
         assert!(sql(wide).unwrap_err().contains("nodes"));
         let many = json!({"field": "id", "op": "in", "value": vec![1; MAX_IN_VALUES + 1]});
         assert!(sql(many).unwrap_err().contains("1 to"));
+    }
+
+    mod properties {
+        //! Any JSON tree either compiles, with exactly one bound parameter per placeholder and no value in the
+        //! SQL text, or is refused with a message naming a position; the compiler never panics.
+        use proptest::prelude::*;
+        use serde_json::{Value as Json, json};
+
+        use super::super::*;
+        use crate::data::schema::{Field, FieldType, Schema};
+
+        /// Every string value carries this marker, which no SQL fragment of the compiler contains.
+        const MARK: char = '\u{2603}';
+
+        fn schema() -> Schema {
+            Schema::standard()
+                .with(Field::custom("city", FieldType::Text { max: 40 }, false))
+                .with(Field::custom("age", FieldType::Integer, false))
+                .with(Field::custom("score", FieldType::Number, false))
+                .with(Field::custom("vip", FieldType::Boolean, false))
+                .with(Field::custom("born", FieldType::Date, false))
+                .with(Field::custom("seen_at", FieldType::Timestamp, false))
+        }
+
+        const FIELDS: &[&str] = &[
+            "email",
+            "first_name",
+            "gender",
+            "id",
+            "created_at",
+            "city",
+            "age",
+            "score",
+            "vip",
+            "born",
+            "seen_at",
+            "nope",
+            "r.id; --",
+        ];
+        const OPS: &[&str] = &[
+            "eq",
+            "ne",
+            "lt",
+            "le",
+            "gt",
+            "ge",
+            "contains",
+            "starts_with",
+            "in",
+            "is_null",
+            "not_null",
+            "like",
+        ];
+
+        pub(crate) fn value() -> impl Strategy<Value = Json> {
+            let scalar = prop_oneof![
+                Just(Json::Null),
+                any::<bool>().prop_map(Json::from),
+                any::<i64>().prop_map(Json::from),
+                any::<f64>().prop_map(|f| json!(f)),
+                "[ -~]{0,12}".prop_map(|s| Json::from(format!("{MARK}{s}"))),
+                "[0-9]{1,6}-[0-9]{1,2}-[0-9]{1,2}".prop_map(|s| Json::from(format!("{MARK}{s}"))),
+                Just(Json::from("2026-11-23")),
+                Just(Json::from("-5000-01-01")),
+                Just(Json::from("+20000-01-01")),
+                Just(Json::from("2026-11-23T10:00:00Z")),
+                Just(Json::from("a\u{0}b")),
+                Just(Json::from("x@example.org")),
+            ];
+            prop_oneof![
+                4 => scalar.clone(),
+                1 => proptest::collection::vec(scalar, 0..4).prop_map(Json::from),
+            ]
+        }
+
+        pub(crate) fn rule() -> impl Strategy<Value = Json> {
+            let leaf = prop_oneof![
+                (
+                    proptest::sample::select(FIELDS),
+                    proptest::sample::select(OPS),
+                    proptest::option::of(value())
+                )
+                    .prop_map(|(field, op, value)| {
+                        let mut node = json!({"field": field, "op": op});
+                        if let Some(value) = value {
+                            node["value"] = value;
+                        }
+                        node
+                    }),
+                (any::<i64>(), proptest::option::of("[a-z_]{0,12}"))
+                    .prop_map(|(list, status)| json!({"list": list, "status": status})),
+                value(),
+            ];
+            leaf.prop_recursive(5, 40, 4, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..4).prop_map(|v| json!({"all": v})),
+                    proptest::collection::vec(inner.clone(), 0..4).prop_map(|v| json!({"any": v})),
+                    inner.clone().prop_map(|v| json!({"not": v})),
+                    (inner.clone(), inner).prop_map(|(a, b)| json!({"all": [a], "not": b})),
+                ]
+            })
+        }
+
+        fn placeholders(sql: &str) -> usize {
+            (1..=sql.len())
+                .take_while(|n| sql.contains(&format!("${n}")))
+                .count()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn any_tree_compiles_to_bound_parameters_or_is_refused_naming_a_position(rule in rule()) {
+                match compile(&rule, &schema()) {
+                    Ok(compiled) => {
+                        prop_assert!(!compiled.sql.contains(MARK), "a value reached the SQL: {}", compiled.sql);
+                        prop_assert!(!compiled.sql.contains(';') && !compiled.sql.contains("--"));
+                        prop_assert_eq!(placeholders(&compiled.sql), compiled.params.len());
+                    }
+                    Err(message) => {
+                        prop_assert!(message.starts_with("rule") || message.starts_with("the rule"), "{}", message);
+                    }
+                }
+            }
+
+            #[test]
+            fn arbitrary_json_never_panics_the_compiler(text in "[\\[\\]{}:,\"a-z0-9 .-]{0,80}") {
+                if let Ok(rule) = serde_json::from_str::<Json>(&text) {
+                    let _ = compile(&rule, &schema());
+                }
+            }
+        }
+
+        /// Regression cases proptest found: control characters in a `contains` fragment, and dates outside
+        /// what PostgreSQL can store, reached the database as errors instead of a 400.
+        #[test]
+        fn fragments_with_control_characters_and_dates_out_of_range_are_refused() {
+            for rule in [
+                json!({"field": "city", "op": "contains", "value": "a\u{0}b"}),
+                json!({"field": "city", "op": "starts_with", "value": "\u{1b}"}),
+                json!({"field": "born", "op": "eq", "value": "-5000-01-01"}),
+                json!({"field": "born", "op": "in", "value": ["+20000-01-01"]}),
+            ] {
+                assert!(compile(&rule, &schema()).is_err(), "{rule}");
+            }
+        }
     }
 }

@@ -71,6 +71,13 @@ impl Schema {
         Ok(schema)
     }
 
+    /// This schema with one more custom field (unit tests build tenants' schemas without a database).
+    #[cfg(test)]
+    pub(crate) fn with(mut self, field: Field) -> Self {
+        self.fields.push(field);
+        self
+    }
+
     /// Every field, in column order.
     pub fn fields(&self) -> impl Iterator<Item = &Field> {
         self.fields.iter()

@@ -188,7 +188,7 @@ pub async fn members_by_rule(
         recipients::COLUMNS,
         compiled.sql,
     );
-    let rows = db.query(&sql, &compiled.param_refs()).await?;
+    let rows = recipients::query_columns(db, &sql, &compiled.param_refs()).await?;
     let mut members: Vec<Recipient> = rows.iter().map(Recipient::from).collect();
     recipients::protect(db, privacy, Some(&schema), &mut members).await?;
     Ok(members)

@@ -169,9 +169,13 @@ impl Field {
                 "false" | "f" | "no" | "0" => Ok(Value::Boolean(false)),
                 _ => Err(expected()),
             },
+            // Years 0-9999, as for timestamps (RFC 3339): chrono also reads signed and longer years, which
+            // PostgreSQL cannot store or read back in this form.
             FieldType::Date => NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                .ok()
+                .filter(|d| (0..=9999).contains(&chrono::Datelike::year(d)))
                 .map(Value::Date)
-                .map_err(|_| expected()),
+                .ok_or_else(expected),
             FieldType::Timestamp => DateTime::parse_from_rfc3339(s)
                 .map(|t| Value::Timestamp(t.with_timezone(&Utc)))
                 .map_err(|_| expected()),

@@ -484,3 +484,70 @@ mod tests {
         assert!(ClientStatus::parse("gone").is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Slugs, field names and field values: whatever a client sends is accepted exactly when it has the
+    //! documented shape, and is refused otherwise, without a panic.
+    use proptest::prelude::*;
+
+    use super::field::{Field, FieldType, Value};
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn a_slug_is_accepted_exactly_when_it_matches_the_documented_pattern(
+            slug in "[a-z][a-z0-9-]{1,39}|\\PC{0,45}|[a-zA-Z0-9_-]{0,45}"
+        ) {
+            let documented = slug.len() >= 2
+                && slug.len() <= 40
+                && slug.starts_with(|c: char| c.is_ascii_lowercase())
+                && slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            prop_assert_eq!(ClientSlug::parse(&slug).is_ok(), documented, "{:?}", slug);
+        }
+
+        #[test]
+        fn a_field_name_is_accepted_only_in_the_documented_shape_and_never_reserved(
+            name in "[a-z][a-z0-9_]{2,62}|\\PC{0,70}|(sys_|mandant_)[a-z]{0,8}"
+        ) {
+            if let Ok(parsed) = FieldName::parse(&name) {
+                let s = parsed.as_str();
+                prop_assert!(s.len() >= 3 && s.len() <= 63);
+                prop_assert!(s.starts_with(|c: char| c.is_ascii_lowercase()));
+                prop_assert!(s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
+                prop_assert!(!s.starts_with("sys_") && !s.starts_with("mandant_"));
+                prop_assert!(!SQL_KEYWORDS.contains(&s));
+            }
+        }
+
+        /// A field definition's values: any text parses to a value of the field's type or is refused; an
+        /// accepted text has no control characters and fits the length; a date is one PostgreSQL stores.
+        #[test]
+        fn any_text_parses_to_a_value_of_the_field_type_or_is_refused(
+            ty in prop_oneof![
+                (1usize..50).prop_map(|max| FieldType::Text { max }),
+                Just(FieldType::Integer), Just(FieldType::Number), Just(FieldType::Boolean),
+                Just(FieldType::Date), Just(FieldType::Timestamp),
+            ],
+            text in "\\PC{0,30}|[+-]?[0-9]{1,7}-[0-9]{2}-[0-9]{2}|[0-9eE.+-]{1,12}",
+        ) {
+            let field = Field::custom("probe", ty, false);
+            match field.parse_text(&text) {
+                Ok(Value::Text(s)) => {
+                    let FieldType::Text { max } = ty else { panic!("text for {ty:?}") };
+                    prop_assert!(s.chars().count() <= max && !s.chars().any(char::is_control));
+                }
+                Ok(Value::Date(d)) => prop_assert!((0..=9999).contains(&chrono::Datelike::year(&d))),
+                Ok(Value::Number(n)) => prop_assert!(n.is_finite()),
+                Ok(_) | Err(_) => {}
+            }
+            // And the JSON form of the same text agrees for texts, dates and timestamps.
+            let json = field.parse_json(&serde_json::Value::from(text.clone()));
+            if matches!(ty, FieldType::Text { .. } | FieldType::Date | FieldType::Timestamp) {
+                prop_assert_eq!(json.is_ok(), field.parse_text(&text).is_ok());
+            }
+        }
+    }
+}

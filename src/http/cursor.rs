@@ -15,7 +15,14 @@ pub fn encode(position: &str) -> String {
 
 pub fn decode(cursor: &str) -> Result<String, ApiError> {
     let bad = ApiError::invalid_cursor;
-    if cursor.is_empty() || !cursor.len().is_multiple_of(2) || cursor.len() > 2 * MAX_CURSOR_BYTES {
+    // Only the canonical form `encode` writes: `from_str_radix` alone would also take a sign ("+f").
+    if cursor.is_empty()
+        || !cursor.len().is_multiple_of(2)
+        || cursor.len() > 2 * MAX_CURSOR_BYTES
+        || !cursor
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return Err(bad());
     }
     let bytes = (0..cursor.len())
@@ -88,6 +95,37 @@ mod tests {
         assert_eq!(decode(&encode("acme/42")).unwrap(), "acme/42");
         for bad in ["", "zz", "abc", &"6".repeat(500), "ff"] {
             assert!(decode(bad).is_err(), "{bad}");
+        }
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            #[test]
+            fn every_position_round_trips(position in "\\PC{1,60}") {
+                prop_assume!(position.len() <= MAX_CURSOR_BYTES);
+                prop_assert_eq!(decode(&encode(&position)).ok(), Some(position));
+            }
+
+            /// Whatever a client sends, the answer is a position or `invalid_cursor`; a position comes only from
+            /// the one cursor `encode` would write for it.
+            #[test]
+            fn any_text_decodes_only_in_its_canonical_form(cursor in "[0-9a-fA-F+ -]{0,12}|\\PC{0,40}") {
+                if let Ok(position) = decode(&cursor) {
+                    prop_assert_eq!(encode(&position), cursor);
+                }
+            }
+        }
+
+        /// Found by the property above: a sign was taken as part of a hex byte.
+        #[test]
+        fn a_signed_or_uppercase_byte_is_not_a_cursor() {
+            for bad in ["+f", "+f+f", "4A"] {
+                assert!(decode(bad).is_err(), "{bad}");
+            }
         }
     }
 }

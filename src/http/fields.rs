@@ -491,12 +491,18 @@ pub async fn update_client(
     FieldPath(name): FieldPath,
     ApiJson(request): ApiJson<UpdateField>,
 ) -> Result<Response, ApiError> {
-    // Un-marking a personal field would unmask its values: only for someone who may see them anyway.
-    if request.personal == Some(false) && !tenant.private_data() {
-        return Err(DataError::PersonalData(name).into());
-    }
     let client = client_with_database(&state, &tenant).await?;
     let field = own_field(&state, &client, &name).await?;
+    // Un-marking a personal field would unmask its values: only for someone who may see them anyway. A field
+    // that is not personal stays as it is (`false` on it is a no-op, written as no change, so a field marked
+    // personal meanwhile is never un-marked by it).
+    let personal = match request.personal {
+        Some(false) if !field.personal => None,
+        Some(false) if !tenant.private_data() => {
+            return Err(DataError::PersonalData(name).into());
+        }
+        other => other,
+    };
     if request
         .data_type
         .as_deref()
@@ -517,7 +523,7 @@ pub async fn update_client(
     }
     let field = state
         .control()
-        .update_field(Some(client.id), &name, request.length, request.personal)
+        .update_field(Some(client.id), &name, request.length, personal)
         .await?;
     let applied = apply_now(&state, &client).await?;
     let mut shown = body(&field, None);

@@ -362,10 +362,15 @@ pub async fn update(
         disabled: body.disabled,
         roles: body.roles,
     };
-    let changed = state.access().update_user(&caller, &user, &change).await?;
-    tracing::info!(user = %changed.username, status = %changed.status, "user changed");
+    let updated = state.access().update_user(&caller, &user, &change).await?;
+    let changed = updated.user;
+    tracing::info!(user = %changed.username, status = %changed.status, revoked_tokens = updated.revoked, "user changed");
     let access = access_view(&state, &caller, &changed).await?;
-    Ok(home_note(&changed).attach(Json(UserView::new(changed, Some(access))).into_response()))
+    let mut note = home_note(&changed);
+    if change.disabled == Some(true) {
+        note.detail = Some(serde_json::json!({ "revoked_tokens": updated.revoked }));
+    }
+    Ok(note.attach(Json(UserView::new(changed, Some(access))).into_response()))
 }
 
 /// Delete a user: its tokens stop working at once; its audit entries stay.

@@ -256,6 +256,64 @@ pub async fn restrict_connect(
         )))
 }
 
+/// Closes databases that mandant itself uses (the control plane, the template database; `postgres` and
+/// `template1` of a cluster mandant created) to `PUBLIC`: PostgreSQL lets every role `CONNECT` to a new
+/// database and create `TEMP` tables there, so without this a tenant's role could open them. The administrator
+/// keeps its own grant (it is the owner or a superuser in every supported setup; the explicit grant covers a
+/// member of the owner role). Only databases that are still open are touched, so running it at every start is
+/// cheap and idempotent. Returns the databases it closed; a database this role cannot change (not its owner) is
+/// logged and left as it is.
+pub async fn close_to_public(
+    admin: &Client,
+    databases: &[&str],
+) -> Result<Vec<String>, TenantError> {
+    let names: Vec<String> = databases.iter().map(|d| (*d).to_owned()).collect();
+    let open_sql = "SELECT datname FROM pg_database WHERE datname = ANY($1)
+         AND (has_database_privilege('public', oid, 'CONNECT') OR has_database_privilege('public', oid, 'TEMP'))
+         ORDER BY datname";
+    let open: Vec<String> = admin
+        .query(open_sql, &[&names])
+        .await
+        .map_err(TenantError::postgres("looking up database privileges"))?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    for database in &open {
+        let sql = format!(
+            "GRANT CONNECT, TEMPORARY ON DATABASE {db} TO CURRENT_USER; \
+             REVOKE CONNECT, TEMPORARY ON DATABASE {db} FROM PUBLIC",
+            db = quote_ident(database)
+        );
+        admin
+            .batch_execute(&sql)
+            .await
+            .map_err(TenantError::postgres(format!(
+                "closing {database} to PUBLIC"
+            )))?;
+    }
+    let still_open: Vec<String> = if open.is_empty() {
+        Vec::new()
+    } else {
+        admin
+            .query(open_sql, &[&open])
+            .await
+            .map_err(TenantError::postgres("looking up database privileges"))?
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    };
+    for database in &still_open {
+        tracing::warn!(
+            database = %database,
+            "every role may still connect to this database: mandant's administrator role does not own it"
+        );
+    }
+    Ok(open
+        .into_iter()
+        .filter(|d| !still_open.contains(d))
+        .collect())
+}
+
 /// `DROP DATABASE IF EXISTS ... WITH (FORCE)`: ends remaining sessions first. Idempotent.
 pub async fn drop_database(admin: &Client, name: &str) -> Result<(), TenantError> {
     let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name));

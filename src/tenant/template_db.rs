@@ -11,7 +11,9 @@
 use deadpool_postgres::tokio_postgres::Client;
 
 use super::TenantError;
-use super::cluster::{admin_connect, create_database_from, database_exists, ensure_nologin_role};
+use super::cluster::{
+    admin_connect, close_to_public, create_database_from, database_exists, ensure_nologin_role,
+};
 use super::migrate::{MigrateOutcome, MigrationSet, migrate_with};
 use crate::db::{PgTarget, lock_key, quote_ident};
 
@@ -78,6 +80,8 @@ async fn prepare(
         create_database_from(conn, &names.template_db, "template0").await?;
         tracing::info!(template = %names.template_db, "created the template database");
     }
+    // Only mandant's administrator ever connects to the template (to migrate it); tenant roles never do.
+    close_to_public(conn, &[&names.template_db]).await?;
     conn.batch_execute(&format!(
         "ALTER DATABASE {} WITH ALLOW_CONNECTIONS true",
         quote_ident(&names.template_db)

@@ -192,7 +192,8 @@ async fn a_token_is_shown_once_stored_as_a_hash_and_revoked_or_disabled_at_once(
     assert!(tokens[0]["last_used_at"].is_string(), "{tokens}");
     assert!(!String::from_utf8_lossy(&bytes).contains(&token));
 
-    // Disabled: refused at once; enabled again: accepted.
+    // Disabled: refused at once; enabled again: its old tokens stay revoked (disabling revoked them), a new one
+    // works.
     let (status, _, _) = call(
         &app,
         Some(ADMIN_TOKEN),
@@ -213,10 +214,28 @@ async fn a_token_is_shown_once_stored_as_a_hash_and_revoked_or_disabled_at_once(
     )
     .await;
     let (status, _, _) = call(&app, Some(&token), Method::GET, "/v1/me", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let token = token_for(&app, ADMIN_TOKEN, "vera").await;
+    let (status, _, _) = call(&app, Some(&token), Method::GET, "/v1/me", None).await;
     assert_eq!(status, StatusCode::OK);
+    let (_, _, tokens) = call(
+        &app,
+        Some(&token),
+        Method::GET,
+        "/v1/users/vera/tokens",
+        None,
+    )
+    .await;
 
     // Revoked (by its owner): refused at once.
-    let id = tokens[0]["id"].as_str().unwrap();
+    let id = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["revoked_at"].is_null())
+        .expect("the live token")["id"]
+        .as_str()
+        .unwrap();
     let (status, _, _) = call(
         &app,
         Some(&token),

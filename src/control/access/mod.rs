@@ -64,7 +64,7 @@ pub use audit::{AuditEntry, AuditFilter, AuditRecord};
 pub use grants::AccessRow;
 pub use roles::RoleRecord;
 pub use tokens::{LoadedPrincipal, TokenMeta};
-pub use users::{NewUser, UserChange, UserFilter, UserRecord};
+pub use users::{NewUser, UserChange, UserFilter, UserRecord, UserUpdated};
 
 #[derive(FromRow)]
 struct RightsRow {

@@ -226,7 +226,7 @@ impl ControlPlane {
             .fetch_one(&mut *tx)
             .await?;
         if holders > 0 {
-            return Err(ControlError::RoleInUse(holders));
+            return Err(ControlError::RoleInUse);
         }
         sqlx::query("DELETE FROM roles WHERE name = $1")
             .bind(name)

@@ -63,6 +63,13 @@ async fn keep_an_admin(tx: &mut Transaction<'_, Postgres>) -> Result<(), Control
     }
 }
 
+/// A user as a change left it, and how many of its own tokens the change revoked (disabling revokes them all).
+#[derive(Debug, Clone)]
+pub struct UserUpdated {
+    pub user: UserRecord,
+    pub revoked: u64,
+}
+
 /// Revokes the tokens `minter` minted for other users (it is being disabled or deleted).
 async fn revoke_minted_by(
     tx: &mut Transaction<'_, Postgres>,
@@ -211,7 +218,7 @@ impl ControlPlane {
         id: Uuid,
         change: &UserChange,
         actor: Option<Uuid>,
-    ) -> Result<UserRecord, ControlError> {
+    ) -> Result<UserUpdated, ControlError> {
         let mut tx = self.pool.begin().await?;
         lock_rights(&mut tx).await?;
         still_dominates(&mut tx, actor, id).await?;
@@ -235,14 +242,23 @@ impl ControlPlane {
             set_roles(&mut tx, id, roles).await?;
             revoke_undominated(&mut tx, &[id]).await?;
         }
+        let mut revoked = 0;
         if change.disabled == Some(true) {
             revoke_minted_by(&mut tx, id).await?;
+            // Its own live tokens end with it: enabling the user again does not bring them back.
+            revoked = sqlx::query(
+                "UPDATE api_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         }
         keep_an_admin(&mut tx).await?;
         notify_auth_change(&mut tx).await?;
         let user = user_in(&mut tx, id).await?;
         tx.commit().await?;
-        Ok(user)
+        Ok(UserUpdated { user, revoked })
     }
 
     /// Deletes a user with its tokens and access (its audit entries stay, with its name).

@@ -228,9 +228,10 @@ impl From<ControlError> for ApiError {
                 "role_name_taken",
                 "A role with this name exists already.".into(),
             ),
-            ControlError::RoleInUse(n) => conflict(
+            // No count and no names: holders may be users the caller cannot see.
+            ControlError::RoleInUse => conflict(
                 "role_in_use",
-                format!("{n} user(s) hold this role; take it from them first."),
+                "This role is held by users; it can be deleted once nobody holds it.".into(),
             ),
             ControlError::BuiltinRole => conflict(
                 "builtin_role",
@@ -239,7 +240,7 @@ impl From<ControlError> for ApiError {
             ControlError::NotDominated => Self::new(
                 StatusCode::FORBIDDEN,
                 "escalation_refused",
-                "The user holds permissions or access that you do not (it changed meanwhile); nothing was changed.",
+                CANNOT_MANAGE_USER,
             ),
             ControlError::GroupNameTaken => conflict(
                 "target_group_name_taken",
@@ -398,6 +399,16 @@ pub async fn normalize(response: Response) -> Response {
     fresh
 }
 
+/// The refusal to manage a user, whatever it holds beyond the caller (permissions, or access to a client the
+/// caller may not even see): one wording, so the answer tells nothing about which.
+const CANNOT_MANAGE_USER: &str = "You cannot manage this user: that needs users.manage, full access to its home \
+     client, and everything the user holds.";
+
+/// The refusal to redefine a role with holders the caller cannot manage: the same whether those holders are
+/// visible to the caller or not, without names or counts.
+const CANNOT_CHANGE_ROLE: &str = "You cannot change this role: changing it needs the right to manage every user \
+     who holds it.";
+
 impl From<crate::access::AccessError> for ApiError {
     fn from(e: crate::access::AccessError) -> Self {
         use crate::access::{AccessError, Escalation};
@@ -411,9 +422,7 @@ impl From<crate::access::AccessError> for ApiError {
                 "You hold this role; ask another administrator to change it.",
             ),
             AccessError::Escalation(escalation) => Self::escalation_refused(match escalation {
-                Escalation::ManageUser => {
-                    "This user holds permissions or access that you do not; you cannot manage it."
-                }
+                Escalation::ManageUser => CANNOT_MANAGE_USER,
                 Escalation::AssignRole => {
                     "A role you are giving has permissions that you do not hold."
                 }
@@ -423,9 +432,7 @@ impl From<crate::access::AccessError> for ApiError {
                 Escalation::DefineRole => {
                     "A role can only have permissions that you hold yourself."
                 }
-                Escalation::RoleHolders => {
-                    "Users you cannot manage hold this role; you cannot change it."
-                }
+                Escalation::RoleHolders => CANNOT_CHANGE_ROLE,
             }),
             AccessError::UnknownParent => Self::unknown_parent(),
             AccessError::Control(e) => e.into(),
