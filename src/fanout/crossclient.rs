@@ -87,10 +87,18 @@ impl FanOut {
     }
 
     /// Counts the recipients `rule` matches in each visited client, in parallel (bounded), each within the
-    /// per-client deadline; the answers come in the order of `visits`.
-    pub async fn count_across(&self, rule: Arc<Json>, visits: Vec<Visit>) -> Vec<ClientCount> {
+    /// per-client deadline and all within `overall` (a client still waiting or running then is reported as timed
+    /// out and its work is cut off, so slow clients never fail the whole answer); the answers come in the order
+    /// of `visits`.
+    pub async fn count_across(
+        &self,
+        rule: Arc<Json>,
+        visits: Vec<Visit>,
+        overall: Duration,
+    ) -> Vec<ClientCount> {
         let permits = Arc::new(Semaphore::new(self.concurrency));
         let deadline = self.deadline;
+        let clients: Vec<ClientRecord> = visits.iter().map(|v| v.client.clone()).collect();
         let mut tasks = tokio::task::JoinSet::new();
         for (index, visit) in visits.into_iter().enumerate() {
             let (data, rule, permits) = (self.data.clone(), rule.clone(), permits.clone());
@@ -116,15 +124,34 @@ impl FanOut {
                 span,
             ));
         }
-        let mut counts: Vec<(usize, ClientCount)> = Vec::with_capacity(tasks.len());
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok(done) => counts.push(done),
-                Err(e) => tracing::error!(error = %e, "a cross-client task panicked"),
+        let mut counts: Vec<Option<ClientCount>> = clients.iter().map(|_| None).collect();
+        let gather = async {
+            while let Some(joined) = tasks.join_next().await {
+                match joined {
+                    Ok((index, count)) => counts[index] = Some(count),
+                    Err(e) => tracing::error!(error = %e, "a cross-client task panicked"),
+                }
             }
+        };
+        if tokio::time::timeout(overall, gather).await.is_err() {
+            tracing::warn!(
+                unfinished = tasks.len(),
+                "a cross-client count reached its overall deadline; the clients left are reported as timed out"
+            );
+            // Aborted tasks drop their connections through `within`'s guard: abandoned, never back busy.
+            tasks.abort_all();
         }
-        counts.sort_by_key(|(index, _)| *index);
-        counts.into_iter().map(|(_, count)| count).collect()
+        counts
+            .into_iter()
+            .zip(clients)
+            .map(|(count, client)| {
+                count.unwrap_or(ClientCount {
+                    client,
+                    result: Err(DataError::Deadline(overall)),
+                    elapsed: overall,
+                })
+            })
+            .collect()
     }
 
     /// Streams the recipients `rule` matches, client by client in the order of `visits`, in pages of
@@ -180,10 +207,11 @@ async fn count_one(
         count_rule(conn.client(), rule, &visit.privacy).await
     })
     .await
-    .0
 }
 
-/// One client's part of a stream; false once the receiver is gone.
+/// One client's part of a stream; false once the receiver is gone. Each page takes a connection, runs its query
+/// within the deadline and gives the connection back *before* the page is sent: a reader that stops reading
+/// holds no connection (only this task and a few pages in the channel).
 async fn stream_client(
     data: &crate::data::DataPlane,
     rule: &Json,
@@ -193,23 +221,22 @@ async fn stream_client(
 ) -> bool {
     let slug = visit.client.slug.clone();
     let failed = |e: DataError| StreamItem::Failed(slug.clone(), e);
-    let mut conn = match connect(data, visit, deadline).await {
-        Ok(conn) => conn,
-        Err(e) => return tx.send(failed(e)).await.is_ok(),
-    };
     let mut after = None;
     loop {
-        let (page, kept) = within(conn, deadline, async |conn| {
-            members_by_rule(conn.client(), rule, after, STREAM_PAGE, &visit.privacy).await
-        })
-        .await;
-        let page = match (page, kept) {
-            (Ok(page), Some(kept)) => {
-                conn = kept;
-                page
+        let started = Instant::now();
+        let page = match connect(data, visit, deadline).await {
+            Ok(conn) => {
+                let remaining = deadline.saturating_sub(started.elapsed());
+                within(conn, remaining, async |conn| {
+                    members_by_rule(conn.client(), rule, after, STREAM_PAGE, &visit.privacy).await
+                })
+                .await
             }
-            (Ok(_), None) => return true,
-            (Err(e), _) => return tx.send(failed(e)).await.is_ok(),
+            Err(e) => Err(e),
+        };
+        let page = match page {
+            Ok(page) => page,
+            Err(e) => return tx.send(failed(e)).await.is_ok(),
         };
         let full = page.len() as i64 == STREAM_PAGE;
         after = page.last().map(|r| r.id);

@@ -17,6 +17,7 @@ pub mod templates;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tracing::Instrument;
@@ -27,10 +28,11 @@ use crate::control::clients::ClientRecord;
 use crate::control::jobs::Job;
 use crate::control::servers::ServerRecord;
 use crate::control::{ControlError, ControlPlane};
-use crate::data::DataPlane;
+use crate::data::{DataError, DataPlane};
 use crate::domain::ClientStatus;
 use crate::telemetry::error_chain;
 use crate::tenant::TenantError;
+use crate::tenant::pool::PooledConn;
 
 /// Results written to the control plane per statement.
 pub const RECORD_BATCH: usize = 64;
@@ -75,22 +77,37 @@ pub trait Recorder: Sync {
     ) -> impl Future<Output = Result<(), ControlError>> + Send;
 }
 
-/// Runs `work` on `conn` within `deadline`; a connection cut off is abandoned (its query cancelled), never
-/// returned to the pool still busy.
+/// Runs `work` on `conn` within `deadline`, then returns the connection to the pool. A connection whose work is
+/// cut off (by the deadline, or because the caller's future is dropped: a request timeout, an aborted task) is
+/// abandoned, its query cancelled, never returned to the pool still busy.
 pub async fn within<T>(
-    conn: crate::tenant::pool::PooledConn,
-    deadline: std::time::Duration,
-    work: impl AsyncFnOnce(&crate::tenant::pool::PooledConn) -> Result<T, crate::data::DataError>,
-) -> (
-    Result<T, crate::data::DataError>,
-    Option<crate::tenant::pool::PooledConn>,
-) {
-    let outcome = tokio::time::timeout(deadline, work(&conn)).await;
+    conn: PooledConn,
+    deadline: Duration,
+    work: impl AsyncFnOnce(&PooledConn) -> Result<T, DataError>,
+) -> Result<T, DataError> {
+    let mut guard = AbandonOnDrop(Some(conn));
+    let outcome = match guard.0.as_ref() {
+        Some(conn) => tokio::time::timeout(deadline, work(conn)).await,
+        None => return Err(DataError::Deadline(deadline)),
+    };
     match outcome {
-        Ok(result) => (result, Some(conn)),
-        Err(_) => {
+        Ok(result) => {
+            // Finished: back to the pool.
+            drop(guard.0.take());
+            result
+        }
+        // The guard abandons the connection.
+        Err(_) => Err(DataError::Deadline(deadline)),
+    }
+}
+
+/// Abandons the connection it holds when dropped (see [`within`]).
+struct AbandonOnDrop(Option<PooledConn>);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
             conn.abandon();
-            (Err(crate::data::DataError::Deadline(deadline)), None)
         }
     }
 }
@@ -110,7 +127,7 @@ pub struct FanOut {
     concurrency: usize,
     max_attempts: i32,
     /// Per-client deadline of cross-client work.
-    deadline: std::time::Duration,
+    deadline: Duration,
 }
 
 impl FanOut {

@@ -91,11 +91,18 @@ async fn collect_server(
         let admin = cluster::admin_connect(&data.targets().admin(server)?).await?;
         cluster::database_sizes(&admin, &names).await
     };
+    // What the overview shows names no role, host or SQL (any `clients.read` user may read it); the log has all.
     let sizes = match tokio::time::timeout(deadline, sizes).await {
         Ok(Ok(sizes)) => Ok(sizes),
-        Ok(Err(e)) => Err(format!("database sizes: {}", error_chain(&e))),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %error_chain(&e), "could not read the database sizes");
+            Err(
+                "database size: the server's admin connection failed (see the worker's log)"
+                    .to_owned(),
+            )
+        }
         Err(_) => Err(format!(
-            "database sizes: no answer within {} ms",
+            "database size: no answer within {} ms",
             deadline.as_millis()
         )),
     };
@@ -111,7 +118,8 @@ async fn collect_server(
             match count_one(data, server, client, deadline).await {
                 Ok(counts) => Some(counts),
                 Err(e) => {
-                    error = Some(format!("counts: {}", error_chain(&e)));
+                    tracing::warn!(client = %client.slug, error = %error_chain(&e), "could not count");
+                    error = Some(format!("counts: {}", shown(&e)));
                     None
                 }
             }
@@ -131,6 +139,18 @@ async fn collect_server(
     figures
 }
 
+/// A counting failure as the overview shows it.
+fn shown(e: &DataError) -> String {
+    match e {
+        DataError::Deadline(limit) => format!("no answer within {} ms", limit.as_millis()),
+        DataError::Route(_) | DataError::Tenant(_) => "the client's database is unavailable".into(),
+        DataError::Query(q) if crate::db::is_connection_lost(q) => {
+            "the client's database is unavailable".into()
+        }
+        _ => "the count failed (see the worker's log)".into(),
+    }
+}
+
 async fn count_one(
     data: &DataPlane,
     server: &ServerRecord,
@@ -147,5 +167,4 @@ async fn count_one(
         recipients::figures(conn.client()).await
     })
     .await
-    .0
 }

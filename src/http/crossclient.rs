@@ -242,7 +242,8 @@ pub async fn create(
 #[utoipa::path(get, path = "/v1/target-groups", tag = "cross-client", params(PageParams),
     responses(
         (status = 200, description = "A page of cross-client target groups", body = Page<CentralGroupView>),
-        (status = 400, description = "Invalid limit or cursor", body = ErrorBody)))]
+        (status = 400, description = "Invalid limit or cursor", body = ErrorBody),
+        (status = 403, description = "Needs recipients.read with access to the master", body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -272,6 +273,7 @@ pub async fn list(
     params(("id" = i64, Path, description = "Cross-client target group id")),
     responses(
         (status = 200, description = "The group", body = CentralGroupView),
+        (status = 403, description = "Needs recipients.read with access to the master", body = ErrorBody),
         (status = 404, description = "No such group", body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
@@ -295,6 +297,7 @@ pub async fn get(
     params(("id" = i64, Path, description = "Cross-client target group id")),
     responses(
         (status = 204, description = "Deleted"),
+        (status = 403, description = "Needs recipients.read with full access to the master", body = ErrorBody),
         (status = 404, description = "No such group", body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
@@ -370,9 +373,11 @@ pub async fn count(
 ) -> Result<Json<CrossClientCount>, ApiError> {
     let group = state.control().central_group(id).await?;
     let visits = visits(&state, &caller, &group).await?;
+    // Within the request's own timeout: the clients not done by then are rows of their own, not a failed request.
+    let overall = state.settings().server.request_timeout().mul_f64(0.9);
     let counts = state
         .fanout()
-        .count_across(Arc::new(group.rule), visits)
+        .count_across(Arc::new(group.rule), visits, overall)
         .await;
     let mut total = 0;
     let clients = counts
@@ -401,17 +406,15 @@ pub async fn count(
     Ok(Json(CrossClientCount { total, clients }))
 }
 
-/// One line of a cross-client stream.
+/// One line of a cross-client stream: `{"client", "recipient"}` or `{"client", "error"}` (the recipient nested, so
+/// a client's own field can never pose as the envelope's `client` or `error`).
 #[derive(Serialize)]
-struct StreamLine<'a, T: Serialize> {
+struct StreamLine<'a> {
     client: &'a str,
-    #[serde(flatten)]
-    item: T,
-}
-
-#[derive(Serialize)]
-struct ErrorLine {
-    error: ErrorDetail,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recipient: Option<&'a crate::data::recipients::Recipient>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorDetail>,
 }
 
 fn ndjson_lines(item: StreamItem) -> Vec<u8> {
@@ -428,7 +431,8 @@ fn ndjson_lines(item: StreamItem) -> Vec<u8> {
                     &mut out,
                     &StreamLine {
                         client: &client,
-                        item: recipient,
+                        recipient: Some(recipient),
+                        error: None,
                     },
                 ));
                 out.push(b'\n');
@@ -440,7 +444,8 @@ fn ndjson_lines(item: StreamItem) -> Vec<u8> {
                 &mut out,
                 &StreamLine {
                     client: &client,
-                    item: ErrorLine { error },
+                    recipient: None,
+                    error: Some(error),
                 },
             ));
             out.push(b'\n');
@@ -449,13 +454,13 @@ fn ndjson_lines(item: StreamItem) -> Vec<u8> {
     out
 }
 
-/// Stream the group's recipients as NDJSON, client by client (by slug), each line with its `client`; masked per
-/// client where the caller lacks the private-data right there. A client that fails yields one line
-/// `{"client": slug, "error": {code, message}}` and the stream goes on.
+/// Stream the group's recipients as NDJSON, client by client (by slug): one line `{"client": slug, "recipient":
+/// {...}}` per recipient, masked per client where the caller lacks the private-data right there. A client that
+/// fails yields one line `{"client": slug, "error": {code, message}}` and the stream goes on.
 #[utoipa::path(get, path = "/v1/target-groups/{id}/recipients", tag = "cross-client",
     params(("id" = i64, Path, description = "Cross-client target group id")),
     responses(
-        (status = 200, description = "One JSON object per line: a recipient with its client, or a client's error", content_type = "application/x-ndjson", body = String),
+        (status = 200, description = "One JSON object per line: {client, recipient} or {client, error}", content_type = "application/x-ndjson", body = String),
         (status = 400, description = "The rule no longer fits the central fields", body = ErrorBody),
         (status = 403, description = "The rule reads a personal field and the caller lacks the private-data right on a selected client", body = ErrorBody),
         (status = 404, description = "No such group", body = ErrorBody)))]

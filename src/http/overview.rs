@@ -85,7 +85,8 @@ pub struct OverviewRow {
 #[utoipa::path(get, path = "/v1/overview", tag = "cross-client", params(ListParams),
     responses(
         (status = 200, description = "A page of clients with their figures", body = Page<OverviewRow>),
-        (status = 400, description = "Invalid filter, limit or cursor", body = ErrorBody)))]
+        (status = 400, description = "Invalid filter, limit or cursor", body = ErrorBody),
+        (status = 403, description = "Needs clients.read", body = ErrorBody)))]
 pub async fn overview(
     State(state): State<AppState>,
     Caller(caller): Caller,

@@ -234,17 +234,21 @@ async fn cross_client_recipients_stream_masked_where_the_caller_lacks_private_da
     let a = of("st-a");
     assert_eq!(a.len(), 2, "{body}");
     for line in &a {
+        let recipient = &line["recipient"];
         assert!(
-            line["email"].as_str().unwrap().ends_with("@st-a.example"),
+            recipient["email"]
+                .as_str()
+                .unwrap()
+                .ends_with("@st-a.example"),
             "{line}"
         );
-        assert_eq!(line["region"], "north");
+        assert_eq!(recipient["region"], "north");
     }
     let b = of("st-b");
     assert_eq!(b.len(), 1, "{body}");
-    assert!(b[0]["email"].is_null(), "masked: {}", b[0]);
+    assert!(b[0]["recipient"]["email"].is_null(), "masked: {}", b[0]);
     assert!(
-        b[0]["_masked"]
+        b[0]["recipient"]["_masked"]
             .as_array()
             .unwrap()
             .contains(&json!("email")),
@@ -255,6 +259,7 @@ async fn cross_client_recipients_stream_masked_where_the_caller_lacks_private_da
     let c = of("st-c");
     assert_eq!(c.len(), 1, "{body}");
     assert_eq!(c[0]["error"]["code"], "tenant_unavailable", "{}", c[0]);
+    assert!(c[0].get("recipient").is_none());
     // Client by client, in slug order: st-a, st-b, st-c.
     let order: Vec<&str> = lines
         .iter()

@@ -5,6 +5,7 @@ mod cli;
 mod clients;
 mod consistency;
 mod crossclient;
+mod crossclient_hostile;
 mod embedded;
 mod fields;
 mod fleet;
