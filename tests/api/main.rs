@@ -14,6 +14,7 @@ mod import;
 mod layers;
 mod lists;
 mod migrate;
+mod nul_character;
 mod provisioning;
 mod recipients;
 mod routing;
