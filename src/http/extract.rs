@@ -260,3 +260,26 @@ pub fn cursor_id(cursor: Option<&str>) -> Result<Option<i64>, ApiError> {
         })
         .transpose()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_json;
+    use serde_json::json;
+
+    #[test]
+    fn json_bodies_refuse_nul_anywhere_and_read_integral_floats_as_integers() {
+        for bad in [
+            json!({"name": "a\u{0}b"}),
+            json!({"roles": ["x", "\u{0}"]}),
+            json!({"rule": {"all": [{"value": "\u{0}"}]}}),
+            json!({"k\u{0}": 1}),
+        ] {
+            let mut value = bad.clone();
+            assert!(normalize_json(&mut value).is_err(), "{bad}");
+        }
+        let mut value = json!({"a": 7.0, "b": [-2.0, 1.5], "c": 1e300, "d": "\\u0000", "e": 3});
+        normalize_json(&mut value).unwrap();
+        assert_eq!(value, json!({"a": 7, "b": [-2, 1.5], "c": 1e300, "d": "\\u0000", "e": 3}));
+        assert!(value["a"].is_i64() && value["b"][0].is_i64() && value["c"].is_f64());
+    }
+}
