@@ -279,7 +279,10 @@ mod tests {
         }
         let mut value = json!({"a": 7.0, "b": [-2.0, 1.5], "c": 1e300, "d": "\\u0000", "e": 3});
         normalize_json(&mut value).unwrap();
-        assert_eq!(value, json!({"a": 7, "b": [-2, 1.5], "c": 1e300, "d": "\\u0000", "e": 3}));
+        assert_eq!(
+            value,
+            json!({"a": 7, "b": [-2, 1.5], "c": 1e300, "d": "\\u0000", "e": 3})
+        );
         assert!(value["a"].is_i64() && value["b"][0].is_i64() && value["c"].is_f64());
     }
 }
