@@ -59,12 +59,16 @@ impl From<AuditRecord> for AuditView {
 #[into_params(parameter_in = Query)]
 pub struct AuditParams {
     /// Only entries on this client.
+    #[param(pattern = r"^[a-z][a-z0-9-]{1,39}$")]
     pub client: Option<String>,
     /// Only entries by this user.
+    #[param(pattern = r"^[a-z][a-z0-9._-]{1,62}$")]
     pub user: Option<String>,
     /// Page size, 1-1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^(3[0-9]){1,18}$")]
     pub cursor: Option<String>,
 }
 

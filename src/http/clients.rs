@@ -74,18 +74,31 @@ impl ClientView {
 #[serde(deny_unknown_fields)]
 pub struct CreateClient {
     /// `^[a-z][a-z0-9-]{1,39}$`, unique among live clients.
-    #[schema(example = "acme-de")]
+    #[schema(example = "acme-de", pattern = r"^[a-z][a-z0-9-]{1,39}$")]
     pub slug: String,
-    /// 1-200 characters.
-    #[schema(example = "ACME Deutschland GmbH")]
+    /// 1-200 characters, not only spaces, no control characters.
+    #[schema(
+        example = "ACME Deutschland GmbH",
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub name: String,
     /// The parent client's slug (default: the master). Must be active.
+    #[schema(pattern = r"^[a-z][a-z0-9-]{1,39}$")]
     pub parent: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateClient {
+    /// 1-200 characters, not only spaces, no control characters.
+    #[schema(
+        example = "ACME Deutschland GmbH",
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub name: String,
 }
 
@@ -94,12 +107,18 @@ pub struct UpdateClient {
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Only clients in this status (deleted clients are listed only when asked for).
+    #[param(value_type = Option<crate::domain::ClientStatus>)]
     pub status: Option<String>,
     /// Only direct sub-clients of this client.
+    #[param(pattern = r"^[a-z][a-z0-9-]{1,39}$")]
     pub parent: Option<String>,
     /// Page size, 1-1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(
+        pattern = r"^(2[0-9a-e]|[3-6][0-9a-f]|7[0-9a-e]){0,163}2f(3[0-9]|6[1-6]){8}2d(3[0-9]|6[1-6]){4}2d(3[0-9]|6[1-6]){4}2d(3[0-9]|6[1-6]){4}2d(3[0-9]|6[1-6]){12}$"
+    )]
     pub cursor: Option<String>,
 }
 

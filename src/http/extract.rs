@@ -1,11 +1,18 @@
 //! Extractors whose rejections are API errors: a bad body or query is a 400 in the error shape, naming the
 //! problem (an unknown field, a wrong type), never a plain-text framework message; a path parameter that cannot
 //! name anything (a slug, a row id, a template id) is the generic 404 a resource that does not exist gets.
+//!
+//! The NUL character is refused here, once for every input: PostgreSQL cannot store it in text, so a `\u0000`
+//! in a JSON body ([`ApiJson`], [`normalize_json`]) and a `%00` in the path or query string ([`refuse_nul`], a
+//! middleware before the access check) are a 400 before the handler runs, never a database error.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
@@ -22,26 +29,103 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        if !is_json(req.headers()) {
+            return Err(ApiError::unsupported_media_type(
+                "The body must be JSON (Content-Type: application/json).",
+            ));
         }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            match rejection.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => {
+                    ApiError::for_status(StatusCode::PAYLOAD_TOO_LARGE)
+                }
+                _ => ApiError::invalid_body(format!(
+                    "The request body could not be read: {}",
+                    rejection.body_text()
+                )),
+            }
+        })?;
+        let mut value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::invalid_body(format!(
+                "The request body is not valid: Failed to parse the request body as JSON: {e}"
+            ))
+        })?;
+        normalize_json(&mut value)?;
+        serde_path_to_error::deserialize(value)
+            .map(Self)
+            .map_err(|e| {
+                ApiError::invalid_body(format!(
+                    "The request body is not valid: Failed to deserialize the JSON body into the target type: {e}"
+                ))
+            })
     }
 }
 
-fn json_rejection(rejection: JsonRejection) -> ApiError {
-    match rejection {
-        JsonRejection::MissingJsonContentType(_) => ApiError::unsupported_media_type(
-            "The body must be JSON (Content-Type: application/json).",
-        ),
-        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::for_status(StatusCode::PAYLOAD_TOO_LARGE)
+/// `Content-Type: application/json` or `application/<anything>+json` (as `axum::Json` takes it).
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (subtype.eq_ignore_ascii_case("json")
+            || subtype
+                .len()
+                .checked_sub(5)
+                .and_then(|at| subtype.get(at..))
+                .is_some_and(|suffix| suffix.eq_ignore_ascii_case("+json")))
+}
+
+/// Every JSON body passes here before it is read into its type:
+///
+/// - a NUL character in any string or key is refused (PostgreSQL cannot store it in text);
+/// - a number with a zero fraction (`7.0`) becomes the integer it is, as JSON Schema and JavaScript see it, so
+///   an integer field takes it instead of answering that a float is not an integer.
+pub fn normalize_json(value: &mut serde_json::Value) -> Result<(), ApiError> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.contains('\0') => Err(ApiError::nul_character("the request body")),
+        Value::Number(n) => {
+            if let Some(integral) = n
+                .as_f64()
+                .filter(|f| !n.is_i64() && !n.is_u64() && f.fract() == 0.0)
+                .filter(|f| (-9_007_199_254_740_992.0..=9_007_199_254_740_992.0).contains(f))
+            {
+                // Exact: within ±2^53 every integral f64 is an i64.
+                #[allow(clippy::cast_possible_truncation)]
+                let int = integral as i64;
+                *n = serde_json::Number::from(int);
+            }
+            Ok(())
         }
-        other => ApiError::invalid_body(format!(
-            "The request body is not valid: {}",
-            other.body_text()
-        )),
+        Value::Array(items) => items.iter_mut().try_for_each(normalize_json),
+        Value::Object(map) => {
+            if map.keys().any(|k| k.contains('\0')) {
+                return Err(ApiError::nul_character("the request body"));
+            }
+            map.values_mut().try_for_each(normalize_json)
+        }
+        _ => Ok(()),
     }
+}
+
+/// Middleware: a path or query string with a percent-encoded NUL (`%00`, the only way a URI carries one) is a 400
+/// before the access check, the audit or any handler sees it.
+pub async fn refuse_nul(request: Request, next: Next) -> Response {
+    let uri = request.uri();
+    if uri.path().contains("%00") {
+        return ApiError::nul_character("the path").into_response();
+    }
+    if uri.query().is_some_and(|q| q.contains("%00")) {
+        return ApiError::nul_character("the query string").into_response();
+    }
+    next.run(request).await
 }
 
 /// `axum::extract::Query` with API errors.
@@ -175,4 +259,30 @@ pub fn cursor_id(cursor: Option<&str>) -> Result<Option<i64>, ApiError> {
                 .map_err(|_| ApiError::invalid_cursor())
         })
         .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_json;
+    use serde_json::json;
+
+    #[test]
+    fn json_bodies_refuse_nul_anywhere_and_read_integral_floats_as_integers() {
+        for bad in [
+            json!({"name": "a\u{0}b"}),
+            json!({"roles": ["x", "\u{0}"]}),
+            json!({"rule": {"all": [{"value": "\u{0}"}]}}),
+            json!({"k\u{0}": 1}),
+        ] {
+            let mut value = bad.clone();
+            assert!(normalize_json(&mut value).is_err(), "{bad}");
+        }
+        let mut value = json!({"a": 7.0, "b": [-2.0, 1.5], "c": 1e300, "d": "\\u0000", "e": 3});
+        normalize_json(&mut value).unwrap();
+        assert_eq!(
+            value,
+            json!({"a": 7, "b": [-2, 1.5], "c": 1e300, "d": "\\u0000", "e": 3})
+        );
+        assert!(value["a"].is_i64() && value["b"][0].is_i64() && value["c"].is_f64());
+    }
 }

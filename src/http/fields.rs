@@ -32,13 +32,14 @@ const TEXT_DEFAULT: i32 = 255;
 #[serde(deny_unknown_fields)]
 pub struct CreateField {
     /// `^[a-z][a-z0-9_]{2,62}$`, not a standard field, no `sys_`/`mandant_` prefix, not an SQL keyword.
-    #[schema(example = "city")]
+    #[schema(example = "city", pattern = r"^[a-z][a-z0-9_]{2,62}$")]
     pub name: String,
     /// text, integer, number, boolean, date or timestamp.
     #[serde(rename = "type")]
-    #[schema(example = "text")]
+    #[schema(example = "text", value_type = FieldTypeName, inline)]
     pub data_type: String,
     /// Texts only: the most characters, 1-4000 (default 255). May only grow later.
+    #[schema(minimum = 1, maximum = 4000)]
     pub length: Option<i32>,
     /// NOT NULL; needs a default.
     #[serde(default)]
@@ -51,12 +52,28 @@ pub struct CreateField {
     pub personal: bool,
 }
 
+/// The types a field can have (the document's enum; the handlers parse the text with `FieldType`).
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum FieldTypeName {
+    Text,
+    Integer,
+    Number,
+    Boolean,
+    Date,
+    Timestamp,
+}
+
 /// A change: a longer text, the personal flag. The type cannot change (`type`, if given, must be the same).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateField {
     #[serde(rename = "type")]
+    #[schema(value_type = Option<FieldTypeName>, inline)]
     pub data_type: Option<String>,
+    /// Texts only: the most characters, up to 4000; never less than now.
+    #[schema(minimum = 1, maximum = 4000)]
     pub length: Option<i32>,
     pub personal: Option<bool>,
 }
@@ -111,7 +128,11 @@ pub struct DeletedField {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct FieldPage {
+    /// Page size, 1-1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    #[param(pattern = r"^(2[0-9a-f]|[3-6][0-9a-f]|7[0-9a-e]){1,200}$")]
     pub cursor: Option<String>,
 }
 

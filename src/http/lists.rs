@@ -22,8 +22,15 @@ const DESCRIPTION_MAX: usize = 2000;
 #[serde(deny_unknown_fields)]
 pub struct CreateList {
     /// 1-200 characters, unique per client (case-insensitively).
-    #[schema(example = "Newsletter")]
+    #[schema(
+        example = "Newsletter",
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub name: String,
+    /// At most 2000 characters, no control characters.
+    #[schema(max_length = 2000, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub description: Option<String>,
 }
 
@@ -37,7 +44,11 @@ pub struct SetBinding {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct PageParams {
+    /// Page size, 1-1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    #[param(pattern = r"^(3[0-9]){1,18}$")]
     pub cursor: Option<String>,
 }
 
@@ -47,7 +58,11 @@ pub struct PageParams {
 pub struct MemberParams {
     /// Only recipients with this status on the list.
     pub status: Option<BindingStatus>,
+    /// Page size, 1-1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    #[param(pattern = r"^(3[0-9]){1,18}$")]
     pub cursor: Option<String>,
 }
 

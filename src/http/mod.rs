@@ -2,8 +2,8 @@
 //! and adds the middleware every request goes through.
 //!
 //! Middleware, outermost first: request id (`x-request-id`, generated if absent, echoed back) → tracing span →
-//! error normalisation → panic catcher → timeout → routing → (per route) access check, audit and metrics
-//! (`auth::guard`) → body limit → handler. Handlers stay thin: parse into newtypes, call one lower layer, map the
+//! error normalisation → panic catcher → timeout → NUL refusal (`extract::refuse_nul`) → routing → (per route)
+//! access check, audit and metrics (`auth::guard`) → body limit → handler. Handlers stay thin: parse into newtypes, call one lower layer, map the
 //! result; access is checked before they run (`auth.rs`), and they filter and mask what they return by it.
 
 pub mod audit;
@@ -51,7 +51,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Every route of the service. The OpenAPI document is built from the same registrations, so a route cannot be
 /// added without appearing in it.
 pub fn router(state: AppState) -> Router {
-    let (router, document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+    let (router, mut document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(metrics::metrics))
@@ -106,6 +106,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(roles::replace, roles::delete))
         .routes(routes!(audit::list))
         .split_for_parts();
+    openapi::finish(&mut document);
 
     let server = &state.settings().server;
     let body_limit = server.body_limit_bytes;
@@ -132,6 +133,7 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::new())
         .layer(HandleErrorLayer::new(timeout_error))
         .timeout(timeout)
+        .layer(middleware::from_fn(extract::refuse_nul))
         .service(routed);
     Router::new().fallback_service(service)
 }

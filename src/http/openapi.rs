@@ -56,3 +56,127 @@ pub async fn document(
 ) -> Json<utoipa::openapi::OpenApi> {
     Json(document.as_ref().clone())
 }
+
+/// Completes the document once every route is registered (`super::router`), for every operation alike, so a new
+/// endpoint is covered without repeating these in its annotation:
+///
+/// - a unique `operationId` (`get_v1_clients_slug`): utoipa names an operation after its function, and several
+///   are called `get` or `create`, which made tools resolve links to the wrong operation;
+/// - the statuses the middleware and extractors answer with for any route: 401 (every operation that needs a
+///   token, by the access policy), 403 (a permission), 400 (a malformed or NUL-carrying path, query or body),
+///   415 and 413 (a request body), and for a client's data (`/v1/clients/{slug}/...`) 409 `client_not_active`,
+///   429 `tenant_busy` and 503 `tenant_unavailable`. An operation that documents a status itself keeps its own
+///   description; one that does not gets the generic one.
+pub fn finish(document: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::HttpMethod;
+    for (path, item) in document.paths.paths.iter_mut() {
+        let operations = [
+            (HttpMethod::Get, &mut item.get),
+            (HttpMethod::Put, &mut item.put),
+            (HttpMethod::Post, &mut item.post),
+            (HttpMethod::Delete, &mut item.delete),
+            (HttpMethod::Patch, &mut item.patch),
+            (HttpMethod::Head, &mut item.head),
+            (HttpMethod::Options, &mut item.options),
+            (HttpMethod::Trace, &mut item.trace),
+        ];
+        for (method, operation) in operations {
+            if let Some(operation) = operation.as_mut() {
+                complete_operation(path, method_name(&method), operation);
+            }
+        }
+    }
+}
+
+fn method_name(method: &utoipa::openapi::HttpMethod) -> &'static str {
+    use utoipa::openapi::HttpMethod;
+    match method {
+        HttpMethod::Get => "GET",
+        HttpMethod::Put => "PUT",
+        HttpMethod::Post => "POST",
+        HttpMethod::Delete => "DELETE",
+        HttpMethod::Patch => "PATCH",
+        HttpMethod::Head => "HEAD",
+        HttpMethod::Options => "OPTIONS",
+        HttpMethod::Trace => "TRACE",
+    }
+}
+
+fn complete_operation(path: &str, method: &str, operation: &mut utoipa::openapi::path::Operation) {
+    use super::policy::{Rule, policy};
+
+    operation.operation_id = Some(operation_id(method, path));
+    let rule = axum::http::Method::from_bytes(method.as_bytes())
+        .ok()
+        .and_then(|m| policy(&m, path));
+    let has_input = operation.parameters.as_ref().is_some_and(|p| !p.is_empty())
+        || operation.request_body.is_some();
+    let mut add = |status: &str, description: &str| {
+        operation
+            .responses
+            .responses
+            .entry(status.to_owned())
+            .or_insert_with(|| error_response(description));
+    };
+    if has_input {
+        add(
+            "400",
+            "Bad input: a malformed path, query string or body, or one with a NUL character",
+        );
+    }
+    if !matches!(rule, Some(Rule::Public) | None) {
+        add("401", "No valid bearer token");
+    }
+    if matches!(
+        rule,
+        Some(Rule::Global(_) | Rule::Client(_) | Rule::Master(_))
+    ) {
+        add("403", "Not permitted");
+    }
+    if operation.request_body.is_some() {
+        add("413", "The body is larger than this server accepts");
+        add("415", "The body has an unsupported content type");
+    }
+    if path.starts_with("/v1/clients/{slug}/") {
+        add(
+            "409",
+            "The client is not active (client_not_active), or another conflict",
+        );
+        add("429", "Too many requests wait for this client's database");
+        add("503", "This client's database is unavailable; retry later");
+    }
+}
+
+/// `GET /v1/clients/{slug}` → `get_v1_clients_slug`.
+fn operation_id(method: &str, path: &str) -> String {
+    let mut id = method.to_ascii_lowercase();
+    for segment in path.split('/').filter(|s| !s.is_empty()) {
+        id.push('_');
+        id.extend(segment.chars().map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' => c,
+            _ => '_',
+        }));
+    }
+    // `{slug}` → `_slug_`: drop the doubled and trailing separators.
+    let mut clean = String::with_capacity(id.len());
+    for c in id.chars() {
+        if !(c == '_' && clean.ends_with('_')) {
+            clean.push(c);
+        }
+    }
+    clean.trim_end_matches('_').to_owned()
+}
+
+fn error_response(description: &str) -> utoipa::openapi::RefOr<utoipa::openapi::Response> {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build()
+        .into()
+}

@@ -29,10 +29,18 @@ use crate::domain::{Email, optional_text};
 /// Standard fields, plus the client's custom fields flattened beside them (`"city": "Berlin"`).
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateRecipient {
-    #[schema(example = "anna@example.org")]
+    /// An e-mail address, at most 254 characters, unique per client (case-insensitively).
+    #[schema(
+        example = "anna@example.org",
+        max_length = 254,
+        pattern = r"^[\u0021-\u003F\u0041-\u007E]{1,64}@[\u0021-\u002D\u002F-\u003F\u0041-\u007E]+(\.[\u0021-\u002D\u002F-\u003F\u0041-\u007E]+)+$"
+    )]
     pub email: String,
+    #[schema(max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub first_name: Option<String>,
+    #[schema(max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub last_name: Option<String>,
+    #[schema(max_length = 32, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub gender: Option<String>,
     /// Custom fields by name; an unknown name is a 400 naming it.
     #[serde(flatten)]
@@ -43,15 +51,19 @@ pub struct CreateRecipient {
 /// Absent fields stay as they are; `null` clears a name, gender or custom field (not a required one).
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct UpdateRecipient {
+    #[schema(
+        max_length = 254,
+        pattern = r"^[\u0021-\u003F\u0041-\u007E]{1,64}@[\u0021-\u002D\u002F-\u003F\u0041-\u007E]+(\.[\u0021-\u002D\u002F-\u003F\u0041-\u007E]+)+$"
+    )]
     pub email: Option<String>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub first_name: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub last_name: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 32, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub gender: Option<Option<String>>,
     /// Custom fields by name.
     #[serde(flatten)]
@@ -70,9 +82,10 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D:
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Page size, 1-1000 (default 50). (Text here: a flattened query map reads every value as text.)
-    #[param(value_type = Option<i64>)]
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     pub limit: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^(3[0-9]){1,18}$")]
     pub cursor: Option<String>,
     /// Field filters.
     #[serde(flatten)]

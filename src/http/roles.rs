@@ -60,18 +60,26 @@ impl RoleView {
 #[serde(deny_unknown_fields)]
 pub struct CreateRole {
     /// `^[a-z][a-z0-9-]{1,39}$`.
+    #[schema(example = "campaign-manager", pattern = r"^[a-z][a-z0-9-]{1,39}$")]
     pub name: String,
+    /// At most 500 characters, no control characters.
     #[serde(default)]
+    #[schema(max_length = 500, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub description: String,
     /// Permission tokens (`GET /v1/permissions`); the caller must hold each.
+    #[schema(value_type = Vec<crate::domain::rights::Permission>)]
     pub permissions: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplaceRole {
+    /// At most 500 characters, no control characters.
     #[serde(default)]
+    #[schema(max_length = 500, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub description: String,
+    /// Permission tokens (`GET /v1/permissions`); the caller must hold each.
+    #[schema(value_type = Vec<crate::domain::rights::Permission>)]
     pub permissions: Vec<String>,
 }
 

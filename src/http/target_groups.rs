@@ -22,7 +22,12 @@ const GROUP_NAME_MAX: usize = 200;
 #[serde(deny_unknown_fields)]
 pub struct CreateTargetGroup {
     /// 1-200 characters, unique per client (case-insensitively).
-    #[schema(example = "Berlin, opted in")]
+    #[schema(
+        example = "Berlin, opted in",
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub name: String,
     /// `{"all": [...]}`, `{"any": [...]}`, `{"not": {...}}`,
     /// `{"field": "city", "op": "eq|ne|lt|le|gt|ge|contains|starts_with|in|is_null|not_null", "value": ...}`,

@@ -27,10 +27,20 @@ pub const BODY_MAX: usize = 1024 * 1024;
 #[serde(deny_unknown_fields)]
 pub struct TemplateInput {
     /// 1-200 characters.
-    #[schema(example = "Welcome")]
+    #[schema(
+        example = "Welcome",
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub name: String,
     /// 1-998 characters (the RFC 5322 line limit).
-    #[schema(example = "Welcome to our newsletter")]
+    #[schema(
+        example = "Welcome to our newsletter",
+        min_length = 1,
+        max_length = 998,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub subject: String,
     /// Up to 1 MiB; at least one of the two bodies is needed.
     #[serde(default)]
@@ -100,7 +110,13 @@ impl From<SyncRow> for SyncState {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct TemplatePage {
+    /// Page size, 1-1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    #[param(
+        pattern = r"^(3[0-9]|6[1-6]){8}2d(3[0-9]|6[1-6]){4}2d(3[0-9]|6[1-6]){4}2d(3[0-9]|6[1-6]){4}2d(3[0-9]|6[1-6]){12}$"
+    )]
     pub cursor: Option<String>,
 }
 

@@ -111,11 +111,14 @@ pub struct NewToken {
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
     /// `^[a-z][a-z0-9._-]{1,62}$`, unique across all clients.
-    #[schema(example = "anna")]
+    #[schema(example = "anna", pattern = r"^[a-z][a-z0-9._-]{1,62}$")]
     pub username: String,
+    /// At most 200 characters, no control characters.
     #[serde(default)]
+    #[schema(max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub display_name: String,
     /// The client the user belongs to (default: the caller's). The caller needs full access to it.
+    #[schema(pattern = r"^[a-z][a-z0-9-]{1,39}$")]
     pub home_client: Option<String>,
     /// Role names; the caller must hold every permission they give.
     #[serde(default)]
@@ -125,6 +128,8 @@ pub struct CreateUser {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
+    /// At most 200 characters, no control characters.
+    #[schema(max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub display_name: Option<String>,
     /// Disabling refuses the user's tokens at once; enabling accepts them again.
     pub disabled: Option<bool>,
@@ -136,9 +141,15 @@ pub struct UpdateUser {
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
     /// A label, 1-100 characters (e.g. where it is used).
-    #[schema(example = "newsletter-sync")]
+    #[schema(
+        example = "newsletter-sync",
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub name: String,
     /// Lifetime in days (1-3650); absent = until revoked.
+    #[schema(minimum = 1, maximum = 3650)]
     pub expires_in_days: Option<i64>,
 }
 
@@ -157,10 +168,13 @@ pub struct SetAccess {
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Only users of this home client.
+    #[param(pattern = r"^[a-z][a-z0-9-]{1,39}$")]
     pub client: Option<String>,
     /// Page size, 1-1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^(2[0-9a-f]|[3-6][0-9a-f]|7[0-9a-e]){1,200}$")]
     pub cursor: Option<String>,
 }
 
@@ -237,7 +251,8 @@ pub async fn me(
 #[utoipa::path(get, path = "/v1/users", tag = "users", params(ListParams),
     responses((status = 200, description = "A page of users", body = Page<UserView>),
         (status = 400, description = "Invalid filter, limit or cursor", body = ErrorBody),
-        (status = 403, description = "No users.read", body = ErrorBody)))]
+        (status = 403, description = "No users.read", body = ErrorBody),
+        (status = 404, description = "No such client (or not visible)", body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     Caller(caller): Caller,

@@ -186,7 +186,13 @@ async fn jobs_split_between_two_processes_and_each_client_is_provisioned_once_ov
 
 #[tokio::test]
 async fn an_unwritable_archive_path_fails_the_delete_with_a_clear_error_and_keeps_the_database() {
-    let blocker = std::env::temp_dir().join(format!("mandant-archive-file-{}", next_id()));
+    // Unique per run too: ids restart with every test process, and a retried delete job of an earlier run may
+    // have left a directory at its path.
+    let blocker = std::env::temp_dir().join(format!(
+        "mandant-archive-file-{}-{}",
+        std::process::id(),
+        next_id()
+    ));
     std::fs::write(&blocker, b"not a directory").unwrap();
     let app = spawn_app_with(&[(
         "MANDANT__TENANTS__ARCHIVE_DIR",

@@ -188,6 +188,49 @@ async fn the_openapi_document_lists_every_route_and_needs_no_token() {
 }
 
 #[tokio::test]
+async fn every_operation_has_a_unique_id_and_documents_the_statuses_the_middleware_answers() {
+    let app = spawn_app().await;
+    let doc: serde_json::Value = app.get("/v1/openapi.json").await.json().await.unwrap();
+    let mut ids = std::collections::HashSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let name = format!("{} {path}", method.to_uppercase());
+            let id = operation["operationId"].as_str().unwrap_or_default();
+            assert!(
+                ids.insert(id.to_owned()),
+                "{name}: operationId {id:?} twice"
+            );
+            let responses = operation["responses"].as_object().unwrap();
+            let public = operation["security"] == serde_json::json!([{}]);
+            let has_input = operation.get("requestBody").is_some()
+                || operation["parameters"]
+                    .as_array()
+                    .is_some_and(|p| !p.is_empty());
+            let mut expected = Vec::new();
+            if !public {
+                expected.push("401");
+            }
+            if has_input {
+                expected.push("400");
+            }
+            if operation.get("requestBody").is_some() {
+                expected.extend(["413", "415"]);
+            }
+            if path.starts_with("/v1/clients/{slug}/") {
+                expected.extend(["409", "429", "503"]);
+            }
+            for status in expected {
+                assert!(
+                    responses.contains_key(status),
+                    "{name} does not document {status}"
+                );
+            }
+        }
+    }
+    assert!(ids.len() > 60, "{ids:?}");
+}
+
+#[tokio::test]
 async fn shutdown_runs_in_order_and_closes_the_control_pool() {
     let app = spawn_app().await;
     let db = app.control_db.clone();

@@ -17,6 +17,7 @@ mod isolation;
 mod layers;
 mod lists;
 mod migrate;
+mod nul_character;
 mod provisioning;
 mod recipients;
 mod routing;

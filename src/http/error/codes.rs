@@ -16,6 +16,18 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "invalid_body", message)
     }
 
+    /// 400: a NUL character (`\u0000`, `%00`) in `place`: PostgreSQL cannot store it in text, so no input may
+    /// carry one.
+    pub fn nul_character(place: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "nul_character",
+            format!(
+                "The NUL character (U+0000) is not allowed in {place}: no text may contain it; nothing was changed."
+            ),
+        )
+    }
+
     /// 400: the query string is not what the endpoint takes.
     pub fn invalid_query(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_query", message)
