@@ -61,7 +61,7 @@ def _real_value(path: str, name: str, generated):
     if name == "id":
         if "/templates/" in path:
             return TEMPLATE_ID or None
-        if path.startswith("/v1/clients/"):
+        if path.startswith("/v1/clients/") or path.startswith("/v1/target-groups/"):
             return 1
     return None
 

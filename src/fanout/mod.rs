@@ -145,6 +145,17 @@ impl FanOut {
         &self.control
     }
 
+    /// The registered database servers by id, read once per fan-out.
+    async fn servers_by_id(&self) -> Result<HashMap<i64, ServerRecord>, ControlError> {
+        Ok(self
+            .control
+            .list_servers()
+            .await?
+            .into_iter()
+            .map(|s| (s.id, s))
+            .collect())
+    }
+
     /// A per-client job (`reconcile_fields`, `sync_templates`): the job's client gets `work` when `select` accepts
     /// its status and it is placed on a server; a failure is recorded on the client (the job queue retries the job
     /// itself) and returned.
@@ -198,13 +209,7 @@ impl FanOut {
         Fut: Future<Output = Result<Vec<R::Item>, String>> + Send + 'static,
         R: Recorder,
     {
-        let servers: HashMap<i64, ServerRecord> = self
-            .control
-            .list_servers()
-            .await?
-            .into_iter()
-            .map(|s| (s.id, s))
-            .collect();
+        let servers = self.servers_by_id().await?;
         let permits = Arc::new(Semaphore::new(self.concurrency));
         let mut tasks = tokio::task::JoinSet::new();
         for client in self.control.all_live_clients().await? {

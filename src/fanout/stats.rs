@@ -27,13 +27,7 @@ impl FanOut {
             return Ok(None);
         };
         let due = self.control.clients_due_for_stats(min_age).await?;
-        let servers: HashMap<i64, ServerRecord> = self
-            .control
-            .list_servers()
-            .await?
-            .into_iter()
-            .map(|s| (s.id, s))
-            .collect();
+        let servers = self.servers_by_id().await?;
         let mut by_server: HashMap<i64, Vec<ClientRecord>> = HashMap::new();
         for client in due {
             if let Some(server) = client.server_id {

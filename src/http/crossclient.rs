@@ -39,15 +39,22 @@ const MAX_CLIENTS: usize = 1000;
 #[serde(deny_unknown_fields)]
 pub struct CreateCentralGroup {
     /// 1-200 characters, unique among cross-client target groups (case-insensitively).
-    #[schema(example = "Newsletter readers in Berlin, every client")]
+    #[schema(
+        example = "Newsletter readers in Berlin, every client",
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub name: String,
     /// A rule as for a client's target group, over standard and central fields only (no client fields, no
     /// mailing lists: those differ from client to client).
     #[schema(value_type = Object, example = json!({"all": [{"field": "city", "op": "eq", "value": "Berlin"}]}))]
     pub rule: serde_json::Value,
-    /// Evaluate in these clients only (slugs, 1-1000).
+    /// Evaluate in these clients only (slugs, 1-1000; not with `parent`).
+    #[schema(min_items = 1, max_items = 1000)]
     pub clients: Option<Vec<String>>,
-    /// Evaluate in this client's direct sub-clients only.
+    /// Evaluate in this client's direct sub-clients only (not with `clients`).
+    #[schema(pattern = r"^[a-z][a-z0-9-]{1,39}$")]
     pub parent: Option<String>,
 }
 
