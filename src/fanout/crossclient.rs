@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value as Json;
 use tokio::sync::{Semaphore, mpsc};
 
-use super::{FanOut, within};
+use super::{FanOut, on_client};
 use crate::control::clients::ClientRecord;
 use crate::control::fields::FieldRecord;
 use crate::data::recipients::Recipient;
@@ -19,8 +19,6 @@ use crate::data::rules;
 use crate::data::schema::{Field, FieldType, Origin, Schema};
 use crate::data::target_groups::{count_rule, members_by_rule};
 use crate::data::{DataError, Privacy};
-use crate::domain::ClientSlug;
-use crate::tenant::pool::{PooledConn, Use};
 
 /// One client a cross-client request visits, with what the caller may see there.
 #[derive(Debug, Clone)]
@@ -178,32 +176,13 @@ impl FanOut {
     }
 }
 
-/// A connection to the visited client for scan work, within `deadline`.
-async fn connect(
-    data: &crate::data::DataPlane,
-    visit: &Visit,
-    deadline: Duration,
-) -> Result<PooledConn, DataError> {
-    let connected = async {
-        let slug = ClientSlug::parse(&visit.client.slug)?;
-        data.connect_for(&slug, Use::Scan).await
-    };
-    match tokio::time::timeout(deadline, connected).await {
-        Ok(connected) => Ok(connected?.1),
-        Err(_) => Err(DataError::Deadline(deadline)),
-    }
-}
-
 async fn count_one(
     data: &crate::data::DataPlane,
     rule: &Json,
     visit: &Visit,
     deadline: Duration,
 ) -> Result<i64, DataError> {
-    let started = Instant::now();
-    let conn = connect(data, visit, deadline).await?;
-    let remaining = deadline.saturating_sub(started.elapsed());
-    within(conn, remaining, async |conn| {
+    on_client(data, &visit.client.slug, deadline, async |conn| {
         count_rule(conn.client(), rule, &visit.privacy).await
     })
     .await
@@ -223,17 +202,10 @@ async fn stream_client(
     let failed = |e: DataError| StreamItem::Failed(slug.clone(), e);
     let mut after = None;
     loop {
-        let started = Instant::now();
-        let page = match connect(data, visit, deadline).await {
-            Ok(conn) => {
-                let remaining = deadline.saturating_sub(started.elapsed());
-                within(conn, remaining, async |conn| {
-                    members_by_rule(conn.client(), rule, after, STREAM_PAGE, &visit.privacy).await
-                })
-                .await
-            }
-            Err(e) => Err(e),
-        };
+        let page = on_client(data, &slug, deadline, async |conn| {
+            members_by_rule(conn.client(), rule, after, STREAM_PAGE, &visit.privacy).await
+        })
+        .await;
         let page = match page {
             Ok(page) => page,
             Err(e) => return tx.send(failed(e)).await.is_ok(),

@@ -29,10 +29,10 @@ use crate::control::jobs::Job;
 use crate::control::servers::ServerRecord;
 use crate::control::{ControlError, ControlPlane};
 use crate::data::{DataError, DataPlane};
-use crate::domain::ClientStatus;
+use crate::domain::{ClientSlug, ClientStatus};
 use crate::telemetry::error_chain;
 use crate::tenant::TenantError;
-use crate::tenant::pool::PooledConn;
+use crate::tenant::pool::{PooledConn, Use};
 
 /// Results written to the control plane per statement.
 pub const RECORD_BATCH: usize = 64;
@@ -77,17 +77,30 @@ pub trait Recorder: Sync {
     ) -> impl Future<Output = Result<(), ControlError>> + Send;
 }
 
-/// Runs `work` on `conn` within `deadline`, then returns the connection to the pool. A connection whose work is
-/// cut off (by the deadline, or because the caller's future is dropped: a request timeout, an aborted task) is
-/// abandoned, its query cancelled, never returned to the pool still busy.
-pub async fn within<T>(
-    conn: PooledConn,
+/// Runs `work` on a client's database as [`Use::Scan`] work (through the route cache and the routing pool, as
+/// the client's own role), connecting and working together within `deadline`, then returns the connection to the
+/// pool. Work cut off (by the deadline, or because the caller's future is dropped: a request timeout, an aborted
+/// task) abandons its connection, its query cancelled, never returned to the pool still busy. Cross-client counts
+/// and streams and the statistics all reach a tenant through this.
+pub async fn on_client<T>(
+    data: &DataPlane,
+    slug: &str,
     deadline: Duration,
     work: impl AsyncFnOnce(&PooledConn) -> Result<T, DataError>,
 ) -> Result<T, DataError> {
+    let started = std::time::Instant::now();
+    let connected = async {
+        let slug = ClientSlug::parse(slug)?;
+        data.connect_for(&slug, Use::Scan).await
+    };
+    let conn = match tokio::time::timeout(deadline, connected).await {
+        Ok(connected) => connected?.1,
+        Err(_) => return Err(DataError::Deadline(deadline)),
+    };
     let mut guard = AbandonOnDrop(Some(conn));
+    let remaining = deadline.saturating_sub(started.elapsed());
     let outcome = match guard.0.as_ref() {
-        Some(conn) => tokio::time::timeout(deadline, work(conn)).await,
+        Some(conn) => tokio::time::timeout(remaining, work(conn)).await,
         None => return Err(DataError::Deadline(deadline)),
     };
     match outcome {
@@ -101,7 +114,7 @@ pub async fn within<T>(
     }
 }
 
-/// Abandons the connection it holds when dropped (see [`within`]).
+/// Abandons the connection it holds when dropped (see [`on_client`]).
 struct AbandonOnDrop(Option<PooledConn>);
 
 impl Drop for AbandonOnDrop {

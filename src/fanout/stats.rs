@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::{FanOut, Outcome, within};
+use super::{FanOut, Outcome, on_client};
 use crate::control::ControlError;
 use crate::control::clients::ClientRecord;
 use crate::control::servers::ServerRecord;
@@ -16,7 +16,6 @@ use crate::data::{DataError, DataPlane, recipients};
 use crate::domain::ClientStatus;
 use crate::telemetry::error_chain;
 use crate::tenant::cluster;
-use crate::tenant::pool::Use;
 
 impl FanOut {
     /// Collects the figures of every client whose figures are older than `min_age`, unless another process is
@@ -109,7 +108,7 @@ async fn collect_server(
         let mut error = sizes.as_ref().err().cloned();
         // A suspended client's role cannot log in: its counts stay as they were taken last.
         let counts = if client.status == ClientStatus::Active {
-            match count_one(data, server, client, deadline).await {
+            match count_one(data, client, deadline).await {
                 Ok(counts) => Some(counts),
                 Err(e) => {
                     tracing::warn!(client = %client.slug, error = %error_chain(&e), "could not count");
@@ -147,17 +146,10 @@ fn shown(e: &DataError) -> String {
 
 async fn count_one(
     data: &DataPlane,
-    server: &ServerRecord,
     client: &ClientRecord,
     deadline: Duration,
 ) -> Result<(i64, i64), DataError> {
-    let route = data.route(server, client.id)?;
-    let conn =
-        match tokio::time::timeout(deadline, data.pools().acquire_for(&route, Use::Scan)).await {
-            Ok(conn) => conn?,
-            Err(_) => return Err(DataError::Deadline(deadline)),
-        };
-    within(conn, deadline, async |conn| {
+    on_client(data, &client.slug, deadline, async |conn| {
         recipients::figures(conn.client()).await
     })
     .await
