@@ -273,6 +273,24 @@ impl ControlPlane {
         convert(rows)
     }
 
+    /// Active and suspended clients on a server whose overview figures (`client_stats`) are older than `min_age`
+    /// or missing, oldest first: the statistics worker's next round.
+    pub async fn clients_due_for_stats(
+        &self,
+        min_age: std::time::Duration,
+    ) -> Result<Vec<ClientRecord>, ControlError> {
+        let rows: Vec<ClientRow> = sqlx::query_as(select_clients!(
+            "LEFT JOIN client_stats st ON st.client_id = c.id
+             WHERE c.status IN ('active', 'suspended') AND c.server_id IS NOT NULL
+               AND (st.size_at IS NULL OR st.size_at < now() - make_interval(secs => $1))
+             ORDER BY st.size_at NULLS FIRST, c.slug"
+        ))
+        .bind(min_age.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        convert(rows)
+    }
+
     /// Renames a live client (by id: the one the caller's access was checked on).
     pub async fn rename_client(
         &self,

@@ -8,7 +8,6 @@ use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 use uuid::Uuid;
 
-use super::clients::ClientRecord;
 use super::{ControlError, ControlPlane};
 
 /// What one collection found for one client: its database size (through the server's admin connection) and its
@@ -157,27 +156,6 @@ impl ControlPlane {
             .fetch_one(&mut session)
             .await?;
         Ok(taken.then_some(StatsLock { _session: session }))
-    }
-
-    /// Live clients with a database whose figures are older than `min_age` (or missing), oldest first.
-    pub async fn clients_due_for_stats(
-        &self,
-        min_age: std::time::Duration,
-    ) -> Result<Vec<ClientRecord>, ControlError> {
-        let due: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT c.id FROM clients c LEFT JOIN client_stats s ON s.client_id = c.id
-             WHERE c.status IN ('active', 'suspended') AND c.server_id IS NOT NULL
-               AND (s.size_at IS NULL OR s.size_at < now() - make_interval(secs => $1))
-             ORDER BY s.size_at NULLS FIRST, c.slug",
-        )
-        .bind(min_age.as_secs_f64())
-        .fetch_all(&self.pool)
-        .await?;
-        let mut clients = self.all_live_clients().await?;
-        let order: HashMap<Uuid, usize> = due.iter().enumerate().map(|(i, id)| (*id, i)).collect();
-        clients.retain(|c| order.contains_key(&c.id));
-        clients.sort_by_key(|c| order.get(&c.id).copied());
-        Ok(clients)
     }
 
     /// Records one collection's figures; a figure that could not be taken keeps its previous value and time.
