@@ -27,7 +27,7 @@ use crate::control::clients::ClientRecord;
 use crate::control::target_groups::{CentralGroupRecord, ClientSelection};
 use crate::data::schema::Schema;
 use crate::data::{DataError, Privacy};
-use crate::domain::rights::{Principal, Rights};
+use crate::domain::rights::{Grant, Principal, Rights};
 use crate::domain::{ClientSlug, required_text};
 use crate::fanout::crossclient::{StreamItem, Visit, central_schema, check_rule};
 
@@ -115,43 +115,63 @@ async fn schema(state: &AppState) -> Result<Schema, ApiError> {
     Ok(central_schema(&state.control().fields_of(None).await?))
 }
 
-fn view(
-    group: CentralGroupRecord,
-    rights: &Rights,
+/// What showing groups to a caller needs, read once per request: the central schema (which rule values to
+/// withhold), the live clients (ids to slugs) and the caller's rights.
+struct Viewer<'a> {
+    rights: &'a Rights,
     master_private: bool,
-    schema: &Schema,
-    clients: &HashMap<uuid::Uuid, ClientRecord>,
-) -> CentralGroupView {
-    let visible = |id: &uuid::Uuid| {
-        clients
-            .get(id)
-            .filter(|c| rights.grant(c.id).is_visible())
-            .map(|c| c.slug.clone())
-    };
-    let (selection, selected, parent) = match &group.selection {
-        ClientSelection::All => ("all", None, None),
-        ClientSelection::Clients(ids) => {
-            let mut slugs: Vec<String> = ids.iter().filter_map(visible).collect();
-            slugs.sort();
-            ("clients", Some(slugs), None)
-        }
-        ClientSelection::Parent(id) => ("parent", None, Some(visible(id))),
-    };
-    let mut rule = group.rule;
-    if !master_private {
-        crate::data::rules::mask_personal_values(&mut rule, &|name| {
-            schema.get(name).is_some_and(|f| f.personal)
-        });
+    schema: Schema,
+    clients: HashMap<uuid::Uuid, ClientRecord>,
+}
+
+impl<'a> Viewer<'a> {
+    async fn load(
+        state: &AppState,
+        caller: &'a Principal,
+        master: &ClientScope,
+    ) -> Result<Self, ApiError> {
+        Ok(Self {
+            rights: &caller.rights,
+            master_private: master.grant.private_data,
+            schema: schema(state).await?,
+            clients: live_clients(state).await?,
+        })
     }
-    CentralGroupView {
-        id: group.id,
-        name: group.name,
-        rule,
-        selection,
-        clients: selected,
-        parent,
-        created_at: group.created_at,
-        updated_at: group.updated_at,
+
+    /// A group as this caller may see it: only visible clients named, personal rule values withheld without
+    /// the private-data right on the master.
+    fn view(&self, group: CentralGroupRecord) -> CentralGroupView {
+        let visible = |id: &uuid::Uuid| {
+            self.clients
+                .get(id)
+                .filter(|c| self.rights.grant(c.id).is_visible())
+                .map(|c| c.slug.clone())
+        };
+        let (selection, selected, parent) = match &group.selection {
+            ClientSelection::All => ("all", None, None),
+            ClientSelection::Clients(ids) => {
+                let mut slugs: Vec<String> = ids.iter().filter_map(visible).collect();
+                slugs.sort();
+                ("clients", Some(slugs), None)
+            }
+            ClientSelection::Parent(id) => ("parent", None, Some(visible(id))),
+        };
+        let mut rule = group.rule;
+        if !self.master_private {
+            crate::data::rules::mask_personal_values(&mut rule, &|name| {
+                self.schema.get(name).is_some_and(|f| f.personal)
+            });
+        }
+        CentralGroupView {
+            id: group.id,
+            name: group.name,
+            rule,
+            selection,
+            clients: selected,
+            parent,
+            created_at: group.created_at,
+            updated_at: group.updated_at,
+        }
     }
 }
 
@@ -217,28 +237,17 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateCentralGroup>,
 ) -> Result<Response, ApiError> {
     let name = required_text("name", &body.name, GROUP_NAME_MAX)?;
-    let schema = schema(&state).await?;
-    let fields = check_rule(&body.rule, &schema)?;
-    if !master.grant.private_data
-        && let Some(field) = fields
-            .iter()
-            .find(|f| schema.get(f).is_some_and(|f| f.personal))
-    {
-        return Err(DataError::PersonalData(field.clone()).into());
+    let viewer = Viewer::load(&state, &caller, &master).await?;
+    let fields = check_rule(&body.rule, &viewer.schema)?;
+    if !master.grant.private_data {
+        Privacy::Masked(Arc::from([])).check_fields(&viewer.schema, &fields)?;
     }
     let selection = selection(&state, &caller.rights, &body).await?;
     let group = state
         .control()
         .create_central_group(&name, &body.rule, &selection, caller.user_id)
         .await?;
-    let clients = live_clients(&state).await?;
-    let view = view(
-        group,
-        &caller.rights,
-        master.grant.private_data,
-        &schema,
-        &clients,
-    );
+    let view = viewer.view(group);
     Ok(super::created(
         &format!("/v1/target-groups/{}", view.id),
         &view,
@@ -259,19 +268,8 @@ pub async fn list(
 ) -> Result<Json<Page<CentralGroupView>>, ApiError> {
     let (limit, after) = cursor::keyset(params.limit, params.cursor.as_deref())?;
     let groups = state.control().central_groups(after, limit + 1).await?;
-    let (schema, clients) = (schema(&state).await?, live_clients(&state).await?);
-    let views = groups
-        .into_iter()
-        .map(|g| {
-            view(
-                g,
-                &caller.rights,
-                master.grant.private_data,
-                &schema,
-                &clients,
-            )
-        })
-        .collect();
+    let viewer = Viewer::load(&state, &caller, &master).await?;
+    let views = groups.into_iter().map(|g| viewer.view(g)).collect();
     Ok(Json(Page::from_rows(views, limit, |g| g.id.to_string())))
 }
 
@@ -289,14 +287,8 @@ pub async fn get(
     RowId(id): RowId,
 ) -> Result<Json<CentralGroupView>, ApiError> {
     let group = state.control().central_group(id).await?;
-    let (schema, clients) = (schema(&state).await?, live_clients(&state).await?);
-    Ok(Json(view(
-        group,
-        &caller.rights,
-        master.grant.private_data,
-        &schema,
-        &clients,
-    )))
+    let viewer = Viewer::load(&state, &caller, &master).await?;
+    Ok(Json(viewer.view(group)))
 }
 
 /// Delete a cross-client target group (no client's data is touched).
@@ -324,21 +316,25 @@ async fn visits(
 ) -> Result<Vec<Visit>, ApiError> {
     let schema = schema(state).await?;
     let fields = check_rule(&group.rule, &schema)?;
-    let mut selected: Vec<ClientRecord> = live_clients(state)
+    let mut selected: Vec<(ClientRecord, Grant)> = live_clients(state)
         .await?
         .into_values()
-        .filter(|c| caller.rights.grant(c.id).is_visible())
         .filter(|c| match &group.selection {
             ClientSelection::All => true,
             ClientSelection::Clients(ids) => ids.contains(&c.id),
             ClientSelection::Parent(parent) => c.parent_id == Some(*parent),
         })
+        .map(|c| {
+            let grant = caller.rights.grant(c.id);
+            (c, grant)
+        })
+        .filter(|(_, grant)| grant.is_visible())
         .collect();
-    selected.sort_by(|a, b| a.slug.cmp(&b.slug));
+    selected.sort_by(|a, b| a.0.slug.cmp(&b.0.slug));
     let masked: Vec<uuid::Uuid> = selected
         .iter()
-        .filter(|c| !caller.rights.grant(c.id).private_data)
-        .map(|c| c.id)
+        .filter(|(_, grant)| !grant.private_data)
+        .map(|(c, _)| c.id)
         .collect();
     let mut personal = if masked.is_empty() {
         HashMap::new()
@@ -346,19 +342,14 @@ async fn visits(
         state.control().personal_fields_of(&masked).await?
     };
     let mut visits = Vec::with_capacity(selected.len());
-    for client in selected {
-        let privacy = if caller.rights.grant(client.id).private_data {
+    for (client, grant) in selected {
+        let privacy = if grant.private_data {
             Privacy::Visible
         } else {
-            let marked = personal.remove(&client.id).unwrap_or_default();
-            // A rule on a personal field needs the private-data right on every client it touches.
-            if let Some(field) = fields.iter().find(|f| {
-                schema.get(f).is_some_and(|f| f.personal) || marked.iter().any(|m| m == *f)
-            }) {
-                return Err(DataError::PersonalData(field.clone()).into());
-            }
-            Privacy::Masked(marked.into())
+            Privacy::Masked(personal.remove(&client.id).unwrap_or_default().into())
         };
+        // A rule on a personal field needs the private-data right on every client it touches.
+        privacy.check_fields(&schema, &fields)?;
         visits.push(Visit { client, privacy });
     }
     Ok(visits)
