@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, error_code, spawn_app, superuser};
+use crate::helpers::{TestApp, error_code, spawn_app};
 
 /// The columns of a client's `recipients` table.
 async fn columns(app: &TestApp, slug: &str) -> Vec<String> {
@@ -306,21 +306,7 @@ async fn a_tenant_database_down_during_a_central_field_gets_it_when_it_returns()
     let app = spawn_app().await;
     app.create_active_client("steady").await;
     app.create_active_client("flaky").await;
-    let flaky_db = app.state.targets().names(
-        app.client_json("flaky").await["id"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap(),
-    );
-    let admin = superuser("postgres").await;
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS false",
-            flaky_db.database
-        ))
-        .await
-        .unwrap();
+    app.take_down("flaky").await;
 
     let created = app
         .post_json("/v1/fields", &json!({"name": "segment", "type": "integer"}))
@@ -347,13 +333,7 @@ async fn a_tenant_database_down_during_a_central_field_gets_it_when_it_returns()
     );
 
     // Back up: applied without any manual step.
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS true",
-            flaky_db.database
-        ))
-        .await
-        .unwrap();
+    app.bring_up("flaky").await;
     wait_for_field(&app, "segment", |f| f["propagation"]["applied"] == 3).await;
     assert!(columns(&app, "flaky").await.contains(&"segment".to_owned()));
 }
@@ -541,19 +521,7 @@ async fn an_own_field_on_an_unreachable_database_is_pending_then_applied_and_req
  {
     let app = spawn_app().await;
     app.create_active_client("remote").await;
-    let id = app.client_json("remote").await["id"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let database = app.state.targets().names(id).database;
-    let admin = superuser("postgres").await;
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS false"
-        ))
-        .await
-        .unwrap();
+    app.take_down("remote").await;
     let created = app
         .post_json(
             "/v1/clients/remote/fields",
@@ -563,12 +531,7 @@ async fn an_own_field_on_an_unreachable_database_is_pending_then_applied_and_req
     assert_eq!(created.status(), StatusCode::ACCEPTED);
     let body: Value = created.json().await.unwrap();
     assert_eq!(body["status"], "pending");
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS true"
-        ))
-        .await
-        .unwrap();
+    app.bring_up("remote").await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let fields: Value = app

@@ -375,6 +375,50 @@ impl TestApp {
             .get(0)
     }
 
+    /// Takes a client's database down as an outage would: it refuses new connections, its sessions end, and this
+    /// process's pooled connections to it are closed. Returns the database name.
+    pub async fn take_down(&self, slug: &str) -> String {
+        let id: uuid::Uuid = self.client_json(slug).await["id"]
+            .as_str()
+            .expect("client id")
+            .parse()
+            .expect("uuid");
+        let database = self.state.targets().names(id).database;
+        let admin = superuser("postgres").await;
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS false"
+            ))
+            .await
+            .expect("refuse connections");
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                &[&database],
+            )
+            .await
+            .expect("end sessions");
+        self.state.pools().close_tenant(id);
+        database
+    }
+
+    /// Brings a database [`Self::take_down`] took down back up.
+    pub async fn bring_up(&self, slug: &str) {
+        let id: uuid::Uuid = self.client_json(slug).await["id"]
+            .as_str()
+            .expect("client id")
+            .parse()
+            .expect("uuid");
+        let database = self.state.targets().names(id).database;
+        superuser("postgres")
+            .await
+            .batch_execute(&format!(
+                "ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS true"
+            ))
+            .await
+            .expect("accept connections");
+    }
+
     /// A client's own database, as superuser (for assertions on state and for sabotage).
     pub async fn tenant_db(&self, slug: &str) -> tokio_postgres::Client {
         let id = self.client_json(slug).await["id"]

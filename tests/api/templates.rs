@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, error_code, spawn_app, superuser};
+use crate::helpers::{TestApp, error_code, spawn_app};
 
 fn template(name: &str, text: &str) -> Value {
     json!({"name": name, "subject": format!("About {name}"), "html_body": format!("<p>{text}</p>"), "text_body": text})
@@ -174,28 +174,8 @@ async fn a_tenant_down_during_publish_is_synced_when_it_returns_and_deliveries_n
     let app = spawn_app().await;
     app.create_active_client("online").await;
     app.create_active_client("offline").await;
-    let offline_id = app.client_json("offline").await["id"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let database = app.state.targets().names(offline_id).database;
-    let admin = superuser("postgres").await;
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS false"
-        ))
-        .await
-        .unwrap();
     // Existing pooled connections of the tenant end too.
-    admin
-        .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
-            &[&database],
-        )
-        .await
-        .unwrap();
-    app.state.pools().close_tenant(offline_id);
+    app.take_down("offline").await;
 
     let created: Value = app
         .post_json("/v1/templates", &template("Notice", "v1"))
@@ -218,12 +198,7 @@ async fn a_tenant_down_during_publish_is_synced_when_it_returns_and_deliveries_n
     );
     assert_eq!(copy(&app, "online", &id).await["text_body"], "v1");
 
-    admin
-        .batch_execute(&format!(
-            "ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS true"
-        ))
-        .await
-        .unwrap();
+    app.bring_up("offline").await;
     wait_for_sync(&app, &id, |c| c["status"] == "synced").await;
     assert_eq!(copy(&app, "offline", &id).await["text_body"], "v1");
 
