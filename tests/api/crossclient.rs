@@ -7,7 +7,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::access::{call, user};
-use crate::helpers::{TestApp, TestDir, error_code, spawn_app, superuser};
+use crate::helpers::{TestApp, TestDir, error_code, spawn_app};
 
 /// Creates a central field and waits until every live client has it.
 async fn central_field(app: &TestApp, body: Value) {
@@ -41,41 +41,6 @@ async fn recipients(app: &TestApp, slug: &str, regions: &[&str]) {
             .await;
         assert_eq!(created.status(), StatusCode::CREATED, "{slug}");
     }
-}
-
-/// Makes a client's database refuse connections and drops this process's pooled ones.
-async fn take_down(app: &TestApp, slug: &str) {
-    let id: uuid::Uuid = app.client_json(slug).await["id"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let database = app.state.targets().names(id).database;
-    superuser("postgres")
-        .await
-        .batch_execute(&format!(
-            "ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS false;
-             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}';"
-        ))
-        .await
-        .unwrap();
-    app.state.pools().close_tenant(id);
-}
-
-async fn bring_up(app: &TestApp, slug: &str) {
-    let id: uuid::Uuid = app.client_json(slug).await["id"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let database = app.state.targets().names(id).database;
-    superuser("postgres")
-        .await
-        .batch_execute(&format!(
-            "ALTER DATABASE \"{database}\" ALLOW_CONNECTIONS true"
-        ))
-        .await
-        .unwrap();
 }
 
 #[tokio::test]
@@ -117,7 +82,7 @@ async fn a_cross_client_count_over_five_clients_with_one_down_reports_four_count
     named.sort();
     assert_eq!(group["clients"], json!(named));
 
-    take_down(&app, "cc-three").await;
+    app.take_down("cc-three").await;
     let response = app
         .get(&format!("/v1/target-groups/{}/count", group["id"]))
         .await;
@@ -149,7 +114,7 @@ async fn a_cross_client_count_over_five_clients_with_one_down_reports_four_count
     assert_eq!(total, 1 + 2 + 4 + 5);
 
     // Back up: counted again at once (the breaker the failure may have tripped was closed with the pool).
-    bring_up(&app, "cc-three").await;
+    app.bring_up("cc-three").await;
     app.state.pools().close_tenant(
         app.client_json("cc-three").await["id"]
             .as_str()
@@ -206,7 +171,7 @@ async fn cross_client_recipients_stream_masked_where_the_caller_lacks_private_da
         ],
     )
     .await;
-    take_down(&app, "st-c").await;
+    app.take_down("st-c").await;
 
     let response = crate::helpers::http_client(Some(&token))
         .get(app.url(&format!("/v1/target-groups/{}/recipients", group["id"])))
@@ -694,7 +659,7 @@ async fn the_overview_shows_each_visible_clients_figures_after_the_statistics_jo
     assert_eq!(status, StatusCode::FORBIDDEN);
 
     // A client that is down: its counts keep their last values and time; the error is the last error.
-    take_down(&app, "ov-one").await;
+    app.take_down("ov-one").await;
     collect(&app).await;
     let page: Value = app
         .get("/v1/overview?limit=1000")
@@ -709,7 +674,7 @@ async fn the_overview_shows_each_visible_clients_figures_after_the_statistics_jo
         "kept from the collection that could count"
     );
     assert_eq!(one["last_error"]["source"], "statistics", "{one}");
-    bring_up(&app, "ov-one").await;
+    app.bring_up("ov-one").await;
 
     // The CLI shows the same figures.
     let dir = TestDir::new("overview-cli");
@@ -792,4 +757,85 @@ async fn a_slow_or_suspended_client_is_reported_with_its_error_and_the_others_ar
         "{count}"
     );
     assert_eq!(count["total"], 1);
+}
+
+#[tokio::test]
+async fn creating_a_cross_client_target_group_refuses_a_taken_name_a_blank_name_and_an_empty_or_oversized_selection()
+ {
+    let app = spawn_app().await;
+    let rule = json!({"field": "gender", "op": "eq", "value": "f"});
+    let first = app
+        .post_json("/v1/target-groups", &json!({"name": "Women", "rule": rule}))
+        .await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let stored = app
+        .control_i64("SELECT count(*) FROM central_target_groups")
+        .await;
+
+    let taken = app
+        .post_json("/v1/target-groups", &json!({"name": "WOMEN", "rule": rule}))
+        .await;
+    assert_eq!(taken.status(), StatusCode::CONFLICT);
+    assert_eq!(error_code(taken).await, "target_group_name_taken");
+    let blank = app
+        .post_json("/v1/target-groups", &json!({"name": "  ", "rule": rule}))
+        .await;
+    assert_eq!(blank.status(), StatusCode::BAD_REQUEST);
+    let empty = app
+        .post_json(
+            "/v1/target-groups",
+            &json!({"name": "Nobody", "rule": rule, "clients": []}),
+        )
+        .await;
+    assert_eq!(empty.status(), StatusCode::BAD_REQUEST);
+    let many: Vec<String> = (0..1001).map(|i| format!("c-{i}")).collect();
+    let oversized = app
+        .post_json(
+            "/v1/target-groups",
+            &json!({"name": "Everybody", "rule": rule, "clients": many}),
+        )
+        .await;
+    assert_eq!(oversized.status(), StatusCode::BAD_REQUEST);
+    let not_a_rule = app
+        .post_json("/v1/target-groups", &json!({"name": "Odd", "rule": [1, 2]}))
+        .await;
+    assert_eq!(not_a_rule.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(not_a_rule).await, "invalid_rule");
+    assert_eq!(
+        app.control_i64("SELECT count(*) FROM central_target_groups")
+            .await,
+        stored,
+        "nothing was stored"
+    );
+
+    // Unknown ids and bad paging.
+    assert_eq!(
+        app.get("/v1/target-groups/999999").await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.get("/v1/target-groups/999999/count").await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.get("/v1/target-groups/abc").await.status(),
+        StatusCode::NOT_FOUND,
+        "an id that is not one names nothing, as everywhere"
+    );
+    assert_eq!(
+        app.get("/v1/target-groups?limit=0").await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        app.get("/v1/overview?limit=0").await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        app.get("/v1/overview?status=sleepy").await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        app.get("/v1/overview?cursor=zz").await.status(),
+        StatusCode::BAD_REQUEST
+    );
 }

@@ -431,3 +431,27 @@ impl TenantPools {
         metrics::gauge!("tenant_pool_breakers_open").set(broken as f64);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    #[test]
+    fn served_times_a_failed_flush_put_back_are_merged_and_the_later_time_wins() {
+        let pools = TenantPools::new(PoolSettings::default());
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let earlier = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let later = earlier + Duration::from_secs(60);
+        // Served again (later) while a flush of the earlier time failed: the restore keeps the later time.
+        lock(&pools.inner.served).insert(a, later);
+        pools.restore_served([(a, earlier), (b, earlier)]);
+        let mut taken = pools.take_served();
+        taken.sort_by_key(|(_, at)| *at);
+        assert_eq!(taken.len(), 2);
+        assert!(taken.contains(&(a, later)));
+        assert!(taken.contains(&(b, earlier)));
+        assert!(pools.take_served().is_empty(), "taken means gone");
+    }
+}
