@@ -279,13 +279,11 @@ fn spawn_background(
     let metrics = state.metrics().clone();
     let token = cancel.clone();
     tasks.spawn(async move {
-        let mut tick = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => metrics.run_upkeep(),
-                () = token.cancelled() => break,
-            }
-        }
+        crate::shutdown::every(METRICS_UPKEEP_INTERVAL, &token, || {
+            metrics.run_upkeep();
+            std::future::ready(())
+        })
+        .await
     });
     // The route cache follows the clients channel (it serves only while this listener is up).
     let data = state.data().clone();
@@ -300,16 +298,12 @@ fn spawn_background(
     let every = state.settings().routing.gc_interval();
     let token = cancel.clone();
     tasks.spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    pools.collect_garbage();
-                    pools.publish_metrics();
-                }
-                () = token.cancelled() => break,
-            }
-        }
+        crate::shutdown::every(every, &token, || {
+            pools.collect_garbage();
+            pools.publish_metrics();
+            std::future::ready(())
+        })
+        .await
     });
     if options.no_workers {
         tracing::info!("--no-workers: background jobs are left to `mandant worker` processes");

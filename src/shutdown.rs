@@ -14,6 +14,28 @@
 pub use tokio_util::sync::CancellationToken;
 pub use tokio_util::task::TaskTracker;
 
+/// Runs `tick` every `period` (the first at once; a late tick delays the next ones rather than bursting) until
+/// `cancel`, which also cuts a running tick short: the shape of every periodic background task (metrics upkeep,
+/// pool hygiene, last-served times, statistics).
+pub async fn every<F, Fut>(period: std::time::Duration, cancel: &CancellationToken, mut tick: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            () = cancel.cancelled() => return,
+        }
+        tokio::select! {
+            () = tick() => {}
+            () = cancel.cancelled() => return,
+        }
+    }
+}
+
 /// Resolves on the first SIGINT (Ctrl-C) or SIGTERM. The handlers are installed when this is called, not when
 /// the future is first polled: a signal that arrives while the service starts (before `listening` is logged and
 /// the future awaited) still shuts it down in order instead of killing it.

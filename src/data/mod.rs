@@ -268,17 +268,12 @@ impl DataPlane {
 
     /// Flushes [`Self::flush_served`] every `every` until cancelled, and once more at the end.
     pub async fn record_served(&self, every: Duration, cancel: CancellationToken) {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                () = cancel.cancelled() => break,
-            }
+        crate::shutdown::every(every, &cancel, || async {
             if let Err(e) = self.flush_served().await {
                 tracing::warn!(error = %e, "could not record when clients were last served");
             }
-        }
+        })
+        .await;
         let _ = self.flush_served().await;
     }
 

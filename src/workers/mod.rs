@@ -429,19 +429,8 @@ async fn job_loop(
 /// figures are older than 90% of the interval, so several worker processes together collect each client about
 /// once per interval; only one collects at a time.
 async fn stats_loop(fanout: FanOut, every: std::time::Duration, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = cancel.cancelled() => break,
-        }
-        let collecting = fanout.collect_stats(every.mul_f64(0.9));
-        let outcome = tokio::select! {
-            outcome = collecting => outcome,
-            () = cancel.cancelled() => break,
-        };
-        match outcome {
+    crate::shutdown::every(every, &cancel, || async {
+        match fanout.collect_stats(every.mul_f64(0.9)).await {
             Ok(Some(outcome)) if outcome.done + outcome.failed > 0 => tracing::info!(
                 clients = outcome.done,
                 incomplete = outcome.failed,
@@ -450,7 +439,8 @@ async fn stats_loop(fanout: FanOut, every: std::time::Duration, cancel: Cancella
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not gather the overview's statistics"),
         }
-    }
+    })
+    .await
 }
 
 /// Wakes the job loops on every notification of the jobs channel (polling covers the gaps while it is down).
