@@ -36,6 +36,19 @@ pub fn fsync_label() -> &'static str {
     }
 }
 
+/// A superuser session on `database` of the benchmark's cluster (set-up, sabotage, baselines).
+pub async fn superuser(
+    cluster: &ThrowawayCluster,
+    database: &str,
+) -> deadpool_postgres::tokio_postgres::Client {
+    cluster
+        .cluster()
+        .target(database)
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("superuser session on {database}: {e}"))
+}
+
 /// Settings for an app on `cluster`, with `extra` `MANDANT__` overrides.
 pub fn settings(cluster: &ThrowawayCluster, control_db: &str, extra: &[(&str, &str)]) -> Settings {
     let mut env: HashMap<String, String> = HashMap::new();

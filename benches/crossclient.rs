@@ -94,12 +94,7 @@ async fn main() {
             .await
             .expect("server");
         let database = app.state.targets().names(client.id).database;
-        let db = cluster
-            .cluster()
-            .target(&database)
-            .connect()
-            .await
-            .expect("tenant as superuser");
+        let db = common::superuser(&cluster, &database).await;
         db.execute(
             "INSERT INTO recipients (email, region)
              SELECT 'r' || i || '@example.org', (ARRAY['north', 'south', 'east', 'west'])[1 + i % 4]
@@ -136,12 +131,7 @@ async fn main() {
         per_tenant,
         setup.elapsed().as_secs_f64()
     );
-    let admin = cluster
-        .cluster()
-        .target("postgres")
-        .connect()
-        .await
-        .expect("admin");
+    let admin = common::superuser(&cluster, "postgres").await;
 
     let count_once = || async {
         let before = cpu_jiffies();

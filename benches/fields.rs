@@ -142,12 +142,7 @@ async fn main() {
     let tenants = common::env_usize("BENCH_TENANTS", 200);
     let rounds = common::env_usize("BENCH_ROUNDS", 3).max(1);
     let cluster = common::cluster("bench-fields");
-    let admin = cluster
-        .cluster()
-        .target("postgres")
-        .connect()
-        .await
-        .expect("admin");
+    let admin = common::superuser(&cluster, "postgres").await;
     // The configured defaults unless BENCH_CONCURRENCY (job loops) or BENCH_FANOUT (tenants one fan-out job
     // works on at once) say otherwise.
     let mut overrides = Vec::new();
@@ -177,12 +172,7 @@ async fn main() {
     );
 
     // The databases both phases change: every active client's, the master's included.
-    let control = cluster
-        .cluster()
-        .target("bench_ctl")
-        .connect()
-        .await
-        .expect("control");
+    let control = common::superuser(&cluster, "bench_ctl").await;
     let databases: Vec<Tenant> = control
         .query(
             "SELECT id::text, server_id, db_name FROM clients WHERE status = 'active' ORDER BY slug",
@@ -198,12 +188,7 @@ async fn main() {
         })
         .collect();
     // A second control connection for the by-hand claims (ControlPlane's pool is not public).
-    let mut claimer = cluster
-        .cluster()
-        .target("bench_ctl")
-        .connect()
-        .await
-        .expect("control");
+    let mut claimer = common::superuser(&cluster, "bench_ctl").await;
     let n = databases.len();
     assert_eq!(n, tenants + 1, "active clients (the master included)");
     for t in &databases {
@@ -236,12 +221,7 @@ async fn main() {
                     .for_each_concurrent(usize::from(fanout), |t| {
                         let (cluster, sql) = (&cluster, &sql);
                         async move {
-                            let db = cluster
-                                .cluster()
-                                .target(&t.database)
-                                .connect()
-                                .await
-                                .expect("connect");
+                            let db = common::superuser(cluster, &t.database).await;
                             db.batch_execute(sql).await.expect("ALTER TABLE");
                         }
                     })
@@ -300,12 +280,7 @@ async fn main() {
                 let started = Instant::now();
                 for t in &databases {
                     let at = Instant::now();
-                    let db = cluster
-                        .cluster()
-                        .target(&t.database)
-                        .connect()
-                        .await
-                        .expect("connect");
+                    let db = common::superuser(&cluster, &t.database).await;
                     let connected = Instant::now();
                     db.batch_execute(&sql).await.expect("ALTER TABLE");
                     r.sequential_connect += (connected - at).as_secs_f64();
@@ -882,12 +857,7 @@ async fn cleanup(
     column: &str,
 ) {
     for t in databases {
-        let db = cluster
-            .cluster()
-            .target(&t.database)
-            .connect()
-            .await
-            .expect("connect");
+        let db = common::superuser(cluster, &t.database).await;
         db.execute("DELETE FROM field_catalogue WHERE name = $1", &[&column])
             .await
             .expect("catalogue cleanup");

@@ -71,12 +71,7 @@ async fn main() {
     let rows = common::env_usize("BENCH_ROWS", 100_000).max(1);
     let rounds = common::env_usize("BENCH_ROUNDS", 3).max(1);
     let cluster = common::cluster("bench-import");
-    let admin = cluster
-        .cluster()
-        .target("postgres")
-        .connect()
-        .await
-        .expect("admin");
+    let admin = common::superuser(&cluster, "postgres").await;
     let settings = common::settings(&cluster, "bench_ctl", &[]);
     let app = common::start_app(settings, RunOptions::default()).await;
     let http = common::http();
@@ -128,12 +123,7 @@ async fn main() {
                 );
                 r.api_insert = took;
             } else {
-                let db = cluster
-                    .cluster()
-                    .target(&raw_db)
-                    .connect()
-                    .await
-                    .expect("raw");
+                let db = common::superuser(&cluster, &raw_db).await;
                 let started = Instant::now();
                 let copied = raw_copy(&db, &copy).await;
                 r.raw_copy = started.elapsed().as_secs_f64();
@@ -150,12 +140,7 @@ async fn main() {
         );
         r.api_update = took;
 
-        let mut db = cluster
-            .cluster()
-            .target(&sql_db)
-            .connect()
-            .await
-            .expect("by hand");
+        let mut db = common::superuser(&cluster, &sql_db).await;
         checkpoint(&admin).await;
         r.hand_insert = by_hand(&mut db, &copy, rows, true).await;
         checkpoint(&admin).await;

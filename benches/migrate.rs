@@ -69,18 +69,8 @@ async fn main() {
         dry_run: false,
         verify: false,
     };
-    let admin = cluster
-        .cluster()
-        .target("postgres")
-        .connect()
-        .await
-        .expect("admin");
-    let control = cluster
-        .cluster()
-        .target("bench_ctl")
-        .connect()
-        .await
-        .expect("control");
+    let admin = common::superuser(&cluster, "postgres").await;
+    let control = common::superuser(&cluster, "bench_ctl").await;
     let targets: Vec<_> = control
         .query(
             "SELECT db_name FROM clients WHERE slug = ANY($1) ORDER BY slug",

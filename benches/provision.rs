@@ -25,12 +25,7 @@ async fn main() {
     let per_round = clients / rounds;
     let clients = per_round * rounds;
     let cluster = common::cluster("bench-provision");
-    let admin = cluster
-        .cluster()
-        .target("postgres")
-        .connect()
-        .await
-        .expect("admin");
+    let admin = common::superuser(&cluster, "postgres").await;
 
     // mandant: the real service, HTTP in, workers provisioning.
     let level = std::env::var("BENCH_LOG").unwrap_or_else(|_| "error".into());
@@ -130,12 +125,7 @@ async fn main() {
         naive += started.elapsed();
     }
 
-    let control = cluster
-        .cluster()
-        .target("bench_ctl")
-        .connect()
-        .await
-        .expect("control");
+    let control = common::superuser(&cluster, "bench_ctl").await;
     // Time to active per client within its burst (queueing included).
     let mut latencies: Vec<Duration> = control
         .query(

@@ -186,12 +186,7 @@ async fn main() {
 
     // Setup (untimed): the tenants, 50 at a time.
     let setup = Instant::now();
-    let control = cluster
-        .cluster()
-        .target("soak_ctl")
-        .connect()
-        .await
-        .expect("control db");
+    let control = common::superuser(&cluster, "soak_ctl").await;
     let slugs: Vec<String> = (0..tenants).map(|i| format!("soak-{i:04}")).collect();
     for chunk in slugs.chunks(50) {
         for slug in chunk {
@@ -291,12 +286,7 @@ async fn main() {
             http.clone(),
             base.clone(),
         );
-        let admin = cluster
-            .cluster()
-            .target("postgres")
-            .connect()
-            .await
-            .expect("admin");
+        let admin = common::superuser(&cluster, "postgres").await;
         tokio::spawn(async move {
             let mut tick = 0u64;
             while !stop.load(Ordering::Relaxed) {

@@ -58,18 +58,8 @@ async fn main() {
         "setup: {clients} client databases in {:.1} s",
         setup.elapsed().as_secs_f64()
     );
-    let admin = cluster
-        .cluster()
-        .target("postgres")
-        .connect()
-        .await
-        .expect("admin");
-    let control_db = cluster
-        .cluster()
-        .target("bench_ctl")
-        .connect()
-        .await
-        .expect("control db");
+    let admin = common::superuser(&cluster, "postgres").await;
+    let control_db = common::superuser(&cluster, "bench_ctl").await;
 
     let mut template_id: Option<String> = None;
     let mut mandant = Vec::new();
