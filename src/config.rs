@@ -577,6 +577,32 @@ mod tests {
             .to_string();
             assert!(err.contains("workers.identity"), "{err}");
         }
+
+        for (var, value, key) in [
+            (
+                "MANDANT__WORKERS__FANOUT_CLIENT_DEADLINE_MS",
+                "5",
+                "workers.fanout_client_deadline_ms",
+            ),
+            (
+                "MANDANT__WORKERS__STATS_INTERVAL_SECS",
+                "5",
+                "workers.stats_interval_secs",
+            ),
+            (
+                "MANDANT__WORKERS__SERVED_FLUSH_SECS",
+                "0",
+                "workers.served_flush_secs",
+            ),
+        ] {
+            let err = Settings::load(&LoadOptions {
+                env: env(&[(var, value)]),
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(key), "{err}");
+        }
     }
 
     #[test]
