@@ -839,3 +839,46 @@ async fn creating_a_cross_client_target_group_refuses_a_taken_name_a_blank_name_
         StatusCode::BAD_REQUEST
     );
 }
+
+#[tokio::test]
+async fn while_another_process_collects_statistics_a_second_collector_stands_aside_and_takes_over_after()
+ {
+    let app = crate::helpers::spawn_app_with(&[(
+        "MANDANT__WORKERS__STATS_INTERVAL_SECS",
+        "0".to_owned(),
+    )])
+    .await;
+    app.create_active_client("lk-one").await;
+    // Another process's collector: the statistics lock on a session of its own.
+    let held = app
+        .state
+        .control()
+        .try_stats_lock()
+        .await
+        .unwrap()
+        .expect("the lock is free");
+    let fanout = app.state.fanout();
+    assert!(
+        fanout
+            .collect_stats(Duration::ZERO)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        app.control_i64("SELECT count(*) FROM client_stats WHERE size_at IS NOT NULL")
+            .await,
+        0,
+        "nothing collected twice"
+    );
+    // That process ends (its session with it): this one collects at once.
+    drop(held);
+    let outcome = loop {
+        if let Some(outcome) = fanout.collect_stats(Duration::ZERO).await.unwrap() {
+            break outcome;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(outcome.done >= 2, "the master and lk-one: {outcome:?}");
+    assert_eq!(outcome.failed, 0);
+}
