@@ -51,7 +51,7 @@ pub struct CreateCentralGroup {
     #[schema(value_type = Object, example = json!({"all": [{"field": "city", "op": "eq", "value": "Berlin"}]}))]
     pub rule: serde_json::Value,
     /// Evaluate in these clients only (slugs, 1-1000; not with `parent`).
-    #[schema(min_items = 1, max_items = 1000)]
+    #[schema(min_items = 1, max_items = 1000, value_type = Option<Vec<super::openapi::SlugText>>)]
     pub clients: Option<Vec<String>>,
     /// Evaluate in this client's direct sub-clients only (not with `clients`).
     #[schema(pattern = r"^[a-z][a-z0-9-]{1,39}$")]

@@ -180,3 +180,26 @@ fn error_response(description: &str) -> utoipa::openapi::RefOr<utoipa::openapi::
         .build()
         .into()
 }
+
+/// Document-only schemas of strings with a pattern, for the items of arrays (utoipa takes `pattern` on named
+/// fields only): the handlers parse the values with the domain's own parsers.
+macro_rules! pattern_text {
+    ($name:ident, $pattern:literal, $doc:literal) => {
+        #[doc = $doc]
+        pub struct $name;
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .pattern(Some($pattern))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
+    };
+}
+
+pattern_text!(SlugText, r"^[a-z][a-z0-9-]{1,39}$", "A client slug.");
+pattern_text!(RoleNameText, r"^[a-z][a-z0-9-]{1,39}$", "A role name.");

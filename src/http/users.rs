@@ -122,6 +122,7 @@ pub struct CreateUser {
     pub home_client: Option<String>,
     /// Role names; the caller must hold every permission they give.
     #[serde(default)]
+    #[schema(value_type = Vec<super::openapi::RoleNameText>)]
     pub roles: Vec<String>,
 }
 
@@ -131,9 +132,10 @@ pub struct UpdateUser {
     /// At most 200 characters, no control characters.
     #[schema(max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub display_name: Option<String>,
-    /// Disabling refuses the user's tokens at once; enabling accepts them again.
+    /// Disabling revokes the user's live tokens at once; enabling again does not revive them (mint new ones).
     pub disabled: Option<bool>,
     /// Replaces the user's roles.
+    #[schema(value_type = Option<Vec<super::openapi::RoleNameText>>)]
     pub roles: Option<Vec<String>>,
 }
 
