@@ -184,6 +184,7 @@ pub struct RoutingSettings {
     pub pool_idle_drop_secs: u64,
     pub gc_interval_secs: u64,
     pub fair_share_hold_secs: u64,
+    pub scan_share: usize,
 }
 
 impl RoutingSettings {
@@ -420,6 +421,11 @@ impl Settings {
                 && r.per_tenant_cap <= r.budget_per_server,
             "routing.per_tenant_cap",
             "must be at least 1 and at most routing.budget_per_server (itself at least 1)",
+        )?;
+        ensure(
+            r.scan_share > 0 && r.scan_share <= r.budget_per_server,
+            "routing.scan_share",
+            "must be at least 1 and at most routing.budget_per_server",
         )?;
         ensure(
             r.max_waiters_per_tenant > 0,

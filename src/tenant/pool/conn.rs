@@ -109,6 +109,8 @@ pub(super) struct ServerBudget {
     pub(super) last_pressure: Mutex<Option<Instant>>,
     /// Signalled when any connection on this server is returned (idle, so evictable).
     pub(super) returned: tokio::sync::Notify,
+    /// Which tenants keep their connections when the budget is full (lock order: this, then `Inner::tenants`).
+    pub(super) policy: Mutex<policy::Admission<Uuid>>,
 }
 
 /// Creates and recycles one tenant's connections, taking a budget permit for each.
@@ -155,7 +157,7 @@ impl managed::Manager for TenantManager {
             if router.connections_of(self.client_id) > 0 {
                 // A warm tenant may take over a connection whose tenant has gone quiet, never a recently used
                 // one (that thrashes). Otherwise everyone in use wants more than the budget holds: fair share.
-                if router.evict_lru_idle(self.server_id, self.client_id, Some(STALE_IDLE)) {
+                if router.evict_stale_idle(self.server_id, self.client_id, STALE_IDLE) {
                     continue;
                 }
                 router.under_pressure(self.server_id, &self.budget, true);
@@ -170,7 +172,7 @@ impl managed::Manager for TenantManager {
             let returned = self.budget.returned.notified();
             tokio::pin!(returned);
             returned.as_mut().enable();
-            router.evict_lru_idle(self.server_id, self.client_id, None);
+            router.evict_by_policy(&self.budget, self.client_id);
             metrics::counter!("tenant_pool_budget_waits_total").increment(1);
             // Wait for the permit the eviction freed (or any other), or for any connection on this server to
             // become idle (then look again); `acquire`'s deadline bounds the loop.

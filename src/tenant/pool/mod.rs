@@ -4,10 +4,13 @@
 //! - **Budget.** Every physical connection owns a permit of its server's semaphore for its whole life (the permit
 //!   lives inside the pooled object), so the bound holds on every path: a connection dropped by eviction, by the
 //!   pool's recycling, by GC or by an error gives its permit back, and nothing else can.
-//! - **Eviction.** When the budget is full and a tenant *with no connection* needs one, the least recently used
-//!   idle connection of another tenant on the same server is closed. A tenant that already holds connections
-//!   waits for its own instead of stealing (stealing by warm tenants thrashes: measured in FACTS.md), unless
-//!   the other tenant has gone quiet (unused for a second): then its idle connection is fair game.
+//! - **Eviction by frequency.** When the budget is full and a tenant *with no connection* needs one, the admission
+//!   policy ([`policy`], W-TinyLFU) picks whose idle connection closes: a cold tenant is served through a small
+//!   window share of the budget and displaces a tenant of the main region only if a frequency sketch counts it
+//!   as used more often; work visiting many tenants (`Use::Scan`) is not counted and takes at most
+//!   `scan_share` connections from others. A tenant that already holds connections waits for its own instead
+//!   of stealing (stealing by warm tenants thrashes: measured in FACTS.md), unless the other tenant has gone
+//!   quiet (unused for a second): then its idle connection is fair game.
 //! - **Fair share under pressure.** When a cold tenant has to evict, the tenants in use do not fit the budget:
 //!   every tenant's cap on that server drops to `budget / tenants holding connections` (at least 1, via
 //!   a per-tenant gate semaphore), so the budget caches as many distinct tenants as possible (an LRU of tenants, not of
@@ -37,10 +40,12 @@ use crate::config::RoutingSettings;
 use crate::db::{PgTarget, describe_pg_error};
 
 mod conn;
+pub mod policy;
 mod state;
 
 use conn::ServerBudget;
 pub use conn::{PooledConn, TenantConn, TenantManager};
+pub use policy::Region;
 use state::{Inner, TenantPool, WaiterGuard, lock};
 
 /// How long a connection-less tenant waits for a freed permit before looking for idle connections again.
@@ -72,6 +77,8 @@ pub struct PoolSettings {
     pub pool_idle_drop: Duration,
     /// How long after the last eviction by a cold tenant the fair-share caps start growing back.
     pub fair_share_hold: Duration,
+    /// Connections that work visiting many tenants (`Use::Scan`) may take from others when the budget is full.
+    pub scan_share: usize,
 }
 
 impl Default for PoolSettings {
@@ -86,6 +93,7 @@ impl Default for PoolSettings {
             breaker_cooldown: Duration::from_secs(2),
             pool_idle_drop: Duration::from_secs(600),
             fair_share_hold: Duration::from_secs(10),
+            scan_share: 10,
         }
     }
 }
@@ -102,6 +110,7 @@ impl From<&RoutingSettings> for PoolSettings {
             breaker_cooldown: Duration::from_millis(s.breaker_cooldown_ms),
             pool_idle_drop: Duration::from_secs(s.pool_idle_drop_secs),
             fair_share_hold: Duration::from_secs(s.fair_share_hold_secs),
+            scan_share: s.scan_share,
         }
     }
 }
@@ -160,6 +169,10 @@ pub struct PoolStats {
     pub evictions: u64,
     /// Times a tenant found the budget full and waited for one of its own connections.
     pub own_waits: u64,
+    /// Admission decisions where the window's candidate displaced a tenant of the main region ...
+    pub admitted: u64,
+    /// ... and where it lost to that tenant and gave up its own connection.
+    pub rejected: u64,
 }
 
 impl PoolStats {
@@ -206,6 +219,8 @@ impl TenantPools {
                 cold: AtomicU64::new(0),
                 evictions: AtomicU64::new(0),
                 own_waits: AtomicU64::new(0),
+                admitted: AtomicU64::new(0),
+                rejected: AtomicU64::new(0),
                 servers: Mutex::new(HashMap::new()),
                 tenants: Mutex::new(HashMap::new()),
                 served: Mutex::new(HashMap::new()),
@@ -225,16 +240,25 @@ impl TenantPools {
         route: &TenantRoute,
         usage: Use,
     ) -> Result<PooledConn, RouteError> {
-        let conn = self.checkout(route).await?;
+        let conn = self.checkout(route, usage).await?;
+        lock(&conn.tenant.budget.policy).record(route.client_id, usage);
         if usage == Use::Request {
-            lock(&self.inner.served).insert(route.client_id, std::time::SystemTime::now());
+            conn.tenant.note_served();
         }
         Ok(conn)
     }
 
     /// The tenants served to requests since the last call, with the time each was last served.
     pub fn take_served(&self) -> Vec<(Uuid, std::time::SystemTime)> {
-        lock(&self.inner.served).drain().collect()
+        let mut served: HashMap<Uuid, std::time::SystemTime> =
+            lock(&self.inner.served).drain().collect();
+        for (id, tenant) in lock(&self.inner.tenants).iter() {
+            if let Some(at) = tenant.take_served() {
+                let entry = served.entry(*id).or_insert(at);
+                *entry = (*entry).max(at);
+            }
+        }
+        served.into_iter().collect()
     }
 
     /// Puts back times [`Self::take_served`] returned that could not be recorded (a later time wins).
@@ -246,7 +270,7 @@ impl TenantPools {
         }
     }
 
-    async fn checkout(&self, route: &TenantRoute) -> Result<PooledConn, RouteError> {
+    async fn checkout(&self, route: &TenantRoute, usage: Use) -> Result<PooledConn, RouteError> {
         let started = Instant::now();
         let tenant = self.inner.tenant(route)?;
         if let Some(error) = tenant.broken() {
@@ -257,6 +281,10 @@ impl TenantPools {
         let _waiting =
             WaiterGuard::enter(&tenant.waiters, self.inner.settings.max_waiters_per_tenant)
                 .ok_or(RouteError::Busy)?;
+        // Tells the tenant's manager, should it have to evict, what the connection is for.
+        let _scanning = (usage == Use::Scan)
+            .then(|| WaiterGuard::enter(&tenant.scan_waiters, usize::MAX))
+            .flatten();
         let deadline = started + self.inner.settings.acquire_timeout;
         // The tenant's cap first: waiting here is a FIFO queue per tenant, without polling.
         let gate = match tenant.gate.clone().try_acquire_owned() {
@@ -343,15 +371,17 @@ impl TenantPools {
 
     /// Closes a tenant's pool and its connections (suspension, deletion). The next `acquire` starts afresh.
     pub fn close_tenant(&self, client_id: Uuid) {
-        if let Some(tenant) = lock(&self.inner.tenants).remove(&client_id) {
-            tenant.close();
+        let removed = lock(&self.inner.tenants).remove(&client_id);
+        if let Some(tenant) = removed {
+            self.inner.retire(client_id, &tenant);
         }
     }
 
     /// Closes every pool (shutdown).
     pub fn close(&self) {
-        for (_, tenant) in lock(&self.inner.tenants).drain() {
-            tenant.close();
+        let drained: Vec<_> = lock(&self.inner.tenants).drain().collect();
+        for (client_id, tenant) in drained {
+            self.inner.retire(client_id, &tenant);
         }
     }
 
@@ -368,11 +398,20 @@ impl TenantPools {
                     .increment(removed.removed.len() as u64);
             }
         }
-        tenants.retain(|_, tenant| {
-            tenant.pool.status().size > 0
-                || lock(&tenant.last_used).elapsed() < settings.pool_idle_drop
+        let mut dropped = Vec::new();
+        tenants.retain(|id, tenant| {
+            let keep = tenant.pool.status().size > 0
+                || lock(&tenant.last_used).elapsed() < settings.pool_idle_drop;
+            if !keep {
+                dropped.push((*id, tenant.clone()));
+            }
+            keep
         });
         drop(tenants);
+        for (client_id, tenant) in dropped {
+            self.inner.retire(client_id, &tenant);
+        }
+        self.inner.prune_policies();
         self.inner.relax();
     }
 
@@ -383,7 +422,35 @@ impl TenantPools {
             cold: self.inner.cold.load(Ordering::Relaxed),
             evictions: self.inner.evictions.load(Ordering::Relaxed),
             own_waits: self.inner.own_waits.load(Ordering::Relaxed),
+            admitted: self.inner.admitted.load(Ordering::Relaxed),
+            rejected: self.inner.rejected.load(Ordering::Relaxed),
         }
+    }
+
+    /// Connections a tenant holds (idle and in use) in this process.
+    pub fn connections(&self, client_id: Uuid) -> usize {
+        self.inner.connections_of(client_id)
+    }
+
+    /// The admission policy's region of a tenant holding connections (for tests and diagnostics).
+    pub fn region(&self, route: &TenantRoute) -> Option<Region> {
+        let budget = lock(&self.inner.servers).get(&route.server_id).cloned()?;
+        lock(&budget.policy).region(&route.client_id)
+    }
+
+    /// Tenants per region on a server: window, probation, protected, scan.
+    pub fn regions(&self, server_id: i64) -> Option<[usize; 4]> {
+        let budget = lock(&self.inner.servers).get(&server_id).cloned()?;
+        let policy = lock(&budget.policy);
+        Some(
+            [
+                Region::Window,
+                Region::Probation,
+                Region::Protected,
+                Region::Scan,
+            ]
+            .map(|r| policy.len(r)),
+        )
     }
 
     /// The per-tenant cap in force on a server (the configured cap, or a fair share under pressure).
@@ -412,8 +479,18 @@ impl TenantPools {
                 .set(budget.capacity as f64);
             metrics::gauge!("tenant_pool_budget_in_use", "server" => server.clone())
                 .set((budget.capacity - budget.permits.available_permits()) as f64);
-            metrics::gauge!("tenant_pool_tenant_cap", "server" => server)
+            metrics::gauge!("tenant_pool_tenant_cap", "server" => server.clone())
                 .set(budget.fair_cap.load(Ordering::Relaxed) as f64);
+            let policy = lock(&budget.policy);
+            for (region, label) in [
+                (Region::Window, "window"),
+                (Region::Probation, "probation"),
+                (Region::Protected, "protected"),
+                (Region::Scan, "scan"),
+            ] {
+                metrics::gauge!("tenant_pool_region_tenants", "server" => server.clone(), "region" => label)
+                    .set(policy.len(region) as f64);
+            }
         }
         let tenants = lock(&self.inner.tenants);
         let (mut idle, mut size, mut broken) = (0usize, 0usize, 0usize);

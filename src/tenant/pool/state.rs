@@ -26,6 +26,11 @@ pub(super) struct TenantPool {
     pub(super) returned: tokio::sync::Notify,
     pub(super) server_id: i64,
     pub(super) waiters: AtomicUsize,
+    /// Of the waiters, those acquiring for a scan (`Use::Scan`).
+    pub(super) scan_waiters: AtomicUsize,
+    /// When a request of the tenant's own was last served (ms since the Unix epoch; 0: not since the last
+    /// [`super::TenantPools::take_served`]). An atomic, so the served path takes no lock for it.
+    pub(super) served_at: AtomicU64,
     pub(super) last_used: Mutex<Instant>,
     pub(super) broken: Mutex<Option<(Instant, RouteError)>>,
 }
@@ -46,9 +51,12 @@ pub(super) struct Inner {
     pub(super) cold: AtomicU64,
     pub(super) evictions: AtomicU64,
     pub(super) own_waits: AtomicU64,
+    pub(super) admitted: AtomicU64,
+    pub(super) rejected: AtomicU64,
     pub(super) servers: Mutex<HashMap<i64, Arc<ServerBudget>>>,
     pub(super) tenants: Mutex<HashMap<Uuid, Arc<TenantPool>>>,
-    /// Tenants served to requests since [`super::TenantPools::take_served`] last ran, and when last.
+    /// Served times of tenants whose pools were closed or dropped before [`super::TenantPools::take_served`] took
+    /// them (and times put back after a failed flush).
     pub(super) served: Mutex<HashMap<Uuid, std::time::SystemTime>>,
 }
 
@@ -77,6 +85,11 @@ impl Inner {
                     fair_cap: AtomicUsize::new(self.settings.per_tenant_cap),
                     last_pressure: Mutex::new(None),
                     returned: tokio::sync::Notify::new(),
+                    policy: Mutex::new(policy::Admission::new(policy::Shares::for_budget(
+                        self.settings.budget_per_server,
+                        self.settings.scan_share,
+                        policy::SAMPLE_FACTOR,
+                    ))),
                 })
             })
             .clone();
@@ -107,6 +120,8 @@ impl Inner {
             returned: tokio::sync::Notify::new(),
             server_id: route.server_id,
             waiters: AtomicUsize::new(0),
+            scan_waiters: AtomicUsize::new(0),
+            served_at: AtomicU64::new(0),
             last_used: Mutex::new(Instant::now()),
             broken: Mutex::new(None),
         });
@@ -123,13 +138,65 @@ impl Inner {
             .unwrap_or(0)
     }
 
-    /// Closes the least recently used idle connection of another tenant on the server.
-    /// `idle_for`: only a tenant unused for at least that long. Returns whether a connection was closed.
-    pub(super) fn evict_lru_idle(
+    /// The budget is full and `client_id`, which holds no connection, needs one: closes one idle connection of
+    /// the tenant the admission policy picks. Returns whether one was closed.
+    pub(super) fn evict_by_policy(&self, budget: &ServerBudget, client_id: Uuid) -> bool {
+        let mut policy = lock(&budget.policy);
+        let chosen = {
+            let tenants = lock(&self.tenants);
+            // A scan only while no request of the tenant's own waits too.
+            let usage = match tenants.get(&client_id) {
+                Some(t)
+                    if t.scan_waiters.load(Ordering::Acquire) > 0
+                        && t.scan_waiters.load(Ordering::Acquire)
+                            >= t.waiters.load(Ordering::Acquire) =>
+                {
+                    Use::Scan
+                }
+                _ => Use::Request,
+            };
+            policy
+                .victim(&client_id, usage, |id| {
+                    tenants
+                        .get(id)
+                        .map(|t| {
+                            let status = t.pool.status();
+                            policy::Holding {
+                                connections: status.size,
+                                idle: status.available,
+                            }
+                        })
+                        .unwrap_or_default()
+                })
+                .and_then(|e| tenants.get(&e.victim).map(|t| (e, t.clone())))
+        };
+        let Some((eviction, victim)) = chosen else {
+            return false;
+        };
+        let closed = victim.close_one_idle();
+        if victim.pool.status().size == 0 {
+            policy.forget(&eviction.victim);
+        }
+        drop(policy);
+        match eviction.admitted {
+            Some(true) => self.admitted.fetch_add(1, Ordering::Relaxed),
+            Some(false) => self.rejected.fetch_add(1, Ordering::Relaxed),
+            None => 0,
+        };
+        if closed {
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("tenant_pool_evictions_total", "reason" => "budget").increment(1);
+        }
+        closed
+    }
+
+    /// A warm tenant wants another connection and the budget is full: closes an idle connection of the least
+    /// recently used tenant unused for at least `idle_for` on the server (one that has gone quiet).
+    pub(super) fn evict_stale_idle(
         &self,
         server_id: i64,
         except: Uuid,
-        idle_for: Option<Duration>,
+        idle_for: Duration,
     ) -> bool {
         let victim = lock(&self.tenants)
             .iter()
@@ -137,29 +204,40 @@ impl Inner {
                 **id != except && t.server_id == server_id && t.pool.status().available > 0
             })
             .map(|(_, t)| (*lock(&t.last_used), t))
-            .filter(|(used, _)| idle_for.is_none_or(|d| used.elapsed() >= d))
+            .filter(|(used, _)| used.elapsed() >= idle_for)
             .min_by_key(|(used, _)| *used)
             .map(|(_, t)| t.clone());
         let Some(victim) = victim else {
             return false;
         };
-        let mut taken = false;
-        let removed = victim.pool.retain(|_, _| {
-            let keep = taken;
-            taken = true;
-            keep
-        });
-        if removed.removed.is_empty() {
+        if !victim.close_one_idle() {
             return false;
         }
         self.evictions.fetch_add(1, Ordering::Relaxed);
-        let reason = if idle_for.is_some() {
-            "stale"
-        } else {
-            "budget"
-        };
-        metrics::counter!("tenant_pool_evictions_total", "reason" => reason).increment(1);
+        metrics::counter!("tenant_pool_evictions_total", "reason" => "stale").increment(1);
         true
+    }
+
+    /// A tenant's pool leaves the map (closed, suspended, deleted or unused for long): closes it, forgets it in
+    /// its server's policy and keeps its last served time for the next flush.
+    pub(super) fn retire(&self, client_id: Uuid, tenant: &TenantPool) {
+        tenant.close();
+        lock(&tenant.budget.policy).forget(&client_id);
+        if let Some(at) = tenant.take_served() {
+            let mut served = lock(&self.served);
+            let entry = served.entry(client_id).or_insert(at);
+            *entry = (*entry).max(at);
+        }
+    }
+
+    /// Forgets, in every server's policy, the tenants that hold no connection any more.
+    pub(super) fn prune_policies(&self) {
+        let budgets: Vec<Arc<ServerBudget>> = lock(&self.servers).values().cloned().collect();
+        for budget in budgets {
+            let mut policy = lock(&budget.policy);
+            let tenants = lock(&self.tenants);
+            policy.prune(|id| tenants.get(id).is_none_or(|t| t.pool.status().size == 0));
+        }
     }
 
     /// The budget is full and a tenant wants another connection (`holder`: it has some already): the tenants
@@ -274,6 +352,33 @@ impl TenantPool {
                 }
             }
             self.gate.add_permits(grant);
+        }
+    }
+
+    /// Closes one idle connection; whether there was one.
+    pub(super) fn close_one_idle(&self) -> bool {
+        let mut taken = false;
+        let removed = self.pool.retain(|_, _| {
+            let keep = taken;
+            taken = true;
+            keep
+        });
+        !removed.removed.is_empty()
+    }
+
+    /// Notes that a request of the tenant's own was served now.
+    pub(super) fn note_served(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis().max(1) as u64);
+        self.served_at.store(now, Ordering::Relaxed);
+    }
+
+    /// The last served time noted since the last call, if any.
+    pub(super) fn take_served(&self) -> Option<std::time::SystemTime> {
+        match self.served_at.swap(0, Ordering::Relaxed) {
+            0 => None,
+            ms => Some(std::time::UNIX_EPOCH + Duration::from_millis(ms)),
         }
     }
 
