@@ -6,12 +6,22 @@
 //!   static router (one fixed pool per tenant opened up front, no budget logic, the same query and JSON) and,
 //!   for context, the static router over a single tenant.
 //! - overcommitted: 500 tenants with 100 recipients each, budget 40, Zipf(s = 1.1) tenant choice. mandant beside
-//!   a no-pool router that opens a connection per request; reports the warm-hit ratio beside the hit ratio an
-//!   ideal LRU cache of 40 connections gets on the same request trace, connects per second, and the budget's
-//!   peak use (router permits, sampled every millisecond, and PostgreSQL backends of tenant roles).
+//!   a no-pool router that opens a connection per request. On the very request trace the router served (the
+//!   warm-up, then the measured window), the hit ratios of three reference caches of 40 tenants: an ideal LRU,
+//!   a static top-k (the 40 tenants most frequent in the measured window, always cached), and Belady's optimum
+//!   (on a miss, evict the tenant used again farthest in the future: the limit for any policy with this budget).
+//!   Also connects per second, admission decisions, and the budget's peak use (router permits, sampled every
+//!   millisecond, and PostgreSQL backends of tenant roles).
+//! - shifting: the same Zipf distribution, but the tenants behind the ranks rotate every BENCH_SHIFT_PERIOD
+//!   (20 s; by 97 tenants, so the hot set is replaced), measured for BENCH_SHIFT_SECS (40) after the warm-up: the
+//!   policy must adapt (hit ratio near the ideal LRU's on that trace).
+//! - The throughput ceiling of a cache with hit ratio h over a connect-per-request router is
+//!   T_miss / ((1 − h)·T_miss + h·T_hit). T_miss is the no-pool router's cost per request (1 / its req/s, 2 cores
+//!   saturated) and T_hit mandant's full server on `fits` (every acquire warm), both from this run.
 //!
 //! Prints a table and writes benches/results/route.json. Knobs: BENCH_TENANTS (500), BENCH_FIT_TENANTS (40),
-//! BENCH_BUDGET (40), BENCH_CLIENTS (64), BENCH_SECS (8 per phase), BENCH_ROUNDS (3), BENCH_ZIPF_S (1.1).
+//! BENCH_BUDGET (40), BENCH_CLIENTS (64), BENCH_SECS (8 per phase), BENCH_ROUNDS (3), BENCH_ZIPF_S (1.1),
+//! BENCH_SHIFT_SECS (40), BENCH_SHIFT_PERIOD (20), BENCH_PHASES (all; comma-separated phase names).
 
 mod common;
 
@@ -63,6 +73,8 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1.1);
     let recipients_per_tenant = 100usize;
+    let shift_secs = common::env_usize("BENCH_SHIFT_SECS", 40) as u64;
+    let shift_period = common::env_usize("BENCH_SHIFT_PERIOD", 20).max(1) as u64;
 
     let cluster = common::cluster("bench-route");
     let budget_text = budget.to_string();
@@ -164,7 +176,16 @@ async fn main() {
         Arc::new(Box::new(move |rng| zipf.sample(rng)))
     };
     let slugs = Arc::new(slugs);
-    let load = |base: String, pick: Arc<Pick>, record: bool| {
+    // The hot set moves by 97 tenants every period, counted from the phase's warm-up.
+    let shifting_pick = || -> Arc<Pick> {
+        let zipf = zipf.clone();
+        let started = Instant::now();
+        Arc::new(Box::new(move |rng| {
+            let rotation = (started.elapsed().as_secs() / shift_period) as usize;
+            (zipf.sample(rng) + rotation * 97) % tenants
+        }))
+    };
+    let load_for = |base: String, pick: Arc<Pick>, record: bool, duration: Duration| {
         let http = http.clone();
         let slugs = slugs.clone();
         async move {
@@ -175,16 +196,20 @@ async fn main() {
                 pick,
                 clients,
                 recipients_per_tenant,
-                Duration::from_secs(secs),
+                duration,
                 record,
             )
             .await
         }
     };
+    let load = |base: String, pick: Arc<Pick>, record: bool| {
+        load_for(base, pick, record, Duration::from_secs(secs))
+    };
 
     let mut results: HashMap<&'static str, Vec<serde_json::Value>> = HashMap::new();
     let mut table: HashMap<&'static str, Vec<Run>> = HashMap::new();
     let mut over_extra = Vec::new();
+    let mut shift_extra = Vec::new();
     for round in 0..rounds {
         eprintln!("round {}/{rounds}", round + 1);
         // fits: the order alternates per round, so drift on this VM does not favour one side.
@@ -228,11 +253,11 @@ async fn main() {
             table.entry(name).or_default().push(run);
         }
 
-        // overcommitted
+        // overcommitted and shifting
         for name in if round % 2 == 0 {
-            ["over_no_pool", "over_mandant"]
+            ["over_no_pool", "over_mandant", "shift_mandant"]
         } else {
-            ["over_mandant", "over_no_pool"]
+            ["over_mandant", "over_no_pool", "shift_mandant"]
         } {
             if !selected(name) {
                 continue;
@@ -249,9 +274,14 @@ async fn main() {
                 continue;
             }
             app.state.pools().close();
-            // Warm-up fills the cache; the ideal LRU replays the warm-up and the measured trace, counting hits
-            // in the measured part only.
-            let warm = load(app.base.clone(), zipf_pick.clone(), true).await;
+            let (pick, measured_for) = if name == "shift_mandant" {
+                (shifting_pick(), Duration::from_secs(shift_secs))
+            } else {
+                (zipf_pick.clone(), Duration::from_secs(secs))
+            };
+            // Warm-up fills the cache; the reference caches replay the warm-up and the measured trace, counting
+            // hits in the measured part only.
+            let warm = load(app.base.clone(), pick.clone(), true).await;
             let router = app.state.pools().clone();
             let before = router.stats();
             let sampling = Arc::new(AtomicBool::new(true));
@@ -292,7 +322,7 @@ async fn main() {
                     }
                 })
             };
-            let run = load(app.base.clone(), zipf_pick.clone(), true).await;
+            let run = load_for(app.base.clone(), pick, true, measured_for).await;
             sampling.store(false, Ordering::Relaxed);
             let _ = sampler.await;
             let _ = backend_sampler.await;
@@ -300,9 +330,15 @@ async fn main() {
             let (warm_hits, cold) = (after.warm - before.warm, after.cold - before.cold);
             let hit_ratio = warm_hits as f64 / (warm_hits + cold).max(1) as f64;
             let ideal = ideal_lru_hit_ratio(&warm.trace, &run.trace, budget);
+            let top_k = static_top_k_hit_ratio(&run.trace, budget);
+            let belady = belady_hit_ratio(&warm.trace, &run.trace, budget);
             let extra = json!({
                 "hit_ratio": hit_ratio,
                 "ideal_lru_hit_ratio": ideal,
+                "static_top_k_hit_ratio": top_k,
+                "belady_hit_ratio": belady,
+                "admitted": after.admitted - before.admitted,
+                "rejected": after.rejected - before.rejected,
                 "connects_per_sec": cold as f64 / run.secs,
                 "evictions": after.evictions - before.evictions,
                 "budget_permit_peak": permit_peak.load(Ordering::Relaxed),
@@ -310,17 +346,25 @@ async fn main() {
                 "tenant_cap_at_end": router.tenant_cap(server_id),
             });
             eprintln!(
-                "  {name}: {:.0} req/s, p99 {:.2} ms, errors {}, hit {:.3} (ideal LRU {:.3}), {:.0} connects/s, permit peak {}, backend peak {}",
+                "  {name}: {:.0} req/s, p99 {:.2} ms, errors {}, hit {:.3} (ideal LRU {:.3}, static top-k {:.3}, Belady {:.3}), {:.0} connects/s, admitted {} rejected {}, permit peak {}, backend peak {}",
                 run.rps(),
                 run.p99_ms,
                 run.errors,
                 hit_ratio,
                 ideal,
+                top_k,
+                belady,
                 cold as f64 / run.secs,
+                after.admitted - before.admitted,
+                after.rejected - before.rejected,
                 permit_peak.load(Ordering::Relaxed),
                 backend_peak.load(Ordering::Relaxed)
             );
-            over_extra.push(extra);
+            if name == "shift_mandant" {
+                shift_extra.push(extra);
+            } else {
+                over_extra.push(extra);
+            }
             table.entry(name).or_default().push(run);
         }
     }
@@ -342,6 +386,7 @@ async fn main() {
         "single_tenant_static",
         "over_no_pool",
         "over_mandant",
+        "shift_mandant",
     ] {
         let Some(runs) = table.get(name) else {
             continue;
@@ -366,33 +411,60 @@ async fn main() {
     let fits_ratio = ratio("fits_mandant", "fits_static");
     let handler_ratio = ratio("fits_mandant_handler", "fits_static");
     let over_ratio = ratio("over_mandant", "over_no_pool");
-    let hit = |key: &str| {
-        let mut v: Vec<f64> = over_extra
+    let median_of_key = |extras: &[serde_json::Value], key: &str| {
+        let mut v: Vec<f64> = extras
             .iter()
             .map(|e| e[key].as_f64().unwrap_or(0.0))
             .collect();
         v.sort_by(|a, b| a.total_cmp(b));
         v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
     };
-    let permit_peak = over_extra
-        .iter()
-        .map(|e| e["budget_permit_peak"].as_u64().unwrap_or(0))
-        .max()
-        .unwrap_or(0);
-    let backend_peak = over_extra
-        .iter()
-        .map(|e| e["tenant_backend_peak"].as_u64().unwrap_or(0))
-        .max()
-        .unwrap_or(0);
+    let hit = |key: &str| median_of_key(&over_extra, key);
+    let shift_hit = |key: &str| median_of_key(&shift_extra, key);
+    let peak = |key: &str| {
+        over_extra
+            .iter()
+            .chain(&shift_extra)
+            .map(|e| e[key].as_u64().unwrap_or(0))
+            .max()
+            .unwrap_or(0)
+    };
+    let permit_peak = peak("budget_permit_peak");
+    let backend_peak = peak("tenant_backend_peak");
+    // The ceiling: every miss costs what the no-pool router pays per request, every hit what the full server pays
+    // on `fits`.
+    let (t_miss, t_hit) = (
+        1.0 / rate("over_no_pool").unwrap_or(f64::NAN),
+        1.0 / rate("fits_mandant").unwrap_or(f64::NAN),
+    );
+    let ceiling = |h: f64| t_miss / ((1.0 - h) * t_miss + h * t_hit);
+    let ceiling_at_router = ceiling(hit("hit_ratio"));
+    let ceiling_at_top_k = ceiling(hit("static_top_k_hit_ratio"));
     println!(
         "\nfits: mandant handler + routing pool / static = {handler_ratio:.3} (target >= 0.90); \
          with mandant's full HTTP middleware: {fits_ratio:.3}"
     );
     println!(
-        "overcommitted: mandant / no-pool = {over_ratio:.2}x (target >= 3x); warm-hit {:.3} vs ideal LRU {:.3} (target within 0.05); {:.0} connects/s",
+        "overcommitted: warm-hit {:.3}; on the same trace: ideal LRU {:.3}, static top-k {:.3} (target: within 0.03), Belady {:.3}; {:.0} connects/s",
         hit("hit_ratio"),
         hit("ideal_lru_hit_ratio"),
+        hit("static_top_k_hit_ratio"),
+        hit("belady_hit_ratio"),
         hit("connects_per_sec")
+    );
+    println!(
+        "overcommitted: mandant / no-pool = {over_ratio:.2}x; ceiling from T_miss {:.3} ms, T_hit {:.3} ms: {ceiling_at_router:.2}x at the router's hit ratio ({:.3} of it, target >= 0.90), {ceiling_at_top_k:.2}x at static top-k ({:.3} of it)",
+        t_miss * 1e3,
+        t_hit * 1e3,
+        over_ratio / ceiling_at_router,
+        over_ratio / ceiling_at_top_k,
+    );
+    println!(
+        "shifting (hot set rotates every {shift_period} s): warm-hit {:.3} vs ideal LRU {:.3} (target: within 0.05), static top-k {:.3}, Belady {:.3}",
+        shift_hit("hit_ratio"),
+        shift_hit("ideal_lru_hit_ratio"),
+        shift_hit("static_top_k_hit_ratio"),
+        shift_hit("belady_hit_ratio"),
     );
     println!(
         "budget {budget}: router permits peak {permit_peak}, tenant backends peak {backend_peak}"
@@ -411,6 +483,14 @@ async fn main() {
             "zipf_s": zipf_s,
             "runs": results,
             "overcommitted_mandant_pool": over_extra,
+            "shifting_mandant_pool": shift_extra,
+            "shift_period_secs": shift_period,
+            "shift_secs": shift_secs,
+            "t_miss_ms": t_miss * 1e3,
+            "t_hit_ms": t_hit * 1e3,
+            "ceiling_at_router_hit_ratio": ceiling_at_router,
+            "ceiling_at_static_top_k": ceiling_at_top_k,
+            "overcommitted_share_of_ceiling": over_ratio / ceiling_at_router,
             "fits_ratio_mandant_over_static": fits_ratio,
             "fits_ratio_mandant_handler_over_static": handler_ratio,
             "overcommitted_ratio_mandant_over_no_pool": over_ratio,
@@ -521,6 +601,55 @@ fn ideal_lru_hit_ratio(warmup: &[u32], measured: &[u32], capacity: usize) -> f64
         .iter()
         .filter(|&&t| touch(t, &mut last_use))
         .count();
+    hits as f64 / measured.len().max(1) as f64
+}
+
+/// The hit ratio over `measured` of a cache that always holds the `capacity` tenants most frequent in it.
+fn static_top_k_hit_ratio(measured: &[u32], capacity: usize) -> f64 {
+    let mut counts: HashMap<u32, usize> = HashMap::new();
+    for t in measured {
+        *counts.entry(*t).or_default() += 1;
+    }
+    let mut by_count: Vec<usize> = counts.into_values().collect();
+    by_count.sort_unstable_by(|a, b| b.cmp(a));
+    let hits: usize = by_count.iter().take(capacity).sum();
+    hits as f64 / measured.len().max(1) as f64
+}
+
+/// Belady's optimum over `measured` after replaying `warmup`: on a miss with the cache full, evict the tenant whose
+/// next use is farthest away (or never comes).
+fn belady_hit_ratio(warmup: &[u32], measured: &[u32], capacity: usize) -> f64 {
+    let trace: Vec<u32> = warmup.iter().chain(measured).copied().collect();
+    let never = usize::MAX;
+    let mut next_use = vec![never; trace.len()];
+    let mut seen: HashMap<u32, usize> = HashMap::new();
+    for (i, t) in trace.iter().enumerate().rev() {
+        next_use[i] = seen.get(t).copied().unwrap_or(never);
+        seen.insert(*t, i);
+    }
+    // The cache as (next use, tenant), so the farthest is the last; ties among "never" are broken by tenant.
+    let mut cache: std::collections::BTreeSet<(usize, u32)> = std::collections::BTreeSet::new();
+    let mut cached: HashMap<u32, usize> = HashMap::new();
+    let mut hits = 0usize;
+    for (i, t) in trace.iter().enumerate() {
+        let hit = if let Some(old) = cached.remove(t) {
+            cache.remove(&(old, *t));
+            true
+        } else {
+            if cached.len() >= capacity
+                && let Some(&(far, victim)) = cache.iter().next_back()
+            {
+                cache.remove(&(far, victim));
+                cached.remove(&victim);
+            }
+            false
+        };
+        cache.insert((next_use[i], *t));
+        cached.insert(*t, next_use[i]);
+        if hit && i >= warmup.len() {
+            hits += 1;
+        }
+    }
     hits as f64 / measured.len().max(1) as f64
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use mandant::tenant::pool::{PoolSettings, RouteError, TenantPools, TenantRoute};
+use mandant::tenant::pool::{PoolSettings, RouteError, TenantPools, TenantRoute, Use};
 
 use crate::helpers::{TestApp, spawn_app_without_workers, superuser};
 
@@ -325,4 +325,110 @@ async fn a_lowered_cap_is_taken_back_from_connections_in_use_as_they_return() {
     ));
     drop((a, b));
     drop(router.acquire(&routes[0]).await.unwrap());
+}
+
+/// Tenants the pool sees as distinct (their own client ids) that share the real databases of `routes`: enough
+/// tenants for an adversarial pattern without creating hundreds of databases.
+fn stand_ins(routes: &[TenantRoute], n: usize) -> Vec<TenantRoute> {
+    (0..n)
+        .map(|i| TenantRoute {
+            client_id: uuid::Uuid::new_v4(),
+            ..routes[i % routes.len()].clone()
+        })
+        .collect()
+}
+
+/// Ten hot tenants busy in a loop while 500 cold tenants are acquired four at a time, as requests or as a scan.
+async fn hot_tenants_under_a_scan_of_cold_ones(usage: Use) {
+    let (_app, routes) = tenants(3).await;
+    let budget = 16;
+    let router = TenantPools::new(PoolSettings {
+        budget_per_server: budget,
+        per_tenant_cap: 1,
+        scan_share: 2,
+        acquire_timeout: Duration::from_secs(5),
+        ..PoolSettings::default()
+    });
+    let server = routes[0].server_id;
+    let hot = stand_ins(&routes, 10);
+    let cold = stand_ins(&routes, 500);
+    // The hot tenants earn their frequency first.
+    for _ in 0..30 {
+        for route in &hot {
+            let conn = router.acquire(route).await.expect("hot acquire");
+            conn.client().simple_query("SELECT 1").await.expect("query");
+        }
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut hot_tasks = tokio::task::JoinSet::new();
+    for route in hot.clone() {
+        let (router, stop) = (router.clone(), stop.clone());
+        hot_tasks.spawn(async move {
+            let mut backends = std::collections::HashSet::new();
+            while !stop.load(Ordering::Relaxed) {
+                let conn = router.acquire(&route).await.expect("hot acquire");
+                let pid: i32 = conn
+                    .client()
+                    .query_one("SELECT pg_backend_pid()", &[])
+                    .await
+                    .expect("query")
+                    .get(0);
+                backends.insert(pid);
+                assert!(router.budget(route.server_id).unwrap().in_use <= budget);
+                drop(conn);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            backends
+        });
+    }
+    let gate = Arc::new(tokio::sync::Semaphore::new(4));
+    let mut cold_tasks = tokio::task::JoinSet::new();
+    for route in cold {
+        let (router, gate) = (router.clone(), gate.clone());
+        let permit = gate.acquire_owned().await.unwrap();
+        cold_tasks.spawn(async move {
+            let _permit = permit;
+            // Served, not refused: an error here is a timeout of the acquire deadline.
+            let conn = router.acquire_for(&route, usage).await?;
+            conn.client().simple_query("SELECT 1").await.expect("query");
+            assert!(router.budget(route.server_id).unwrap().in_use <= budget);
+            Ok::<_, RouteError>(())
+        });
+    }
+    let mut served = 0;
+    while let Some(joined) = cold_tasks.join_next().await {
+        joined
+            .unwrap()
+            .expect("every cold tenant is served within the acquire deadline");
+        served += 1;
+    }
+    assert_eq!(served, 500);
+    stop.store(true, Ordering::Relaxed);
+    while let Some(joined) = hot_tasks.join_next().await {
+        let backends = joined.unwrap();
+        assert_eq!(
+            backends.len(),
+            1,
+            "a hot tenant lost its connection to the cold ones: {backends:?}"
+        );
+    }
+    for route in &hot {
+        assert_eq!(router.connections(route.client_id), 1);
+    }
+    assert!(router.budget(server).unwrap().in_use <= budget);
+    let [_, _, _, scan] = router.regions(server).unwrap();
+    assert!(
+        scan <= 2,
+        "the scan region holds {scan} tenants, over its share"
+    );
+}
+
+#[tokio::test]
+async fn hot_tenants_keep_their_connections_while_500_cold_tenants_each_make_a_request() {
+    hot_tenants_under_a_scan_of_cold_ones(Use::Request).await;
+}
+
+#[tokio::test]
+async fn hot_tenants_keep_their_connections_while_a_scan_visits_500_cold_tenants() {
+    hot_tenants_under_a_scan_of_cold_ones(Use::Scan).await;
 }

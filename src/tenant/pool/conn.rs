@@ -18,6 +18,8 @@ pub struct TenantConn {
     pub(super) _permit: OwnedSemaphorePermit,
     /// Lifetime limit of this connection (max lifetime with jitter).
     pub(super) expires_after: Duration,
+    /// One of the server's scan slots, while the connection was opened for a scan and no request used it since.
+    pub(super) scan_slot: Option<OwnedSemaphorePermit>,
 }
 
 impl std::fmt::Debug for TenantConn {
@@ -111,6 +113,9 @@ pub(super) struct ServerBudget {
     pub(super) returned: tokio::sync::Notify,
     /// Which tenants keep their connections when the budget is full (lock order: this, then `Inner::tenants`).
     pub(super) policy: Mutex<policy::Admission<Uuid>>,
+    /// `scan_share` permits: a connection opened for a scan holds one until it closes or a request uses it, so
+    /// scans never hold more than their share of the budget.
+    pub(super) scan_slots: Arc<Semaphore>,
 }
 
 /// Creates and recycles one tenant's connections, taking a budget permit for each.
@@ -132,6 +137,33 @@ impl std::fmt::Debug for TenantManager {
     }
 }
 
+impl TenantManager {
+    /// One of the scans' slots for a connection about to be opened for a scan: free, or freed by closing another
+    /// scan's idle connection, or waited for (`acquire`'s deadline bounds the wait).
+    async fn scan_slot(&self) -> Result<OwnedSemaphorePermit, RouteError> {
+        loop {
+            if let Ok(slot) = self.budget.scan_slots.clone().try_acquire_owned() {
+                return Ok(slot);
+            }
+            let Some(router) = self.router.upgrade() else {
+                return Err(RouteError::Closed);
+            };
+            let returned = self.budget.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            router.evict_scan_idle(&self.budget, self.client_id);
+            drop(router);
+            tokio::select! {
+                slot = self.budget.scan_slots.clone().acquire_owned() => {
+                    return slot.map_err(|_| RouteError::Closed);
+                }
+                () = &mut returned => {}
+                () = tokio::time::sleep(BUDGET_RETRY) => {}
+            }
+        }
+    }
+}
+
 impl managed::Manager for TenantManager {
     type Type = TenantConn;
     type Error = RouteError;
@@ -145,6 +177,15 @@ impl managed::Manager for TenantManager {
                 return Err(RouteError::Saturated);
             }
         }
+        let waiting_since = Instant::now();
+        let usage = self
+            .router
+            .upgrade()
+            .map_or(Use::Request, |router| router.usage_of(self.client_id));
+        let scan_slot = match usage {
+            Use::Scan => Some(self.scan_slot().await?),
+            Use::Request => None,
+        };
         let permit = loop {
             if let Ok(permit) = self.budget.permits.clone().try_acquire_owned() {
                 break permit;
@@ -172,7 +213,12 @@ impl managed::Manager for TenantManager {
             let returned = self.budget.returned.notified();
             tokio::pin!(returned);
             returned.as_mut().enable();
-            router.evict_by_policy(&self.budget, self.client_id);
+            router.evict_by_policy(
+                &self.budget,
+                self.client_id,
+                usage,
+                waiting_since.elapsed() >= ADMISSION_PATIENCE,
+            );
             metrics::counter!("tenant_pool_budget_waits_total").increment(1);
             // Wait for the permit the eviction freed (or any other), or for any connection on this server to
             // become idle (then look again); `acquire`'s deadline bounds the loop.
@@ -207,6 +253,7 @@ impl managed::Manager for TenantManager {
             client,
             _permit: permit,
             expires_after: self.settings.max_lifetime.mul_f64(jitter),
+            scan_slot,
         })
     }
 

@@ -53,6 +53,9 @@ const BUDGET_RETRY: Duration = Duration::from_millis(5);
 /// How long a tenant waiting for one of its own connections waits for one to be returned before it looks at
 /// its pool again anyway.
 const OWN_RETRY: Duration = Duration::from_millis(5);
+/// How long a cold tenant that the admission policy ranks below every evictable tenant waits for a window
+/// connection to become free before it displaces one of the main region anyway (starvation freedom).
+const ADMISSION_PATIENCE: Duration = Duration::from_millis(20);
 /// A tenant unused this long has gone quiet: a warm tenant may take over its idle connection.
 const STALE_IDLE: Duration = Duration::from_secs(1);
 
@@ -240,10 +243,12 @@ impl TenantPools {
         route: &TenantRoute,
         usage: Use,
     ) -> Result<PooledConn, RouteError> {
-        let conn = self.checkout(route, usage).await?;
+        let mut conn = self.checkout(route, usage).await?;
         lock(&conn.tenant.budget.policy).record(route.client_id, usage);
         if usage == Use::Request {
             conn.tenant.note_served();
+            // A connection a scan opened now serves the tenant's own requests: it leaves the scans' share.
+            conn.scan_slot = None;
         }
         Ok(conn)
     }

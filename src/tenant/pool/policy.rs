@@ -65,15 +65,14 @@ pub struct Shares {
     pub window: usize,
     pub main: usize,
     pub protected: usize,
-    pub scan: usize,
     /// Counted requests after which every frequency is halved.
     pub sample: u32,
 }
 
 impl Shares {
-    /// The window is 5% of the budget (at least 1), the protected segment 80% of the rest; `scan` connections may
-    /// be taken from others by scans; the sketch ages every `sample_factor × budget` requests.
-    pub fn for_budget(budget: usize, scan: usize, sample_factor: usize) -> Self {
+    /// The window is 5% of the budget (at least 1), the protected segment 80% of the rest; the sketch ages every
+    /// `sample_factor × budget` requests.
+    pub fn for_budget(budget: usize, sample_factor: usize) -> Self {
         let budget = budget.max(1);
         let window = (budget / 20).max(1).min(budget);
         let main = budget.saturating_sub(window).max(1);
@@ -81,7 +80,6 @@ impl Shares {
             window,
             main,
             protected: (main * 4 / 5).max(1),
-            scan: scan.max(1),
             sample: u32::try_from(budget.saturating_mul(sample_factor.max(1)))
                 .unwrap_or(u32::MAX)
                 .max(16),
@@ -179,71 +177,122 @@ impl<K: Copy + Eq + Hash> Admission<K> {
         }
     }
 
-    /// Whether scans hold their whole share of the budget.
-    pub fn scans_at_share(&self) -> bool {
-        self.scan.len() >= self.shares.scan
+    /// A scan that holds its whole share needs a connection: the scan region's least recently used idle tenant,
+    /// if any (a scan then reuses its own connections instead of taking more from others).
+    pub fn scan_victim(&mut self, key: &K, mut holding: impl FnMut(&K) -> Holding) -> Option<K> {
+        self.prune(|k| k != key && holding(k).connections == 0);
+        self.scan
+            .values()
+            .find(|k| *k != key && holding(k).idle > 0)
+            .copied()
     }
 
     /// The budget is full and `key`, which holds no connection, needs one for `usage`: the tenant that should give
-    /// up an idle connection, or `None` when no one may (then the caller waits for a connection to come back).
-    /// Tenants that hold no connection any more are forgotten on the way.
+    /// up an idle connection, or `None` when no one may yet (then the caller waits for a connection to come back
+    /// and asks again). Tenants that hold no connection any more are forgotten on the way.
+    ///
+    /// For a request: idle scan connections go first. Then the window's least recently used idle tenant is the
+    /// candidate: while the main region has room it moves there (no one has to leave for that); otherwise it is
+    /// compared with the main region's victim (its least used idle tenant, probation before protected) and the
+    /// one used less often gives up its connection (a tie keeps the victim, which has proven itself). When no
+    /// window tenant is idle (cold tenants arrive faster than they finish), the request itself is compared: it
+    /// displaces a probation tenant used no more often than itself, a protected one only if used less often;
+    /// otherwise it waits, until `impatient` (the caller has waited long enough) lifts that, so no tenant starves.
+    ///
+    /// For a scan (which holds one of the scans' share of connections, see [`Self::scan_victim`]): idle scan
+    /// connections; then the window's, the main region's probation segment's and the protected segment's idle
+    /// tenants, in that order.
     pub fn victim(
         &mut self,
         key: &K,
         usage: Use,
+        impatient: bool,
         mut holding: impl FnMut(&K) -> Holding,
     ) -> Option<Eviction<K>> {
         self.prune(|k| k != key && holding(k).connections == 0);
-        let plain = |victim: Option<K>| {
-            victim.map(|victim| Eviction {
-                victim,
-                admitted: None,
-            })
+        let mut idle = |k: &K| k != key && holding(k).idle > 0;
+        let forced = |victim: K| Eviction {
+            victim,
+            admitted: None,
         };
-        let mut first_idle = |this: &Self, region: Region| {
-            this.list(region)
-                .values()
-                .find(|k| *k != key && holding(k).idle > 0)
-                .copied()
+        let first_idle = |this: &Self, region: Region, idle: &mut dyn FnMut(&K) -> bool| {
+            this.list(region).values().find(|k| idle(k)).copied()
         };
-        // Scans' idle connections go first, for anyone.
-        if let Some(v) = first_idle(self, Region::Scan) {
-            return plain(Some(v));
+        if let Some(v) = first_idle(self, Region::Scan, &mut idle) {
+            return Some(forced(v));
         }
         if usage == Use::Scan {
-            if self.scans_at_share() {
-                return None;
-            }
-            return plain(
-                first_idle(self, Region::Window)
-                    .or_else(|| first_idle(self, Region::Probation))
-                    .or_else(|| first_idle(self, Region::Protected)),
-            );
+            let v = first_idle(self, Region::Window, &mut idle)
+                .or_else(|| self.least_used_idle(Region::Probation, &mut idle))
+                .or_else(|| first_idle(self, Region::Protected, &mut idle));
+            return v.map(forced);
         }
-        let main_victim = |this: &Self, first_idle: &mut dyn FnMut(&Self, Region) -> Option<K>| {
-            first_idle(this, Region::Probation).or_else(|| first_idle(this, Region::Protected))
+        let main_len = |this: &Self| this.probation.len() + this.protected.len();
+        // The main region's victim and whether it is from the protected segment.
+        let main_victim = |this: &Self, idle: &mut dyn FnMut(&K) -> bool| {
+            this.least_used_idle(Region::Probation, idle)
+                .map(|v| (v, false))
+                .or_else(|| first_idle(this, Region::Protected, idle).map(|v| (v, true)))
         };
-        if self.window.len() < self.shares.window {
-            // The window has room (scans or a warm-up left the main region over its share): main gives way.
-            return plain(
-                main_victim(self, &mut first_idle).or_else(|| first_idle(self, Region::Window)),
-            );
+        if main_len(self) > self.shares.main {
+            // The main region is over its share (scans or a warm-up left it so): it gives way first.
+            let v = main_victim(self, &mut idle)
+                .map(|(v, _)| v)
+                .or_else(|| first_idle(self, Region::Window, &mut idle));
+            return v.map(forced);
         }
-        let candidate = first_idle(self, Region::Window);
-        let victim = main_victim(self, &mut first_idle);
-        match (candidate, victim) {
-            (Some(c), Some(v)) => {
-                let admitted = self.frequency(&c) > self.frequency(&v);
-                if admitted {
-                    self.place(c, Region::Probation);
-                }
-                Some(Eviction {
-                    victim: if admitted { v } else { c },
-                    admitted: Some(admitted),
-                })
+        loop {
+            let Some(candidate) = first_idle(self, Region::Window, &mut idle) else {
+                break;
+            };
+            if main_len(self) < self.shares.main {
+                self.place(candidate, Region::Probation);
+                continue;
             }
-            (c, v) => plain(c.or(v)),
+            let Some((victim, _)) = main_victim(self, &mut idle) else {
+                return Some(forced(candidate));
+            };
+            let admitted = self.frequency(&candidate) > self.frequency(&victim);
+            if admitted {
+                self.place(candidate, Region::Probation);
+            }
+            return Some(Eviction {
+                victim: if admitted { victim } else { candidate },
+                admitted: Some(admitted),
+            });
         }
+        let (victim, protected) = main_victim(self, &mut idle)?;
+        let (mine, theirs) = (self.frequency(key), self.frequency(&victim));
+        let displaces = if protected {
+            mine > theirs
+        } else {
+            mine >= theirs
+        };
+        if displaces {
+            Some(Eviction {
+                victim,
+                admitted: Some(true),
+            })
+        } else if impatient {
+            Some(forced(victim))
+        } else {
+            None
+        }
+    }
+
+    /// The idle tenant of `region` with the lowest frequency (the least recently used among equals).
+    fn least_used_idle(&self, region: Region, idle: &mut dyn FnMut(&K) -> bool) -> Option<K> {
+        let mut best: Option<(u8, K)> = None;
+        for k in self.list(region).values() {
+            if !idle(k) {
+                continue;
+            }
+            let f = self.frequency(k);
+            if best.is_none_or(|(b, _)| f < b) {
+                best = Some((f, *k));
+            }
+        }
+        best.map(|(_, k)| k)
     }
 
     /// Forgets the tenants `gone` says hold no connection any more.
@@ -367,11 +416,13 @@ mod tests {
 
     use super::*;
 
-    /// A sequential replay: every tenant holds at most one connection, idle between its requests.
+    /// A sequential replay: every tenant holds at most one connection, idle between its requests; scans hold at
+    /// most `scan_share` connections, as the pool's scan slots make them.
     struct Replay {
         policy: Admission<u32>,
         held: HashSet<u32>,
         budget: usize,
+        scan_share: usize,
         hits: u64,
         requests: u64,
     }
@@ -379,9 +430,10 @@ mod tests {
     impl Replay {
         fn new(budget: usize, scan: usize) -> Self {
             Self {
-                policy: Admission::new(Shares::for_budget(budget, scan, SAMPLE_FACTOR)),
+                policy: Admission::new(Shares::for_budget(budget, SAMPLE_FACTOR)),
                 held: HashSet::new(),
                 budget,
+                scan_share: scan,
                 hits: 0,
                 requests: 0,
             }
@@ -389,22 +441,33 @@ mod tests {
 
         fn access(&mut self, tenant: u32, usage: Use) -> bool {
             let hit = self.held.contains(&tenant);
-            if !hit && self.held.len() >= self.budget {
-                let held = &self.held;
-                let victim = self
-                    .policy
-                    .victim(&tenant, usage, |k| {
-                        let n = usize::from(held.contains(k));
-                        Holding {
-                            connections: n,
-                            idle: n,
-                        }
-                    })
-                    .expect("a sequential replay always has an idle victim")
-                    .victim;
+            let held = self.held.clone();
+            let holding = |k: &u32| {
+                let n = usize::from(held.contains(k));
+                Holding {
+                    connections: n,
+                    idle: n,
+                }
+            };
+            let victim = if hit {
+                None
+            } else if usage == Use::Scan && self.policy.len(Region::Scan) >= self.scan_share {
+                self.policy.scan_victim(&tenant, holding)
+            } else if self.held.len() >= self.budget {
+                self.policy
+                    .victim(&tenant, usage, false, holding)
+                    .map(|e| e.victim)
+            } else {
+                None
+            };
+            if let Some(victim) = victim {
                 self.held.remove(&victim);
                 self.policy.forget(&victim);
             }
+            assert!(
+                self.held.len() < self.budget || hit,
+                "no victim for a cold tenant"
+            );
             self.held.insert(tenant);
             self.policy.record(tenant, usage);
             if usage == Use::Request {

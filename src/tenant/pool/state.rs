@@ -87,9 +87,9 @@ impl Inner {
                     returned: tokio::sync::Notify::new(),
                     policy: Mutex::new(policy::Admission::new(policy::Shares::for_budget(
                         self.settings.budget_per_server,
-                        self.settings.scan_share,
                         policy::SAMPLE_FACTOR,
                     ))),
+                    scan_slots: Arc::new(Semaphore::new(self.settings.scan_share.max(1))),
                 })
             })
             .clone();
@@ -140,34 +140,54 @@ impl Inner {
 
     /// The budget is full and `client_id`, which holds no connection, needs one: closes one idle connection of
     /// the tenant the admission policy picks. Returns whether one was closed.
-    pub(super) fn evict_by_policy(&self, budget: &ServerBudget, client_id: Uuid) -> bool {
+    pub(super) fn evict_by_policy(
+        &self,
+        budget: &ServerBudget,
+        client_id: Uuid,
+        usage: Use,
+        impatient: bool,
+    ) -> bool {
+        self.evict_chosen(budget, |policy, holding| {
+            policy.victim(&client_id, usage, impatient, holding)
+        })
+    }
+
+    /// A scan holding its whole share needs a connection: closes an idle connection of another scan, if any.
+    pub(super) fn evict_scan_idle(&self, budget: &ServerBudget, client_id: Uuid) -> bool {
+        self.evict_chosen(budget, |policy, holding| {
+            policy
+                .scan_victim(&client_id, holding)
+                .map(|victim| policy::Eviction {
+                    victim,
+                    admitted: None,
+                })
+        })
+    }
+
+    fn evict_chosen(
+        &self,
+        budget: &ServerBudget,
+        choose: impl FnOnce(
+            &mut policy::Admission<Uuid>,
+            &mut dyn FnMut(&Uuid) -> policy::Holding,
+        ) -> Option<policy::Eviction<Uuid>>,
+    ) -> bool {
         let mut policy = lock(&budget.policy);
         let chosen = {
             let tenants = lock(&self.tenants);
-            // A scan only while no request of the tenant's own waits too.
-            let usage = match tenants.get(&client_id) {
-                Some(t)
-                    if t.scan_waiters.load(Ordering::Acquire) > 0
-                        && t.scan_waiters.load(Ordering::Acquire)
-                            >= t.waiters.load(Ordering::Acquire) =>
-                {
-                    Use::Scan
-                }
-                _ => Use::Request,
+            let mut holding = |id: &Uuid| {
+                tenants
+                    .get(id)
+                    .map(|t| {
+                        let status = t.pool.status();
+                        policy::Holding {
+                            connections: status.size,
+                            idle: status.available,
+                        }
+                    })
+                    .unwrap_or_default()
             };
-            policy
-                .victim(&client_id, usage, |id| {
-                    tenants
-                        .get(id)
-                        .map(|t| {
-                            let status = t.pool.status();
-                            policy::Holding {
-                                connections: status.size,
-                                idle: status.available,
-                            }
-                        })
-                        .unwrap_or_default()
-                })
+            choose(&mut policy, &mut holding)
                 .and_then(|e| tenants.get(&e.victim).map(|t| (e, t.clone())))
         };
         let Some((eviction, victim)) = chosen else {
@@ -188,6 +208,22 @@ impl Inner {
             metrics::counter!("tenant_pool_evictions_total", "reason" => "budget").increment(1);
         }
         closed
+    }
+
+    /// What a connection being created for `client_id` is for: a scan only while no request of the tenant's
+    /// own waits for it too.
+    pub(super) fn usage_of(&self, client_id: Uuid) -> Use {
+        match lock(&self.tenants).get(&client_id) {
+            Some(t) => {
+                let scans = t.scan_waiters.load(Ordering::Acquire);
+                if scans > 0 && scans >= t.waiters.load(Ordering::Acquire) {
+                    Use::Scan
+                } else {
+                    Use::Request
+                }
+            }
+            None => Use::Request,
+        }
     }
 
     /// A warm tenant wants another connection and the budget is full: closes an idle connection of the least
