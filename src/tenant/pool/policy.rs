@@ -241,10 +241,7 @@ impl<K: Copy + Eq + Hash> Admission<K> {
                 .or_else(|| first_idle(self, Region::Window, &mut idle));
             return v.map(forced);
         }
-        loop {
-            let Some(candidate) = first_idle(self, Region::Window, &mut idle) else {
-                break;
-            };
+        while let Some(candidate) = first_idle(self, Region::Window, &mut idle) {
             if main_len(self) < self.shares.main {
                 self.place(candidate, Region::Probation);
                 continue;
