@@ -50,6 +50,9 @@ struct Run {
     secs: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// CPU time of this whole process (server, routers and load generator; PostgreSQL not included) per request:
+    /// the load generator's share is the same for every phase, so differences between phases are the server's.
+    cpu_us_per_request: f64,
     /// Tenant indexes in the order requests started (overcommitted phases: for the ideal LRU).
     trace: Vec<u32>,
 }
@@ -241,10 +244,11 @@ async fn main() {
             let run = load(base.clone(), uniform(n), false).await;
             let after = app.state.pools().stats();
             eprintln!(
-                "  {name}: {:.0} req/s, p99 {:.2} ms, errors {} (mandant pool: cap {}, {} cold acquires, {} evictions, {} own waits)",
+                "  {name}: {:.0} req/s, p99 {:.2} ms, errors {}, process CPU {:.1} us/request (mandant pool: cap {}, {} cold acquires, {} evictions, {} own waits)",
                 run.rps(),
                 run.p99_ms,
                 run.errors,
+                run.cpu_us_per_request,
                 app.state.pools().tenant_cap(server_id),
                 after.cold - before.cold,
                 after.evictions - before.evictions,
@@ -376,8 +380,8 @@ async fn main() {
         common::fsync_label()
     );
     println!(
-        "{:<24} {:>10} {:>9} {:>9} {:>8}",
-        "phase", "req/s", "p50 ms", "p99 ms", "errors"
+        "{:<24} {:>10} {:>9} {:>9} {:>8} {:>12}",
+        "phase", "req/s", "p50 ms", "p99 ms", "errors", "CPU us/req"
     );
     for name in [
         "fits_static",
@@ -395,11 +399,12 @@ async fn main() {
         let p50 = median(runs, &|r| r.p50_ms);
         let p99 = median(runs, &|r| r.p99_ms);
         let errors: u64 = runs.iter().map(|r| r.errors).sum();
-        println!("{name:<24} {rps:>10.0} {p50:>9.2} {p99:>9.2} {errors:>8}");
+        let cpu = median(runs, &|r| r.cpu_us_per_request);
+        println!("{name:<24} {rps:>10.0} {p50:>9.2} {p99:>9.2} {errors:>8} {cpu:>12.1}");
         results.insert(
             name,
             runs.iter()
-                .map(|r| json!({"requests": r.requests, "secs": r.secs, "rps": r.rps(), "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "errors": r.errors}))
+                .map(|r| json!({"requests": r.requests, "secs": r.secs, "rps": r.rps(), "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "errors": r.errors, "process_cpu_us_per_request": r.cpu_us_per_request}))
                 .collect(),
         );
     }
@@ -519,6 +524,7 @@ async fn drive(
     record: bool,
 ) -> Run {
     let trace = Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
+    let cpu_before = process_cpu();
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = tokio::task::JoinSet::new();
@@ -567,6 +573,7 @@ async fn drive(
         errors += e;
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu = process_cpu().saturating_sub(cpu_before);
     latencies.sort();
     let trace = std::mem::take(&mut *trace.lock().expect("trace"));
     Run {
@@ -575,8 +582,23 @@ async fn drive(
         secs,
         p50_ms: common::ms(common::percentile(&latencies, 50.0)),
         p99_ms: common::ms(common::percentile(&latencies, 99.0)),
+        cpu_us_per_request: cpu.as_secs_f64() * 1e6 / latencies.len().max(1) as f64,
         trace,
     }
+}
+
+/// User plus system CPU time of this process so far.
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage writes into the zeroed struct it is given and reads nothing else.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
 }
 
 /// The hit ratio of an LRU cache of `capacity` tenants over `measured`, after replaying `warmup`.
