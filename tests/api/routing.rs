@@ -432,3 +432,37 @@ async fn hot_tenants_keep_their_connections_while_500_cold_tenants_each_make_a_r
 async fn hot_tenants_keep_their_connections_while_a_scan_visits_500_cold_tenants() {
     hot_tenants_under_a_scan_of_cold_ones(Use::Scan).await;
 }
+
+#[tokio::test]
+async fn garbage_collection_never_drops_the_pool_of_a_tenant_whose_request_waits_for_the_budget() {
+    let (_app, routes) = tenants(2).await;
+    let router = TenantPools::new(PoolSettings {
+        budget_per_server: 1,
+        per_tenant_cap: 1,
+        // Every pool without connections counts as long unused: only a waiting request may keep it.
+        pool_idle_drop: Duration::ZERO,
+        acquire_timeout: Duration::from_secs(10),
+        ..PoolSettings::default()
+    });
+    let held = router.acquire(&routes[0]).await.unwrap();
+    let waiting = {
+        let (router, route) = (router.clone(), routes[1].clone());
+        tokio::spawn(async move { router.acquire(&route).await })
+    };
+    // The second tenant waits for the budget (the only connection is busy); collections run meanwhile.
+    for _ in 0..20 {
+        router.collect_garbage();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(held);
+    let conn = waiting
+        .await
+        .unwrap()
+        .expect("served once the budget frees up, not refused as closed");
+    conn.client().simple_query("SELECT 1").await.unwrap();
+    assert_eq!(
+        router.connections(routes[1].client_id),
+        1,
+        "the connection belongs to a pool the router still knows (not one collected while it waited)"
+    );
+}

@@ -340,7 +340,7 @@ impl TenantPools {
             }
             Some(Err(error)) => Ok(Err(error)),
         };
-        *lock(&tenant.last_used) = Instant::now();
+        tenant.touch();
         let handles = self.inner.metrics();
         handles
             .acquire_seconds
@@ -405,8 +405,10 @@ impl TenantPools {
         }
         let mut dropped = Vec::new();
         tenants.retain(|id, tenant| {
+            // A pool with connections, or with a request in `checkout` (waiting for the budget, say), stays.
             let keep = tenant.pool.status().size > 0
-                || lock(&tenant.last_used).elapsed() < settings.pool_idle_drop;
+                || tenant.waiters.load(Ordering::Acquire) > 0
+                || tenant.unused_for() < settings.pool_idle_drop;
             if !keep {
                 dropped.push((*id, tenant.clone()));
             }

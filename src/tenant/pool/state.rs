@@ -31,7 +31,8 @@ pub(super) struct TenantPool {
     /// When a request of the tenant's own was last served (ms since the Unix epoch; 0: not since the last
     /// [`super::TenantPools::take_served`]). An atomic, so the served path takes no lock for it.
     pub(super) served_at: AtomicU64,
-    pub(super) last_used: Mutex<Instant>,
+    /// When the tenant was last looked up or served ([`clock`] nanoseconds; an atomic, no lock per request).
+    pub(super) last_used: AtomicU64,
     pub(super) broken: Mutex<Option<(Instant, RouteError)>>,
 }
 
@@ -74,6 +75,9 @@ impl Inner {
         route: &TenantRoute,
     ) -> Result<Arc<TenantPool>, RouteError> {
         if let Some(tenant) = lock(&self.tenants).get(&route.client_id) {
+            // Under the map's lock, so garbage collection (which drops pools unused for long under the same lock)
+            // cannot drop a pool a request has just looked up.
+            tenant.touch();
             return Ok(tenant.clone());
         }
         let budget = lock(&self.servers)
@@ -122,7 +126,7 @@ impl Inner {
             waiters: AtomicUsize::new(0),
             scan_waiters: AtomicUsize::new(0),
             served_at: AtomicU64::new(0),
-            last_used: Mutex::new(Instant::now()),
+            last_used: AtomicU64::new(clock()),
             broken: Mutex::new(None),
         });
         Ok(lock(&self.tenants)
@@ -239,8 +243,8 @@ impl Inner {
             .filter(|(id, t)| {
                 **id != except && t.server_id == server_id && t.pool.status().available > 0
             })
-            .map(|(_, t)| (*lock(&t.last_used), t))
-            .filter(|(used, _)| used.elapsed() >= idle_for)
+            .map(|(_, t)| (t.last_used.load(Ordering::Relaxed), t))
+            .filter(|(used, _)| clock().saturating_sub(*used) >= idle_for.as_nanos() as u64)
             .min_by_key(|(used, _)| *used)
             .map(|(_, t)| t.clone());
         let Some(victim) = victim else {
@@ -391,6 +395,15 @@ impl TenantPool {
         }
     }
 
+    pub(super) fn touch(&self) {
+        self.last_used.store(clock(), Ordering::Relaxed);
+    }
+
+    /// How long since the tenant was last looked up or served.
+    pub(super) fn unused_for(&self) -> Duration {
+        Duration::from_nanos(clock().saturating_sub(self.last_used.load(Ordering::Relaxed)))
+    }
+
     /// Closes one idle connection; whether there was one.
     pub(super) fn close_one_idle(&self) -> bool {
         let mut taken = false;
@@ -464,6 +477,12 @@ impl Drop for WaiterGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Nanoseconds since the first call in this process: a monotonic clock that fits an atomic.
+pub(super) fn clock() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
 /// Locks a mutex, recovering from poisoning (every critical section here leaves consistent state).
