@@ -2,7 +2,8 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mandant::config::{LoadOptions, Settings, TEST_TOML};
@@ -64,7 +65,7 @@ pub fn settings(cluster: &ThrowawayCluster, control_db: &str, extra: &[(&str, &s
     env.insert("MANDANT__LOG__LEVEL".into(), "error".into());
     env.insert(
         "MANDANT__TENANTS__CREDENTIAL_SECRET".into(),
-        "bench-secret".into(),
+        CREDENTIAL_SECRET.into(),
     );
     env.insert("MANDANT__AUTH__BOOTSTRAP_TOKEN".into(), ADMIN_TOKEN.into());
     for (k, v) in extra {
@@ -78,6 +79,10 @@ pub fn settings(cluster: &ThrowawayCluster, control_db: &str, extra: &[(&str, &s
     })
     .expect("bench settings")
 }
+
+/// `tenants.credential_secret` of every benchmark app, in-process or spawned: tenant passwords derive from it, so a
+/// spawned server reaches the tenants an in-process app provisioned on the same control plane.
+pub const CREDENTIAL_SECRET: &str = "bench-secret";
 
 /// The first admin's token of every benchmark app (`auth.bootstrap_token`).
 pub const ADMIN_TOKEN: &str = "mdt_bench-admin-token-for-benchmarks-only-0001";
@@ -262,4 +267,149 @@ pub async fn handler_only(
             .with_state(state.clone()),
     )
     .await
+}
+
+/// A `mandant serve` spawned as its own process (so its RSS is the server's alone, not the load generator's);
+/// stopped with SIGTERM (then SIGKILL after 30 s) on drop.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Server {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_none()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Spawns `mandant serve` on the control plane `url` (a free port, the benchmark admin token and credential
+/// secret, log level error), with `extra` `MANDANT__` overrides; every `MANDANT__` variable and `RUST_LOG` of this
+/// process's environment is removed first.
+pub fn spawn_server(url: &str, data_dir: &Path, extra: &[(&str, String)]) -> Server {
+    let port = free_port();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mandant"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("MANDANT__") || key == "RUST_LOG" {
+            command.env_remove(key);
+        }
+    }
+    command
+        .arg("serve")
+        .env("MANDANT__DATABASE__URL", url)
+        .env("MANDANT__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("MANDANT__EMBEDDED__DATA_DIR", data_dir)
+        .env("MANDANT__AUTH__BOOTSTRAP_TOKEN", ADMIN_TOKEN)
+        .env("MANDANT__TENANTS__CREDENTIAL_SECRET", CREDENTIAL_SECRET)
+        .env("MANDANT__LOG__LEVEL", "error");
+    for (key, value) in extra {
+        command.env(key, value);
+    }
+    command.stdout(Stdio::null()).stderr(Stdio::inherit());
+    let child = command.spawn().expect("spawn mandant serve");
+    Server {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+/// Waits until the spawned server answers `/readyz` (panics if it exits or takes over two minutes).
+pub async fn wait_ready(http: &reqwest::Client, server: &mut Server) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(Some(status)) = server.child.try_wait() {
+            panic!("mandant serve exited during start: {status}");
+        }
+        if let Ok(r) = http.get(format!("{}/readyz", server.base)).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "mandant serve did not get ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A memory figure of a process from `/proc/<pid>/status` (`VmRSS`, `VmHWM`, `RssAnon`, ...) in MB, one decimal;
+/// 0 when unreadable.
+pub fn proc_mb(pid: u32, field: &str) -> f64 {
+    let prefix = format!("{field}:");
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(&prefix))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| (kb / 1024.0 * 10.0).round() / 10.0)
+        .unwrap_or(0.0)
+}
+
+/// The resident set size of a process in MB (`VmRSS`).
+pub fn rss_mb(pid: u32) -> f64 {
+    proc_mb(pid, "VmRSS")
+}
+
+/// The server's `/metrics` text.
+pub async fn scrape(http: &reqwest::Client, base: &str) -> Option<String> {
+    http.get(format!("{base}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
+}
+
+/// The sum of metric `name` over its label sets whose labels contain `label` (e.g. `state="idle"`; "" = all), from
+/// a `/metrics` text; `None` when absent.
+pub fn metric_sum(text: &str, name: &str, label: &str) -> Option<f64> {
+    let mut total = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let labels = match rest.chars().next() {
+            Some('{') => &rest[..rest.find('}').unwrap_or(rest.len())],
+            Some(' ') => "",
+            _ => continue,
+        };
+        if !labels.contains(label) {
+            continue;
+        }
+        if let Some(value) = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
+            total = Some(total.unwrap_or(0.0) + value);
+        }
+    }
+    total
+}
+
+/// `tenant_pool_budget_in_use` summed over servers, from the server's `/metrics`.
+pub async fn metric_in_use(http: &reqwest::Client, base: &str) -> Option<i64> {
+    let text = scrape(http, base).await?;
+    metric_sum(&text, "tenant_pool_budget_in_use", "").map(|v| v as i64)
 }

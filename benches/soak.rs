@@ -20,7 +20,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,106 +36,6 @@ struct Sample {
     kind: &'static str,
     status: u16,
     latency: Duration,
-}
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn spawn_server(url: &str, data_dir: &std::path::Path, budget: usize) -> Server {
-    let port = free_port();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mandant"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("MANDANT__") || key == "RUST_LOG" {
-            command.env_remove(key);
-        }
-    }
-    command
-        .arg("serve")
-        .env("MANDANT__DATABASE__URL", url)
-        .env("MANDANT__SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .env("MANDANT__EMBEDDED__DATA_DIR", data_dir)
-        .env("MANDANT__AUTH__BOOTSTRAP_TOKEN", common::ADMIN_TOKEN)
-        .env("MANDANT__TENANTS__CREDENTIAL_SECRET", "soak-secret")
-        .env("MANDANT__ROUTING__BUDGET_PER_SERVER", budget.to_string())
-        .env("MANDANT__LOG__LEVEL", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    let child = command.spawn().expect("spawn mandant serve");
-    Server {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    }
-}
-
-fn rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| (kb / 1024.0 * 10.0).round() / 10.0)
-        .unwrap_or(0.0)
-}
-
-/// `tenant_pool_budget_in_use` summed over servers, from the server's `/metrics`.
-async fn metric_in_use(http: &reqwest::Client, base: &str) -> Option<i64> {
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    let mut total = None;
-    for line in text.lines() {
-        if line.starts_with("tenant_pool_budget_in_use") {
-            let value: f64 = line.rsplit(' ').next()?.parse().ok()?;
-            total = Some(total.unwrap_or(0) + value as i64);
-        }
-    }
-    total
-}
-
-async fn wait_ready(http: &reqwest::Client, server: &mut Server) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Ok(Some(status)) = server.child.try_wait() {
-            panic!("mandant serve exited during start: {status}");
-        }
-        if let Ok(r) = http.get(format!("{}/readyz", server.base)).send().await
-            && r.status().is_success()
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "mandant serve did not get ready");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 async fn active_clients(control: &deadpool_postgres::tokio_postgres::Client) -> (i64, i64) {
@@ -179,10 +78,14 @@ async fn main() {
         .expose()
         .to_owned();
     let http = common::http();
-    let mut server = spawn_server(&url, data_dir.path(), budget);
-    wait_ready(&http, &mut server).await;
+    let mut server = common::spawn_server(
+        &url,
+        data_dir.path(),
+        &[("MANDANT__ROUTING__BUDGET_PER_SERVER", budget.to_string())],
+    );
+    common::wait_ready(&http, &mut server).await;
     let base = server.base.clone();
-    let pid = server.child.id();
+    let pid = server.pid();
 
     // Setup (untimed): the tenants, 50 at a time.
     let setup = Instant::now();
@@ -300,7 +203,7 @@ async fn main() {
                     peak_pg.fetch_max(row.get::<_, i64>(0), Ordering::Relaxed);
                 }
                 if tick.is_multiple_of(10)
-                    && let Some(in_use) = metric_in_use(&http, &base).await
+                    && let Some(in_use) = common::metric_in_use(&http, &base).await
                 {
                     peak_metric.fetch_max(in_use, Ordering::Relaxed);
                 }
@@ -384,7 +287,7 @@ async fn main() {
         }
         // The RSS at each minute's end (the last sample taken within the minute).
         if let Some(slot) = rss.get_mut(minute) {
-            *slot = rss_mb(pid);
+            *slot = common::rss_mb(pid);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -393,7 +296,7 @@ async fn main() {
     }
     stop.store(true, Ordering::Relaxed);
     let _ = sampler.await;
-    let server_alive = server.child.try_wait().ok().flatten().is_none();
+    let server_alive = server.alive();
 
     // Report.
     let samples = samples.lock().expect("samples").clone();
@@ -482,6 +385,9 @@ async fn main() {
         }),
     );
     drop(server);
+    // process::exit runs no destructors: stop and remove the throwaway cluster first.
+    drop(control);
+    drop(cluster);
     if !failures.is_empty() {
         eprintln!("soak FAILED: {failures:?}");
         std::process::exit(1);
