@@ -16,6 +16,7 @@
 pub mod import;
 pub mod lists;
 pub mod recipients;
+pub mod retention;
 pub mod rules;
 pub mod schema;
 pub mod target_groups;

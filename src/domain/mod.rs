@@ -2,6 +2,7 @@
 //! it is valid, so no unchecked string reaches SQL or a log line from here.
 
 pub mod field;
+pub mod retention;
 pub mod rights;
 
 use std::fmt;

@@ -1,0 +1,69 @@
+//! Retention in a tenant database: which recipients a rule removes, counted for the preview and deleted in
+//! batches by the purge job. Both go through [`predicate`], so the purge removes exactly what the preview
+//! counted for the same rule, period and time.
+//!
+//! - `opted_out_or_bounced` (N days): the recipient has bindings, and every one of them is `opt_out` or `bounced`
+//!   and has not changed its status for N days (`bindings.updated_at` moves only when the status changes).
+//! - `unbound` (M days): the recipient has had no binding for M days (`recipients.mandant_unbound_since`, kept by
+//!   triggers on bindings, tenant migration V6).
+//!
+//! The two are disjoint (one needs a binding, the other none). Deleting a recipient cascades to its bindings.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::tokio_postgres::Client;
+
+use super::DataError;
+use crate::domain::retention::RetentionRule;
+
+/// Recipients deleted per statement: short statements, short locks, a crash loses at most one batch's work.
+pub const PURGE_BATCH: i64 = 1000;
+
+/// The one predicate over `recipients r` for `rule`: `$1` is the time the period is measured back from
+/// (timestamptz), `$2` the period in days (int4).
+pub fn predicate(rule: RetentionRule) -> &'static str {
+    match rule {
+        RetentionRule::OptedOutOrBounced => {
+            "EXISTS (SELECT 1 FROM bindings b WHERE b.recipient_id = r.id)
+             AND NOT EXISTS (SELECT 1 FROM bindings b WHERE b.recipient_id = r.id
+                                AND (b.status NOT IN ('opt_out', 'bounced')
+                                     OR b.updated_at > $1::timestamptz - make_interval(days => $2::int4)))"
+        }
+        RetentionRule::Unbound => {
+            "r.mandant_unbound_since <= $1::timestamptz - make_interval(days => $2::int4)"
+        }
+    }
+}
+
+/// The database's current time (what a preview measures back from).
+pub async fn now(db: &Client) -> Result<DateTime<Utc>, DataError> {
+    Ok(db.query_one("SELECT now()", &[]).await?.get(0))
+}
+
+/// How many recipients `rule` with `days` would remove as of `as_of`.
+pub async fn count(
+    db: &Client,
+    rule: RetentionRule,
+    days: i32,
+    as_of: DateTime<Utc>,
+) -> Result<i64, DataError> {
+    let sql = format!(
+        "SELECT count(*) FROM recipients r WHERE {}",
+        predicate(rule)
+    );
+    Ok(db.query_one(&sql, &[&as_of, &days]).await?.get(0))
+}
+
+/// Deletes up to `limit` recipients that `rule` with `days` removes as of `as_of`; returns how many.
+pub async fn purge_batch(
+    db: &Client,
+    rule: RetentionRule,
+    days: i32,
+    as_of: DateTime<Utc>,
+    limit: i64,
+) -> Result<u64, DataError> {
+    let sql = format!(
+        "DELETE FROM recipients WHERE id IN (SELECT r.id FROM recipients r WHERE {} ORDER BY r.id LIMIT $3)",
+        predicate(rule)
+    );
+    Ok(db.execute(&sql, &[&as_of, &days, &limit]).await?)
+}
