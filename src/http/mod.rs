@@ -22,6 +22,7 @@ pub mod operations;
 pub mod overview;
 pub mod policy;
 pub mod recipients;
+pub mod retention;
 pub mod roles;
 pub mod scope;
 pub mod target_groups;
@@ -95,6 +96,9 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(crossclient::count))
         .routes(routes!(crossclient::recipients))
         .routes(routes!(overview::overview))
+        .routes(routes!(retention::get_master, retention::put_master))
+        .routes(routes!(retention::get_client, retention::put_client))
+        .routes(routes!(retention::preview))
         .routes(routes!(users::me))
         .routes(routes!(users::list, users::create))
         .routes(routes!(users::get, users::update, users::delete))

@@ -204,6 +204,17 @@ pub const POLICIES: &[(&str, &str, Rule)] = {
             Master(RecipientsRead),
         ),
         ("GET", "/v1/overview", Global(ClientsRead)),
+        // Retention: the master's rules are central settings (full access to the master to change them); a
+        // client's override and its preview are the client's.
+        ("GET", "/v1/retention", Master(ClientsRead)),
+        ("PUT", "/v1/retention", MasterFull(ClientsManage)),
+        ("GET", "/v1/clients/{slug}/retention", Client(ClientsRead)),
+        ("PUT", "/v1/clients/{slug}/retention", Client(ClientsManage)),
+        (
+            "GET",
+            "/v1/clients/{slug}/retention/preview",
+            Client(ClientsRead),
+        ),
         // Users, roles, access, audit (the handlers check the user's home client and no-escalation).
         ("GET", "/v1/me", Authenticated),
         ("GET", "/v1/permissions", Authenticated),

@@ -255,6 +255,11 @@ impl From<ControlError> for ApiError {
                 "unknown_role",
                 format!("No such role: {}.", names.join(", ")),
             ),
+            ControlError::RetentionLooser(e) => Self::new(
+                StatusCode::BAD_REQUEST,
+                "retention_looser_than_master",
+                format!("{e}; nothing was changed."),
+            ),
             ControlError::NoCapacity => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no_capacity",
