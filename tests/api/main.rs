@@ -20,6 +20,7 @@ mod migrate;
 mod nul_character;
 mod provisioning;
 mod recipients;
+mod retention;
 mod routing;
 mod rule_properties;
 mod target_groups;
