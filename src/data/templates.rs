@@ -4,7 +4,7 @@
 //! records the newer version as available).
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::tokio_postgres::{Client, Row};
+use deadpool_postgres::tokio_postgres::{Client, GenericClient, Row};
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -186,7 +186,7 @@ pub async fn get(db: &Client, id: Uuid) -> Result<TenantTemplate, DataError> {
 
 /// A template of the client's own.
 pub async fn create_local(
-    db: &Client,
+    db: &impl GenericClient,
     content: &TemplateContent,
 ) -> Result<TenantTemplate, DataError> {
     let row = db
@@ -257,4 +257,65 @@ pub async fn revert(
     .await?
     .map(|r| TenantTemplate::from(&r))
     .ok_or(DataError::NotFound)
+}
+
+/// Serialises, per database, the writes that must not create a second local template of one name (copies and
+/// imports; transaction-scoped). Local templates made by `POST .../templates` may share a name, so there is no
+/// unique index to lean on.
+pub async fn lock_local_names(db: &impl GenericClient) -> Result<(), DataError> {
+    db.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&crate::db::lock_key("mandant.local_template_names")],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Which of `names` local templates have already (case-insensitively), as stored.
+pub async fn local_names_taken(
+    db: &impl GenericClient,
+    names: &[&str],
+) -> Result<Vec<String>, DataError> {
+    let lower: Vec<String> = names.iter().map(|n| n.to_lowercase()).collect();
+    Ok(db
+        .query(
+            "SELECT DISTINCT name FROM templates WHERE origin = 'local' AND lower(name) = ANY($1) ORDER BY name",
+            &[&lower],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// The client's own templates, by name.
+pub async fn all_local(db: &Client) -> Result<Vec<TenantTemplate>, DataError> {
+    let rows = db
+        .query(
+            &format!(
+                "SELECT {COLUMNS} FROM templates WHERE origin = 'local' ORDER BY lower(name), id"
+            ),
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(TenantTemplate::from).collect())
+}
+
+/// A local template made from `content` unless a local template of that name exists (then
+/// [`DataError::TemplateNameTaken`] and nothing is written): a copy from another client.
+pub async fn create_local_unless_taken(
+    db: &mut Client,
+    content: &TemplateContent,
+) -> Result<TenantTemplate, DataError> {
+    let tx = db.transaction().await?;
+    lock_local_names(&tx).await?;
+    if !local_names_taken(&tx, &[content.name.as_str()])
+        .await?
+        .is_empty()
+    {
+        return Err(DataError::TemplateNameTaken);
+    }
+    let template = create_local(&tx, content).await?;
+    tx.commit().await?;
+    Ok(template)
 }

@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod auth;
 pub mod clients;
+pub mod content;
 pub mod crossclient;
 pub mod cursor;
 pub mod error;
@@ -87,6 +88,9 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(templates::client_list, templates::client_create))
         .routes(routes!(templates::client_get, templates::client_update))
         .routes(routes!(templates::client_revert))
+        .routes(routes!(content::copy))
+        .routes(routes!(content::export))
+        .routes(routes!(content::import))
         .routes(routes!(target_groups::create, target_groups::list))
         .routes(routes!(target_groups::get, target_groups::delete))
         .routes(routes!(target_groups::count))

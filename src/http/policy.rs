@@ -93,6 +93,19 @@ pub const POLICIES: &[(&str, &str, Rule)] = {
             "/v1/clients/{slug}/templates/{id}/override",
             Client(TemplatesManage),
         ),
+        // Content between clients: the handlers also need full access to every target of a copy, and
+        // recipients.read (export) or recipients.write (import) for the lists and target groups.
+        (
+            "POST",
+            "/v1/clients/{slug}/templates/{id}/copy",
+            Client(TemplatesManage),
+        ),
+        ("GET", "/v1/clients/{slug}/export", Client(TemplatesRead)),
+        (
+            "POST",
+            "/v1/clients/{slug}/import-content",
+            Client(TemplatesManage),
+        ),
         // Recipients, lists, target groups (data plane).
         (
             "GET",

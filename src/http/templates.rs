@@ -121,7 +121,7 @@ pub struct TemplatePage {
 }
 
 /// Validates a template's content (sizes, required fields).
-fn content(input: TemplateInput) -> Result<TemplateContent, ApiError> {
+pub(super) fn content(input: TemplateInput) -> Result<TemplateContent, ApiError> {
     let name = required_text("name", &input.name, 200).map_err(DataError::from)?;
     let subject = required_text("subject", &input.subject, 998).map_err(DataError::from)?;
     if input.html_body.len() > BODY_MAX {

@@ -314,6 +314,21 @@ impl From<DataError> for ApiError {
                 "target_group_name_taken",
                 "A target group with this name exists already.",
             ),
+            DataError::TemplateNameTaken => Self::new(
+                StatusCode::CONFLICT,
+                "template_name_taken",
+                "The client has a template of its own with this name already; nothing was overwritten.",
+            ),
+            DataError::NamesTaken(clashes) => Self::new(
+                StatusCode::CONFLICT,
+                "name_taken",
+                format!("The client has these already, nothing was imported: {clashes}."),
+            ),
+            DataError::DoesNotFit(message) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "content_does_not_fit",
+                format!("{message}; nothing was imported."),
+            ),
             DataError::Invalid(invalid) => invalid.into(),
             DataError::PersonalData(field) => Self::new(
                 StatusCode::FORBIDDEN,
