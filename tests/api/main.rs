@@ -4,6 +4,7 @@ mod access;
 mod cli;
 mod clients;
 mod consistency;
+mod content;
 mod crossclient;
 mod crossclient_hostile;
 mod embedded;
