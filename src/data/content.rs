@@ -46,10 +46,14 @@ pub struct ListDoc {
     #[schema(minimum = 1)]
     pub id: i64,
     /// 1-200 characters.
-    #[schema(min_length = 1, max_length = 200)]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub name: String,
     /// At most 2000 characters.
-    #[schema(max_length = 2000)]
+    #[schema(max_length = 2000, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub description: Option<String>,
 }
 
@@ -57,7 +61,11 @@ pub struct ListDoc {
 #[serde(deny_unknown_fields)]
 pub struct GroupDoc {
     /// 1-200 characters.
-    #[schema(min_length = 1, max_length = 200)]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub name: String,
     /// The rule; `{"list": id}` names a list of this document by its `id`.
     #[schema(value_type = Object)]
@@ -68,10 +76,18 @@ pub struct GroupDoc {
 #[serde(deny_unknown_fields)]
 pub struct TemplateDoc {
     /// 1-200 characters.
-    #[schema(min_length = 1, max_length = 200)]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub name: String,
     /// 1-998 characters.
-    #[schema(min_length = 1, max_length = 998)]
+    #[schema(
+        min_length = 1,
+        max_length = 998,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub subject: String,
     #[serde(default)]
     pub html_body: String,

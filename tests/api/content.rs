@@ -5,18 +5,11 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::access::{call, user};
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{TestApp, json_body, spawn_app};
 use crate::retention::{list, recipient};
 
-async fn json_of(response: reqwest::Response, expected: StatusCode) -> Value {
-    let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    assert_eq!(status, expected, "{body}");
-    body
-}
-
 async fn local_template(app: &TestApp, slug: &str, name: &str) -> String {
-    let body = json_of(
+    let body = json_body(
         app.post_json(
             &format!("/v1/clients/{slug}/templates"),
             &json!({"name": name, "subject": format!("About {name}"), "text_body": format!("{name} in {slug}")}),
@@ -28,15 +21,6 @@ async fn local_template(app: &TestApp, slug: &str, name: &str) -> String {
     body["id"].as_str().unwrap().to_owned()
 }
 
-async fn count(app: &TestApp, slug: &str, sql: &str) -> i64 {
-    app.tenant_db(slug)
-        .await
-        .query_one(sql, &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 #[tokio::test]
 async fn a_copy_with_a_clash_in_one_of_three_targets_copies_into_the_others_and_overwrites_nothing()
 {
@@ -46,7 +30,7 @@ async fn a_copy_with_a_clash_in_one_of_three_targets_copies_into_the_others_and_
     }
     let id = local_template(&app, "source", "Welcome").await;
     let theirs = local_template(&app, "two", "welcome").await;
-    let report = json_of(
+    let report = json_body(
         app.post_json(
             &format!("/v1/clients/source/templates/{id}/copy"),
             &json!({"to": ["one", "two", "three"]}),
@@ -66,7 +50,7 @@ async fn a_copy_with_a_clash_in_one_of_three_targets_copies_into_the_others_and_
     assert!(results[1].get("id").is_none());
     assert_eq!(results[2]["client"], "three");
     for (slug, row) in [("one", &results[0]), ("three", &results[2])] {
-        let copied = json_of(
+        let copied = json_body(
             app.get(&format!(
                 "/v1/clients/{slug}/templates/{}",
                 row["id"].as_str().unwrap()
@@ -80,7 +64,7 @@ async fn a_copy_with_a_clash_in_one_of_three_targets_copies_into_the_others_and_
         assert_eq!(copied["text_body"], "Welcome in source");
         assert_ne!(row["id"], json!(id), "a template of the target's own");
     }
-    let kept = json_of(
+    let kept = json_body(
         app.get(&format!("/v1/clients/two/templates/{theirs}"))
             .await,
         StatusCode::OK,
@@ -88,8 +72,7 @@ async fn a_copy_with_a_clash_in_one_of_three_targets_copies_into_the_others_and_
     .await;
     assert_eq!(kept["text_body"], "welcome in two", "not overwritten");
     assert_eq!(
-        count(
-            &app,
+        app.tenant_i64(
             "two",
             "SELECT count(*) FROM templates WHERE origin = 'local'"
         )
@@ -97,7 +80,7 @@ async fn a_copy_with_a_clash_in_one_of_three_targets_copies_into_the_others_and_
         1
     );
     // Into the source itself: its own template always clashes.
-    let itself = json_of(
+    let itself = json_body(
         app.post_json(
             &format!("/v1/clients/source/templates/{id}/copy"),
             &json!({"to": ["source"]}),
@@ -108,7 +91,9 @@ async fn a_copy_with_a_clash_in_one_of_three_targets_copies_into_the_others_and_
     .await;
     assert_eq!(itself["results"][0]["error"]["code"], "template_name_taken");
     // A target that does not exist: 422 before anything is written.
-    let before = count(&app, "three", "SELECT count(*) FROM templates").await;
+    let before = app
+        .tenant_i64("three", "SELECT count(*) FROM templates")
+        .await;
     let unknown = app
         .post_json(
             &format!("/v1/clients/source/templates/{id}/copy"),
@@ -117,7 +102,8 @@ async fn a_copy_with_a_clash_in_one_of_three_targets_copies_into_the_others_and_
         .await;
     assert_eq!(unknown.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(
-        count(&app, "three", "SELECT count(*) FROM templates").await,
+        app.tenant_i64("three", "SELECT count(*) FROM templates")
+            .await,
         before
     );
     for bad in [json!({"to": []}), json!({"to": "one"}), json!({})] {
@@ -126,7 +112,7 @@ async fn a_copy_with_a_clash_in_one_of_three_targets_copies_into_the_others_and_
             .await;
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad}");
     }
-    let audit = json_of(app.get("/v1/audit?client=source").await, StatusCode::OK).await;
+    let audit = json_body(app.get("/v1/audit?client=source").await, StatusCode::OK).await;
     let entry = audit["items"]
         .as_array()
         .unwrap()
@@ -148,7 +134,7 @@ async fn an_export_imported_into_another_client_remaps_a_rule_to_the_new_list_id
     list(&app, "into", "Existing too").await;
     let news = list(&app, "from", "News").await;
     let rid = recipient(&app, "from", "kept@example.org").await;
-    json_of(
+    json_body(
         app.post_json(
             "/v1/clients/from/target-groups",
             &json!({"name": "Readers", "rule": {"all": [{"list": news, "status": "active"}, {"field": "gender", "op": "eq", "value": "f"}]}}),
@@ -158,7 +144,7 @@ async fn an_export_imported_into_another_client_remaps_a_rule_to_the_new_list_id
     )
     .await;
     local_template(&app, "from", "Invoice").await;
-    let doc = json_of(app.get("/v1/clients/from/export").await, StatusCode::OK).await;
+    let doc = json_body(app.get("/v1/clients/from/export").await, StatusCode::OK).await;
     assert_eq!(doc["format"], 1);
     assert_eq!(
         doc["lists"],
@@ -179,7 +165,7 @@ async fn an_export_imported_into_another_client_remaps_a_rule_to_the_new_list_id
     );
     let _ = rid;
 
-    let report = json_of(
+    let report = json_body(
         app.post_json("/v1/clients/into/import-content", &doc).await,
         StatusCode::CREATED,
     )
@@ -199,8 +185,7 @@ async fn an_export_imported_into_another_client_remaps_a_rule_to_the_new_list_id
         json!({"field": "gender", "op": "eq", "value": "f"})
     );
     assert_eq!(
-        count(
-            &app,
+        app.tenant_i64(
             "into",
             "SELECT count(*) FROM templates WHERE origin = 'local' AND name = 'Invoice'"
         )
@@ -208,12 +193,13 @@ async fn an_export_imported_into_another_client_remaps_a_rule_to_the_new_list_id
         1
     );
     assert_eq!(
-        count(&app, "into", "SELECT count(*) FROM recipients").await,
+        app.tenant_i64("into", "SELECT count(*) FROM recipients")
+            .await,
         0
     );
     // The imported group works in its new home.
     let group = report["target_groups"][0]["id"].as_i64().unwrap();
-    json_of(
+    json_body(
         app.get(&format!("/v1/clients/into/target-groups/{group}/count"))
             .await,
         StatusCode::OK,
@@ -235,9 +221,12 @@ async fn a_clashing_import_writes_nothing_and_a_rule_on_a_missing_field_is_422_n
     });
     let snapshot = async || {
         (
-            count(&app, "target", "SELECT count(*) FROM mailing_lists").await,
-            count(&app, "target", "SELECT count(*) FROM target_groups").await,
-            count(&app, "target", "SELECT count(*) FROM templates").await,
+            app.tenant_i64("target", "SELECT count(*) FROM mailing_lists")
+                .await,
+            app.tenant_i64("target", "SELECT count(*) FROM target_groups")
+                .await,
+            app.tenant_i64("target", "SELECT count(*) FROM templates")
+                .await,
         )
     };
     let before = snapshot().await;
@@ -313,7 +302,8 @@ async fn copy_export_and_import_need_full_access_to_source_and_every_target_and_
     )
     .await;
     let copy = format!("/v1/clients/mine/templates/{id}/copy");
-    let templates_in = async |slug: &str| count(&app, slug, "SELECT count(*) FROM templates").await;
+    let templates_in =
+        async |slug: &str| app.tenant_i64(slug, "SELECT count(*) FROM templates").await;
     let before = (templates_in("shared").await, templates_in("hidden").await);
     // A target with read access only: 403, and nothing is written anywhere.
     let (status, _, body) = call(
@@ -390,7 +380,7 @@ async fn copy_export_and_import_need_full_access_to_source_and_every_target_and_
     }
     // Without the private-data right, an exported rule's personal values are withheld; such a rule does not
     // import.
-    json_of(
+    json_body(
         app.post_json(
             "/v1/clients/mine/target-groups",
             &json!({"name": "One person", "rule": {"field": "email", "op": "eq", "value": "a@example.org"}}),
@@ -413,6 +403,6 @@ async fn copy_export_and_import_need_full_access_to_source_and_every_target_and_
         "{masked}"
     );
     assert!(!masked.to_string().contains("a@example.org"));
-    let full = json_of(app.get("/v1/clients/mine/export").await, StatusCode::OK).await;
+    let full = json_body(app.get("/v1/clients/mine/export").await, StatusCode::OK).await;
     assert_eq!(full["target_groups"][0]["rule"]["value"], "a@example.org");
 }

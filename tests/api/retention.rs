@@ -5,22 +5,15 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::access::{call, user};
-use crate::helpers::{TestApp, error_code, spawn_app_with};
+use crate::helpers::{TestApp, error_code, json_body, spawn_app_with};
 
 /// An app whose retention loop never runs by itself: the tests run the purge when they mean to.
 pub async fn app_without_purge_loop() -> TestApp {
     spawn_app_with(&[("MANDANT__WORKERS__RETENTION_INTERVAL_SECS", "0".into())]).await
 }
 
-async fn json_of(response: reqwest::Response, expected: StatusCode) -> Value {
-    let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    assert_eq!(status, expected, "{body}");
-    body
-}
-
 pub async fn recipient(app: &TestApp, slug: &str, email: &str) -> i64 {
-    let body = json_of(
+    let body = json_body(
         app.post_json(
             &format!("/v1/clients/{slug}/recipients"),
             &json!({"email": email}),
@@ -33,7 +26,7 @@ pub async fn recipient(app: &TestApp, slug: &str, email: &str) -> i64 {
 }
 
 pub async fn list(app: &TestApp, slug: &str, name: &str) -> i64 {
-    let body = json_of(
+    let body = json_body(
         app.post_json(
             &format!("/v1/clients/{slug}/mailing-lists"),
             &json!({"name": name}),
@@ -46,7 +39,7 @@ pub async fn list(app: &TestApp, slug: &str, name: &str) -> i64 {
 }
 
 async fn bind(app: &TestApp, slug: &str, list: i64, recipient: i64, status: &str) {
-    json_of(
+    json_body(
         app.send(
             Method::PUT,
             &format!("/v1/clients/{slug}/mailing-lists/{list}/recipients/{recipient}"),
@@ -63,7 +56,7 @@ async fn put(app: &TestApp, path: &str, body: Value) -> reqwest::Response {
 }
 
 async fn preview(app: &TestApp, slug: &str) -> Value {
-    json_of(
+    json_body(
         app.get(&format!("/v1/clients/{slug}/retention/preview"))
             .await,
         StatusCode::OK,
@@ -104,7 +97,7 @@ async fn purge(app: &TestApp) -> Vec<mandant::fanout::retention::Purged> {
 }
 
 async fn purge_audits(app: &TestApp, slug: &str) -> Vec<Value> {
-    let page = json_of(
+    let page = json_body(
         app.get(&format!("/v1/audit?client={slug}")).await,
         StatusCode::OK,
     )
@@ -155,7 +148,7 @@ async fn a_purge_deletes_exactly_the_recipients_the_preview_counted_and_audits_i
     assert!(unbound_since(ids["unbound"]).await.is_some());
     assert!(unbound_since(ids["orphan"]).await.is_none(), "bound");
     // Deleting a list cascades its bindings away: its only recipient is unbound from then on.
-    json_of(
+    json_body(
         app.delete(&format!("/v1/clients/keeper/mailing-lists/{old}"))
             .await,
         StatusCode::NO_CONTENT,
@@ -182,7 +175,7 @@ async fn a_purge_deletes_exactly_the_recipients_the_preview_counted_and_audits_i
         (&json!(0), &json!(0)),
         "both rules are off by default"
     );
-    let set = json_of(
+    let set = json_body(
         put(
             &app,
             "/v1/retention",
@@ -253,7 +246,7 @@ async fn a_purge_deletes_exactly_the_recipients_the_preview_counted_and_audits_i
 async fn put_client_retention_returns_400_when_looser_than_the_master() {
     let app = app_without_purge_loop().await;
     app.create_active_client("strict").await;
-    json_of(
+    json_body(
         put(&app, "/v1/retention", json!({"unbound_days": 90})).await,
         StatusCode::OK,
     )
@@ -266,7 +259,7 @@ async fn put_client_retention_returns_400_when_looser_than_the_master() {
     .await;
     assert_eq!(looser.status(), StatusCode::BAD_REQUEST);
     assert_eq!(error_code(looser).await, "retention_looser_than_master");
-    let unchanged = json_of(
+    let unchanged = json_body(
         app.get("/v1/clients/strict/retention").await,
         StatusCode::OK,
     )
@@ -283,7 +276,7 @@ async fn put_client_retention_returns_400_when_looser_than_the_master() {
         let response = put(&app, "/v1/clients/strict/retention", bad.clone()).await;
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad}");
     }
-    let stricter = json_of(
+    let stricter = json_body(
         put(
             &app,
             "/v1/clients/strict/retention",
@@ -326,7 +319,7 @@ async fn a_rule_tightened_less_than_a_day_ago_is_applied_with_its_previous_perio
             .await
             .unwrap();
     }
-    json_of(
+    json_body(
         put(
             &app,
             "/v1/retention",
@@ -338,7 +331,7 @@ async fn a_rule_tightened_less_than_a_day_ago_is_applied_with_its_previous_perio
     .await;
     age_tightenings(&app, 25).await;
     // The client tightens to 10 days: the preview shows what that removes, the purge keeps to 30 for a day.
-    let tightened = json_of(
+    let tightened = json_body(
         put(
             &app,
             "/v1/clients/waiting/retention",
