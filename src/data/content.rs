@@ -16,7 +16,7 @@ use super::lists::{self, MailingList};
 use super::rules;
 use super::schema::Schema;
 use super::target_groups::{self, TargetGroup};
-use super::templates::{self, TenantTemplate};
+use super::templates::{self, TemplateInput, TenantTemplate};
 use super::{DataError, Privacy};
 use crate::control::templates::TemplateContent;
 
@@ -37,7 +37,7 @@ pub struct ContentDocument {
     pub target_groups: Vec<GroupDoc>,
     /// The client's own templates (inherited ones reach every client from the master).
     #[schema(max_items = 10000)]
-    pub templates: Vec<TemplateDoc>,
+    pub templates: Vec<TemplateInput>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -70,29 +70,6 @@ pub struct GroupDoc {
     /// The rule; `{"list": id}` names a list of this document by its `id`.
     #[schema(value_type = Object)]
     pub rule: Json,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TemplateDoc {
-    /// 1-200 characters.
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
-    )]
-    pub name: String,
-    /// 1-998 characters.
-    #[schema(
-        min_length = 1,
-        max_length = 998,
-        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
-    )]
-    pub subject: String,
-    #[serde(default)]
-    pub html_body: String,
-    #[serde(default)]
-    pub text_body: String,
 }
 
 /// Names of the document that the client has already, by kind.
@@ -182,7 +159,7 @@ pub async fn export(db: &mut Client, privacy: &Privacy) -> Result<ContentDocumen
         )
         .await?
         .iter()
-        .map(|r| TemplateDoc {
+        .map(|r| TemplateInput {
             name: r.get("name"),
             subject: r.get("subject"),
             html_body: r.get("html_body"),

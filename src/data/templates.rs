@@ -5,12 +5,40 @@
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::tokio_postgres::{Client, GenericClient, Row};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::DataError;
 use crate::control::templates::{MasterTemplate, TemplateContent};
+
+/// A template's content as the API takes it (and as an exported document carries a local template): validated
+/// by the handlers (`http::templates`) before it is written.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateInput {
+    /// 1-200 characters.
+    #[schema(
+        example = "Welcome",
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
+    pub name: String,
+    /// 1-998 characters (the RFC 5322 line limit).
+    #[schema(
+        example = "Welcome to our newsletter",
+        min_length = 1,
+        max_length = 998,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
+    pub subject: String,
+    /// Up to 1 MiB; at least one of the two bodies is needed.
+    #[serde(default)]
+    pub html_body: String,
+    #[serde(default)]
+    pub text_body: String,
+}
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TenantTemplate {

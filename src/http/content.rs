@@ -22,7 +22,6 @@ use super::crossclient::visible_client;
 use super::error::{ApiError, ErrorBody, ErrorDetail};
 use super::extract::{ApiJson, TemplateId};
 use super::scope::Tenant;
-use super::templates::TemplateInput;
 use crate::app::AppState;
 use crate::data::content::{self, ContentDocument};
 use crate::data::templates;
@@ -260,12 +259,7 @@ fn validate(doc: &ContentDocument) -> Result<(), ApiError> {
         &mut doc.target_groups.iter().map(|g| &g.name),
     )?;
     for template in &doc.templates {
-        super::templates::content(TemplateInput {
-            name: template.name.clone(),
-            subject: template.subject.clone(),
-            html_body: template.html_body.clone(),
-            text_body: template.text_body.clone(),
-        })?;
+        super::templates::content(template.clone())?;
     }
     unique("templates", &mut doc.templates.iter().map(|t| &t.name))?;
     Ok(())
