@@ -5,7 +5,8 @@
 //! - `opted_out_or_bounced` (N days): the recipient has bindings, and every one of them is `opt_out` or `bounced`
 //!   and has not changed its status for N days (`bindings.updated_at` moves only when the status changes).
 //! - `unbound` (M days): the recipient has had no binding for M days (`recipients.mandant_unbound_since`, kept by
-//!   triggers on bindings, tenant migration V6).
+//!   triggers on bindings, tenant migration V6; NULL with no binding is a recipient unbound since before V6,
+//!   counted from `mandant_retention_epoch`, the migration's time).
 //!
 //! The two are disjoint (one needs a binding, the other none). Deleting a recipient cascades to its bindings.
 
@@ -29,7 +30,11 @@ pub fn predicate(rule: RetentionRule) -> &'static str {
                                      OR b.updated_at > $1::timestamptz - make_interval(days => $2::int4)))"
         }
         RetentionRule::Unbound => {
-            "r.mandant_unbound_since <= $1::timestamptz - make_interval(days => $2::int4)"
+            "(r.mandant_unbound_since <= $1::timestamptz - make_interval(days => $2::int4)
+              OR (r.mandant_unbound_since IS NULL
+                  AND (SELECT e.unbound_counted_from FROM mandant_retention_epoch e)
+                      <= $1::timestamptz - make_interval(days => $2::int4)
+                  AND NOT EXISTS (SELECT 1 FROM bindings b WHERE b.recipient_id = r.id)))"
         }
     }
 }
