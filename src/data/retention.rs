@@ -9,6 +9,12 @@
 //!   counted from `mandant_retention_epoch`, the migration's time).
 //!
 //! The two are disjoint (one needs a binding, the other none). Deleting a recipient cascades to its bindings.
+//!
+//! A purge batch never deletes a recipient whose bindings change while it runs (one bound, or opted in again,
+//! concurrently): it locks its candidates (skipping any being written right now) and their bindings, then deletes
+//! with the predicate checked again on a fresh snapshot, in one transaction. A single `DELETE ... WHERE id IN
+//! (SELECT ...)` would not: it waits for the concurrent write and then deletes the row anyway (the rows found by
+//! the subquery are not re-checked), together with the binding just written.
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::tokio_postgres::Client;
@@ -58,17 +64,64 @@ pub async fn count(
     Ok(db.query_one(&sql, &[&as_of, &days]).await?.get(0))
 }
 
-/// Deletes up to `limit` recipients that `rule` with `days` removes as of `as_of`; returns how many.
+/// What one purge batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batch {
+    /// Recipients the batch locked as candidates (fewer than the limit: nothing more to do for now).
+    pub candidates: u64,
+    /// Recipients deleted (a candidate whose bindings changed meanwhile is kept).
+    pub deleted: u64,
+}
+
+/// Deletes up to `limit` recipients that `rule` with `days` removes as of `as_of`, in one transaction: the
+/// candidates are locked (`FOR UPDATE`: no binding can be added to them; rows being written right now are
+/// skipped), then their bindings (`FOR SHARE`: waits for a status change in flight, then none can start), then
+/// they are deleted where the predicate still holds on a fresh snapshot (READ COMMITTED: each statement sees what
+/// committed before it).
 pub async fn purge_batch(
-    db: &Client,
+    db: &mut Client,
     rule: RetentionRule,
     days: i32,
     as_of: DateTime<Utc>,
     limit: i64,
-) -> Result<u64, DataError> {
-    let sql = format!(
-        "DELETE FROM recipients WHERE id IN (SELECT r.id FROM recipients r WHERE {} ORDER BY r.id LIMIT $3)",
-        predicate(rule)
-    );
-    Ok(db.execute(&sql, &[&as_of, &days, &limit]).await?)
+) -> Result<Batch, DataError> {
+    let tx = db.transaction().await?;
+    let candidates: Vec<i64> = tx
+        .query(
+            &format!(
+                "SELECT r.id FROM recipients r WHERE {} ORDER BY r.id LIMIT $3 FOR UPDATE OF r SKIP LOCKED",
+                predicate(rule)
+            ),
+            &[&as_of, &days, &limit],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    if candidates.is_empty() {
+        tx.commit().await?;
+        return Ok(Batch {
+            candidates: 0,
+            deleted: 0,
+        });
+    }
+    tx.execute(
+        "SELECT 1 FROM bindings WHERE recipient_id = ANY($1) FOR SHARE",
+        &[&candidates],
+    )
+    .await?;
+    let deleted = tx
+        .execute(
+            &format!(
+                "DELETE FROM recipients r WHERE r.id = ANY($3) AND {}",
+                predicate(rule)
+            ),
+            &[&as_of, &days, &candidates],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(Batch {
+        candidates: candidates.len() as u64,
+        deleted,
+    })
 }

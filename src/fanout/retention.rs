@@ -19,7 +19,7 @@ use crate::control::ControlError;
 use crate::control::access::AuditEntry;
 use crate::control::clients::ClientRecord;
 use crate::control::retention::AllRules;
-use crate::data::retention::{PURGE_BATCH, purge_batch};
+use crate::data::retention::{Batch, PURGE_BATCH, purge_batch};
 use crate::data::{DataError, DataPlane};
 use crate::domain::ClientStatus;
 use crate::domain::retention::{ClientRule, RetentionRule};
@@ -152,15 +152,15 @@ async fn purge_client(
     for (i, (rule, days)) in periods.into_iter().enumerate() {
         let Some(days) = days else { continue };
         loop {
-            let batch: Result<u64, DataError> =
+            let batch: Result<Batch, DataError> =
                 on_client(data, &client.slug, deadline, async |conn| {
-                    purge_batch(conn.client(), rule, days, as_of, PURGE_BATCH).await
+                    purge_batch(conn.client_mut(), rule, days, as_of, PURGE_BATCH).await
                 })
                 .await;
             match batch {
-                Ok(n) => {
-                    run.deleted[i].1 += n;
-                    if n < PURGE_BATCH as u64 {
+                Ok(batch) => {
+                    run.deleted[i].1 += batch.deleted;
+                    if batch.candidates < PURGE_BATCH as u64 {
                         break;
                     }
                 }

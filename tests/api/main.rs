@@ -22,6 +22,7 @@ mod nul_character;
 mod provisioning;
 mod recipients;
 mod retention;
+mod retention_hostile;
 mod routing;
 mod rule_properties;
 mod target_groups;
