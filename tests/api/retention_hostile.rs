@@ -52,6 +52,11 @@ async fn exists(app: &TestApp, slug: &str, id: i64) -> bool {
 async fn purge_racing(app: &TestApp, holder: &tokio_postgres::Client) {
     let fanout = app.state.fanout().clone();
     let run = tokio::spawn(async move { fanout.apply_retention().await });
+    let database: String = holder
+        .query_one("SELECT current_database()", &[])
+        .await
+        .unwrap()
+        .get(0);
     let observer = superuser("postgres").await;
     for _ in 0..100 {
         if run.is_finished() {
@@ -59,8 +64,8 @@ async fn purge_racing(app: &TestApp, holder: &tokio_postgres::Client) {
         }
         let waiting: i64 = observer
             .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query ILIKE '%recipients%'",
-                &[],
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+                &[&database],
             )
             .await
             .unwrap()
@@ -101,7 +106,10 @@ async fn a_recipient_bound_to_a_list_while_the_purge_runs_is_not_deleted() {
     .await
     .unwrap();
     purge_racing(&app, &db).await;
-    assert!(exists(&app, "racebind", id).await, "a bound recipient was purged");
+    assert!(
+        exists(&app, "racebind", id).await,
+        "a bound recipient was purged"
+    );
     assert_eq!(
         app.tenant_i64("racebind", "SELECT count(*) FROM bindings")
             .await,
@@ -211,7 +219,8 @@ async fn a_purge_keeps_a_recipient_with_one_active_binding_and_a_new_unbound_one
 }
 
 #[tokio::test]
-async fn a_purge_of_a_client_whose_database_is_down_is_audited_as_failed_and_the_others_are_purged() {
+async fn a_purge_of_a_client_whose_database_is_down_is_audited_as_failed_and_the_others_are_purged()
+{
     let app = app_without_purge_loop().await;
     app.create_active_client("downpurge").await;
     app.create_active_client("uppurge").await;
@@ -233,7 +242,10 @@ async fn a_purge_of_a_client_whose_database_is_down_is_audited_as_failed_and_the
     let runs = purge(&app).await;
     let down = runs.iter().find(|r| r.client == "downpurge").unwrap();
     let error = down.error.as_deref().expect("an error");
-    assert!(!error.contains("password") && !error.contains("SELECT"), "{error}");
+    assert!(
+        !error.contains("password") && !error.contains("SELECT"),
+        "{error}"
+    );
     let up = runs.iter().find(|r| r.client == "uppurge").unwrap();
     assert!(up.error.is_none());
     assert!(!exists(&app, "uppurge", victims[1]).await);
@@ -269,7 +281,7 @@ async fn a_second_process_does_not_purge_while_another_holds_the_retention_lock(
     drop(lock);
 }
 
-/// The tenant migrations up to `version` applied to a fresh database; returns a superuser connection to it.
+/// A fresh database with the tenant migrations V1-V5 (before retention); returns a superuser connection to it.
 async fn tenant_database_at_v5() -> tokio_postgres::Client {
     let name = unique("v6probe");
     superuser("postgres")
@@ -291,7 +303,8 @@ async fn tenant_database_at_v5() -> tokio_postgres::Client {
 }
 
 #[tokio::test]
-async fn tenant_migration_v6_rewrites_no_existing_recipient_and_counts_the_unbound_from_the_migration_on() {
+async fn tenant_migration_v6_rewrites_no_existing_recipient_and_counts_the_unbound_from_the_migration_on()
+ {
     let db = tenant_database_at_v5().await;
     db.batch_execute(
         "INSERT INTO recipients (email) SELECT 'r' || g || '@example.org' FROM generate_series(1, 300) g;
@@ -301,7 +314,8 @@ async fn tenant_migration_v6_rewrites_no_existing_recipient_and_counts_the_unbou
     )
     .await
     .unwrap();
-    let versions = "SELECT string_agg(ctid::text || ':' || xmin::text, ',' ORDER BY id) FROM recipients";
+    let versions =
+        "SELECT string_agg(ctid::text || ':' || xmin::text, ',' ORDER BY id) FROM recipients";
     let before: String = db.query_one(versions, &[]).await.unwrap().get(0);
     db.batch_execute(&format!(
         "BEGIN; {} COMMIT;",
@@ -319,9 +333,7 @@ async fn tenant_migration_v6_rewrites_no_existing_recipient_and_counts_the_unbou
     let count = |days: i32, hours_later: i32| {
         let sql = format!(
             "SELECT count(*) FROM recipients r WHERE {}",
-            mandant::data::retention::predicate(
-                mandant::domain::retention::RetentionRule::Unbound
-            )
+            mandant::data::retention::predicate(mandant::domain::retention::RetentionRule::Unbound)
         );
         let db = &db;
         async move {
@@ -355,7 +367,8 @@ async fn tenant_migration_v6_rewrites_no_existing_recipient_and_counts_the_unbou
 }
 
 #[tokio::test]
-async fn tenant_migration_v6_gives_up_on_a_busy_recipients_table_instead_of_queueing_every_reader_behind_it() {
+async fn tenant_migration_v6_gives_up_on_a_busy_recipients_table_instead_of_queueing_every_reader_behind_it()
+ {
     let sql = include_str!("../../tenant_migrations/V6__unbound_since.sql");
     let first = sql
         .lines()
@@ -448,8 +461,7 @@ async fn copy_to_an_invisible_client_answers_exactly_as_to_a_client_that_does_no
         .await,
         0
     );
-    // A read-only user of the source cannot copy, export needs recipients.read, a client user cannot set the
-    // master's rules.
+    // A client's user cannot set the master's rules; a malformed or oversized list of targets is 400.
     let (status, _, _) = call(
         &app,
         Some(&reader),
