@@ -142,6 +142,8 @@ pub struct WorkerSettings {
     pub stats_interval_secs: u64,
     /// How often each process records when its routing pool last served each client.
     pub served_flush_secs: u64,
+    /// How often the retention rules are applied (0 = never); one process at a time purges.
+    pub retention_interval_secs: u64,
 }
 
 impl WorkerSettings {
@@ -151,6 +153,11 @@ impl WorkerSettings {
     /// `None`: statistics are off.
     pub fn stats_interval(&self) -> Option<Duration> {
         (self.stats_interval_secs > 0).then(|| Duration::from_secs(self.stats_interval_secs))
+    }
+    /// `None`: the retention purge is off.
+    pub fn retention_interval(&self) -> Option<Duration> {
+        (self.retention_interval_secs > 0)
+            .then(|| Duration::from_secs(self.retention_interval_secs))
     }
     pub fn served_flush(&self) -> Duration {
         Duration::from_secs(self.served_flush_secs)
@@ -385,6 +392,11 @@ impl Settings {
             "must be 0 (off) or at least 10",
         )?;
         ensure(
+            w.retention_interval_secs == 0 || (60..=86_400).contains(&w.retention_interval_secs),
+            "workers.retention_interval_secs",
+            "must be 0 (off) or between 60 and 86400",
+        )?;
+        ensure(
             (1..=3600).contains(&w.served_flush_secs),
             "workers.served_flush_secs",
             "must be between 1 and 3600",
@@ -599,6 +611,16 @@ mod tests {
                 "MANDANT__WORKERS__SERVED_FLUSH_SECS",
                 "0",
                 "workers.served_flush_secs",
+            ),
+            (
+                "MANDANT__WORKERS__RETENTION_INTERVAL_SECS",
+                "59",
+                "workers.retention_interval_secs",
+            ),
+            (
+                "MANDANT__WORKERS__RETENTION_INTERVAL_SECS",
+                "86401",
+                "workers.retention_interval_secs",
             ),
         ] {
             let err = Settings::load(&LoadOptions {

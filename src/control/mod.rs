@@ -13,6 +13,7 @@ pub mod fields;
 pub mod jobs;
 pub mod listen;
 pub mod migrate;
+pub mod retention;
 pub mod servers;
 pub mod stats;
 pub mod target_groups;
@@ -92,6 +93,9 @@ pub enum ControlError {
     NotDominated,
     #[error("a cross-client target group of this name exists already")]
     GroupNameTaken,
+    /// A client's retention override looser than the master's rule.
+    #[error(transparent)]
+    RetentionLooser(#[from] crate::domain::retention::LooserThanMaster),
 }
 
 impl From<sqlx::Error> for ControlError {

@@ -141,21 +141,26 @@ impl From<FiguresRow> for ClientFigures {
     }
 }
 
-/// The only process collecting statistics while held: a session advisory lock on a dedicated connection,
-/// released when this is dropped (or the process dies).
-pub struct StatsLock {
+/// The only process doing some periodic work while held (collecting statistics, applying retention): a session
+/// advisory lock on a dedicated connection, released when this is dropped (or the process dies).
+pub struct SessionLock {
     _session: sqlx::PgConnection,
 }
 
 impl ControlPlane {
-    /// Takes the statistics lock unless another process holds it.
-    pub async fn try_stats_lock(&self) -> Result<Option<StatsLock>, ControlError> {
+    /// Takes the session lock `name` unless another process holds it.
+    pub async fn try_session_lock(&self, name: &str) -> Result<Option<SessionLock>, ControlError> {
         let mut session = self.pool.acquire().await?.detach();
         let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(crate::db::lock_key("mandant.statistics"))
+            .bind(crate::db::lock_key(name))
             .fetch_one(&mut session)
             .await?;
-        Ok(taken.then_some(StatsLock { _session: session }))
+        Ok(taken.then_some(SessionLock { _session: session }))
+    }
+
+    /// Takes the statistics lock unless another process holds it.
+    pub async fn try_stats_lock(&self) -> Result<Option<SessionLock>, ControlError> {
+        self.try_session_lock("mandant.statistics").await
     }
 
     /// Records one collection's figures; a figure that could not be taken keeps its previous value and time.

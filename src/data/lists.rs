@@ -1,7 +1,7 @@
 //! Mailing lists and bindings (recipient × list, with a status) in a tenant database.
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::tokio_postgres::{self, Client, Row};
+use deadpool_postgres::tokio_postgres::{self, Client, GenericClient, Row};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -90,7 +90,7 @@ fn name_taken(e: tokio_postgres::Error) -> DataError {
 }
 
 pub async fn create(
-    db: &Client,
+    db: &impl GenericClient,
     name: &str,
     description: Option<&str>,
 ) -> Result<MailingList, DataError> {

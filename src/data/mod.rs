@@ -13,9 +13,11 @@
 //! not cached (a generation counter), so a stale load cannot overwrite an invalidation.
 //! Never: touches the control plane except through `control/` reads, or connects as anything but the tenant role.
 
+pub mod content;
 pub mod import;
 pub mod lists;
 pub mod recipients;
+pub mod retention;
 pub mod rules;
 pub mod schema;
 pub mod target_groups;
@@ -111,6 +113,15 @@ pub enum DataError {
     Field(String),
     #[error("a target group with this name exists already")]
     GroupNameTaken,
+    #[error("a local template with this name exists already")]
+    TemplateNameTaken,
+    /// Content to import whose names exist already in the client, by kind; nothing was written.
+    #[error("names taken: {0:?}")]
+    NamesTaken(content::Clashes),
+    /// Content to import that does not fit the client (a rule naming a field it lacks, a list the document
+    /// lacks); the message names it.
+    #[error("{0}")]
+    DoesNotFit(String),
     /// A filter or rule on a personal field by a caller without the private-data right; names the field.
     #[error("{0} is personal data")]
     PersonalData(String),

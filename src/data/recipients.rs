@@ -127,7 +127,10 @@ impl From<&Row> for Recipient {
         let mut fields = serde_json::Map::new();
         for (i, column) in r.columns().iter().enumerate() {
             let name = column.name();
-            if STANDARD_FIELDS.contains(&name) || name == "binding_status" {
+            if STANDARD_FIELDS.contains(&name)
+                || name == "binding_status"
+                || crate::domain::is_internal_column(name)
+            {
                 continue;
             }
             fields.insert(name.to_owned(), column_json(r, i, column.type_()));

@@ -2,7 +2,7 @@
 //! against the tenant's current schema, so a group always means what its rule says today.
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::tokio_postgres::{self, Client, Row};
+use deadpool_postgres::tokio_postgres::{self, Client, GenericClient, Row};
 use serde::Serialize;
 use serde_json::Value as Json;
 use utoipa::ToSchema;
@@ -98,6 +98,15 @@ pub async fn create(
     privacy: &Privacy,
 ) -> Result<TargetGroup, DataError> {
     compile(db, rule, privacy).await?;
+    insert(db, name, rule).await
+}
+
+/// Stores a group whose rule the caller has compiled already (an import, in its transaction).
+pub async fn insert(
+    db: &impl GenericClient,
+    name: &str,
+    rule: &Json,
+) -> Result<TargetGroup, DataError> {
     let row = db
         .query_one(
             "INSERT INTO target_groups (name, rule) VALUES ($1, $2)

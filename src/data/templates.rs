@@ -4,13 +4,41 @@
 //! records the newer version as available).
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::tokio_postgres::{Client, Row};
-use serde::Serialize;
+use deadpool_postgres::tokio_postgres::{Client, GenericClient, Row};
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::DataError;
 use crate::control::templates::{MasterTemplate, TemplateContent};
+
+/// A template's content as the API takes it (and as an exported document carries a local template): validated
+/// by the handlers (`http::templates`) before it is written.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateInput {
+    /// 1-200 characters.
+    #[schema(
+        example = "Welcome",
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
+    pub name: String,
+    /// 1-998 characters (the RFC 5322 line limit).
+    #[schema(
+        example = "Welcome to our newsletter",
+        min_length = 1,
+        max_length = 998,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
+    pub subject: String,
+    /// Up to 1 MiB; at least one of the two bodies is needed.
+    #[serde(default)]
+    pub html_body: String,
+    #[serde(default)]
+    pub text_body: String,
+}
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TenantTemplate {
@@ -186,7 +214,7 @@ pub async fn get(db: &Client, id: Uuid) -> Result<TenantTemplate, DataError> {
 
 /// A template of the client's own.
 pub async fn create_local(
-    db: &Client,
+    db: &impl GenericClient,
     content: &TemplateContent,
 ) -> Result<TenantTemplate, DataError> {
     let row = db
@@ -257,4 +285,65 @@ pub async fn revert(
     .await?
     .map(|r| TenantTemplate::from(&r))
     .ok_or(DataError::NotFound)
+}
+
+/// Serialises, per database, the writes that must not create a second local template of one name (copies and
+/// imports; transaction-scoped). Local templates made by `POST .../templates` may share a name, so there is no
+/// unique index to lean on.
+pub async fn lock_local_names(db: &impl GenericClient) -> Result<(), DataError> {
+    db.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&crate::db::lock_key("mandant.local_template_names")],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Which of `names` local templates have already (case-insensitively), as stored.
+pub async fn local_names_taken(
+    db: &impl GenericClient,
+    names: &[&str],
+) -> Result<Vec<String>, DataError> {
+    let lower: Vec<String> = names.iter().map(|n| n.to_lowercase()).collect();
+    Ok(db
+        .query(
+            "SELECT DISTINCT name FROM templates WHERE origin = 'local' AND lower(name) = ANY($1) ORDER BY name",
+            &[&lower],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// The client's own templates, by name.
+pub async fn all_local(db: &Client) -> Result<Vec<TenantTemplate>, DataError> {
+    let rows = db
+        .query(
+            &format!(
+                "SELECT {COLUMNS} FROM templates WHERE origin = 'local' ORDER BY lower(name), id"
+            ),
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(TenantTemplate::from).collect())
+}
+
+/// A local template made from `content` unless a local template of that name exists (then
+/// [`DataError::TemplateNameTaken`] and nothing is written): a copy from another client.
+pub async fn create_local_unless_taken(
+    db: &mut Client,
+    content: &TemplateContent,
+) -> Result<TenantTemplate, DataError> {
+    let tx = db.transaction().await?;
+    lock_local_names(&tx).await?;
+    if !local_names_taken(&tx, &[content.name.as_str()])
+        .await?
+        .is_empty()
+    {
+        return Err(DataError::TemplateNameTaken);
+    }
+    let template = create_local(&tx, content).await?;
+    tx.commit().await?;
+    Ok(template)
 }

@@ -2,6 +2,7 @@
 //! it is valid, so no unchecked string reaches SQL or a log line from here.
 
 pub mod field;
+pub mod retention;
 pub mod rights;
 
 use std::fmt;
@@ -163,6 +164,12 @@ pub const STANDARD_FIELDS: [&str; 7] = [
     "created_at",
     "updated_at",
 ];
+
+/// Columns of `recipients` that mandant keeps for itself (e.g. `mandant_unbound_since`, for retention): never
+/// a field (the `mandant_` prefix is refused for field names), never shown in a recipient.
+pub fn is_internal_column(name: &str) -> bool {
+    name.starts_with("mandant_")
+}
 
 const SQL_KEYWORDS: &[&str] = &[
     "all",

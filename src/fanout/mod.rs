@@ -11,6 +11,7 @@
 
 pub mod crossclient;
 pub mod fields;
+pub mod retention;
 pub mod stats;
 pub mod templates;
 
@@ -86,7 +87,7 @@ pub async fn on_client<T>(
     data: &DataPlane,
     slug: &str,
     deadline: Duration,
-    work: impl AsyncFnOnce(&PooledConn) -> Result<T, DataError>,
+    work: impl AsyncFnOnce(&mut PooledConn) -> Result<T, DataError>,
 ) -> Result<T, DataError> {
     let started = std::time::Instant::now();
     let connected = async {
@@ -99,7 +100,7 @@ pub async fn on_client<T>(
     };
     let mut guard = AbandonOnDrop(Some(conn));
     let remaining = deadline.saturating_sub(started.elapsed());
-    let outcome = match guard.0.as_ref() {
+    let outcome = match guard.0.as_mut() {
         Some(conn) => tokio::time::timeout(remaining, work(conn)).await,
         None => return Err(DataError::Deadline(deadline)),
     };

@@ -132,8 +132,8 @@ async fn collect_server(
     figures
 }
 
-/// A counting failure as the overview shows it.
-fn shown(e: &DataError) -> String {
+/// A tenant failure as the overview (and the audit of a purge) shows it: no host, role or SQL.
+pub(super) fn shown(e: &DataError) -> String {
     match e {
         DataError::Deadline(limit) => format!("no answer within {} ms", limit.as_millis()),
         DataError::Route(_) | DataError::Tenant(_) => "the client's database is unavailable".into(),

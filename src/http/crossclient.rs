@@ -175,8 +175,9 @@ impl<'a> Viewer<'a> {
     }
 }
 
-/// A client named in a selection, visible to the caller (an invisible one is one that does not exist).
-async fn visible_client(
+/// A client named in a selection, visible to the caller (an invisible one is one that does not exist: 422
+/// `unknown_client` either way).
+pub(super) async fn visible_client(
     state: &AppState,
     rights: &Rights,
     slug: &str,

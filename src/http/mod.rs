@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod auth;
 pub mod clients;
+pub mod content;
 pub mod crossclient;
 pub mod cursor;
 pub mod error;
@@ -22,6 +23,7 @@ pub mod operations;
 pub mod overview;
 pub mod policy;
 pub mod recipients;
+pub mod retention;
 pub mod roles;
 pub mod scope;
 pub mod target_groups;
@@ -86,6 +88,9 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(templates::client_list, templates::client_create))
         .routes(routes!(templates::client_get, templates::client_update))
         .routes(routes!(templates::client_revert))
+        .routes(routes!(content::copy))
+        .routes(routes!(content::export))
+        .routes(routes!(content::import))
         .routes(routes!(target_groups::create, target_groups::list))
         .routes(routes!(target_groups::get, target_groups::delete))
         .routes(routes!(target_groups::count))
@@ -95,6 +100,9 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(crossclient::count))
         .routes(routes!(crossclient::recipients))
         .routes(routes!(overview::overview))
+        .routes(routes!(retention::get_master, retention::put_master))
+        .routes(routes!(retention::get_client, retention::put_client))
+        .routes(routes!(retention::preview))
         .routes(routes!(users::me))
         .routes(routes!(users::list, users::create))
         .routes(routes!(users::get, users::update, users::delete))

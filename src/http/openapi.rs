@@ -23,6 +23,8 @@ use super::error::{ErrorBody, ErrorDetail};
         (name = "recipients", description = "Recipients in a client's own database"),
         (name = "mailing-lists", description = "Mailing lists and bindings in a client's own database"),
         (name = "cross-client", description = "The master's view of every client: cross-client target groups over central fields, and the overview"),
+        (name = "retention", description = "Retention rules: the master's, inherited by every client, and each client's stricter override; the preview of what they remove"),
+        (name = "content", description = "Templates, mailing lists and target groups moved between clients: copy, export, import"),
         (name = "users", description = "Users, tokens, access per client, roles, permissions and the audit log")
     )
 )]

@@ -93,6 +93,19 @@ pub const POLICIES: &[(&str, &str, Rule)] = {
             "/v1/clients/{slug}/templates/{id}/override",
             Client(TemplatesManage),
         ),
+        // Content between clients: the handlers also need full access to every target of a copy, and
+        // recipients.read (export) or recipients.write (import) for the lists and target groups.
+        (
+            "POST",
+            "/v1/clients/{slug}/templates/{id}/copy",
+            Client(TemplatesManage),
+        ),
+        ("GET", "/v1/clients/{slug}/export", Client(TemplatesRead)),
+        (
+            "POST",
+            "/v1/clients/{slug}/import-content",
+            Client(TemplatesManage),
+        ),
         // Recipients, lists, target groups (data plane).
         (
             "GET",
@@ -204,6 +217,17 @@ pub const POLICIES: &[(&str, &str, Rule)] = {
             Master(RecipientsRead),
         ),
         ("GET", "/v1/overview", Global(ClientsRead)),
+        // Retention: the master's rules are central settings (full access to the master to change them); a
+        // client's override and its preview are the client's.
+        ("GET", "/v1/retention", Master(ClientsRead)),
+        ("PUT", "/v1/retention", MasterFull(ClientsManage)),
+        ("GET", "/v1/clients/{slug}/retention", Client(ClientsRead)),
+        ("PUT", "/v1/clients/{slug}/retention", Client(ClientsManage)),
+        (
+            "GET",
+            "/v1/clients/{slug}/retention/preview",
+            Client(ClientsRead),
+        ),
         // Users, roles, access, audit (the handlers check the user's home client and no-escalation).
         ("GET", "/v1/me", Authenticated),
         ("GET", "/v1/permissions", Authenticated),

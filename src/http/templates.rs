@@ -23,31 +23,7 @@ use crate::domain::{Invalid, required_text};
 /// Longest body (HTML or text), in bytes.
 pub const BODY_MAX: usize = 1024 * 1024;
 
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TemplateInput {
-    /// 1-200 characters.
-    #[schema(
-        example = "Welcome",
-        min_length = 1,
-        max_length = 200,
-        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
-    )]
-    pub name: String,
-    /// 1-998 characters (the RFC 5322 line limit).
-    #[schema(
-        example = "Welcome to our newsletter",
-        min_length = 1,
-        max_length = 998,
-        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
-    )]
-    pub subject: String,
-    /// Up to 1 MiB; at least one of the two bodies is needed.
-    #[serde(default)]
-    pub html_body: String,
-    #[serde(default)]
-    pub text_body: String,
-}
+pub use crate::data::templates::TemplateInput;
 
 /// A master template at its newest version.
 #[derive(Debug, Serialize, ToSchema)]
@@ -121,7 +97,7 @@ pub struct TemplatePage {
 }
 
 /// Validates a template's content (sizes, required fields).
-fn content(input: TemplateInput) -> Result<TemplateContent, ApiError> {
+pub(super) fn content(input: TemplateInput) -> Result<TemplateContent, ApiError> {
     let name = required_text("name", &input.name, 200).map_err(DataError::from)?;
     let subject = required_text("subject", &input.subject, 998).map_err(DataError::from)?;
     if input.html_body.len() > BODY_MAX {

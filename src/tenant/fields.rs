@@ -241,7 +241,10 @@ pub async fn drift(target: &PgTarget, desired: &[FieldSpec]) -> Result<Vec<Strin
     }
     let standard = crate::domain::STANDARD_FIELDS;
     for column in &columns {
-        if !standard.contains(&column.as_str()) && !catalogue.contains(column) {
+        if !standard.contains(&column.as_str())
+            && !crate::domain::is_internal_column(column)
+            && !catalogue.contains(column)
+        {
             problems.push(format!("{column}: a column not in the catalogue"));
         }
     }

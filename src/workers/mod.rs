@@ -303,6 +303,13 @@ pub fn spawn(state: &AppState, tasks: &TaskTracker, cancel: &CancellationToken) 
     if let Some(every) = settings.stats_interval() {
         tasks.spawn(stats_loop(state.fanout().clone(), every, cancel.clone()));
     }
+    if let Some(every) = settings.retention_interval() {
+        tasks.spawn(retention_loop(
+            state.fanout().clone(),
+            every,
+            cancel.clone(),
+        ));
+    }
     let (state, tracker, cancel) = (state.clone(), tasks.clone(), cancel.clone());
     tasks.spawn(async move {
         let identity = state.settings().worker_identity();
@@ -438,6 +445,21 @@ async fn stats_loop(fanout: FanOut, every: std::time::Duration, cancel: Cancella
             ),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not gather the overview's statistics"),
+        }
+    })
+    .await
+}
+
+/// Applies the retention rules every `every` (see `fanout::retention`); only one process purges at a time.
+async fn retention_loop(fanout: FanOut, every: std::time::Duration, cancel: CancellationToken) {
+    crate::shutdown::every(every, &cancel, || async {
+        match fanout.apply_retention().await {
+            Ok(Some(runs)) if !runs.is_empty() => {
+                let failed = runs.iter().filter(|r| r.error.is_some()).count();
+                tracing::info!(clients = runs.len(), failed, "applied the retention rules");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not apply the retention rules"),
         }
     })
     .await

@@ -429,6 +429,16 @@ impl TestApp {
         superuser(&self.state.targets().names(id).database).await
     }
 
+    /// Scalar query on a client's own database (as superuser).
+    pub async fn tenant_i64(&self, slug: &str, sql: &str) -> i64 {
+        self.tenant_db(slug)
+            .await
+            .query_one(sql, &[])
+            .await
+            .expect("tenant query")
+            .get(0)
+    }
+
     /// The routing-pool route of an active client, as the data plane would build it.
     pub async fn route(&self, slug: &str) -> mandant::tenant::pool::TenantRoute {
         let slug = mandant::domain::ClientSlug::parse(slug).expect("slug");
@@ -550,6 +560,17 @@ impl Drop for TestApp {
 }
 
 /// Reads the error shape `{"error": {"code", "message"}}` and returns the code.
+/// The JSON body of a response that must have `expected` status (the body is shown when it has not).
+pub async fn json_body(
+    response: reqwest::Response,
+    expected: reqwest::StatusCode,
+) -> serde_json::Value {
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
+    assert_eq!(status, expected, "{body}");
+    body
+}
+
 pub async fn error_code(response: reqwest::Response) -> String {
     let body: serde_json::Value = response.json().await.expect("JSON error body");
     let message = body["error"]["message"].as_str().unwrap_or_default();

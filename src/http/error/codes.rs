@@ -146,6 +146,16 @@ impl ApiError {
         )
     }
 
+    /// 409: copying an inherited template (it reaches every client from the master already).
+    pub fn inherited_template() -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "inherited_template",
+            "This template is inherited from the master, which gives it to every client; only a client's own \
+             templates are copied.",
+        )
+    }
+
     /// 409: reverting a template that is not overridden.
     pub fn not_overridden() -> Self {
         Self::new(

@@ -255,6 +255,11 @@ impl From<ControlError> for ApiError {
                 "unknown_role",
                 format!("No such role: {}.", names.join(", ")),
             ),
+            ControlError::RetentionLooser(e) => Self::new(
+                StatusCode::BAD_REQUEST,
+                "retention_looser_than_master",
+                format!("{e}; nothing was changed."),
+            ),
             ControlError::NoCapacity => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no_capacity",
@@ -308,6 +313,21 @@ impl From<DataError> for ApiError {
                 StatusCode::CONFLICT,
                 "target_group_name_taken",
                 "A target group with this name exists already.",
+            ),
+            DataError::TemplateNameTaken => Self::new(
+                StatusCode::CONFLICT,
+                "template_name_taken",
+                "The client has a template of its own with this name already; nothing was overwritten.",
+            ),
+            DataError::NamesTaken(clashes) => Self::new(
+                StatusCode::CONFLICT,
+                "name_taken",
+                format!("The client has these already, nothing was imported: {clashes}."),
+            ),
+            DataError::DoesNotFit(message) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "content_does_not_fit",
+                format!("{message}; nothing was imported."),
             ),
             DataError::Invalid(invalid) => invalid.into(),
             DataError::PersonalData(field) => Self::new(
