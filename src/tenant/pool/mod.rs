@@ -172,10 +172,10 @@ pub struct PoolStats {
     pub evictions: u64,
     /// Times a tenant found the budget full and waited for one of its own connections.
     pub own_waits: u64,
-    /// Admission decisions where the window's candidate displaced a tenant of the main region ...
-    pub admitted: u64,
-    /// ... and where it lost to that tenant and gave up its own connection.
-    pub rejected: u64,
+    /// Evictions for a cold tenant by how the admission policy decided them, in the order of
+    /// [`policy::Decision::ALL`] (scan, main over its share, candidate admitted, candidate rejected, window only,
+    /// newcomer, forced after the patience ran out).
+    pub decisions: [u64; 7],
 }
 
 impl PoolStats {
@@ -222,8 +222,7 @@ impl TenantPools {
                 cold: AtomicU64::new(0),
                 evictions: AtomicU64::new(0),
                 own_waits: AtomicU64::new(0),
-                admitted: AtomicU64::new(0),
-                rejected: AtomicU64::new(0),
+                decisions: Default::default(),
                 servers: Mutex::new(HashMap::new()),
                 tenants: Mutex::new(HashMap::new()),
                 served: Mutex::new(HashMap::new()),
@@ -429,8 +428,7 @@ impl TenantPools {
             cold: self.inner.cold.load(Ordering::Relaxed),
             evictions: self.inner.evictions.load(Ordering::Relaxed),
             own_waits: self.inner.own_waits.load(Ordering::Relaxed),
-            admitted: self.inner.admitted.load(Ordering::Relaxed),
-            rejected: self.inner.rejected.load(Ordering::Relaxed),
+            decisions: std::array::from_fn(|i| self.inner.decisions[i].load(Ordering::Relaxed)),
         }
     }
 
@@ -443,6 +441,31 @@ impl TenantPools {
     pub fn region(&self, route: &TenantRoute) -> Option<Region> {
         let budget = lock(&self.inner.servers).get(&route.server_id).cloned()?;
         lock(&budget.policy).region(&route.client_id)
+    }
+
+    /// The tenants of each region on a server (least recently used first) with the sketch's frequency of each:
+    /// window, probation, protected, scan. For diagnostics and the route benchmark.
+    pub fn region_members(&self, server_id: i64) -> Vec<(Region, Uuid, u8)> {
+        let Some(budget) = lock(&self.inner.servers).get(&server_id).cloned() else {
+            return Vec::new();
+        };
+        let policy = lock(&budget.policy);
+        [
+            Region::Window,
+            Region::Probation,
+            Region::Protected,
+            Region::Scan,
+        ]
+        .into_iter()
+        .flat_map(|r| {
+            policy
+                .members(r)
+                .into_iter()
+                .map(move |id| (r, id))
+                .collect::<Vec<_>>()
+        })
+        .map(|(r, id)| (r, id, policy.frequency(&id)))
+        .collect()
     }
 
     /// Tenants per region on a server: window, probation, protected, scan.

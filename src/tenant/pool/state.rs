@@ -52,8 +52,8 @@ pub(super) struct Inner {
     pub(super) cold: AtomicU64,
     pub(super) evictions: AtomicU64,
     pub(super) own_waits: AtomicU64,
-    pub(super) admitted: AtomicU64,
-    pub(super) rejected: AtomicU64,
+    /// Evictions by how they were decided, in the order of [`policy::Decision::ALL`].
+    pub(super) decisions: [AtomicU64; 7],
     pub(super) servers: Mutex<HashMap<i64, Arc<ServerBudget>>>,
     pub(super) tenants: Mutex<HashMap<Uuid, Arc<TenantPool>>>,
     /// Served times of tenants whose pools were closed or dropped before [`super::TenantPools::take_served`] took
@@ -163,7 +163,7 @@ impl Inner {
                 .scan_victim(&client_id, holding)
                 .map(|victim| policy::Eviction {
                     victim,
-                    admitted: None,
+                    decision: policy::Decision::Scan,
                 })
         })
     }
@@ -202,12 +202,15 @@ impl Inner {
             policy.forget(&eviction.victim);
         }
         drop(policy);
-        match eviction.admitted {
-            Some(true) => self.admitted.fetch_add(1, Ordering::Relaxed),
-            Some(false) => self.rejected.fetch_add(1, Ordering::Relaxed),
-            None => 0,
-        };
         if closed {
+            if let Some(i) = policy::Decision::ALL
+                .iter()
+                .position(|d| *d == eviction.decision)
+            {
+                self.decisions[i].fetch_add(1, Ordering::Relaxed);
+            }
+            metrics::counter!("tenant_pool_admission_decisions_total", "decision" => eviction.decision.label())
+                .increment(1);
             self.evictions.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("tenant_pool_evictions_total", "reason" => "budget").increment(1);
         }
