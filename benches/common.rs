@@ -413,3 +413,65 @@ pub async fn metric_in_use(http: &reqwest::Client, base: &str) -> Option<i64> {
     let text = scrape(http, base).await?;
     metric_sum(&text, "tenant_pool_budget_in_use", "").map(|v| v as i64)
 }
+
+/// Zipf over `n` ranks with exponent `s`: rank i (0-based) has weight 1 / (i + 1)^s.
+pub struct Zipf {
+    cdf: Vec<f64>,
+}
+
+impl Zipf {
+    pub fn new(n: usize, s: f64) -> Self {
+        let mut cdf = Vec::with_capacity(n);
+        let mut total = 0.0;
+        for i in 0..n {
+            total += 1.0 / ((i + 1) as f64).powf(s);
+            cdf.push(total);
+        }
+        for c in &mut cdf {
+            *c /= total;
+        }
+        Self { cdf }
+    }
+
+    pub fn sample(&self, rng: &mut impl rand::Rng) -> usize {
+        let u: f64 = rng.random();
+        self.cdf.partition_point(|c| *c < u).min(self.cdf.len() - 1)
+    }
+}
+
+/// Samples the tenant connections of a spawned server until `stop`: `pg_stat_activity` (application
+/// `mandant-router`) every 100 ms into `peak_pg`, the server's `tenant_pool_budget_in_use` gauge every second into
+/// `peak_gauge`.
+pub async fn sample_router_peaks(
+    cluster: &ThrowawayCluster,
+    http: &reqwest::Client,
+    base: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    peak_pg: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    peak_gauge: std::sync::Arc<std::sync::atomic::AtomicI64>,
+) -> tokio::task::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    let admin = superuser(cluster, "postgres").await;
+    let (http, base) = (http.clone(), base.to_owned());
+    tokio::spawn(async move {
+        let mut tick = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok(row) = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'mandant-router'",
+                    &[],
+                )
+                .await
+            {
+                peak_pg.fetch_max(row.get::<_, i64>(0), Ordering::Relaxed);
+            }
+            if tick.is_multiple_of(10)
+                && let Some(in_use) = metric_in_use(&http, &base).await
+            {
+                peak_gauge.fetch_max(in_use, Ordering::Relaxed);
+            }
+            tick += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}

@@ -177,7 +177,7 @@ async fn main() {
     .await;
 
     let uniform = |n: usize| -> Arc<Pick> { Arc::new(Box::new(move |rng| rng.random_range(0..n))) };
-    let zipf = Arc::new(Zipf::new(tenants, zipf_s));
+    let zipf = Arc::new(common::Zipf::new(tenants, zipf_s));
     let zipf_pick: Arc<Pick> = {
         let zipf = zipf.clone();
         Arc::new(Box::new(move |rng| zipf.sample(rng)))
@@ -707,31 +707,6 @@ fn belady_hit_ratio(warmup: &[u32], measured: &[u32], capacity: usize) -> f64 {
         }
     }
     hits as f64 / measured.len().max(1) as f64
-}
-
-/// Zipf over `n` ranks with exponent `s`: rank i (0-based) has weight 1 / (i + 1)^s.
-struct Zipf {
-    cdf: Vec<f64>,
-}
-
-impl Zipf {
-    fn new(n: usize, s: f64) -> Self {
-        let mut cdf = Vec::with_capacity(n);
-        let mut total = 0.0;
-        for i in 0..n {
-            total += 1.0 / ((i + 1) as f64).powf(s);
-            cdf.push(total);
-        }
-        for c in &mut cdf {
-            *c /= total;
-        }
-        Self { cdf }
-    }
-
-    fn sample(&self, rng: &mut rand::rngs::ThreadRng) -> usize {
-        let u: f64 = rng.random();
-        self.cdf.partition_point(|c| *c < u).min(self.cdf.len() - 1)
-    }
 }
 
 /// The fair floor for the router's own cost: one fixed pool per tenant, opened up front, no budget logic.

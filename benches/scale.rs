@@ -63,7 +63,6 @@ use serde_json::json;
 
 use mandant::server::RunOptions;
 
-const ROUTER_APP: &str = "mandant-router";
 const CONTROL_DB: &str = "scale_ctl";
 const IDLE_CONTROL_DB: &str = "scale_idle";
 
@@ -245,31 +244,6 @@ async fn all_pages(http: &reqwest::Client, base: &str, path: &str) -> (usize, Ta
     (items, tally)
 }
 
-/// Zipf over `n` ranks with exponent `s`: rank i (0-based) has weight 1 / (i + 1)^s.
-struct Zipf {
-    cdf: Vec<f64>,
-}
-
-impl Zipf {
-    fn new(n: usize, s: f64) -> Self {
-        let mut cdf = Vec::with_capacity(n);
-        let mut total = 0.0;
-        for i in 0..n {
-            total += 1.0 / ((i + 1) as f64).powf(s);
-            cdf.push(total);
-        }
-        for c in &mut cdf {
-            *c /= total;
-        }
-        Self { cdf }
-    }
-
-    fn sample(&self, rng: &mut impl Rng) -> usize {
-        let u: f64 = rng.random();
-        self.cdf.partition_point(|c| *c < u).min(self.cdf.len() - 1)
-    }
-}
-
 /// Tenant connections sampled until stopped: `pg_stat_activity` every 100 ms, the budget gauge every second.
 struct Sampler {
     stop: Arc<AtomicBool>,
@@ -287,37 +261,15 @@ impl Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let peak_pg = Arc::new(AtomicI64::new(0));
         let peak_gauge = Arc::new(AtomicI64::new(0));
-        let admin = common::superuser(cluster, "postgres").await;
-        let task = {
-            let (stop, peak_pg, peak_gauge, http, base) = (
-                stop.clone(),
-                peak_pg.clone(),
-                peak_gauge.clone(),
-                http.clone(),
-                base.to_owned(),
-            );
-            tokio::spawn(async move {
-                let mut tick = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    if let Ok(row) = admin
-                        .query_one(
-                            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
-                            &[&ROUTER_APP],
-                        )
-                        .await
-                    {
-                        peak_pg.fetch_max(row.get::<_, i64>(0), Ordering::Relaxed);
-                    }
-                    if tick.is_multiple_of(10)
-                        && let Some(in_use) = common::metric_in_use(&http, &base).await
-                    {
-                        peak_gauge.fetch_max(in_use, Ordering::Relaxed);
-                    }
-                    tick += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            })
-        };
+        let task = common::sample_router_peaks(
+            cluster,
+            http,
+            base,
+            stop.clone(),
+            peak_pg.clone(),
+            peak_gauge.clone(),
+        )
+        .await;
         Self {
             stop,
             peak_pg,
@@ -611,7 +563,7 @@ async fn main() {
     }
     let zipf_started = Instant::now();
     let hot_tenants = {
-        let zipf = Arc::new(Zipf::new(real, zipf_s));
+        let zipf = Arc::new(common::Zipf::new(real, zipf_s));
         let mut rank_to_tenant: Vec<usize> = (0..real).collect();
         rank_to_tenant.shuffle(&mut rand::rng());
         let rank_to_tenant = Arc::new(rank_to_tenant);

@@ -27,8 +27,6 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use serde_json::json;
 
-const ROUTER_APP: &str = "mandant-router";
-
 /// One finished request: minute, kind, status (0 = transport error), latency.
 #[derive(Clone, Copy)]
 struct Sample {
@@ -181,37 +179,15 @@ async fn main() {
     }
 
     // Tenant connections, sampled every 100 ms from pg_stat_activity and every second from /metrics.
-    let sampler = {
-        let (stop, peak_pg, peak_metric, http, base) = (
-            stop.clone(),
-            peak_pg.clone(),
-            peak_metric.clone(),
-            http.clone(),
-            base.clone(),
-        );
-        let admin = common::superuser(&cluster, "postgres").await;
-        tokio::spawn(async move {
-            let mut tick = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok(row) = admin
-                    .query_one(
-                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
-                        &[&ROUTER_APP],
-                    )
-                    .await
-                {
-                    peak_pg.fetch_max(row.get::<_, i64>(0), Ordering::Relaxed);
-                }
-                if tick.is_multiple_of(10)
-                    && let Some(in_use) = common::metric_in_use(&http, &base).await
-                {
-                    peak_metric.fetch_max(in_use, Ordering::Relaxed);
-                }
-                tick += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let sampler = common::sample_router_peaks(
+        &cluster,
+        &http,
+        &base,
+        stop.clone(),
+        peak_pg.clone(),
+        peak_metric.clone(),
+    )
+    .await;
 
     // The control-plane side: a template version and a central field every minute, churn of clients between.
     let mut admin_errors: BTreeMap<String, u64> = BTreeMap::new();
