@@ -51,6 +51,13 @@ where
             ))
         })?;
         normalize_json(&mut value)?;
+        // Every body of the API is an object. (serde would take `[a, b]` for a struct, field by position:
+        // Schemathesis sent `[null, null]` as retention rules and had it accepted.)
+        if !value.is_object() {
+            return Err(ApiError::invalid_body(
+                "The request body is not valid: it must be a JSON object.",
+            ));
+        }
         serde_path_to_error::deserialize(value)
             .map(Self)
             .map_err(|e| {

@@ -460,3 +460,31 @@ async fn retention_is_invisible_without_access_read_only_with_read_access_and_ce
         "only the permitted change was written"
     );
 }
+
+#[tokio::test]
+async fn put_retention_returns_400_when_the_body_is_an_array_and_changes_nothing() {
+    let app = app_without_purge_loop().await;
+    let before = json_body(app.get("/v1/retention").await, StatusCode::OK).await;
+    for path in ["/v1/retention", "/v1/clients/master/retention"] {
+        let response = put(&app, path, json!([null, null])).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_body", "{path}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("JSON object"),
+            "{body}"
+        );
+    }
+    // Any other endpoint's body too.
+    let response = app.post_json("/v1/clients", &json!(["x", "X"])).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let after = json_body(app.get("/v1/retention").await, StatusCode::OK).await;
+    assert_eq!(
+        before["opted_out_or_bounced"],
+        after["opted_out_or_bounced"]
+    );
+    assert_eq!(before["unbound"], after["unbound"]);
+}
