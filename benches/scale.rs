@@ -428,17 +428,7 @@ async fn main() {
     let db_prefix = settings.tenants.db_prefix.clone();
     let app = common::start_app(settings, RunOptions::default()).await;
     let slugs: Vec<String> = (0..real).map(|i| format!("t-{i:05}")).collect();
-    for slug in &slugs {
-        let status = http
-            .post(format!("{}/v1/clients", app.base))
-            .json(&json!({"slug": slug, "name": slug}))
-            .send()
-            .await
-            .expect("POST client")
-            .status();
-        assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{slug}");
-    }
-    common::wait_active(&app, real + 1).await;
+    common::create_clients(&app, &http, &slugs).await;
     let provisioned_s = setup.elapsed().as_secs_f64();
     eprintln!("setup: {real} clients provisioned in {provisioned_s:.1} s ({workers} workers)");
     let imports = Instant::now();

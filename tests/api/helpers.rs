@@ -375,14 +375,19 @@ impl TestApp {
             .get(0)
     }
 
-    /// Takes a client's database down as an outage would: it refuses new connections, its sessions end, and this
-    /// process's pooled connections to it are closed. Returns the database name.
-    pub async fn take_down(&self, slug: &str) -> String {
-        let id: uuid::Uuid = self.client_json(slug).await["id"]
+    /// A client's id, by slug.
+    pub async fn client_id(&self, slug: &str) -> uuid::Uuid {
+        self.client_json(slug).await["id"]
             .as_str()
             .expect("client id")
             .parse()
-            .expect("uuid");
+            .expect("uuid")
+    }
+
+    /// Takes a client's database down as an outage would: it refuses new connections, its sessions end, and this
+    /// process's pooled connections to it are closed. Returns the database name.
+    pub async fn take_down(&self, slug: &str) -> String {
+        let id = self.client_id(slug).await;
         let database = self.state.targets().names(id).database;
         let admin = superuser("postgres").await;
         admin
@@ -404,11 +409,7 @@ impl TestApp {
 
     /// Brings a database [`Self::take_down`] took down back up.
     pub async fn bring_up(&self, slug: &str) {
-        let id: uuid::Uuid = self.client_json(slug).await["id"]
-            .as_str()
-            .expect("client id")
-            .parse()
-            .expect("uuid");
+        let id = self.client_id(slug).await;
         let database = self.state.targets().names(id).database;
         superuser("postgres")
             .await
@@ -421,11 +422,7 @@ impl TestApp {
 
     /// A client's own database, as superuser (for assertions on state and for sabotage).
     pub async fn tenant_db(&self, slug: &str) -> tokio_postgres::Client {
-        let id = self.client_json(slug).await["id"]
-            .as_str()
-            .expect("client id")
-            .parse()
-            .expect("uuid");
+        let id = self.client_id(slug).await;
         superuser(&self.state.targets().names(id).database).await
     }
 
