@@ -679,6 +679,22 @@ mod tests {
     }
 
     #[test]
+    fn a_scan_share_of_zero_or_over_the_budget_is_refused_naming_its_key() {
+        for share in ["0", "41"] {
+            let err = Settings::load(&LoadOptions {
+                env: env(&[
+                    ("MANDANT__ROUTING__BUDGET_PER_SERVER", "40"),
+                    ("MANDANT__ROUTING__SCAN_SHARE", share),
+                ]),
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("routing.scan_share"), "{share}: {err}");
+        }
+    }
+
+    #[test]
     fn a_bad_database_url_is_refused_without_echoing_it() {
         let err = Settings::load(&LoadOptions {
             env: env(&[("MANDANT__DATABASE__URL", "mysql://u:hunter2@x/y")]),

@@ -437,12 +437,6 @@ impl TenantPools {
         self.inner.connections_of(client_id)
     }
 
-    /// The admission policy's region of a tenant holding connections (for tests and diagnostics).
-    pub fn region(&self, route: &TenantRoute) -> Option<Region> {
-        let budget = lock(&self.inner.servers).get(&route.server_id).cloned()?;
-        lock(&budget.policy).region(&route.client_id)
-    }
-
     /// The tenants of each region on a server (least recently used first) with the sketch's frequency of each:
     /// window, probation, protected, scan. For diagnostics and the route benchmark.
     pub fn region_members(&self, server_id: i64) -> Vec<(Region, Uuid, u8)> {

@@ -181,10 +181,6 @@ impl<K: Copy + Eq + Hash> Admission<K> {
         self.list(region).len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     /// The sketch's estimate of how often a tenant was used recently (0-15).
     pub fn frequency(&self, key: &K) -> u8 {
         self.sketch.frequency(self.hasher.hash_one(key))
