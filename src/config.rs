@@ -144,6 +144,9 @@ pub struct WorkerSettings {
     pub served_flush_secs: u64,
     /// How often the retention rules are applied (0 = never); one process at a time purges.
     pub retention_interval_secs: u64,
+    /// How often every inner client's scope is applied again in its parent's database (rule scopes follow
+    /// changed recipients within this delay; 0 = never). One process at a time.
+    pub inner_scope_interval_secs: u64,
 }
 
 impl WorkerSettings {
@@ -153,6 +156,11 @@ impl WorkerSettings {
     /// `None`: statistics are off.
     pub fn stats_interval(&self) -> Option<Duration> {
         (self.stats_interval_secs > 0).then(|| Duration::from_secs(self.stats_interval_secs))
+    }
+    /// `None`: the inner clients' scope job is off.
+    pub fn inner_scope_interval(&self) -> Option<Duration> {
+        (self.inner_scope_interval_secs > 0)
+            .then(|| Duration::from_secs(self.inner_scope_interval_secs))
     }
     /// `None`: the retention purge is off.
     pub fn retention_interval(&self) -> Option<Duration> {
@@ -395,6 +403,11 @@ impl Settings {
             w.retention_interval_secs == 0 || (60..=86_400).contains(&w.retention_interval_secs),
             "workers.retention_interval_secs",
             "must be 0 (off) or between 60 and 86400",
+        )?;
+        ensure(
+            w.inner_scope_interval_secs <= 86_400,
+            "workers.inner_scope_interval_secs",
+            "must be between 0 (off) and 86400",
         )?;
         ensure(
             (1..=3600).contains(&w.served_flush_secs),

@@ -55,4 +55,32 @@ impl RightsService {
         }
         Ok(created)
     }
+
+    /// Registers an inner client of `new.parent` with its scope (validated by the caller), active at once. The
+    /// same rights as creating a sub-client; the same access for a creator who is not a master admin.
+    pub async fn create_inner_client(
+        &self,
+        caller: &Principal,
+        new: &NewClient<'_>,
+        scope: &serde_json::Value,
+    ) -> Result<ClientRecord, AccessError> {
+        let grant = match caller
+            .rights
+            .authorize(new.parent_id, Permission::ClientsCreate)
+        {
+            Ok(grant) => grant,
+            Err(Denied::Invisible) => return Err(AccessError::UnknownParent),
+            Err(denied) => return Err(denied.into()),
+        };
+        let creator_access =
+            (!caller.rights.master_admin).then_some((caller.user_id, grant.private_data));
+        let created = self
+            .control
+            .create_inner_client(new.slug, new.name, new.parent, scope, creator_access)
+            .await?;
+        if creator_access.is_some() {
+            self.changed();
+        }
+        Ok(created)
+    }
 }

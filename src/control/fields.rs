@@ -168,7 +168,7 @@ impl ControlPlane {
             None => {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "INSERT INTO field_status (field_id, client_id, status)
-                     SELECT $1, id, 'pending' FROM clients WHERE status IN {LIVE}"
+                     SELECT $1, id, 'pending' FROM clients WHERE status IN {LIVE} AND kind <> 'inner'"
                 )))
                 .bind(field.id)
                 .execute(&mut *tx)
@@ -279,7 +279,7 @@ impl ControlPlane {
         .await?
         .ok_or(ControlError::NotFound)?;
         let clients: Vec<Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT id FROM clients WHERE status IN {LIVE} AND ($1::uuid IS NULL OR id = $1)"
+            "SELECT id FROM clients WHERE status IN {LIVE} AND kind <> 'inner' AND ($1::uuid IS NULL OR id = $1)"
         )))
         .bind(owner)
         .fetch_all(&mut *tx)

@@ -32,10 +32,13 @@ pub enum JobKind {
     PublishTemplates,
     /// Reconcile every client's fields at once (after a central field changed; queued for the master client).
     PropagateFields,
+    /// Make a client's database able to hold inner clients (its second role, the lower-case e-mail filled in
+    /// and indexed): for databases provisioned before tenant migration V7.
+    PrepareInner,
 }
 
 impl JobKind {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::ProvisionClient,
         Self::DeleteClient,
         Self::SyncAccess,
@@ -43,6 +46,7 @@ impl JobKind {
         Self::SyncTemplates,
         Self::PublishTemplates,
         Self::PropagateFields,
+        Self::PrepareInner,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +58,7 @@ impl JobKind {
             Self::SyncTemplates => "sync_templates",
             Self::PublishTemplates => "publish_templates",
             Self::PropagateFields => "propagate_fields",
+            Self::PrepareInner => "prepare_inner",
         }
     }
 

@@ -54,6 +54,10 @@ pub enum ControlError {
     SlugTaken,
     #[error("the parent client does not exist")]
     UnknownParent,
+    #[error("the parent client is an inner client")]
+    ParentIsInner,
+    #[error("the parent client's database is not ready for inner clients yet")]
+    ParentNotReady,
     #[error("the parent client is {0:?}, not active")]
     ParentNotActive(ClientStatus),
     #[error("the client is {current:?}; {action} needs it to be {allowed}")]

@@ -63,7 +63,7 @@ impl ControlPlane {
         insert_version(&mut tx, id, 1, content).await?;
         sqlx::query(
             "INSERT INTO template_sync (template_id, client_id, status)
-             SELECT $1, id, 'pending' FROM clients WHERE status IN ('active', 'suspended')",
+             SELECT $1, id, 'pending' FROM clients WHERE status IN ('active', 'suspended') AND kind <> 'inner'",
         )
         .bind(id)
         .execute(&mut *tx)

@@ -15,6 +15,7 @@
 
 pub mod content;
 pub mod import;
+pub mod inner;
 pub mod lists;
 pub mod recipients;
 pub mod retention;
@@ -122,6 +123,9 @@ pub enum DataError {
     /// lacks); the message names it.
     #[error("{0}")]
     DoesNotFit(String),
+    /// A write through an inner client that would land outside its scope; the message says why.
+    #[error("{0}")]
+    OutsideScope(String),
     /// A filter or rule on a personal field by a caller without the private-data right; names the field.
     #[error("{0} is personal data")]
     PersonalData(String),
@@ -130,6 +134,12 @@ pub enum DataError {
     /// Work on one client of a cross-client request did not finish within its per-client deadline.
     #[error("the client's database did not answer within {} ms", .0.as_millis())]
     Deadline(Duration),
+}
+
+/// The routing pool's key for the connections of a database's second role (its inner clients share them): the
+/// parent's id with fixed bits flipped, so it can never be a client's own id in practice and needs no lookup.
+pub fn inner_pool_key(parent_id: uuid::Uuid) -> uuid::Uuid {
+    uuid::Uuid::from_u128(parent_id.as_u128() ^ 0x5a5a_0000_0000_0000_0000_0000_0000_a5a5)
 }
 
 /// slug → (fetched at, client, route once placed); shared, so a hit costs two reference counts, not copies.
@@ -157,6 +167,13 @@ impl RouteCache {
     fn remove(&self, slug: &str) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.lock().remove(slug);
+    }
+
+    /// Forgets the routes of a client's inner clients (they lead to its database).
+    fn remove_children(&self, parent: uuid::Uuid) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.lock()
+            .retain(|_, (_, client, _)| !(client.is_inner() && client.parent_id == Some(parent)));
     }
 
     /// An active client's route, while the listener is up and the entry is young enough.
@@ -222,6 +239,14 @@ impl DataPlane {
         self.routes.remove(slug);
     }
 
+    /// Forgets everything cached about a client: its route, the routes of its inner clients, and the pooled
+    /// connections of both its roles (with their breaker state).
+    fn forget_client(&self, id: uuid::Uuid) {
+        self.routes.remove_children(id);
+        self.pools.close_tenant(id);
+        self.pools.close_tenant(inner_pool_key(id));
+    }
+
     /// Follows the clients channel until cancelled (see the module documentation); the route cache serves only
     /// while this runs and is connected.
     pub async fn listen(&self, retry: Duration, cancel: CancellationToken) {
@@ -235,7 +260,7 @@ impl DataPlane {
     /// from the clients channel; this makes it immediate for the process that made the change.)
     pub fn status_changed(&self, client: &ClientRecord) {
         self.invalidate(&client.slug);
-        self.pools.close_tenant(client.id);
+        self.forget_client(client.id);
     }
 
     /// A connection to an active client's database, as its own role, for a request of the client's own.
@@ -253,10 +278,26 @@ impl DataPlane {
         slug: &ClientSlug,
         usage: Use,
     ) -> Result<(Arc<ClientRecord>, PooledConn), DataError> {
+        self.connect_with(slug, usage, false).await
+    }
+
+    /// As [`Self::connect_for`]; for an inner client the connection is its parent's database as the second role,
+    /// inside a transaction that names the inner client (row-level security admits its slice only), which the
+    /// caller ends with [`PooledConn::end_scoped`] (or, dropped, it is rolled back). `snapshot`: that transaction
+    /// is `REPEATABLE READ READ ONLY` (read requests).
+    pub async fn connect_with(
+        &self,
+        slug: &ClientSlug,
+        usage: Use,
+        snapshot: bool,
+    ) -> Result<(Arc<ClientRecord>, PooledConn), DataError> {
         let (client, route) = self.active_route(slug).await?;
         // A refusal here (a role just made NOLOGIN, a database just dropped) is re-checked against the client's
         // status where every tenant failure of a request is seen, `http::auth` (`recheck_unavailable`).
-        let conn = self.pools.acquire_for(&route, usage).await?;
+        let mut conn = self.pools.acquire_for(&route, usage).await?;
+        if let Some(inner_no) = client.inner_no {
+            conn.begin_scoped(inner_no, snapshot).await?;
+        }
         Ok((client, conn))
     }
 
@@ -315,12 +356,27 @@ impl DataPlane {
             Err(ControlError::NotFound) => return Err(DataError::NotFound),
             Err(e) => return Err(e.into()),
         };
-        let route = match client.server_id {
-            Some(server_id) => {
+        let route = match (client.server_id, client.parent_id) {
+            (Some(server_id), _) => {
                 let server = self.control.server(server_id).await?;
                 Some(Arc::new(self.route(&server, client.id)?))
             }
-            None => None,
+            // An inner client: its parent's database, as the database's second role. Usable while the parent is
+            // active (a suspended parent's roles cannot log in either).
+            (None, Some(parent_id)) if client.is_inner() => {
+                let parent = self.control.client_by_id(parent_id).await?;
+                if parent.status != ClientStatus::Active {
+                    return Err(ControlError::ParentNotActive(parent.status).into());
+                }
+                let server_id = parent.server_id.ok_or(DataError::NotFound)?;
+                let server = self.control.server(server_id).await?;
+                Some(Arc::new(TenantRoute {
+                    client_id: inner_pool_key(parent.id),
+                    server_id: server.id,
+                    target: self.targets.inner(&server, parent.id)?,
+                }))
+            }
+            _ => None,
         };
         let entry = (Instant::now(), Arc::new(client), route);
         if entry.1.status == ClientStatus::Active {
@@ -356,7 +412,7 @@ impl Listening for DataPlane {
         // Every status change drops the tenant's pool, and with it a breaker a request racing the change may
         // have tripped (a resumed role refusing a login a moment before it was allowed again).
         if let Some(id) = id {
-            self.pools.close_tenant(id);
+            self.forget_client(id);
         }
     }
 

@@ -64,6 +64,14 @@ pub fn always() -> Compiled {
     }
 }
 
+/// A predicate that holds for no recipient (an inner client's scope without a rule).
+pub fn never() -> Compiled {
+    Compiled {
+        sql: "FALSE".into(),
+        ..always()
+    }
+}
+
 /// Equality filters (`field=value` query parameters) as one compiled predicate: values are parsed from text by
 /// each field's type, then compiled like the rule `{"all": [{"field": f, "op": "eq", "value": v}, ...]}`.
 pub fn equalities(filters: &[(String, String)], schema: &Schema) -> Result<Compiled, String> {
@@ -280,7 +288,12 @@ impl Compiler<'_> {
         let text = matches!(field.ty, FieldType::Text { .. });
         // E-mail addresses compare case-insensitively, as their unique index does.
         let folded = field.name == "email";
-        let lhs = if folded {
+        // The stored lower-case address where it is filled in: `=` and ranges on it are leakproof, so an index
+        // serves them under an inner client's row-level security too.
+        let stored_lower = folded && self.schema.email_lower;
+        let lhs = if stored_lower {
+            "r.mandant_email_lower".to_owned()
+        } else if folded {
             format!("lower({column})")
         } else {
             column.clone()
@@ -309,6 +322,10 @@ impl Compiler<'_> {
                 let p = self.out.push(Box::new(fragment.to_lowercase()));
                 Ok(if op == Op::Contains {
                     format!("(strpos(lower({column}), {p}::text) > 0)")
+                } else if stored_lower {
+                    // The pattern operators compare bytewise, as the index (text_pattern_ops) is ordered; every
+                    // string starting with p sorts between p and p followed by the highest code point.
+                    format!("({lhs} ~>=~ {p}::text AND {lhs} ~<~ ({p}::text || chr(1114111)))")
                 } else {
                     format!("starts_with(lower({column}), {p}::text)")
                 })

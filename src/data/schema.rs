@@ -13,6 +13,10 @@ pub use crate::domain::field::{Field, FieldType, Origin, Value};
 #[derive(Debug, Clone)]
 pub struct Schema {
     fields: Vec<Field>,
+    /// Whether the database's stored lower-case e-mail (`mandant_email_lower`) is filled in and indexed
+    /// (`tenant::inner::prepare` ran): e-mail conditions then use it, which a row-level security policy lets
+    /// an index serve (`lower(email)` it does not: not leakproof).
+    pub email_lower: bool,
 }
 
 impl Schema {
@@ -32,6 +36,7 @@ impl Schema {
                 Field::new("created_at", Timestamp, Origin::System, false),
                 Field::new("updated_at", Timestamp, Origin::System, false),
             ],
+            email_lower: false,
         }
     }
 
@@ -45,13 +50,24 @@ impl Schema {
     /// The standard fields and the custom fields applied to this tenant's database.
     pub async fn load(db: &Client) -> Result<Self, DataError> {
         let mut schema = Self::standard();
+        // One round trip: the catalogue, and whether the lower-case e-mail index is valid (one row at least).
         let rows = db
             .query(
-                "SELECT name, origin, data_type, length, required, personal FROM field_catalogue ORDER BY name",
+                "SELECT f.name, f.origin, f.data_type, f.length, f.required, f.personal, x.email_lower
+                 FROM (SELECT EXISTS (
+                         SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+                         WHERE c.relname = 'recipients_mandant_email_lower'
+                           AND c.relnamespace = 'public'::regnamespace AND i.indisvalid) AS email_lower) x
+                 LEFT JOIN field_catalogue f ON true
+                 ORDER BY f.name",
                 &[],
             )
             .await?;
         for row in rows {
+            schema.email_lower = row.get("email_lower");
+            if row.get::<_, Option<&str>>("name").is_none() {
+                continue;
+            }
             let data_type: &str = row.get("data_type");
             let ty = FieldType::parse(data_type, row.get("length")).ok_or_else(|| {
                 DataError::Config(format!(

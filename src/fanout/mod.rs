@@ -11,6 +11,7 @@
 
 pub mod crossclient;
 pub mod fields;
+pub mod inner;
 pub mod retention;
 pub mod stats;
 pub mod templates;

@@ -43,7 +43,16 @@ pub struct Caller(pub Arc<Principal>);
 pub struct ClientScope {
     pub client: Arc<ClientRecord>,
     pub grant: Grant,
+    /// An inner client's connection, inside the request's transaction (see [`ClientScope::finish`]).
+    pub session: Session,
+    /// The request only reads (GET/HEAD): an inner client's transaction is one read-only snapshot.
+    pub read_only: bool,
 }
+
+/// The connection an inner client's request holds for its whole duration, inside one transaction that names the
+/// inner client (row-level security); committed or rolled back by the access check's middleware once the handler
+/// answered, before the response leaves ([`ClientScope::finish`]).
+pub type Session = Arc<tokio::sync::Mutex<Option<crate::tenant::pool::PooledConn>>>;
 
 impl ClientScope {
     /// A connection to the checked client's database, as its own role. (The data plane is reached through this
@@ -52,12 +61,40 @@ impl ClientScope {
         &self,
         state: &AppState,
     ) -> Result<(Arc<ClientRecord>, crate::tenant::pool::PooledConn), DataError> {
+        self.connect_with(state, false).await
+    }
+
+    /// As [`Self::connect`]; `snapshot`: an inner client's transaction is one read-only snapshot.
+    pub async fn connect_with(
+        &self,
+        state: &AppState,
+        snapshot: bool,
+    ) -> Result<(Arc<ClientRecord>, crate::tenant::pool::PooledConn), DataError> {
         let slug = ClientSlug::parse(&self.client.slug).map_err(|_| DataError::NotFound)?;
-        let (client, conn) = state.data().connect(&slug).await?;
+        let (client, conn) = state
+            .data()
+            .connect_with(&slug, crate::tenant::pool::Use::Request, snapshot)
+            .await?;
         if client.id != self.client.id {
             return Err(DataError::NotFound);
         }
         Ok((client, conn))
+    }
+
+    /// Ends an inner client's request transaction: committed when the handler succeeded, else rolled back (so an
+    /// inner client's request is all or nothing). A commit that fails turns the answer into that error. Nothing to
+    /// do for any other client (its statements commit as they run).
+    pub async fn finish(&self, response: Response) -> Response {
+        let Some(mut conn) = self.session.lock().await.take() else {
+            return response;
+        };
+        let commit = response.status().is_success() || response.status().is_redirection();
+        match conn.end_scoped(commit).await {
+            Ok(()) => response,
+            Err(e) if commit => ApiError::from(DataError::from(e)).into_response(),
+            // Rolled back anyway when dropped (or discarded).
+            Err(_) => response,
+        }
     }
 
     /// Whether personal data is shown or masked for the caller on this client: without the private-data right,
@@ -217,6 +254,7 @@ async fn enforce(state: &AppState, route: &str, request: Request, next: Next) ->
     let request = Request::from_parts(parts, body);
     let Some(entry) = audit else {
         let response = next.run(request).await;
+        let response = finish(scope.as_ref(), response).await;
         return recheck_unavailable(state, scope.as_ref(), response).await;
     };
     // A write and its audit entry run in their own task: if the request is dropped (the server's timeout, the
@@ -231,6 +269,7 @@ async fn enforce(state: &AppState, route: &str, request: Request, next: Next) ->
             tracing::error!("a handler panicked");
             ApiError::internal().into_response()
         });
+        let response = finish(scope.as_ref(), response).await;
         let response = recheck_unavailable(&state, scope.as_ref(), response).await;
         let outcome = Outcome {
             status: response.status(),
@@ -246,6 +285,14 @@ async fn enforce(state: &AppState, route: &str, request: Request, next: Next) ->
             tracing::error!(error = %e, "a write task failed");
             ApiError::internal().into_response()
         }
+    }
+}
+
+/// Ends the request transaction of an inner client (see [`ClientScope::finish`]).
+async fn finish(scope: Option<&ClientScope>, response: Response) -> Response {
+    match scope {
+        Some(scope) => scope.finish(response).await,
+        None => response,
     }
 }
 
@@ -353,7 +400,15 @@ async fn check(
             let slug = path_slug(&slug).map_err(|e| (e, None))?;
             let client = resolve(state, &slug).await.map_err(|e| (e, None))?;
             match rights.authorize(client.id, p) {
-                Ok(grant) => Ok((Some(ClientScope { client, grant }), None)),
+                Ok(grant) => Ok((
+                    Some(ClientScope {
+                        client,
+                        grant,
+                        session: Session::default(),
+                        read_only: matches!(parts.method, Method::GET | Method::HEAD),
+                    }),
+                    None,
+                )),
                 Err(denied) => Err((denial(denied), Some(client))),
             }
         }
@@ -365,7 +420,15 @@ async fn check(
                 Ok(grant) if matches!(rule, Rule::MasterFull(_)) && grant.level != Level::Full => {
                     Err((denial(Denied::ReadOnly(p)), Some(client)))
                 }
-                Ok(grant) => Ok((Some(ClientScope { client, grant }), None)),
+                Ok(grant) => Ok((
+                    Some(ClientScope {
+                        client,
+                        grant,
+                        session: Session::default(),
+                        read_only: true,
+                    }),
+                    None,
+                )),
                 // Central resources are public knowledge (the OpenAPI document): refuse, do not hide.
                 Err(Denied::Invisible) => Err((ApiError::master_access_required(p), Some(client))),
                 Err(denied) => Err((denial(denied), Some(client))),

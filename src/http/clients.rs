@@ -29,7 +29,7 @@ pub struct ClientView {
     pub name: String,
     /// The parent's slug; null for the master client, and when the caller has no access to the parent.
     pub parent: Option<String>,
-    /// `master` or `sub`.
+    /// `master`, `sub` or `inner`.
     pub kind: String,
     pub status: ClientStatus,
     /// The database server holding the client's database (once placed).
@@ -41,6 +41,10 @@ pub struct ClientView {
     pub latest_schema_version: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// An inner client's scope (`kind: inner` only): the parent's recipients bound to one of `lists` or matching
+    /// `rule`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<crate::data::inner::Scope>,
     /// The operation started by this request (create, delete), to poll at `/v1/operations/{id}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub operation: Option<Uuid>,
@@ -65,6 +69,10 @@ impl ClientView {
             latest_schema_version: latest_version(),
             created_at: client.created_at,
             updated_at: client.updated_at,
+            scope: client
+                .scope
+                .as_ref()
+                .and_then(|s| crate::data::inner::Scope::from_stored(s).ok()),
             operation,
         }
     }
@@ -84,9 +92,23 @@ pub struct CreateClient {
         pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
     )]
     pub name: String,
-    /// The parent client's slug (default: the master). Must be active.
+    /// The parent client's slug (default: the master). Must be active. An inner client's parent is a client with
+    /// its own database (required).
     #[schema(pattern = r"^[a-z][a-z0-9-]{1,39}$")]
     pub parent: Option<String>,
+    /// `sub` (default): a client with its own database, provisioned in the background. `inner`: a unit inside
+    /// the parent's database (no database of its own, active at once) whose users see only its `scope`.
+    pub kind: Option<NewKind>,
+    /// An inner client's slice of the parent's recipients: those bound (any status) to one of `lists` or
+    /// matching `rule` (a target-group rule); at least one of them. Only with `kind: inner`.
+    pub scope: Option<crate::data::inner::Scope>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NewKind {
+    Sub,
+    Inner,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -99,7 +121,9 @@ pub struct UpdateClient {
         max_length = 200,
         pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
     )]
-    pub name: String,
+    pub name: Option<String>,
+    /// An inner client's new scope (replaces the old one; only for inner clients).
+    pub scope: Option<crate::data::inner::Scope>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -169,6 +193,22 @@ pub async fn create(
         parent_id: parent_client.id,
         max_attempts: max_attempts(&state),
     };
+    if body.kind == Some(NewKind::Inner) {
+        return create_inner(
+            &state,
+            &caller,
+            &new,
+            &parent_client,
+            body.parent.is_some(),
+            body.scope,
+        )
+        .await;
+    }
+    if body.scope.is_some() {
+        return Err(ApiError::invalid_body(
+            "scope: only an inner client has a scope",
+        ));
+    }
     let (client, operation) = state.access().create_client(&caller, &new).await?;
     tracing::info!(client = %slug, %operation, "client created; provisioning");
     let location = format!("/v1/clients/{slug}");
@@ -182,6 +222,86 @@ pub async fn create(
         response.headers_mut().insert(header::LOCATION, value);
     }
     Ok(note.attach(response))
+}
+
+/// Creates an inner client: its scope checked against the parent's database (as the parent), registered active,
+/// and its memberships applied at once (should that fail, the periodic scope job applies them).
+async fn create_inner(
+    state: &AppState,
+    caller: &crate::domain::rights::Principal,
+    new: &NewClient<'_>,
+    parent: &ClientRecord,
+    parent_named: bool,
+    scope: Option<crate::data::inner::Scope>,
+) -> Result<Response, ApiError> {
+    if !parent_named {
+        return Err(ApiError::invalid_body(
+            "parent: an inner client needs its parent named",
+        ));
+    }
+    let mut scope =
+        scope.ok_or_else(|| ApiError::invalid_body("scope: an inner client needs a scope"))?;
+    scope.validate_shape()?;
+    // Rights first: a caller who may not create under this parent learns nothing about its lists.
+    if let Err(denied) = caller.rights.authorize(
+        new.parent_id,
+        crate::domain::rights::Permission::ClientsCreate,
+    ) {
+        return Err(match denied {
+            crate::domain::rights::Denied::Invisible => ApiError::unknown_parent(),
+            other => super::auth::denial(other),
+        });
+    }
+    if parent.is_inner() {
+        return Err(crate::control::ControlError::ParentIsInner.into());
+    }
+    if parent.status == ClientStatus::Active && !parent.inner_ready {
+        state
+            .control()
+            .request_prepare_inner(parent.id, max_attempts(state))
+            .await?;
+        return Err(crate::control::ControlError::ParentNotReady.into());
+    }
+    let (_, db) = state.data().connect(new.parent).await?;
+    scope.check(db.client()).await?;
+    drop(db);
+    let client = state
+        .access()
+        .create_inner_client(caller, new, &scope.to_json())
+        .await?;
+    apply_scope(state, &client, &scope).await;
+    tracing::info!(client = %client.slug, parent = %new.parent, "inner client created");
+    let location = format!("/v1/clients/{}", client.slug);
+    let note = AuditNote::client(client.id, &client.slug);
+    let mut response = (
+        StatusCode::CREATED,
+        Json(ClientView::new(client, None, &caller.rights)),
+    )
+        .into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(note.attach(response))
+}
+
+/// Applies an inner client's scope in its parent's database now; a failure is logged and left to the periodic
+/// scope job (the control plane holds the scope).
+async fn apply_scope(state: &AppState, client: &ClientRecord, scope: &crate::data::inner::Scope) {
+    let (Some(parent), Some(inner_no)) = (client.parent.as_deref(), client.inner_no) else {
+        return;
+    };
+    let applied = async {
+        let parent = ClientSlug::parse(parent)?;
+        let (_, mut db) = state.data().connect(&parent).await?;
+        crate::data::inner::apply(db.client_mut(), inner_no, scope).await
+    }
+    .await;
+    match applied {
+        Ok(applied) => tracing::info!(client = %client.slug, ?applied, "scope applied"),
+        Err(e) => {
+            tracing::warn!(client = %client.slug, error = %e, "could not apply the scope now; the scope job will")
+        }
+    }
 }
 
 /// List clients, ordered by slug.
@@ -282,11 +402,35 @@ pub async fn update(
     scope: ClientScope,
     ApiJson(body): ApiJson<UpdateClient>,
 ) -> Result<Json<ClientView>, ApiError> {
-    let name = ClientName::parse(&body.name)?;
-    let client = state
-        .control()
-        .rename_client(scope.client.id, &name)
-        .await?;
+    let name = body.name.as_deref().map(ClientName::parse).transpose()?;
+    if name.is_none() && body.scope.is_none() {
+        return Err(ApiError::invalid_body("name a new name or scope"));
+    }
+    let mut new_scope = body.scope;
+    if let Some(new_scope) = &mut new_scope {
+        if !scope.client.is_inner() {
+            return Err(ApiError::invalid_body(
+                "scope: only an inner client has a scope",
+            ));
+        }
+        new_scope.validate_shape()?;
+        let parent = scope.client.parent.as_deref().unwrap_or_default();
+        let parent = ClientSlug::parse(parent).map_err(|_| ApiError::not_found())?;
+        let (_, db) = state.data().connect(&parent).await?;
+        new_scope.check(db.client()).await?;
+    }
+    let mut client = match &name {
+        Some(name) => state.control().rename_client(scope.client.id, name).await?,
+        None => state.control().client_by_id(scope.client.id).await?,
+    };
+    if let Some(new_scope) = &new_scope {
+        client = state
+            .control()
+            .set_inner_scope(scope.client.id, &new_scope.to_json())
+            .await?;
+        state.data().invalidate(&client.slug);
+        apply_scope(&state, &client, new_scope).await;
+    }
     Ok(Json(ClientView::new(client, None, &caller.rights)))
 }
 

@@ -131,7 +131,12 @@ pub async fn copy(
             .any(|t: &ClientScope| t.client.id == client.id)
         {
             let grant = caller.rights.grant(client.id);
-            targets.push(ClientScope { client, grant });
+            targets.push(ClientScope {
+                client,
+                grant,
+                session: Default::default(),
+                read_only: false,
+            });
         }
     }
     let source = {
@@ -151,7 +156,11 @@ pub async fn copy(
     for target in &targets {
         let copied = async {
             let (_, mut conn) = target.connect(&state).await?;
-            templates::create_local_unless_taken(conn.client_mut(), &content).await
+            let template =
+                templates::create_local_unless_taken(conn.client_mut(), &content).await?;
+            // An inner client's copy is its own (the column's default names it), inside its transaction.
+            conn.end_scoped(true).await?;
+            Ok::<_, crate::data::DataError>(template)
         }
         .await;
         let slug = target.client.slug.clone();

@@ -82,7 +82,9 @@ pub async fn create(
     let description = optional_text("description", body.description.as_deref(), DESCRIPTION_MAX)
         .map_err(DataError::from)?;
     let db = tenant.db().await?;
+    // An inner client's list is in its scope from the start (the row's default names the inner client).
     let list = lists::create(db.client(), &name, description.as_deref()).await?;
+    tenant.joined_scope(list.id).await?;
     Ok(super::created(
         &format!("/v1/clients/{}/mailing-lists/{}", tenant.slug(), list.id),
         &list,

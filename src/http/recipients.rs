@@ -48,6 +48,17 @@ pub struct CreateRecipient {
     pub fields: serde_json::Map<String, serde_json::Value>,
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct CreateParams {
+    /// Bind the new recipient (status `active`) to this mailing list. For an inner client it must be one of its
+    /// scope's lists (default: the scope's first list). A query parameter, not a body key: the body's keys are
+    /// field names, and `list` is a valid field name.
+    #[param(minimum = 1)]
+    pub list: Option<i64>,
+}
+
 /// Absent fields stay as they are; `null` clears a name, gender or custom field (not a required one).
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct UpdateRecipient {
@@ -133,19 +144,23 @@ async fn shown(
 
 /// Add a recipient; its e-mail address must be new to this client (case-insensitively).
 #[utoipa::path(post, path = "/v1/clients/{slug}/recipients", tag = "recipients", request_body = CreateRecipient,
-    params(("slug" = String, Path, description = "The client's slug")),
+    params(("slug" = String, Path, description = "The client's slug"), CreateParams),
     responses(
         (status = 201, description = "Created", body = Recipient,
          headers(("Location" = String, description = "The new recipient"))),
         (status = 400, description = "Invalid input", body = ErrorBody),
         (status = 404, description = "No such client", body = ErrorBody),
         (status = 409, description = "E-mail taken, or the client is not active", body = ErrorBody),
+        (status = 422, description = "Outside the inner client's scope", body = ErrorBody),
         (status = 429, description = "The tenant is busy", body = ErrorBody),
         (status = 503, description = "The tenant database is unavailable", body = ErrorBody)))]
 pub async fn create(
     tenant: Tenant,
+    ApiQuery(params): ApiQuery<CreateParams>,
     ApiJson(body): ApiJson<CreateRecipient>,
 ) -> Result<Response, ApiError> {
+    let scope = tenant.scope()?;
+    let landing = crate::data::inner::landing_list(scope.as_ref(), params.list)?;
     personal_write(&tenant, "email")?;
     let new = NewRecipient {
         email: Email::parse(&body.email)?,
@@ -161,6 +176,23 @@ pub async fn create(
         new.custom = recipients::custom_values(&schema, &body.fields)?;
     }
     let mut recipient = recipients::create(db.client(), &new).await?;
+    // Bound to the list named or, for an inner client, to its scope's first list (or it joins by the rule):
+    // in the same transaction, so an inner client's recipient is never left outside its slice.
+    match (landing, &scope, tenant.client().inner_no) {
+        (Some(list), _, _) => {
+            crate::data::lists::bind(
+                db.client(),
+                list,
+                recipient.id,
+                crate::data::lists::BindingStatus::Active,
+            )
+            .await?;
+        }
+        (None, Some(scope), Some(inner_no)) => {
+            crate::data::inner::join_by_rule(db.client(), inner_no, scope, recipient.id).await?;
+        }
+        _ => {}
+    }
     shown(&tenant, db.client(), &mut recipient).await?;
     Ok(super::created(
         &format!("/v1/clients/{}/recipients/{}", tenant.slug(), recipient.id),

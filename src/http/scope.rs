@@ -18,6 +18,33 @@ use crate::control::clients::ClientRecord;
 use crate::data::Privacy;
 use crate::tenant::pool::PooledConn;
 
+/// A data-plane handler's connection: its own, or an inner client's, borrowed from the request's session.
+pub enum TenantDb {
+    Own(PooledConn),
+    Scoped(tokio::sync::OwnedMutexGuard<Option<PooledConn>>),
+}
+
+impl std::ops::Deref for TenantDb {
+    type Target = PooledConn;
+
+    fn deref(&self) -> &PooledConn {
+        match self {
+            Self::Own(conn) => conn,
+            // Filled in before the guard is handed out, and only `ClientScope::finish` empties it, after the handler.
+            Self::Scoped(session) => session.as_ref().unwrap_or_else(|| unreachable!()),
+        }
+    }
+}
+
+impl std::ops::DerefMut for TenantDb {
+    fn deref_mut(&mut self) -> &mut PooledConn {
+        match self {
+            Self::Own(conn) => conn,
+            Self::Scoped(session) => session.as_mut().unwrap_or_else(|| unreachable!()),
+        }
+    }
+}
+
 /// The checked client of a data-plane route, with the state to reach its database.
 #[derive(Clone)]
 pub struct Tenant {
@@ -36,15 +63,56 @@ impl Tenant {
         &self.scope.client.slug
     }
 
+    /// An inner client's scope (`None` for any other client).
+    pub fn scope(&self) -> Result<Option<crate::data::inner::Scope>, ApiError> {
+        match &self.scope.client.scope {
+            Some(stored) if self.scope.client.is_inner() => {
+                Ok(Some(crate::data::inner::Scope::from_stored(stored)?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// A list an inner client created joins its scope (nothing to do for any other client).
+    pub async fn joined_scope(&self, list: i64) -> Result<(), ApiError> {
+        if self.scope.client.is_inner() {
+            self.state
+                .control()
+                .add_to_inner_scope(self.scope.client.id, list)
+                .await?;
+            self.state.data().invalidate(self.slug());
+        }
+        Ok(())
+    }
+
     /// Whether the caller holds the private-data right on the client.
     pub fn private_data(&self) -> bool {
         self.scope.grant.private_data
     }
 
-    /// A connection to the client's database, as its own role (through [`ClientScope::connect`]).
-    pub async fn db(&self) -> Result<PooledConn, ApiError> {
-        let (_, conn) = self.scope.connect(&self.state).await?;
-        Ok(conn)
+    /// A connection to the client's database, as its own role (through [`ClientScope::connect`]). For an inner
+    /// client: its parent's database as the second role, inside the request's one transaction naming the inner
+    /// client (row-level security), held in the scope's session until the access check's middleware ends it; a
+    /// second call in the same request gets the same connection and transaction.
+    pub async fn db(&self) -> Result<TenantDb, ApiError> {
+        if !self.scope.client.is_inner() {
+            let (_, conn) = self.scope.connect(&self.state).await?;
+            return Ok(TenantDb::Own(conn));
+        }
+        let mut session = self
+            .scope
+            .session
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| ApiError::internal())?;
+        if session.is_none() {
+            let (_, conn) = self
+                .scope
+                .connect_with(&self.state, self.scope.read_only)
+                .await?;
+            *session = Some(conn);
+        }
+        Ok(TenantDb::Scoped(session))
     }
 
     /// Whether personal data is shown or masked for the caller on this client (a control-plane read when masked).

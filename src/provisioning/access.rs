@@ -50,7 +50,10 @@ impl Provisioner {
         };
         let server = self.control.server(server_id).await?;
         let admin = admin_connect(&self.targets.admin(&server)?).await?;
-        cluster::set_role_login(&admin, &self.targets.names(client.id).role, login).await?;
+        let role = self.targets.names(client.id).role;
+        // Both roles of the database: the tenant's own and the inner clients' (which may not exist yet).
+        cluster::set_role_login(&admin, &role, login).await?;
+        cluster::set_role_login(&admin, &crate::tenant::inner::inner_role(&role), login).await?;
         Ok(())
     }
 

@@ -49,6 +49,7 @@ impl Provisioner {
             }
             cluster::drop_database(&admin, &names.database).await?;
             self.checkpoint(job, "drop_database").await?;
+            cluster::drop_role(&admin, &crate::tenant::inner::inner_role(&names.role)).await?;
             cluster::drop_role(&admin, &names.role).await?;
             self.checkpoint(job, "drop_role").await?;
         }

@@ -12,6 +12,7 @@ use crate::control::servers::ServerRecord;
 use crate::domain::ClientStatus;
 use crate::tenant::TenantError;
 use crate::tenant::cluster::{self, admin_connect};
+use crate::tenant::inner;
 use crate::tenant::migrate::migrate_with;
 use crate::tenant::targets::TenantNames;
 use crate::tenant::template_db;
@@ -160,14 +161,7 @@ impl Provisioner {
                 }
             }
             Step::Role => {
-                // PBKDF2 for the SCRAM verifier is CPU work: off the async threads.
-                let password = self.targets.password_for(id);
-                let iterations = self.targets.settings().scram_iterations;
-                let verifier = tokio::task::spawn_blocking(move || {
-                    cluster::scram_verifier(&password, iterations)
-                })
-                .await
-                .map_err(|e| ProvisionError::Panicked(e.to_string()))?;
+                let verifier = self.scram(self.targets.password_for(id)).await?;
                 let admin = self.admin(run).await?;
                 cluster::ensure_login_role(admin, &names.role, &verifier).await?;
             }
@@ -181,6 +175,16 @@ impl Provisioner {
             Step::Restrict => {
                 let admin = self.admin(run).await?;
                 cluster::restrict_connect(admin, &names.database, &names.role).await?;
+                // The database's second role, for inner clients (owns nothing, sees one slice at a time).
+                let verifier = self.scram(self.targets.inner_password_for(id)).await?;
+                inner::ensure_inner_role(
+                    admin,
+                    &names.database,
+                    &inner::inner_role(&names.role),
+                    &verifier,
+                    true,
+                )
+                .await?;
                 let tenant_db = self.targets.admin_on_tenant(run.server()?, id)?;
                 template_db::hand_over(&tenant_db, self.targets.template_db(), &names.role).await?;
             }
@@ -190,6 +194,12 @@ impl Provisioner {
                     .await
                     .map_err(|f| f.error)?;
                 self.control.set_schema_version(id, outcome.to).await?;
+                // Ready for inner clients (instant on a fresh clone: nothing to fill in, empty indexes).
+                let db = target.connect().await.map_err(TenantError::postgres(
+                    "connecting to the new tenant database to prepare it for inner clients",
+                ))?;
+                inner::prepare(&db).await?;
+                self.control.set_inner_ready(id).await?;
             }
             Step::Fields => {
                 let server = run.server()?;
@@ -212,6 +222,60 @@ impl Provisioner {
             }
         }
         Ok(())
+    }
+
+    /// The `prepare_inner` job: a database provisioned before tenant migration V7 gets its second role (able to
+    /// log in while the client is active) and its lower-case e-mail column filled in and indexed (batches, indexes
+    /// built CONCURRENTLY), then the client is marked ready for inner clients. Idempotent.
+    pub async fn prepare_inner(&self, job: &Job) -> Result<(), ProvisionError> {
+        let client = self.job_client(job).await?;
+        let span = tracing::info_span!("prepare_inner", client = %client.slug);
+        async {
+            let Some(server_id) = client.server_id else {
+                return Ok(());
+            };
+            if client.inner_ready
+                || client.status == ClientStatus::Deleting
+                || client.status == ClientStatus::Deleted
+            {
+                return Ok(());
+            }
+            let server = self.control.server(server_id).await?;
+            let names = self.targets.names(client.id);
+            let verifier = self
+                .scram(self.targets.inner_password_for(client.id))
+                .await?;
+            let admin = admin_connect(&self.targets.admin(&server)?).await?;
+            inner::ensure_inner_role(
+                &admin,
+                &names.database,
+                &inner::inner_role(&names.role),
+                &verifier,
+                client.status == ClientStatus::Active,
+            )
+            .await?;
+            let target = self.targets.admin_on_tenant(&server, client.id)?;
+            let db = target.connect().await.map_err(TenantError::postgres(
+                "connecting to the tenant database to prepare it for inner clients",
+            ))?;
+            let filled = inner::prepare(&db).await?;
+            self.control.set_inner_ready(client.id).await?;
+            tracing::info!(filled, "the database is ready for inner clients");
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// The SCRAM verifier of a derived password (PBKDF2 is CPU work: off the async threads).
+    pub(super) async fn scram(
+        &self,
+        password: crate::db::Secret,
+    ) -> Result<crate::db::Secret, ProvisionError> {
+        let iterations = self.targets.settings().scram_iterations;
+        tokio::task::spawn_blocking(move || cluster::scram_verifier(&password, iterations))
+            .await
+            .map_err(|e| ProvisionError::Panicked(e.to_string()))
     }
 
     /// The run's administrator connection, opened on first use.

@@ -14,6 +14,7 @@ use crate::db::Secret;
 
 const KEY_FILE: &str = "tenant.key";
 const CONTEXT: &str = "mandant.tenant-role.v1:";
+const INNER_CONTEXT: &str = "mandant.tenant-inner-role.v1:";
 
 #[derive(Clone)]
 pub struct Credentials {
@@ -107,9 +108,18 @@ impl Credentials {
 
     /// The password of a client's tenant role.
     pub fn password_for(&self, client_id: Uuid) -> Secret {
+        self.derive(CONTEXT, client_id)
+    }
+
+    /// The password of the second role of a client's database, the inner clients' (tenant::inner).
+    pub fn inner_password_for(&self, client_id: Uuid) -> Secret {
+        self.derive(INNER_CONTEXT, client_id)
+    }
+
+    fn derive(&self, context: &str, client_id: Uuid) -> Secret {
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(self.key.expose().as_bytes())
             .expect("HMAC accepts keys of any length");
-        mac.update(CONTEXT.as_bytes());
+        mac.update(context.as_bytes());
         mac.update(client_id.as_simple().to_string().as_bytes());
         let digest = mac.finalize().into_bytes();
         Secret::new(

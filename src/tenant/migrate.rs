@@ -206,6 +206,10 @@ pub async fn migrate_with(
     // whose objects the migrations create.
     let mut setup = format!("SELECT pg_advisory_lock({LOCK_KEY})");
     if let Some(role) = run_as {
+        // The row-level security groups exist and the owner is in the one that sees every row (V7 names them):
+        // as administrator, before becoming the owner.
+        setup.push_str("; ");
+        setup.push_str(&super::inner::owner_setup_sql(role));
         setup.push_str(&format!("; SET ROLE {}", quote_ident(role)));
     }
     client

@@ -9,6 +9,7 @@
 pub mod cluster;
 pub mod credentials;
 pub mod fields;
+pub mod inner;
 pub mod migrate;
 pub mod pool;
 pub mod targets;

@@ -79,6 +79,24 @@ impl Targets {
         self.credentials.password_for(client_id)
     }
 
+    /// The password of the second role of a client's database (derived, never stored).
+    pub fn inner_password_for(&self, client_id: Uuid) -> Secret {
+        self.credentials.inner_password_for(client_id)
+    }
+
+    /// How inner clients reach their parent's database: its second role (`tenant::inner`), whose rows are
+    /// limited by row-level security to the inner client each transaction names.
+    pub fn inner(&self, server: &ServerRecord, parent_id: Uuid) -> Result<PgTarget, TenantError> {
+        let names = self.names(parent_id);
+        Ok(self
+            .admin(server)?
+            .with_dbname(&names.database)
+            .with_credentials(
+                &super::inner::inner_role(&names.role),
+                self.inner_password_for(parent_id),
+            ))
+    }
+
     /// The administrator's target on a server's maintenance database.
     pub fn admin(&self, server: &ServerRecord) -> Result<PgTarget, TenantError> {
         match &server.admin_url {

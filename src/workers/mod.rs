@@ -280,6 +280,7 @@ async fn execute(
         JobKind::ProvisionClient => provisioner.provision(job).await.map(|()| None)?,
         JobKind::DeleteClient => provisioner.delete(job).await?,
         JobKind::SyncAccess => provisioner.sync_access(job).await.map(|()| None)?,
+        JobKind::PrepareInner => provisioner.prepare_inner(job).await.map(|()| None)?,
     })
 }
 
@@ -305,6 +306,13 @@ pub fn spawn(state: &AppState, tasks: &TaskTracker, cancel: &CancellationToken) 
     }
     if let Some(every) = settings.retention_interval() {
         tasks.spawn(retention_loop(
+            state.fanout().clone(),
+            every,
+            cancel.clone(),
+        ));
+    }
+    if let Some(every) = settings.inner_scope_interval() {
+        tasks.spawn(inner_scope_loop(
             state.fanout().clone(),
             every,
             cancel.clone(),
@@ -460,6 +468,27 @@ async fn retention_loop(fanout: FanOut, every: std::time::Duration, cancel: Canc
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not apply the retention rules"),
+        }
+    })
+    .await
+}
+
+/// Applies every inner client's scope every `every` (see `fanout::inner`); one process at a time.
+async fn inner_scope_loop(fanout: FanOut, every: std::time::Duration, cancel: CancellationToken) {
+    crate::shutdown::every(every, &cancel, || async {
+        match fanout.apply_inner_scopes().await {
+            Ok(Some(runs)) => {
+                let failed = runs.iter().filter(|r| r.applied.is_err()).count();
+                if failed > 0 {
+                    tracing::warn!(
+                        clients = runs.len(),
+                        failed,
+                        "applied the inner clients' scopes"
+                    );
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "could not apply the inner clients' scopes"),
         }
     })
     .await

@@ -14,6 +14,7 @@ mod hardening;
 mod health;
 mod helpers;
 mod import;
+mod inner;
 mod isolation;
 mod layers;
 mod lists;

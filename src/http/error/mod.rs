@@ -175,6 +175,16 @@ impl From<ControlError> for ApiError {
                 "unknown_parent",
                 "The parent client does not exist.",
             ),
+            ControlError::ParentIsInner => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "parent_is_inner",
+                "An inner client cannot be a parent; choose a client with its own database.",
+            ),
+            ControlError::ParentNotReady => conflict(
+                "parent_not_ready",
+                "The parent's database is being prepared for inner clients; retry in a moment."
+                    .into(),
+            ),
             ControlError::ParentNotActive(status) => conflict(
                 "parent_not_active",
                 format!(
@@ -323,6 +333,11 @@ impl From<DataError> for ApiError {
                 StatusCode::CONFLICT,
                 "name_taken",
                 format!("The client has these already, nothing was imported: {clashes}."),
+            ),
+            DataError::OutsideScope(message) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "outside_scope",
+                format!("{message}."),
             ),
             DataError::DoesNotFit(message) => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,

@@ -49,6 +49,9 @@ pub struct PooledConn {
     /// The tenant's cap (see [`TenantPool::gate`]), held while the connection is out.
     pub(super) gate: Option<OwnedSemaphorePermit>,
     pub(super) tenant: Arc<TenantPool>,
+    /// Inside a transaction this wrapper opened ([`Self::begin_scoped`]) and has not ended yet: dropped so, the
+    /// connection is rolled back before anyone else can have it.
+    pub(super) in_tx: bool,
 }
 
 impl std::fmt::Debug for PooledConn {
@@ -90,14 +93,93 @@ impl PooledConn {
     }
 }
 
+impl PooledConn {
+    /// Opens the transaction of an inner client's request and names the inner client in it, as its first statement
+    /// and transaction-local (`set_config(.., true)`): the setting ends with the transaction, so it can never
+    /// reach the next checkout of this connection. One round trip. `snapshot` makes the transaction
+    /// `REPEATABLE READ READ ONLY` (a read request sees one snapshot throughout).
+    pub async fn begin_scoped(
+        &mut self,
+        inner_no: i32,
+        snapshot: bool,
+    ) -> Result<(), tokio_postgres::Error> {
+        let begin = if snapshot {
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+        } else {
+            "BEGIN"
+        };
+        // The number is ours (an integer), not user input.
+        self.in_tx = true;
+        self.client
+            .batch_execute(&format!(
+                "{begin}; SELECT set_config('mandant.inner_client', '{inner_no}', true)"
+            ))
+            .await
+    }
+
+    /// Whether this connection is inside the transaction [`Self::begin_scoped`] opened.
+    pub fn in_scoped_transaction(&self) -> bool {
+        self.in_tx
+    }
+
+    /// Commits (or rolls back) the transaction [`Self::begin_scoped`] opened. On failure the connection is
+    /// discarded when dropped.
+    pub async fn end_scoped(&mut self, commit: bool) -> Result<(), tokio_postgres::Error> {
+        if !self.in_tx {
+            return Ok(());
+        }
+        self.client
+            .batch_execute(if commit { "COMMIT" } else { "ROLLBACK" })
+            .await?;
+        self.in_tx = false;
+        Ok(())
+    }
+
+    fn release(
+        conn: Option<Object<TenantManager>>,
+        gate: Option<OwnedSemaphorePermit>,
+        tenant: &TenantPool,
+    ) {
+        drop(conn);
+        if let Some(permit) = gate {
+            tenant.release_gate(permit);
+        }
+        tenant.returned.notify_one();
+        tenant.budget.returned.notify_waiters();
+    }
+}
+
 impl Drop for PooledConn {
     fn drop(&mut self) {
-        drop(self.conn.take());
-        if let Some(permit) = self.gate.take() {
-            self.tenant.release_gate(permit);
+        let conn = self.conn.take();
+        let gate = self.gate.take();
+        if self.in_tx
+            && let Some(conn) = conn
+        {
+            // Still inside a scoped transaction (a request cut off, a failed commit): roll back before the
+            // connection serves anyone else; discard it if that fails or there is no runtime to do it on.
+            let tenant = self.tenant.clone();
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(async move {
+                        let conn = match conn.client.batch_execute("ROLLBACK").await {
+                            Ok(()) => Some(conn),
+                            Err(_) => {
+                                drop(Object::take(conn));
+                                None
+                            }
+                        };
+                        Self::release(conn, gate, &tenant);
+                    });
+                }
+                Err(_) => {
+                    drop(Object::take(conn));
+                    Self::release(None, gate, &self.tenant);
+                }
+            }
+            return;
         }
-        self.tenant.returned.notify_one();
-        self.tenant.budget.returned.notify_waiters();
+        Self::release(conn, gate, &self.tenant);
     }
 }
 

@@ -359,6 +359,7 @@ impl TenantPools {
                     conn: Some(conn),
                     gate: Some(gate),
                     tenant: tenant.clone(),
+                    in_tx: false,
                 })
             }
             Ok(Err(PoolError::Backend(RouteError::Saturated)))

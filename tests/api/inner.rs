@@ -1,0 +1,1057 @@
+//! Inner clients (issue #19): units inside one client's database whose slices PostgreSQL's row-level security
+//! enforces, through every data-plane endpoint and in hand-written SQL.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::access::{call, user};
+use crate::helpers::{ADMIN_TOKEN, TestApp, spawn_app};
+
+/// A parent `shop` with lists `a-list` and `b-list`, recipients `a1` (on a-list), `b1` (on b-list) and `p1` (on
+/// none), and inner clients `shop-a` (scope: a-list) and `shop-b` (scope: b-list).
+struct Shop {
+    parent: String,
+    inner_a: String,
+    inner_b: String,
+    list_a: i64,
+    list_b: i64,
+    a1: i64,
+    b1: i64,
+    p1: i64,
+}
+
+async fn ok_json(app: &TestApp, method: Method, path: &str, body: Option<Value>) -> Value {
+    let (status, _, json) = call(app, Some(ADMIN_TOKEN), method.clone(), path, body).await;
+    assert!(status.is_success(), "{method} {path}: {status} {json}");
+    json
+}
+
+async fn recipient(app: &TestApp, client: &str, email: &str, list: Option<i64>) -> i64 {
+    let body = ok_json(
+        app,
+        Method::POST,
+        &format!("/v1/clients/{client}/recipients"),
+        Some(json!({"email": email, "last_name": "Shopper"})),
+    )
+    .await;
+    let id = body["id"].as_i64().expect("id");
+    if let Some(list) = list {
+        ok_json(
+            app,
+            Method::PUT,
+            &format!("/v1/clients/{client}/mailing-lists/{list}/recipients/{id}"),
+            Some(json!({"status": "active"})),
+        )
+        .await;
+    }
+    id
+}
+
+async fn inner_client(app: &TestApp, slug: &str, parent: &str, scope: Value) -> Value {
+    let (status, _, body) = call(
+        app,
+        Some(ADMIN_TOKEN),
+        Method::POST,
+        "/v1/clients",
+        Some(
+            json!({"slug": slug, "name": slug, "parent": parent, "kind": "inner", "scope": scope}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body
+}
+
+async fn shop(app: &TestApp) -> Shop {
+    let parent = "shop".to_owned();
+    app.create_active_client(&parent).await;
+    let list = |name: &'static str| {
+        let parent = parent.clone();
+        async move {
+            ok_json(
+                app,
+                Method::POST,
+                &format!("/v1/clients/{parent}/mailing-lists"),
+                Some(json!({"name": name})),
+            )
+            .await["id"]
+                .as_i64()
+                .expect("list id")
+        }
+    };
+    let list_a = list("a-list").await;
+    let list_b = list("b-list").await;
+    let a1 = recipient(app, &parent, "a1@example.org", Some(list_a)).await;
+    let b1 = recipient(app, &parent, "b1@example.org", Some(list_b)).await;
+    let p1 = recipient(app, &parent, "p1@example.org", None).await;
+    let inner_a = format!("{parent}-a");
+    let inner_b = format!("{parent}-b");
+    let a = inner_client(app, &inner_a, &parent, json!({"lists": [list_a]})).await;
+    assert_eq!(a["kind"], "inner");
+    assert_eq!(a["status"], "active");
+    assert_eq!(a["parent"], parent.as_str());
+    assert_eq!(a["scope"], json!({"lists": [list_a], "rule": null}));
+    assert!(a["database"].is_null() && a["server"].is_null(), "{a}");
+    inner_client(app, &inner_b, &parent, json!({"lists": [list_b]})).await;
+    Shop {
+        parent,
+        inner_a,
+        inner_b,
+        list_a,
+        list_b,
+        a1,
+        b1,
+        p1,
+    }
+}
+
+async fn count(tx: &tokio_postgres::Transaction<'_>, sql: &str) -> i64 {
+    tx.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+fn ids(page: &Value) -> Vec<i64> {
+    page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|r| r["id"].as_i64().expect("id"))
+        .collect()
+}
+
+/// The inner client's number, as its parent's database knows it.
+async fn inner_no(app: &TestApp, slug: &str) -> i32 {
+    app.control_i64(&format!(
+        "SELECT inner_no::int8 FROM clients WHERE slug = '{slug}'"
+    ))
+    .await as i32
+}
+
+/// The parent's database as its second role (what an inner client's requests use), outside the pool.
+async fn as_inner_role(app: &TestApp, parent: &str) -> tokio_postgres::Client {
+    let id = app.client_id(parent).await;
+    let control = app.state.control();
+    let record = control.client_by_id(id).await.expect("parent");
+    let server = control
+        .server(record.server_id.expect("placed"))
+        .await
+        .expect("server");
+    app.state
+        .targets()
+        .inner(&server, id)
+        .expect("inner target")
+        .connect()
+        .await
+        .expect("connect as the second role")
+}
+
+#[tokio::test]
+async fn the_database_itself_confines_an_inner_clients_transaction_to_its_slice() {
+    let app = spawn_app().await;
+    let shop = shop(&app).await;
+    let a = inner_no(&app, &shop.inner_a).await;
+    let b = inner_no(&app, &shop.inner_b).await;
+    let mut db = as_inner_role(&app, &shop.parent).await;
+
+    // The role owns nothing and may not bypass row-level security.
+    let row = db
+        .query_one(
+            "SELECT rolsuper, rolbypassrls, (SELECT count(*) FROM pg_class WHERE relowner = r.oid)
+             FROM pg_roles r WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(!row.get::<_, bool>(0) && !row.get::<_, bool>(1));
+    assert_eq!(row.get::<_, i64>(2), 0);
+
+    let mut tx = db.transaction().await.unwrap();
+    tx.execute(
+        "SELECT set_config('mandant.inner_client', $1, true)",
+        &[&a.to_string()],
+    )
+    .await
+    .unwrap();
+    let seen: Vec<i64> = tx
+        .query("SELECT id FROM recipients ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(seen, vec![shop.a1]);
+    assert_eq!(count(&tx, "SELECT count(*) FROM bindings").await, 1);
+    assert_eq!(count(&tx, "SELECT count(*) FROM mailing_lists").await, 1);
+    assert_eq!(count(&tx, "SELECT count(*) FROM target_groups").await, 0);
+    // An UPDATE of a row outside changes nothing.
+    let updated = tx
+        .execute(
+            "UPDATE recipients SET first_name = 'X' WHERE id = ANY($1)",
+            &[&vec![shop.b1, shop.p1]],
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated, 0);
+    let deleted = tx
+        .execute("DELETE FROM recipients WHERE id = $1", &[&shop.b1])
+        .await
+        .unwrap();
+    assert_eq!(deleted, 0);
+    let sp = tx.savepoint("outside").await.unwrap();
+    // An INSERT outside the slice fails.
+    let err = sp
+        .execute(
+            "INSERT INTO recipients (email, mandant_inner) VALUES ('x@example.org', ARRAY[$1::int])",
+            &[&b],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{err}");
+    drop(sp);
+    // Binding the sibling's recipient to one's own list fails (a foreign-key check would not stop it).
+    let sp = tx.savepoint("steal").await.unwrap();
+    let err = sp
+        .execute(
+            "INSERT INTO bindings (mailing_list_id, recipient_id, status) VALUES ($1, $2, 'active')",
+            &[&shop.list_a, &shop.b1],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{err}");
+    drop(sp);
+    // Nor to the sibling's list.
+    let sp = tx.savepoint("foreign_list").await.unwrap();
+    assert!(
+        sp.execute(
+            "INSERT INTO bindings (mailing_list_id, recipient_id, status) VALUES ($1, $2, 'active')",
+            &[&shop.list_b, &shop.a1],
+        )
+        .await
+        .is_err()
+    );
+    drop(sp);
+    tx.commit().await.unwrap();
+
+    // After the transaction the setting is gone: nothing is visible, nothing carries over.
+    let setting: String = db
+        .query_one("SELECT current_setting('mandant.inner_client', true)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(setting, "");
+    let left: i64 = db
+        .query_one("SELECT count(*) FROM recipients", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    // Nothing written by the refused statements.
+    assert_eq!(
+        app.tenant_i64(&shop.parent, "SELECT count(*) FROM recipients")
+            .await,
+        3
+    );
+    assert_eq!(
+        app.tenant_i64(
+            &shop.parent,
+            &format!(
+                "SELECT count(*) FROM bindings WHERE recipient_id = {} AND mailing_list_id = {}",
+                shop.b1, shop.list_a
+            )
+        )
+        .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_pooled_connection_used_for_one_inner_client_carries_nothing_into_the_next_checkout() {
+    let app = spawn_app().await;
+    let shop = shop(&app).await;
+    let data = app.state.data();
+    let slug = |s: &str| mandant::domain::ClientSlug::parse(s).unwrap();
+    let use_ = mandant::tenant::pool::Use::Request;
+
+    let (_, mut first) = data
+        .connect_with(&slug(&shop.inner_a), use_, false)
+        .await
+        .unwrap();
+    let pid_a: i32 = first
+        .client()
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let seen: i64 = first
+        .client()
+        .query_one("SELECT count(*) FROM recipients", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(seen, 1);
+    first.end_scoped(true).await.unwrap();
+    drop(first);
+
+    // Dropped in the middle of its transaction: rolled back before anyone else gets it.
+    let (_, second) = data
+        .connect_with(&slug(&shop.inner_b), use_, false)
+        .await
+        .unwrap();
+    let pid_b: i32 = second
+        .client()
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(pid_a, pid_b, "the one idle connection is reused");
+    let seen: Vec<i64> = second
+        .client()
+        .query("SELECT id FROM recipients", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(seen, vec![shop.b1]);
+    drop(second);
+    // The dropped transaction was rolled back: the backend is idle, not idle in a transaction.
+    let admin = crate::helpers::superuser("postgres").await;
+    let mut state = String::new();
+    for _ in 0..200 {
+        state = admin
+            .query_one(
+                "SELECT state FROM pg_stat_activity WHERE pid = $1",
+                &[&pid_a],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if state == "idle" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(state, "idle");
+
+    // Used outside any scoped transaction, the connection sees nothing.
+    let route = {
+        let parent = app.client_id(&shop.parent).await;
+        let control = app.state.control();
+        let server = control
+            .server(
+                control
+                    .client_by_id(parent)
+                    .await
+                    .unwrap()
+                    .server_id
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        mandant::tenant::pool::TenantRoute {
+            client_id: mandant::data::inner_pool_key(parent),
+            server_id: server.id,
+            target: app.state.targets().inner(&server, parent).unwrap(),
+        }
+    };
+    let bare = data.pools().acquire_for(&route, use_).await.unwrap();
+    let pid: i32 = bare
+        .client()
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(pid, pid_a);
+    let row = bare
+        .client()
+        .query_one(
+            "SELECT current_setting('mandant.inner_client', true), (SELECT count(*) FROM recipients)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "");
+    assert_eq!(row.get::<_, i64>(1), 0);
+}
+
+#[tokio::test]
+async fn two_inner_clients_see_nothing_of_each_other_through_the_api_and_the_parent_sees_both() {
+    let app = spawn_app().await;
+    let shop = shop(&app).await;
+    let alice = user(
+        &app,
+        "alice",
+        &shop.inner_a,
+        &["client-admin"],
+        &[(&shop.inner_a, "full", true)],
+    )
+    .await;
+    let bob = user(
+        &app,
+        "bob",
+        &shop.inner_b,
+        &["client-admin"],
+        &[(&shop.inner_b, "full", true)],
+    )
+    .await;
+    let a = &shop.inner_a;
+    let b = &shop.inner_b;
+
+    let (status, _, page) = call(
+        &app,
+        Some(&alice),
+        Method::GET,
+        &format!("/v1/clients/{a}/recipients"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(ids(&page), vec![shop.a1]);
+    let (_, _, page) = call(
+        &app,
+        Some(&bob),
+        Method::GET,
+        &format!("/v1/clients/{b}/recipients"),
+        None,
+    )
+    .await;
+    assert_eq!(ids(&page), vec![shop.b1]);
+    // The parent's administrator sees everyone.
+    let page = ok_json(
+        &app,
+        Method::GET,
+        &format!("/v1/clients/{}/recipients", shop.parent),
+        None,
+    )
+    .await;
+    assert_eq!(ids(&page), vec![shop.a1, shop.b1, shop.p1]);
+
+    // The sibling's recipient is exactly as absent as one that never existed, by every method.
+    for (method, suffix, body) in [
+        (Method::GET, "", None),
+        (Method::PATCH, "", Some(json!({"first_name": "Mallory"}))),
+        (Method::DELETE, "", None),
+    ] {
+        let (s1, missing, _) = call(
+            &app,
+            Some(&alice),
+            method.clone(),
+            &format!("/v1/clients/{a}/recipients/999999{suffix}"),
+            body.clone(),
+        )
+        .await;
+        let (s2, sibling, _) = call(
+            &app,
+            Some(&alice),
+            method.clone(),
+            &format!("/v1/clients/{a}/recipients/{}{suffix}", shop.b1),
+            body.clone(),
+        )
+        .await;
+        assert_eq!(
+            (s1, s2),
+            (StatusCode::NOT_FOUND, StatusCode::NOT_FOUND),
+            "{method}"
+        );
+        assert_eq!(missing, sibling, "{method}: byte-identical 404");
+    }
+    let (status, _, _) = call(
+        &app,
+        Some(&alice),
+        Method::PUT,
+        &format!(
+            "/v1/clients/{a}/mailing-lists/{}/recipients/{}",
+            shop.list_a, shop.b1
+        ),
+        Some(json!({"status": "active"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = call(
+        &app,
+        Some(&alice),
+        Method::GET,
+        &format!("/v1/clients/{a}/mailing-lists/{}", shop.list_b),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Alice has no access to the sibling at all.
+    let (status, _, _) = call(
+        &app,
+        Some(&alice),
+        Method::GET,
+        &format!("/v1/clients/{b}/recipients"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Nothing changed by the refused writes.
+    let b1 = ok_json(
+        &app,
+        Method::GET,
+        &format!("/v1/clients/{}/recipients/{}", shop.parent, shop.b1),
+        None,
+    )
+    .await;
+    assert_eq!(b1["first_name"], Value::Null);
+
+    // A recipient created through the inner client lands in its slice, on its scope's list.
+    let (status, _, created) = call(
+        &app,
+        Some(&alice),
+        Method::POST,
+        &format!("/v1/clients/{a}/recipients"),
+        Some(json!({"email": "new@example.org"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let new = created["id"].as_i64().unwrap();
+    let (_, _, page) = call(
+        &app,
+        Some(&alice),
+        Method::GET,
+        &format!("/v1/clients/{a}/recipients"),
+        None,
+    )
+    .await;
+    assert_eq!(ids(&page), vec![shop.a1, new]);
+    assert_eq!(
+        app.tenant_i64(
+            &shop.parent,
+            &format!(
+                "SELECT count(*) FROM bindings WHERE recipient_id = {new} AND mailing_list_id = {}",
+                shop.list_a
+            )
+        )
+        .await,
+        1
+    );
+    let (_, _, page) = call(
+        &app,
+        Some(&bob),
+        Method::GET,
+        &format!("/v1/clients/{b}/recipients"),
+        None,
+    )
+    .await;
+    assert_eq!(ids(&page), vec![shop.b1]);
+    // A list outside its scope is refused, and nothing is written.
+    let (status, _, body) = call(
+        &app,
+        Some(&alice),
+        Method::POST,
+        &format!("/v1/clients/{a}/recipients?list={}", shop.list_b),
+        Some(json!({"email": "other@example.org"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "outside_scope");
+    assert_eq!(
+        app.tenant_i64(
+            &shop.parent,
+            "SELECT count(*) FROM recipients WHERE email = 'other@example.org'"
+        )
+        .await,
+        0
+    );
+    // An address in the sibling's slice: the one existence signal, and nothing of the sibling's is handed over.
+    let (status, _, body) = call(
+        &app,
+        Some(&alice),
+        Method::POST,
+        &format!("/v1/clients/{a}/recipients"),
+        Some(json!({"email": "B1@example.org"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "email_taken");
+    let (_, _, page) = call(
+        &app,
+        Some(&alice),
+        Method::GET,
+        &format!("/v1/clients/{a}/recipients"),
+        None,
+    )
+    .await;
+    assert_eq!(ids(&page), vec![shop.a1, new]);
+
+    // A list the inner client creates joins its scope.
+    let (status, _, list) = call(
+        &app,
+        Some(&alice),
+        Method::POST,
+        &format!("/v1/clients/{a}/mailing-lists"),
+        Some(json!({"name": "a-extra"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{list}");
+    let extra = list["id"].as_i64().unwrap();
+    let client = ok_json(&app, Method::GET, &format!("/v1/clients/{a}"), None).await;
+    assert_eq!(client["scope"]["lists"], json!([shop.list_a, extra]));
+    let (_, _, lists) = call(
+        &app,
+        Some(&bob),
+        Method::GET,
+        &format!("/v1/clients/{b}/mailing-lists"),
+        None,
+    )
+    .await;
+    assert_eq!(ids(&lists), vec![shop.list_b]);
+}
+
+#[tokio::test]
+async fn a_list_scope_follows_a_binding_change_at_once() {
+    let app = spawn_app().await;
+    let shop = shop(&app).await;
+    let a = &shop.inner_a;
+    let page = ok_json(
+        &app,
+        Method::GET,
+        &format!("/v1/clients/{a}/recipients"),
+        None,
+    )
+    .await;
+    assert_eq!(ids(&page), vec![shop.a1]);
+    // Bound through the parent: in the slice on the very next request.
+    ok_json(
+        &app,
+        Method::PUT,
+        &format!(
+            "/v1/clients/{}/mailing-lists/{}/recipients/{}",
+            shop.parent, shop.list_a, shop.p1
+        ),
+        Some(json!({"status": "opt_out"})),
+    )
+    .await;
+    let page = ok_json(
+        &app,
+        Method::GET,
+        &format!("/v1/clients/{a}/recipients"),
+        None,
+    )
+    .await;
+    assert_eq!(ids(&page), vec![shop.a1, shop.p1]);
+    // Unbound (there is no unbind endpoint: a statement on the parent's database, which fires the same triggers):
+    // gone at once.
+    app.tenant_db(&shop.parent)
+        .await
+        .execute(
+            "DELETE FROM bindings WHERE mailing_list_id = $1 AND recipient_id = $2",
+            &[&shop.list_a, &shop.a1],
+        )
+        .await
+        .unwrap();
+    let page = ok_json(
+        &app,
+        Method::GET,
+        &format!("/v1/clients/{a}/recipients"),
+        None,
+    )
+    .await;
+    assert_eq!(ids(&page), vec![shop.p1]);
+    // The scope changed: the other list's recipients instead.
+    let patched = ok_json(
+        &app,
+        Method::PATCH,
+        &format!("/v1/clients/{a}"),
+        Some(json!({"scope": {"lists": [shop.list_b]}})),
+    )
+    .await;
+    assert_eq!(patched["scope"]["lists"], json!([shop.list_b]));
+    let page = ok_json(
+        &app,
+        Method::GET,
+        &format!("/v1/clients/{a}/recipients"),
+        None,
+    )
+    .await;
+    assert_eq!(ids(&page), vec![shop.b1]);
+}
+
+#[tokio::test]
+async fn a_rule_scope_follows_changed_recipients_when_the_scope_job_runs() {
+    let app = spawn_app().await;
+    let shop = shop(&app).await;
+    let r = format!("{}-r", shop.parent);
+    let rule = json!({"field": "first_name", "op": "eq", "value": "Rita"});
+    ok_json(
+        &app,
+        Method::PATCH,
+        &format!("/v1/clients/{}/recipients/{}", shop.parent, shop.p1),
+        Some(json!({"first_name": "Rita"})),
+    )
+    .await;
+    inner_client(&app, &r, &shop.parent, json!({"rule": rule})).await;
+    let page = ok_json(
+        &app,
+        Method::GET,
+        &format!("/v1/clients/{r}/recipients"),
+        None,
+    )
+    .await;
+    assert_eq!(ids(&page), vec![shop.p1]);
+    // A recipient changed to match joins when the job runs (workers.inner_scope_interval_secs), not before.
+    ok_json(
+        &app,
+        Method::PATCH,
+        &format!("/v1/clients/{}/recipients/{}", shop.parent, shop.b1),
+        Some(json!({"first_name": "Rita"})),
+    )
+    .await;
+    ok_json(
+        &app,
+        Method::PATCH,
+        &format!("/v1/clients/{}/recipients/{}", shop.parent, shop.p1),
+        Some(json!({"first_name": "Paul"})),
+    )
+    .await;
+    let runs = app
+        .state
+        .fanout()
+        .apply_inner_scopes()
+        .await
+        .unwrap()
+        .expect("not locked");
+    assert!(runs.iter().all(|r| r.applied.is_ok()), "{runs:?}");
+    let page = ok_json(
+        &app,
+        Method::GET,
+        &format!("/v1/clients/{r}/recipients"),
+        None,
+    )
+    .await;
+    assert_eq!(ids(&page), vec![shop.b1]);
+    // Created through the rule-only inner client: it must match the rule.
+    let (status, _, body) = call(
+        &app,
+        Some(ADMIN_TOKEN),
+        Method::POST,
+        &format!("/v1/clients/{r}/recipients"),
+        Some(json!({"email": "no@example.org", "first_name": "Nora"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "outside_scope");
+    assert_eq!(
+        app.tenant_i64(
+            &shop.parent,
+            "SELECT count(*) FROM recipients WHERE email = 'no@example.org'"
+        )
+        .await,
+        0
+    );
+    let (status, _, body) = call(
+        &app,
+        Some(ADMIN_TOKEN),
+        Method::POST,
+        &format!("/v1/clients/{r}/recipients"),
+        Some(json!({"email": "yes@example.org", "first_name": "Rita"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let page = ok_json(
+        &app,
+        Method::GET,
+        &format!("/v1/clients/{r}/recipients"),
+        None,
+    )
+    .await;
+    assert_eq!(ids(&page).len(), 2);
+}
+
+#[tokio::test]
+async fn masking_and_read_only_access_work_on_an_inner_client() {
+    let app = spawn_app().await;
+    let shop = shop(&app).await;
+    let a = &shop.inner_a;
+    let reader = user(&app, "reader", a, &["client-admin"], &[(a, "read", false)]).await;
+    let (status, _, page) = call(
+        &app,
+        Some(&reader),
+        Method::GET,
+        &format!("/v1/clients/{a}/recipients"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(ids(&page), vec![shop.a1]);
+    let shown = &page["items"][0];
+    assert_ne!(shown["email"], "a1@example.org", "masked: {shown}");
+    let (status, _, _) = call(
+        &app,
+        Some(&reader),
+        Method::POST,
+        &format!("/v1/clients/{a}/mailing-lists"),
+        Some(json!({"name": "nope"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, _) = call(
+        &app,
+        Some(&reader),
+        Method::PATCH,
+        &format!("/v1/clients/{a}/recipients/{}", shop.a1),
+        Some(json!({"first_name": "X"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, _) = call(
+        &app,
+        Some(&reader),
+        Method::GET,
+        &format!("/v1/clients/{}/recipients", shop.parent),
+        None,
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "no access to the parent: invisible"
+    );
+}
+
+#[tokio::test]
+async fn templates_and_target_groups_of_an_inner_client_are_its_own_and_the_parents_are_read_only()
+{
+    let app = spawn_app().await;
+    let shop = shop(&app).await;
+    let (a, b, parent) = (&shop.inner_a, &shop.inner_b, &shop.parent);
+    let parents = ok_json(
+        &app,
+        Method::POST,
+        &format!("/v1/clients/{parent}/templates"),
+        Some(json!({"name": "Parent's", "subject": "s", "text_body": "t"})),
+    )
+    .await;
+    let parents_id = parents["id"].as_str().unwrap().to_owned();
+    let mine = ok_json(
+        &app,
+        Method::POST,
+        &format!("/v1/clients/{a}/templates"),
+        Some(json!({"name": "A's", "subject": "s", "text_body": "t"})),
+    )
+    .await;
+    let mine_id = mine["id"].as_str().unwrap().to_owned();
+    let names = |page: &Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["origin"] == "local")
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let a_sees = ok_json(
+        &app,
+        Method::GET,
+        &format!("/v1/clients/{a}/templates"),
+        None,
+    )
+    .await;
+    assert_eq!(names(&a_sees), vec!["A's", "Parent's"]);
+    let b_sees = ok_json(
+        &app,
+        Method::GET,
+        &format!("/v1/clients/{b}/templates"),
+        None,
+    )
+    .await;
+    assert_eq!(names(&b_sees), vec!["Parent's"]);
+    let parent_sees = ok_json(
+        &app,
+        Method::GET,
+        &format!("/v1/clients/{parent}/templates"),
+        None,
+    )
+    .await;
+    assert_eq!(names(&parent_sees), vec!["A's", "Parent's"]);
+    // The parent's template is read-only for the inner client.
+    let (status, _, _) = call(
+        &app,
+        Some(ADMIN_TOKEN),
+        Method::PUT,
+        &format!("/v1/clients/{a}/templates/{parents_id}"),
+        Some(json!({"name": "Mine now", "subject": "s", "text_body": "t"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = call(
+        &app,
+        Some(ADMIN_TOKEN),
+        Method::GET,
+        &format!("/v1/clients/{b}/templates/{mine_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // A target group counts the inner client's slice only, and the sibling does not see it.
+    let group = ok_json(&app, Method::POST, &format!("/v1/clients/{a}/target-groups"), Some(json!({"name": "Shoppers", "rule": {"field": "last_name", "op": "eq", "value": "Shopper"}}))).await;
+    let gid = group["id"].as_i64().unwrap();
+    let count = ok_json(
+        &app,
+        Method::GET,
+        &format!("/v1/clients/{a}/target-groups/{gid}/count"),
+        None,
+    )
+    .await;
+    assert_eq!(count["count"], 1, "{count}");
+    let (status, _, _) = call(
+        &app,
+        Some(ADMIN_TOKEN),
+        Method::GET,
+        &format!("/v1/clients/{b}/target-groups/{gid}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let parent_groups = ok_json(
+        &app,
+        Method::GET,
+        &format!("/v1/clients/{parent}/target-groups"),
+        None,
+    )
+    .await;
+    assert_eq!(ids(&parent_groups), vec![gid]);
+}
+
+#[tokio::test]
+async fn creating_an_inner_client_is_validated_and_changes_nothing_when_refused() {
+    let app = spawn_app().await;
+    let shop = shop(&app).await;
+    let parent = &shop.parent;
+    let before = app.control_i64("SELECT count(*) FROM clients").await;
+    for (body, status, code) in [
+        (
+            json!({"slug": "x-inner", "name": "x", "kind": "inner", "scope": {"lists": [shop.list_a]}}),
+            400,
+            "invalid_body",
+        ),
+        (
+            json!({"slug": "x-inner", "name": "x", "parent": parent, "kind": "inner"}),
+            400,
+            "invalid_body",
+        ),
+        (
+            json!({"slug": "x-inner", "name": "x", "parent": parent, "kind": "inner", "scope": {}}),
+            400,
+            "invalid_rule",
+        ),
+        (
+            json!({"slug": "x-inner", "name": "x", "parent": parent, "kind": "inner", "scope": {"lists": [987654]}}),
+            400,
+            "invalid_rule",
+        ),
+        (
+            json!({"slug": "x-inner", "name": "x", "parent": parent, "kind": "inner", "scope": {"rule": {"field": "nope", "op": "eq", "value": 1}}}),
+            400,
+            "invalid_rule",
+        ),
+        (
+            json!({"slug": "x-inner", "name": "x", "parent": shop.inner_a, "kind": "inner", "scope": {"lists": [shop.list_a]}}),
+            422,
+            "parent_is_inner",
+        ),
+        (
+            json!({"slug": "x-inner", "name": "x", "parent": shop.inner_a}),
+            422,
+            "parent_is_inner",
+        ),
+        (
+            json!({"slug": "x-inner", "name": "x", "parent": parent, "scope": {"lists": [shop.list_a]}}),
+            400,
+            "invalid_body",
+        ),
+        (
+            json!({"slug": shop.inner_b, "name": "x", "parent": parent, "kind": "inner", "scope": {"lists": [shop.list_a]}}),
+            409,
+            "slug_taken",
+        ),
+    ] {
+        let (got, _, answer) = call(
+            &app,
+            Some(ADMIN_TOKEN),
+            Method::POST,
+            "/v1/clients",
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(got.as_u16(), status, "{body} → {answer}");
+        assert_eq!(answer["error"]["code"], code, "{body} → {answer}");
+    }
+    assert_eq!(
+        app.control_i64("SELECT count(*) FROM clients").await,
+        before
+    );
+    // A scope only for inner clients.
+    let (status, _, _) = call(
+        &app,
+        Some(ADMIN_TOKEN),
+        Method::PATCH,
+        &format!("/v1/clients/{parent}"),
+        Some(json!({"scope": {"lists": [shop.list_a]}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _, _) = call(
+        &app,
+        Some(ADMIN_TOKEN),
+        Method::PATCH,
+        &format!("/v1/clients/{parent}"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn deleting_an_inner_client_keeps_the_parents_recipients_and_a_parent_with_inner_clients_cannot_go()
+ {
+    let app = spawn_app().await;
+    let shop = shop(&app).await;
+    let (status, _, body) = call(
+        &app,
+        Some(ADMIN_TOKEN),
+        Method::DELETE,
+        &format!("/v1/clients/{}", shop.parent),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, _, body) = call(
+        &app,
+        Some(ADMIN_TOKEN),
+        Method::DELETE,
+        &format!("/v1/clients/{}", shop.inner_a),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let op = app
+        .wait_for_operation(body["operation"].as_str().unwrap())
+        .await;
+    assert_eq!(op["status"], "succeeded", "{op}");
+    let (status, _, _) = call(
+        &app,
+        Some(ADMIN_TOKEN),
+        Method::GET,
+        &format!("/v1/clients/{}/recipients", shop.inner_a),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.tenant_i64(&shop.parent, "SELECT count(*) FROM recipients")
+            .await,
+        3
+    );
+    // The sibling is untouched.
+    let page = ok_json(
+        &app,
+        Method::GET,
+        &format!("/v1/clients/{}/recipients", shop.inner_b),
+        None,
+    )
+    .await;
+    assert_eq!(ids(&page), vec![shop.b1]);
+}
