@@ -234,6 +234,8 @@ pub async fn full_access(
         .insert(mandant::http::auth::ClientScope {
             client,
             grant: mandant::domain::rights::Grant::EVERYTHING,
+            session: Default::default(),
+            read_only: false,
         });
     next.run(request).await
 }

@@ -73,6 +73,21 @@ fn bad(line: u64, reason: impl Into<String>) -> DataError {
     })
 }
 
+/// Where the imported recipients land besides the recipients table (`?list=`, an inner client's scope).
+#[derive(Debug, Clone, Default)]
+pub enum Landing {
+    #[default]
+    Nowhere,
+    /// Every imported recipient is bound (status `active`) to this list, unless it is on it already.
+    List(i64),
+    /// An inner client whose scope is a rule only: every imported recipient becomes a member by the rule, and
+    /// must match it (else nothing is imported).
+    Rule {
+        inner_no: i32,
+        rule: serde_json::Value,
+    },
+}
+
 /// Streams `body` into the tenant's recipients. Nothing is written unless every record is valid.
 pub async fn run<S, E>(
     db: &mut Client,
@@ -80,6 +95,7 @@ pub async fn run<S, E>(
     format: Format,
     body: S,
     limit_bytes: usize,
+    landing: &Landing,
 ) -> Result<ImportOutcome, DataError>
 where
     S: Stream<Item = Result<Bytes, E>>,
@@ -96,6 +112,7 @@ where
     let written = written_columns(&columns, &reader.present);
     let records = reader.records;
     if let Some(inserted) = insert_all_new(&tx, &written, source).await? {
+        land(&tx, schema, landing).await?;
         tx.commit().await?;
         return Ok(ImportOutcome {
             records,
@@ -104,12 +121,69 @@ where
         });
     }
     let (inserted, updated) = upsert(&tx, &written, source).await?;
+    land(&tx, schema, landing).await?;
     tx.commit().await?;
     Ok(ImportOutcome {
         records,
         inserted,
         updated,
     })
+}
+
+/// Binds the staged recipients to the landing list, or makes them members of an inner client's rule scope
+/// (refusing the import when one does not match the rule).
+async fn land(tx: &Transaction<'_>, schema: &Schema, landing: &Landing) -> Result<(), DataError> {
+    // The stored lower-case address where it is indexed: `lower(email)` cannot use an index under an inner
+    // client's row-level security.
+    let key = if schema.email_lower {
+        "r.mandant_email_lower = lower(s.email)"
+    } else {
+        "lower(r.email) = lower(s.email)"
+    };
+    match landing {
+        Landing::Nowhere => Ok(()),
+        Landing::List(list) => {
+            let exists: bool = tx
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM mailing_lists WHERE id = $1)",
+                    &[list],
+                )
+                .await?
+                .get(0);
+            if !exists {
+                return Err(DataError::OutsideScope(format!(
+                    "mailing list {list} does not exist; nothing was imported"
+                )));
+            }
+            let sql = format!(
+                "INSERT INTO bindings (mailing_list_id, recipient_id, status)
+                 SELECT l.id, r.id, 'active' FROM mandant_import s JOIN recipients r ON {key}
+                 JOIN mailing_lists l ON l.id = $1
+                 ON CONFLICT (mailing_list_id, recipient_id) DO NOTHING"
+            );
+            tx.execute(&sql, &[list]).await?;
+            Ok(())
+        }
+        Landing::Rule { inner_no, rule } => {
+            let sql = format!(
+                "UPDATE recipients r SET mandant_inner_rules = array_append(r.mandant_inner_rules, $1::int)
+                 FROM mandant_import s WHERE {key} AND NOT r.mandant_inner_rules @> ARRAY[$1::int]"
+            );
+            tx.execute(&sql, &[inner_no]).await?;
+            let compiled = super::rules::compile(rule, schema).map_err(DataError::Rule)?;
+            let sql = format!(
+                "SELECT count(*) FROM mandant_import s JOIN recipients r ON {key} WHERE NOT coalesce(({}), false)",
+                compiled.sql
+            );
+            let outside: i64 = tx.query_one(&sql, &compiled.param_refs()).await?.get(0);
+            if outside > 0 {
+                return Err(DataError::OutsideScope(format!(
+                    "{outside} imported recipients do not match this inner client's rule; nothing was imported"
+                )));
+            }
+            Ok(())
+        }
+    }
 }
 
 /// The staging table the COPY fills: the line number, then every writable field in its own type. Dropped at
@@ -258,7 +332,19 @@ async fn upsert(
             .collect::<Vec<_>>()
             .join(", "),
     );
-    let row = tx.query_one(&upsert, &[]).await?;
+    // Under an inner client's row-level security, an address that exists outside its slice is invisible to the
+    // conflict check and refused by the policy (or the unique index): the one existence signal, as on create.
+    let row = tx
+        .query_one(&upsert, &[])
+        .await
+        .map_err(|e| match e.code() {
+            Some(c)
+                if *c == SqlState::INSUFFICIENT_PRIVILEGE || *c == SqlState::UNIQUE_VIOLATION =>
+            {
+                DataError::EmailTaken
+            }
+            _ => DataError::Query(e),
+        })?;
     let count = |i| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
     Ok((count(0), count(1)))
 }

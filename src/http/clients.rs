@@ -255,6 +255,8 @@ async fn create_inner(
     if parent.is_inner() {
         return Err(crate::control::ControlError::ParentIsInner.into());
     }
+    // Fresh from the control plane (the route cache's copy may predate a database's preparation).
+    let parent = state.control().client_by_id(parent.id).await?;
     if parent.status == ClientStatus::Active && !parent.inner_ready {
         state
             .control()

@@ -309,6 +309,11 @@ pub async fn delete(tenant: Tenant, RowId(id): RowId) -> Result<StatusCode, ApiE
 pub struct ImportParams {
     /// CSV separator: `,` (default), `;`, `tab` or `|`.
     pub delimiter: Option<String>,
+    /// Bind every imported recipient (status `active`, unless it is on the list already) to this mailing list.
+    /// For an inner client it must be one of its scope's lists (default: the scope's first list; a scope with a
+    /// rule only: every record must match the rule).
+    #[param(minimum = 1)]
+    pub list: Option<i64>,
 }
 
 /// The import format from the body's content type (and, for CSV, the `delimiter` parameter).
@@ -364,8 +369,9 @@ fn import_format(headers: &HeaderMap, params: &ImportParams) -> Result<Format, A
         (status = 200, description = "Imported", body = ImportOutcome),
         (status = 400, description = "A bad record (its line is named); nothing was written", body = ErrorBody),
         (status = 404, description = "No such client", body = ErrorBody),
-        (status = 409, description = "The client is not active", body = ErrorBody),
+        (status = 409, description = "The client is not active, or an address exists outside an inner client's slice", body = ErrorBody),
         (status = 413, description = "Larger than server.import_limit_bytes", body = ErrorBody),
+        (status = 422, description = "A list or record outside the inner client's scope; nothing was written", body = ErrorBody),
         (status = 415, description = "Neither CSV nor NDJSON", body = ErrorBody),
         (status = 503, description = "The tenant database is unavailable", body = ErrorBody)))]
 pub async fn import(
@@ -385,6 +391,19 @@ pub async fn import(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(DataError::Import(ImportError::TooLarge(limit)).into());
     }
+    let scope = tenant.scope()?;
+    let landing = match (
+        crate::data::inner::landing_list(scope.as_ref(), params.list)?,
+        scope,
+        tenant.client().inner_no,
+    ) {
+        (Some(list), _, _) => import::Landing::List(list),
+        (None, Some(scope), Some(inner_no)) => import::Landing::Rule {
+            inner_no,
+            rule: scope.rule.unwrap_or(serde_json::Value::Null),
+        },
+        _ => import::Landing::Nowhere,
+    };
     let mut db = tenant.db().await?;
     let schema = Schema::load(db.client()).await?;
     let outcome = import::run(
@@ -393,6 +412,7 @@ pub async fn import(
         format,
         body.into_data_stream(),
         limit,
+        &landing,
     )
     .await?;
     tracing::info!(client = %tenant.slug(), records = outcome.records, inserted = outcome.inserted,

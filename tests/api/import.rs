@@ -299,7 +299,14 @@ async fn a_cancelled_import_returns_its_connection_outside_any_transaction() {
     )))])
     .chain(futures_util::stream::pending());
     let csv_format = Format::Csv { delimiter: b',' };
-    let import = import::run(conn.client_mut(), &schema, csv_format, rows, 1 << 20);
+    let import = import::run(
+        conn.client_mut(),
+        &schema,
+        csv_format,
+        rows,
+        1 << 20,
+        &import::Landing::Nowhere,
+    );
     assert!(
         tokio::time::timeout(Duration::from_millis(300), import)
             .await

@@ -839,6 +839,8 @@ async fn templates_and_target_groups_of_an_inner_client_are_its_own_and_the_pare
             .iter()
             .filter(|t| t["origin"] == "local")
             .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
             .collect()
     };
     let a_sees = ok_json(
@@ -1054,4 +1056,317 @@ async fn deleting_an_inner_client_keeps_the_parents_recipients_and_a_parent_with
     )
     .await;
     assert_eq!(ids(&page), vec![shop.b1]);
+}
+
+#[tokio::test]
+async fn an_import_through_an_inner_client_lands_in_its_slice_and_an_address_outside_it_imports_nothing()
+ {
+    let app = spawn_app().await;
+    let shop = shop(&app).await;
+    let a = &shop.inner_a;
+    let csv = "email,first_name\nn1@example.org,Ned\nA1@example.org,Ann\n";
+    let response = app
+        .post_body(
+            &format!("/v1/clients/{a}/recipients/import"),
+            "text/csv",
+            csv,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let outcome: Value = response.json().await.unwrap();
+    assert_eq!(
+        (outcome["inserted"].as_i64(), outcome["updated"].as_i64()),
+        (Some(1), Some(1)),
+        "{outcome}"
+    );
+    let page = ok_json(
+        &app,
+        Method::GET,
+        &format!("/v1/clients/{a}/recipients"),
+        None,
+    )
+    .await;
+    assert_eq!(ids(&page).len(), 2, "{page}");
+    assert_eq!(
+        app.tenant_i64(&shop.parent, &format!("SELECT count(*) FROM bindings b JOIN recipients r ON r.id = b.recipient_id WHERE r.email = 'n1@example.org' AND b.mailing_list_id = {}", shop.list_a)).await,
+        1
+    );
+    // b1 is the sibling's: the import is refused as a whole, nothing of it written, nothing of b1 changed.
+    let csv = "email,first_name\nn2@example.org,Nina\nb1@example.org,Mallory\n";
+    let response = app
+        .post_body(
+            &format!("/v1/clients/{a}/recipients/import"),
+            "text/csv",
+            csv,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "email_taken", "{body}");
+    assert_eq!(
+        app.tenant_i64(
+            &shop.parent,
+            "SELECT count(*) FROM recipients WHERE email = 'n2@example.org'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        app.tenant_i64(
+            &shop.parent,
+            "SELECT count(*) FROM recipients WHERE first_name = 'Mallory'"
+        )
+        .await,
+        0
+    );
+    // A list outside the scope: refused.
+    let response = app
+        .post_body(
+            &format!("/v1/clients/{a}/recipients/import?list={}", shop.list_b),
+            "text/csv",
+            "email\nn3@example.org\n",
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        app.tenant_i64(
+            &shop.parent,
+            "SELECT count(*) FROM recipients WHERE email = 'n3@example.org'"
+        )
+        .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_suspended_parent_takes_its_inner_clients_with_it_and_both_roles_stop_logging_in() {
+    let app = spawn_app().await;
+    let shop = shop(&app).await;
+    let page = ok_json(
+        &app,
+        Method::GET,
+        &format!("/v1/clients/{}/recipients", shop.inner_a),
+        None,
+    )
+    .await;
+    assert_eq!(ids(&page), vec![shop.a1]);
+    ok_json(
+        &app,
+        Method::POST,
+        &format!("/v1/clients/{}/suspend", shop.parent),
+        None,
+    )
+    .await;
+    let id = app.client_id(&shop.parent).await;
+    let role = app.state.targets().names(id).role;
+    assert!(!crate::helpers::role_can_login(&role).await);
+    assert!(!crate::helpers::role_can_login(&mandant::tenant::inner::inner_role(&role)).await);
+    let (status, _, body) = call(
+        &app,
+        Some(ADMIN_TOKEN),
+        Method::GET,
+        &format!("/v1/clients/{}/recipients", shop.inner_a),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    ok_json(
+        &app,
+        Method::POST,
+        &format!("/v1/clients/{}/resume", shop.parent),
+        None,
+    )
+    .await;
+    assert!(crate::helpers::role_can_login(&mandant::tenant::inner::inner_role(&role)).await);
+    let page = ok_json(
+        &app,
+        Method::GET,
+        &format!("/v1/clients/{}/recipients", shop.inner_a),
+        None,
+    )
+    .await;
+    assert_eq!(ids(&page), vec![shop.a1]);
+}
+
+#[tokio::test]
+async fn a_database_provisioned_before_inner_clients_is_prepared_by_a_job_first() {
+    let app = spawn_app().await;
+    app.create_active_client("old").await;
+    let list = ok_json(
+        &app,
+        Method::POST,
+        "/v1/clients/old/mailing-lists",
+        Some(json!({"name": "l"})),
+    )
+    .await["id"]
+        .as_i64()
+        .unwrap();
+    let r = recipient(&app, "old", "Old@Example.org", Some(list)).await;
+    // As a tenant provisioned before tenant migration V7 looks once migrated: no second role, the lower-case
+    // e-mail not filled in, no indexes, not marked ready.
+    let id = app.client_id("old").await;
+    let role = app.state.targets().names(id).role;
+    let db = app.tenant_db("old").await;
+    db.batch_execute(
+        "DROP INDEX recipients_mandant_email_lower; DROP INDEX recipients_mandant_inner;
+         ALTER TABLE recipients DISABLE TRIGGER recipients_email_lower;
+         UPDATE recipients SET mandant_email_lower = NULL;
+         ALTER TABLE recipients ENABLE TRIGGER recipients_email_lower;",
+    )
+    .await
+    .unwrap();
+    crate::helpers::superuser("postgres")
+        .await
+        .batch_execute(&format!(
+            "REVOKE ALL ON DATABASE \"{db}\" FROM \"{rls}\"; DROP ROLE \"{rls}\"",
+            db = app.state.targets().names(id).database,
+            rls = mandant::tenant::inner::inner_role(&role)
+        ))
+        .await
+        .unwrap();
+    app.control()
+        .await
+        .execute(
+            "UPDATE clients SET inner_ready = false WHERE slug = 'old'",
+            &[],
+        )
+        .await
+        .unwrap();
+
+    let body = json!({"slug": "old-a", "name": "A", "parent": "old", "kind": "inner", "scope": {"lists": [list]}});
+    let (status, _, answer) = call(
+        &app,
+        Some(ADMIN_TOKEN),
+        Method::POST,
+        "/v1/clients",
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert_eq!(answer["error"]["code"], "parent_not_ready");
+    // The job runs (the app's workers), then the same request succeeds.
+    let mut created = None;
+    for _ in 0..200 {
+        let (status, _, answer) = call(
+            &app,
+            Some(ADMIN_TOKEN),
+            Method::POST,
+            "/v1/clients",
+            Some(body.clone()),
+        )
+        .await;
+        if status == StatusCode::CREATED {
+            created = Some(answer);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    if created.is_none() {
+        let jobs = app
+            .control()
+            .await
+            .query("SELECT status || ' ' || coalesce(last_error, '') FROM jobs WHERE kind = 'prepare_inner'", &[])
+            .await
+            .unwrap();
+        let jobs: Vec<String> = jobs.iter().map(|r| r.get(0)).collect();
+        panic!("the parent did not become ready: {jobs:?}");
+    }
+    assert_eq!(
+        app.tenant_i64(
+            "old",
+            "SELECT count(*) FROM recipients WHERE mandant_email_lower = 'old@example.org'"
+        )
+        .await,
+        1
+    );
+    let page = ok_json(
+        &app,
+        Method::GET,
+        "/v1/clients/old-a/recipients?email=old@example.org",
+        None,
+    )
+    .await;
+    assert_eq!(ids(&page), vec![r]);
+}
+
+#[tokio::test]
+async fn membership_triggers_fired_by_an_inner_client_see_every_binding_and_keep_the_siblings_membership()
+ {
+    let app = spawn_app().await;
+    let shop = shop(&app).await;
+    // a1 is in both slices: on a-list and (through the parent) on b-list.
+    ok_json(
+        &app,
+        Method::PUT,
+        &format!(
+            "/v1/clients/{}/mailing-lists/{}/recipients/{}",
+            shop.parent, shop.list_b, shop.a1
+        ),
+        Some(json!({"status": "active"})),
+    )
+    .await;
+    let page = ok_json(
+        &app,
+        Method::GET,
+        &format!("/v1/clients/{}/recipients", shop.inner_b),
+        None,
+    )
+    .await;
+    assert_eq!(ids(&page), vec![shop.a1, shop.b1]);
+    // Inner client A binds a1 to a list of its own: the trigger recomputes a1's membership from every binding,
+    // b-list's included, which A cannot see (a trigger running as A would drop B).
+    let extra = ok_json(
+        &app,
+        Method::POST,
+        &format!("/v1/clients/{}/mailing-lists", shop.inner_a),
+        Some(json!({"name": "a-extra"})),
+    )
+    .await["id"]
+        .as_i64()
+        .unwrap();
+    ok_json(
+        &app,
+        Method::PUT,
+        &format!(
+            "/v1/clients/{}/mailing-lists/{extra}/recipients/{}",
+            shop.inner_a, shop.a1
+        ),
+        Some(json!({"status": "active"})),
+    )
+    .await;
+    let page = ok_json(
+        &app,
+        Method::GET,
+        &format!("/v1/clients/{}/recipients", shop.inner_b),
+        None,
+    )
+    .await;
+    assert_eq!(ids(&page), vec![shop.a1, shop.b1], "B keeps a1");
+    let (a, b) = (
+        inner_no(&app, &shop.inner_a).await,
+        inner_no(&app, &shop.inner_b).await,
+    );
+    assert_eq!(
+        app.tenant_i64(
+            &shop.parent,
+            &format!(
+                "SELECT count(*) FROM recipients WHERE id = {} AND mandant_inner = ARRAY[{a}, {b}]",
+                shop.a1
+            )
+        )
+        .await,
+        1
+    );
+    // And the retention bookkeeping (V6) too: it looks at every binding of the recipient.
+    assert_eq!(
+        app.tenant_i64(
+            &shop.parent,
+            &format!(
+                "SELECT count(*) FROM recipients WHERE id = {} AND mandant_unbound_since IS NULL",
+                shop.a1
+            )
+        )
+        .await,
+        1
+    );
 }
