@@ -125,11 +125,15 @@ async fn main() {
          FROM generate_series(1, {recipients}) g;
          INSERT INTO bindings (mailing_list_id, recipient_id, status)
          SELECT l.ids[(r.id % {INNER}) + 1], r.id, 'active'
-         FROM recipients r, (SELECT array_agg(id ORDER BY id) AS ids FROM mailing_lists) l;
-         VACUUM ANALYZE recipients; VACUUM ANALYZE bindings; VACUUM ANALYZE mailing_lists;"
+         FROM recipients r, (SELECT array_agg(id ORDER BY id) AS ids FROM mailing_lists) l;"
     ))
     .await
     .expect("recipients");
+    for table in ["recipients", "bindings", "mailing_lists"] {
+        db.batch_execute(&format!("VACUUM ANALYZE {table}"))
+            .await
+            .expect("vacuum");
+    }
     let per_slice: i64 = db
         .query_one(
             "SELECT count(*) FROM recipients WHERE mandant_inner @> ARRAY[3]",
@@ -274,8 +278,8 @@ async fn main() {
         for times in [&mut inner_times, &mut hand_times, &mut parent_times] {
             times.sort();
         }
-        let median = |t: &[Duration]| common::ms(common::percentile(t, 0.5));
-        let p90 = |t: &[Duration]| common::ms(common::percentile(t, 0.9));
+        let median = |t: &[Duration]| common::ms(common::percentile(t, 50.0));
+        let p90 = |t: &[Duration]| common::ms(common::percentile(t, 90.0));
         let ratio = median(&hand_times) / median(&inner_times);
         rows.push(json!({
             "query": query.name,

@@ -296,7 +296,7 @@ impl DataPlane {
         // status where every tenant failure of a request is seen, `http::auth` (`recheck_unavailable`).
         let mut conn = self.pools.acquire_for(&route, usage).await?;
         if let Some(inner_no) = client.inner_no {
-            conn.begin_scoped(inner_no, snapshot).await?;
+            conn.begin_scoped(inner_no, snapshot)?;
         }
         Ok((client, conn))
     }

@@ -331,6 +331,11 @@ async fn visits(
         })
         .filter(|(_, grant)| grant.is_visible())
         .collect();
+    // A database is counted once: an inner client's slice is part of its parent's database, so it is visited only
+    // when its parent is not (a caller who sees the inner client alone gets its slice).
+    let parents: std::collections::HashSet<uuid::Uuid> =
+        selected.iter().map(|(c, _)| c.id).collect();
+    selected.retain(|(c, _)| !(c.is_inner() && c.parent_id.is_some_and(|p| parents.contains(&p))));
     selected.sort_by(|a, b| a.0.slug.cmp(&b.0.slug));
     let masked: Vec<uuid::Uuid> = selected
         .iter()

@@ -1370,3 +1370,62 @@ async fn membership_triggers_fired_by_an_inner_client_see_every_binding_and_keep
         1
     );
 }
+
+#[tokio::test]
+async fn the_overview_and_cross_client_counts_count_a_shared_database_once() {
+    let app = spawn_app().await;
+    let shop = shop(&app).await;
+    let group = ok_json(
+        &app,
+        Method::POST,
+        "/v1/target-groups",
+        Some(json!({"name": "Shoppers", "rule": {"field": "last_name", "op": "eq", "value": "Shopper"}})),
+    )
+    .await;
+    let count = ok_json(
+        &app,
+        Method::GET,
+        &format!("/v1/target-groups/{}/count", group["id"]),
+        None,
+    )
+    .await;
+    assert_eq!(count["total"], 3, "{count}");
+    let counted: Vec<&str> = count["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["client"].as_str().unwrap())
+        .collect();
+    assert!(counted.contains(&shop.parent.as_str()), "{count}");
+    assert!(
+        !counted.contains(&shop.inner_a.as_str()) && !counted.contains(&shop.inner_b.as_str()),
+        "{count}"
+    );
+
+    let overview = ok_json(&app, Method::GET, "/v1/overview", None).await;
+    let rows = overview["items"].as_array().unwrap();
+    let inner = rows
+        .iter()
+        .find(|r| r["slug"] == shop.inner_a.as_str())
+        .expect("listed");
+    assert_eq!(inner["kind"], "inner");
+    assert_eq!(inner["parent"], shop.parent.as_str());
+    assert!(
+        inner["recipients"].is_null() && inner["database_bytes"].is_null(),
+        "{inner}"
+    );
+    let children = ok_json(
+        &app,
+        Method::GET,
+        &format!("/v1/overview?parent={}", shop.parent),
+        None,
+    )
+    .await;
+    let slugs: Vec<&str> = children["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["slug"].as_str().unwrap())
+        .collect();
+    assert_eq!(slugs, vec![shop.inner_a.as_str(), shop.inner_b.as_str()]);
+}

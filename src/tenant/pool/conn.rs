@@ -52,6 +52,8 @@ pub struct PooledConn {
     /// Inside a transaction this wrapper opened ([`Self::begin_scoped`]) and has not ended yet: dropped so, the
     /// connection is rolled back before anyone else can have it.
     pub(super) in_tx: bool,
+    /// That transaction is read-only (its end need not be awaited).
+    pub(super) read_only_tx: bool,
 }
 
 impl std::fmt::Debug for PooledConn {
@@ -96,25 +98,33 @@ impl PooledConn {
 impl PooledConn {
     /// Opens the transaction of an inner client's request and names the inner client in it, as its first statement
     /// and transaction-local (`set_config(.., true)`): the setting ends with the transaction, so it can never
-    /// reach the next checkout of this connection. One round trip. `snapshot` makes the transaction
-    /// `REPEATABLE READ READ ONLY` (a read request sees one snapshot throughout).
-    pub async fn begin_scoped(
+    /// reach the next checkout of this connection. `snapshot` makes the transaction `REPEATABLE READ READ ONLY`
+    /// (a read request sees one snapshot throughout).
+    ///
+    /// Costs no round trip of its own: the statement is queued on the connection without waiting for its answer,
+    /// so it travels with the request's first query, which PostgreSQL runs after it (one connection, one order).
+    /// Should it fail, that query fails too (inside an aborted transaction, or on a closed connection).
+    pub fn begin_scoped(
         &mut self,
         inner_no: i32,
         snapshot: bool,
     ) -> Result<(), tokio_postgres::Error> {
+        use futures_util::FutureExt;
         let begin = if snapshot {
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
         } else {
             "BEGIN"
         };
-        // The number is ours (an integer), not user input.
         self.in_tx = true;
-        self.client
-            .batch_execute(&format!(
-                "{begin}; SELECT set_config('mandant.inner_client', '{inner_no}', true)"
-            ))
-            .await
+        self.read_only_tx = snapshot;
+        // The number is ours (an integer), not user input.
+        let sql = format!("{begin}; SELECT set_config('mandant.inner_client', '{inner_no}', true)");
+        // The first poll sends the message (tokio-postgres queues it on the connection at once); its answer is
+        // not awaited.
+        match self.client.batch_execute(&sql).now_or_never() {
+            Some(Err(e)) => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Whether this connection is inside the transaction [`Self::begin_scoped`] opened.
@@ -122,15 +132,23 @@ impl PooledConn {
         self.in_tx
     }
 
-    /// Commits (or rolls back) the transaction [`Self::begin_scoped`] opened. On failure the connection is
-    /// discarded when dropped.
+    /// Commits (or rolls back) the transaction [`Self::begin_scoped`] opened. A read-only transaction's end is
+    /// queued without waiting (nothing to make durable; the connection's next user is served after it); a
+    /// writing one's commit is awaited, so its answer follows only once the writes are durable. On failure the
+    /// connection is discarded when dropped.
     pub async fn end_scoped(&mut self, commit: bool) -> Result<(), tokio_postgres::Error> {
+        use futures_util::FutureExt;
         if !self.in_tx {
             return Ok(());
         }
-        self.client
-            .batch_execute(if commit { "COMMIT" } else { "ROLLBACK" })
-            .await?;
+        let end = if commit { "COMMIT" } else { "ROLLBACK" };
+        if self.read_only_tx {
+            if let Some(Err(e)) = self.client.batch_execute(end).now_or_never() {
+                return Err(e);
+            }
+        } else {
+            self.client.batch_execute(end).await?;
+        }
         self.in_tx = false;
         Ok(())
     }

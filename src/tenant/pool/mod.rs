@@ -360,6 +360,7 @@ impl TenantPools {
                     gate: Some(gate),
                     tenant: tenant.clone(),
                     in_tx: false,
+                    read_only_tx: false,
                 })
             }
             Ok(Err(PoolError::Backend(RouteError::Saturated)))
