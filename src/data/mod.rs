@@ -213,6 +213,8 @@ impl DataPlane {
         Ok(TenantRoute {
             client_id,
             server_id: server.id,
+            server: server.name.clone(),
+            budget: server.budget.and_then(|b| usize::try_from(b).ok()),
             target: self.targets.tenant(server, client_id)?,
         })
     }
