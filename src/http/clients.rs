@@ -18,6 +18,7 @@ use crate::access::NewClient;
 use crate::app::AppState;
 use crate::control::clients::{ClientFilter, ClientRecord};
 use crate::domain::rights::Rights;
+use crate::domain::servers::Zone;
 use crate::domain::{ClientName, ClientSlug, ClientStatus};
 use crate::tenant::migrate::latest_version;
 
@@ -87,6 +88,9 @@ pub struct CreateClient {
     /// The parent client's slug (default: the master). Must be active.
     #[schema(pattern = r"^[a-z][a-z0-9-]{1,39}$")]
     pub parent: Option<String>,
+    /// Place the client's database only on a server of this zone (see `GET /v1/servers`).
+    #[schema(pattern = r"^[a-z][a-z0-9-]{0,39}$")]
+    pub zone: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -140,7 +144,8 @@ fn max_attempts(state: &AppState) -> i32 {
         (status = 202, description = "Accepted; provisioning", body = ClientView,
          headers(("Location" = String, description = "The new client"))),
         (status = 400, description = "Invalid input", body = ErrorBody),
-        (status = 409, description = "Slug taken, or the parent is not active", body = ErrorBody),
+        (status = 409, description = "Slug taken, the parent is not active, or no database server can take the \
+            client (no_server_available, naming why)", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 422, description = "Unknown parent", body = ErrorBody)))]
 pub async fn create(
@@ -150,6 +155,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let slug = ClientSlug::parse(&body.slug)?;
     let name = ClientName::parse(&body.name)?;
+    let zone = body.zone.as_deref().map(Zone::parse).transpose()?;
     let unknown_parent = ApiError::unknown_parent;
     let parent = match &body.parent {
         Some(p) => ClientSlug::parse(p).map_err(|_| unknown_parent())?,
@@ -168,6 +174,7 @@ pub async fn create(
         parent: &parent,
         parent_id: parent_client.id,
         max_attempts: max_attempts(&state),
+        zone: zone.as_ref(),
     };
     let (client, operation) = state.access().create_client(&caller, &new).await?;
     tracing::info!(client = %slug, %operation, "client created; provisioning");
