@@ -6,6 +6,8 @@
 //! Never: puts the password in an error, a log line or the registry in plain text. Errors that carry a server's
 //! own text are passed through [`redact`] as well, should a server ever echo it.
 
+use std::time::Duration;
+
 use crate::control::servers::{NewServer, ServerRecord};
 use crate::control::{ControlError, ControlPlane};
 use crate::db::{PgTarget, Secret, describe_pg_error};
@@ -19,6 +21,9 @@ use crate::tenant::template_db;
 
 /// Databases a server takes when the operator declares no `max_databases` (as `tenants.local_max_databases`).
 pub const DEFAULT_MAX_DATABASES: i64 = 2000;
+/// How long the first connection and the checks may take: tokio-postgres bounds the TCP connect
+/// (`db::CONNECT_TIMEOUT`), not the host name lookup; this bounds both, well below the request timeout.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServersError {
@@ -114,13 +119,23 @@ impl ServerRegistry {
             Err(ControlError::NotFound) => {}
             Err(e) => return Err(e.into()),
         }
-        let conn = admin.connect().await.map_err(|e| {
-            ServersError::Unreachable(redact(&describe_pg_error(&e), password.as_ref()))
-        })?;
-        let facts = server_check::inspect(&conn)
-            .await
-            .map_err(|e| ServersError::Unreachable(redact(&e.to_string(), password.as_ref())))?;
-        drop(conn);
+        let checked = tokio::time::timeout(CHECK_TIMEOUT, async {
+            let conn = admin.connect().await.map_err(|e| {
+                ServersError::Unreachable(redact(&describe_pg_error(&e), password.as_ref()))
+            })?;
+            server_check::inspect(&conn)
+                .await
+                .map_err(|e| ServersError::Unreachable(redact(&e.to_string(), password.as_ref())))
+        })
+        .await;
+        let facts = match checked {
+            Ok(facts) => facts?,
+            Err(_) => {
+                return Err(ServersError::Unreachable(format!(
+                    "no answer within {CHECK_TIMEOUT:?}"
+                )));
+            }
+        };
         if facts.version < MIN_SERVER_VERSION {
             return Err(ServersError::TooOld(format!(
                 "{}.{}",

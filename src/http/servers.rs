@@ -16,6 +16,7 @@ use crate::app::AppState;
 use crate::control::servers::{ServerChange, ServerUsage};
 use crate::db::{PgTarget, Secret};
 use crate::dbservers::{Registration, check_range};
+use crate::domain::Invalid;
 use crate::domain::servers::{
     MAX_BUDGET, MAX_BYTES, MAX_DATABASES, ServerName, ServerPolicy, Zone,
 };
@@ -193,6 +194,20 @@ pub async fn create(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateServer>,
 ) -> Result<Response, ApiError> {
+    // The document's shape of a URL (the CLI also takes libpq's key=value form); parsed by the registry.
+    let url_shape = (12..=2048).contains(&body.url.len())
+        && (body.url.starts_with("postgres://") || body.url.starts_with("postgresql://"))
+        && body.url.bytes().all(|b| (0x21..=0x7e).contains(&b));
+    if !url_shape {
+        return Err(Invalid {
+            field: "url",
+            reason:
+                "must be a postgres:// or postgresql:// URL of 12-2048 printable ASCII characters \
+                     without spaces"
+                    .to_owned(),
+        }
+        .into());
+    }
     let registration = Registration {
         name: body.name,
         url: Secret::new(body.url),

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::access::{call, user};
 use crate::helpers::{
-    ADMIN_TOKEN, ExtraServer, TestApp, error_code, json_body, spawn_app_without_workers,
+    ADMIN_TOKEN, ExtraServer, TestApp, TestDir, error_code, json_body, spawn_app_without_workers,
 };
 
 async fn register(app: &TestApp, body: Value) -> (StatusCode, Value) {
@@ -118,6 +118,8 @@ async fn three_servers_register_one_is_refused_for_missing_rights_and_clients_ar
         json!({"name": "x", "url": url_one, "max_bytes": 5}),
         json!({"name": "x", "url": url_one, "zone": "EU"}),
         json!({"name": "Bad Name", "url": url_one}),
+        json!({"name": "x", "url": "host=localhost user=ops"}),
+        json!({"name": "x", "url": "postgres://ops:pw with space@localhost/postgres"}),
     ] {
         let (status, body) = register(&app, bad.clone()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
@@ -416,4 +418,97 @@ async fn the_servers_endpoints_need_servers_manage_with_full_access_to_the_maste
     let (_, _, local) = call(&app, Some(&full), Method::GET, "/v1/servers/local", None).await;
     assert_eq!(local["url"], Value::Null, "{local}");
     assert_eq!(local["policy"], "active", "{local}");
+}
+
+#[tokio::test]
+async fn the_servers_commands_add_list_and_remove_with_json_and_refuse_what_the_api_refuses() {
+    let app = spawn_app_without_workers().await;
+    let extra = ExtraServer::start("srv-cli", None).await;
+    let url = extra
+        .admin_url("ops", "pw-cli-5e1f", "SUPERUSER", "localhost", "")
+        .await;
+    let weak = extra
+        .admin_url("weak", "pw-cli-weak-2", "", "localhost", "")
+        .await;
+    let dir = TestDir::new("servers-cli");
+    let run = |args: &[&str], url: Option<&str>| {
+        let mut command = app.command(dir.path());
+        command.args(args);
+        if let Some(url) = url {
+            command.env("MANDANT_SERVER_URL", url);
+        }
+        let output = command.output().expect("run mandant");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!text.contains("pw-cli"), "a password in the output: {text}");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            text,
+        )
+    };
+
+    let (code, stdout, text) = run(
+        &[
+            "servers",
+            "add",
+            "cli-one",
+            "--max-databases",
+            "5",
+            "--zone",
+            "eu",
+            "--json",
+        ],
+        Some(&url),
+    );
+    assert_eq!(code, Some(0), "{text}");
+    let added: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (
+            added["name"].as_str(),
+            added["zone"].as_str(),
+            added["max_databases"].as_i64()
+        ),
+        (Some("cli-one"), Some("eu"), Some(5))
+    );
+    let (code, _, text) = run(&["servers", "add", "cli-weak"], Some(&weak));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("CREATEDB and CREATEROLE"), "{text}");
+
+    let (code, stdout, text) = run(&["servers", "list", "--json"], None);
+    assert_eq!(code, Some(0), "{text}");
+    let listed: Value = serde_json::from_str(&stdout).unwrap();
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["cli-one", "local"]);
+    let (code, stdout, _) = run(&["servers", "list"], None);
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout.contains("cli-one") && stdout.contains("0/5"),
+        "{stdout}"
+    );
+
+    let (code, _, text) = run(&["servers", "remove", "local"], None);
+    assert_eq!(code, Some(1), "{text}");
+    let (code, stdout, text) = run(&["servers", "remove", "cli-one", "--json"], None);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout).unwrap()["removed"],
+        "cli-one"
+    );
+    assert_eq!(
+        app.get("/v1/servers/cli-one").await.status(),
+        StatusCode::NOT_FOUND
+    );
+    let audited = app
+        .control_i64("SELECT count(*) FROM audit_log WHERE action LIKE 'CLI mandant servers %'")
+        .await;
+    assert_eq!(audited, 2, "add and remove");
 }

@@ -328,7 +328,7 @@ async fn a_client_lives_on_a_verify_full_server_and_the_password_never_shows_in_
     let (status, text) = send(
         reqwest::Method::POST,
         "/v1/servers",
-        Some(json!({"name": "secure", "url": url, "zone": "safe"})),
+        Some(json!({"name": "secure", "url": url, "zone": "safe", "budget": 5})),
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{text}");
@@ -408,6 +408,12 @@ async fn a_client_lives_on_a_verify_full_server_and_the_password_never_shows_in_
         ))
         .await;
     assert_eq!(tenant_db, 1);
+    // The routing budget is the server's own, and its metrics carry the server's name.
+    let (_, metrics) = send(reqwest::Method::GET, "/metrics", None).await;
+    assert!(
+        metrics.contains("tenant_pool_budget_capacity{server=\"secure\"} 5"),
+        "{metrics}"
+    );
     // The server in use cannot be removed.
     let (status, text) = send(reqwest::Method::DELETE, "/v1/servers/secure", None).await;
     assert_eq!(status, StatusCode::CONFLICT, "{text}");
