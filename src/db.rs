@@ -241,6 +241,15 @@ impl PgTarget {
         )
     }
 
+    /// The TLS of this target for libpq tools (`pg_dump`): `PGSSLMODE` and, if given, `PGSSLROOTCERT`.
+    pub fn libpq_tls_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![("PGSSLMODE", self.tls.mode().as_str().to_owned())];
+        if let Some(path) = self.tls.root_cert() {
+            env.push(("PGSSLROOTCERT", path.display().to_string()));
+        }
+        env
+    }
+
     /// The connector for this target's TLS (tokio-postgres' `connect`, `cancel_query`).
     pub fn tls_connector(&self) -> tls::MakeTls {
         self.tls.connector()

@@ -342,6 +342,23 @@ async fn a_client_lives_on_a_verify_full_server_and_the_password_never_shows_in_
         "{registered}"
     );
     bodies.push(text);
+    // In the registry: the URL without the password, the password only sealed.
+    let row = app
+        .control()
+        .await
+        .query_one(
+            "SELECT admin_url, admin_password FROM db_servers WHERE name = 'secure'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (stored_url, sealed): (String, Vec<u8>) = (row.get(0), row.get(1));
+    assert!(!stored_url.contains(PASSWORD), "{stored_url}");
+    assert!(
+        !sealed
+            .windows(PASSWORD.len())
+            .any(|w| w == PASSWORD.as_bytes())
+    );
     for path in ["/v1/servers", "/v1/servers/secure"] {
         bodies.push(send(reqwest::Method::GET, path, None).await.1);
     }
@@ -418,6 +435,39 @@ async fn a_client_lives_on_a_verify_full_server_and_the_password_never_shows_in_
     let (status, text) = send(reqwest::Method::DELETE, "/v1/servers/secure", None).await;
     assert_eq!(status, StatusCode::CONFLICT, "{text}");
     bodies.push(text);
+    // Deleted with an archive (pg_dump with the server's TLS mode), the server is empty and can go.
+    let (status, text) = send(
+        reqwest::Method::DELETE,
+        "/v1/clients/safe-co?archive=true",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{text}");
+    let operation = serde_json::from_str::<Value>(&text).unwrap()["operation"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, text) = send(
+            reqwest::Method::GET,
+            &format!("/v1/operations/{operation}"),
+            None,
+        )
+        .await;
+        let op: Value = serde_json::from_str(&text).unwrap();
+        if op["status"] == "succeeded" {
+            assert!(op["result"]["archive"].is_string(), "{op}");
+            break;
+        }
+        assert!(
+            op["status"] != "failed" && Instant::now() < deadline,
+            "{op}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, text) = send(reqwest::Method::DELETE, "/v1/servers/secure", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{text}");
     bodies.push(
         send(reqwest::Method::GET, "/v1/audit?limit=1000", None)
             .await
@@ -426,8 +476,7 @@ async fn a_client_lives_on_a_verify_full_server_and_the_password_never_shows_in_
     let status = served.terminate();
     assert!(status.success(), "{status}");
 
-    // Nowhere: not in any response, not in the served process's whole log, not in the audit log, and not in
-    // plain text in the registry (the URL is stored without it; the password only sealed).
+    // Nowhere: not in any response, not in the served process's whole log, not in the audit log.
     for body in &bodies {
         assert!(!body.contains(PASSWORD), "a response: {body}");
     }
@@ -451,19 +500,5 @@ async fn a_client_lives_on_a_verify_full_server_and_the_password_never_shows_in_
         "the registration was audited"
     );
     assert!(!audit.contains(PASSWORD), "the password in the audit log");
-    let row = control
-        .query_one(
-            "SELECT admin_url, admin_password FROM db_servers WHERE name = 'secure'",
-            &[],
-        )
-        .await
-        .unwrap();
-    let (stored_url, sealed): (String, Vec<u8>) = (row.get(0), row.get(1));
-    assert!(!stored_url.contains(PASSWORD), "{stored_url}");
-    assert!(
-        !sealed
-            .windows(PASSWORD.len())
-            .any(|w| w == PASSWORD.as_bytes())
-    );
     drop(app);
 }
