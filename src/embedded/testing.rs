@@ -137,7 +137,11 @@ impl ThrowawayCluster {
     pub fn start_tcp(tag: &str, tls: Option<&TlsFiles>) -> Result<Self, EmbeddedError> {
         let dir = ScratchDir::new(tag)?;
         let port = free_port()?;
-        let mut extra_settings = vec![("listen_addresses".to_owned(), "localhost".to_owned())];
+        // Small: tests start several of these beside the shared cluster.
+        let mut extra_settings = vec![
+            ("listen_addresses".to_owned(), "localhost".to_owned()),
+            ("shared_buffers".to_owned(), "16MB".to_owned()),
+        ];
         if let Some(files) = tls {
             let owner = Cluster::owner_ids()?;
             let tls_dir = dir.path().join("tls");
