@@ -12,6 +12,7 @@ use crate::config::Settings;
 use crate::control::ControlPlane;
 use crate::data::DataPlane;
 use crate::db::PgTarget;
+use crate::dbservers::ServerRegistry;
 use crate::fanout::FanOut;
 use crate::fleet::Fleet;
 use crate::provisioning::Provisioner;
@@ -88,6 +89,11 @@ impl AppState {
     /// Where tenants live and how they connect.
     pub fn targets(&self) -> &Targets {
         self.0.data.targets()
+    }
+
+    /// Registration of database servers (the checks, the template database, the sealed password).
+    pub fn servers(&self) -> ServerRegistry {
+        ServerRegistry::new(self.0.control.clone(), self.targets().clone())
     }
 
     /// Bearer-token authentication and its principal cache (changes of rights go through [`Self::access`], which

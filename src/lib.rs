@@ -18,6 +18,7 @@ pub mod tenant;
 // L4 services
 pub mod access;
 pub mod data;
+pub mod dbservers;
 pub mod fanout;
 pub mod fleet;
 pub mod provisioning;

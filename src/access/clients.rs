@@ -7,6 +7,7 @@ use super::AccessError;
 use super::rights::RightsService;
 use crate::control::clients::ClientRecord;
 use crate::domain::rights::{Denied, Permission, Principal};
+use crate::domain::servers::Zone;
 use crate::domain::{ClientName, ClientSlug};
 
 /// A sub-client to create, under a parent the caller named.
@@ -18,6 +19,8 @@ pub struct NewClient<'a> {
     pub parent_id: Uuid,
     /// Attempts of the provisioning job.
     pub max_attempts: i32,
+    /// Place the client only on a server in this zone.
+    pub zone: Option<&'a Zone>,
 }
 
 impl RightsService {
@@ -48,6 +51,7 @@ impl RightsService {
                 Some(new.parent),
                 creator_access,
                 new.max_attempts,
+                new.zone,
             )
             .await?;
         if creator_access.is_some() {

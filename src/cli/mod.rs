@@ -3,6 +3,7 @@
 
 mod migrate;
 mod serve;
+mod servers;
 mod templates;
 mod tenants;
 mod users;
@@ -46,6 +47,9 @@ pub enum Command {
     /// Users: mint an API token from the command line (e.g. when the admin's token is lost).
     #[command(subcommand)]
     Users(users::Command),
+    /// Database servers: list, register (checked), remove.
+    #[command(subcommand)]
+    Servers(servers::Command),
 }
 
 /// Parses the command line, loads settings, runs the command. Exit codes: 0 success, 1 failure, 2 bad
@@ -78,6 +82,7 @@ pub fn main() -> ExitCode {
             Command::Tenants(command) => tenants::run(settings, command).await,
             Command::Templates(command) => templates::run(settings, command).await,
             Command::Users(command) => users::run(settings, command).await,
+            Command::Servers(command) => servers::run(settings, command).await,
         }
     });
     match result {

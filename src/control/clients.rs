@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::jobs::JobKind;
 use super::{ControlError, ControlPlane};
+use crate::domain::servers::Zone;
 use crate::domain::{ClientName, ClientSlug, ClientStatus};
 
 /// A client as the registry knows it (desired state plus the recorded observations).
@@ -129,7 +130,8 @@ pub struct ClientFilter {
 }
 
 impl ControlPlane {
-    /// Creates a sub-client in `provisioning` together with its provisioning job (and wakes the workers).
+    /// Creates a sub-client in `provisioning`, placed on a server (in `zone` if given; see
+    /// `servers::place_new_client`), together with its provisioning job (and wakes the workers).
     pub async fn create_client(
         &self,
         slug: &ClientSlug,
@@ -137,6 +139,7 @@ impl ControlPlane {
         parent: Option<&ClientSlug>,
         creator_access: Option<(Uuid, bool)>,
         max_attempts: i32,
+        zone: Option<&Zone>,
     ) -> Result<(ClientRecord, Uuid), ControlError> {
         let mut tx = self.pool.begin().await?;
         let parent_slug = parent.cloned().unwrap_or_else(ClientSlug::master);
@@ -175,6 +178,7 @@ impl ControlPlane {
             }
             Err(e) => return Err(e.into()),
         };
+        super::servers::place_new_client(&mut tx, id, zone).await?;
         let job = enqueue(
             &mut tx,
             JobKind::ProvisionClient,
@@ -611,7 +615,8 @@ impl ControlPlane {
         Ok((client, job))
     }
 
-    /// Provisioning placed the client: records server and database name once (a retry keeps the first choice).
+    /// Provisioning placed the client: records its database name, and the server if creation did not choose
+    /// one already, once (a retry keeps the first choice).
     pub async fn place_client(
         &self,
         id: Uuid,
@@ -619,8 +624,8 @@ impl ControlPlane {
         db_name: &str,
     ) -> Result<ClientRecord, ControlError> {
         sqlx::query(
-            "UPDATE clients SET server_id = $2, db_name = $3, updated_at = now()
-             WHERE id = $1 AND server_id IS NULL",
+            "UPDATE clients SET server_id = coalesce(server_id, $2), db_name = $3, updated_at = now()
+             WHERE id = $1 AND db_name IS NULL",
         )
         .bind(id)
         .bind(server_id)

@@ -70,8 +70,15 @@ pub enum ControlError {
     IsMaster(&'static str),
     #[error("the client still has {0} live sub-client(s)")]
     HasChildren(i64),
-    #[error("no active database server has free capacity")]
-    NoCapacity,
+    /// No server can take a new client; the text says why (safe to show).
+    #[error("{0}")]
+    NoServerAvailable(String),
+    #[error("a database server of this name is registered already")]
+    ServerNameTaken,
+    #[error("the database server holds {0} live client(s)")]
+    ServerInUse(i64),
+    #[error("the local server holds the control plane and cannot be removed")]
+    ServerIsLocal,
     #[error("a central field has this name")]
     FieldIsCentral,
     #[error("the client has its quota of {0} fields")]

@@ -230,6 +230,8 @@ impl DataPlane {
         Ok(TenantRoute {
             client_id,
             server_id: server.id,
+            server: server.name.clone(),
+            budget: server.budget.and_then(|b| usize::try_from(b).ok()),
             target: self.targets.tenant(server, client_id)?,
         })
     }
@@ -372,8 +374,8 @@ impl DataPlane {
                 let server = self.control.server(server_id).await?;
                 Some(Arc::new(TenantRoute {
                     client_id: inner_pool_key(parent.id),
-                    server_id: server.id,
                     target: self.targets.inner(&server, parent.id)?,
+                    ..self.route(&server, parent.id)?
                 }))
             }
             _ => None,

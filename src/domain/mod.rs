@@ -4,6 +4,7 @@
 pub mod field;
 pub mod retention;
 pub mod rights;
+pub mod servers;
 
 use std::fmt;
 

@@ -38,7 +38,7 @@ use binaries::RunAs;
 pub(crate) use pidfile::PidFile;
 use setup::{initdb, lock_data_dir, prepare_private_dir, tail};
 #[cfg(feature = "testing")]
-pub use testing::{ScratchDir, ThrowawayCluster};
+pub use testing::{ScratchDir, ThrowawayCluster, TlsFiles};
 
 use crate::config::Settings;
 use crate::db::PgTarget;
@@ -131,6 +131,9 @@ pub struct ClusterSpec {
     pub fsync: bool,
     pub max_connections: u32,
     pub start_timeout: Duration,
+    /// More server settings (`-c name=value`), applied after mandant's own, so they may override them (a
+    /// throwaway cluster listening on TCP, with TLS: `embedded/testing.rs`). Empty for the embedded cluster.
+    pub extra_settings: Vec<(String, String)>,
 }
 
 impl ClusterSpec {
@@ -143,6 +146,7 @@ impl ClusterSpec {
             fsync: e.fsync,
             max_connections: e.max_connections,
             start_timeout: Duration::from_secs(e.start_timeout_secs),
+            extra_settings: Vec::new(),
         }
     }
 
@@ -389,6 +393,9 @@ impl Cluster {
                 .args(["-c", "full_page_writes=off"])
                 .args(["-c", "synchronous_commit=off"]);
         }
+        for (name, value) in &spec.extra_settings {
+            command.arg("-c").arg(format!("{name}={value}"));
+        }
         command
             .stdin(Stdio::null())
             .stdout(log)
@@ -481,6 +488,15 @@ impl Cluster {
     }
 
     /// A database on this cluster, as the bootstrap superuser.
+    /// The user the cluster runs as (uid, gid) when this process is root and it is not us; for files the server
+    /// must own (a TLS key: PostgreSQL refuses one others can read).
+    pub fn owner_ids() -> Result<Option<(u32, u32)>, EmbeddedError> {
+        Ok(match RunAs::detect()? {
+            RunAs::Me => None,
+            RunAs::User { uid, gid } => Some((uid, gid)),
+        })
+    }
+
     pub fn target(&self, dbname: &str) -> PgTarget {
         PgTarget::unix(&self.socket_dir, self.port, SUPERUSER, dbname)
     }

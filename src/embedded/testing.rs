@@ -1,5 +1,8 @@
 //! Test scaffolding (the `testing` feature; not in the release binary): scratch directories searchable by the
-//! `postgres` user, and throwaway clusters in them for tests and benchmarks.
+//! `postgres` user, and throwaway clusters in them for tests and benchmarks: on a Unix socket only (the default,
+//! like the embedded cluster), or also on TCP at `localhost` on a free port, optionally with TLS, to stand in for
+//! further database servers ([`ThrowawayCluster::start_tcp`]). No SQL here: roles on such a cluster are made by
+//! the caller through its socket (`target`), where the superuser needs no password.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -77,6 +80,27 @@ pub struct ThrowawayCluster {
     // Field order matters: the cluster stops before its directory is removed.
     cluster: Cluster,
     _dir: ScratchDir,
+    /// The TCP port when started with [`Self::start_tcp`].
+    tcp_port: Option<u16>,
+}
+
+/// A server certificate and its key (PEM files) for a throwaway cluster with `ssl = on`.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A port nobody listens on now (the kernel's choice for port 0; another process could take it before the
+/// cluster binds it, which then fails to start with a clear error).
+fn free_port() -> Result<u16, EmbeddedError> {
+    let listener =
+        std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(io_err("finding a free TCP port"))?;
+    let port = listener
+        .local_addr()
+        .map_err(io_err("finding a free TCP port"))?
+        .port();
+    Ok(port)
 }
 
 impl ThrowawayCluster {
@@ -95,9 +119,74 @@ impl ThrowawayCluster {
             fsync,
             max_connections: 300,
             start_timeout: Duration::from_secs(60),
+            extra_settings: Vec::new(),
         };
         let cluster = Cluster::start(&spec)?;
-        Ok(Self { cluster, _dir: dir })
+        Ok(Self {
+            cluster,
+            _dir: dir,
+            tcp_port: None,
+        })
+    }
+
+    /// A cluster that also listens on TCP at `localhost` (IPv4 and IPv6 loopback) on a free port, as a further
+    /// database server for tests and benchmarks; with `tls`, `ssl = on` with that certificate and key (copied
+    /// into the cluster's directory, owned by the cluster's user, mode 0600 as PostgreSQL demands). Roles log in
+    /// over TCP with scram-sha-256 (the cluster's `pg_hba.conf`); only the socket lets the superuser in without a
+    /// password.
+    pub fn start_tcp(tag: &str, tls: Option<&TlsFiles>) -> Result<Self, EmbeddedError> {
+        let dir = ScratchDir::new(tag)?;
+        let port = free_port()?;
+        // Small: tests start several of these beside the shared cluster.
+        let mut extra_settings = vec![
+            ("listen_addresses".to_owned(), "localhost".to_owned()),
+            ("shared_buffers".to_owned(), "16MB".to_owned()),
+        ];
+        if let Some(files) = tls {
+            let owner = Cluster::owner_ids()?;
+            let tls_dir = dir.path().join("tls");
+            fs::create_dir_all(&tls_dir).map_err(io_err("creating the TLS directory"))?;
+            for (from, name) in [(&files.cert, "server.crt"), (&files.key, "server.key")] {
+                let to = tls_dir.join(name);
+                fs::copy(from, &to).map_err(io_err(format!("copying {}", from.display())))?;
+                fs::set_permissions(&to, fs::Permissions::from_mode(0o600))
+                    .map_err(io_err(format!("restricting {}", to.display())))?;
+                if let Some((uid, gid)) = owner {
+                    std::os::unix::fs::chown(&to, Some(uid), Some(gid)).map_err(io_err(
+                        format!("handing {} to the cluster's user", to.display()),
+                    ))?;
+                }
+            }
+            extra_settings.push(("ssl".to_owned(), "on".to_owned()));
+            extra_settings.push((
+                "ssl_cert_file".to_owned(),
+                tls_dir.join("server.crt").display().to_string(),
+            ));
+            extra_settings.push((
+                "ssl_key_file".to_owned(),
+                tls_dir.join("server.key").display().to_string(),
+            ));
+        }
+        let spec = ClusterSpec {
+            data_dir: dir.path().to_path_buf(),
+            bin_dir: None,
+            port,
+            fsync: false,
+            max_connections: 100,
+            start_timeout: Duration::from_secs(60),
+            extra_settings,
+        };
+        let cluster = Cluster::start(&spec)?;
+        Ok(Self {
+            cluster,
+            _dir: dir,
+            tcp_port: Some(port),
+        })
+    }
+
+    /// The TCP port of a cluster started with [`Self::start_tcp`].
+    pub fn tcp_port(&self) -> Option<u16> {
+        self.tcp_port
     }
 
     pub fn cluster(&self) -> &Cluster {

@@ -18,6 +18,7 @@ use crate::access::NewClient;
 use crate::app::AppState;
 use crate::control::clients::{ClientFilter, ClientRecord};
 use crate::domain::rights::Rights;
+use crate::domain::servers::Zone;
 use crate::domain::{ClientName, ClientSlug, ClientStatus};
 use crate::tenant::migrate::latest_version;
 
@@ -102,6 +103,9 @@ pub struct CreateClient {
     /// An inner client's slice of the parent's recipients: those bound (any status) to one of `lists` or
     /// matching `rule` (a target-group rule); at least one of them. Only with `kind: inner`.
     pub scope: Option<crate::data::inner::Scope>,
+    /// Place the client's database only on a server of this zone (see `GET /v1/servers`).
+    #[schema(pattern = r"^[a-z][a-z0-9-]{0,39}$")]
+    pub zone: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
@@ -164,7 +168,8 @@ fn max_attempts(state: &AppState) -> i32 {
         (status = 202, description = "Accepted; provisioning", body = ClientView,
          headers(("Location" = String, description = "The new client"))),
         (status = 400, description = "Invalid input", body = ErrorBody),
-        (status = 409, description = "Slug taken, or the parent is not active", body = ErrorBody),
+        (status = 409, description = "Slug taken, the parent is not active, or no database server can take the \
+            client (no_server_available, naming why)", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 422, description = "Unknown parent", body = ErrorBody)))]
 pub async fn create(
@@ -174,6 +179,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let slug = ClientSlug::parse(&body.slug)?;
     let name = ClientName::parse(&body.name)?;
+    let zone = body.zone.as_deref().map(Zone::parse).transpose()?;
     let unknown_parent = ApiError::unknown_parent;
     let parent = match &body.parent {
         Some(p) => ClientSlug::parse(p).map_err(|_| unknown_parent())?,
@@ -192,8 +198,14 @@ pub async fn create(
         parent: &parent,
         parent_id: parent_client.id,
         max_attempts: max_attempts(&state),
+        zone: zone.as_ref(),
     };
     if body.kind == Some(NewKind::Inner) {
+        if body.zone.is_some() {
+            return Err(ApiError::invalid_body(
+                "zone: an inner client lives in its parent's database",
+            ));
+        }
         return create_inner(
             &state,
             &caller,

@@ -26,6 +26,7 @@ pub mod recipients;
 pub mod retention;
 pub mod roles;
 pub mod scope;
+pub mod servers;
 pub mod target_groups;
 pub mod templates;
 pub mod users;
@@ -113,6 +114,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(roles::list, roles::create))
         .routes(routes!(roles::replace, roles::delete))
         .routes(routes!(audit::list))
+        .routes(routes!(servers::list, servers::create))
+        .routes(routes!(servers::get, servers::update, servers::delete))
         .split_for_parts();
     openapi::finish(&mut document);
 

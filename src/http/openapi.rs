@@ -25,7 +25,8 @@ use super::error::{ErrorBody, ErrorDetail};
         (name = "cross-client", description = "The master's view of every client: cross-client target groups over central fields, and the overview"),
         (name = "retention", description = "Retention rules: the master's, inherited by every client, and each client's stricter override; the preview of what they remove"),
         (name = "content", description = "Templates, mailing lists and target groups moved between clients: copy, export, import"),
-        (name = "users", description = "Users, tokens, access per client, roles, permissions and the audit log")
+        (name = "users", description = "Users, tokens, access per client, roles, permissions and the audit log"),
+        (name = "servers", description = "The database servers clients are placed on: registration with its checks, capacity, zone, routing budget, policy")
     )
 )]
 pub struct ApiDoc;

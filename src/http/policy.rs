@@ -255,6 +255,12 @@ pub const POLICIES: &[(&str, &str, Rule)] = {
         ("PUT", "/v1/roles/{name}", Master(RolesManage)),
         ("DELETE", "/v1/roles/{name}", Master(RolesManage)),
         ("GET", "/v1/audit", Global(AuditRead)),
+        // Database servers: the operator's, with full access to the master (DESIGN.md §6).
+        ("GET", "/v1/servers", MasterFull(ServersManage)),
+        ("POST", "/v1/servers", MasterFull(ServersManage)),
+        ("GET", "/v1/servers/{name}", MasterFull(ServersManage)),
+        ("PATCH", "/v1/servers/{name}", MasterFull(ServersManage)),
+        ("DELETE", "/v1/servers/{name}", MasterFull(ServersManage)),
     ]
 };
 

@@ -122,6 +122,8 @@ impl Provisioner {
             .arg(format!("--port={}", database.port()))
             .arg(format!("--username={}", database.user()))
             .arg(format!("--dbname={}", database.dbname()))
+            // The server's TLS mode, as every other connection to it uses (issue #20).
+            .envs(database.libpq_tls_env())
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
         if let Some(password) = database.password() {

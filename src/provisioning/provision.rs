@@ -135,11 +135,16 @@ impl Provisioner {
         let names = run.names.clone();
         match step {
             Step::Place => {
-                if run.client.server_id.is_none() {
-                    let chosen = self.control.choose_server().await?;
+                // Sub-clients are placed when they are created (`POST /v1/clients`); the master at first start
+                // is placed here. Either way the database name is recorded here, once.
+                if run.client.db_name.is_none() {
+                    let server_id = match run.client.server_id {
+                        Some(id) => id,
+                        None => self.control.choose_server().await?.id,
+                    };
                     run.client = self
                         .control
-                        .place_client(id, chosen.id, &names.database)
+                        .place_client(id, server_id, &names.database)
                         .await?;
                 }
                 let server_id = run.client.server_id.ok_or(ControlError::NotFound)?;

@@ -1,6 +1,11 @@
 //! Tenant role passwords, derived from one server secret: `hex(HMAC-SHA256(secret, "mandant.tenant-role.v1:" +
 //! client id))`. Nothing per tenant is stored, so the control plane holds no tenant password at all; anyone who
 //! can derive one must have the secret (`tenants.credential_secret` or `<data_dir>/tenant.key`).
+//!
+//! The same secret seals what must be stored: a registered database server's admin password, encrypted at rest
+//! with ChaCha20-Poly1305 (ring) under a key derived as `HMAC-SHA256(secret, "mandant.server-password.v1")`, a
+//! random nonce per seal, and the server's name as associated data (a sealed password copied to another server's
+//! row does not open).
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -15,6 +20,7 @@ use crate::db::Secret;
 const KEY_FILE: &str = "tenant.key";
 const CONTEXT: &str = "mandant.tenant-role.v1:";
 const INNER_CONTEXT: &str = "mandant.tenant-inner-role.v1:";
+const SEAL_CONTEXT: &str = "mandant.server-password.v1";
 
 #[derive(Clone)]
 pub struct Credentials {
@@ -106,6 +112,46 @@ impl Credentials {
         }
     }
 
+    /// The sealing key for stored server passwords.
+    fn seal_key(&self) -> ring::aead::LessSafeKey {
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(self.key.expose().as_bytes())
+            .expect("HMAC accepts keys of any length");
+        mac.update(SEAL_CONTEXT.as_bytes());
+        let key = mac.finalize().into_bytes();
+        let unbound = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &key)
+            .expect("a 32-byte key fits ChaCha20-Poly1305");
+        ring::aead::LessSafeKey::new(unbound)
+    }
+
+    /// Encrypts a server's admin password for storage: nonce (12 bytes) ‖ ciphertext ‖ tag.
+    pub fn seal(&self, server: &str, password: &Secret) -> Vec<u8> {
+        let nonce_bytes: [u8; ring::aead::NONCE_LEN] = rand::random();
+        let nonce = ring::aead::Nonce::assume_unique_for_key(nonce_bytes);
+        let mut sealed = password.expose().as_bytes().to_vec();
+        self.seal_key()
+            .seal_in_place_append_tag(nonce, ring::aead::Aad::from(server.as_bytes()), &mut sealed)
+            .expect("ChaCha20-Poly1305 seals any length a password has");
+        let mut out = nonce_bytes.to_vec();
+        out.extend_from_slice(&sealed);
+        out
+    }
+
+    /// Decrypts what [`Self::seal`] made for the same server; `None` if it was made with another secret, for
+    /// another server, or was altered.
+    pub fn open(&self, server: &str, sealed: &[u8]) -> Option<Secret> {
+        if sealed.len() < ring::aead::NONCE_LEN {
+            return None;
+        }
+        let (nonce, ciphertext) = sealed.split_at(ring::aead::NONCE_LEN);
+        let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut buffer = ciphertext.to_vec();
+        let plain = self
+            .seal_key()
+            .open_in_place(nonce, ring::aead::Aad::from(server.as_bytes()), &mut buffer)
+            .ok()?;
+        String::from_utf8(plain.to_vec()).ok().map(Secret::new)
+    }
+
     /// The password of a client's tenant role.
     pub fn password_for(&self, client_id: Uuid) -> Secret {
         self.derive(CONTEXT, client_id)
@@ -148,6 +194,27 @@ mod tests {
         assert_ne!(a.password_for(x), a.password_for(y));
         assert_ne!(a.password_for(x), b.password_for(x));
         assert_eq!(a.password_for(x).expose().len(), 64);
+    }
+
+    #[test]
+    fn a_sealed_password_opens_only_with_the_same_secret_and_server_name() {
+        let a = Credentials {
+            key: Secret::new("k1"),
+        };
+        let b = Credentials {
+            key: Secret::new("k2"),
+        };
+        let sealed = a.seal("eu1", &Secret::new("hunter2"));
+        assert!(!sealed.windows(7).any(|w| w == b"hunter2"));
+        assert_eq!(a.open("eu1", &sealed).unwrap().expose(), "hunter2");
+        assert!(a.open("eu2", &sealed).is_none());
+        assert!(b.open("eu1", &sealed).is_none());
+        assert!(a.open("eu1", &sealed[..5]).is_none());
+        assert_ne!(
+            sealed,
+            a.seal("eu1", &Secret::new("hunter2")),
+            "a fresh nonce per seal"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod fields;
 pub mod inner;
 pub mod migrate;
 pub mod pool;
+pub mod server_check;
 pub mod targets;
 pub mod template_db;
 
@@ -29,7 +30,7 @@ pub enum TenantError {
     },
     #[error("{context}: {message}")]
     Migration { context: String, message: String },
-    #[error("database server {0}: its admin URL is not valid: {1}")]
+    #[error("database server {0}: {1}")]
     BadServer(String, String),
 }
 

@@ -61,6 +61,11 @@ impl Targets {
         ))
     }
 
+    /// The TLS mode of the control plane's connection (that of the `local` server).
+    pub fn control_tls_mode(&self) -> crate::db::tls::SslMode {
+        self.control_target.tls().mode()
+    }
+
     pub fn names(&self, client_id: Uuid) -> TenantNames {
         TenantNames::new(&self.tenants, client_id)
     }
@@ -97,13 +102,36 @@ impl Targets {
             ))
     }
 
-    /// The administrator's target on a server's maintenance database.
+    /// Encrypts a server's admin password for the registry (see `credentials.rs`).
+    pub fn seal_password(&self, server: &str, password: &Secret) -> Vec<u8> {
+        self.credentials.seal(server, password)
+    }
+
+    /// The administrator's target on a server's maintenance database: the stored URL (with its TLS), and the
+    /// password decrypted from the registry.
     pub fn admin(&self, server: &ServerRecord) -> Result<PgTarget, TenantError> {
-        match &server.admin_url {
-            None => Ok(self.control_target.with_dbname("postgres")),
-            Some(url) => PgTarget::parse_url(url)
-                .map(|t| t.with_dbname("postgres"))
-                .map_err(|e| TenantError::BadServer(server.name.clone(), e)),
+        let Some(url) = &server.admin_url else {
+            return Ok(self.control_target.with_dbname("postgres"));
+        };
+        let target = PgTarget::parse_url(url)
+            .map(|t| t.with_dbname("postgres"))
+            .map_err(|e| {
+                TenantError::BadServer(
+                    server.name.clone(),
+                    format!("its admin URL is not valid: {e}"),
+                )
+            })?;
+        match &server.admin_password {
+            None => Ok(target),
+            Some(sealed) => match self.credentials.open(&server.name, sealed) {
+                Some(password) => Ok(target.with_password(password)),
+                None => Err(TenantError::BadServer(
+                    server.name.clone(),
+                    "its stored password cannot be decrypted (was tenants.credential_secret or tenant.key \
+                     changed?)"
+                        .to_owned(),
+                )),
+            },
         }
     }
 

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use crate::helpers::{TestDir, mandant_command};
 
 /// A `mandant serve` child with its JSON log lines collected on a thread.
-struct Served {
+pub(crate) struct Served {
     child: Child,
     lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
+    pub(crate) seen: Vec<String>,
 }
 
 impl Served {
@@ -24,7 +24,12 @@ impl Served {
         Self::start_with(cwd, data_dir, level, &[])
     }
 
-    fn start_with(cwd: &Path, data_dir: &Path, level: &str, env: &[(&str, &str)]) -> Self {
+    pub(crate) fn start_with(
+        cwd: &Path,
+        data_dir: &Path,
+        level: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut child = mandant_command(cwd)
             .arg("serve")
             .envs(env.iter().copied())
@@ -79,7 +84,7 @@ impl Served {
         );
     }
 
-    fn addr(&mut self) -> String {
+    pub(crate) fn addr(&mut self) -> String {
         self.wait_for("listening")["addr"]
             .as_str()
             .unwrap()
@@ -87,7 +92,7 @@ impl Served {
     }
 
     /// SIGTERM, then the exit status (must come within 60 s).
-    fn terminate(&mut self) -> std::process::ExitStatus {
+    pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,

@@ -290,6 +290,15 @@ async fn client_on_another_server(
     let spec = crate::helpers::throwaway_spec(dir.path());
     let server = mandant::embedded::Cluster::start(&spec).unwrap();
     let url = server.target("postgres").to_url().expose().to_owned();
+    // The master placed first (on local, 1 of 2000), so the empty server registered next has the lower usage.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while app.client_json("master").await["status"] != "active" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the master never became active"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let server_id: i64 = app
         .control()
         .await
@@ -311,7 +320,7 @@ async fn client_on_another_server(
         .get(0);
     assert_eq!(
         placed, server_id,
-        "placement picks the server with the most room"
+        "placement picks the server with the lowest usage"
     );
     (dir, spec, server, server_id, slug)
 }

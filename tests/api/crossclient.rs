@@ -849,6 +849,15 @@ async fn while_another_process_collects_statistics_a_second_collector_stands_asi
     )])
     .await;
     app.create_active_client("lk-one").await;
+    // The master's own provisioning may still run under load (lk-one can finish first): wait for it too.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while app.client_json("master").await["status"] != "active" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the master never became active"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Another process's collector: the statistics lock on a session of its own.
     let held = app
         .state

@@ -448,6 +448,8 @@ impl TestApp {
         mandant::tenant::pool::TenantRoute {
             client_id: client.id,
             server_id: server.id,
+            server: server.name.clone(),
+            budget: None,
             target: self
                 .state
                 .targets()
@@ -589,4 +591,73 @@ pub fn mandant_command(cwd: &Path) -> std::process::Command {
     }
     command.current_dir(cwd);
     command
+}
+
+/// A further database server for a test: a throwaway cluster listening on TCP at `localhost` on a free port
+/// (`ThrowawayCluster::start_tcp`), optionally with TLS. Roles are made through its socket (superuser, no
+/// password); over TCP every role logs in with its password (scram-sha-256).
+pub struct ExtraServer {
+    cluster: ThrowawayCluster,
+    pub port: u16,
+}
+
+impl ExtraServer {
+    pub async fn start(tag: &str, tls: Option<mandant::embedded::TlsFiles>) -> Self {
+        let tag = tag.to_owned();
+        let cluster = tokio::task::spawn_blocking(move || {
+            ThrowawayCluster::start_tcp(&tag, tls.as_ref()).expect("start an extra cluster on TCP")
+        })
+        .await
+        .expect("cluster start task");
+        let port = cluster.tcp_port().expect("a TCP port");
+        Self { cluster, port }
+    }
+
+    /// The superuser through the socket.
+    pub async fn superuser(&self) -> tokio_postgres::Client {
+        self.cluster
+            .cluster()
+            .target("postgres")
+            .connect()
+            .await
+            .expect("superuser connection to the extra cluster")
+    }
+
+    /// Creates a login role with `password` and `options` (e.g. `SUPERUSER`, `CREATEDB CREATEROLE`, or none) and
+    /// returns its URL over TCP to `host` with the query (`sslmode=...`), e.g. `localhost`, `127.0.0.1`.
+    pub async fn admin_url(
+        &self,
+        role: &str,
+        password: &str,
+        options: &str,
+        host: &str,
+        query: &str,
+    ) -> String {
+        self.superuser()
+            .await
+            .batch_execute(&format!(
+                "DROP ROLE IF EXISTS \"{role}\"; CREATE ROLE \"{role}\" LOGIN {options} PASSWORD '{password}'"
+            ))
+            .await
+            .expect("create the admin role");
+        let query = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{query}")
+        };
+        format!(
+            "postgres://{role}:{password}@{host}:{}/postgres{query}",
+            self.port
+        )
+    }
+
+    /// A superuser query on the extra cluster, for a count.
+    pub async fn i64(&self, sql: &str) -> i64 {
+        self.superuser()
+            .await
+            .query_one(sql, &[])
+            .await
+            .expect("query on the extra cluster")
+            .get(0)
+    }
 }

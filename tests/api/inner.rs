@@ -350,6 +350,8 @@ async fn a_pooled_connection_used_for_one_inner_client_carries_nothing_into_the_
         mandant::tenant::pool::TenantRoute {
             client_id: mandant::data::inner_pool_key(parent),
             server_id: server.id,
+            server: server.name.clone(),
+            budget: None,
             target: app.state.targets().inner(&server, parent).unwrap(),
         }
     };

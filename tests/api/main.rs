@@ -26,5 +26,7 @@ mod retention;
 mod retention_hostile;
 mod routing;
 mod rule_properties;
+mod servers;
 mod target_groups;
 mod templates;
+mod tls;

@@ -341,16 +341,25 @@ async fn a_client_finds_no_server_when_every_server_is_full_and_says_so() {
     .await;
     let runner = app.runner("w");
     app.drain(&runner).await; // the master takes the only place
-    let created = app.create_client("no-room").await;
-    let tick = runner.tick().await.unwrap();
-    match tick {
-        Tick::Retrying { error, .. } => assert!(error.contains("free capacity"), "{error}"),
-        other => panic!("{other:?}"),
-    }
-    let op = app
-        .wait_for_operation_state(created["operation"].as_str().unwrap(), "queued")
+    // Placement happens when the client is created: refused at once, nothing made.
+    let response = app
+        .post_json(
+            "/v1/clients",
+            &serde_json::json!({"slug": "no-room", "name": "No room"}),
+        )
         .await;
-    assert!(op["last_error"].as_str().unwrap().contains("capacity"));
+    assert_eq!(response.status(), reqwest::StatusCode::CONFLICT);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "no_server_available");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("local is full (1 of 1 databases)"),
+        "{message}"
+    );
+    assert_eq!(
+        app.get("/v1/clients/no-room").await.status(),
+        reqwest::StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test]

@@ -200,6 +200,7 @@ async fn suspending_or_deleting_a_client_closes_its_connections_and_metrics_show
     let (app, routes) = tenants(2).await;
     let router = app.state.pools();
     let server = routes[0].server_id;
+    let server_name = routes[0].server.clone();
     for route in &routes {
         let conn = router.acquire(route).await.unwrap();
         conn.client().simple_query("SELECT 1").await.unwrap();
@@ -208,7 +209,7 @@ async fn suspending_or_deleting_a_client_closes_its_connections_and_metrics_show
     let metrics = app.get("/metrics").await.text().await.unwrap();
     assert!(
         metrics.contains(&format!(
-            "tenant_pool_budget_in_use{{server=\"{server}\"}} 2"
+            "tenant_pool_budget_in_use{{server=\"{server_name}\"}} 2"
         )),
         "{metrics}"
     );

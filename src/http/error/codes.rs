@@ -245,3 +245,91 @@ impl ApiError {
         )
     }
 }
+
+/// The codes of database servers (`/v1/servers`, and placement in `POST /v1/clients`).
+impl ApiError {
+    /// 409: no active server (in the zone asked for) can take a new client; `why` names each server's reason.
+    pub fn no_server_available(why: &str) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "no_server_available",
+            format!("{why}; nothing was created."),
+        )
+    }
+
+    /// 409: `POST /v1/servers` with a name already registered.
+    pub fn server_name_taken() -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "server_name_taken",
+            "A database server with this name is registered already.",
+        )
+    }
+
+    /// 409: `DELETE /v1/servers/{name}` of a server that still holds clients.
+    pub fn server_in_use(clients: i64) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "server_in_use",
+            format!(
+                "The server still holds {clients} client(s); it can be removed once it holds none."
+            ),
+        )
+    }
+
+    /// 409: `DELETE /v1/servers/local`.
+    pub fn server_is_local() -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "server_in_use",
+            "The local server holds the control plane; it cannot be removed.",
+        )
+    }
+
+    /// 422: the admin URL does not parse or names an unusable TLS setting (the message never quotes the URL).
+    pub fn invalid_server_url(why: &str) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_server_url",
+            format!("The server URL is not usable: {why}."),
+        )
+    }
+
+    /// 422: the server could not be reached or refused the login (TLS included); the text is redacted.
+    pub fn server_unreachable(why: &str) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "server_unreachable",
+            format!("The server could not be reached with the given URL and TLS mode: {why}"),
+        )
+    }
+
+    /// 422: PostgreSQL older than 13.
+    pub fn server_version_unsupported(version: &str) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "server_version_unsupported",
+            format!("The server runs PostgreSQL {version}; mandant needs 13 or newer."),
+        )
+    }
+
+    /// 422: the admin role is neither a superuser nor has CREATEDB and CREATEROLE.
+    pub fn server_rights_missing(missing: &str) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "server_rights_missing",
+            format!(
+                "The admin role must be a superuser or have CREATEDB and CREATEROLE; it lacks {missing}."
+            ),
+        )
+    }
+
+    /// 422: the template database could not be created or migrated on the server.
+    pub fn server_template_failed(why: &str) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "server_template_failed",
+            format!("The template database could not be made on the server: {why}"),
+        )
+    }
+}

@@ -270,12 +270,10 @@ impl From<ControlError> for ApiError {
                 "retention_looser_than_master",
                 format!("{e}; nothing was changed."),
             ),
-            ControlError::NoCapacity => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no_capacity",
-                "No database server has free capacity.",
-            )
-            .with_retry_after(RETRY_AFTER_SECS),
+            ControlError::NoServerAvailable(why) => Self::no_server_available(&why),
+            ControlError::ServerNameTaken => Self::server_name_taken(),
+            ControlError::ServerInUse(clients) => Self::server_in_use(clients),
+            ControlError::ServerIsLocal => Self::server_is_local(),
             ControlError::Unavailable(cause) => {
                 tracing::warn!(%cause, "control plane unavailable");
                 Self::new(
@@ -443,6 +441,21 @@ const CANNOT_MANAGE_USER: &str = "You cannot manage this user: that needs users.
 /// visible to the caller or not, without names or counts.
 const CANNOT_CHANGE_ROLE: &str = "You cannot change this role: changing it needs the right to manage every user \
      who holds it.";
+
+impl From<crate::dbservers::ServersError> for ApiError {
+    fn from(e: crate::dbservers::ServersError) -> Self {
+        use crate::dbservers::ServersError;
+        match e {
+            ServersError::Invalid(invalid) => invalid.into(),
+            ServersError::BadUrl(why) => Self::invalid_server_url(&why),
+            ServersError::Unreachable(why) => Self::server_unreachable(&why),
+            ServersError::TooOld(version) => Self::server_version_unsupported(&version),
+            ServersError::MissingRights(missing) => Self::server_rights_missing(&missing),
+            ServersError::Template(why) => Self::server_template_failed(&why),
+            ServersError::Control(e) => e.into(),
+        }
+    }
+}
 
 impl From<crate::access::AccessError> for ApiError {
     fn from(e: crate::access::AccessError) -> Self {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, Object, RecycleError, RecycleResult};
-use deadpool_postgres::tokio_postgres::{self, NoTls};
+use deadpool_postgres::tokio_postgres;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
@@ -84,9 +84,10 @@ impl PooledConn {
     pub fn abandon(mut self) {
         if let Some(conn) = self.conn.take() {
             let cancel = conn.client.cancel_token();
+            let tls = self.tenant.pool.manager().tls.clone();
             let conn = Object::take(conn);
             tokio::spawn(async move {
-                if let Err(e) = cancel.cancel_query(NoTls).await {
+                if let Err(e) = cancel.cancel_query(tls).await {
                     tracing::debug!(error = %e, "could not cancel an abandoned tenant query");
                 }
                 drop(conn);
@@ -202,6 +203,8 @@ impl Drop for PooledConn {
 }
 
 pub(super) struct ServerBudget {
+    /// The server's name (the `server` label of the budget's metrics).
+    pub(super) name: String,
     pub(super) permits: Arc<Semaphore>,
     pub(super) capacity: usize,
     /// The per-tenant cap in force on this server: the configured cap, or a fair share of the budget while
@@ -223,6 +226,8 @@ pub struct TenantManager {
     pub(super) client_id: Uuid,
     pub(super) server_id: i64,
     pub(super) config: tokio_postgres::Config,
+    /// The server's TLS (`sslmode`, `sslrootcert`), for connects and cancel requests.
+    pub(super) tls: crate::db::tls::MakeTls,
     pub(super) budget: Arc<ServerBudget>,
     pub(super) router: Weak<Inner>,
     pub(super) settings: PoolSettings,
@@ -330,7 +335,7 @@ impl managed::Manager for TenantManager {
                 () = tokio::time::sleep(BUDGET_RETRY) => {}
             }
         };
-        let connected = self.config.connect(NoTls).await;
+        let connected = self.config.connect(self.tls.clone()).await;
         let (client, connection) = match connected {
             Ok(pair) => {
                 metrics::counter!("tenant_pool_connects_total", "result" => "ok").increment(1);

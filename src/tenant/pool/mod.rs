@@ -123,7 +123,12 @@ impl From<&RoutingSettings> for PoolSettings {
 pub struct TenantRoute {
     pub client_id: Uuid,
     pub server_id: i64,
-    /// The tenant's own database, as its own role.
+    /// The server's name: the `server` label of its metrics.
+    pub server: String,
+    /// The server's own connection budget (its `budget`); `None` = `routing.budget_per_server`. Read when this
+    /// process first routes to the server.
+    pub budget: Option<usize>,
+    /// The tenant's own database, as its own role (with the server's TLS).
     pub target: PgTarget,
 }
 
@@ -499,8 +504,8 @@ impl TenantPools {
 
     /// Publishes budget and pool gauges to `/metrics`.
     pub fn publish_metrics(&self) {
-        for (server, budget) in lock(&self.inner.servers).iter() {
-            let server = server.to_string();
+        for budget in lock(&self.inner.servers).values() {
+            let server = budget.name.clone();
             metrics::gauge!("tenant_pool_budget_capacity", "server" => server.clone())
                 .set(budget.capacity as f64);
             metrics::gauge!("tenant_pool_budget_in_use", "server" => server.clone())

@@ -83,14 +83,19 @@ impl Inner {
         let budget = lock(&self.servers)
             .entry(route.server_id)
             .or_insert_with(|| {
+                let capacity = route
+                    .budget
+                    .unwrap_or(self.settings.budget_per_server)
+                    .max(1);
                 Arc::new(ServerBudget {
-                    permits: Arc::new(Semaphore::new(self.settings.budget_per_server)),
-                    capacity: self.settings.budget_per_server,
+                    name: route.server.clone(),
+                    permits: Arc::new(Semaphore::new(capacity)),
+                    capacity,
                     fair_cap: AtomicUsize::new(self.settings.per_tenant_cap),
                     last_pressure: Mutex::new(None),
                     returned: tokio::sync::Notify::new(),
                     policy: Mutex::new(policy::Admission::new(policy::Shares::for_budget(
-                        self.settings.budget_per_server,
+                        capacity,
                         policy::SAMPLE_FACTOR,
                     ))),
                     scan_slots: Arc::new(Semaphore::new(self.settings.scan_share.max(1))),
@@ -106,6 +111,7 @@ impl Inner {
                 .target
                 .with_application_name("mandant-router")
                 .tokio_config(),
+            tls: route.target.tls_connector(),
             budget: budget.clone(),
             router: Arc::downgrade(self),
             settings: self.settings.clone(),
