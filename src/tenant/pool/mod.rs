@@ -53,9 +53,9 @@ const BUDGET_RETRY: Duration = Duration::from_millis(5);
 /// How long a tenant waiting for one of its own connections waits for one to be returned before it looks at
 /// its pool again anyway.
 const OWN_RETRY: Duration = Duration::from_millis(5);
-/// How long a cold tenant that the admission policy ranks below every evictable tenant waits for a window
-/// connection to become free before it displaces one of the main region anyway (starvation freedom).
-const ADMISSION_PATIENCE: Duration = Duration::from_millis(20);
+/// How often a cold request waiting for a slot of the share looks for an idle share tenant to close (a safety net:
+/// a share connection that comes back while requests wait closes at once).
+const SHARE_RETRY: Duration = Duration::from_millis(20);
 /// A tenant unused this long has gone quiet: a warm tenant may take over its idle connection.
 const STALE_IDLE: Duration = Duration::from_secs(1);
 
@@ -97,6 +97,20 @@ impl Default for PoolSettings {
             pool_idle_drop: Duration::from_secs(600),
             fair_share_hold: Duration::from_secs(10),
             scan_share: 10,
+        }
+    }
+}
+
+impl PoolSettings {
+    /// The admission policy's regions for this budget (see [`policy::Shares::for_budget`]).
+    pub fn shares(&self) -> policy::Shares {
+        let budget = self.budget_per_server;
+        match std::env::var("MANDANT_POOL_SHARE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            Some(window) => policy::Shares::with_window(budget, window, policy::SAMPLE_FACTOR),
+            None => policy::Shares::for_budget(budget, policy::SAMPLE_FACTOR),
         }
     }
 }
@@ -173,8 +187,8 @@ pub struct PoolStats {
     /// Times a tenant found the budget full and waited for one of its own connections.
     pub own_waits: u64,
     /// Evictions for a cold tenant by how the admission policy decided them, in the order of
-    /// [`policy::Decision::ALL`] (scan, main over its share, candidate admitted, candidate rejected, window only,
-    /// newcomer, forced after the patience ran out).
+    /// [`policy::Decision::ALL`] (scan, main over its share, share tenant admitted into main, share tenant
+    /// rejected, share tenant closed with no main victim to compare, newcomer admitted, share connection yielded).
     pub decisions: [u64; 7],
 }
 
@@ -242,8 +256,20 @@ impl TenantPools {
         route: &TenantRoute,
         usage: Use,
     ) -> Result<PooledConn, RouteError> {
-        let mut conn = self.checkout(route, usage).await?;
-        lock(&conn.tenant.budget.policy).record(route.client_id, usage);
+        let (mut conn, counted) = self.checkout(route, usage).await?;
+        let fresh = conn
+            .conn
+            .as_ref()
+            .is_some_and(|c| Object::metrics(c).recycle_count == 0);
+        {
+            let mut policy = lock(&conn.tenant.budget.policy);
+            if usage == Use::Request && !counted {
+                policy.count(route.client_id);
+            }
+            policy.record(route.client_id, usage, fresh);
+        }
+        // Handed out: the tenant holds the connection now, its reservation ends.
+        conn.reservation = None;
         if usage == Use::Request {
             conn.tenant.note_served();
             // A connection a scan opened now serves the tenant's own requests: it leaves the scans' share.
@@ -274,7 +300,13 @@ impl TenantPools {
         }
     }
 
-    async fn checkout(&self, route: &TenantRoute, usage: Use) -> Result<PooledConn, RouteError> {
+    /// A connection for the tenant, and whether the request was counted in the admission policy's sketch (it is,
+    /// before a tenant without an idle connection may have to be admitted).
+    async fn checkout(
+        &self,
+        route: &TenantRoute,
+        usage: Use,
+    ) -> Result<(PooledConn, bool), RouteError> {
         let started = Instant::now();
         let tenant = self.inner.tenant(route)?;
         if let Some(error) = tenant.broken() {
@@ -317,9 +349,16 @@ impl TenantPools {
         } else {
             None
         };
+        let mut counted = false;
         let result = match fast {
             Some(Ok(conn)) => Ok(Ok(conn)),
             Some(Err(PoolError::Timeout(_) | PoolError::Backend(RouteError::Saturated))) | None => {
+                // Counted before the admission decision a connect may need, so a cold tenant competes with the
+                // frequency its own request adds.
+                if usage == Use::Request {
+                    lock(&tenant.budget.policy).count(route.client_id);
+                    counted = true;
+                }
                 loop {
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     match tokio::time::timeout(remaining, tenant.pool.get()).await {
@@ -355,11 +394,14 @@ impl TenantPools {
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
                 exported.increment(1);
-                Ok(PooledConn {
-                    conn: Some(conn),
-                    gate: Some(gate),
-                    tenant: tenant.clone(),
-                })
+                Ok((
+                    PooledConn {
+                        conn: Some(conn),
+                        gate: Some(gate),
+                        tenant: tenant.clone(),
+                    },
+                    counted,
+                ))
             }
             Ok(Err(PoolError::Backend(RouteError::Saturated)))
             | Ok(Err(PoolError::Timeout(_)))
