@@ -5,12 +5,15 @@
 //!   lives inside the pooled object), so the bound holds on every path: a connection dropped by eviction, by the
 //!   pool's recycling, by GC or by an error gives its permit back, and nothing else can.
 //! - **Eviction by frequency.** When the budget is full and a tenant *with no connection* needs one, the admission
-//!   policy ([`policy`], W-TinyLFU) picks whose idle connection closes: a cold tenant is served through a small
-//!   window share of the budget and displaces a tenant of the main region only if a frequency sketch counts it
-//!   as used more often; work visiting many tenants (`Use::Scan`) is not counted and takes at most
-//!   `scan_share` connections from others. A tenant that already holds connections waits for its own instead
-//!   of stealing (stealing by warm tenants thrashes: measured in FACTS.md), unless the other tenant has gone
-//!   quiet (unused for a second): then its idle connection is fair game.
+//!   policy ([`policy`], W-TinyLFU) decides: the cold tenant (its request counted in a frequency sketch first)
+//!   takes the idle connection of main's least frequent tenant only if the sketch counts it as used more often;
+//!   otherwise it is served from the *share*, a hard 10% of the budget in slots of one tenant each, for which it
+//!   waits in FIFO order, and a share connection serves one request while others wait. So cold tenants never
+//!   force a main tenant out, and a cold request waits at most for the share's requests ahead of it. Work
+//!   visiting many tenants (`Use::Scan`) is not counted and takes at most `scan_share` connections from others.
+//!   A tenant that already holds connections waits for its own instead of stealing (stealing by warm tenants
+//!   thrashes: measured in FACTS.md), unless the other tenant has gone quiet (unused for a second): then its
+//!   idle connection is fair game.
 //! - **Fair share under pressure.** When a cold tenant has to evict, the tenants in use do not fit the budget:
 //!   every tenant's cap on that server drops to `budget / tenants holding connections` (at least 1, via
 //!   a per-tenant gate semaphore), so the budget caches as many distinct tenants as possible (an LRU of tenants, not of
@@ -104,14 +107,7 @@ impl Default for PoolSettings {
 impl PoolSettings {
     /// The admission policy's regions for this budget (see [`policy::Shares::for_budget`]).
     pub fn shares(&self) -> policy::Shares {
-        let budget = self.budget_per_server;
-        match std::env::var("MANDANT_POOL_SHARE")
-            .ok()
-            .and_then(|v| v.parse().ok())
-        {
-            Some(window) => policy::Shares::with_window(budget, window, policy::SAMPLE_FACTOR),
-            None => policy::Shares::for_budget(budget, policy::SAMPLE_FACTOR),
-        }
+        policy::Shares::for_budget(self.budget_per_server, policy::SAMPLE_FACTOR)
     }
 }
 

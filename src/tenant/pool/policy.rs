@@ -776,6 +776,88 @@ mod tests {
         assert_eq!(hot_kept, 18);
     }
 
+    /// Budget 10: a share of 1 slot and a main region of 9, filled with tenants 0..9 (each used `uses` times),
+    /// plus tenant 100 in the share. `busy` tenants' connections are in use.
+    fn full_budget(uses: usize) -> Admission<u32> {
+        let mut policy = Admission::new(Shares::for_budget(10, SAMPLE_FACTOR));
+        for t in 0..9u32 {
+            for _ in 0..uses {
+                policy.count(t);
+            }
+            assert!(matches!(
+                policy.entry(&t, |k| one(*k, &[t])),
+                Entry::Room {
+                    region: Region::Probation,
+                    evict: None
+                }
+            ));
+            policy.record(t, Use::Request, true);
+        }
+        policy.count(100);
+        assert_eq!(policy.entry(&100, |k| one(*k, &[100])), Entry::Share);
+        policy.join_share(100);
+        policy
+    }
+
+    /// Tenants 0..9 and 100 hold one connection each (idle unless `busy`); others hold none, except the
+    /// tenant whose request is being decided (a reservation).
+    fn one(k: u32, busy: &[u32]) -> Holding {
+        let held = k < 9 || k == 100 || busy.contains(&k);
+        Holding {
+            connections: usize::from(held),
+            idle: usize::from(held && !busy.contains(&k)),
+        }
+    }
+
+    #[test]
+    fn a_cold_tenant_that_loses_admission_waits_for_the_share_and_never_displaces_a_main_tenant() {
+        let mut policy = full_budget(5);
+        // A cold tenant used once: main is full and its victim more frequent, so it goes to the share ...
+        policy.count(200);
+        assert_eq!(policy.entry(&200, |k| one(*k, &[200])), Entry::Share);
+        // ... where, with the share tenant busy, nothing may be closed: it waits, main stays whole.
+        assert_eq!(
+            policy.make_room_in_share(&200, |k| one(*k, &[200, 100])),
+            None
+        );
+        assert_eq!(
+            policy.len(Region::Probation) + policy.len(Region::Protected),
+            9
+        );
+        // Once the share tenant is idle, it makes room (rejected: it was used less often than main's victim).
+        let room = policy.make_room_in_share(&200, |k| one(*k, &[200]));
+        assert_eq!(room, Some(Eviction::of(100, Decision::Rejected)));
+        // A share connection that comes back while others wait closes.
+        assert_eq!(
+            policy.on_return(&100, |k| one(*k, &[])),
+            Eviction::of(100, Decision::Yielded)
+        );
+    }
+
+    #[test]
+    fn a_cold_tenant_used_more_often_than_mains_victim_takes_its_place() {
+        let mut policy = full_budget(1);
+        for _ in 0..3 {
+            policy.count(300);
+        }
+        match policy.entry(&300, |k| one(*k, &[300])) {
+            Entry::Displace(e) => {
+                assert_eq!(e.decision, Decision::Newcomer);
+                assert!(e.victim < 9, "{e:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(policy.region(&300), Some(Region::Probation));
+        // A share tenant that became more frequent than main's victim moves into main when its connection comes
+        // back, and the victim closes instead.
+        for _ in 0..5 {
+            policy.count(100);
+        }
+        let e = policy.on_return(&100, |k| one(*k, &[]));
+        assert_eq!((e.decision, e.promoted), (Decision::Admitted, Some(100)));
+        assert_eq!(policy.region(&100), Some(Region::Probation));
+    }
+
     #[test]
     fn aging_halves_the_counts_so_old_popularity_fades() {
         let mut sketch = FrequencySketch::new(1024, 100);
