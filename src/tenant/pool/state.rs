@@ -134,6 +134,7 @@ impl Inner {
                 Arc::new(ServerBudget {
                     permits: Arc::new(Semaphore::new(self.settings.budget_per_server)),
                     capacity: self.settings.budget_per_server,
+                    per_tenant_cap: self.settings.per_tenant_cap,
                     fair_cap: AtomicUsize::new(self.settings.per_tenant_cap),
                     last_pressure: Mutex::new(None),
                     returned: tokio::sync::Notify::new(),
