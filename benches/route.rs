@@ -8,7 +8,8 @@
 //! - overcommitted: 500 tenants with 100 recipients each, budget 40, Zipf(s = 1.1) tenant choice. mandant beside
 //!   a no-pool router that opens a connection per request. On the very request trace the router served (the
 //!   warm-up, then the measured window), the hit ratios of three reference caches of 40 tenants: an ideal LRU,
-//!   a static top-k (the 40 tenants most frequent in the measured window, always cached), and Belady's optimum
+//!   a static top-k (the 40 tenants most frequent in the measured window, always cached; also the top 36, the size of
+//!   the admission policy's main region, since the rest of the budget serves the misses), and Belady's optimum
 //!   (on a miss, evict the tenant used again farthest in the future: the limit for any policy with this budget).
 //!   Also connects per second, admission decisions, and the budget's peak use (router permits, sampled every
 //!   millisecond, and PostgreSQL backends of tenant roles).
@@ -78,6 +79,13 @@ async fn main() {
     let recipients_per_tenant = 100usize;
     let shift_secs = common::env_usize("BENCH_SHIFT_SECS", 40) as u64;
     let shift_period = common::env_usize("BENCH_SHIFT_PERIOD", 20).max(1) as u64;
+    // The tenants the admission policy's main region holds (the rest of the budget is the share for misses).
+    let main_share = mandant::tenant::pool::PoolSettings {
+        budget_per_server: budget,
+        ..Default::default()
+    }
+    .shares()
+    .main;
 
     let cluster = common::cluster("bench-route");
     let budget_text = budget.to_string();
@@ -339,11 +347,14 @@ async fn main() {
             let hit_ratio = warm_hits as f64 / (warm_hits + cold).max(1) as f64;
             let ideal = ideal_lru_hit_ratio(&warm.trace, &run.trace, budget);
             let top_k = static_top_k_hit_ratio(&run.trace, budget);
+            // The main region's size: what a static cache gets when the share's connections serve the misses.
+            let top_main = static_top_k_hit_ratio(&run.trace, main_share);
             let belady = belady_hit_ratio(&warm.trace, &run.trace, budget);
             let extra = json!({
                 "hit_ratio": hit_ratio,
                 "ideal_lru_hit_ratio": ideal,
                 "static_top_k_hit_ratio": top_k,
+                "static_top_main_hit_ratio": top_main,
                 "belady_hit_ratio": belady,
                 "decisions": mandant::tenant::pool::policy::Decision::ALL
                     .iter()
@@ -483,10 +494,11 @@ async fn main() {
          {fits_ratio:.3} (ratio of medians), {fits_paired:.3} (median of per-round ratios) (target >= 0.92)"
     );
     println!(
-        "overcommitted: warm-hit {:.3}; on the same trace: ideal LRU {:.3}, static top-k {:.3} (target: within 0.03), Belady {:.3}; {:.0} connects/s",
+        "overcommitted: warm-hit {:.3}; on the same trace: ideal LRU {:.3}, static top-k {:.3} (target: within 0.03; top-{main_share}, main's share, {:.3}), Belady {:.3}; {:.0} connects/s",
         hit("hit_ratio"),
         hit("ideal_lru_hit_ratio"),
         hit("static_top_k_hit_ratio"),
+        hit("static_top_main_hit_ratio"),
         hit("belady_hit_ratio"),
         hit("connects_per_sec")
     );

@@ -3,23 +3,44 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, Object, RecycleError, RecycleResult};
 use deadpool_postgres::tokio_postgres;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use uuid::Uuid;
 
+use super::state::{Admit, WaiterGuard};
 use super::*;
 
 /// A physical connection and the budget permit it owns.
 pub struct TenantConn {
     pub(super) client: tokio_postgres::Client,
-    pub(super) _permit: OwnedSemaphorePermit,
+    /// The budget permit: freed when the connection is dropped, or passed on to the tenant that evicted it.
+    pub(super) permit: OwnedSemaphorePermit,
     /// Lifetime limit of this connection (max lifetime with jitter).
     pub(super) expires_after: Duration,
     /// One of the server's scan slots, while the connection was opened for a scan and no request used it since.
     pub(super) scan_slot: Option<OwnedSemaphorePermit>,
+    /// The tenant's reservation while the connection is new and not yet handed out (so the policy does not forget a
+    /// tenant between its connect and its first use).
+    pub(super) reservation: Option<Reservation>,
+}
+
+/// A cold connect in progress: counts as a connection of its tenant for the admission policy until dropped.
+pub(super) struct Reservation(Arc<AtomicUsize>);
+
+impl Reservation {
+    fn new(reserving: &Arc<AtomicUsize>) -> Self {
+        reserving.fetch_add(1, Ordering::AcqRel);
+        Self(reserving.clone())
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl std::fmt::Debug for TenantConn {
@@ -163,6 +184,22 @@ impl PooledConn {
         if let Some(permit) = gate {
             tenant.release_gate(permit);
         }
+        // A connection over a lowered cap (opened before the cap dropped, busy when it did) closes when it comes
+        // back: kept, it would hold a slot of the budget that the tenant cannot use at once (a hot tenant keeping
+        // two under a cap of one shrinks main by a tenant; measured on the route benchmark).
+        let cap = tenant.gate_size.load(Ordering::Relaxed);
+        if cap < tenant.budget.per_tenant_cap && tenant.pool.status().size > cap {
+            tenant.close_one_idle();
+        }
+        // A share tenant's connection serves one request while cold requests wait for the share.
+        if tenant.in_share.load(Ordering::SeqCst)
+            && tenant.budget.share_waiters.load(Ordering::SeqCst) > 0
+        {
+            let manager = tenant.pool.manager();
+            if let Some(router) = manager.router.upgrade() {
+                router.yield_share(tenant, manager.client_id);
+            }
+        }
         tenant.returned.notify_one();
         tenant.budget.returned.notify_waiters();
     }
@@ -207,6 +244,8 @@ pub(super) struct ServerBudget {
     pub(super) name: String,
     pub(super) permits: Arc<Semaphore>,
     pub(super) capacity: usize,
+    /// The configured per-tenant cap (the fair share is lower under pressure).
+    pub(super) per_tenant_cap: usize,
     /// The per-tenant cap in force on this server: the configured cap, or a fair share of the budget while
     /// the tenants in use do not fit (see [`Inner::under_pressure`]).
     pub(super) fair_cap: AtomicUsize,
@@ -219,6 +258,11 @@ pub(super) struct ServerBudget {
     /// `scan_share` permits: a connection opened for a scan holds one until it closes or a request uses it, so
     /// scans never hold more than their share of the budget.
     pub(super) scan_slots: Arc<Semaphore>,
+    /// The share's slots, one per tenant in the window (see [`policy`]): a cold request that lost admission
+    /// waits for one in FIFO order.
+    pub(super) share_slots: Arc<Semaphore>,
+    /// Cold requests waiting for a slot of the share (share tenants' connections then serve one request each).
+    pub(super) share_waiters: AtomicUsize,
 }
 
 /// Creates and recycles one tenant's connections, taking a budget permit for each.
@@ -229,6 +273,8 @@ pub struct TenantManager {
     /// The server's TLS (`sslmode`, `sslrootcert`), for connects and cancel requests.
     pub(super) tls: crate::db::tls::MakeTls,
     pub(super) budget: Arc<ServerBudget>,
+    /// The tenant's reservations (see [`TenantPool::reserving`]).
+    pub(super) reserving: Arc<AtomicUsize>,
     pub(super) router: Weak<Inner>,
     pub(super) settings: PoolSettings,
 }
@@ -269,6 +315,129 @@ impl TenantManager {
     }
 }
 
+impl TenantManager {
+    /// A budget permit for a cold request of the tenant's own (it holds no connection; a reservation is counted):
+    /// as the admission policy decides ([`Inner::admit`]) — a free permit or a displaced victim's if it has a place
+    /// (main has room, it won admission, or it holds a slot of the share); otherwise it waits for a slot of the
+    /// share (FIFO), then for a permit. Never takes a main tenant's connection without winning admission.
+    async fn cold_permit(&self) -> Result<OwnedSemaphorePermit, RouteError> {
+        loop {
+            let Some(router) = self.router.upgrade() else {
+                return Err(RouteError::Closed);
+            };
+            if self.budget.permits.available_permits() == 0 {
+                // Lowering the caps may close idle surplus connections, which makes room without evicting anyone.
+                router.under_pressure(self.server_id, &self.budget, false);
+            }
+            // Registered before deciding, so a connection returned meanwhile is not missed.
+            let returned = self.budget.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            match router.admit(&self.budget, self.client_id) {
+                Admit::Permit(permit) => return Ok(permit),
+                Admit::Share => {
+                    // Counted before making room, so a share connection coming back meanwhile yields (see
+                    // `PooledConn::drop`) or is seen idle here.
+                    let waiting = WaiterGuard::enter(&self.budget.share_waiters, usize::MAX);
+                    let slot = match self.budget.share_slots.clone().try_acquire_owned() {
+                        Ok(slot) => slot,
+                        Err(TryAcquireError::Closed) => return Err(RouteError::Closed),
+                        Err(TryAcquireError::NoPermits) => {
+                            router.make_room_in_share(&self.budget, self.client_id);
+                            drop(router);
+                            metrics::counter!("tenant_pool_share_waits_total").increment(1);
+                            // In FIFO order; looking for an idle share tenant now and then (a safety net: share
+                            // connections coming back yield to waiters).
+                            let acquire = self.budget.share_slots.clone().acquire_owned();
+                            tokio::pin!(acquire);
+                            loop {
+                                tokio::select! {
+                                    slot = &mut acquire => break slot.map_err(|_| RouteError::Closed)?,
+                                    () = tokio::time::sleep(SHARE_RETRY) => {
+                                        let Some(router) = self.router.upgrade() else {
+                                            return Err(RouteError::Closed);
+                                        };
+                                        router.make_room_in_share(&self.budget, self.client_id);
+                                    }
+                                }
+                            }
+                        }
+                    };
+                    drop(waiting);
+                    let Some(router) = self.router.upgrade() else {
+                        return Err(RouteError::Closed);
+                    };
+                    if !router.join_share(&self.budget, self.client_id, slot) {
+                        return Err(RouteError::Closed);
+                    }
+                }
+                Admit::Wait => {
+                    drop(router);
+                    metrics::counter!("tenant_pool_budget_waits_total").increment(1);
+                    tokio::select! {
+                        acquired = self.budget.permits.clone().acquire_owned() => {
+                            let permit = acquired.map_err(|_| RouteError::Closed)?;
+                            let router = self.router.upgrade().ok_or(RouteError::Closed)?;
+                            if router.has_place(&self.budget, self.client_id) {
+                                return Ok(permit);
+                            }
+                        }
+                        () = &mut returned => {}
+                        () = tokio::time::sleep(BUDGET_RETRY) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// A budget permit for a tenant that holds connections (it waits for its own when the budget is full) or for
+    /// a scan (which holds a scan slot).
+    async fn permit(&self, usage: Use) -> Result<OwnedSemaphorePermit, RouteError> {
+        loop {
+            if let Ok(permit) = self.budget.permits.clone().try_acquire_owned() {
+                return Ok(permit);
+            }
+            // The budget is full. A tenant holding connections waits for one of its own to come back
+            // (`acquire` retries the pool); only a scan holding none may close another tenant's idle one.
+            let Some(router) = self.router.upgrade() else {
+                return Err(RouteError::Closed);
+            };
+            let held = router.connections_of(self.client_id);
+            if held > 0 {
+                // A warm tenant may take over a connection whose tenant has gone quiet, never a recently used
+                // one (that thrashes). Otherwise everyone in use wants more than the budget holds: fair share.
+                if router.evict_stale_idle(self.server_id, self.client_id, STALE_IDLE) {
+                    continue;
+                }
+                router.under_pressure(self.server_id, &self.budget, true);
+                return Err(RouteError::Saturated);
+            }
+            if usage == Use::Request {
+                // Its connections are gone meanwhile: `acquire` retries, and the next connect is a cold one.
+                return Err(RouteError::Saturated);
+            }
+            router.under_pressure(self.server_id, &self.budget, false);
+            if let Ok(permit) = self.budget.permits.clone().try_acquire_owned() {
+                return Ok(permit);
+            }
+            // Registered before looking for a victim, so a connection returned meanwhile is not missed.
+            let returned = self.budget.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            router.evict_for_scan(&self.budget, self.client_id);
+            drop(router);
+            metrics::counter!("tenant_pool_budget_waits_total").increment(1);
+            tokio::select! {
+                acquired = self.budget.permits.clone().acquire_owned() => {
+                    return acquired.map_err(|_| RouteError::Closed);
+                }
+                () = &mut returned => {}
+                () = tokio::time::sleep(BUDGET_RETRY) => {}
+            }
+        }
+    }
+}
+
 impl managed::Manager for TenantManager {
     type Type = TenantConn;
     type Error = RouteError;
@@ -282,57 +451,23 @@ impl managed::Manager for TenantManager {
                 return Err(RouteError::Saturated);
             }
         }
-        let waiting_since = Instant::now();
         let usage = self
             .router
             .upgrade()
             .map_or(Use::Request, |router| router.usage_of(self.client_id));
-        let scan_slot = match usage {
-            Use::Scan => Some(self.scan_slot().await?),
-            Use::Request => None,
-        };
-        let permit = loop {
-            if let Ok(permit) = self.budget.permits.clone().try_acquire_owned() {
-                break permit;
+        let cold = self
+            .router
+            .upgrade()
+            .is_some_and(|router| router.connections_of(self.client_id) == 0);
+        let (permit, scan_slot, reservation) = match usage {
+            Use::Request if cold => {
+                let reservation = Reservation::new(&self.reserving);
+                (self.cold_permit().await?, None, Some(reservation))
             }
-            // The budget is full. A tenant holding connections waits for one of its own to come back
-            // (`acquire` retries the pool); only a tenant holding none may close another tenant's idle one.
-            let Some(router) = self.router.upgrade() else {
-                return Err(RouteError::Closed);
-            };
-            if router.connections_of(self.client_id) > 0 {
-                // A warm tenant may take over a connection whose tenant has gone quiet, never a recently used
-                // one (that thrashes). Otherwise everyone in use wants more than the budget holds: fair share.
-                if router.evict_stale_idle(self.server_id, self.client_id, STALE_IDLE) {
-                    continue;
-                }
-                router.under_pressure(self.server_id, &self.budget, true);
-                return Err(RouteError::Saturated);
-            }
-            // Lowering the caps may close idle surplus connections; only if that freed nothing, evict.
-            router.under_pressure(self.server_id, &self.budget, false);
-            if let Ok(permit) = self.budget.permits.clone().try_acquire_owned() {
-                break permit;
-            }
-            // Registered before looking for a victim, so a connection returned meanwhile is not missed.
-            let returned = self.budget.returned.notified();
-            tokio::pin!(returned);
-            returned.as_mut().enable();
-            router.evict_by_policy(
-                &self.budget,
-                self.client_id,
-                usage,
-                waiting_since.elapsed() >= ADMISSION_PATIENCE,
-            );
-            metrics::counter!("tenant_pool_budget_waits_total").increment(1);
-            // Wait for the permit the eviction freed (or any other), or for any connection on this server to
-            // become idle (then look again); `acquire`'s deadline bounds the loop.
-            tokio::select! {
-                acquired = self.budget.permits.clone().acquire_owned() => {
-                    break acquired.map_err(|_| RouteError::Closed)?;
-                }
-                () = &mut returned => {}
-                () = tokio::time::sleep(BUDGET_RETRY) => {}
+            Use::Request => (self.permit(usage).await?, None, None),
+            Use::Scan => {
+                let slot = self.scan_slot().await?;
+                (self.permit(usage).await?, Some(slot), None)
             }
         };
         let connected = self.config.connect(self.tls.clone()).await;
@@ -356,9 +491,10 @@ impl managed::Manager for TenantManager {
         let jitter = 0.9 + rand::random::<f64>() * 0.2;
         Ok(TenantConn {
             client,
-            _permit: permit,
+            permit,
             expires_after: self.settings.max_lifetime.mul_f64(jitter),
             scan_slot,
+            reservation,
         })
     }
 

@@ -5,12 +5,15 @@
 //!   lives inside the pooled object), so the bound holds on every path: a connection dropped by eviction, by the
 //!   pool's recycling, by GC or by an error gives its permit back, and nothing else can.
 //! - **Eviction by frequency.** When the budget is full and a tenant *with no connection* needs one, the admission
-//!   policy ([`policy`], W-TinyLFU) picks whose idle connection closes: a cold tenant is served through a small
-//!   window share of the budget and displaces a tenant of the main region only if a frequency sketch counts it
-//!   as used more often; work visiting many tenants (`Use::Scan`) is not counted and takes at most
-//!   `scan_share` connections from others. A tenant that already holds connections waits for its own instead
-//!   of stealing (stealing by warm tenants thrashes: measured in FACTS.md), unless the other tenant has gone
-//!   quiet (unused for a second): then its idle connection is fair game.
+//!   policy ([`policy`], W-TinyLFU) decides: the cold tenant (its request counted in a frequency sketch first)
+//!   takes the idle connection of main's least frequent tenant only if the sketch counts it as used more often;
+//!   otherwise it is served from the *share*, a hard 10% of the budget in slots of one tenant each, for which it
+//!   waits in FIFO order, and a share connection serves one request while others wait. So cold tenants never
+//!   force a main tenant out, and a cold request waits at most for the share's requests ahead of it. Work
+//!   visiting many tenants (`Use::Scan`) is not counted and takes at most `scan_share` connections from others.
+//!   A tenant that already holds connections waits for its own instead of stealing (stealing by warm tenants
+//!   thrashes: measured in FACTS.md), unless the other tenant has gone quiet (unused for a second): then its
+//!   idle connection is fair game.
 //! - **Fair share under pressure.** When a cold tenant has to evict, the tenants in use do not fit the budget:
 //!   every tenant's cap on that server drops to `budget / tenants holding connections` (at least 1, via
 //!   a per-tenant gate semaphore), so the budget caches as many distinct tenants as possible (an LRU of tenants, not of
@@ -53,9 +56,9 @@ const BUDGET_RETRY: Duration = Duration::from_millis(5);
 /// How long a tenant waiting for one of its own connections waits for one to be returned before it looks at
 /// its pool again anyway.
 const OWN_RETRY: Duration = Duration::from_millis(5);
-/// How long a cold tenant that the admission policy ranks below every evictable tenant waits for a window
-/// connection to become free before it displaces one of the main region anyway (starvation freedom).
-const ADMISSION_PATIENCE: Duration = Duration::from_millis(20);
+/// How often a cold request waiting for a slot of the share looks for an idle share tenant to close (a safety net:
+/// a share connection that comes back while requests wait closes at once).
+const SHARE_RETRY: Duration = Duration::from_millis(20);
 /// A tenant unused this long has gone quiet: a warm tenant may take over its idle connection.
 const STALE_IDLE: Duration = Duration::from_secs(1);
 
@@ -98,6 +101,13 @@ impl Default for PoolSettings {
             fair_share_hold: Duration::from_secs(10),
             scan_share: 10,
         }
+    }
+}
+
+impl PoolSettings {
+    /// The admission policy's regions for this budget (see [`policy::Shares::for_budget`]).
+    pub fn shares(&self) -> policy::Shares {
+        policy::Shares::for_budget(self.budget_per_server, policy::SAMPLE_FACTOR)
     }
 }
 
@@ -178,8 +188,8 @@ pub struct PoolStats {
     /// Times a tenant found the budget full and waited for one of its own connections.
     pub own_waits: u64,
     /// Evictions for a cold tenant by how the admission policy decided them, in the order of
-    /// [`policy::Decision::ALL`] (scan, main over its share, candidate admitted, candidate rejected, window only,
-    /// newcomer, forced after the patience ran out).
+    /// [`policy::Decision::ALL`] (scan, main over its share, share tenant admitted into main, share tenant
+    /// rejected, share tenant closed with no main victim to compare, newcomer admitted, share connection yielded).
     pub decisions: [u64; 7],
 }
 
@@ -247,8 +257,20 @@ impl TenantPools {
         route: &TenantRoute,
         usage: Use,
     ) -> Result<PooledConn, RouteError> {
-        let mut conn = self.checkout(route, usage).await?;
-        lock(&conn.tenant.budget.policy).record(route.client_id, usage);
+        let (mut conn, counted) = self.checkout(route, usage).await?;
+        let fresh = conn
+            .conn
+            .as_ref()
+            .is_some_and(|c| Object::metrics(c).recycle_count == 0);
+        {
+            let mut policy = lock(&conn.tenant.budget.policy);
+            if usage == Use::Request && !counted {
+                policy.count(route.client_id);
+            }
+            policy.record(route.client_id, usage, fresh);
+        }
+        // Handed out: the tenant holds the connection now, its reservation ends.
+        conn.reservation = None;
         if usage == Use::Request {
             conn.tenant.note_served();
             // A connection a scan opened now serves the tenant's own requests: it leaves the scans' share.
@@ -279,7 +301,13 @@ impl TenantPools {
         }
     }
 
-    async fn checkout(&self, route: &TenantRoute, usage: Use) -> Result<PooledConn, RouteError> {
+    /// A connection for the tenant, and whether the request was counted in the admission policy's sketch (it is,
+    /// before a tenant without an idle connection may have to be admitted).
+    async fn checkout(
+        &self,
+        route: &TenantRoute,
+        usage: Use,
+    ) -> Result<(PooledConn, bool), RouteError> {
         let started = Instant::now();
         let tenant = self.inner.tenant(route)?;
         if let Some(error) = tenant.broken() {
@@ -322,9 +350,16 @@ impl TenantPools {
         } else {
             None
         };
+        let mut counted = false;
         let result = match fast {
             Some(Ok(conn)) => Ok(Ok(conn)),
             Some(Err(PoolError::Timeout(_) | PoolError::Backend(RouteError::Saturated))) | None => {
+                // Counted before the admission decision a connect may need, so a cold tenant competes with the
+                // frequency its own request adds.
+                if usage == Use::Request {
+                    lock(&tenant.budget.policy).count(route.client_id);
+                    counted = true;
+                }
                 loop {
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     match tokio::time::timeout(remaining, tenant.pool.get()).await {
@@ -360,13 +395,16 @@ impl TenantPools {
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
                 exported.increment(1);
-                Ok(PooledConn {
-                    conn: Some(conn),
-                    gate: Some(gate),
-                    tenant: tenant.clone(),
-                    in_tx: false,
-                    read_only_tx: false,
-                })
+                Ok((
+                    PooledConn {
+                        conn: Some(conn),
+                        gate: Some(gate),
+                        tenant: tenant.clone(),
+                        in_tx: false,
+                        read_only_tx: false,
+                    },
+                    counted,
+                ))
             }
             Ok(Err(PoolError::Backend(RouteError::Saturated)))
             | Ok(Err(PoolError::Timeout(_)))

@@ -1,19 +1,27 @@
 //! Which tenants keep their connections when a server's budget is full: W-TinyLFU, as Caffeine and moka do it for
-//! cache entries, applied to tenants holding connections.
+//! cache entries, applied to tenants holding connections, with the window as a *hard* share of the budget.
 //!
 //! - Every request of a tenant's own is counted in a **frequency sketch** (count-min, 4 rows of 4-bit counters,
 //!   conservative update) whose counters are all halved after a sample of `sample_factor × budget` counted
-//!   requests, so popularity ages and a tenant that was hot an hour ago does not stay for ever.
-//! - A tenant that gets its first connection enters the **window**, a small LRU region (the probation share of
-//!   the budget that absorbs bursts of cold tenants). When the budget is full and a cold tenant needs a
-//!   connection, the window's least recently used tenant is the *candidate* for the **main** region, and the
-//!   main region's least recently used tenant of its probation segment is the *victim*: the one the sketch
-//!   counts as used more often keeps its connection, the other gives one up (ties favour the victim, which
-//!   has proven itself). So a burst of a cold tenant cycles through the window and cannot evict a tenant used
-//!   a hundred times more often.
-//! - The main region is a segmented LRU: a tenant of the main region's probation segment that is used again is
-//!   promoted to the **protected** segment (80% of the main region); the protected segment's least recently
-//!   used tenant is demoted back to probation when it overflows.
+//!   requests, so popularity ages and a tenant that was hot an hour ago does not stay for ever. A request is
+//!   counted *before* any decision about it, so a cold tenant competes with the frequency its own request adds.
+//! - The budget is split into the **main** region (a segmented LRU: *probation*, and *protected*, 80% of main)
+//!   and the **share** (the *window*: `window` tenants, 10% of the budget, at least 1), plus the scans' own share.
+//!   A cold tenant (no connection) whose request finds the budget full enters main only by **admission**: the
+//!   sketch counts it as used more often than main's *victim* (its least frequent idle probation tenant, else its
+//!   least recently used idle protected one), whose connection then closes and passes its permit on. While main
+//!   is under its share it enters without comparison. Otherwise it has lost admission and is served from the
+//!   share: it takes one of the share's `window` slots (waiting for one in FIFO order if all are taken), and never
+//!   makes a main tenant give way, so a burst of cold tenants cannot erode the hot set.
+//! - The share makes room for the next cold tenant as W-TinyLFU's window does: its least recently used tenants are
+//!   *candidates* against main's victim; a candidate used more often than the victim moves into main (a label:
+//!   even a busy one) and the victim closes, otherwise an idle candidate closes. While cold tenants wait for the
+//!   share, a share tenant's connection serves one request and is then closed ([`Admission::on_return`], unless
+//!   the tenant wins its way into main right then), so a wait for the share is bounded by one request of each of
+//!   the `window` tenants ahead in the queue.
+//! - Main's membership therefore changes only by those comparisons, while main is under its share, when a scan's
+//!   share grows (main's share is the budget minus the window minus the connections scans hold), and when a
+//!   tenant of main has gone quiet and loses its connections to garbage collection.
 //! - Work that visits many tenants once (`Use::Scan`: fan-out, cross-client queries, statistics) is never
 //!   counted: its connections form a **scan** region, evicted first by anyone, that may grow by evicting
 //!   others only up to its share of the budget; beyond that share a scan reuses its own idle connections or
@@ -21,8 +29,8 @@
 //!
 //! Regions are labels on tenants, not separate pools: moving a tenant between regions costs nothing, and a
 //! victim must have an idle connection (a busy one cannot be closed, so the next one in order is taken). The
-//! structure is pure (no connections, no clock), so the route benchmark and the tests below replay traces
-//! through it.
+//! structure is pure (no connections, no clock, no semaphores: the pool holds the share's slots and asks
+//! [`Holding`] of each tenant), so the route benchmark and the tests below replay traces through it.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
@@ -50,6 +58,18 @@ pub enum Region {
 pub struct Eviction<K> {
     pub victim: K,
     pub decision: Decision,
+    /// A share tenant that moved into main by the same decision (its share slot is free now).
+    pub promoted: Option<K>,
+}
+
+impl<K> Eviction<K> {
+    fn of(victim: K, decision: Decision) -> Self {
+        Self {
+            victim,
+            decision,
+            promoted: None,
+        }
+    }
 }
 
 /// How a victim was chosen (the `decision` label of `tenant_pool_admission_decisions_total`).
@@ -57,18 +77,20 @@ pub struct Eviction<K> {
 pub enum Decision {
     /// An idle connection a scan opened (everyone's first victim), or a scan's own choice.
     Scan,
-    /// The main region was over its share and gave way.
+    /// The main region was over its share (a scan's share grew, or main filled while the share was empty) and
+    /// gave way to a tenant of the share.
     MainOver,
-    /// The window's candidate was used more often than the main region's victim: the victim closed.
+    /// A share tenant was used more often than main's victim: it moved into main and the victim closed.
     Admitted,
-    /// The window's candidate was not: it closed.
+    /// A share tenant was not: it closed to make room in the share.
     Rejected,
-    /// Only the window had an idle tenant.
+    /// A share tenant closed to make room in the share; main had no idle victim to compare it with.
     Window,
-    /// No window tenant was idle; the cold tenant itself was at least as frequent as the victim.
+    /// The cold tenant itself was used more often than main's victim: the victim closed and the cold tenant
+    /// took its place (and its permit).
     Newcomer,
-    /// The cold tenant waited its patience out and took the least used idle tenant.
-    Forced,
+    /// A share tenant's connection came back while cold tenants waited for the share: it closed.
+    Yielded,
 }
 
 impl Decision {
@@ -79,7 +101,7 @@ impl Decision {
         Decision::Rejected,
         Decision::Window,
         Decision::Newcomer,
-        Decision::Forced,
+        Decision::Yielded,
     ];
 
     pub fn label(self) -> &'static str {
@@ -90,7 +112,7 @@ impl Decision {
             Decision::Rejected => "rejected",
             Decision::Window => "window",
             Decision::Newcomer => "newcomer",
-            Decision::Forced => "forced",
+            Decision::Yielded => "yielded",
         }
     }
 }
@@ -98,11 +120,28 @@ impl Decision {
 /// What the pool knows about a tenant's connections at a decision.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Holding {
+    /// Connections, including those being opened (a reservation counts as a connection).
     pub connections: usize,
     pub idle: usize,
 }
 
-/// Sizes of the regions, in tenants, derived from the budget.
+/// Where the connection of a cold request (its tenant holds none, the budget may be full) comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry<K> {
+    /// The tenant has a place in `region` (main has room, or it holds a share slot): a free permit of the budget,
+    /// else the permit of `evict`'s victim, else it waits for one to be freed.
+    Room {
+        region: Region,
+        evict: Option<Eviction<K>>,
+    },
+    /// Admitted over main's victim: the victim's idle connection closes and its permit passes to the tenant.
+    Displace(Eviction<K>),
+    /// It lost admission: it waits for a slot of the share (then asks again).
+    Share,
+}
+
+/// Sizes of the regions derived from the budget: the share in tenants (one slot each), main and protected in
+/// connections and tenants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shares {
     pub window: usize,
@@ -113,14 +152,21 @@ pub struct Shares {
 }
 
 impl Shares {
-    /// The window is 10% of the budget (at least 1), the protected segment 80% of the rest; the sketch ages every
-    /// `sample_factor × budget` requests. (Caffeine starts its window at 1% and adapts it; here cold tenants arrive
-    /// concurrently and each holds its window connection for a connect, so the window is sized for that: with
-    /// 5% the window's tenants were mostly busy when the next cold tenant came, measured with the route benchmark.)
+    /// The share is 10% of the budget (at least 1), main the rest, the protected segment 80% of main; the sketch ages
+    /// every `sample_factor × budget` requests. (Caffeine starts its window at 1% and adapts it; here cold tenants
+    /// arrive concurrently and each holds its share slot for a whole connect, so the share is sized for that:
+    /// see ARCHITECTURE.md for the measurements.)
     pub fn for_budget(budget: usize, sample_factor: usize) -> Self {
         let budget = budget.max(1);
-        let window = (budget / 10).max(1).min(budget);
-        let main = budget.saturating_sub(window).max(1);
+        let window = (budget / 10).clamp(1, budget);
+        Self::with_window(budget, window, sample_factor)
+    }
+
+    /// As [`Self::for_budget`] with a share of `window` tenants (1..=budget).
+    pub fn with_window(budget: usize, window: usize, sample_factor: usize) -> Self {
+        let budget = budget.max(1);
+        let window = window.clamp(1, budget);
+        let main = budget - window;
         Self {
             window,
             main,
@@ -166,7 +212,7 @@ impl<K: Copy + Eq + Hash> Admission<K> {
         self.shares
     }
 
-    /// The region a tenant is in, if it holds connections.
+    /// The region a tenant is in, if it holds (or is opening) connections.
     pub fn region(&self, key: &K) -> Option<Region> {
         self.entries.get(key).map(|(region, _)| *region)
     }
@@ -186,23 +232,28 @@ impl<K: Copy + Eq + Hash> Admission<K> {
         self.sketch.frequency(self.hasher.hash_one(key))
     }
 
-    /// A connection was handed out for `key`. A request is counted and refreshes the tenant's place (promotes it
-    /// from the main region's probation segment to protected; takes it out of the scan region into the window); a
-    /// scan changes nothing. A tenant not yet in any region (its first connection) enters the window, or the
-    /// scan region for a scan.
-    pub fn record(&mut self, key: K, usage: Use) {
+    /// Counts a request of `key` in the sketch (before anything is decided about it).
+    pub fn count(&mut self, key: K) {
+        self.sketch.increment(self.hasher.hash_one(key));
+    }
+
+    /// A connection was handed out for `key` (the request was counted already; `fresh`: it was just opened). A
+    /// request refreshes the tenant's place: a share tenant moves to the share's most recently used end, a main tenant to protected (from
+    /// probation: promoted), a tenant whose connection a scan opened into main's probation segment (its
+    /// connection left the scans' share, so main's share grew by it). A scan changes nothing, except that a
+    /// tenant not in any region enters the scan region.
+    pub fn record(&mut self, key: K, usage: Use, fresh: bool) {
         if usage == Use::Scan {
             if !self.entries.contains_key(&key) {
                 self.place(key, Region::Scan);
             }
             return;
         }
-        self.sketch.increment(self.hasher.hash_one(key));
         match self.region(&key) {
-            None | Some(Region::Window | Region::Scan) => {
-                self.place(key, Region::Window);
-                self.spill_window();
-            }
+            Some(Region::Window) => self.place(key, Region::Window),
+            None | Some(Region::Scan) => self.place(key, Region::Probation),
+            // Placed in main by admission just now: promoted when used again.
+            Some(Region::Probation | Region::Protected) if fresh => {}
             Some(Region::Probation | Region::Protected) => {
                 self.place(key, Region::Protected);
                 while self.protected.len() > self.shares.protected {
@@ -216,6 +267,11 @@ impl<K: Copy + Eq + Hash> Admission<K> {
         }
     }
 
+    /// The tenant took a slot of the share: it enters the window (before it connects).
+    pub fn join_share(&mut self, key: K) {
+        self.place(key, Region::Window);
+    }
+
     /// The tenant holds no connection any more.
     pub fn forget(&mut self, key: &K) {
         if let Some((region, tick)) = self.entries.remove(key) {
@@ -223,103 +279,165 @@ impl<K: Copy + Eq + Hash> Admission<K> {
         }
     }
 
+    /// Forgets the tenants `gone` says hold no connection any more; returns them (the pool frees their share slots).
+    pub fn prune(&mut self, mut gone: impl FnMut(&K) -> bool) -> Vec<K> {
+        let keys: Vec<K> = self.entries.keys().filter(|k| gone(k)).copied().collect();
+        for k in &keys {
+            self.forget(k);
+        }
+        keys
+    }
+
+    /// Connections per region: window, main (probation and protected), scan.
+    fn connections(&self, holding: &mut dyn FnMut(&K) -> Holding) -> (usize, usize, usize) {
+        let sum = |list: &BTreeMap<u64, K>, holding: &mut dyn FnMut(&K) -> Holding| {
+            list.values().map(|k| holding(k).connections).sum::<usize>()
+        };
+        (
+            sum(&self.window, holding),
+            sum(&self.probation, holding) + sum(&self.protected, holding),
+            sum(&self.scan, holding),
+        )
+    }
+
+    /// Main's share of the budget in connections: the budget minus the share minus what scans hold.
+    fn main_share(&self, scan_connections: usize) -> usize {
+        self.shares.main.saturating_sub(scan_connections)
+    }
+
+    /// The cold request of `key` (it holds no connection; the pool counts a reservation for it) needs a connection:
+    /// where from. A tenant in the share (it holds a slot) or already placed in main (it is waiting for its
+    /// permit) has its place; so does any tenant while main is under its share. Otherwise it is compared with
+    /// main's victim: more frequent, it displaces it; not, it lost admission and waits for the share.
+    ///
+    /// A tenant with a place takes a free permit, else the permit of: an idle scan connection; for the share,
+    /// main's victim when main is over its share (a scan's share shrank, main filled while the share was empty);
+    /// an idle tenant of the share when the share holds more connections than slots (caps above one).
+    pub fn entry(&mut self, key: &K, mut holding: impl FnMut(&K) -> Holding) -> Entry<K> {
+        let (window, main, scan) = self.connections(&mut holding);
+        let mut idle = |k: &K| k != key && holding(k).idle > 0;
+        let scan_idle = self.first_idle(Region::Scan, &mut idle);
+        let region = match self.region(key) {
+            Some(Region::Window) => Some(Region::Window),
+            Some(Region::Probation | Region::Protected) => Some(Region::Probation),
+            // Main has room: it fills without comparison.
+            _ if main < self.main_share(scan) => {
+                self.place(*key, Region::Probation);
+                Some(Region::Probation)
+            }
+            _ => None,
+        };
+        if let Some(region) = region {
+            let evict = scan_idle
+                .map(|v| Eviction::of(v, Decision::Scan))
+                .or_else(|| {
+                    (region == Region::Window && main > self.main_share(scan))
+                        .then(|| self.main_victim(&mut idle))
+                        .flatten()
+                        .map(|(v, _)| Eviction::of(v, Decision::MainOver))
+                })
+                .or_else(|| {
+                    (window > self.shares.window)
+                        .then(|| self.first_idle(Region::Window, &mut idle))
+                        .flatten()
+                        .map(|v| Eviction::of(v, Decision::Window))
+                });
+            return Entry::Room { region, evict };
+        }
+        match self.main_victim(&mut idle) {
+            Some((victim, _)) if self.frequency(key) > self.frequency(&victim) => {
+                self.place(*key, Region::Probation);
+                Entry::Displace(Eviction::of(victim, Decision::Newcomer))
+            }
+            _ => Entry::Share,
+        }
+    }
+
+    /// A cold tenant lost admission and every slot of the share is taken: which share tenant makes room (the slot
+    /// goes to the first tenant waiting for one). The share's tenants, least recently used first, are candidates
+    /// against main's victim: one used more often moves into main (even a busy one: a label) and the victim
+    /// closes; else the first idle candidate closes. `None`: every share tenant is busy; one will yield its
+    /// connection when it comes back ([`Self::on_return`]).
+    pub fn make_room_in_share(
+        &mut self,
+        key: &K,
+        mut holding: impl FnMut(&K) -> Holding,
+    ) -> Option<Eviction<K>> {
+        let mut idle = |k: &K| k != key && holding(k).idle > 0;
+        let victim = self.main_victim(&mut idle).map(|(v, _)| v);
+        let candidates: Vec<K> = self.window.values().copied().filter(|k| k != key).collect();
+        for candidate in candidates {
+            match victim {
+                Some(v) if self.frequency(&candidate) > self.frequency(&v) => {
+                    self.place(candidate, Region::Probation);
+                    return Some(Eviction {
+                        victim: v,
+                        decision: Decision::Admitted,
+                        promoted: Some(candidate),
+                    });
+                }
+                Some(_) if idle(&candidate) => {
+                    return Some(Eviction::of(candidate, Decision::Rejected));
+                }
+                None if idle(&candidate) => return Some(Eviction::of(candidate, Decision::Window)),
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// A connection of `key`, a share tenant, came back while cold tenants wait for the share: `key` moves into
+    /// main if used more often than main's victim (which closes instead), else its own idle connection closes.
+    pub fn on_return(&mut self, key: &K, mut holding: impl FnMut(&K) -> Holding) -> Eviction<K> {
+        let mut idle = |k: &K| k != key && holding(k).idle > 0;
+        match self.main_victim(&mut idle) {
+            Some((v, _)) if self.frequency(key) > self.frequency(&v) => {
+                self.place(*key, Region::Probation);
+                Eviction {
+                    victim: v,
+                    decision: Decision::Admitted,
+                    promoted: Some(*key),
+                }
+            }
+            _ => Eviction::of(*key, Decision::Yielded),
+        }
+    }
+
     /// A scan that holds its whole share needs a connection: the scan region's least recently used idle tenant,
     /// if any (a scan then reuses its own connections instead of taking more from others).
     pub fn scan_victim(&mut self, key: &K, mut holding: impl FnMut(&K) -> Holding) -> Option<K> {
-        self.prune(|k| k != key && holding(k).connections == 0);
         self.scan
             .values()
             .find(|k| *k != key && holding(k).idle > 0)
             .copied()
     }
 
-    /// The budget is full and `key`, which holds no connection, needs one for `usage`: the tenant that should give
-    /// up an idle connection, or `None` when no one may yet (then the caller waits for a connection to come back
-    /// and asks again). Tenants that hold no connection any more are forgotten on the way.
-    ///
-    /// For a request: idle scan connections go first. Then the window's least recently used idle tenant is the
-    /// candidate: it is compared with the main region's victim (its least used idle tenant, probation before
-    /// protected) and the one used less often gives up its connection (a tie keeps the victim, which has proven
-    /// itself; the main region refills from the window, without comparison, only while it is under its share). When no
-    /// window tenant is idle (cold tenants arrive faster than they finish), the request itself is compared: it
-    /// displaces a probation tenant used no more often than itself, a protected one only if used less often;
-    /// otherwise it waits, until `impatient` (the caller has waited long enough) lifts that, so no tenant starves.
-    ///
-    /// For a scan (which holds one of the scans' share of connections, see [`Self::scan_victim`]): idle scan
-    /// connections; then the window's, the main region's probation segment's and the protected segment's idle
-    /// tenants, in that order.
-    pub fn victim(
+    /// The budget is full and a scan (which holds one of the scans' slots, see [`Self::scan_victim`]) needs a
+    /// connection for `key`: idle scan connections, then the share's, main's probation segment's and the protected
+    /// segment's idle tenants, in that order.
+    pub fn victim_for_scan(
         &mut self,
         key: &K,
-        usage: Use,
-        impatient: bool,
         mut holding: impl FnMut(&K) -> Holding,
     ) -> Option<Eviction<K>> {
-        self.prune(|k| k != key && holding(k).connections == 0);
         let mut idle = |k: &K| k != key && holding(k).idle > 0;
-        let by = |decision: Decision| move |victim: K| Eviction { victim, decision };
-        let first_idle = |this: &Self, region: Region, idle: &mut dyn FnMut(&K) -> bool| {
-            this.list(region).values().find(|k| idle(k)).copied()
-        };
-        if let Some(v) = first_idle(self, Region::Scan, &mut idle) {
-            return Some(by(Decision::Scan)(v));
-        }
-        if usage == Use::Scan {
-            let v = first_idle(self, Region::Window, &mut idle)
-                .or_else(|| self.least_used_idle(Region::Probation, &mut idle))
-                .or_else(|| first_idle(self, Region::Protected, &mut idle));
-            return v.map(by(Decision::Scan));
-        }
-        let main_len = |this: &Self| this.probation.len() + this.protected.len();
-        // The main region's victim and whether it is from the protected segment.
-        let main_victim = |this: &Self, idle: &mut dyn FnMut(&K) -> bool| {
-            this.least_used_idle(Region::Probation, idle)
-                .map(|v| (v, false))
-                .or_else(|| first_idle(this, Region::Protected, idle).map(|v| (v, true)))
-        };
-        if main_len(self) > self.shares.main {
-            // The main region is over its share (scans or a warm-up left it so): it gives way first.
-            let v = main_victim(self, &mut idle)
-                .map(|(v, _)| v)
-                .or_else(|| first_idle(self, Region::Window, &mut idle));
-            return v.map(by(Decision::MainOver));
-        }
-        // Candidates in the window's LRU order. A busy one cannot close, but it can still win its way into the main
-        // region (a label): otherwise a hot tenant that is never idle would sit in the window for ever.
-        let window: Vec<K> = self.window.values().copied().filter(|k| k != key).collect();
-        let victim = main_victim(self, &mut idle);
-        for candidate in window {
-            match victim {
-                Some((v, _)) if self.frequency(&candidate) > self.frequency(&v) => {
-                    self.place(candidate, Region::Probation);
-                    return Some(by(Decision::Admitted)(v));
-                }
-                Some(_) if idle(&candidate) => return Some(by(Decision::Rejected)(candidate)),
-                None if idle(&candidate) => return Some(by(Decision::Window)(candidate)),
-                _ => {}
-            }
-        }
-        let (victim, protected) = main_victim(self, &mut idle)?;
-        let (mine, theirs) = (self.frequency(key), self.frequency(&victim));
-        let displaces = if protected {
-            mine > theirs
-        } else {
-            mine >= theirs
-        };
-        if displaces {
-            Some(by(Decision::Newcomer)(victim))
-        } else if impatient {
-            // The least used idle tenant of the window and probation, a protected one only if there is none.
-            let v = self
-                .least_used_idle(Region::Window, &mut idle)
-                .into_iter()
-                .chain(self.least_used_idle(Region::Probation, &mut idle))
-                .min_by_key(|k| self.frequency(k))
-                .or_else(|| self.least_used_idle(Region::Protected, &mut idle));
-            v.map(by(Decision::Forced))
-        } else {
-            None
-        }
+        self.first_idle(Region::Scan, &mut idle)
+            .or_else(|| self.first_idle(Region::Window, &mut idle))
+            .or_else(|| self.least_used_idle(Region::Probation, &mut idle))
+            .or_else(|| self.first_idle(Region::Protected, &mut idle))
+            .map(|v| Eviction::of(v, Decision::Scan))
+    }
+
+    /// Main's victim and whether it is from the protected segment: the least frequent idle probation tenant, else
+    /// the least recently used idle protected one.
+    fn main_victim(&self, idle: &mut dyn FnMut(&K) -> bool) -> Option<(K, bool)> {
+        self.least_used_idle(Region::Probation, idle)
+            .map(|v| (v, false))
+            .or_else(|| self.first_idle(Region::Protected, idle).map(|v| (v, true)))
+    }
+
+    fn first_idle(&self, region: Region, idle: &mut dyn FnMut(&K) -> bool) -> Option<K> {
+        self.list(region).values().find(|k| idle(k)).copied()
     }
 
     /// The idle tenant of `region` with the lowest frequency (the least recently used among equals).
@@ -335,31 +453,6 @@ impl<K: Copy + Eq + Hash> Admission<K> {
             }
         }
         best.map(|(_, k)| k)
-    }
-
-    /// Forgets the tenants `gone` says hold no connection any more.
-    pub fn prune(&mut self, mut gone: impl FnMut(&K) -> bool) {
-        let keys: Vec<K> = self.entries.keys().filter(|k| gone(k)).copied().collect();
-        for k in &keys {
-            self.forget(k);
-        }
-    }
-
-    /// While the regions are filling up (fewer tenants than the budget holds: no one had to leave yet), moves the
-    /// window's oldest tenants into the main region. Once the budget is full the main region takes tenants only by
-    /// admission: a window tenant that was used more often than main's victim.
-    fn spill_window(&mut self) {
-        while self.window.len() > self.shares.window
-            && self.probation.len() + self.protected.len() < self.shares.main
-            && self.window.len() + self.probation.len() + self.protected.len()
-                <= self.shares.window + self.shares.main
-        {
-            let Some((_, oldest)) = self.window.pop_first() else {
-                break;
-            };
-            self.entries.remove(&oldest);
-            self.place(oldest, Region::Probation);
-        }
     }
 
     /// Puts `key` at the most recently used end of `region`.
@@ -487,40 +580,71 @@ mod tests {
 
         fn access(&mut self, tenant: u32, usage: Use) -> bool {
             let hit = self.held.contains(&tenant);
-            let held = self.held.clone();
-            let holding = |k: &u32| {
-                let n = usize::from(held.contains(k));
-                Holding {
-                    connections: n,
-                    idle: n,
-                }
-            };
-            let victim = if hit {
-                None
-            } else if usage == Use::Scan && self.policy.len(Region::Scan) >= self.scan_share {
-                self.policy.scan_victim(&tenant, holding)
-            } else if self.held.len() >= self.budget {
-                self.policy
-                    .victim(&tenant, usage, false, holding)
-                    .map(|e| e.victim)
-            } else {
-                None
-            };
-            if let Some(victim) = victim {
-                self.held.remove(&victim);
-                self.policy.forget(&victim);
-            }
-            assert!(
-                self.held.len() < self.budget || hit,
-                "no victim for a cold tenant"
-            );
-            self.held.insert(tenant);
-            self.policy.record(tenant, usage);
             if usage == Use::Request {
+                self.policy.count(tenant);
                 self.requests += 1;
                 self.hits += u64::from(hit);
             }
-            hit
+            if hit {
+                self.policy.record(tenant, usage, false);
+                return true;
+            }
+            // The cold tenant holds a reservation from here on (one connection, not idle).
+            let held = self.held.clone();
+            let holding = move |k: &u32| {
+                let n = usize::from(held.contains(k));
+                Holding {
+                    connections: if *k == tenant { 1 } else { n },
+                    idle: n,
+                }
+            };
+            let evicted = if usage == Use::Scan {
+                if self.policy.len(Region::Scan) >= self.scan_share {
+                    self.policy
+                        .scan_victim(&tenant, holding)
+                        .map(|v| Eviction::of(v, Decision::Scan))
+                } else if self.held.len() >= self.budget {
+                    self.policy.victim_for_scan(&tenant, holding)
+                } else {
+                    None
+                }
+            } else {
+                loop {
+                    match self.policy.entry(&tenant, holding.clone()) {
+                        Entry::Room { evict, .. } => {
+                            break if self.held.len() < self.budget {
+                                None
+                            } else {
+                                assert!(evict.is_some(), "a tenant with a place gets a permit");
+                                evict
+                            };
+                        }
+                        Entry::Displace(eviction) => break Some(eviction),
+                        Entry::Share => {
+                            if self.policy.len(Region::Window) >= self.policy.shares().window {
+                                let room = self
+                                    .policy
+                                    .make_room_in_share(&tenant, holding.clone())
+                                    .expect("sequentially, share tenants are idle");
+                                self.close(room);
+                            }
+                            self.policy.join_share(tenant);
+                        }
+                    }
+                }
+            };
+            if let Some(eviction) = evicted {
+                self.close(eviction);
+            }
+            assert!(self.held.len() < self.budget, "no victim for a cold tenant");
+            self.held.insert(tenant);
+            self.policy.record(tenant, usage, true);
+            false
+        }
+
+        fn close(&mut self, eviction: Eviction<u32>) {
+            assert!(self.held.remove(&eviction.victim), "{eviction:?}");
+            self.policy.forget(&eviction.victim);
         }
 
         fn hit_ratio(&self) -> f64 {
@@ -650,6 +774,88 @@ mod tests {
         // ... and the hot ones kept theirs.
         let hot_kept = (0..18u32).filter(|t| replay.held.contains(t)).count();
         assert_eq!(hot_kept, 18);
+    }
+
+    /// Budget 10: a share of 1 slot and a main region of 9, filled with tenants 0..9 (each used `uses` times),
+    /// plus tenant 100 in the share. `busy` tenants' connections are in use.
+    fn full_budget(uses: usize) -> Admission<u32> {
+        let mut policy = Admission::new(Shares::for_budget(10, SAMPLE_FACTOR));
+        for t in 0..9u32 {
+            for _ in 0..uses {
+                policy.count(t);
+            }
+            assert!(matches!(
+                policy.entry(&t, |k| one(*k, &[t])),
+                Entry::Room {
+                    region: Region::Probation,
+                    evict: None
+                }
+            ));
+            policy.record(t, Use::Request, true);
+        }
+        policy.count(100);
+        assert_eq!(policy.entry(&100, |k| one(*k, &[100])), Entry::Share);
+        policy.join_share(100);
+        policy
+    }
+
+    /// Tenants 0..9 and 100 hold one connection each (idle unless `busy`); others hold none, except the
+    /// tenant whose request is being decided (a reservation).
+    fn one(k: u32, busy: &[u32]) -> Holding {
+        let held = k < 9 || k == 100 || busy.contains(&k);
+        Holding {
+            connections: usize::from(held),
+            idle: usize::from(held && !busy.contains(&k)),
+        }
+    }
+
+    #[test]
+    fn a_cold_tenant_that_loses_admission_waits_for_the_share_and_never_displaces_a_main_tenant() {
+        let mut policy = full_budget(5);
+        // A cold tenant used once: main is full and its victim more frequent, so it goes to the share ...
+        policy.count(200);
+        assert_eq!(policy.entry(&200, |k| one(*k, &[200])), Entry::Share);
+        // ... where, with the share tenant busy, nothing may be closed: it waits, main stays whole.
+        assert_eq!(
+            policy.make_room_in_share(&200, |k| one(*k, &[200, 100])),
+            None
+        );
+        assert_eq!(
+            policy.len(Region::Probation) + policy.len(Region::Protected),
+            9
+        );
+        // Once the share tenant is idle, it makes room (rejected: it was used less often than main's victim).
+        let room = policy.make_room_in_share(&200, |k| one(*k, &[200]));
+        assert_eq!(room, Some(Eviction::of(100, Decision::Rejected)));
+        // A share connection that comes back while others wait closes.
+        assert_eq!(
+            policy.on_return(&100, |k| one(*k, &[])),
+            Eviction::of(100, Decision::Yielded)
+        );
+    }
+
+    #[test]
+    fn a_cold_tenant_used_more_often_than_mains_victim_takes_its_place() {
+        let mut policy = full_budget(1);
+        for _ in 0..3 {
+            policy.count(300);
+        }
+        match policy.entry(&300, |k| one(*k, &[300])) {
+            Entry::Displace(e) => {
+                assert_eq!(e.decision, Decision::Newcomer);
+                assert!(e.victim < 9, "{e:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(policy.region(&300), Some(Region::Probation));
+        // A share tenant that became more frequent than main's victim moves into main when its connection comes
+        // back, and the victim closes instead.
+        for _ in 0..5 {
+            policy.count(100);
+        }
+        let e = policy.on_return(&100, |k| one(*k, &[]));
+        assert_eq!((e.decision, e.promoted), (Decision::Admitted, Some(100)));
+        assert_eq!(policy.region(&100), Some(Region::Probation));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! the breaker, and garbage collection.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,13 @@ pub(super) struct TenantPool {
     pub(super) returned: tokio::sync::Notify,
     pub(super) server_id: i64,
     pub(super) waiters: AtomicUsize,
+    /// Cold connects in progress, from the admission decision until the connection is handed out (shared with the
+    /// manager): a reservation counts as a connection, so the tenant keeps its place while it connects.
+    pub(super) reserving: Arc<AtomicUsize>,
+    /// The slot of the server's share the tenant holds while it is in the window (see [`policy`]).
+    pub(super) share_slot: Mutex<Option<OwnedSemaphorePermit>>,
+    /// Whether `share_slot` is taken (read without a lock when a connection comes back).
+    pub(super) in_share: AtomicBool,
     /// Of the waiters, those acquiring for a scan (`Use::Scan`).
     pub(super) scan_waiters: AtomicUsize,
     /// When a request of the tenant's own was last served (ms since the Unix epoch; 0: not since the last
@@ -42,6 +49,46 @@ pub(super) struct Handles {
     pub(super) acquire_seconds: metrics::Histogram,
     pub(super) warm: metrics::Counter,
     pub(super) cold: metrics::Counter,
+}
+
+/// What a cold request does next (see [`Inner::admit`]).
+pub(super) enum Admit {
+    /// Connect with this permit.
+    Permit(OwnedSemaphorePermit),
+    /// It lost admission: wait for a slot of the share.
+    Share,
+    /// It has a place but no permit is free yet: wait for one.
+    Wait,
+}
+
+/// The tenants a decision of the policy touches, looked up while the tenants map was locked.
+#[derive(Default)]
+pub(super) struct Involved {
+    victim: Option<Arc<TenantPool>>,
+    promoted: Option<Arc<TenantPool>>,
+}
+
+impl Involved {
+    fn of(tenants: &HashMap<Uuid, Arc<TenantPool>>, e: &policy::Eviction<Uuid>) -> Self {
+        Self {
+            victim: tenants.get(&e.victim).cloned(),
+            promoted: e.promoted.and_then(|p| tenants.get(&p).cloned()),
+        }
+    }
+}
+
+/// What the policy needs to know of a tenant's connections: a reservation counts as one, not idle.
+fn holding(tenants: &HashMap<Uuid, Arc<TenantPool>>, id: &Uuid) -> policy::Holding {
+    tenants
+        .get(id)
+        .map(|t| {
+            let status = t.pool.status();
+            policy::Holding {
+                connections: status.size + t.reserving.load(Ordering::Acquire),
+                idle: status.available,
+            }
+        })
+        .unwrap_or_default()
 }
 
 pub(super) struct Inner {
@@ -87,23 +134,27 @@ impl Inner {
                     .budget
                     .unwrap_or(self.settings.budget_per_server)
                     .max(1);
+                // The server's own budget, split into main and the newcomers' share.
+                let shares = policy::Shares::for_budget(capacity, policy::SAMPLE_FACTOR);
                 Arc::new(ServerBudget {
                     name: route.server.clone(),
                     permits: Arc::new(Semaphore::new(capacity)),
                     capacity,
+                    per_tenant_cap: self.settings.per_tenant_cap,
                     fair_cap: AtomicUsize::new(self.settings.per_tenant_cap),
                     last_pressure: Mutex::new(None),
                     returned: tokio::sync::Notify::new(),
-                    policy: Mutex::new(policy::Admission::new(policy::Shares::for_budget(
-                        capacity,
-                        policy::SAMPLE_FACTOR,
-                    ))),
+                    policy: Mutex::new(policy::Admission::new(shares)),
                     scan_slots: Arc::new(Semaphore::new(self.settings.scan_share.max(1))),
+                    share_slots: Arc::new(Semaphore::new(shares.window)),
+                    share_waiters: AtomicUsize::new(0),
                 })
             })
             .clone();
         let cap = budget.fair_cap.load(Ordering::Relaxed);
+        let reserving = Arc::new(AtomicUsize::new(0));
         let manager = TenantManager {
+            reserving: reserving.clone(),
             client_id: route.client_id,
             server_id: route.server_id,
             // Named, so operators (and the route benchmark) can tell the router's backends apart.
@@ -130,6 +181,9 @@ impl Inner {
             returned: tokio::sync::Notify::new(),
             server_id: route.server_id,
             waiters: AtomicUsize::new(0),
+            reserving,
+            share_slot: Mutex::new(None),
+            in_share: AtomicBool::new(false),
             scan_waiters: AtomicUsize::new(0),
             served_at: AtomicU64::new(0),
             last_used: AtomicU64::new(clock()),
@@ -148,17 +202,106 @@ impl Inner {
             .unwrap_or(0)
     }
 
-    /// The budget is full and `client_id`, which holds no connection, needs one: closes one idle connection of
-    /// the tenant the admission policy picks. Returns whether one was closed.
-    pub(super) fn evict_by_policy(
+    /// The cold request of `client_id` (it holds no connection, and a reservation) needs a permit: asks the
+    /// admission policy where it goes and acts on the answer (see [`policy::Admission::entry`]).
+    pub(super) fn admit(&self, budget: &ServerBudget, client_id: Uuid) -> Admit {
+        let mut policy = lock(&budget.policy);
+        let (entry, tenants) = {
+            let tenants = lock(&self.tenants);
+            self.prune_locked(&mut policy, &tenants);
+            let entry = policy.entry(&client_id, |id| holding(&tenants, id));
+            let involved = |e: &policy::Eviction<Uuid>| Involved::of(&tenants, e);
+            let involved = match &entry {
+                policy::Entry::Room { evict: Some(e), .. } | policy::Entry::Displace(e) => {
+                    involved(e)
+                }
+                _ => Involved::default(),
+            };
+            (entry, involved)
+        };
+        match entry {
+            policy::Entry::Room { evict, .. } => {
+                if let Ok(permit) = budget.permits.clone().try_acquire_owned() {
+                    return Admit::Permit(permit);
+                }
+                match evict.and_then(|e| self.apply(&mut policy, e, tenants)) {
+                    Some(conn) => Admit::Permit(conn.permit),
+                    None => Admit::Wait,
+                }
+            }
+            policy::Entry::Displace(e) => match self.apply(&mut policy, e, tenants) {
+                Some(conn) => Admit::Permit(conn.permit),
+                None => {
+                    // The victim's idle connection was taken meanwhile: decide afresh.
+                    policy.forget(&client_id);
+                    Admit::Wait
+                }
+            },
+            policy::Entry::Share => Admit::Share,
+        }
+    }
+
+    /// A cold request lost admission and every slot of the share is taken: makes room in the share for the first
+    /// request waiting for a slot (see [`policy::Admission::make_room_in_share`]).
+    pub(super) fn make_room_in_share(&self, budget: &ServerBudget, client_id: Uuid) {
+        let mut policy = lock(&budget.policy);
+        let chosen = {
+            let tenants = lock(&self.tenants);
+            self.prune_locked(&mut policy, &tenants);
+            policy
+                .make_room_in_share(&client_id, |id| holding(&tenants, id))
+                .map(|e| (e, Involved::of(&tenants, &e)))
+        };
+        if let Some((eviction, involved)) = chosen {
+            self.apply(&mut policy, eviction, involved);
+        }
+    }
+
+    /// The tenant took a slot of the share: it keeps the slot while it is in the window.
+    pub(super) fn join_share(
         &self,
         budget: &ServerBudget,
         client_id: Uuid,
-        usage: Use,
-        impatient: bool,
+        slot: OwnedSemaphorePermit,
     ) -> bool {
+        let mut policy = lock(&budget.policy);
+        let Some(tenant) = lock(&self.tenants).get(&client_id).cloned() else {
+            return false;
+        };
+        *lock(&tenant.share_slot) = Some(slot);
+        tenant.in_share.store(true, Ordering::SeqCst);
+        policy.join_share(client_id);
+        true
+    }
+
+    /// Whether a tenant has a place (in the share or in main) that entitles it to a free permit.
+    pub(super) fn has_place(&self, budget: &ServerBudget, client_id: Uuid) -> bool {
+        lock(&budget.policy)
+            .region(&client_id)
+            .is_some_and(|r| r != Region::Scan)
+    }
+
+    /// A connection of a share tenant came back while cold requests wait for the share: the tenant moves into
+    /// main if it was used more often than main's victim (which closes), else its idle connection closes, so
+    /// the share's connections serve one request each while the share is in demand.
+    pub(super) fn yield_share(&self, tenant: &TenantPool, client_id: Uuid) {
+        let mut policy = lock(&tenant.budget.policy);
+        if policy.region(&client_id) != Some(Region::Window) {
+            return;
+        }
+        let chosen = {
+            let tenants = lock(&self.tenants);
+            let eviction = policy.on_return(&client_id, |id| holding(&tenants, id));
+            (eviction, Involved::of(&tenants, &eviction))
+        };
+        self.apply(&mut policy, chosen.0, chosen.1);
+    }
+
+    /// A scan holding a scan slot needs a connection and the budget is full: closes one idle connection of the
+    /// tenant the admission policy picks. Returns whether one was closed.
+    pub(super) fn evict_for_scan(&self, budget: &ServerBudget, client_id: Uuid) -> bool {
         self.evict_chosen(budget, |policy, holding| {
-            policy.victim(&client_id, usage, impatient, holding)
+            policy.victim_for_scan(&client_id, holding)
         })
     }
 
@@ -170,6 +313,7 @@ impl Inner {
                 .map(|victim| policy::Eviction {
                     victim,
                     decision: policy::Decision::Scan,
+                    promoted: None,
                 })
         })
     }
@@ -185,30 +329,39 @@ impl Inner {
         let mut policy = lock(&budget.policy);
         let chosen = {
             let tenants = lock(&self.tenants);
-            let mut holding = |id: &Uuid| {
-                tenants
-                    .get(id)
-                    .map(|t| {
-                        let status = t.pool.status();
-                        policy::Holding {
-                            connections: status.size,
-                            idle: status.available,
-                        }
-                    })
-                    .unwrap_or_default()
-            };
-            choose(&mut policy, &mut holding)
-                .and_then(|e| tenants.get(&e.victim).map(|t| (e, t.clone())))
+            self.prune_locked(&mut policy, &tenants);
+            let mut holding = |id: &Uuid| holding(&tenants, id);
+            choose(&mut policy, &mut holding).map(|e| (e, Involved::of(&tenants, &e)))
         };
-        let Some((eviction, victim)) = chosen else {
+        let Some((eviction, involved)) = chosen else {
             return false;
         };
-        let closed = victim.close_one_idle();
-        if victim.pool.status().size == 0 {
-            policy.forget(&eviction.victim);
+        self.apply(&mut policy, eviction, involved).is_some()
+    }
+
+    /// Carries out a decision of the policy (under its lock): closes one idle connection of the victim and returns
+    /// it (its permit may pass on to the tenant that needed it), forgets a victim left without connections and
+    /// frees the share slots of tenants that left the share. Counts the decision if a connection closed.
+    fn apply(
+        &self,
+        policy: &mut policy::Admission<Uuid>,
+        eviction: policy::Eviction<Uuid>,
+        involved: Involved,
+    ) -> Option<TenantConn> {
+        if let Some(promoted) = &involved.promoted {
+            promoted.leave_share();
         }
-        drop(policy);
-        if closed {
+        let victim = involved.victim?;
+        let closed = victim.take_one_idle();
+        // A yielded share tenant leaves the share even if a request of its own is about to reconnect: that request
+        // then competes for admission like any cold one.
+        let reserved = eviction.decision != policy::Decision::Yielded
+            && victim.reserving.load(Ordering::Acquire) > 0;
+        if victim.pool.status().size == 0 && !reserved {
+            policy.forget(&eviction.victim);
+            victim.leave_share();
+        }
+        if closed.is_some() {
             if let Some(i) = policy::Decision::ALL
                 .iter()
                 .position(|d| *d == eviction.decision)
@@ -221,6 +374,19 @@ impl Inner {
             metrics::counter!("tenant_pool_evictions_total", "reason" => "budget").increment(1);
         }
         closed
+    }
+
+    /// Forgets, in a server's policy, the tenants without connections or reservations, and frees their share slots.
+    fn prune_locked(
+        &self,
+        policy: &mut policy::Admission<Uuid>,
+        tenants: &HashMap<Uuid, Arc<TenantPool>>,
+    ) {
+        for gone in policy.prune(|id| holding(tenants, id).connections == 0) {
+            if let Some(tenant) = tenants.get(&gone) {
+                tenant.leave_share();
+            }
+        }
     }
 
     /// What a connection being created for `client_id` is for: a scan only while no request of the tenant's
@@ -272,6 +438,7 @@ impl Inner {
     pub(super) fn retire(&self, client_id: Uuid, tenant: &TenantPool) {
         tenant.close();
         lock(&tenant.budget.policy).forget(&client_id);
+        tenant.leave_share();
         if let Some(at) = tenant.take_served() {
             let mut served = lock(&self.served);
             let entry = served.entry(client_id).or_insert(at);
@@ -285,7 +452,7 @@ impl Inner {
         for budget in budgets {
             let mut policy = lock(&budget.policy);
             let tenants = lock(&self.tenants);
-            policy.prune(|id| tenants.get(id).is_none_or(|t| t.pool.status().size == 0));
+            self.prune_locked(&mut policy, &tenants);
         }
     }
 
@@ -415,13 +582,24 @@ impl TenantPool {
 
     /// Closes one idle connection; whether there was one.
     pub(super) fn close_one_idle(&self) -> bool {
+        self.take_one_idle().is_some()
+    }
+
+    /// Takes one idle connection out of the pool (dropping it closes it and frees its permit).
+    pub(super) fn take_one_idle(&self) -> Option<TenantConn> {
         let mut taken = false;
         let removed = self.pool.retain(|_, _| {
             let keep = taken;
             taken = true;
             keep
         });
-        !removed.removed.is_empty()
+        removed.removed.into_iter().next()
+    }
+
+    /// Gives the tenant's share slot back, if it holds one (it left the window).
+    pub(super) fn leave_share(&self) {
+        self.in_share.store(false, Ordering::Release);
+        drop(lock(&self.share_slot).take());
     }
 
     /// Notes that a request of the tenant's own was served now.
