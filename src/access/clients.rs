@@ -33,16 +33,7 @@ impl RightsService {
         caller: &Principal,
         new: &NewClient<'_>,
     ) -> Result<(ClientRecord, Uuid), AccessError> {
-        let grant = match caller
-            .rights
-            .authorize(new.parent_id, Permission::ClientsCreate)
-        {
-            Ok(grant) => grant,
-            Err(Denied::Invisible) => return Err(AccessError::UnknownParent),
-            Err(denied) => return Err(denied.into()),
-        };
-        let creator_access =
-            (!caller.rights.master_admin).then_some((caller.user_id, grant.private_data));
+        let creator_access = creator_access(caller, new)?;
         let created = self
             .control
             .create_client(
@@ -68,16 +59,7 @@ impl RightsService {
         new: &NewClient<'_>,
         scope: &serde_json::Value,
     ) -> Result<ClientRecord, AccessError> {
-        let grant = match caller
-            .rights
-            .authorize(new.parent_id, Permission::ClientsCreate)
-        {
-            Ok(grant) => grant,
-            Err(Denied::Invisible) => return Err(AccessError::UnknownParent),
-            Err(denied) => return Err(denied.into()),
-        };
-        let creator_access =
-            (!caller.rights.master_admin).then_some((caller.user_id, grant.private_data));
+        let creator_access = creator_access(caller, new)?;
         let created = self
             .control
             .create_inner_client(new.slug, new.name, new.parent, scope, creator_access)
@@ -87,4 +69,19 @@ impl RightsService {
         }
         Ok(created)
     }
+}
+
+/// Creating under `new.parent` needs `clients.create` with full access to it (an invisible parent is one that does
+/// not exist). A creator who is not a master admin gets full access to the new client, with the private-data right
+/// it has on the parent: returned as (user, private data).
+fn creator_access(caller: &Principal, new: &NewClient<'_>) -> Result<Option<(Uuid, bool)>, AccessError> {
+    let grant = match caller
+        .rights
+        .authorize(new.parent_id, Permission::ClientsCreate)
+    {
+        Ok(grant) => grant,
+        Err(Denied::Invisible) => return Err(AccessError::UnknownParent),
+        Err(denied) => return Err(denied.into()),
+    };
+    Ok((!caller.rights.master_admin).then_some((caller.user_id, grant.private_data)))
 }

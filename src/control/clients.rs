@@ -188,22 +188,7 @@ impl ControlPlane {
         )
         .await?
         .ok_or_else(|| ControlError::Query(sqlx::Error::RowNotFound))?;
-        if let Some((user, private_data)) = creator_access {
-            // A creator who is not a master admin would not see the client it made (access to a parent implies
-            // none to its children): it gets full access to it, with the private-data right it has on the parent.
-            sqlx::query(
-                "INSERT INTO client_access (user_id, client_id, level, private_data, granted_by)
-                 VALUES ($1, $2, 'full', $3, $1)",
-            )
-            .bind(user)
-            .bind(id)
-            .bind(private_data)
-            .execute(&mut *tx)
-            .await?;
-            // The creator's rights grew: tokens others minted for it may no longer be covered.
-            super::access::revoke_undominated(&mut tx, &[user]).await?;
-            super::access::notify_auth_change(&mut tx).await?;
-        }
+        grant_creator(&mut tx, id, creator_access).await?;
         let client = client_by_id_on(&mut tx, id).await?;
         tx.commit().await?;
         Ok((client, job))
@@ -259,19 +244,7 @@ impl ControlPlane {
             }
             Err(e) => return Err(e.into()),
         };
-        if let Some((user, private_data)) = creator_access {
-            sqlx::query(
-                "INSERT INTO client_access (user_id, client_id, level, private_data, granted_by)
-                 VALUES ($1, $2, 'full', $3, $1)",
-            )
-            .bind(user)
-            .bind(id)
-            .bind(private_data)
-            .execute(&mut *tx)
-            .await?;
-            super::access::revoke_undominated(&mut tx, &[user]).await?;
-            super::access::notify_auth_change(&mut tx).await?;
-        }
+        grant_creator(&mut tx, id, creator_access).await?;
         let client = client_by_id_on(&mut tx, id).await?;
         tx.commit().await?;
         Ok(client)
@@ -703,6 +676,30 @@ async fn client_by_id_on(
         .fetch_optional(conn)
         .await?;
     row.ok_or(ControlError::NotFound)?.try_into()
+}
+
+/// A creator who is not a master admin would not see the client it made (access to a parent implies none to its
+/// children): it gets full access to it, with the private-data right it has on the parent (`creator_access`).
+async fn grant_creator(
+    tx: &mut Transaction<'_, Postgres>,
+    client: Uuid,
+    creator_access: Option<(Uuid, bool)>,
+) -> Result<(), ControlError> {
+    let Some((user, private_data)) = creator_access else {
+        return Ok(());
+    };
+    sqlx::query(
+        "INSERT INTO client_access (user_id, client_id, level, private_data, granted_by)
+         VALUES ($1, $2, 'full', $3, $1)",
+    )
+    .bind(user)
+    .bind(client)
+    .bind(private_data)
+    .execute(&mut **tx)
+    .await?;
+    // The creator's rights grew: tokens others minted for it may no longer be covered.
+    super::access::revoke_undominated(tx, &[user]).await?;
+    super::access::notify_auth_change(tx).await
 }
 
 /// Inserts a job unless the client already has a queued one of that kind (which will see the latest state when it

@@ -140,7 +140,8 @@ impl PooledConn {
         self.in_tx = true;
         self.read_only_tx = snapshot;
         // The number is ours (an integer), not user input.
-        let sql = format!("{begin}; SELECT set_config('mandant.inner_client', '{inner_no}', true)");
+        // `SET LOCAL` is the command form of `set_config(.., true)` (transaction-local), without a plan or a row.
+        let sql = format!("{begin}; SET LOCAL mandant.inner_client = '{inner_no}'");
         // The first poll sends the message (tokio-postgres queues it on the connection at once); its answer is
         // not awaited.
         match self.client.batch_execute(&sql).now_or_never() {
