@@ -742,3 +742,247 @@ async fn as_the_second_role_an_inner_client_cannot_widen_a_rows_membership_to_it
         shop.inner_b
     );
 }
+
+#[tokio::test]
+async fn mandants_own_columns_are_no_field_for_an_inner_client_in_imports_filters_rules_or_patches()
+{
+    let app = spawn_app().await;
+    let shop = shop(&app).await;
+    let a = &shop.inner_a;
+    let b = inner_no(&app, &shop.inner_b).await;
+    for column in [
+        "mandant_inner",
+        "mandant_inner_rules",
+        "mandant_email_lower",
+    ] {
+        let csv = format!("email,{column}\nsneak@example.org,\"{{{b}}}\"\n");
+        let response = app
+            .post_body(
+                &format!("/v1/clients/{a}/recipients/import"),
+                "text/csv",
+                csv,
+            )
+            .await;
+        assert!(!response.status().is_success(), "import with {column}");
+        let (status, _, page) = admin(
+            &app,
+            Method::GET,
+            &format!("/v1/clients/{a}/recipients?{column}=%7B{b}%7D"),
+            None,
+        )
+        .await;
+        assert!(
+            !status.is_success() || ids(&page).iter().all(|id| *id == shop.a1),
+            "{column}: {page}"
+        );
+        let (status, _, body) = admin(
+            &app,
+            Method::POST,
+            &format!("/v1/clients/{a}/target-groups"),
+            Some(json!({"name": format!("g {column}"), "rule": {"field": column, "op": "eq", "value": "x"}})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{column}: {body}");
+        let (status, _, body) = admin(
+            &app,
+            Method::PATCH,
+            &format!("/v1/clients/{a}/recipients/{}", shop.a1),
+            Some(json!({column: [b]})),
+        )
+        .await;
+        assert!(!status.is_success(), "{column}: {body}");
+    }
+    assert_eq!(
+        app.tenant_i64(
+            &shop.parent,
+            "SELECT count(*) FROM recipients WHERE email = 'sneak@example.org'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        get_ids(&app, &format!("/v1/clients/{}/recipients", shop.inner_b)).await,
+        vec![shop.b1]
+    );
+}
+
+#[tokio::test]
+async fn changing_an_address_to_a_siblings_answers_email_taken_and_changes_nothing() {
+    let app = spawn_app().await;
+    let shop = shop(&app).await;
+    let (status, _, body) = admin(
+        &app,
+        Method::PATCH,
+        &format!("/v1/clients/{}/recipients/{}", shop.inner_a, shop.a1),
+        Some(json!({"email": "B1@example.org", "first_name": "Mallory"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "email_taken", "{body}");
+    assert_eq!(
+        app.tenant_i64(
+            &shop.parent,
+            "SELECT count(*) FROM recipients WHERE first_name = 'Mallory' OR email = 'B1@example.org'"
+        )
+        .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn an_import_cut_off_mid_body_leaves_no_connection_inside_the_inner_clients_transaction() {
+    let app = spawn_app().await;
+    let shop = shop(&app).await;
+    let url = app.url(&format!("/v1/clients/{}/recipients/import", shop.inner_a));
+    use futures_util::StreamExt;
+    let body = futures_util::stream::once(async {
+        Ok::<_, std::io::Error>(b"email,first_name\ncut1@example.org,Cut\n".to_vec())
+    })
+    .chain(futures_util::stream::pending());
+    let client = crate::helpers::http_client(Some(ADMIN_TOKEN));
+    let request = tokio::spawn(async move {
+        let _ = client
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "text/csv")
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+            .await;
+    });
+    let db: String = as_inner_role(&app, &shop.parent)
+        .await
+        .query_one("SELECT current_database()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let admin_db = crate::helpers::superuser("postgres").await;
+    let in_transaction = "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND usename LIKE '%\\_rls' \
+         AND xact_start IS NOT NULL AND pid <> pg_backend_pid()";
+    // The import is inside its transaction, waiting for more body; then the client goes away.
+    let mut open = 0i64;
+    for _ in 0..100 {
+        open = admin_db
+            .query_one(in_transaction, &[&db])
+            .await
+            .unwrap()
+            .get(0);
+        if open > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(open, 1, "the import never opened its transaction");
+    request.abort();
+    let _ = request.await;
+    let mut stuck = -1i64;
+    for _ in 0..100 {
+        stuck = admin_db
+            .query_one(in_transaction, &[&db])
+            .await
+            .unwrap()
+            .get(0);
+        if stuck == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        stuck, 0,
+        "a connection stayed inside the cut-off transaction"
+    );
+    // Nothing of the cut-off import was written, and both inner clients go on seeing their slices only.
+    assert_eq!(
+        app.tenant_i64(
+            &shop.parent,
+            "SELECT count(*) FROM recipients WHERE email = 'cut1@example.org'"
+        )
+        .await,
+        0
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            get_ids(&app, &format!("/v1/clients/{}/recipients", shop.inner_b)).await,
+            vec![shop.b1]
+        );
+        assert_eq!(
+            get_ids(&app, &format!("/v1/clients/{}/recipients", shop.inner_a)).await,
+            vec![shop.a1]
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_user_of_one_inner_client_counts_and_lists_only_its_slice_across_clients_and_in_the_overview()
+ {
+    let app = spawn_app().await;
+    let shop = shop(&app).await;
+    let alice = crate::access::user(
+        &app,
+        "alice",
+        &shop.inner_a,
+        &["client-admin"],
+        &[(&shop.inner_a, "full", true)],
+    )
+    .await;
+    let group = ok_json(
+        &app,
+        Method::POST,
+        "/v1/target-groups",
+        Some(json!({"name": "Shoppers", "rule": {"field": "last_name", "op": "eq", "value": "Shopper"}})),
+    )
+    .await;
+    let gid = &group["id"];
+    for suffix in ["/count", "/recipients"] {
+        let (status, _, body) = call(
+            &app,
+            Some(&alice),
+            Method::GET,
+            &format!("/v1/target-groups/{gid}{suffix}"),
+            None,
+        )
+        .await;
+        if status.is_success() {
+            let text = body.to_string();
+            assert!(
+                !text.contains("b1@example.org") && !text.contains("p1@example.org"),
+                "{suffix}: {text}"
+            );
+            if suffix == "/count" {
+                assert!(body["total"].as_i64().unwrap_or(0) <= 1, "{body}");
+            }
+        }
+    }
+    let (status, _, overview) = call(&app, Some(&alice), Method::GET, "/v1/overview", None).await;
+    if status.is_success() {
+        for row in overview["items"].as_array().unwrap() {
+            assert_ne!(row["slug"], shop.parent.as_str(), "{overview}");
+            assert_ne!(row["slug"], shop.inner_b.as_str(), "{overview}");
+            if row["slug"] == shop.inner_a.as_str() {
+                assert!(
+                    row["recipients"].is_null(),
+                    "the parent's figures shown: {row}"
+                );
+            }
+        }
+    }
+    for path in ["/v1/audit", "/v1/operations"] {
+        let (status, _, body) = call(&app, Some(&alice), Method::GET, path, None).await;
+        if status.is_success() {
+            assert!(
+                !body.to_string().contains(&format!("\"{}\"", shop.inner_b)),
+                "{path}: {body}"
+            );
+        }
+    }
+    let (status, _, body) = call(
+        &app,
+        Some(&alice),
+        Method::GET,
+        &format!("/v1/clients/{}/retention/preview", shop.inner_a),
+        None,
+    )
+    .await;
+    assert!(
+        status.is_success() || status == StatusCode::NOT_FOUND,
+        "{status} {body}"
+    );
+}
