@@ -20,7 +20,7 @@ use crate::tenant::pool::PooledConn;
 
 /// A data-plane handler's connection: its own, or an inner client's, borrowed from the request's session.
 pub enum TenantDb {
-    Own(PooledConn),
+    Own(Box<PooledConn>),
     Scoped(tokio::sync::OwnedMutexGuard<Option<PooledConn>>),
 }
 
@@ -97,7 +97,7 @@ impl Tenant {
     pub async fn db(&self) -> Result<TenantDb, ApiError> {
         if !self.scope.client.is_inner() {
             let (_, conn) = self.scope.connect(&self.state).await?;
-            return Ok(TenantDb::Own(conn));
+            return Ok(TenantDb::Own(Box::new(conn)));
         }
         let mut session = self
             .scope
