@@ -986,3 +986,52 @@ async fn a_user_of_one_inner_client_counts_and_lists_only_its_slice_across_clien
         "{status} {body}"
     );
 }
+
+#[tokio::test]
+async fn a_list_an_inner_client_imports_as_content_joins_its_scope_like_one_it_creates() {
+    let app = spawn_app().await;
+    let shop = shop(&app).await;
+    let a = &shop.inner_a;
+    let doc = json!({"format": 1, "lists": [{"id": 1, "name": "imported"}], "target_groups": [], "templates": []});
+    let (status, _, report) = admin(
+        &app,
+        Method::POST,
+        &format!("/v1/clients/{a}/import-content"),
+        Some(doc),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{report}");
+    let list = report["lists"][0]["id"].as_i64().expect("list id");
+    let client = ok_json(&app, Method::GET, &format!("/v1/clients/{a}"), None).await;
+    assert_eq!(
+        client["scope"]["lists"],
+        json!([shop.list_a, list]),
+        "the imported list is in the database's slice but not in the scope: the next scope change drops it"
+    );
+}
+
+#[tokio::test]
+async fn importing_content_named_like_a_siblings_list_reveals_nothing_and_writes_nothing() {
+    let app = spawn_app().await;
+    let shop = shop(&app).await;
+    let a = &shop.inner_a;
+    let doc = |name: &str| json!({"format": 1, "lists": [{"id": 1, "name": name}], "target_groups": [], "templates": []});
+    let (status, _, body) = admin(
+        &app,
+        Method::POST,
+        &format!("/v1/clients/{a}/import-content"),
+        Some(doc("b-list")),
+    )
+    .await;
+    assert_ne!(
+        status,
+        StatusCode::CONFLICT,
+        "a list name outside the slice is revealed: {body}"
+    );
+    assert!(status != StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(
+        app.tenant_i64(&shop.parent, "SELECT count(*) FROM mailing_lists")
+            .await,
+        2 + i64::from(status.is_success())
+    );
+}
