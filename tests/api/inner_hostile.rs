@@ -1035,3 +1035,71 @@ async fn importing_content_named_like_a_siblings_list_reveals_nothing_and_writes
         2 + i64::from(status.is_success())
     );
 }
+
+#[tokio::test]
+async fn as_the_second_role_planner_statistics_show_nothing_of_the_rows() {
+    let app = spawn_app().await;
+    let shop = shop(&app).await;
+    // Statistics exist (the owner analyzes the table).
+    app.tenant_db(&shop.parent)
+        .await
+        .batch_execute("ANALYZE recipients")
+        .await
+        .unwrap();
+    let a = inner_no(&app, &shop.inner_a).await;
+    let mut db = as_inner_role(&app, &shop.parent).await;
+    let tx = db.transaction().await.unwrap();
+    tx.execute(
+        "SELECT set_config('mandant.inner_client', $1, true)",
+        &[&a.to_string()],
+    )
+    .await
+    .unwrap();
+    let rows = tx
+        .query(
+            "SELECT attname::text, coalesce(most_common_vals::text, ''), coalesce(histogram_bounds::text, '')
+             FROM pg_stats WHERE tablename IN ('recipients', 'bindings', 'mailing_lists')",
+            &[],
+        )
+        .await
+        .unwrap();
+    for row in &rows {
+        let (mcv, hist): (String, String) = (row.get(1), row.get(2));
+        assert!(
+            !mcv.contains("b1@") && !hist.contains("b1@") && !hist.contains("p1@"),
+            "pg_stats shows {}: {mcv} {hist}",
+            row.get::<_, String>(0)
+        );
+    }
+    // The two tables granted for reading answer; no other table of the database does.
+    for table in ["field_catalogue", "mandant_retention_epoch"] {
+        assert!(
+            tx.query(&format!("SELECT 1 FROM {table} LIMIT 1"), &[])
+                .await
+                .is_ok(),
+            "{table} is granted"
+        );
+    }
+    tx.rollback().await.unwrap();
+    let tables: Vec<String> = db
+        .query(
+            "SELECT relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = 'public' AND c.relkind = 'r'
+               AND relname NOT IN ('recipients', 'mailing_lists', 'bindings', 'target_groups', 'templates',
+                                   'field_catalogue', 'mandant_retention_epoch')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for table in tables {
+        assert!(
+            db.query(&format!("SELECT * FROM public.\"{table}\" LIMIT 1"), &[])
+                .await
+                .is_err(),
+            "the second role reads {table}"
+        );
+    }
+}
