@@ -297,6 +297,11 @@ pub async fn import(
     let privacy = tenant.privacy().await?;
     let mut db = tenant.db().await?;
     let imported = content::import(db.client_mut(), &doc, &privacy).await?;
+    // As a list created one by one: an inner client's imported lists join its scope (their rows name it already;
+    // without this, the next scope change or evaluation would take them out of the slice again).
+    for (_, list) in &imported.lists {
+        tenant.joined_scope(list.id).await?;
+    }
     tracing::info!(
         client = %tenant.slug(),
         lists = imported.lists.len(),

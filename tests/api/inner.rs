@@ -9,18 +9,23 @@ use crate::helpers::{ADMIN_TOKEN, TestApp, spawn_app};
 
 /// A parent `shop` with lists `a-list` and `b-list`, recipients `a1` (on a-list), `b1` (on b-list) and `p1` (on
 /// none), and inner clients `shop-a` (scope: a-list) and `shop-b` (scope: b-list).
-struct Shop {
-    parent: String,
-    inner_a: String,
-    inner_b: String,
-    list_a: i64,
-    list_b: i64,
-    a1: i64,
-    b1: i64,
-    p1: i64,
+pub(crate) struct Shop {
+    pub(crate) parent: String,
+    pub(crate) inner_a: String,
+    pub(crate) inner_b: String,
+    pub(crate) list_a: i64,
+    pub(crate) list_b: i64,
+    pub(crate) a1: i64,
+    pub(crate) b1: i64,
+    pub(crate) p1: i64,
 }
 
-async fn ok_json(app: &TestApp, method: Method, path: &str, body: Option<Value>) -> Value {
+pub(crate) async fn ok_json(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Value {
     let (status, _, json) = call(app, Some(ADMIN_TOKEN), method.clone(), path, body).await;
     assert!(status.is_success(), "{method} {path}: {status} {json}");
     json
@@ -47,7 +52,7 @@ async fn recipient(app: &TestApp, client: &str, email: &str, list: Option<i64>) 
     id
 }
 
-async fn inner_client(app: &TestApp, slug: &str, parent: &str, scope: Value) -> Value {
+pub(crate) async fn inner_client(app: &TestApp, slug: &str, parent: &str, scope: Value) -> Value {
     let (status, _, body) = call(
         app,
         Some(ADMIN_TOKEN),
@@ -62,7 +67,7 @@ async fn inner_client(app: &TestApp, slug: &str, parent: &str, scope: Value) -> 
     body
 }
 
-async fn shop(app: &TestApp) -> Shop {
+pub(crate) async fn shop(app: &TestApp) -> Shop {
     let parent = "shop".to_owned();
     app.create_active_client(&parent).await;
     let list = |name: &'static str| {
@@ -109,7 +114,7 @@ async fn count(tx: &tokio_postgres::Transaction<'_>, sql: &str) -> i64 {
     tx.query_one(sql, &[]).await.unwrap().get(0)
 }
 
-fn ids(page: &Value) -> Vec<i64> {
+pub(crate) fn ids(page: &Value) -> Vec<i64> {
     page["items"]
         .as_array()
         .expect("items")
@@ -119,7 +124,7 @@ fn ids(page: &Value) -> Vec<i64> {
 }
 
 /// The inner client's number, as its parent's database knows it.
-async fn inner_no(app: &TestApp, slug: &str) -> i32 {
+pub(crate) async fn inner_no(app: &TestApp, slug: &str) -> i32 {
     app.control_i64(&format!(
         "SELECT inner_no::int8 FROM clients WHERE slug = '{slug}'"
     ))
@@ -127,7 +132,7 @@ async fn inner_no(app: &TestApp, slug: &str) -> i32 {
 }
 
 /// The parent's database as its second role (what an inner client's requests use), outside the pool.
-async fn as_inner_role(app: &TestApp, parent: &str) -> tokio_postgres::Client {
+pub(crate) async fn as_inner_role(app: &TestApp, parent: &str) -> tokio_postgres::Client {
     let id = app.client_id(parent).await;
     let control = app.state.control();
     let record = control.client_by_id(id).await.expect("parent");

@@ -15,6 +15,7 @@ mod health;
 mod helpers;
 mod import;
 mod inner;
+mod inner_hostile;
 mod isolation;
 mod layers;
 mod lists;
