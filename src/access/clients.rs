@@ -74,7 +74,10 @@ impl RightsService {
 /// Creating under `new.parent` needs `clients.create` with full access to it (an invisible parent is one that does
 /// not exist). A creator who is not a master admin gets full access to the new client, with the private-data right
 /// it has on the parent: returned as (user, private data).
-fn creator_access(caller: &Principal, new: &NewClient<'_>) -> Result<Option<(Uuid, bool)>, AccessError> {
+fn creator_access(
+    caller: &Principal,
+    new: &NewClient<'_>,
+) -> Result<Option<(Uuid, bool)>, AccessError> {
     let grant = match caller
         .rights
         .authorize(new.parent_id, Permission::ClientsCreate)

@@ -82,7 +82,11 @@ pub struct ListMember {
 }
 
 fn name_taken(e: tokio_postgres::Error) -> DataError {
-    if e.as_db_error().and_then(|d| d.constraint()) == Some("mailing_lists_name_key") {
+    // Unique per owner since tenant migration V8 (per database before).
+    if matches!(
+        e.as_db_error().and_then(|d| d.constraint()),
+        Some("mailing_lists_owner_name_key" | "mailing_lists_name_key")
+    ) {
         DataError::ListNameTaken
     } else {
         DataError::Query(e)

@@ -36,7 +36,11 @@ impl From<&Row> for TargetGroup {
 }
 
 fn name_taken(e: tokio_postgres::Error) -> DataError {
-    if e.as_db_error().and_then(|d| d.constraint()) == Some("target_groups_name_key") {
+    // Unique per owner since tenant migration V8 (per database before).
+    if matches!(
+        e.as_db_error().and_then(|d| d.constraint()),
+        Some("target_groups_owner_name_key" | "target_groups_name_key")
+    ) {
         DataError::GroupNameTaken
     } else {
         DataError::Query(e)
