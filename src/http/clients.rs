@@ -202,7 +202,7 @@ pub async fn create(
     };
     if body.kind == Some(NewKind::Inner) {
         if body.zone.is_some() {
-            return Err(ApiError::invalid_body(
+            return Err(ApiError::invalid_client_kind(
                 "zone: an inner client lives in its parent's database",
             ));
         }
@@ -217,7 +217,7 @@ pub async fn create(
         .await;
     }
     if body.scope.is_some() {
-        return Err(ApiError::invalid_body(
+        return Err(ApiError::invalid_client_kind(
             "scope: only an inner client has a scope",
         ));
     }
@@ -247,13 +247,13 @@ async fn create_inner(
     scope: Option<crate::data::inner::Scope>,
 ) -> Result<Response, ApiError> {
     if !parent_named {
-        return Err(ApiError::invalid_body(
+        return Err(ApiError::invalid_client_kind(
             "parent: an inner client needs its parent named",
         ));
     }
-    let mut scope =
-        scope.ok_or_else(|| ApiError::invalid_body("scope: an inner client needs a scope"))?;
-    scope.validate_shape()?;
+    let mut scope = scope
+        .ok_or_else(|| ApiError::invalid_client_kind("scope: an inner client needs a scope"))?;
+    scope.validate_shape().map_err(scope_error)?;
     // Rights first: a caller who may not create under this parent learns nothing about its lists.
     if let Err(denied) = caller.rights.authorize(
         new.parent_id,
@@ -277,7 +277,7 @@ async fn create_inner(
         return Err(crate::control::ControlError::ParentNotReady.into());
     }
     let (_, db) = state.data().connect(new.parent).await?;
-    scope.check(db.client()).await?;
+    scope.check(db.client()).await.map_err(scope_error)?;
     drop(db);
     let client = state
         .access()
@@ -296,6 +296,14 @@ async fn create_inner(
         response.headers_mut().insert(header::LOCATION, value);
     }
     Ok(note.attach(response))
+}
+
+/// A scope that does not fit the parent's database is 422 `invalid_scope`; anything else as it comes.
+fn scope_error(e: crate::data::DataError) -> ApiError {
+    match e {
+        crate::data::DataError::Rule(message) => ApiError::invalid_scope(message),
+        other => other.into(),
+    }
 }
 
 /// Applies an inner client's scope in its parent's database now; a failure is logged and left to the periodic
@@ -418,20 +426,20 @@ pub async fn update(
 ) -> Result<Json<ClientView>, ApiError> {
     let name = body.name.as_deref().map(ClientName::parse).transpose()?;
     if name.is_none() && body.scope.is_none() {
-        return Err(ApiError::invalid_body("name a new name or scope"));
+        return Err(ApiError::invalid_client_kind("name a new name or scope"));
     }
     let mut new_scope = body.scope;
     if let Some(new_scope) = &mut new_scope {
         if !scope.client.is_inner() {
-            return Err(ApiError::invalid_body(
+            return Err(ApiError::invalid_client_kind(
                 "scope: only an inner client has a scope",
             ));
         }
-        new_scope.validate_shape()?;
+        new_scope.validate_shape().map_err(scope_error)?;
         let parent = scope.client.parent.as_deref().unwrap_or_default();
         let parent = ClientSlug::parse(parent).map_err(|_| ApiError::not_found())?;
         let (_, db) = state.data().connect(&parent).await?;
-        new_scope.check(db.client()).await?;
+        new_scope.check(db.client()).await.map_err(scope_error)?;
     }
     let mut client = match &name {
         Some(name) => state.control().rename_client(scope.client.id, name).await?,

@@ -933,28 +933,28 @@ async fn creating_an_inner_client_is_validated_and_changes_nothing_when_refused(
     for (body, status, code) in [
         (
             json!({"slug": "x-inner", "name": "x", "kind": "inner", "scope": {"lists": [shop.list_a]}}),
-            400,
-            "invalid_body",
+            422,
+            "invalid_client_kind",
         ),
         (
             json!({"slug": "x-inner", "name": "x", "parent": parent, "kind": "inner"}),
-            400,
-            "invalid_body",
+            422,
+            "invalid_client_kind",
         ),
         (
             json!({"slug": "x-inner", "name": "x", "parent": parent, "kind": "inner", "scope": {}}),
-            400,
-            "invalid_rule",
+            422,
+            "invalid_scope",
         ),
         (
             json!({"slug": "x-inner", "name": "x", "parent": parent, "kind": "inner", "scope": {"lists": [987654]}}),
-            400,
-            "invalid_rule",
+            422,
+            "invalid_scope",
         ),
         (
             json!({"slug": "x-inner", "name": "x", "parent": parent, "kind": "inner", "scope": {"rule": {"field": "nope", "op": "eq", "value": 1}}}),
-            400,
-            "invalid_rule",
+            422,
+            "invalid_scope",
         ),
         (
             json!({"slug": "x-inner", "name": "x", "parent": shop.inner_a, "kind": "inner", "scope": {"lists": [shop.list_a]}}),
@@ -968,8 +968,13 @@ async fn creating_an_inner_client_is_validated_and_changes_nothing_when_refused(
         ),
         (
             json!({"slug": "x-inner", "name": "x", "parent": parent, "scope": {"lists": [shop.list_a]}}),
-            400,
-            "invalid_body",
+            422,
+            "invalid_client_kind",
+        ),
+        (
+            json!({"slug": "x-inner", "name": "x", "parent": parent, "kind": "inner", "zone": "eu", "scope": {"lists": [shop.list_a]}}),
+            422,
+            "invalid_client_kind",
         ),
         (
             json!({"slug": shop.inner_b, "name": "x", "parent": parent, "kind": "inner", "scope": {"lists": [shop.list_a]}}),
@@ -1001,7 +1006,7 @@ async fn creating_an_inner_client_is_validated_and_changes_nothing_when_refused(
         Some(json!({"scope": {"lists": [shop.list_a]}})),
     )
     .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     let (status, _, _) = call(
         &app,
         Some(ADMIN_TOKEN),
@@ -1010,7 +1015,7 @@ async fn creating_an_inner_client_is_validated_and_changes_nothing_when_refused(
         Some(json!({})),
     )
     .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
 }
 
 #[tokio::test]

@@ -16,6 +16,22 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "invalid_body", message)
     }
 
+    /// 422: a well-formed client request that does not make sense for its kind (an inner client without a parent
+    /// or a scope, with a zone; a scope for a client that is not inner; a PATCH that changes nothing).
+    pub fn invalid_client_kind(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_client_kind",
+            message,
+        )
+    }
+
+    /// 422: an inner client's scope that does not fit its parent's database (no list and no rule, a list that does
+    /// not exist there, a rule that does not compile against its fields).
+    pub fn invalid_scope(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_scope", message)
+    }
+
     /// 400: a NUL character (`\u0000`, `%00`) in `place`: PostgreSQL cannot store it in text, so no input may
     /// carry one.
     pub fn nul_character(place: &str) -> Self {
