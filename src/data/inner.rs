@@ -103,9 +103,27 @@ pub struct Applied {
 
 /// Brings inner client `inner_no`'s memberships in the parent's database to `scope`: lists join or leave (the
 /// triggers move their bindings and recipients), and the rule is evaluated on every recipient. One transaction.
-pub async fn apply(db: &mut Client, inner_no: i32, scope: &Scope) -> Result<Applied, DataError> {
+///
+/// `current` yields the scope to apply (`None`: nothing to do, e.g. the inner client is gone); it is read only once
+/// this run holds the inner client's lock in the parent's database, so two runs (a PATCH and the periodic job, in
+/// two processes) never let a stale scope overwrite a newer one: whoever applies second read the scope after the
+/// first had finished.
+pub async fn apply(
+    db: &mut Client,
+    inner_no: i32,
+    current: impl AsyncFnOnce() -> Result<Option<Scope>, DataError>,
+) -> Result<Applied, DataError> {
     let schema = Schema::load(db).await?;
     let tx = db.transaction().await?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('mandant.inner_scope'), $1::int)",
+        &[&inner_no],
+    )
+    .await?;
+    let Some(scope) = current().await? else {
+        return Ok(Applied::default());
+    };
+    let scope = &scope;
     let mut applied = Applied::default();
     applied.lists += tx
         .execute(
@@ -159,7 +177,9 @@ pub async fn apply(db: &mut Client, inner_no: i32, scope: &Scope) -> Result<Appl
 /// Removes inner client `inner_no` from every list and rule membership (it was deleted). Recipients stay: they
 /// belong to the parent.
 pub async fn forget(db: &mut Client, inner_no: i32) -> Result<(), DataError> {
-    apply(db, inner_no, &Scope::default()).await.map(|_| ())
+    apply(db, inner_no, async || Ok(Some(Scope::default())))
+        .await
+        .map(|_| ())
 }
 
 /// For a recipient an inner client creates in a scope with a rule and no list: whether it matches the rule (its

@@ -45,9 +45,19 @@ impl FanOut {
             ) else {
                 continue;
             };
+            let id = inner.id;
+            let control = &self.control;
             let applied = match Scope::from_stored(stored) {
-                Ok(scope) => on_client(&self.data, &parent.slug, self.deadline, async |conn| {
-                    apply(conn.client_mut(), inner_no, &scope).await
+                // Read again under the inner client's lock (see `data::inner::apply`): a PATCH may be newer.
+                Ok(_) => on_client(&self.data, &parent.slug, self.deadline, async |conn| {
+                    apply(conn.client_mut(), inner_no, async || {
+                        let now = control.client_by_id(id).await?;
+                        now.scope
+                            .filter(|_| now.status != ClientStatus::Deleted)
+                            .map(|stored| Scope::from_stored(&stored))
+                            .transpose()
+                    })
+                    .await
                 })
                 .await
                 .map_err(|e| {

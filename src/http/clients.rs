@@ -283,7 +283,7 @@ async fn create_inner(
         .access()
         .create_inner_client(caller, new, &scope.to_json())
         .await?;
-    apply_scope(state, &client, &scope).await;
+    apply_scope(state, &client).await;
     tracing::info!(client = %client.slug, parent = %new.parent, "inner client created");
     let location = format!("/v1/clients/{}", client.slug);
     let note = AuditNote::client(client.id, &client.slug);
@@ -308,14 +308,22 @@ fn scope_error(e: crate::data::DataError) -> ApiError {
 
 /// Applies an inner client's scope in its parent's database now; a failure is logged and left to the periodic
 /// scope job (the control plane holds the scope).
-async fn apply_scope(state: &AppState, client: &ClientRecord, scope: &crate::data::inner::Scope) {
+async fn apply_scope(state: &AppState, client: &ClientRecord) {
     let (Some(parent), Some(inner_no)) = (client.parent.as_deref(), client.inner_no) else {
         return;
     };
     let applied = async {
         let parent = ClientSlug::parse(parent)?;
         let (_, mut db) = state.data().connect(&parent).await?;
-        crate::data::inner::apply(db.client_mut(), inner_no, scope).await
+        // The scope as stored when this run holds the inner client's lock (a newer PATCH may have come meanwhile).
+        crate::data::inner::apply(db.client_mut(), inner_no, async || {
+            let now = state.control().client_by_id(client.id).await?;
+            now.scope
+                .filter(|_| now.status != ClientStatus::Deleted)
+                .map(|stored| crate::data::inner::Scope::from_stored(&stored))
+                .transpose()
+        })
+        .await
     }
     .await;
     match applied {
@@ -451,7 +459,7 @@ pub async fn update(
             .set_inner_scope(scope.client.id, &new_scope.to_json())
             .await?;
         state.data().invalidate(&client.slug);
-        apply_scope(&state, &client, new_scope).await;
+        apply_scope(&state, &client).await;
     }
     Ok(Json(ClientView::new(client, None, &caller.rights)))
 }
