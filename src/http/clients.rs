@@ -165,13 +165,16 @@ fn max_attempts(state: &AppState) -> i32 {
 /// Create a sub-client. Its database is provisioned in the background; poll the returned operation.
 #[utoipa::path(post, path = "/v1/clients", tag = "clients", request_body = CreateClient,
     responses(
+        (status = 201, description = "An inner client, active at once", body = ClientView,
+         headers(("Location" = String, description = "The new client"))),
         (status = 202, description = "Accepted; provisioning", body = ClientView,
          headers(("Location" = String, description = "The new client"))),
         (status = 400, description = "Invalid input", body = ErrorBody),
         (status = 409, description = "Slug taken, the parent is not active, or no database server can take the \
             client (no_server_available, naming why)", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 422, description = "Unknown parent", body = ErrorBody)))]
+        (status = 422, description = "Unknown parent, a parent that is inner, or an inner client's kind or scope that does not fit", body = ErrorBody),
+        (status = 503, description = "An inner client's parent database is unavailable", body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -423,9 +426,12 @@ pub async fn get(
 #[utoipa::path(patch, path = "/v1/clients/{slug}", tag = "clients", request_body = UpdateClient,
     params(("slug" = String, Path, description = "The client's slug")),
     responses(
-        (status = 200, description = "The renamed client", body = ClientView),
+        (status = 200, description = "The renamed client (or an inner client with its new scope)", body = ClientView),
         (status = 400, description = "Invalid input", body = ErrorBody),
-        (status = 404, description = "No such client", body = ErrorBody)))]
+        (status = 404, description = "No such client", body = ErrorBody),
+        (status = 409, description = "An inner client's parent is not active", body = ErrorBody),
+        (status = 422, description = "Nothing to change, a scope for a client that is not inner, or a scope that does not fit the parent's database", body = ErrorBody),
+        (status = 503, description = "The parent's database is unavailable", body = ErrorBody)))]
 pub async fn update(
     State(state): State<AppState>,
     Caller(caller): Caller,

@@ -170,6 +170,18 @@ pub async fn create(
         custom: Vec::new(),
     };
     let db = tenant.db().await?;
+    // The list first: a client's own statements commit as they run, so a list that does not exist must refuse the
+    // request before the recipient is written.
+    if let Some(list) = landing {
+        crate::data::lists::get(db.client(), list)
+            .await
+            .map_err(|e| match e {
+                DataError::NotFound => {
+                    DataError::OutsideScope(format!("mailing list {list} does not exist"))
+                }
+                other => other,
+            })?;
+    }
     let mut new = new;
     if !body.fields.is_empty() {
         let schema = Schema::load(db.client()).await?;
