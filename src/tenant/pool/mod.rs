@@ -45,6 +45,7 @@ use crate::db::{PgTarget, describe_pg_error};
 mod conn;
 pub mod policy;
 mod state;
+mod tenant;
 
 use conn::ServerBudget;
 pub use conn::{PooledConn, TenantConn, TenantManager};
