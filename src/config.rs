@@ -122,6 +122,31 @@ pub struct TenantSettings {
     pub archive_dir: PathBuf,
     pub field_quota: u32,
     pub scram_iterations: u32,
+    /// Days a moved tenant's source database is kept (renamed) before a job drops it.
+    pub move_retention_days: u32,
+    /// How long a request for a client in a move's freeze waits for the switch before it is answered 503.
+    pub move_freeze_wait_ms: u64,
+    /// How long a move's freeze waits for requests already running on the source before it fences the source.
+    pub move_drain_ms: u64,
+    /// How long a move may copy and catch up before it gives up and rolls back.
+    pub move_copy_timeout_secs: u64,
+    /// Moves a drain runs at once per source server and per target server.
+    pub moves_per_server: u16,
+    /// `max_slot_wal_keep_size` of the embedded cluster (and of throwaway clusters): a replication slot of a
+    /// stuck move never holds more WAL than this.
+    pub max_slot_wal_keep_size: String,
+}
+
+impl TenantSettings {
+    pub fn move_freeze_wait(&self) -> Duration {
+        Duration::from_millis(self.move_freeze_wait_ms)
+    }
+    pub fn move_drain(&self) -> Duration {
+        Duration::from_millis(self.move_drain_ms)
+    }
+    pub fn move_copy_timeout(&self) -> Duration {
+        Duration::from_secs(self.move_copy_timeout_secs)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -147,6 +172,9 @@ pub struct WorkerSettings {
     /// How often every inner client's scope is applied again in its parent's database (rule scopes follow
     /// changed recipients within this delay; 0 = never). One process at a time.
     pub inner_scope_interval_secs: u64,
+    /// How often finished moves are cleaned up after (retired source databases past their days, replication
+    /// objects a rollback could not reach, moves whose worker died on the last attempt); 0 = never.
+    pub move_sweep_interval_secs: u64,
 }
 
 impl WorkerSettings {
@@ -161,6 +189,11 @@ impl WorkerSettings {
     pub fn inner_scope_interval(&self) -> Option<Duration> {
         (self.inner_scope_interval_secs > 0)
             .then(|| Duration::from_secs(self.inner_scope_interval_secs))
+    }
+    /// `None`: the moves' clean-up is off.
+    pub fn move_sweep_interval(&self) -> Option<Duration> {
+        (self.move_sweep_interval_secs > 0)
+            .then(|| Duration::from_secs(self.move_sweep_interval_secs))
     }
     /// `None`: the retention purge is off.
     pub fn retention_interval(&self) -> Option<Duration> {
@@ -301,6 +334,21 @@ impl Settings {
             (1..=100_000).contains(&self.tenants.scram_iterations),
             "tenants.scram_iterations",
             "must be between 1 and 100000",
+        )?;
+        ensure(
+            self.tenants.moves_per_server > 0,
+            "tenants.moves_per_server",
+            "must be at least 1",
+        )?;
+        ensure(
+            self.tenants.move_copy_timeout_secs > 0,
+            "tenants.move_copy_timeout_secs",
+            "must be at least 1",
+        )?;
+        ensure(
+            is_memory_size(&self.tenants.max_slot_wal_keep_size),
+            "tenants.max_slot_wal_keep_size",
+            "must be a size such as 4GB, 512MB or -1",
         )?;
         ensure(
             server.import_limit_bytes >= 1024,
@@ -743,4 +791,18 @@ mod tests {
         assert!(!format!("{secret:?}").contains("key-material-42"));
         assert_eq!(settings.auth.bootstrap_token.expose(), "tok-s3cret-value");
     }
+}
+
+/// A PostgreSQL memory size setting as written in a configuration (`-1`, or digits with an optional kB/MB/GB/TB
+/// unit), so it can be passed as `-c name=value` safely.
+fn is_memory_size(value: &str) -> bool {
+    if value == "-1" {
+        return true;
+    }
+    let digits = value.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &value[digits.len()..];
+    !digits.is_empty()
+        && digits.len() <= 12
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && ["", "kB", "MB", "GB", "TB"].contains(&unit)
 }

@@ -90,6 +90,9 @@ pub enum Outcome {
     /// The history has edited or unknown migrations; nothing was applied.
     Divergent,
     Failed,
+    /// A live move of the tenant runs (logical replication copies no DDL): skipped, nothing connected. The move
+    /// builds its target at the latest migrations; the next run finds it current or migrates it.
+    Moving,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -135,6 +138,8 @@ pub struct FleetReport {
     pub would_migrate: usize,
     pub divergent: usize,
     pub failed: usize,
+    /// Skipped: a live move runs.
+    pub moving: usize,
     pub duration_ms: f64,
 }
 
@@ -226,6 +231,7 @@ pub async fn migrate_fleet(
         would_migrate: count(Outcome::WouldMigrate),
         divergent: count(Outcome::Divergent),
         failed: count(Outcome::Failed),
+        moving: count(Outcome::Moving),
         templates,
         tenants,
         duration_ms: started.elapsed().as_secs_f64() * 1000.0,
@@ -353,6 +359,11 @@ async fn migrate_tenant(
         error: None,
         verification: None,
     };
+    if client.moving_to.is_some() {
+        result.outcome = Outcome::Moving;
+        tracing::info!("tenant is being moved; skipped");
+        return result;
+    }
     match fleet.targets.admin_on_tenant(server, client.id) {
         Ok(target) => {
             if needs_migration(&mut result, client, &target, &fleet.migrations, options).await {

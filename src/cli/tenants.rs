@@ -200,7 +200,7 @@ fn print_report(report: &FleetReport, dry_run: bool) {
         );
     }
     println!(
-        "{} tenants{}: {} migrated, {} current, {} would migrate, {} divergent, {} failed in {:.0} ms (latest v{})",
+        "{} tenants{}: {} migrated, {} current, {} would migrate, {} divergent, {} failed, {} skipped (moving) in {:.0} ms (latest v{})",
         report.tenants.len(),
         if dry_run { " (dry run)" } else { "" },
         report.migrated,
@@ -208,6 +208,7 @@ fn print_report(report: &FleetReport, dry_run: bool) {
         report.would_migrate,
         report.divergent,
         report.failed,
+        report.moving,
         report.duration_ms,
         report.latest
     );

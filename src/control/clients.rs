@@ -33,6 +33,10 @@ pub struct ClientRecord {
     pub scope: Option<serde_json::Value>,
     /// Whether the client's database can hold inner clients (`tenant::inner::prepare` ran).
     pub inner_ready: bool,
+    /// While a move runs: the server it goes to (id, name).
+    pub moving_to: Option<(i64, String)>,
+    /// Whether a move's freeze holds new checkouts back right now.
+    pub frozen: bool,
 }
 
 impl ClientRecord {
@@ -64,6 +68,9 @@ struct ClientRow {
     inner_no: Option<i32>,
     scope: Option<serde_json::Value>,
     inner_ready: bool,
+    moving_to: Option<i64>,
+    moving_to_name: Option<String>,
+    frozen: bool,
 }
 
 impl TryFrom<ClientRow> for ClientRecord {
@@ -88,6 +95,8 @@ impl TryFrom<ClientRow> for ClientRecord {
             inner_no: r.inner_no,
             scope: r.scope,
             inner_ready: r.inner_ready,
+            moving_to: r.moving_to.zip(r.moving_to_name),
+            frozen: r.frozen,
         })
     }
 }
@@ -108,10 +117,11 @@ macro_rules! select_clients {
         concat!(
             "SELECT c.id, c.slug, c.name, c.parent_id, p.slug AS parent, c.kind, c.status, c.server_id, s.name AS server,
                     c.db_name, c.schema_version, c.generation, c.created_at, c.updated_at,
-                    c.inner_no, c.scope, c.inner_ready
+                    c.inner_no, c.scope, c.inner_ready, c.moving_to, mt.name AS moving_to_name, c.frozen
              FROM clients c
              LEFT JOIN clients p ON p.id = c.parent_id
-             LEFT JOIN db_servers s ON s.id = c.server_id ",
+             LEFT JOIN db_servers s ON s.id = c.server_id
+             LEFT JOIN db_servers mt ON mt.id = c.moving_to ",
             $($tail),*
         )
     };
@@ -512,7 +522,7 @@ async fn locked_live_client(
 }
 
 /// One client by id, on a pooled connection or inside a transaction.
-async fn client_by_id_on(
+pub(super) async fn client_by_id_on(
     conn: &mut sqlx::PgConnection,
     id: Uuid,
 ) -> Result<ClientRecord, ControlError> {

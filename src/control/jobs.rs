@@ -35,10 +35,15 @@ pub enum JobKind {
     /// Make a client's database able to hold inner clients (its second role, the lower-case e-mail filled in
     /// and indexed): for databases provisioned before tenant migration V7.
     PrepareInner,
+    /// Move a client's database to another server by logical replication (issue #21); the job's id is the
+    /// move's, its step the phase reached.
+    MoveClient,
+    /// Move every tenant off a draining server, a few at a time (no client: the server is in the payload).
+    DrainServer,
 }
 
 impl JobKind {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 10] = [
         Self::ProvisionClient,
         Self::DeleteClient,
         Self::SyncAccess,
@@ -47,6 +52,8 @@ impl JobKind {
         Self::PublishTemplates,
         Self::PropagateFields,
         Self::PrepareInner,
+        Self::MoveClient,
+        Self::DrainServer,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +66,8 @@ impl JobKind {
             Self::PublishTemplates => "publish_templates",
             Self::PropagateFields => "propagate_fields",
             Self::PrepareInner => "prepare_inner",
+            Self::MoveClient => "move_client",
+            Self::DrainServer => "drain_server",
         }
     }
 
@@ -78,6 +87,8 @@ pub struct Job {
     pub attempt: i32,
     pub max_attempts: i32,
     pub locked_by: String,
+    /// The last step recorded before this claim (where a resumed job goes on).
+    pub step: Option<String>,
 }
 
 #[derive(FromRow)]
@@ -89,6 +100,7 @@ struct JobRow {
     attempts: i32,
     max_attempts: i32,
     locked_by: Option<String>,
+    step: Option<String>,
 }
 
 /// What became of a job after a failed attempt.
@@ -207,7 +219,7 @@ impl ControlPlane {
                  ORDER BY j.run_after, j.created_at
                  FOR UPDATE SKIP LOCKED
                  LIMIT 1)
-             RETURNING id, kind, client_id, payload, attempts, max_attempts, locked_by",
+             RETURNING id, kind, client_id, payload, attempts, max_attempts, locked_by, step",
         )
         .bind(worker)
         .bind(lease.as_secs_f64())
@@ -241,6 +253,7 @@ impl ControlPlane {
             attempt: row.attempts,
             max_attempts: row.max_attempts,
             locked_by: row.locked_by.unwrap_or_default(),
+            step: row.step,
         }))
     }
 
@@ -289,6 +302,43 @@ impl ControlPlane {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records a running job's progress (`result`, shown by `GET /v1/operations/{id}` while it runs). False if the
+    /// claim was lost.
+    pub async fn job_progress(
+        &self,
+        job: &Job,
+        progress: &serde_json::Value,
+    ) -> Result<bool, ControlError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET result = $4, updated_at = now()
+             WHERE id = $1 AND locked_by = $2 AND attempts = $3 AND status = 'running'",
+        )
+        .bind(job.id)
+        .bind(&job.locked_by)
+        .bind(job.attempt)
+        .bind(progress)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Fails a running job for good, whatever attempts are left (a move that rolled back: retrying it would
+    /// start a new move nobody asked for). False if the claim was lost.
+    pub async fn give_up_job(&self, job: &Job, error: &str) -> Result<bool, ControlError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET status = 'failed', last_error = $4, lease_until = NULL, finished_at = now(),
+                    updated_at = now()
+             WHERE id = $1 AND locked_by = $2 AND attempts = $3 AND status = 'running'",
+        )
+        .bind(job.id)
+        .bind(&job.locked_by)
+        .bind(job.attempt)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 

@@ -13,6 +13,7 @@ pub mod fields;
 pub mod jobs;
 pub mod listen;
 pub mod migrate;
+pub mod moves;
 pub mod retention;
 pub mod servers;
 pub mod stats;

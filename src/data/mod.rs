@@ -131,6 +131,9 @@ pub enum DataError {
     PersonalData(String),
     #[error("tenant query failed: {}", crate::db::describe_pg_error(.0))]
     Query(#[from] tokio_postgres::Error),
+    /// The client is in a move's freeze and the switch did not come within `tenants.move_freeze_wait_ms`.
+    #[error("the client is being moved to another database server; retry in a moment")]
+    Moving,
     /// Work on one client of a cross-client request did not finish within its per-client deadline.
     #[error("the client's database did not answer within {} ms", .0.as_millis())]
     Deadline(Duration),
@@ -152,6 +155,8 @@ struct RouteCache {
     listening: AtomicBool,
     /// Bumped by every invalidation.
     generation: AtomicU64,
+    /// Woken by every invalidation (requests waiting for a move's switch look again at once).
+    changed: tokio::sync::Notify,
 }
 
 impl RouteCache {
@@ -162,11 +167,13 @@ impl RouteCache {
     fn clear(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.lock().clear();
+        self.changed.notify_waiters();
     }
 
     fn remove(&self, slug: &str) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.lock().remove(slug);
+        self.changed.notify_waiters();
     }
 
     /// Forgets the routes of a client's inner clients (they lead to its database).
@@ -186,6 +193,7 @@ impl RouteCache {
             .filter(|(at, client, route)| {
                 at.elapsed() < ROUTE_SAFETY_TTL
                     && client.status == ClientStatus::Active
+                    && !client.frozen
                     && route.is_some()
             })
             .cloned()
@@ -199,15 +207,22 @@ pub struct DataPlane {
     targets: Targets,
     pools: TenantPools,
     routes: Arc<RouteCache>,
+    /// How long a request waits for a move's switch (`tenants.move_freeze_wait_ms`).
+    freeze_wait: Duration,
 }
+
+/// How often a request waiting for a move's switch looks again without a notification.
+const FREEZE_POLL: Duration = Duration::from_millis(50);
 
 impl DataPlane {
     pub fn new(control: ControlPlane, targets: Targets, pools: TenantPools) -> Self {
+        let freeze_wait = targets.settings().move_freeze_wait();
         Self {
             control,
             targets,
             pools,
             routes: Arc::default(),
+            freeze_wait,
         }
     }
 
@@ -335,7 +350,19 @@ impl DataPlane {
         &self,
         slug: &ClientSlug,
     ) -> Result<(Arc<ClientRecord>, Arc<TenantRoute>), DataError> {
-        match self.lookup(slug).await? {
+        let mut entry = self.lookup(slug).await?;
+        // A move's freeze: new checkouts wait for the switch (every invalidation wakes them), bounded.
+        let deadline = Instant::now() + self.freeze_wait;
+        while entry.1.frozen && entry.1.status == ClientStatus::Active {
+            let changed = self.routes.changed.notified();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(DataError::Moving);
+            }
+            let _ = tokio::time::timeout(left.min(FREEZE_POLL), changed).await;
+            entry = self.lookup(slug).await?;
+        }
+        match entry {
             (_, client, Some(route)) if client.status == ClientStatus::Active => {
                 Ok((client, route))
             }
@@ -353,7 +380,7 @@ impl DataPlane {
             return Ok(entry);
         }
         let generation = self.routes.generation.load(Ordering::Acquire);
-        let client = match self.control.client_by_slug(slug).await {
+        let mut client = match self.control.client_by_slug(slug).await {
             Ok(client) => client,
             Err(ControlError::NotFound) => return Err(DataError::NotFound),
             Err(e) => return Err(e.into()),
@@ -370,6 +397,8 @@ impl DataPlane {
                 if parent.status != ClientStatus::Active {
                     return Err(ControlError::ParentNotActive(parent.status).into());
                 }
+                // The parent's move freezes its inner clients with it.
+                client.frozen = parent.frozen;
                 let server_id = parent.server_id.ok_or(DataError::NotFound)?;
                 let server = self.control.server(server_id).await?;
                 Some(Arc::new(TenantRoute {
@@ -381,7 +410,7 @@ impl DataPlane {
             _ => None,
         };
         let entry = (Instant::now(), Arc::new(client), route);
-        if entry.1.status == ClientStatus::Active {
+        if entry.1.status == ClientStatus::Active && !entry.1.frozen {
             let mut entries = self.routes.lock();
             // Not if an invalidation happened meanwhile: this load may predate it.
             if self.routes.generation.load(Ordering::Acquire) == generation {

@@ -131,6 +131,8 @@ pub struct ClusterSpec {
     pub fsync: bool,
     pub max_connections: u32,
     pub start_timeout: Duration,
+    /// `max_slot_wal_keep_size`: a replication slot (a live move's) never holds more WAL than this.
+    pub max_slot_wal_keep_size: String,
     /// More server settings (`-c name=value`), applied after mandant's own, so they may override them (a
     /// throwaway cluster listening on TCP, with TLS: `embedded/testing.rs`). Empty for the embedded cluster.
     pub extra_settings: Vec<(String, String)>,
@@ -146,6 +148,7 @@ impl ClusterSpec {
             fsync: e.fsync,
             max_connections: e.max_connections,
             start_timeout: Duration::from_secs(e.start_timeout_secs),
+            max_slot_wal_keep_size: settings.tenants.max_slot_wal_keep_size.clone(),
             extra_settings: Vec::new(),
         }
     }
@@ -387,7 +390,14 @@ impl Cluster {
             .arg("-c")
             .arg(format!("max_connections={}", spec.max_connections))
             .arg("-c")
-            .arg(format!("fsync={}", if spec.fsync { "on" } else { "off" }));
+            .arg(format!("fsync={}", if spec.fsync { "on" } else { "off" }))
+            // Live moves copy tenants off this cluster by logical replication (a restart to change it).
+            .args(["-c", "wal_level=logical"])
+            .arg("-c")
+            .arg(format!(
+                "max_slot_wal_keep_size={}",
+                spec.max_slot_wal_keep_size
+            ));
         if !spec.fsync {
             command
                 .args(["-c", "full_page_writes=off"])

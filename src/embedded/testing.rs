@@ -119,6 +119,7 @@ impl ThrowawayCluster {
             fsync,
             max_connections: 300,
             start_timeout: Duration::from_secs(60),
+            max_slot_wal_keep_size: "1GB".to_owned(),
             extra_settings: Vec::new(),
         };
         let cluster = Cluster::start(&spec)?;
@@ -135,6 +136,16 @@ impl ThrowawayCluster {
     /// over TCP with scram-sha-256 (the cluster's `pg_hba.conf`); only the socket lets the superuser in without a
     /// password.
     pub fn start_tcp(tag: &str, tls: Option<&TlsFiles>) -> Result<Self, EmbeddedError> {
+        Self::start_tcp_with(tag, tls, &[])
+    }
+
+    /// As [`Self::start_tcp`], with more server settings (`wal_level = replica`: a server that cannot be moved
+    /// off).
+    pub fn start_tcp_with(
+        tag: &str,
+        tls: Option<&TlsFiles>,
+        settings: &[(&str, &str)],
+    ) -> Result<Self, EmbeddedError> {
         let dir = ScratchDir::new(tag)?;
         let port = free_port()?;
         // Small: tests start several of these beside the shared cluster.
@@ -142,6 +153,11 @@ impl ThrowawayCluster {
             ("listen_addresses".to_owned(), "localhost".to_owned()),
             ("shared_buffers".to_owned(), "16MB".to_owned()),
         ];
+        extra_settings.extend(
+            settings
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
         if let Some(files) = tls {
             let owner = Cluster::owner_ids()?;
             let tls_dir = dir.path().join("tls");
@@ -174,6 +190,7 @@ impl ThrowawayCluster {
             fsync: false,
             max_connections: 100,
             start_timeout: Duration::from_secs(60),
+            max_slot_wal_keep_size: "1GB".to_owned(),
             extra_settings,
         };
         let cluster = Cluster::start(&spec)?;
@@ -191,5 +208,10 @@ impl ThrowawayCluster {
 
     pub fn cluster(&self) -> &Cluster {
         &self.cluster
+    }
+
+    /// Stops the cluster now (a database server going down mid-test).
+    pub fn stop(&mut self) {
+        self.cluster.stop();
     }
 }

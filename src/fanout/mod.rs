@@ -234,6 +234,14 @@ impl FanOut {
             if !select(&client) {
                 continue;
             }
+            if client.moving_to.is_some() {
+                // A live move copies no DDL and keeps its own copy of the rows: this client gets its own job,
+                // which runs after the move (one job of a client at a time).
+                recorder
+                    .queue_retry(&self.control, client.id, self.max_attempts)
+                    .await?;
+                continue;
+            }
             let id = client.id;
             let span = tracing::info_span!("fanout", job, client = %client.slug);
             let running = work(client, server.clone());

@@ -46,6 +46,9 @@ pub struct ClientView {
     /// `rule`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scope: Option<crate::data::inner::Scope>,
+    /// While a live move runs: the server the client's database is moving to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moving_to: Option<String>,
     /// The operation started by this request (create, delete), to poll at `/v1/operations/{id}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub operation: Option<Uuid>,
@@ -74,6 +77,7 @@ impl ClientView {
                 .scope
                 .as_ref()
                 .and_then(|s| crate::data::inner::Scope::from_stored(s).ok()),
+            moving_to: client.moving_to.map(|(_, name)| name),
             operation,
         }
     }

@@ -373,13 +373,21 @@ async fn apply_now(state: &AppState, client: &ClientRecord) -> Result<bool, ApiE
     let server_id = client
         .server_id
         .ok_or(DataError::ClientNotActive(client.status))?;
+    let max_attempts = i32::from(state.settings().workers.max_attempts);
+    if client.moving_to.is_some() {
+        // Logical replication copies no DDL: the change waits for the move's end (its job runs after it).
+        state
+            .control()
+            .enqueue_field_reconcile(client.id, max_attempts)
+            .await?;
+        return Ok(false);
+    }
     let server = state.control().server(server_id).await?;
     match state.fanout().apply_fields(client.id, &server).await {
         Ok(_) => Ok(true),
         Err(e) => {
             tracing::warn!(client = %client.slug, error = %crate::telemetry::error_chain(&e),
                 "could not apply the client's fields now; left to the reconciler");
-            let max_attempts = i32::from(state.settings().workers.max_attempts);
             state
                 .control()
                 .enqueue_field_reconcile(client.id, max_attempts)

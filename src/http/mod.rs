@@ -26,6 +26,7 @@ pub mod recipients;
 pub mod retention;
 pub mod roles;
 pub mod scope;
+pub mod moves;
 pub mod servers;
 pub mod target_groups;
 pub mod templates;
@@ -116,6 +117,9 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(audit::list))
         .routes(routes!(servers::list, servers::create))
         .routes(routes!(servers::get, servers::update, servers::delete))
+        .routes(routes!(moves::drain))
+        .routes(routes!(moves::cancel_drain))
+        .routes(routes!(moves::start))
         .split_for_parts();
     openapi::finish(&mut document);
 

@@ -261,6 +261,15 @@ pub const POLICIES: &[(&str, &str, Rule)] = {
         ("GET", "/v1/servers/{name}", MasterFull(ServersManage)),
         ("PATCH", "/v1/servers/{name}", MasterFull(ServersManage)),
         ("DELETE", "/v1/servers/{name}", MasterFull(ServersManage)),
+        ("POST", "/v1/servers/{name}/drain", MasterFull(ServersManage)),
+        (
+            "POST",
+            "/v1/servers/{name}/drain/cancel",
+            MasterFull(ServersManage),
+        ),
+        // A move: clients.manage on the client (the rule) and servers.manage with full access to the master
+        // (checked by the handler, `http/moves.rs`).
+        ("POST", "/v1/clients/{slug}/move", Client(ClientsManage)),
     ]
 };
 

@@ -13,6 +13,8 @@
 
 mod access;
 mod delete;
+mod drain;
+mod moves;
 mod provision;
 
 use std::path::PathBuf;
@@ -20,6 +22,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
+pub use moves::{Phase, retired_name};
 pub use provision::Step;
 
 use crate::config::Settings;
@@ -41,6 +44,10 @@ pub struct Faults {
     pub crash_after: Option<Step>,
     /// The step panics (a bug): the attempt fails, the worker lives on.
     pub panic_at: Option<Step>,
+    /// A move "crashes" after this phase (`moves::Phase::as_str`): nothing more is recorded, the lease runs out.
+    pub move_crash_after: Option<&'static str>,
+    /// A move fails after this phase (an error: the move rolls back).
+    pub move_fail_after: Option<&'static str>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +74,10 @@ pub enum ProvisionError {
     Panicked(String),
     #[error("no answer from the database server within {0:?}")]
     TimedOut(std::time::Duration),
+    /// A move that failed before its switch and was rolled back: the job fails for good (the source stayed the
+    /// truth; retrying would start a move nobody asked for again).
+    #[error("the move was rolled back: {0}")]
+    MoveGaveUp(String),
 }
 
 /// Runs lifecycle jobs against the control plane and the database servers.

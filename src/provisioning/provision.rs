@@ -66,11 +66,11 @@ impl Step {
 
 /// What the steps of one run share: the client, its names, its server once placed, and one administrator
 /// connection for the role, database and restrict steps.
-struct Run {
-    client: ClientRecord,
-    names: TenantNames,
-    server: Option<ServerRecord>,
-    admin: Option<tokio_postgres::Client>,
+pub(super) struct Run {
+    pub(super) client: ClientRecord,
+    pub(super) names: TenantNames,
+    pub(super) server: Option<ServerRecord>,
+    pub(super) admin: Option<tokio_postgres::Client>,
 }
 
 impl Run {
@@ -130,7 +130,7 @@ impl Provisioner {
     }
 
     /// One step, idempotent.
-    async fn step(&self, step: Step, run: &mut Run) -> Result<(), ProvisionError> {
+    pub(super) async fn step(&self, step: Step, run: &mut Run) -> Result<(), ProvisionError> {
         let id = run.client.id;
         let names = run.names.clone();
         match step {

@@ -20,6 +20,7 @@ use crate::db::Secret;
 const KEY_FILE: &str = "tenant.key";
 const CONTEXT: &str = "mandant.tenant-role.v1:";
 const INNER_CONTEXT: &str = "mandant.tenant-inner-role.v1:";
+const MOVE_CONTEXT: &str = "mandant.move-replication-role.v1:";
 const SEAL_CONTEXT: &str = "mandant.server-password.v1";
 
 #[derive(Clone)]
@@ -160,6 +161,12 @@ impl Credentials {
     /// The password of the second role of a client's database, the inner clients' (tenant::inner).
     pub fn inner_password_for(&self, client_id: Uuid) -> Secret {
         self.derive(INNER_CONTEXT, client_id)
+    }
+
+    /// The password of a live move's replication role (`tenant::replication`): derived from the move's random id,
+    /// so a resumed move finds the same one and none is stored.
+    pub fn move_password_for(&self, move_id: Uuid) -> Secret {
+        self.derive(MOVE_CONTEXT, move_id)
     }
 
     fn derive(&self, context: &str, client_id: Uuid) -> Secret {

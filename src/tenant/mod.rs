@@ -12,6 +12,7 @@ pub mod fields;
 pub mod inner;
 pub mod migrate;
 pub mod pool;
+pub mod replication;
 pub mod server_check;
 pub mod targets;
 pub mod template_db;

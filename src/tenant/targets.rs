@@ -89,6 +89,11 @@ impl Targets {
         self.credentials.inner_password_for(client_id)
     }
 
+    /// The password of a live move's replication role (derived, never stored).
+    pub fn move_password_for(&self, move_id: Uuid) -> Secret {
+        self.credentials.move_password_for(move_id)
+    }
+
     /// How inner clients reach their parent's database: its second role (`tenant::inner`), whose rows are
     /// limited by row-level security to the inner client each transaction names.
     pub fn inner(&self, server: &ServerRecord, parent_id: Uuid) -> Result<PgTarget, TenantError> {

@@ -241,6 +241,15 @@ impl JobRunner {
 
     async fn record_failure(&self, job: &Job, e: ProvisionError) -> Result<Tick, ControlError> {
         let error = error_chain(&e);
+        if let ProvisionError::MoveGaveUp(_) = e {
+            // Rolled back already: failed for good, whatever attempts are left.
+            tracing::error!(job = %job.id, kind = job.kind.as_str(), %error, "job failed for good");
+            return Ok(if self.control.give_up_job(job, &error).await? {
+                Tick::Failed { job: job.id, error }
+            } else {
+                Tick::LostClaim { job: job.id }
+            });
+        }
         let backoff = self.settings.backoff(job.attempt.max(1) as u32);
         match self.control.fail_job(job, &error, backoff).await? {
             AfterFailure::Retrying { after } => {
@@ -281,6 +290,8 @@ async fn execute(
         JobKind::DeleteClient => provisioner.delete(job).await?,
         JobKind::SyncAccess => provisioner.sync_access(job).await.map(|()| None)?,
         JobKind::PrepareInner => provisioner.prepare_inner(job).await.map(|()| None)?,
+        JobKind::MoveClient => provisioner.move_client(job).await?,
+        JobKind::DrainServer => provisioner.drain_server(job).await?,
     })
 }
 
@@ -314,6 +325,13 @@ pub fn spawn(state: &AppState, tasks: &TaskTracker, cancel: &CancellationToken) 
     if let Some(every) = settings.inner_scope_interval() {
         tasks.spawn(inner_scope_loop(
             state.fanout().clone(),
+            every,
+            cancel.clone(),
+        ));
+    }
+    if let Some(every) = settings.move_sweep_interval() {
+        tasks.spawn(move_sweep_loop(
+            state.provisioner().clone(),
             every,
             cancel.clone(),
         ));
@@ -489,6 +507,22 @@ async fn inner_scope_loop(fanout: FanOut, every: std::time::Duration, cancel: Ca
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "could not apply the inner clients' scopes"),
+        }
+    })
+    .await
+}
+
+/// Cleans up after moves every `every` (see `Provisioner::sweep_moves`).
+async fn move_sweep_loop(
+    provisioner: Provisioner,
+    every: std::time::Duration,
+    cancel: CancellationToken,
+) {
+    crate::shutdown::every(every, &cancel, || async {
+        match provisioner.sweep_moves().await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "cleaned up after moves"),
+            Err(e) => tracing::warn!(error = %error_chain(&e), "could not clean up after moves"),
         }
     })
     .await

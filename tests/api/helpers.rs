@@ -613,14 +613,37 @@ impl ExtraServer {
         Self { cluster, port }
     }
 
+    /// As [`Self::start`] with more server settings (`wal_level = replica`).
+    pub async fn start_with(tag: &str, settings: &'static [(&'static str, &'static str)]) -> Self {
+        let tag = tag.to_owned();
+        let cluster = tokio::task::spawn_blocking(move || {
+            ThrowawayCluster::start_tcp_with(&tag, None, settings)
+                .expect("start an extra cluster on TCP")
+        })
+        .await
+        .expect("cluster start task");
+        let port = cluster.tcp_port().expect("a TCP port");
+        Self { cluster, port }
+    }
+
     /// The superuser through the socket.
     pub async fn superuser(&self) -> tokio_postgres::Client {
+        self.superuser_on("postgres").await
+    }
+
+    /// The superuser on one database of the extra cluster, through the socket.
+    pub async fn superuser_on(&self, dbname: &str) -> tokio_postgres::Client {
         self.cluster
             .cluster()
-            .target("postgres")
+            .target(dbname)
             .connect()
             .await
             .expect("superuser connection to the extra cluster")
+    }
+
+    /// Stops the cluster at once (fast shutdown), as a server going down.
+    pub fn stop(&mut self) {
+        self.cluster.stop();
     }
 
     /// Creates a login role with `password` and `options` (e.g. `SUPERUSER`, `CREATEDB CREATEROLE`, or none) and

@@ -20,6 +20,7 @@ mod isolation;
 mod layers;
 mod lists;
 mod migrate;
+mod moves;
 mod nul_character;
 mod provisioning;
 mod recipients;

@@ -203,6 +203,7 @@ async fn re_running_a_finished_provisioning_changes_nothing() {
                 .id,
         ),
         payload: serde_json::json!({}),
+        step: None,
         attempt: 1,
         max_attempts: 1,
         locked_by: "nobody".into(),

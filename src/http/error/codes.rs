@@ -91,6 +91,30 @@ impl ApiError {
         )
     }
 
+    /// 422: a body naming a database server that is not registered.
+    pub fn unknown_server(name: &str) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_server",
+            format!("There is no database server {name}."),
+        )
+    }
+
+    /// 403: moving a client (or draining a server) needs `servers.manage` with full access to the master.
+    pub fn servers_manage_required() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "permission_denied",
+            "Moving clients between database servers needs servers.manage with full access to the master client.",
+        )
+    }
+
+    /// 409: a move that cannot start; the code says why (`client_moving`, `same_server`, `server_not_accepting`,
+    /// `client_not_movable`, `wal_level_not_logical`).
+    pub fn move_refused(code: &'static str, message: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::CONFLICT, code, format!("{message}."))
+    }
+
     /// 403: a write with read-only access to the client.
     pub fn read_only_access(permission: Permission) -> Self {
         Self::new(

@@ -386,6 +386,10 @@ impl From<DataError> for ApiError {
                     "This client's database is unavailable right now; retry later.",
                 )
             }
+            DataError::Moving => unavailable(
+                "client_moving",
+                "The client is being moved to another database server; retry in a moment.",
+            ),
             DataError::Deadline(limit) => unavailable(
                 "tenant_timeout",
                 &format!(
