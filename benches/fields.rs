@@ -835,6 +835,7 @@ async fn by_hand(
         attempt: claimed.2,
         max_attempts: 8,
         locked_by: worker.to_owned(),
+        step: None,
     };
     let result = serde_json::json!({"reconciled": databases.len(), "failed": 0});
     assert!(

@@ -544,6 +544,20 @@ fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
+/// A PostgreSQL memory size setting as written in a configuration (`-1`, or digits with an optional kB/MB/GB/TB
+/// unit), so it can be passed as `-c name=value` safely.
+fn is_memory_size(value: &str) -> bool {
+    if value == "-1" {
+        return true;
+    }
+    let digits = value.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &value[digits.len()..];
+    !digits.is_empty()
+        && digits.len() <= 12
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && ["", "kB", "MB", "GB", "TB"].contains(&unit)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -791,18 +805,4 @@ mod tests {
         assert!(!format!("{secret:?}").contains("key-material-42"));
         assert_eq!(settings.auth.bootstrap_token.expose(), "tok-s3cret-value");
     }
-}
-
-/// A PostgreSQL memory size setting as written in a configuration (`-1`, or digits with an optional kB/MB/GB/TB
-/// unit), so it can be passed as `-c name=value` safely.
-fn is_memory_size(value: &str) -> bool {
-    if value == "-1" {
-        return true;
-    }
-    let digits = value.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let unit = &value[digits.len()..];
-    !digits.is_empty()
-        && digits.len() <= 12
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && ["", "kB", "MB", "GB", "TB"].contains(&unit)
 }

@@ -2,6 +2,7 @@
 //! Each command lives in its own file with its options and a `run` function.
 
 mod migrate;
+mod moves;
 mod serve;
 mod servers;
 mod templates;

@@ -23,6 +23,9 @@ pub enum Command {
     List(ListArgs),
     /// Check every tenant's custom fields: desired (control plane) against its catalogue and real columns.
     Fields(ListArgs),
+    /// Move a client's database to another server while it keeps serving (logical replication); follows the
+    /// move's progress until it ends.
+    Move(super::moves::MoveArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -59,6 +62,7 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<ExitCod
         Command::Migrate(args) => migrate(settings, args).await,
         Command::List(args) => list(settings, args).await,
         Command::Fields(args) => fields(settings, args).await,
+        Command::Move(args) => super::moves::run(settings, args).await,
     }
 }
 

@@ -25,6 +25,10 @@ pub enum MoveRefusal {
     TargetNotAccepting(String),
     /// The client is not in a state that can move (provisioning, deleting, failed) or has no database.
     NotMovable(String),
+    /// No server of that name is registered.
+    UnknownServer(String),
+    /// The client's server cannot publish (`wal_level` below `logical`).
+    WalLevel(String),
 }
 
 impl MoveRefusal {
@@ -34,6 +38,8 @@ impl MoveRefusal {
             Self::SameServer => "same_server",
             Self::TargetNotAccepting(_) => "server_not_accepting",
             Self::NotMovable(_) => "client_not_movable",
+            Self::UnknownServer(_) => "unknown_server",
+            Self::WalLevel(_) => "wal_level_not_logical",
         }
     }
 }
@@ -44,6 +50,11 @@ impl std::fmt::Display for MoveRefusal {
             Self::Moving => f.write_str("a move of this client is running already"),
             Self::SameServer => f.write_str("the client is on that server already"),
             Self::TargetNotAccepting(why) | Self::NotMovable(why) => f.write_str(why),
+            Self::UnknownServer(name) => write!(f, "there is no database server {name}"),
+            Self::WalLevel(level) => write!(
+                f,
+                "the client's server runs with wal_level = {level}; moves off it need wal_level = logical"
+            ),
         }
     }
 }
@@ -80,6 +91,9 @@ pub struct ActiveMove {
     pub drain: Option<Uuid>,
 }
 
+/// status, kind, server, moving_to, database of a client about to move.
+type MovableRow = (String, String, Option<i64>, Option<i64>, Option<String>);
+
 impl ControlPlane {
     /// Starts a move of a client to `target`: under a lock on the client, checks that it can move (it has its own
     /// database, is active or suspended, no move runs, the target differs, takes clients and has room), records
@@ -97,7 +111,7 @@ impl ControlPlane {
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('mandant.placement'))")
             .execute(&mut *tx)
             .await?;
-        let row: Option<(String, String, Option<i64>, Option<i64>, Option<String>)> =
+        let row: Option<MovableRow> =
             sqlx::query_as(
                 "SELECT status, kind, server_id, moving_to, db_name FROM clients WHERE id = $1 FOR UPDATE",
             )
@@ -109,7 +123,8 @@ impl ControlPlane {
             .map_err(|e| ControlError::Query(sqlx::Error::Decode(e.to_string().into())))?;
         let refusal = if kind == "inner" || db_name.is_none() {
             Some(MoveRefusal::NotMovable(
-                "the client has no database of its own (an inner client moves with its parent)".to_owned(),
+                "the client has no database of its own (an inner client moves with its parent)"
+                    .to_owned(),
             ))
         } else if !matches!(status, ClientStatus::Active | ClientStatus::Suspended) {
             Some(MoveRefusal::NotMovable(format!(

@@ -15,10 +15,10 @@ use super::clients::ClientView;
 use super::error::{ApiError, ErrorBody};
 use super::extract::ApiJson;
 use crate::app::AppState;
-use crate::control::ControlError;
+use crate::control::moves::MoveRefusal;
+use crate::domain::ClientSlug;
 use crate::domain::rights::{Level, Permission, Rights};
 use crate::domain::servers::ServerName;
-use crate::domain::ClientSlug;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -58,43 +58,25 @@ pub async fn start(
 ) -> Result<Response, ApiError> {
     check_servers_manage(&state, &caller.rights).await?;
     let name = ServerName::parse(&body.server).map_err(ApiError::from)?;
-    let target = match state.control().server_by_name(&name).await {
-        Ok(server) => server,
-        Err(ControlError::NotFound) => return Err(ApiError::unknown_server(name.as_str())),
-        Err(e) => return Err(e.into()),
-    };
-    // The source must be able to publish (a restart to change): refused now, not after a copy.
-    let level = state
+    let (client, operation) = state
         .provisioner()
-        .source_wal_level(&scope.client)
+        .request_move(&scope.client, &name, None)
         .await
         .map_err(|e| {
             tracing::warn!(client = %scope.client.slug, error = %crate::telemetry::error_chain(&e),
-                "could not reach the client's server to check wal_level");
+                "could not start the move");
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "tenant_unavailable",
                 "The client's database server cannot be reached right now; retry later.",
             )
             .with_retry_after(5)
+        })?
+        .map_err(|refusal| match refusal {
+            MoveRefusal::UnknownServer(name) => ApiError::unknown_server(&name),
+            refusal => ApiError::move_refused(refusal.code(), &refusal),
         })?;
-    if let Some(level) = level
-        && level != "logical"
-    {
-        return Err(ApiError::move_refused(
-            "wal_level_not_logical",
-            format!(
-                "the client's server runs with wal_level = {level}; moves off it need wal_level = logical"
-            ),
-        ));
-    }
-    let max_attempts = i32::from(state.settings().workers.max_attempts);
-    let (client, operation) = state
-        .control()
-        .start_move(scope.client.id, &target, max_attempts, None)
-        .await?
-        .map_err(|refusal| ApiError::move_refused(refusal.code(), &refusal))?;
-    tracing::info!(client = %client.slug, to = %target.name, %operation, "move requested");
+    tracing::info!(client = %client.slug, to = %name, %operation, "move requested");
     Ok((
         StatusCode::ACCEPTED,
         Json(ClientView::new(client, Some(operation), &caller.rights)),

@@ -261,7 +261,11 @@ pub const POLICIES: &[(&str, &str, Rule)] = {
         ("GET", "/v1/servers/{name}", MasterFull(ServersManage)),
         ("PATCH", "/v1/servers/{name}", MasterFull(ServersManage)),
         ("DELETE", "/v1/servers/{name}", MasterFull(ServersManage)),
-        ("POST", "/v1/servers/{name}/drain", MasterFull(ServersManage)),
+        (
+            "POST",
+            "/v1/servers/{name}/drain",
+            MasterFull(ServersManage),
+        ),
         (
             "POST",
             "/v1/servers/{name}/drain/cancel",

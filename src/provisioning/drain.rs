@@ -18,7 +18,10 @@ use crate::domain::servers::{self, Candidate, ServerPolicy};
 const TICK: Duration = Duration::from_millis(250);
 
 impl Provisioner {
-    pub async fn drain_server(&self, job: &Job) -> Result<Option<serde_json::Value>, ProvisionError> {
+    pub async fn drain_server(
+        &self,
+        job: &Job,
+    ) -> Result<Option<serde_json::Value>, ProvisionError> {
         let server_id = job
             .payload
             .get("server_id")
@@ -67,12 +70,13 @@ impl Provisioner {
                     if started >= per_server {
                         break;
                     }
-                    let Some(target) = self.drain_target(server_id, &load, per_server).await? else {
+                    let Some(target) = self.drain_target(server_id, &load, per_server).await?
+                    else {
                         break;
                     };
                     match self
                         .control
-                        .start_move(candidate.id, &target, 5, Some(job.id))
+                        .start_move(candidate.id, &target, self.max_attempts, Some(job.id))
                         .await?
                     {
                         Ok(_) => {
@@ -104,7 +108,13 @@ impl Provisioner {
             }
             let nothing_to_start = cancelled || candidates.is_empty();
             if running == 0 && nothing_to_start {
-                tracing::info!(moved, left, failed = failed.len(), cancelled, "drain finished");
+                tracing::info!(
+                    moved,
+                    left,
+                    failed = failed.len(),
+                    cancelled,
+                    "drain finished"
+                );
                 return Ok(Some(report));
             }
             tokio::time::sleep(TICK).await;

@@ -89,6 +89,8 @@ pub struct Provisioner {
     archive_dir: PathBuf,
     bin_dir: Option<PathBuf>,
     lease: Duration,
+    /// `workers.max_attempts`, for the jobs the lifecycle jobs queue themselves.
+    max_attempts: i32,
     migrations: MigrationSet,
     #[cfg(feature = "testing")]
     faults: Faults,
@@ -104,6 +106,7 @@ impl Provisioner {
             archive_dir: settings.archive_dir(),
             bin_dir: (!e.bin_dir.as_os_str().is_empty()).then(|| e.bin_dir.clone()),
             lease: settings.workers.lease(),
+            max_attempts: i32::from(settings.workers.max_attempts),
             migrations: MigrationSet::embedded().clone(),
             #[cfg(feature = "testing")]
             faults: Faults::default(),

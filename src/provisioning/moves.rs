@@ -30,10 +30,13 @@ use uuid::Uuid;
 
 use super::provision::{Run, Step};
 use super::{ProvisionError, Provisioner};
+use crate::control::ControlError;
 use crate::control::clients::ClientRecord;
 use crate::control::jobs::Job;
+use crate::control::moves::MoveRefusal;
 use crate::control::servers::ServerRecord;
 use crate::domain::ClientStatus;
+use crate::domain::servers::ServerName;
 use crate::tenant::cluster::{self, admin_connect};
 use crate::tenant::inner::inner_role;
 use crate::tenant::replication as repl;
@@ -102,7 +105,10 @@ pub fn retired_name(move_id: Uuid) -> String {
 
 impl Provisioner {
     /// The `move_client` job (see the module documentation). Returns the move's outcome for the operation.
-    pub async fn move_client(&self, job: &Job) -> Result<Option<serde_json::Value>, ProvisionError> {
+    pub async fn move_client(
+        &self,
+        job: &Job,
+    ) -> Result<Option<serde_json::Value>, ProvisionError> {
         let client = self.job_client(job).await?;
         let ids = |key: &str| job.payload.get(key).and_then(serde_json::Value::as_i64);
         let (Some(source_id), Some(target_id)) = (ids("source_server_id"), ids("target_server_id"))
@@ -133,6 +139,33 @@ impl Provisioner {
             target: self.control.server(target_id).await?,
             client,
         })
+    }
+
+    /// Starts a move of `client` to the server named `target` (the API's and the CLI's one way): the target must
+    /// exist, the client's server must publish (`wal_level = logical`, asked now), then the control plane's checks
+    /// (`ControlPlane::start_move`). Returns the client and the move's operation, or why it cannot start.
+    pub async fn request_move(
+        &self,
+        client: &ClientRecord,
+        target: &ServerName,
+        drain: Option<Uuid>,
+    ) -> Result<Result<(ClientRecord, Uuid), MoveRefusal>, ProvisionError> {
+        let target = match self.control.server_by_name(target).await {
+            Ok(server) => server,
+            Err(ControlError::NotFound) => {
+                return Ok(Err(MoveRefusal::UnknownServer(target.to_string())));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(level) = self.source_wal_level(client).await?
+            && level != "logical"
+        {
+            return Ok(Err(MoveRefusal::WalLevel(level)));
+        }
+        Ok(self
+            .control
+            .start_move(client.id, &target, self.max_attempts, drain)
+            .await?)
     }
 
     /// The `wal_level` of the server a client lives on, asked now (within a few seconds); `None` for a client
@@ -188,7 +221,12 @@ impl Provisioner {
         for stuck in self.control.stuck_moves().await? {
             let client = self.control.client_by_id(stuck.client_id).await?;
             let mv = self
-                .a_move(stuck.job_id, client, stuck.source_server_id, stuck.target_server_id)
+                .a_move(
+                    stuck.job_id,
+                    client,
+                    stuck.source_server_id,
+                    stuck.target_server_id,
+                )
                 .await?;
             tracing::warn!(client = %mv.client.slug, "a move ended without finishing; rolling it back");
             self.roll_back(&mv).await;
@@ -211,11 +249,14 @@ impl Provisioner {
             };
             let found = repl::leftovers(&admin).await?;
             for (sub, db) in found.subscriptions.iter().filter(|(s, _)| stale(s)) {
-                let conn = target
-                    .with_dbname(db)
-                    .connect()
-                    .await
-                    .map_err(TenantError::postgres("connecting to a database with a leftover subscription"))?;
+                let conn =
+                    target
+                        .with_dbname(db)
+                        .connect()
+                        .await
+                        .map_err(TenantError::postgres(
+                            "connecting to a database with a leftover subscription",
+                        ))?;
                 repl::unsubscribe(&conn, sub).await?;
                 removed += 1;
             }
@@ -224,11 +265,14 @@ impl Provisioner {
                 removed += 1;
             }
             for (role, db) in found.databases_with_grants.iter().filter(|(r, _)| stale(r)) {
-                let conn = target
-                    .with_dbname(db)
-                    .connect()
-                    .await
-                    .map_err(TenantError::postgres("connecting to a database with a leftover publication"))?;
+                let conn =
+                    target
+                        .with_dbname(db)
+                        .connect()
+                        .await
+                        .map_err(TenantError::postgres(
+                            "connecting to a database with a leftover publication",
+                        ))?;
                 repl::unpublish(&conn, role).await?;
                 removed += 1;
             }
@@ -254,16 +298,14 @@ impl Provisioner {
         }
         let started = Instant::now();
         let mut report = json!({"from": mv.source.name, "to": mv.target.name});
-        if !switched {
-            if let Err(e) = self.until_switch(job, &mv, done, &mut report).await {
-                if matches!(e, ProvisionError::LostClaim) || is_simulated_crash(&e) {
-                    return Err(e);
-                }
-                let error = crate::telemetry::error_chain(&e);
-                tracing::error!(%error, "the move failed; rolling back (the source stays the truth)");
-                self.roll_back(&mv).await;
-                return Err(ProvisionError::MoveGaveUp(error));
+        if !switched && let Err(e) = self.until_switch(job, &mv, done, &mut report).await {
+            if matches!(e, ProvisionError::LostClaim) || is_simulated_crash(&e) {
+                return Err(e);
             }
+            let error = crate::telemetry::error_chain(&e);
+            tracing::error!(%error, "the move failed; rolling back (the source stays the truth)");
+            self.roll_back(&mv).await;
+            return Err(ProvisionError::MoveGaveUp(error));
         }
         self.clean_up(&mv).await?;
         self.checkpoint(job, Phase::Cleaned.as_str()).await?;
@@ -351,7 +393,7 @@ impl Provisioner {
         }
         // Field changes skipped during the move are picked up now.
         self.control
-            .enqueue_field_reconcile(mv.client.id, 5)
+            .enqueue_field_reconcile(mv.client.id, self.max_attempts)
             .await?;
         self.phase_done(job, Phase::Switched).await?;
         Ok(())
@@ -586,7 +628,8 @@ impl Provisioner {
                     .map_err(TenantError::postgres("connecting to the source database"))?;
                 repl::unpublish(&db, &mv.name).await?;
             }
-            let login = self.control.client_by_id(mv.client.id).await?.status == ClientStatus::Active;
+            let login =
+                self.control.client_by_id(mv.client.id).await?.status == ClientStatus::Active;
             for role in &mv.roles {
                 cluster::set_role_login(&admin, role, login).await?;
             }
@@ -605,7 +648,9 @@ impl Provisioner {
 
     /// Whether the target's administrator can connect (a rollback skips a target that is down).
     async fn target_reachable(&self, mv: &Move) -> Result<bool, ProvisionError> {
-        Ok(admin_connect(&self.targets.admin(&mv.target)?).await.is_ok())
+        Ok(admin_connect(&self.targets.admin(&mv.target)?)
+            .await
+            .is_ok())
     }
 }
 

@@ -527,10 +527,7 @@ pub async fn leftovers(admin: &Client) -> Result<Leftovers, TenantError> {
     Ok(Leftovers {
         slots: slots.iter().map(|r| r.get(0)).collect(),
         roles: roles.iter().map(|r| r.get(0)).collect(),
-        subscriptions: subscriptions
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect(),
+        subscriptions: subscriptions.iter().map(|r| (r.get(0), r.get(1))).collect(),
         databases_with_grants: grants.iter().map(|r| (r.get(0), r.get(1))).collect(),
     })
 }

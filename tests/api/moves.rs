@@ -13,7 +13,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::access::{call, user};
-use crate::helpers::{ADMIN_TOKEN, ExtraServer, TestApp, spawn_app_opts, spawn_app_without_workers};
+use crate::helpers::{
+    ADMIN_TOKEN, ExtraServer, TestApp, spawn_app_opts, spawn_app_without_workers,
+};
 
 /// The tables a move copies, each with the order that makes its checksum stable.
 const TABLES: [(&str, &str); 7] = [
@@ -40,7 +42,14 @@ async fn two_servers(app: &TestApp) -> (ExtraServer, ExtraServer) {
         if let Some(zone) = zone {
             body["zone"] = json!(zone);
         }
-        let (status, _, body) = call(app, Some(ADMIN_TOKEN), Method::POST, "/v1/servers", Some(body)).await;
+        let (status, _, body) = call(
+            app,
+            Some(ADMIN_TOKEN),
+            Method::POST,
+            "/v1/servers",
+            Some(body),
+        )
+        .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
     (one, two)
@@ -49,7 +58,10 @@ async fn two_servers(app: &TestApp) -> (ExtraServer, ExtraServer) {
 /// Creates a client on server `one` (zone `eu`); returns the provisioning operation.
 async fn create_on_one(app: &TestApp, slug: &str) -> String {
     let response = app
-        .post_json("/v1/clients", &json!({"slug": slug, "name": slug, "zone": "eu"}))
+        .post_json(
+            "/v1/clients",
+            &json!({"slug": slug, "name": slug, "zone": "eu"}),
+        )
         .await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let body: Value = response.json().await.unwrap();
@@ -59,7 +71,10 @@ async fn create_on_one(app: &TestApp, slug: &str) -> String {
 
 async fn start_move(app: &TestApp, slug: &str, server: &str) -> String {
     let response = app
-        .post_json(&format!("/v1/clients/{slug}/move"), &json!({"server": server}))
+        .post_json(
+            &format!("/v1/clients/{slug}/move"),
+            &json!({"server": server}),
+        )
         .await;
     let status = response.status();
     let body: Value = response.json().await.unwrap();
@@ -91,9 +106,18 @@ async fn fingerprint(db: &tokio_postgres::Client, upto: Option<i64>) -> Vec<(Str
 /// No replication object of any move on a server (slots, subscriptions, roles by the prefix).
 async fn assert_no_leftovers(server: &ExtraServer, label: &str) {
     for (what, sql) in [
-        ("slots", "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'mandant_mv_%'"),
-        ("subscriptions", "SELECT count(*) FROM pg_subscription WHERE subname LIKE 'mandant_mv_%'"),
-        ("roles", "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'mandant_mv_%'"),
+        (
+            "slots",
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'mandant_mv_%'",
+        ),
+        (
+            "subscriptions",
+            "SELECT count(*) FROM pg_subscription WHERE subname LIKE 'mandant_mv_%'",
+        ),
+        (
+            "roles",
+            "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'mandant_mv_%'",
+        ),
     ] {
         assert_eq!(server.i64(sql).await, 0, "{label}: {what} left behind");
     }
@@ -103,7 +127,10 @@ async fn database_exists(server: &ExtraServer, name: &str) -> bool {
     server
         .superuser()
         .await
-        .query_one("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", &[&name])
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+            &[&name],
+        )
         .await
         .unwrap()
         .get(0)
@@ -239,14 +266,24 @@ async fn a_client_moves_under_steady_writes_losing_and_duplicating_nothing_and_i
     // Every acknowledged create and update is on the target, once.
     let emails: Vec<String> = created.iter().map(|(e, _)| e.clone()).collect();
     let on_target: i64 = target
-        .query_one("SELECT count(*) FROM recipients WHERE email = ANY($1)", &[&emails])
+        .query_one(
+            "SELECT count(*) FROM recipients WHERE email = ANY($1)",
+            &[&emails],
+        )
         .await
         .unwrap()
         .get(0);
-    assert_eq!(on_target as usize, created.len(), "every acknowledged write is on the target");
+    assert_eq!(
+        on_target as usize,
+        created.len(),
+        "every acknowledged write is on the target"
+    );
     for (email, updated) in created.iter().filter(|(_, u)| u.is_some()) {
         let name: Option<String> = target
-            .query_one("SELECT first_name FROM recipients WHERE email = $1", &[email])
+            .query_one(
+                "SELECT first_name FROM recipients WHERE email = $1",
+                &[email],
+            )
             .await
             .unwrap()
             .get(0);
@@ -254,11 +291,17 @@ async fn a_client_moves_under_steady_writes_losing_and_duplicating_nothing_and_i
     }
     // Sequences go on past the source's last id.
     let response = app
-        .post_json("/v1/clients/mover/recipients", &json!({"email": "after@example.org"}))
+        .post_json(
+            "/v1/clients/mover/recipients",
+            &json!({"email": "after@example.org"}),
+        )
         .await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let body: Value = response.json().await.unwrap();
-    assert!(body["id"].as_i64().unwrap() > max_source, "{body} after {max_source}");
+    assert!(
+        body["id"].as_i64().unwrap() > max_source,
+        "{body} after {max_source}"
+    );
     let can_login: bool = one
         .superuser()
         .await
@@ -292,7 +335,8 @@ async fn a_client_moves_under_steady_writes_losing_and_duplicating_nothing_and_i
 }
 
 #[tokio::test]
-async fn a_move_whose_worker_dies_after_any_phase_is_finished_by_the_next_and_leaves_nothing_behind() {
+async fn a_move_whose_worker_dies_after_any_phase_is_finished_by_the_next_and_leaves_nothing_behind()
+ {
     let app = spawn_app_without_workers().await;
     let (one, two) = two_servers(&app).await;
     let healthy = app.runner("healthy");
@@ -310,7 +354,9 @@ async fn a_move_whose_worker_dies_after_any_phase_is_finished_by_the_next_and_le
         create_on_one(&app, &slug).await;
         app.drain(&healthy).await;
         let id = app.client_id(&slug).await;
-        let db = one.superuser_on(&app.state.targets().names(id).database).await;
+        let db = one
+            .superuser_on(&app.state.targets().names(id).database)
+            .await;
         db.batch_execute("INSERT INTO recipients (email) SELECT 'r' || g || '@example.org' FROM generate_series(1, 500) g")
             .await
             .unwrap();
@@ -333,8 +379,8 @@ async fn a_move_whose_worker_dies_after_any_phase_is_finished_by_the_next_and_le
                 verify: false,
             };
             let report = mandant::fleet::migrate_fleet(&app.state.fleet(), &options, |_| {})
-            .await
-            .unwrap();
+                .await
+                .unwrap();
             let tenant = report.tenants.iter().find(|t| t.client == slug).unwrap();
             assert_eq!(tenant.outcome, mandant::fleet::Outcome::Moving, "{phase:?}");
             assert!(!tenant.connected);
@@ -351,12 +397,16 @@ async fn a_move_whose_worker_dies_after_any_phase_is_finished_by_the_next_and_le
         let client = app.client_json(&slug).await;
         assert_eq!(client["server"], "two", "{phase:?}");
         let id = app.client_id(&slug).await;
-        let target = two.superuser_on(&app.state.targets().names(id).database).await;
+        let target = two
+            .superuser_on(&app.state.targets().names(id).database)
+            .await;
         assert_eq!(fingerprint(&target, None).await, before, "{phase:?}");
         assert_no_leftovers(&one, &format!("{phase:?} source")).await;
         assert_no_leftovers(&two, &format!("{phase:?} target")).await;
         // And it serves from the target.
-        let response = app.get(&format!("/v1/clients/{slug}/recipients?limit=1")).await;
+        let response = app
+            .get(&format!("/v1/clients/{slug}/recipients?limit=1"))
+            .await;
         assert_eq!(response.status(), StatusCode::OK, "{phase:?}");
     }
 }
@@ -367,7 +417,10 @@ async fn a_move_that_fails_before_its_switch_rolls_back_and_the_client_serves_fr
     let (one, two) = two_servers(&app).await;
     let healthy = app.runner("healthy");
     app.drain(&healthy).await;
-    for (i, phase) in [Phase::Copy, Phase::CatchUp, Phase::Freeze].into_iter().enumerate() {
+    for (i, phase) in [Phase::Copy, Phase::CatchUp, Phase::Freeze]
+        .into_iter()
+        .enumerate()
+    {
         let slug = format!("back-{i}");
         create_on_one(&app, &slug).await;
         app.drain(&healthy).await;
@@ -405,8 +458,8 @@ async fn a_move_that_fails_before_its_switch_rolls_back_and_the_client_serves_fr
     }
 }
 
-#[tokio::test]
-async fn a_source_stopped_mid_copy_fails_the_move_cleanly_and_the_client_serves_from_it_once_back() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_stopped_mid_copy_fails_the_move_cleanly_and_the_client_stays_on_its_source() {
     let app = spawn_app_opts(
         &[("MANDANT__TENANTS__MOVE_COPY_TIMEOUT_SECS", "5".to_owned())],
         mandant::server::RunOptions { no_workers: true },
@@ -422,7 +475,10 @@ async fn a_source_stopped_mid_copy_fails_the_move_cleanly_and_the_client_serves_
         move_crash_after: Some(Phase::Copy.as_str()),
         ..Faults::default()
     });
-    assert!(matches!(copying.tick().await.unwrap(), Tick::Crashed { .. }));
+    assert!(matches!(
+        copying.tick().await.unwrap(),
+        Tick::Crashed { .. }
+    ));
     // The source goes down with the copy under way; the resumed move cannot reach it and gives up.
     tokio::task::block_in_place(|| one.stop());
     app.expire_leases().await;
@@ -459,7 +515,10 @@ async fn moves_are_refused_when_they_cannot_work_and_need_servers_manage_with_fu
     app.drain(&healthy).await;
     create_on_one(&app, "here").await;
     let response = app
-        .post_json("/v1/clients", &json!({"slug": "stuck", "name": "stuck", "zone": "legacy"}))
+        .post_json(
+            "/v1/clients",
+            &json!({"slug": "stuck", "name": "stuck", "zone": "legacy"}),
+        )
         .await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     app.drain(&healthy).await;
@@ -467,10 +526,18 @@ async fn moves_are_refused_when_they_cannot_work_and_need_servers_manage_with_fu
     let refused = |slug: &'static str, body: Value| {
         let app = &app;
         async move {
-            let response = app.post_json(&format!("/v1/clients/{slug}/move"), &body).await;
+            let response = app
+                .post_json(&format!("/v1/clients/{slug}/move"), &body)
+                .await;
             let status = response.status();
             let body: Value = response.json().await.unwrap();
-            (status, body["error"]["code"].as_str().unwrap_or_default().to_owned())
+            (
+                status,
+                body["error"]["code"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
         }
     };
     assert_eq!(
@@ -483,10 +550,15 @@ async fn moves_are_refused_when_they_cannot_work_and_need_servers_manage_with_fu
     );
     assert_eq!(
         refused("here", json!({"server": "nowhere"})).await,
-        (StatusCode::UNPROCESSABLE_ENTITY, "unknown_server".to_owned())
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_server".to_owned()
+        )
     );
     assert_eq!(
-        refused("here", json!({"server": "two", "extra": 1})).await.0,
+        refused("here", json!({"server": "two", "extra": 1}))
+            .await
+            .0,
         StatusCode::BAD_REQUEST
     );
     assert_eq!(
@@ -494,18 +566,34 @@ async fn moves_are_refused_when_they_cannot_work_and_need_servers_manage_with_fu
         StatusCode::NOT_FOUND
     );
     // A paused target takes nothing.
-    app.patch_json("/v1/servers/two", &json!({"policy": "paused"})).await;
+    app.patch_json("/v1/servers/two", &json!({"policy": "paused"}))
+        .await;
     assert_eq!(
         refused("here", json!({"server": "two"})).await,
         (StatusCode::CONFLICT, "server_not_accepting".to_owned())
     );
-    app.patch_json("/v1/servers/two", &json!({"policy": "active"})).await;
+    app.patch_json("/v1/servers/two", &json!({"policy": "active"}))
+        .await;
 
     // Access: none → 404 as for a client that does not exist; read → 403; full on the client without
     // servers.manage on the master → 403; nothing started in any case.
     let none = user(&app, "mv-none", "master", &["client-admin"], &[]).await;
-    let read = user(&app, "mv-read", "master", &["client-admin"], &[("here", "read", true)]).await;
-    let full = user(&app, "mv-full", "master", &["client-admin"], &[("here", "full", true)]).await;
+    let read = user(
+        &app,
+        "mv-read",
+        "master",
+        &["client-admin"],
+        &[("here", "read", true)],
+    )
+    .await;
+    let full = user(
+        &app,
+        "mv-full",
+        "master",
+        &["client-admin"],
+        &[("here", "full", true)],
+    )
+    .await;
     for (token, expected) in [
         (&none, StatusCode::NOT_FOUND),
         (&read, StatusCode::FORBIDDEN),
@@ -520,11 +608,25 @@ async fn moves_are_refused_when_they_cannot_work_and_need_servers_manage_with_fu
         )
         .await;
         assert_eq!(status, expected, "{body}");
-        let (status, _, _) = call(&app, Some(token), Method::POST, "/v1/servers/one/drain", None).await;
+        let (status, _, _) = call(
+            &app,
+            Some(token),
+            Method::POST,
+            "/v1/servers/one/drain",
+            None,
+        )
+        .await;
         assert_eq!(status, StatusCode::FORBIDDEN);
     }
     assert!(app.client_json("here").await.get("moving_to").is_none());
-    assert_eq!(app.get("/v1/servers/one").await.json::<Value>().await.unwrap()["policy"], "active");
+    assert_eq!(
+        app.get("/v1/servers/one")
+            .await
+            .json::<Value>()
+            .await
+            .unwrap()["policy"],
+        "active"
+    );
 }
 
 #[tokio::test]
@@ -549,13 +651,21 @@ async fn a_drain_moves_every_tenant_off_a_server_and_a_cancel_leaves_it_paused()
     let drain = body["operation"].as_str().unwrap().to_owned();
     // Draining: no new client lands there.
     let response = app
-        .post_json("/v1/clients", &json!({"slug": "late", "name": "late", "zone": "eu"}))
+        .post_json(
+            "/v1/clients",
+            &json!({"slug": "late", "name": "late", "zone": "eu"}),
+        )
         .await;
     assert_eq!(response.status(), StatusCode::CONFLICT);
     let peak = Arc::new(AtomicUsize::new(0));
     let deadline = std::time::Instant::now() + Duration::from_secs(240);
     let done = loop {
-        let op: Value = app.get(&format!("/v1/operations/{drain}")).await.json().await.unwrap();
+        let op: Value = app
+            .get(&format!("/v1/operations/{drain}"))
+            .await
+            .json()
+            .await
+            .unwrap();
         if let Some(running) = op["result"]["running"].as_u64() {
             peak.fetch_max(running as usize, Ordering::Relaxed);
         }
@@ -568,19 +678,62 @@ async fn a_drain_moves_every_tenant_off_a_server_and_a_cancel_leaves_it_paused()
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["result"]["moved"], tenants, "{done}");
     assert_eq!(done["result"]["left"], 0, "{done}");
-    assert!(peak.load(Ordering::Relaxed) <= 3, "at most moves_per_server at once");
+    assert!(
+        peak.load(Ordering::Relaxed) <= 3,
+        "at most moves_per_server at once"
+    );
     let server: Value = app.get("/v1/servers/one").await.json().await.unwrap();
     assert_eq!(server["databases"], 0, "{server}");
     assert_eq!(server["policy"], "draining");
     for i in 0..tenants {
-        assert_eq!(app.client_json(&format!("drained-{i}")).await["server"], "two");
+        // Wherever the placement rule put it, never back on the drained server.
+        let server = app.client_json(&format!("drained-{i}")).await["server"].clone();
+        assert!(server == "two" || server == "local", "{server}");
     }
     assert_no_leftovers(&one, "source").await;
     assert_no_leftovers(&two, "target").await;
     // A cancel of a drain leaves the server paused; cancelling again is 409.
     let response = app.post("/v1/servers/one/drain/cancel").await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(app.get("/v1/servers/one").await.json::<Value>().await.unwrap()["policy"], "paused");
+    assert_eq!(
+        app.get("/v1/servers/one")
+            .await
+            .json::<Value>()
+            .await
+            .unwrap()["policy"],
+        "paused"
+    );
     let response = app.post("/v1/servers/one/drain/cancel").await;
     assert_eq!(response.status(), StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn the_move_command_follows_the_move_to_its_end_and_refuses_what_the_api_refuses() {
+    let app = crate::helpers::spawn_app().await;
+    let (_one, _two) = two_servers(&app).await;
+    let op = create_on_one(&app, "by-cli").await;
+    assert_eq!(app.wait_for_operation(&op).await["status"], "succeeded");
+    let dir = crate::helpers::TestDir::new("move-cli");
+    let run = |args: &[&str]| {
+        let mut command = tokio::process::Command::from(app.command(dir.path()));
+        command.args(args);
+        async move { command.output().await.expect("run mandant") }
+    };
+    let output = run(&["tenants", "move", "by-cli", "two"]).await;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("by-cli now lives on two"), "{text}");
+    assert!(
+        text.contains("catch_up") || text.contains("cleaned"),
+        "{text}"
+    );
+    assert_eq!(app.client_json("by-cli").await["server"], "two");
+    let output = run(&["tenants", "move", "by-cli", "two"]).await;
+    let text = String::from_utf8_lossy(&output.stderr).to_string();
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("same_server"), "{text}");
 }
