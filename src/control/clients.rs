@@ -387,6 +387,14 @@ impl ControlPlane {
         if client.is_master() {
             return Err(ControlError::IsMaster("deleted"));
         }
+        if client.moving_to.is_some() {
+            // A live move holds both copies; delete once it has ended (or rolled back).
+            return Err(ControlError::InvalidState {
+                current: client.status,
+                action: "delete",
+                allowed: "not being moved (wait for the move to end)",
+            });
+        }
         if client.status == ClientStatus::Deleting {
             // Deletion already under way; only a deletion that failed for good may be requested again.
             let open: bool = sqlx::query_scalar(

@@ -2,7 +2,7 @@
 //!
 //! What is stored: each server's admin URL *without* its password, the password sealed with the credential secret
 //! (`admin_password`, opened only by `tenant/targets.rs`), declared capacity (`max_databases`, `max_bytes`), the
-//! routing budget, the zone, the policy (`status`: active, paused; draining is reserved) and what registration
+//! routing budget, the zone, the policy (`status`: active, paused, draining: set by a drain) and what registration
 //! observed (version, `wal_level`). Usage (databases, bytes) is not stored: it is counted from the clients and the
 //! statistics worker's figures when asked.
 
@@ -272,8 +272,9 @@ impl ControlPlane {
                 .fetch_optional(&mut *tx)
                 .await?;
         let id = id.ok_or(ControlError::NotFound)?;
+        // Clients placed there, or moving there.
         let live: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM clients WHERE server_id = $1 AND status <> 'deleted'",
+            "SELECT count(*) FROM clients WHERE (server_id = $1 AND status <> 'deleted') OR moving_to = $1",
         )
         .bind(id)
         .fetch_one(&mut *tx)
@@ -287,6 +288,11 @@ impl ControlPlane {
         .bind(id)
         .execute(&mut *tx)
         .await?;
+        // Retired source databases of moves go with their server.
+        sqlx::query("DELETE FROM retired_databases WHERE server_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM db_servers WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)

@@ -308,10 +308,21 @@ impl DataPlane {
         usage: Use,
         snapshot: bool,
     ) -> Result<(Arc<ClientRecord>, PooledConn), DataError> {
-        let (client, route) = self.active_route(slug).await?;
+        let generation = self.routes.generation.load(Ordering::Acquire);
+        let (mut client, route) = self.active_route(slug).await?;
         // A refusal here (a role just made NOLOGIN, a database just dropped) is re-checked against the client's
         // status where every tenant failure of a request is seen, `http::auth` (`recheck_unavailable`).
         let mut conn = self.pools.acquire_for(&route, usage).await?;
+        if self.routes.generation.load(Ordering::Acquire) != generation
+            && self.lookup(slug).await?.1.frozen
+        {
+            // A move's freeze began while this request was connecting: its fence would cut this connection, so
+            // wait for the switch like a request that arrived a moment later.
+            drop(conn);
+            let route;
+            (client, route) = self.active_route(slug).await?;
+            conn = self.pools.acquire_for(&route, usage).await?;
+        }
         if let Some(inner_no) = client.inner_no {
             conn.begin_scoped(inner_no, snapshot)?;
         }

@@ -64,8 +64,8 @@ impl fmt::Display for Zone {
     }
 }
 
-/// Whether a server takes new clients: `active` does, `paused` keeps its clients and takes none (`draining`, for
-/// moves, is reserved and not settable yet).
+/// Whether a server takes new clients: `active` does, `paused` keeps its clients and takes none, `draining` takes
+/// none and moves its clients off (set by a drain, not by a PATCH).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ServerPolicy {

@@ -30,7 +30,8 @@ pub struct ServerView {
     pub url: Option<String>,
     /// The TLS mode connections to it use (`disable`, `prefer`, `require`, `verify-ca`, `verify-full`).
     pub sslmode: String,
-    /// `active` takes new clients; `paused` keeps its clients and takes none; `draining` (moves) is reserved.
+    /// `active` takes new clients; `paused` keeps its clients and takes none; `draining`: a drain moves its
+    /// clients off (set by `POST /v1/servers/{name}/drain`, not by PATCH).
     pub policy: ServerPolicy,
     pub zone: Option<String>,
     pub max_databases: i32,

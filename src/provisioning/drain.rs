@@ -26,7 +26,7 @@ impl Provisioner {
             .payload
             .get("server_id")
             .and_then(serde_json::Value::as_i64)
-            .ok_or_else(|| ProvisionError::MoveGaveUp("the drain names no server".to_owned()))?;
+            .ok_or_else(|| ProvisionError::DrainStalled("the drain names no server".to_owned()))?;
         let server = self.control.server(server_id).await?;
         let span = tracing::info_span!("drain", server = %server.name);
         self.drain_steps(job, server_id).instrument(span).await
@@ -60,6 +60,7 @@ impl Provisioner {
                 .into_iter()
                 .filter(|c| !failed.contains(&c.id) && !refused.contains_key(&c.slug))
                 .collect();
+            let mut no_target = false;
             if !cancelled {
                 let mut started = from_here;
                 let mut load: HashMap<i64, usize> = HashMap::new();
@@ -72,6 +73,7 @@ impl Provisioner {
                     }
                     let Some(target) = self.drain_target(server_id, &load, per_server).await?
                     else {
+                        no_target = true;
                         break;
                     };
                     match self
@@ -105,6 +107,15 @@ impl Provisioner {
             });
             if !self.control.job_progress(job, &report).await? {
                 return Err(ProvisionError::LostClaim);
+            }
+            if running == 0 && no_target && !cancelled {
+                // Nothing runs and no other server takes a client: waiting would hold a worker for ever.
+                return Err(ProvisionError::DrainStalled(format!(
+                    "no other server takes clients now; {} client(s) left on {} (add or resume a server, then \
+                     drain again)",
+                    candidates.len(),
+                    server.name
+                )));
             }
             let nothing_to_start = cancelled || candidates.is_empty();
             if running == 0 && nothing_to_start {

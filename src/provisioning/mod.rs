@@ -78,6 +78,9 @@ pub enum ProvisionError {
     /// truth; retrying would start a move nobody asked for again).
     #[error("the move was rolled back: {0}")]
     MoveGaveUp(String),
+    /// A drain that cannot go on (no other server takes clients): fails for good, like a rolled-back move.
+    #[error("the drain stopped: {0}")]
+    DrainStalled(String),
 }
 
 /// Runs lifecycle jobs against the control plane and the database servers.

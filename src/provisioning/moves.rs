@@ -84,6 +84,8 @@ impl Phase {
 
 /// How long the freeze waits for the subscriber to apply the source's last position before it gives up.
 const FINAL_SYNC_WITHIN: Duration = Duration::from_secs(30);
+/// The least time a freeze waits before it takes "no request running on the source" for an answer.
+const FREEZE_GRACE: Duration = Duration::from_millis(30);
 /// How often the copy's progress is looked at.
 const POLL: Duration = Duration::from_millis(20);
 
@@ -533,11 +535,19 @@ impl Provisioner {
         self.control.set_frozen(mv.client.id, true).await?;
         // Requests already running on the source finish (bounded), then the source is fenced: a role that owns
         // its database could grant itself CONNECT again, so the fence is NOLOGIN with every session ended.
+        // Idle means: no statement or transaction of the tenant's roles, seen twice in a row after a short grace
+        // (the notification takes a moment to reach every process; a request that had its connection already
+        // sends its statement within it).
         let drain_until = started + self.targets.settings().move_drain();
-        while Instant::now() < drain_until
-            && repl::busy_backends(source_admin, &mv.database, &mv.roles).await? > 0
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        let mut idle_seen = 0;
+        while Instant::now() < drain_until && idle_seen < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let busy = repl::busy_backends(source_admin, &mv.database, &mv.roles).await?;
+            idle_seen = if busy == 0 && started.elapsed() >= FREEZE_GRACE {
+                idle_seen + 1
+            } else {
+                0
+            };
         }
         for role in &mv.roles {
             cluster::set_role_login(source_admin, role, false).await?;

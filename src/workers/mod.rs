@@ -241,7 +241,7 @@ impl JobRunner {
 
     async fn record_failure(&self, job: &Job, e: ProvisionError) -> Result<Tick, ControlError> {
         let error = error_chain(&e);
-        if let ProvisionError::MoveGaveUp(_) = e {
+        if let ProvisionError::MoveGaveUp(_) | ProvisionError::DrainStalled(_) = e {
             // Rolled back already: failed for good, whatever attempts are left.
             tracing::error!(job = %job.id, kind = job.kind.as_str(), %error, "job failed for good");
             return Ok(if self.control.give_up_job(job, &error).await? {

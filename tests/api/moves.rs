@@ -627,6 +627,15 @@ async fn moves_are_refused_when_they_cannot_work_and_need_servers_manage_with_fu
             .unwrap()["policy"],
         "active"
     );
+    // Once a move is under way: a second one and a deletion wait for its end (409).
+    start_move(&app, "here", "two").await;
+    assert_eq!(
+        refused("here", json!({"server": "two"})).await,
+        (StatusCode::CONFLICT, "client_moving".to_owned())
+    );
+    let response = app.delete("/v1/clients/here").await;
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+    assert_eq!(app.client_json("here").await["status"], "active");
 }
 
 #[tokio::test]
@@ -705,6 +714,9 @@ async fn a_drain_moves_every_tenant_off_a_server_and_a_cancel_leaves_it_paused()
     );
     let response = app.post("/v1/servers/one/drain/cancel").await;
     assert_eq!(response.status(), StatusCode::CONFLICT);
+    // The emptied server can go (its retired databases with it).
+    let response = app.delete("/v1/servers/one").await;
+    assert!(response.status().is_success(), "{}", response.status());
 }
 
 #[tokio::test]
@@ -736,4 +748,72 @@ async fn the_move_command_follows_the_move_to_its_end_and_refuses_what_the_api_r
     let text = String::from_utf8_lossy(&output.stderr).to_string();
     assert_eq!(output.status.code(), Some(1), "{text}");
     assert!(text.contains("same_server"), "{text}");
+}
+
+#[tokio::test]
+async fn a_worker_process_killed_mid_move_is_resumed_by_another_and_nothing_is_lost() {
+    let app = spawn_app_without_workers().await;
+    let (one, two) = two_servers(&app).await;
+    let healthy = app.runner("healthy");
+    app.drain(&healthy).await;
+    create_on_one(&app, "killed").await;
+    app.drain(&healthy).await;
+    let id = app.client_id("killed").await;
+    let database = app.state.targets().names(id).database;
+    let source = one.superuser_on(&database).await;
+    // Enough rows for the copy to take a moment.
+    source
+        .batch_execute(
+            "INSERT INTO recipients (email, first_name) SELECT 'k' || g || '@example.org', 'K'
+             FROM generate_series(1, 150000) g",
+        )
+        .await
+        .unwrap();
+    let before = fingerprint(&source, None).await;
+    let cwd = crate::helpers::TestDir::new("move-kill");
+    let mut worker = app
+        .command(cwd.path())
+        .arg("worker")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let op = start_move(&app, "killed", "two").await;
+    // Killed (SIGKILL) as soon as the move has started copying.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let state: Value = app
+            .get(&format!("/v1/operations/{op}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if state["step"].is_string() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never started: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    let state: Value = app
+        .get(&format!("/v1/operations/{op}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(state["status"], "running", "{state}");
+    // Another worker takes it over once the lease has run out, and finishes it.
+    app.expire_leases().await;
+    app.drain(&healthy).await;
+    let done = app.wait_for_operation(&op).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(app.client_json("killed").await["server"], "two");
+    let target = two.superuser_on(&database).await;
+    assert_eq!(fingerprint(&target, None).await, before);
+    assert_no_leftovers(&one, "source").await;
+    assert_no_leftovers(&two, "target").await;
 }
