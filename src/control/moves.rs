@@ -275,6 +275,19 @@ impl ControlPlane {
         .await?)
     }
 
+    /// A client's retired source databases not dropped yet (its deletion drops them at once).
+    pub async fn retired_of(&self, client_id: Uuid) -> Result<Vec<RetiredDatabase>, ControlError> {
+        Ok(sqlx::query_as(
+            "SELECT r.id, r.client_id, r.server_id, r.db_name, r.move_id, r.drop_after,
+                    (c.server_id = r.server_id AND c.status <> 'deleted') AS client_is_back
+             FROM retired_databases r JOIN clients c ON c.id = r.client_id
+             WHERE r.dropped_at IS NULL AND r.client_id = $1",
+        )
+        .bind(client_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     pub async fn retired_dropped(&self, id: i64) -> Result<(), ControlError> {
         sqlx::query("UPDATE retired_databases SET dropped_at = now() WHERE id = $1")
             .bind(id)

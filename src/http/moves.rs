@@ -29,7 +29,10 @@ pub struct MoveClient {
 }
 
 /// Moving needs `servers.manage` with full access to the master, besides `clients.manage` on the client.
-async fn check_servers_manage(state: &AppState, rights: &Rights) -> Result<(), ApiError> {
+pub(super) async fn check_servers_manage(
+    state: &AppState,
+    rights: &Rights,
+) -> Result<(), ApiError> {
     let master = state.data().client(&ClientSlug::master()).await?;
     match rights.authorize(master.id, Permission::ServersManage) {
         Ok(grant) if grant.level == Level::Full => Ok(()),

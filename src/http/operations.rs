@@ -26,6 +26,12 @@ pub async fn get(
     // An operation is as visible as its client (one without a client: to master admins only).
     let visible = match operation.client_id {
         Some(client) => caller.rights.grant(client).is_visible(),
+        // A drain: whoever may start one may follow it.
+        None if operation.kind == "drain_server" => {
+            super::moves::check_servers_manage(&state, &caller.rights)
+                .await
+                .is_ok()
+        }
         None => caller.rights.master_admin,
     };
     if visible {

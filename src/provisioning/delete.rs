@@ -53,6 +53,10 @@ impl Provisioner {
             cluster::drop_role(&admin, &names.role).await?;
             self.checkpoint(job, "drop_role").await?;
         }
+        // Copies kept on servers the client moved off go with it (not after their retention days).
+        for retired in self.control.retired_of(id).await? {
+            self.drop_retired(&retired).await?;
+        }
         self.control
             .transition(id, ClientStatus::Deleting, ClientStatus::Deleted)
             .await?;

@@ -33,7 +33,7 @@ use super::{ProvisionError, Provisioner};
 use crate::control::ControlError;
 use crate::control::clients::ClientRecord;
 use crate::control::jobs::Job;
-use crate::control::moves::MoveRefusal;
+use crate::control::moves::{MoveRefusal, RetiredDatabase};
 use crate::control::servers::ServerRecord;
 use crate::domain::ClientStatus;
 use crate::domain::servers::ServerName;
@@ -190,6 +190,30 @@ impl Provisioner {
             .map(Some)
     }
 
+    /// Drops a moved tenant's retired source database, and its roles on that server unless the client lives
+    /// there again; records it dropped.
+    pub(super) async fn drop_retired(
+        &self,
+        retired: &RetiredDatabase,
+    ) -> Result<(), ProvisionError> {
+        let server = self.control.server(retired.server_id).await?;
+        let admin = admin_connect(&self.targets.admin(&server)?).await?;
+        if cluster::database_exists(&admin, &retired.db_name).await? {
+            cluster::drop_database(&admin, &retired.db_name).await?;
+        }
+        if !retired.client_is_back {
+            let role = self.targets.names(retired.client_id).role;
+            for role in [inner_role(&role), role] {
+                if let Err(e) = cluster::drop_role(&admin, &role).await {
+                    tracing::warn!(error = %e, role, "could not drop a moved tenant's old role");
+                }
+            }
+        }
+        self.control.retired_dropped(retired.id).await?;
+        tracing::info!(database = %retired.db_name, server = %server.name, "dropped a moved tenant's retired source database");
+        Ok(())
+    }
+
     /// The periodic clean-up of moves (every process runs it; each step is idempotent):
     /// - retired source databases past `tenants.move_retention_days` are dropped, with the tenant's roles on that
     ///   server unless the client lives there again;
@@ -203,22 +227,8 @@ impl Provisioner {
     pub async fn sweep_moves(&self) -> Result<usize, ProvisionError> {
         let mut removed = 0;
         for retired in self.control.retired_due().await? {
-            let server = self.control.server(retired.server_id).await?;
-            let admin = admin_connect(&self.targets.admin(&server)?).await?;
-            if cluster::database_exists(&admin, &retired.db_name).await? {
-                cluster::drop_database(&admin, &retired.db_name).await?;
-                removed += 1;
-            }
-            if !retired.client_is_back {
-                let role = self.targets.names(retired.client_id).role;
-                for role in [inner_role(&role), role] {
-                    if let Err(e) = cluster::drop_role(&admin, &role).await {
-                        tracing::warn!(error = %e, role, "could not drop a moved tenant's old role");
-                    }
-                }
-            }
-            self.control.retired_dropped(retired.id).await?;
-            tracing::info!(database = %retired.db_name, server = %server.name, "dropped a moved tenant's retired source database");
+            self.drop_retired(&retired).await?;
+            removed += 1;
         }
         for stuck in self.control.stuck_moves().await? {
             let client = self.control.client_by_id(stuck.client_id).await?;
@@ -234,14 +244,6 @@ impl Provisioner {
             self.roll_back(&mv).await;
             removed += 1;
         }
-        let active: std::collections::HashSet<Uuid> = self
-            .control
-            .active_moves()
-            .await?
-            .into_iter()
-            .map(|m| m.job_id)
-            .collect();
-        let stale = |name: &str| repl::move_of(name).is_some_and(|id| !active.contains(&id));
         for server in self.control.list_servers().await? {
             let Ok(target) = self.targets.admin(&server) else {
                 continue;
@@ -250,6 +252,15 @@ impl Provisioner {
                 continue;
             };
             let found = repl::leftovers(&admin).await?;
+            // Read after listing: a move started in between is active by now and keeps its objects.
+            let active: std::collections::HashSet<Uuid> = self
+                .control
+                .active_moves()
+                .await?
+                .into_iter()
+                .map(|m| m.job_id)
+                .collect();
+            let stale = |name: &str| repl::move_of(name).is_some_and(|id| !active.contains(&id));
             for (sub, db) in found.subscriptions.iter().filter(|(s, _)| stale(s)) {
                 let conn =
                     target
@@ -304,11 +315,21 @@ impl Provisioner {
             if matches!(e, ProvisionError::LostClaim) || is_simulated_crash(&e) {
                 return Err(e);
             }
+            // An error after the switch committed (or when that cannot be told): the target is the truth now, a
+            // rollback would drop the client's live database. Retried: the next attempt only cleans up.
+            let now = self.control.client_by_id(mv.client.id).await;
+            if now.is_err() || now.is_ok_and(|c| c.server_id == Some(mv.target.id)) {
+                return Err(e);
+            }
             let error = crate::telemetry::error_chain(&e);
             tracing::error!(%error, "the move failed; rolling back (the source stays the truth)");
             self.roll_back(&mv).await;
             return Err(ProvisionError::MoveGaveUp(error));
         }
+        // Field changes skipped during the move are picked up now (again on a retry: one queued job at most).
+        self.control
+            .enqueue_field_reconcile(mv.client.id, self.max_attempts)
+            .await?;
         self.clean_up(&mv).await?;
         self.checkpoint(job, Phase::Cleaned.as_str()).await?;
         report["outcome"] = json!("moved");
@@ -393,10 +414,6 @@ impl Provisioner {
         if switched {
             tracing::info!("switched to {}", mv.target.name);
         }
-        // Field changes skipped during the move are picked up now.
-        self.control
-            .enqueue_field_reconcile(mv.client.id, self.max_attempts)
-            .await?;
         self.phase_done(job, Phase::Switched).await?;
         Ok(())
     }

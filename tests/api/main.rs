@@ -21,6 +21,7 @@ mod layers;
 mod lists;
 mod migrate;
 mod moves;
+mod moves_hostile;
 mod nul_character;
 mod provisioning;
 mod recipients;

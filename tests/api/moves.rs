@@ -29,7 +29,7 @@ const TABLES: [(&str, &str); 7] = [
 ];
 
 /// Two extra servers registered as `one` (zone `eu`, where clients are created) and `two`.
-async fn two_servers(app: &TestApp) -> (ExtraServer, ExtraServer) {
+pub(crate) async fn two_servers(app: &TestApp) -> (ExtraServer, ExtraServer) {
     let (one, two) = tokio::join!(
         ExtraServer::start("mv-one", None),
         ExtraServer::start("mv-two", None)
@@ -56,7 +56,7 @@ async fn two_servers(app: &TestApp) -> (ExtraServer, ExtraServer) {
 }
 
 /// Creates a client on server `one` (zone `eu`); returns the provisioning operation.
-async fn create_on_one(app: &TestApp, slug: &str) -> String {
+pub(crate) async fn create_on_one(app: &TestApp, slug: &str) -> String {
     let response = app
         .post_json(
             "/v1/clients",
@@ -69,7 +69,7 @@ async fn create_on_one(app: &TestApp, slug: &str) -> String {
     body["operation"].as_str().unwrap().to_owned()
 }
 
-async fn start_move(app: &TestApp, slug: &str, server: &str) -> String {
+pub(crate) async fn start_move(app: &TestApp, slug: &str, server: &str) -> String {
     let response = app
         .post_json(
             &format!("/v1/clients/{slug}/move"),
@@ -85,7 +85,10 @@ async fn start_move(app: &TestApp, slug: &str, server: &str) -> String {
 
 /// Row count and checksum of every copied table of a database. `upto`: only recipients with an id up to it, by
 /// id and e-mail (writers go on after the switch, on the target only: their rows are checked one by one).
-async fn fingerprint(db: &tokio_postgres::Client, upto: Option<i64>) -> Vec<(String, i64, String)> {
+pub(crate) async fn fingerprint(
+    db: &tokio_postgres::Client,
+    upto: Option<i64>,
+) -> Vec<(String, i64, String)> {
     let mut out = Vec::new();
     for (table, order) in TABLES {
         let sql = match (table, upto) {
@@ -104,7 +107,7 @@ async fn fingerprint(db: &tokio_postgres::Client, upto: Option<i64>) -> Vec<(Str
 }
 
 /// No replication object of any move on a server (slots, subscriptions, roles by the prefix).
-async fn assert_no_leftovers(server: &ExtraServer, label: &str) {
+pub(crate) async fn assert_no_leftovers(server: &ExtraServer, label: &str) {
     for (what, sql) in [
         (
             "slots",
@@ -123,7 +126,7 @@ async fn assert_no_leftovers(server: &ExtraServer, label: &str) {
     }
 }
 
-async fn database_exists(server: &ExtraServer, name: &str) -> bool {
+pub(crate) async fn database_exists(server: &ExtraServer, name: &str) -> bool {
     server
         .superuser()
         .await
