@@ -24,7 +24,7 @@ use crate::domain::servers::ServerName;
 #[serde(deny_unknown_fields)]
 pub struct MoveClient {
     /// The database server to move the client's database to.
-    #[schema(example = "eu-2")]
+    #[schema(example = "eu-2", pattern = r"^[a-z][a-z0-9-]{0,39}$")]
     pub server: String,
 }
 
