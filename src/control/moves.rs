@@ -357,11 +357,16 @@ impl ControlPlane {
         .await?)
     }
 
-    /// Clients whose move, started by this drain, failed (the drain does not try them again).
-    pub async fn failed_drain_moves(&self, drain: Uuid) -> Result<Vec<Uuid>, ControlError> {
-        Ok(sqlx::query_scalar(
-            "SELECT DISTINCT client_id FROM jobs
-             WHERE kind = 'move_client' AND status = 'failed' AND payload->>'drain' = $1::text",
+    /// Clients whose move, started by this drain, failed, with the error (the drain does not try them again).
+    pub async fn failed_drain_moves(
+        &self,
+        drain: Uuid,
+    ) -> Result<Vec<(Uuid, String, Option<String>)>, ControlError> {
+        Ok(sqlx::query_as(
+            "SELECT DISTINCT ON (j.client_id) j.client_id, c.slug, j.last_error
+             FROM jobs j JOIN clients c ON c.id = j.client_id
+             WHERE j.kind = 'move_client' AND j.status = 'failed' AND j.payload->>'drain' = $1::text
+             ORDER BY j.client_id, j.finished_at DESC",
         )
         .bind(drain)
         .fetch_all(&self.pool)

@@ -391,8 +391,17 @@ impl Cluster {
             .arg(format!("max_connections={}", spec.max_connections))
             .arg("-c")
             .arg(format!("fsync={}", if spec.fsync { "on" } else { "off" }))
-            // Live moves copy tenants off this cluster by logical replication (a restart to change it).
+            // Live moves copy tenants off this cluster by logical replication (a restart to change it); each
+            // move holds a slot and a sender here (and for its initial copy up to two more), and an apply worker
+            // with up to two table-sync workers on its target: room for several moves at once either way.
             .args(["-c", "wal_level=logical"])
+            .args(["-c", "max_replication_slots=20", "-c", "max_wal_senders=20"])
+            .args([
+                "-c",
+                "max_logical_replication_workers=10",
+                "-c",
+                "max_worker_processes=16",
+            ])
             .arg("-c")
             .arg(format!(
                 "max_slot_wal_keep_size={}",

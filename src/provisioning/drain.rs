@@ -43,11 +43,11 @@ impl Provisioner {
             let server = self.control.server(server_id).await?;
             let cancelled = server.policy() != ServerPolicy::Draining;
             let active = self.control.active_moves().await?;
-            let failed: HashSet<uuid::Uuid> = self
-                .control
-                .failed_drain_moves(job.id)
-                .await?
-                .into_iter()
+            let failures = self.control.failed_drain_moves(job.id).await?;
+            let failed: HashSet<uuid::Uuid> = failures.iter().map(|(id, _, _)| *id).collect();
+            let errors: HashMap<&str, &str> = failures
+                .iter()
+                .map(|(_, slug, error)| (slug.as_str(), error.as_deref().unwrap_or_default()))
                 .collect();
             let from_here = active
                 .iter()
@@ -103,7 +103,7 @@ impl Provisioner {
                 .count();
             let report = json!({
                 "server": server.name, "moved": moved, "running": running, "failed": failed.len(),
-                "left": left, "refused": refused, "cancelled": cancelled,
+                "left": left, "refused": refused, "errors": errors, "cancelled": cancelled,
             });
             if !self.control.job_progress(job, &report).await? {
                 return Err(ProvisionError::LostClaim);

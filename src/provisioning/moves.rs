@@ -348,22 +348,12 @@ impl Provisioner {
     ) -> Result<(), ProvisionError> {
         let todo = |phase: Phase| done.is_none_or(|d| phase > d);
         let source_admin = admin_connect(&self.targets.admin(&mv.source)?).await?;
-        let source_db = self
-            .targets
-            .admin_on_tenant(&mv.source, mv.client.id)?
-            .connect()
-            .await
-            .map_err(TenantError::postgres("connecting to the source database"))?;
+        let source_db = self.tenant_db(mv, &mv.source).await?;
         if todo(Phase::Prepare) {
             self.prepare_target(mv, &source_admin, &source_db).await?;
             self.phase_done(job, Phase::Prepare).await?;
         }
-        let target_db = self
-            .targets
-            .admin_on_tenant(&mv.target, mv.client.id)?
-            .connect()
-            .await
-            .map_err(TenantError::postgres("connecting to the target database"))?;
+        let target_db = self.tenant_db(mv, &mv.target).await?;
         if todo(Phase::Copy) {
             let verifier = self.scram(self.targets.move_password_for(mv.id)).await?;
             repl::publish(&source_db, &mv.database, &mv.name, &verifier).await?;
@@ -593,12 +583,7 @@ impl Provisioner {
     async fn clean_up(&self, mv: &Move) -> Result<(), ProvisionError> {
         let source_admin = admin_connect(&self.targets.admin(&mv.source)?).await?;
         if cluster::database_exists(&source_admin, &mv.database).await? {
-            let source_db = self
-                .targets
-                .admin_on_tenant(&mv.source, mv.client.id)?
-                .connect()
-                .await
-                .map_err(TenantError::postgres("connecting to the source database"))?;
+            let source_db = self.tenant_db(mv, &mv.source).await?;
             repl::unpublish(&source_db, &mv.name).await?;
             drop(source_db);
             // Still fenced (a resumed clean-up after the switch: make sure).
@@ -618,12 +603,7 @@ impl Provisioner {
     /// again (also by a queued `sync_access` job, in case the source is down now).
     async fn roll_back(&self, mv: &Move) {
         let target = async {
-            let target_db = self
-                .targets
-                .admin_on_tenant(&mv.target, mv.client.id)?
-                .connect()
-                .await
-                .map_err(TenantError::postgres("connecting to the target database"))?;
+            let target_db = self.tenant_db(mv, &mv.target).await?;
             repl::unsubscribe(&target_db, &mv.name).await?;
             drop(target_db);
             let admin = admin_connect(&self.targets.admin(&mv.target)?).await?;
@@ -647,12 +627,7 @@ impl Provisioner {
             let admin = admin_connect(&self.targets.admin(&mv.source)?).await?;
             repl::drop_slot(&admin, &mv.name).await?;
             if cluster::database_exists(&admin, &mv.database).await? {
-                let db = self
-                    .targets
-                    .admin_on_tenant(&mv.source, mv.client.id)?
-                    .connect()
-                    .await
-                    .map_err(TenantError::postgres("connecting to the source database"))?;
+                let db = self.tenant_db(mv, &mv.source).await?;
                 repl::unpublish(&db, &mv.name).await?;
             }
             let login =
@@ -671,6 +646,17 @@ impl Provisioner {
         if let Err(e) = self.control.end_move(mv.client.id).await {
             tracing::error!(error = %e, "could not end the move in the control plane");
         }
+    }
+
+    /// The administrator's connection to the client's database on one of the move's servers.
+    async fn tenant_db(&self, mv: &Move, server: &ServerRecord) -> Result<Client, ProvisionError> {
+        let context = format!("connecting to the client's database on {}", server.name);
+        Ok(self
+            .targets
+            .admin_on_tenant(server, mv.client.id)?
+            .connect()
+            .await
+            .map_err(TenantError::postgres(context))?)
     }
 
     /// Whether the target's administrator can connect (a rollback skips a target that is down).

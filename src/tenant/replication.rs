@@ -84,14 +84,7 @@ pub async fn publish(
     verifier: &Secret,
 ) -> Result<(), TenantError> {
     let role = quote_ident(name);
-    let exists: bool = source_db
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)",
-            &[&name],
-        )
-        .await
-        .map_err(pg("looking up the move's replication role"))?
-        .get(0);
+    let exists = named(source_db, Catalog::Role, name).await?;
     let password = quote_literal(verifier.expose());
     let create = if exists {
         format!("ALTER ROLE {role} LOGIN REPLICATION BYPASSRLS PASSWORD {password}")
@@ -111,15 +104,7 @@ pub async fn publish(
         ))
         .await
         .map_err(pg("granting the move's replication role"))?;
-    let published: bool = source_db
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
-            &[&name],
-        )
-        .await
-        .map_err(pg("looking up the move's publication"))?
-        .get(0);
-    if !published {
+    if !named(source_db, Catalog::Publication, name).await? {
         let list: Vec<String> = tables(source_db)
             .await?
             .iter()
@@ -161,14 +146,34 @@ pub fn conninfo(source: &PgTarget, database: &str, name: &str, password: &Secret
 
 /// Whether the move's subscription exists on the target (in the tenant's database).
 pub async fn subscribed(target_db: &Client, name: &str) -> Result<bool, TenantError> {
-    Ok(target_db
-        .query_one(
+    named(target_db, Catalog::Subscription, name).await
+}
+
+/// The catalogues a move looks names up in.
+#[derive(Clone, Copy)]
+enum Catalog {
+    Role,
+    Publication,
+    Subscription,
+}
+
+/// Whether an object of this name exists in the catalogue.
+async fn named(db: &Client, catalog: Catalog, name: &str) -> Result<bool, TenantError> {
+    let (sql, what) = match catalog {
+        Catalog::Role => (
+            "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)",
+            "looking up the move's replication role",
+        ),
+        Catalog::Publication => (
+            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
+            "looking up the move's publication",
+        ),
+        Catalog::Subscription => (
             "SELECT EXISTS (SELECT 1 FROM pg_subscription WHERE subname = $1)",
-            &[&name],
-        )
-        .await
-        .map_err(pg("looking up the move's subscription"))?
-        .get(0))
+            "looking up the move's subscription",
+        ),
+    };
+    Ok(db.query_one(sql, &[&name]).await.map_err(pg(what))?.get(0))
 }
 
 /// On the target, in the tenant's new database as the administrator: empties what the migrations put in the
@@ -410,15 +415,7 @@ pub async fn unpublish(source_db: &Client, name: &str) -> Result<(), TenantError
 /// Drops the move's replication role with what was granted to it in the database `db` is connected to (a role
 /// granted nothing elsewhere).
 pub async fn drop_role_here(db: &Client, name: &str) -> Result<(), TenantError> {
-    let exists: bool = db
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)",
-            &[&name],
-        )
-        .await
-        .map_err(pg("looking up the move's replication role"))?
-        .get(0);
-    if exists {
+    if named(db, Catalog::Role, name).await? {
         let role = quote_ident(name);
         // Its sessions first (a subscription of a failed move may still be connected).
         db.execute(
@@ -436,15 +433,7 @@ pub async fn drop_role_here(db: &Client, name: &str) -> Result<(), TenantError> 
 
 /// Renames a database (its sessions ended first: the source's roles are fenced by then).
 pub async fn rename_database(admin: &Client, from: &str, to: &str) -> Result<(), TenantError> {
-    let exists: bool = admin
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
-            &[&from],
-        )
-        .await
-        .map_err(pg("looking up the source database"))?
-        .get(0);
-    if !exists {
+    if !super::cluster::database_exists(admin, from).await? {
         return Ok(());
     }
     for _ in 0..50 {
