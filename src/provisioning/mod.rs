@@ -14,6 +14,7 @@
 mod access;
 mod delete;
 mod drain;
+mod move_sweep;
 mod moves;
 mod provision;
 

@@ -33,7 +33,7 @@ use super::{ProvisionError, Provisioner};
 use crate::control::ControlError;
 use crate::control::clients::ClientRecord;
 use crate::control::jobs::Job;
-use crate::control::moves::{MoveRefusal, RetiredDatabase};
+use crate::control::moves::MoveRefusal;
 use crate::control::servers::ServerRecord;
 use crate::domain::ClientStatus;
 use crate::domain::servers::ServerName;
@@ -90,10 +90,10 @@ const FREEZE_GRACE: Duration = Duration::from_millis(30);
 const POLL: Duration = Duration::from_millis(20);
 
 /// What one run of a move works with.
-struct Move {
+pub(super) struct Move {
     id: Uuid,
     name: String,
-    client: ClientRecord,
+    pub(super) client: ClientRecord,
     source: ServerRecord,
     target: ServerRecord,
     database: String,
@@ -124,7 +124,7 @@ impl Provisioner {
         self.move_steps(job, mv).instrument(span).await
     }
 
-    async fn a_move(
+    pub(super) async fn a_move(
         &self,
         id: Uuid,
         client: ClientRecord,
@@ -188,113 +188,6 @@ impl Provisioner {
             .await
             .map_err(|_| ProvisionError::TimedOut(Duration::from_secs(5)))?
             .map(Some)
-    }
-
-    /// Drops a moved tenant's retired source database, and its roles on that server unless the client lives
-    /// there again; records it dropped.
-    pub(super) async fn drop_retired(
-        &self,
-        retired: &RetiredDatabase,
-    ) -> Result<(), ProvisionError> {
-        let server = self.control.server(retired.server_id).await?;
-        let admin = admin_connect(&self.targets.admin(&server)?).await?;
-        if cluster::database_exists(&admin, &retired.db_name).await? {
-            cluster::drop_database(&admin, &retired.db_name).await?;
-        }
-        if !retired.client_is_back {
-            let role = self.targets.names(retired.client_id).role;
-            for role in [inner_role(&role), role] {
-                if let Err(e) = cluster::drop_role(&admin, &role).await {
-                    tracing::warn!(error = %e, role, "could not drop a moved tenant's old role");
-                }
-            }
-        }
-        self.control.retired_dropped(retired.id).await?;
-        tracing::info!(database = %retired.db_name, server = %server.name, "dropped a moved tenant's retired source database");
-        Ok(())
-    }
-
-    /// The periodic clean-up of moves (every process runs it; each step is idempotent):
-    /// - retired source databases past `tenants.move_retention_days` are dropped, with the tenant's roles on that
-    ///   server unless the client lives there again;
-    /// - a client still marked as moving whose move job ended without rolling back (its worker died on the last
-    ///   attempt) is rolled back;
-    /// - replication objects (`mandant_mv_*`) of moves that are neither queued nor running — a slot, a
-    ///   subscription, a replication role with its publication — left by a server that was down during a
-    ///   rollback, are dropped on every server that answers.
-    ///
-    /// Returns how many objects it removed.
-    pub async fn sweep_moves(&self) -> Result<usize, ProvisionError> {
-        let mut removed = 0;
-        for retired in self.control.retired_due().await? {
-            self.drop_retired(&retired).await?;
-            removed += 1;
-        }
-        for stuck in self.control.stuck_moves().await? {
-            let client = self.control.client_by_id(stuck.client_id).await?;
-            let mv = self
-                .a_move(
-                    stuck.job_id,
-                    client,
-                    stuck.source_server_id,
-                    stuck.target_server_id,
-                )
-                .await?;
-            tracing::warn!(client = %mv.client.slug, "a move ended without finishing; rolling it back");
-            self.roll_back(&mv).await;
-            removed += 1;
-        }
-        for server in self.control.list_servers().await? {
-            let Ok(target) = self.targets.admin(&server) else {
-                continue;
-            };
-            let Ok(admin) = admin_connect(&target).await else {
-                continue;
-            };
-            let found = repl::leftovers(&admin).await?;
-            // Read after listing: a move started in between is active by now and keeps its objects.
-            let active: std::collections::HashSet<Uuid> = self
-                .control
-                .active_moves()
-                .await?
-                .into_iter()
-                .map(|m| m.job_id)
-                .collect();
-            let stale = |name: &str| repl::move_of(name).is_some_and(|id| !active.contains(&id));
-            for (sub, db) in found.subscriptions.iter().filter(|(s, _)| stale(s)) {
-                let conn =
-                    target
-                        .with_dbname(db)
-                        .connect()
-                        .await
-                        .map_err(TenantError::postgres(
-                            "connecting to a database with a leftover subscription",
-                        ))?;
-                repl::unsubscribe(&conn, sub).await?;
-                removed += 1;
-            }
-            for slot in found.slots.iter().filter(|s| stale(s)) {
-                repl::drop_slot(&admin, slot).await?;
-                removed += 1;
-            }
-            for (role, db) in found.databases_with_grants.iter().filter(|(r, _)| stale(r)) {
-                let conn =
-                    target
-                        .with_dbname(db)
-                        .connect()
-                        .await
-                        .map_err(TenantError::postgres(
-                            "connecting to a database with a leftover publication",
-                        ))?;
-                repl::unpublish(&conn, role).await?;
-                removed += 1;
-            }
-            for role in found.roles.iter().filter(|r| stale(r)) {
-                repl::drop_role_here(&admin, role).await?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
     }
 
     async fn move_steps(
@@ -601,7 +494,7 @@ impl Provisioner {
     /// Undoes a move that has not switched: every step best effort (a server that is down leaves objects for the
     /// leftover sweep), the freeze and `moving_to` always ended, the source's roles given the client's access
     /// again (also by a queued `sync_access` job, in case the source is down now).
-    async fn roll_back(&self, mv: &Move) {
+    pub(super) async fn roll_back(&self, mv: &Move) {
         let target = async {
             let target_db = self.tenant_db(mv, &mv.target).await?;
             repl::unsubscribe(&target_db, &mv.name).await?;
