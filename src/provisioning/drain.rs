@@ -61,14 +61,16 @@ impl Provisioner {
                 .filter(|c| !failed.contains(&c.id) && !refused.contains_key(&c.slug))
                 .collect();
             let mut no_target = false;
+            // Moves off this server running now: those found above and those started below.
+            let mut running = from_here;
             if !cancelled {
-                let mut started = from_here;
+                let started = &mut running;
                 let mut load: HashMap<i64, usize> = HashMap::new();
                 for m in &active {
                     *load.entry(m.target_server_id).or_default() += 1;
                 }
                 for candidate in &candidates {
-                    if started >= per_server {
+                    if *started >= per_server {
                         break;
                     }
                     let Some(target) = self.drain_target(server_id, &load, per_server).await?
@@ -83,7 +85,7 @@ impl Provisioner {
                     {
                         Ok(_) => {
                             tracing::info!(client = %candidate.slug, to = %target.name, "drain: move started");
-                            started += 1;
+                            *started += 1;
                             *load.entry(target.id).or_default() += 1;
                         }
                         Err(refusal) => {
@@ -94,13 +96,6 @@ impl Provisioner {
             }
             let left = self.control.clients_on_server(server_id).await?;
             let moved = self.control.finished_drain_moves(job.id).await?;
-            let running = self
-                .control
-                .active_moves()
-                .await?
-                .iter()
-                .filter(|m| m.source_server_id == server_id)
-                .count();
             let report = json!({
                 "server": server.name, "moved": moved, "running": running, "failed": failed.len(),
                 "left": left, "refused": refused, "errors": errors, "cancelled": cancelled,

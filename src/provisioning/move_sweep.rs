@@ -1,8 +1,6 @@
 //! Cleaning up after moves (issue #21): a moved tenant's retired source database dropped when its days are over
 //! (or when the client is deleted), moves whose worker died on the last attempt rolled back, and replication
-//! objects (`mandant_mv_*`) that a rollback could not reach dropped once their server answers.
-
-use uuid::Uuid;
+//! objects (`<db_prefix>mv*`) that a rollback could not reach dropped once their server answers.
 
 use super::{ProvisionError, Provisioner};
 use crate::control::moves::RetiredDatabase;
@@ -41,7 +39,7 @@ impl Provisioner {
     ///   server unless the client lives there again;
     /// - a client still marked as moving whose move job ended without rolling back (its worker died on the last
     ///   attempt) is rolled back;
-    /// - replication objects (`mandant_mv_*`) of moves that are neither queued nor running — a slot, a
+    /// - replication objects (`<db_prefix>mv*`) of moves that are neither queued nor running — a slot, a
     ///   subscription, a replication role with its publication — left by a server that was down during a
     ///   rollback, are dropped on every server that answers.
     ///
@@ -73,16 +71,17 @@ impl Provisioner {
             let Ok(admin) = admin_connect(&target).await else {
                 continue;
             };
-            let found = repl::leftovers(&admin).await?;
+            let db_prefix = &self.targets.settings().db_prefix;
+            let found = repl::leftovers(&admin, &repl::prefix(db_prefix)).await?;
             // Read after listing: a move started in between is active by now and keeps its objects.
-            let active: std::collections::HashSet<Uuid> = self
+            let active: std::collections::HashSet<String> = self
                 .control
                 .active_moves()
                 .await?
                 .into_iter()
-                .map(|m| m.job_id)
+                .map(|m| repl::object_name(db_prefix, m.job_id))
                 .collect();
-            let stale = |name: &str| repl::move_of(name).is_some_and(|id| !active.contains(&id));
+            let stale = |name: &str| !active.contains(name);
             // One of the server's databases, as its administrator.
             let database = |db: &str| {
                 let target = target.with_dbname(db);

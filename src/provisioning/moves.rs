@@ -134,7 +134,7 @@ impl Provisioner {
         let names = self.targets.names(client.id);
         Ok(Move {
             id,
-            name: repl::object_name(id),
+            name: repl::object_name(&self.targets.settings().db_prefix, id),
             database: names.database.clone(),
             roles: vec![names.role.clone(), inner_role(&names.role)],
             source: self.control.server(source_id).await?,
@@ -452,6 +452,7 @@ impl Provisioner {
         for role in &mv.roles {
             cluster::set_role_login(source_admin, role, false).await?;
         }
+        repl::end_database_sessions(source_admin, &mv.database).await?;
         let lsn = repl::current_lsn(source_admin).await?;
         let sync_until = Instant::now() + FINAL_SYNC_WITHIN;
         while !repl::reached(target_db, &mv.name, &lsn).await? {
@@ -496,24 +497,18 @@ impl Provisioner {
     /// again (also by a queued `sync_access` job, in case the source is down now).
     pub(super) async fn roll_back(&self, mv: &Move) {
         let target = async {
-            let target_db = self.tenant_db(mv, &mv.target).await?;
-            repl::unsubscribe(&target_db, &mv.name).await?;
-            drop(target_db);
             let admin = admin_connect(&self.targets.admin(&mv.target)?).await?;
             if cluster::database_exists(&admin, &mv.database).await? {
+                repl::unsubscribe(&self.tenant_db(mv, &mv.target).await?, &mv.name).await?;
                 cluster::drop_database(&admin, &mv.database).await?;
             }
+            // Also when the database was never made: the roles come first in `prepare`.
             for role in &mv.roles {
                 cluster::drop_role(&admin, role).await?;
             }
             Ok::<_, ProvisionError>(())
         };
-        let target_error = match self.target_reachable(mv).await {
-            Ok(true) => target.await.err(),
-            Ok(false) => None,
-            Err(e) => Some(e),
-        };
-        if let Some(e) = target_error {
+        if let Err(e) = target.await {
             tracing::warn!(error = %crate::telemetry::error_chain(&e), "rolling back on the target; the sweep finishes it");
         }
         let source = async {
@@ -550,13 +545,6 @@ impl Provisioner {
             .connect()
             .await
             .map_err(TenantError::postgres(context))?)
-    }
-
-    /// Whether the target's administrator can connect (a rollback skips a target that is down).
-    async fn target_reachable(&self, mv: &Move) -> Result<bool, ProvisionError> {
-        Ok(admin_connect(&self.targets.admin(&mv.target)?)
-            .await
-            .is_ok())
     }
 }
 

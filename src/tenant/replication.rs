@@ -2,8 +2,9 @@
 //! publication of the tenant's tables) and on the target (a subscription with the initial copy), the positions a
 //! move waits for, the sequences carried over, and the clean-up of every object by its name.
 //!
-//! Every object of one move is named `mandant_mv_<move id>` (role, publication, slot, subscription), so a
-//! leftover can be found by its prefix and tied to its move. Every function is idempotent: an object that exists
+//! Every object of one move is named `<tenants.db_prefix>mv<move id>` (role, publication, slot, subscription), so
+//! a leftover can be found by its prefix and tied to its move, and a deployment never touches another's objects on
+//! a server they share. Every function is idempotent: an object that exists
 //! is kept, one that is gone is success. Never: the control plane.
 
 use deadpool_postgres::tokio_postgres::Client;
@@ -12,21 +13,22 @@ use uuid::Uuid;
 use super::TenantError;
 use crate::db::{PgTarget, Secret, quote_ident, quote_literal};
 
-/// The prefix of every replication object a move creates.
-pub const PREFIX: &str = "mandant_mv_";
-
 /// The table refinery keeps its history in: made by the target's own migrations, never copied.
 const HISTORY_TABLE: &str = "refinery_schema_history";
 
-/// The name of every object of one move (role, publication, slot and subscription share it).
-pub fn object_name(move_id: Uuid) -> String {
-    format!("{PREFIX}{}", move_id.simple())
+/// What starts the name of every replication object of this deployment's moves (`db_prefix` + `mv`; tenant
+/// names are the prefix and hex digits, so they never start so).
+pub fn prefix(db_prefix: &str) -> String {
+    format!("{db_prefix}mv")
 }
 
-/// The move a replication object belongs to, from its name.
-pub fn move_of(name: &str) -> Option<Uuid> {
-    name.strip_prefix(PREFIX)
-        .and_then(|id| Uuid::try_parse(id).ok())
+/// The name of every object of one move (role, publication, slot and subscription share it): the prefix and as
+/// much of the move's id as fits PostgreSQL's 63 bytes (at least 30 hex digits: `db_prefix` is at most 31).
+pub fn object_name(db_prefix: &str, move_id: Uuid) -> String {
+    let prefix = prefix(db_prefix);
+    let id = move_id.simple().to_string();
+    let room = 63usize.saturating_sub(prefix.len()).min(id.len());
+    format!("{prefix}{}", &id[..room])
 }
 
 fn pg(context: &str) -> impl FnOnce(deadpool_postgres::tokio_postgres::Error) -> TenantError {
@@ -310,6 +312,36 @@ pub async fn busy_backends(
         .get(0))
 }
 
+/// The fence's last step, after the tenant's roles are `NOLOGIN`: ends every client session on `database` but the
+/// administrator's own, until none is seen twice in a row (a session that had passed authentication just before
+/// `NOLOGIN` shows up a moment later). A session that does not go within 10 s is an error: nothing may commit on
+/// the source after the position the switch waits for.
+pub async fn end_database_sessions(admin: &Client, database: &str) -> Result<(), TenantError> {
+    let started = std::time::Instant::now();
+    let mut quiet = 0;
+    while quiet < 2 {
+        let left: i64 = admin
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                 WHERE datname = $1 AND backend_type = 'client backend'
+                   AND usename IS DISTINCT FROM current_user AND pid <> pg_backend_pid()",
+                &[&database],
+            )
+            .await
+            .map_err(pg("ending the source database's sessions"))?
+            .get(0);
+        quiet = if left == 0 { quiet + 1 } else { 0 };
+        if started.elapsed() > std::time::Duration::from_secs(10) {
+            return Err(TenantError::Migration {
+                context: "fencing the source database".to_owned(),
+                message: format!("{left} session(s) did not end within 10 s"),
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
 /// Carries every sequence of the source's tenant database over to the target (the source fenced, so its values
 /// are final): each target sequence is set to the source's last value (called), so the next id continues.
 pub async fn copy_sequences(source_db: &Client, target_db: &Client) -> Result<usize, TenantError> {
@@ -477,9 +509,16 @@ pub struct Leftovers {
     pub databases_with_grants: Vec<(String, String)>,
 }
 
-/// Every move object on a server (by the prefix).
-pub async fn leftovers(admin: &Client) -> Result<Leftovers, TenantError> {
-    let pattern = format!("{PREFIX}%");
+/// Every object of this deployment's moves on a server (`prefix`: [`prefix`]).
+pub async fn leftovers(admin: &Client, prefix: &str) -> Result<Leftovers, TenantError> {
+    // `_` and `%` of the prefix escaped: LIKE is not a prefix match otherwise.
+    let pattern = format!(
+        "{}%",
+        prefix
+            .replace('\\', "\\\\")
+            .replace('_', "\\_")
+            .replace('%', "\\%")
+    );
     let slots = admin
         .query(
             "SELECT slot_name::text FROM pg_replication_slots WHERE slot_name LIKE $1",

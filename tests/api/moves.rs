@@ -111,15 +111,15 @@ pub(crate) async fn assert_no_leftovers(server: &ExtraServer, label: &str) {
     for (what, sql) in [
         (
             "slots",
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'mandant_mv_%'",
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE '%\\_mv%'",
         ),
         (
             "subscriptions",
-            "SELECT count(*) FROM pg_subscription WHERE subname LIKE 'mandant_mv_%'",
+            "SELECT count(*) FROM pg_subscription WHERE subname LIKE '%\\_mv%'",
         ),
         (
             "roles",
-            "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'mandant_mv_%'",
+            "SELECT count(*) FROM pg_roles WHERE rolname LIKE '%\\_mv%'",
         ),
     ] {
         assert_eq!(server.i64(sql).await, 0, "{label}: {what} left behind");
@@ -630,6 +630,23 @@ async fn moves_are_refused_when_they_cannot_work_and_need_servers_manage_with_fu
             .unwrap()["policy"],
         "active"
     );
+    // A drain or a cancel of a server that is not there, or cannot be named so: 404, nothing changed.
+    for name in ["nowhere", "Bad_Name", "x%20y"] {
+        assert_eq!(
+            app.post(&format!("/v1/servers/{name}/drain"))
+                .await
+                .status(),
+            StatusCode::NOT_FOUND,
+            "{name}"
+        );
+        assert_eq!(
+            app.post(&format!("/v1/servers/{name}/drain/cancel"))
+                .await
+                .status(),
+            StatusCode::NOT_FOUND,
+            "{name}"
+        );
+    }
     // Once a move is under way: a second one and a deletion wait for its end (409).
     start_move(&app, "here", "two").await;
     assert_eq!(
@@ -819,4 +836,36 @@ async fn a_worker_process_killed_mid_move_is_resumed_by_another_and_nothing_is_l
     assert_eq!(fingerprint(&target, None).await, before);
     assert_no_leftovers(&one, "source").await;
     assert_no_leftovers(&two, "target").await;
+}
+
+#[tokio::test]
+async fn a_move_whose_job_ended_without_finishing_is_rolled_back_by_the_sweep() {
+    let app = spawn_app_without_workers().await;
+    let (_one, two) = two_servers(&app).await;
+    let healthy = app.runner("healthy");
+    app.drain(&healthy).await;
+    create_on_one(&app, "orphan").await;
+    app.drain(&healthy).await;
+    start_move(&app, "orphan", "two").await;
+    // Its worker died on the last attempt: the job is failed and nobody rolled it back.
+    app.control()
+        .await
+        .execute(
+            "UPDATE jobs SET status = 'failed', finished_at = now() WHERE kind = 'move_client'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(app.client_json("orphan").await["moving_to"], "two");
+    assert!(app.state.provisioner().sweep_moves().await.unwrap() >= 1);
+    let client = app.client_json("orphan").await;
+    assert!(client.get("moving_to").is_none(), "{client}");
+    assert_eq!(client["server"], "one");
+    let id = app.client_id("orphan").await;
+    assert!(!database_exists(&two, &app.state.targets().names(id).database).await);
+    assert_no_leftovers(&two, "target").await;
+    // The client serves from its source and can be moved again.
+    let response = app.get("/v1/clients/orphan/recipients?limit=1").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    start_move(&app, "orphan", "two").await;
 }
