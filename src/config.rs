@@ -247,11 +247,22 @@ pub struct AuthSettings {
     pub bootstrap_token: Secret,
     pub cache_ttl_secs: u64,
     pub audit_retention_days: u32,
+    pub session_idle_minutes: u32,
+    pub session_max_hours: u32,
+    pub session_cookie_secure: bool,
 }
 
 impl AuthSettings {
     pub fn cache_ttl(&self) -> Duration {
         Duration::from_secs(self.cache_ttl_secs)
+    }
+    /// A console session's idle expiry.
+    pub fn session_idle(&self) -> chrono::Duration {
+        chrono::Duration::minutes(i64::from(self.session_idle_minutes))
+    }
+    /// A console session's hard limit after sign-in.
+    pub fn session_max(&self) -> chrono::Duration {
+        chrono::Duration::hours(i64::from(self.session_max_hours))
     }
 }
 
@@ -329,6 +340,16 @@ impl Settings {
             server.body_limit_bytes >= 1024,
             "server.body_limit_bytes",
             "must be at least 1024",
+        )?;
+        ensure(
+            (1..=7 * 24 * 60).contains(&self.auth.session_idle_minutes),
+            "auth.session_idle_minutes",
+            "must be between 1 and 10080 (a week)",
+        )?;
+        ensure(
+            (1..=24 * 30).contains(&self.auth.session_max_hours),
+            "auth.session_max_hours",
+            "must be between 1 and 720 (30 days)",
         )?;
         ensure(
             (1..=100_000).contains(&self.tenants.scram_iterations),

@@ -40,7 +40,7 @@ struct Cached {
 }
 
 pub struct Authenticator {
-    control: ControlPlane,
+    pub(super) control: ControlPlane,
     ttl: Duration,
     cache: Mutex<HashMap<[u8; 32], Cached>>,
     /// Bumped by every invalidation; a principal loaded before one is not cached.
@@ -62,7 +62,15 @@ impl Authenticator {
 
     /// The principal of a valid token of an active user; `None` for anything else.
     pub async fn authenticate(&self, token: &str) -> Result<Option<Arc<Principal>>, ControlError> {
-        let hash = token_hash(token);
+        self.authenticate_hash(&token_hash(token)).await
+    }
+
+    /// As [`Self::authenticate`], by the token's hash (a console session knows only that).
+    pub async fn authenticate_hash(
+        &self,
+        hash: &[u8; 32],
+    ) -> Result<Option<Arc<Principal>>, ControlError> {
+        let hash = *hash;
         if self.listening.load(Ordering::Acquire)
             && let Some(cached) = self.lock().get(&hash)
             && cached.at.elapsed() < self.ttl

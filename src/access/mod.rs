@@ -17,6 +17,7 @@ pub mod authn;
 pub mod clients;
 pub mod rights;
 pub mod roles;
+pub mod sessions;
 pub mod users;
 
 pub use clients::NewClient;
@@ -47,6 +48,9 @@ pub enum AccessError {
     /// The parent of a new client does not exist or is invisible to the caller.
     #[error("the parent client does not exist")]
     UnknownParent,
+    /// Rows of an all-or-nothing change were refused: each username with why (nothing was changed).
+    #[error("{} row(s) refused", .0.len())]
+    Rows(Vec<(String, AccessError)>),
     /// The control plane refused or failed the write (including its re-checks under the rights lock).
     #[error(transparent)]
     Control(#[from] ControlError),

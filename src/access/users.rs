@@ -13,7 +13,9 @@ use super::rights::{RightsService, acting};
 use super::{AccessError, Escalation};
 use crate::control::access::{NewUser, TokenMeta, UserChange, UserRecord, UserUpdated};
 use crate::control::clients::ClientRecord;
-use crate::domain::rights::{Denied, Grant, Level, Permission, Principal, new_token, token_hash};
+use crate::domain::rights::{
+    Denied, Grant, Level, Permission, Principal, Username, new_token, token_hash,
+};
 
 /// A token just minted: the only value that ever holds it (only its hash is stored).
 #[derive(Debug)]
@@ -85,19 +87,69 @@ impl RightsService {
         if !caller.rights.grant(client.id).is_visible() {
             return Err(AccessError::NotFound);
         }
-        self.check_manage(caller, user).await?;
-        if !caller.rights.may_grant(client.id, grant) {
-            return Err(if caller.rights.grant(client.id).level < Level::Full {
-                Denied::ReadOnly(Permission::UsersManage).into()
-            } else {
-                Escalation::PrivateData.into()
-            });
-        }
+        self.check_grant(caller, user, client, grant).await?;
         self.control
             .set_access(user.id, client.id, grant, caller.user_id, acting(caller))
             .await?;
         self.changed();
         Ok(())
+    }
+
+    /// Sets several users' access to one client (a column of the access matrix), all or none: every row is
+    /// checked as [`Self::set_access`] checks one, and when any is refused nothing is written and the error names
+    /// each refused row ([`AccessError::Rows`]; an unknown or invisible user is refused as not found).
+    pub async fn set_client_access(
+        &self,
+        caller: &Principal,
+        client: &ClientRecord,
+        rows: &[(Username, Grant)],
+    ) -> Result<(), AccessError> {
+        if !caller.rights.grant(client.id).is_visible() {
+            return Err(AccessError::NotFound);
+        }
+        let mut checked = Vec::with_capacity(rows.len());
+        let mut refused = Vec::new();
+        for (name, grant) in rows {
+            let allowed = match self.user(caller, name).await {
+                Ok(user) => self
+                    .check_grant(caller, &user, client, *grant)
+                    .await
+                    .map(|()| user),
+                Err(e) => Err(e),
+            };
+            match allowed {
+                Ok(user) => checked.push((user.id, *grant)),
+                Err(AccessError::Control(e)) => return Err(e.into()),
+                Err(e) => refused.push((name.as_str().to_owned(), e)),
+            }
+        }
+        if !refused.is_empty() {
+            return Err(AccessError::Rows(refused));
+        }
+        self.control
+            .set_client_access(client.id, &checked, caller.user_id, acting(caller))
+            .await?;
+        self.changed();
+        Ok(())
+    }
+
+    /// Whether the caller may give `user` this grant on `client`: it manages the user, has full access to the
+    /// client, and holds the private-data right it would pass on.
+    async fn check_grant(
+        &self,
+        caller: &Principal,
+        user: &UserRecord,
+        client: &ClientRecord,
+        grant: Grant,
+    ) -> Result<(), AccessError> {
+        self.check_manage(caller, user).await?;
+        if caller.rights.may_grant(client.id, grant) {
+            Ok(())
+        } else if caller.rights.grant(client.id).level < Level::Full {
+            Err(Denied::ReadOnly(Permission::UsersManage).into())
+        } else {
+            Err(Escalation::PrivateData.into())
+        }
     }
 
     /// Mints a token for `user`: the caller's own, or (delegated) one for a user the caller manages. It never

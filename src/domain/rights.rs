@@ -434,10 +434,13 @@ pub fn hashes_equal(a: &[u8], b: &[u8]) -> bool {
 pub fn bearer_token(header: &str) -> Option<&str> {
     let (scheme, token) = header.split_once(' ')?;
     let token = token.trim();
-    let plausible = scheme.eq_ignore_ascii_case("bearer")
-        && (TOKEN_MIN_LEN..=TOKEN_MAX_LEN).contains(&token.len())
-        && token.bytes().all(|b| b.is_ascii_graphic());
-    plausible.then_some(token)
+    (scheme.eq_ignore_ascii_case("bearer") && plausible_token(token)).then_some(token)
+}
+
+/// Whether `token` has a token's shape (length and characters); anything else is refused before any lookup.
+pub fn plausible_token(token: &str) -> bool {
+    (TOKEN_MIN_LEN..=TOKEN_MAX_LEN).contains(&token.len())
+        && token.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// A username: `^[a-z][a-z0-9._-]{1,62}$`, unique across all clients.

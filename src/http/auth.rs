@@ -12,6 +12,10 @@
 //! otherwise). Handlers may add an [`AuditNote`] to the response (the client a call concerned when it is not in
 //! the path). Calls without a valid token are refused before anything runs and are not recorded (that would let
 //! anyone fill the log); they are counted in the metrics.
+//!
+//! The caller is named by a bearer token or, for the browser console, by a session cookie that stands for a token
+//! (`session.rs`, `access/sessions.rs`): the same principal, the same rules, the same audit. A session's change
+//! must also carry its CSRF token in `X-CSRF-Token`, or it is refused (403 `csrf_failed`, audited as denied).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,6 +31,7 @@ use uuid::Uuid;
 use super::error::ApiError;
 use super::extract::path_slug;
 pub use super::policy::{POLICIES, Rule, policy};
+use super::session::ConsoleSession;
 use crate::app::AppState;
 use crate::control::access::AuditEntry;
 use crate::control::clients::ClientRecord;
@@ -201,14 +206,8 @@ async fn enforce(state: &AppState, route: &str, request: Request, next: Next) ->
     if rule == Rule::Public {
         return next.run(request).await;
     }
-    let token = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer_token)
-        .map(str::to_owned);
-    let principal = match authenticate(state, token.as_deref()).await {
-        Ok(Some(principal)) => principal,
+    let (principal, console) = match authenticate(state, request.headers()).await {
+        Ok(Some(found)) => found,
         Ok(None) => return unauthorized(),
         Err(e) => return e.into_response(),
     };
@@ -230,7 +229,21 @@ async fn enforce(state: &AppState, route: &str, request: Request, next: Next) ->
             .map(str::to_owned),
         detail: None,
     });
-    let checked = check(state, rule, &principal, &mut parts).await;
+    // A console session's change must carry the session's CSRF token (a page of another site can make the
+    // browser send the cookie, never this header); refused and audited like any other denial.
+    let forged = mutating
+        && console.as_ref().is_some_and(|c| {
+            let sent = parts
+                .headers
+                .get(super::session::CSRF_HEADER)
+                .and_then(|v| v.to_str().ok());
+            !c.session.csrf_matches(sent)
+        });
+    let checked = if forged {
+        Err((ApiError::csrf_failed(), None))
+    } else {
+        check(state, rule, &principal, &mut parts).await
+    };
     let (scope, slug_in_path) = match checked {
         Ok(found) => found,
         Err((error, client)) => {
@@ -248,6 +261,9 @@ async fn enforce(state: &AppState, route: &str, request: Request, next: Next) ->
         }
     };
     parts.extensions.insert(Caller(principal));
+    if let Some(console) = console {
+        parts.extensions.insert(console);
+    }
     if let Some(scope) = &scope {
         parts.extensions.insert(scope.clone());
     }
@@ -454,14 +470,62 @@ async fn slug_param(parts: &mut Parts) -> Option<String> {
         .map(|(_, value)| value.to_owned())
 }
 
+/// The caller of a request: by its bearer token, or else by its console session cookie (then with the session,
+/// for the CSRF check and the session routes). An `Authorization` header, even a malformed one, is never passed
+/// over for the cookie.
 async fn authenticate(
     state: &AppState,
-    token: Option<&str>,
-) -> Result<Option<Arc<Principal>>, ApiError> {
-    match token {
-        Some(token) => Ok(state.auth().authenticate(token).await?),
-        None => Ok(None),
+    headers: &axum::http::HeaderMap,
+) -> Result<Option<(Arc<Principal>, Option<ConsoleSession>)>, ApiError> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let Some(token) = value.to_str().ok().and_then(bearer_token) else {
+            return Ok(None);
+        };
+        return Ok(state.auth().authenticate(token).await?.map(|p| (p, None)));
     }
+    let Some(id) = super::session::cookie(headers) else {
+        return Ok(None);
+    };
+    let idle = state.settings().auth.session_idle();
+    let session = state.auth().session(id, idle).await?;
+    Ok(session.map(|session| {
+        let principal = session.principal.clone();
+        let console = ConsoleSession {
+            id: id.to_owned(),
+            session,
+        };
+        (principal, Some(console))
+    }))
+}
+
+/// Records an action of `principal` on a public route, which the access check does not audit (a sign-in).
+pub async fn record_action(
+    state: &AppState,
+    principal: &Principal,
+    action: &str,
+    request_id: Option<String>,
+    status: StatusCode,
+) {
+    let entry = AuditEntry {
+        user_id: Some(principal.user_id),
+        username: Some(principal.username.clone()),
+        client_id: None,
+        client_slug: None,
+        action: action.to_owned(),
+        target: action
+            .split_once(' ')
+            .map_or(action, |(_, path)| path)
+            .to_owned(),
+        outcome: if status.is_success() {
+            "succeeded"
+        } else {
+            "failed"
+        },
+        status: 0,
+        request_id,
+        detail: None,
+    };
+    record(state, entry, status.as_u16()).await;
 }
 
 async fn record(state: &AppState, mut entry: AuditEntry, status: u16) {

@@ -8,7 +8,9 @@
 
 pub mod audit;
 pub mod auth;
+pub mod client_access;
 pub mod clients;
+pub mod console;
 pub mod content;
 pub mod crossclient;
 pub mod cursor;
@@ -28,6 +30,7 @@ pub mod retention;
 pub mod roles;
 pub mod scope;
 pub mod servers;
+pub mod session;
 pub mod target_groups;
 pub mod templates;
 pub mod users;
@@ -120,6 +123,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(moves::drain))
         .routes(routes!(moves::cancel_drain))
         .routes(routes!(moves::start))
+        .routes(routes!(client_access::get, client_access::put))
+        .routes(routes!(session::sign_in, session::get, session::sign_out))
         .split_for_parts();
     openapi::finish(&mut document);
 
@@ -129,6 +134,12 @@ pub fn router(state: AppState) -> Router {
 
     // Routing, with the route-aware middleware on each route: the access check and audit (by the matched route
     // template's policy) and the metrics (labelled by the template).
+    // The console's page and scripts (not API: outside the OpenAPI document, in the policy table as public).
+    let router = router
+        .route("/", axum::routing::get(console::root))
+        .route("/console", axum::routing::get(console::redirect))
+        .route("/console/", axum::routing::get(console::index))
+        .route("/console/{file}", axum::routing::get(console::asset));
     let routed = router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -16,7 +16,7 @@ use super::error::{ErrorBody, ErrorDetail};
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth),
-    security(("bearer" = [])),
+    security(("bearer" = []), ("session" = [])),
     tags(
         (name = "operations", description = "Health, readiness, metrics and this document"),
         (name = "clients", description = "Sub-clients, each with its own database, and their background operations"),
@@ -26,7 +26,8 @@ use super::error::{ErrorBody, ErrorDetail};
         (name = "retention", description = "Retention rules: the master's, inherited by every client, and each client's stricter override; the preview of what they remove"),
         (name = "content", description = "Templates, mailing lists and target groups moved between clients: copy, export, import"),
         (name = "users", description = "Users, tokens, access per client, roles, permissions and the audit log"),
-        (name = "servers", description = "The database servers clients are placed on: registration with its checks, capacity, zone, routing budget, policy")
+        (name = "servers", description = "The database servers clients are placed on: registration with its checks, capacity, zone, routing budget, policy"),
+        (name = "session", description = "Console sessions: an API token exchanged for an HttpOnly session cookie; with the cookie every route works as with the token, and every change needs the session's X-CSRF-Token header")
     )
 )]
 pub struct ApiDoc;
@@ -47,6 +48,16 @@ impl utoipa::Modify for BearerAuth {
                     .description(Some("An API token (POST /v1/users/{username}/tokens)"))
                     .build(),
             ),
+        );
+        // The console's session cookie (POST /v1/session); changes made with it also need X-CSRF-Token.
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(utoipa::openapi::security::ApiKey::Cookie(
+                utoipa::openapi::security::ApiKeyValue::with_description(
+                    super::session::COOKIE,
+                    "A console session (POST /v1/session); every change also needs the X-CSRF-Token header",
+                ),
+            )),
         );
     }
 }

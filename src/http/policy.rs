@@ -274,6 +274,18 @@ pub const POLICIES: &[(&str, &str, Rule)] = {
         // A move: clients.manage on the client (the rule) and servers.manage with full access to the master
         // (checked by the handler, `http/moves.rs`).
         ("POST", "/v1/clients/{slug}/move", Client(ClientsManage)),
+        // The access matrix of one client (seed 004); the handler checks every row as a single change.
+        ("GET", "/v1/clients/{slug}/access", Client(UsersRead)),
+        ("PUT", "/v1/clients/{slug}/access", Client(UsersManage)),
+        // Console sessions: signing in takes a token in the body (checked by the handler, audited there).
+        ("POST", "/v1/session", Public),
+        ("GET", "/v1/session", Authenticated),
+        ("DELETE", "/v1/session", Authenticated),
+        // The console's static page and scripts: no data (every datum comes through the routes above).
+        ("GET", "/", Public),
+        ("GET", "/console", Public),
+        ("GET", "/console/", Public),
+        ("GET", "/console/{file}", Public),
     ]
 };
 

@@ -73,12 +73,13 @@ pub struct JobRunner {
     last_sweep: std::sync::Mutex<Option<std::time::Instant>>,
     /// When this runner last re-queued field reconciles that ran out of retries.
     last_requeue: std::sync::Mutex<Option<std::time::Instant>>,
-    /// `auth.audit_retention_days` (0 = keep the audit log forever), and when it last pruned.
+    /// `auth.audit_retention_days` (0 = keep the audit log forever), and when it last pruned (the audit log and
+    /// ended console sessions).
     audit_retention_days: u32,
     last_prune: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
-/// How often the audit log is pruned to `auth.audit_retention_days`.
+/// How often the audit log is pruned to `auth.audit_retention_days` (and ended console sessions deleted).
 const AUDIT_PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// How often clients whose fields are not applied (and have no reconcile queued, e.g. because its retries ran out
@@ -139,14 +140,20 @@ impl JobRunner {
                 );
             }
         }
-        if self.audit_retention_days > 0 && due(&self.last_prune, AUDIT_PRUNE_EVERY) {
-            let pruned = self.control.prune_audit(self.audit_retention_days).await?;
-            if pruned > 0 {
-                tracing::info!(
-                    entries = pruned,
-                    days = self.audit_retention_days,
-                    "pruned the audit log"
-                );
+        if due(&self.last_prune, AUDIT_PRUNE_EVERY) {
+            if self.audit_retention_days > 0 {
+                let pruned = self.control.prune_audit(self.audit_retention_days).await?;
+                if pruned > 0 {
+                    tracing::info!(
+                        entries = pruned,
+                        days = self.audit_retention_days,
+                        "pruned the audit log"
+                    );
+                }
+            }
+            let sessions = self.control.delete_expired_sessions().await?;
+            if sessions > 0 {
+                tracing::info!(sessions, "deleted ended console sessions");
             }
         }
         if self.paused.load(std::sync::atomic::Ordering::Acquire) {

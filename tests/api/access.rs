@@ -83,7 +83,10 @@ async fn every_operation_has_an_access_policy_and_refuses_a_call_without_a_token
         document["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"
     );
-    assert_eq!(document["security"], json!([{"bearer": []}]));
+    assert_eq!(
+        document["security"],
+        json!([{"bearer": []}, {"session": []}])
+    );
     let mut checked = 0;
     for (path, operations) in document["paths"].as_object().unwrap() {
         for method in operations.as_object().unwrap().keys() {

@@ -4,6 +4,7 @@ mod access;
 mod cli;
 mod clients;
 mod consistency;
+mod console;
 mod content;
 mod crossclient;
 mod crossclient_hostile;

@@ -57,6 +57,7 @@ macro_rules! select_users {
 pub mod audit;
 pub mod grants;
 pub mod roles;
+pub mod sessions;
 pub mod tokens;
 pub mod users;
 

@@ -63,6 +63,15 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "invalid_parameter", message)
     }
 
+    /// 422: a list that names one row twice (each row is valid on its own).
+    pub fn duplicate_rows(field: &str) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "duplicate_rows",
+            format!("{field}: a row is listed twice"),
+        )
+    }
+
     /// 400: a value that breaks its field's rules.
     pub fn validation_failed(invalid: &Invalid) -> Self {
         Self::new(
@@ -260,6 +269,33 @@ impl ApiError {
     /// 403: a change of one's own roles, access or status, or of a role one holds.
     pub fn self_edit_refused(message: &'static str) -> Self {
         Self::new(StatusCode::FORBIDDEN, "self_edit_refused", message)
+    }
+
+    /// 403: rows of an all-or-nothing access change were refused (each explained in `rows`); nothing changed.
+    pub fn access_refused(refused: usize) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "access_refused",
+            format!("{refused} row(s) were refused (see rows); nothing was changed.",),
+        )
+    }
+
+    /// 404: a session route called with a bearer token (there is no console session to show or end).
+    pub fn no_console_session() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "no_console_session",
+            "This request is not authenticated by a console session (it used a bearer token).",
+        )
+    }
+
+    /// 403: a console session's change without its CSRF token (`X-CSRF-Token`).
+    pub fn csrf_failed() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "csrf_failed",
+            "A change made with a console session needs the session's X-CSRF-Token header.",
+        )
     }
 
     /// 403: a change that would give someone (or act for someone who holds) more than the caller holds.

@@ -36,6 +36,21 @@ pub struct ErrorDetail {
     pub code: String,
     /// A human sentence; wording may change.
     pub message: String,
+    /// The refused rows of a change applied all or nothing (`access_refused`: one per refused user); absent
+    /// otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows: Option<Vec<RowRefusal>>,
+}
+
+/// Why one row of an all-or-nothing change was refused.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RowRefusal {
+    /// The row's key (the username of an access matrix row).
+    pub username: String,
+    /// The error code that row alone would have been answered with.
+    #[schema(example = "escalation_refused")]
+    pub code: String,
+    pub message: String,
 }
 
 #[derive(Debug, Clone)]
@@ -44,6 +59,7 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     retry_after: Option<u64>,
+    rows: Option<Vec<RowRefusal>>,
 }
 
 impl ApiError {
@@ -53,6 +69,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            rows: None,
         }
     }
 
@@ -86,6 +103,7 @@ impl ApiError {
         ErrorDetail {
             code: self.code.to_owned(),
             message: self.message.clone(),
+            rows: self.rows.clone(),
         }
     }
 
@@ -148,6 +166,7 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 code: self.code.to_owned(),
                 message: self.message,
+                rows: self.rows,
             },
         };
         let mut response = (self.status, Json(body)).into_response();
@@ -487,6 +506,22 @@ impl From<crate::access::AccessError> for ApiError {
                 Escalation::RoleHolders => CANNOT_CHANGE_ROLE,
             }),
             AccessError::UnknownParent => Self::unknown_parent(),
+            AccessError::Rows(refused) => {
+                let rows: Vec<RowRefusal> = refused
+                    .into_iter()
+                    .map(|(username, e)| {
+                        let detail = Self::from(e).detail();
+                        RowRefusal {
+                            username,
+                            code: detail.code,
+                            message: detail.message,
+                        }
+                    })
+                    .collect();
+                let mut error = Self::access_refused(rows.len());
+                error.rows = Some(rows);
+                error
+            }
             AccessError::Control(e) => e.into(),
         }
     }
