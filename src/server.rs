@@ -177,7 +177,7 @@ impl Application {
             options,
         } = self;
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, "listening");
+        tracing::info!(%addr, console = %format!("http://{addr}/console/"), "listening");
 
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();

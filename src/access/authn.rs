@@ -208,8 +208,9 @@ pub async fn bootstrap(control: &ControlPlane, settings: &Settings) -> anyhow::R
             // Printed, not logged: logs are shipped and kept; this line is for the operator at the terminal.
             eprintln!(
                 "mandant: created user `admin` (master-admin). Its API token, shown only now, is also in {} \
-                 (mode 0600):\n{token}",
-                path.display()
+                 (mode 0600):\n{token}\nSign in to the console with it at http://{}/console/",
+                path.display(),
+                settings.server.listen
             );
             tracing::info!(file = %path.display(), "created the first admin; its token was printed and written to the file");
         }

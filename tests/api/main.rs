@@ -1,10 +1,12 @@
 //! The one integration-test binary: every test against real PostgreSQL and real HTTP. Files mirror features.
 
 mod access;
+mod browser;
 mod cli;
 mod clients;
 mod consistency;
 mod console;
+mod console_browser;
 mod content;
 mod crossclient;
 mod crossclient_hostile;
