@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chromiumoxide::cdp::browser_protocol::emulation::SetDeviceMetricsOverrideParams;
+use chromiumoxide::cdp::js_protocol::runtime::EvaluateParams;
 use chromiumoxide::handler::viewport::Viewport;
 use chromiumoxide::page::ScreenshotParams;
 use chromiumoxide::{Browser, BrowserConfig, Element, Page};
@@ -122,9 +123,16 @@ impl Tab {
         }
     }
 
+    /// Evaluates a JavaScript expression in the page (a promise is awaited) and returns its value.
     pub async fn eval<T: serde::de::DeserializeOwned>(&self, expression: &str) -> T {
+        let params = EvaluateParams::builder()
+            .expression(expression)
+            .await_promise(true)
+            .return_by_value(true)
+            .build()
+            .expect("an evaluation");
         self.page
-            .evaluate(expression)
+            .evaluate_expression(params)
             .await
             .unwrap_or_else(|e| panic!("{expression}: {e}"))
             .into_value()
@@ -168,6 +176,13 @@ impl Tab {
         );
         let now: String = self.eval(&js).await;
         assert_eq!(now, value, "{selector} has no option {value}");
+    }
+
+    /// Goes to a route of the single-page console (`#/page?query`): a same-document navigation, which `goto`
+    /// would wait for in vain.
+    pub async fn route(&self, hash: &str) {
+        let js = format!("location.hash = {}; true", serde_json::to_string(hash).unwrap());
+        let _: bool = self.eval(&js).await;
     }
 
     /// The visible text of the page.

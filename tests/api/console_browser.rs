@@ -2,6 +2,9 @@
 //! pages as seed 004 describes, and what the page did is verified through the API and the control plane.
 //! Screenshots of each page are saved to `target/console-screenshots/` (not committed).
 
+use serde_json::{Value, json};
+
+use crate::access::{call, user};
 use crate::browser::{Headless, Tab};
 use crate::helpers::{ADMIN_TOKEN, TestApp, spawn_app};
 
@@ -76,6 +79,159 @@ async fn a_user_signs_in_with_a_token_and_out_again_and_the_session_is_gone() {
     tab.page.reload().await.unwrap();
     tab.wait_for("#token").await;
     no_problems(&tab).await;
+    browser.close().await;
+    app.shutdown().await.unwrap();
+}
+
+/// The control plane's grants on `slug`, by username.
+async fn grants(app: &TestApp, slug: &str) -> Vec<(String, String, bool)> {
+    let db = app.control().await;
+    db.query(
+        "SELECT u.username, a.level, a.private_data FROM client_access a
+         JOIN users u ON u.id = a.user_id JOIN clients c ON c.id = a.client_id
+         WHERE c.slug = $1 ORDER BY u.username",
+        &[&slug],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
+}
+
+#[tokio::test]
+async fn an_administrator_creates_a_client_sees_it_become_active_and_sets_the_access_matrix_for_two_users() {
+    let app = spawn_app().await;
+    user(&app, "dora", "master", &["editor"], &[]).await;
+    user(&app, "emil", "master", &["viewer"], &[]).await;
+    let browser = Headless::start().await;
+    let tab = signed_in(&browser, &app, ADMIN_TOKEN).await;
+
+    // Administration → Clients, the green plus, a name, save (seed 004).
+    tab.click("nav a[href^='#/clients']").await;
+    tab.click("#new-client").await;
+    tab.fill("#client-name", "Acme GmbH").await;
+    assert_eq!(
+        tab.eval::<String>("document.getElementById('client-slug').value").await,
+        "acme-gmbh",
+        "a slug is suggested from the name"
+    );
+    tab.fill("#client-slug", "acme").await;
+    tab.screenshot("clients-create").await;
+    tab.click("#create-client").await;
+    tab.wait_until("document.querySelector('tr[data-slug=acme] .status')").await;
+    tab.wait_until("document.querySelector('tr[data-slug=acme] .status').innerText.includes('active')")
+        .await;
+    tab.screenshot("clients").await;
+    assert_eq!(app.client_json("acme").await["status"], "active");
+    assert_eq!(app.client_json("acme").await["name"], "Acme GmbH");
+
+    // Tick the client, set two users' access, save once.
+    tab.click("nav a[href^='#/access']").await;
+    tab.click("#access-client-acme").await;
+    tab.wait_for("select[name=level-dora]").await;
+    tab.select("select[name=level-dora]", "full").await;
+    tab.click("input[name=private-dora]").await;
+    tab.select("select[name=level-emil]", "read").await;
+    tab.screenshot("access-edit").await;
+    tab.click("#save-access").await;
+    tab.wait_until("document.body.innerText.includes('Saved.')").await;
+    tab.screenshot("access").await;
+    assert_eq!(
+        grants(&app, "acme").await,
+        [
+            ("dora".to_owned(), "full".to_owned(), true),
+            ("emil".to_owned(), "read".to_owned(), false),
+        ],
+        "exactly those grants exist"
+    );
+    let (_, _, dora) = call(&app, Some(ADMIN_TOKEN), reqwest::Method::GET, "/v1/users/dora", None).await;
+    assert_eq!(
+        dora["access"],
+        json!([{"client": "acme", "level": "full", "private_data": true}])
+    );
+    // The audit log page shows the change, made through the console as through the API.
+    tab.click("nav a[href^='#/audit']").await;
+    tab.wait_until("document.body.innerText.includes('/v1/clients/acme/access')").await;
+    tab.screenshot("audit").await;
+    no_problems(&tab).await;
+    browser.close().await;
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_read_only_user_sees_no_write_controls_a_crafted_change_is_refused_and_an_invisible_client_never_appears() {
+    let app = spawn_app().await;
+    app.create_active_client("acme").await;
+    app.create_active_client("secret-co").await;
+    let (status, _, _) = call(
+        &app,
+        Some(ADMIN_TOKEN),
+        reqwest::Method::POST,
+        "/v1/clients/acme/recipients",
+        Some(json!({"email": "kim@example.com", "first_name": "Kim", "last_name": "Lee"})),
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED);
+    let reader = user(&app, "reader", "acme", &["client-admin"], &[("acme", "read", false)]).await;
+    let browser = Headless::start().await;
+    let tab = signed_in(&browser, &app, &reader).await;
+
+    for page in ["overview", "clients", "access", "users", "fields", "templates", "recipients"] {
+        tab.route(&format!("#/{page}?client=acme")).await;
+        tab.wait_until("document.querySelector('main h1')").await;
+        // Let the page's data arrive before judging it.
+        tab.wait_until("!document.querySelector('main .loading')").await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let text = tab.text().await;
+        assert!(!text.contains("secret-co"), "{page}: an invisible client appears: {text}");
+        for control in ["#new-client", "#save-access", ".manage", "#delete-client", "#new-template", "#save-override"] {
+            assert!(!tab.has(control).await, "{page}: a read-only user sees {control}");
+        }
+        tab.screenshot(&format!("read-only-{page}")).await;
+    }
+    let options: String = tab
+        .eval("[...document.querySelectorAll('#client-filter option')].map(o => o.value).join(',')")
+        .await;
+    assert!(!options.contains("secret-co"), "{options}");
+
+    // A crafted change from the signed-in page: without the CSRF token, then with it; both refused.
+    let crafted: Value = tab
+        .eval(
+            "(async () => {
+                const bare = await fetch('/v1/clients/acme/suspend', {method: 'POST'});
+                const s = await (await fetch('/v1/session')).json();
+                const forged = await fetch('/v1/clients/acme/suspend',
+                    {method: 'POST', headers: {'X-CSRF-Token': s.csrf_token}});
+                const hidden = await fetch('/v1/clients/secret-co/suspend',
+                    {method: 'POST', headers: {'X-CSRF-Token': s.csrf_token}});
+                return [bare.status, (await bare.json()).error.code, forged.status, (await forged.json()).error.code,
+                        hidden.status];
+            })()",
+        )
+        .await;
+    assert_eq!(crafted, json!([403, "csrf_failed", 403, "read_only_access", 404]));
+    assert_eq!(app.client_json("acme").await["status"], "active");
+    assert_eq!(app.client_json("secret-co").await["status"], "active");
+
+    // Masking in the recipients browser: no private-data right, no e-mail or names.
+    tab.route("#/recipients?client=acme").await;
+    tab.wait_for("#recipients tbody tr").await;
+    let table: String = tab.eval("document.getElementById('recipients').innerText").await;
+    assert!(!table.contains("kim@example.com") && !table.contains("Kim"), "{table}");
+    tab.screenshot("recipients-masked").await;
+    no_problems(&tab).await;
+    browser.close().await;
+
+    // The same page for a user with the private-data right shows them.
+    let private = user(&app, "private", "acme", &["viewer"], &[("acme", "read", true)]).await;
+    let browser = Headless::start().await;
+    let tab = signed_in(&browser, &app, &private).await;
+    tab.route("#/recipients?client=acme").await;
+    tab.wait_for("#recipients tbody tr").await;
+    let table: String = tab.eval("document.getElementById('recipients').innerText").await;
+    assert!(table.contains("kim@example.com") && table.contains("Kim"), "{table}");
+    tab.screenshot("recipients").await;
     browser.close().await;
     app.shutdown().await.unwrap();
 }
