@@ -97,7 +97,9 @@ impl RightsService {
 
     /// Sets several users' access to one client (a column of the access matrix), all or none: every row is
     /// checked as [`Self::set_access`] checks one, and when any is refused nothing is written and the error names
-    /// each refused row ([`AccessError::Rows`]; an unknown or invisible user is refused as not found).
+    /// each refused row ([`AccessError::Rows`]; an unknown or invisible user is refused as not found). A row that
+    /// repeats a user's current grant changes nothing and is not checked beyond the user being visible (so a page
+    /// may send the whole matrix, the caller's own unchanged row included).
     pub async fn set_client_access(
         &self,
         caller: &Principal,
@@ -107,10 +109,14 @@ impl RightsService {
         if !caller.rights.grant(client.id).is_visible() {
             return Err(AccessError::NotFound);
         }
+        let current = self.control.grants_on(client.id).await?;
         let mut checked = Vec::with_capacity(rows.len());
         let mut refused = Vec::new();
         for (name, grant) in rows {
             let allowed = match self.user(caller, name).await {
+                Ok(user) if current.get(&user.id).copied().unwrap_or(Grant::NONE) == *grant => {
+                    continue;
+                }
                 Ok(user) => self
                     .check_grant(caller, &user, client, *grant)
                     .await
@@ -125,6 +131,9 @@ impl RightsService {
         }
         if !refused.is_empty() {
             return Err(AccessError::Rows(refused));
+        }
+        if checked.is_empty() {
+            return Ok(());
         }
         self.control
             .set_client_access(client.id, &checked, caller.user_id, acting(caller))

@@ -87,7 +87,10 @@ impl Headless {
         .await
         .expect("the page hooks");
         page.goto(url).await.expect("the page loads");
-        Tab { page }
+        Tab {
+            page,
+            screen: std::sync::Mutex::new(None),
+        }
     }
 
     pub async fn close(mut self) {
@@ -99,6 +102,8 @@ impl Headless {
 
 pub struct Tab {
     pub page: Page,
+    /// The emulated screen size, once [`Tab::resize`]d (a full-page screenshot would reset it).
+    screen: std::sync::Mutex<Option<(i64, i64)>>,
 }
 
 impl Tab {
@@ -181,7 +186,10 @@ impl Tab {
     /// Goes to a route of the single-page console (`#/page?query`): a same-document navigation, which `goto`
     /// would wait for in vain.
     pub async fn route(&self, hash: &str) {
-        let js = format!("location.hash = {}; true", serde_json::to_string(hash).unwrap());
+        let js = format!(
+            "location.hash = {}; true",
+            serde_json::to_string(hash).unwrap()
+        );
         let _: bool = self.eval(&js).await;
     }
 
@@ -204,13 +212,16 @@ impl Tab {
         self.eval("window.__problems || []").await
     }
 
-    /// Saves a screenshot of the whole page as `target/console-screenshots/<name>.png`.
+    /// Saves a screenshot of the whole page (of the screen, when resized) as
+    /// `target/console-screenshots/<name>.png`.
     pub async fn screenshot(&self, name: &str) {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
         std::fs::create_dir_all(&dir).expect("the screenshot folder");
         self.page
             .save_screenshot(
-                ScreenshotParams::builder().full_page(true).build(),
+                ScreenshotParams::builder()
+                    .full_page(self.screen.lock().unwrap().is_none())
+                    .build(),
                 dir.join(format!("{name}.png")),
             )
             .await
@@ -227,5 +238,6 @@ impl Tab {
             .build()
             .expect("device metrics");
         self.page.execute(params).await.expect("resize");
+        *self.screen.lock().unwrap() = Some((width, height));
     }
 }

@@ -561,6 +561,23 @@ async fn the_access_matrix_sets_every_row_or_none_and_explains_each_refused_row(
     assert_eq!(level_of(&body, "dora"), ("full".to_owned(), false));
     assert_eq!(level_of(&body, "emil"), ("read".to_owned(), false));
     assert_eq!(stored_access(&app, "acme").await.len(), 3);
+    // The whole matrix sent back unchanged, the caller's own row included, is accepted and changes nothing.
+    let whole: Vec<Value> = body["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| json!({"username": u["username"], "level": u["level"], "private_data": u["private_data"]}))
+        .collect();
+    let (status, _, again) = call(
+        &app,
+        Some(&carla),
+        Method::PUT,
+        "/v1/clients/acme/access",
+        Some(json!({ "users": whole })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again, body);
     // The admin grants private data and removes a row (none) in one call.
     let (status, _, body) = call(
         &app,

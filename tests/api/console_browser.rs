@@ -100,7 +100,8 @@ async fn grants(app: &TestApp, slug: &str) -> Vec<(String, String, bool)> {
 }
 
 #[tokio::test]
-async fn an_administrator_creates_a_client_sees_it_become_active_and_sets_the_access_matrix_for_two_users() {
+async fn an_administrator_creates_a_client_sees_it_become_active_and_sets_the_access_matrix_for_two_users()
+ {
     let app = spawn_app().await;
     user(&app, "dora", "master", &["editor"], &[]).await;
     user(&app, "emil", "master", &["viewer"], &[]).await;
@@ -112,16 +113,20 @@ async fn an_administrator_creates_a_client_sees_it_become_active_and_sets_the_ac
     tab.click("#new-client").await;
     tab.fill("#client-name", "Acme GmbH").await;
     assert_eq!(
-        tab.eval::<String>("document.getElementById('client-slug').value").await,
+        tab.eval::<String>("document.getElementById('client-slug').value")
+            .await,
         "acme-gmbh",
         "a slug is suggested from the name"
     );
     tab.fill("#client-slug", "acme").await;
     tab.screenshot("clients-create").await;
     tab.click("#create-client").await;
-    tab.wait_until("document.querySelector('tr[data-slug=acme] .status')").await;
-    tab.wait_until("document.querySelector('tr[data-slug=acme] .status').innerText.includes('active')")
+    tab.wait_until("document.querySelector('tr[data-slug=acme] .status')")
         .await;
+    tab.wait_until(
+        "document.querySelector('tr[data-slug=acme] .status').innerText.includes('active')",
+    )
+    .await;
     tab.screenshot("clients").await;
     assert_eq!(app.client_json("acme").await["status"], "active");
     assert_eq!(app.client_json("acme").await["name"], "Acme GmbH");
@@ -135,7 +140,8 @@ async fn an_administrator_creates_a_client_sees_it_become_active_and_sets_the_ac
     tab.select("select[name=level-emil]", "read").await;
     tab.screenshot("access-edit").await;
     tab.click("#save-access").await;
-    tab.wait_until("document.body.innerText.includes('Saved.')").await;
+    tab.wait_until("document.body.innerText.includes('Saved.')")
+        .await;
     tab.screenshot("access").await;
     assert_eq!(
         grants(&app, "acme").await,
@@ -145,14 +151,22 @@ async fn an_administrator_creates_a_client_sees_it_become_active_and_sets_the_ac
         ],
         "exactly those grants exist"
     );
-    let (_, _, dora) = call(&app, Some(ADMIN_TOKEN), reqwest::Method::GET, "/v1/users/dora", None).await;
+    let (_, _, dora) = call(
+        &app,
+        Some(ADMIN_TOKEN),
+        reqwest::Method::GET,
+        "/v1/users/dora",
+        None,
+    )
+    .await;
     assert_eq!(
         dora["access"],
         json!([{"client": "acme", "level": "full", "private_data": true}])
     );
     // The audit log page shows the change, made through the console as through the API.
     tab.click("nav a[href^='#/audit']").await;
-    tab.wait_until("document.body.innerText.includes('/v1/clients/acme/access')").await;
+    tab.wait_until("document.body.innerText.includes('/v1/clients/acme/access')")
+        .await;
     tab.screenshot("audit").await;
     no_problems(&tab).await;
     browser.close().await;
@@ -160,7 +174,8 @@ async fn an_administrator_creates_a_client_sees_it_become_active_and_sets_the_ac
 }
 
 #[tokio::test]
-async fn a_read_only_user_sees_no_write_controls_a_crafted_change_is_refused_and_an_invisible_client_never_appears() {
+async fn a_read_only_user_sees_no_write_controls_a_crafted_change_is_refused_and_an_invisible_client_never_appears()
+ {
     let app = spawn_app().await;
     app.create_active_client("acme").await;
     app.create_active_client("secret-co").await;
@@ -173,20 +188,49 @@ async fn a_read_only_user_sees_no_write_controls_a_crafted_change_is_refused_and
     )
     .await;
     assert_eq!(status, reqwest::StatusCode::CREATED);
-    let reader = user(&app, "reader", "acme", &["client-admin"], &[("acme", "read", false)]).await;
+    let reader = user(
+        &app,
+        "reader",
+        "acme",
+        &["client-admin"],
+        &[("acme", "read", false)],
+    )
+    .await;
     let browser = Headless::start().await;
     let tab = signed_in(&browser, &app, &reader).await;
 
-    for page in ["overview", "clients", "access", "users", "fields", "templates", "recipients"] {
+    for page in [
+        "overview",
+        "clients",
+        "access",
+        "users",
+        "fields",
+        "templates",
+        "recipients",
+    ] {
         tab.route(&format!("#/{page}?client=acme")).await;
         tab.wait_until("document.querySelector('main h1')").await;
         // Let the page's data arrive before judging it.
-        tab.wait_until("!document.querySelector('main .loading')").await;
+        tab.wait_until("!document.querySelector('main .loading')")
+            .await;
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         let text = tab.text().await;
-        assert!(!text.contains("secret-co"), "{page}: an invisible client appears: {text}");
-        for control in ["#new-client", "#save-access", ".manage", "#delete-client", "#new-template", "#save-override"] {
-            assert!(!tab.has(control).await, "{page}: a read-only user sees {control}");
+        assert!(
+            !text.contains("secret-co"),
+            "{page}: an invisible client appears: {text}"
+        );
+        for control in [
+            "#new-client",
+            "#save-access",
+            ".manage",
+            "#delete-client",
+            "#new-template",
+            "#save-override",
+        ] {
+            assert!(
+                !tab.has(control).await,
+                "{page}: a read-only user sees {control}"
+            );
         }
         tab.screenshot(&format!("read-only-{page}")).await;
     }
@@ -210,28 +254,205 @@ async fn a_read_only_user_sees_no_write_controls_a_crafted_change_is_refused_and
             })()",
         )
         .await;
-    assert_eq!(crafted, json!([403, "csrf_failed", 403, "read_only_access", 404]));
+    assert_eq!(
+        crafted,
+        json!([403, "csrf_failed", 403, "read_only_access", 404])
+    );
     assert_eq!(app.client_json("acme").await["status"], "active");
     assert_eq!(app.client_json("secret-co").await["status"], "active");
 
     // Masking in the recipients browser: no private-data right, no e-mail or names.
     tab.route("#/recipients?client=acme").await;
     tab.wait_for("#recipients tbody tr").await;
-    let table: String = tab.eval("document.getElementById('recipients').innerText").await;
-    assert!(!table.contains("kim@example.com") && !table.contains("Kim"), "{table}");
+    let table: String = tab
+        .eval("document.getElementById('recipients').innerText")
+        .await;
+    assert!(
+        !table.contains("kim@example.com") && !table.contains("Kim"),
+        "{table}"
+    );
     tab.screenshot("recipients-masked").await;
     no_problems(&tab).await;
     browser.close().await;
 
     // The same page for a user with the private-data right shows them.
-    let private = user(&app, "private", "acme", &["viewer"], &[("acme", "read", true)]).await;
+    let private = user(
+        &app,
+        "private",
+        "acme",
+        &["viewer"],
+        &[("acme", "read", true)],
+    )
+    .await;
     let browser = Headless::start().await;
     let tab = signed_in(&browser, &app, &private).await;
     tab.route("#/recipients?client=acme").await;
     tab.wait_for("#recipients tbody tr").await;
-    let table: String = tab.eval("document.getElementById('recipients').innerText").await;
-    assert!(table.contains("kim@example.com") && table.contains("Kim"), "{table}");
+    let table: String = tab
+        .eval("document.getElementById('recipients').innerText")
+        .await;
+    assert!(
+        table.contains("kim@example.com") && table.contains("Kim"),
+        "{table}"
+    );
     tab.screenshot("recipients").await;
+    browser.close().await;
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_template_override_and_its_revert_in_the_console_show_in_the_api_and_bodies_are_never_rendered()
+ {
+    let app = spawn_app().await;
+    app.create_active_client("acme").await;
+    let hostile = "<img src=x id=pwned onerror=\"window.__pwned=1\">Hello";
+    let created: Value = app
+        .post_json(
+            "/v1/templates",
+            &json!({"name": "<b>Welcome</b>", "subject": "Hi", "html_body": hostile}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    crate::templates::wait_for_sync(&app, &id, |c| c["status"] == "synced").await;
+
+    let browser = Headless::start().await;
+    let tab = signed_in(&browser, &app, ADMIN_TOKEN).await;
+    tab.route("#/templates/acme").await;
+    let row = format!("#client-templates tr[data-template='{id}']");
+    tab.click(&format!("{row} .open-template")).await;
+    tab.wait_for("#override-body").await;
+    assert_eq!(
+        tab.eval::<String>("document.getElementById('override-body').value")
+            .await,
+        hostile,
+        "the body is shown as text"
+    );
+    tab.fill("#override-body", "<p>Our own welcome</p>").await;
+    tab.click("#save-override").await;
+    tab.wait_until(&format!(
+        "document.querySelector(\"{row} .status\").innerText.includes('overridden')"
+    ))
+    .await;
+    tab.screenshot("templates-override").await;
+    let (_, _, ours) = call(
+        &app,
+        Some(ADMIN_TOKEN),
+        reqwest::Method::GET,
+        &format!("/v1/clients/acme/templates/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(ours["overridden"], true, "{ours}");
+    assert_eq!(ours["html_body"], "<p>Our own welcome</p>");
+
+    tab.click("#revert-override").await;
+    tab.wait_until(&format!(
+        "document.querySelector(\"{row} .status\").innerText.includes('inherited')"
+    ))
+    .await;
+    tab.screenshot("templates").await;
+    let (_, _, back) = call(
+        &app,
+        Some(ADMIN_TOKEN),
+        reqwest::Method::GET,
+        &format!("/v1/clients/acme/templates/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(back["overridden"], false, "{back}");
+    assert_eq!(back["html_body"], hostile);
+    let rendered: bool = tab
+        .eval("!!(window.__pwned || document.getElementById('pwned') || document.querySelector('main b'))")
+        .await;
+    assert!(!rendered, "a template's name or body was rendered as HTML");
+    no_problems(&tab).await;
+    browser.close().await;
+    app.shutdown().await.unwrap();
+}
+
+/// Controls without an accessible name (no label, no aria-label, a button without text), on the page now.
+const UNLABELLED: &str =
+    "[...document.querySelectorAll('input:not([type=hidden]),select,textarea,button')]
+    .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
+                 && !(e.tagName === 'BUTTON' && e.innerText.trim()))
+    .map(e => e.id || e.name || e.outerHTML.slice(0, 80))";
+
+#[tokio::test]
+async fn the_console_works_by_keyboard_and_at_phone_width_and_every_control_has_a_label() {
+    let app = spawn_app().await;
+    app.create_active_client("acme").await;
+    user(
+        &app,
+        "dora",
+        "acme",
+        &["editor"],
+        &[("acme", "full", false)],
+    )
+    .await;
+    let browser = Headless::start().await;
+
+    // Keyboard only: the token field has the focus, Enter signs in.
+    let tab = browser.open(&app.url("/console/")).await;
+    tab.wait_for("#token").await;
+    tab.wait_until("document.activeElement && document.activeElement.id === 'token'")
+        .await;
+    let focused = tab.wait_for("#token").await;
+    focused.type_str(ADMIN_TOKEN).await.unwrap();
+    focused.press_key("Enter").await.unwrap();
+    tab.wait_until("!document.getElementById('nav').hidden")
+        .await;
+
+    for page in [
+        "overview",
+        "clients",
+        "access",
+        "users",
+        "roles",
+        "fields",
+        "templates",
+        "recipients",
+        "audit",
+        "servers",
+    ] {
+        tab.route(&format!("#/{page}?client=acme")).await;
+        tab.wait_until("document.querySelector('main h1')").await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let unlabelled: Vec<String> = tab.eval(UNLABELLED).await;
+        assert!(
+            unlabelled.is_empty(),
+            "{page}: controls without a label: {unlabelled:?}"
+        );
+        let focus_style: String = tab
+            .eval(
+                "(() => { const a = document.querySelector('nav a'); a.focus();
+                    return getComputedStyle(a).outlineStyle; })()",
+            )
+            .await;
+        assert_ne!(focus_style, "none", "{page}: focus is not visible");
+    }
+    // A client's panel opened from the keyboard has labelled controls too.
+    tab.route("#/clients").await;
+    tab.click("tr[data-slug=acme] .manage").await;
+    tab.wait_for("#client-panel").await;
+    let unlabelled: Vec<String> = tab.eval(UNLABELLED).await;
+    assert!(unlabelled.is_empty(), "client panel: {unlabelled:?}");
+
+    // Phone width: nothing but tables scrolls sideways.
+    tab.resize(390, 844).await;
+    for page in ["clients", "access", "overview"] {
+        tab.route(&format!("#/{page}")).await;
+        tab.wait_until("document.querySelector('main h1')").await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let overflow: i64 = tab
+            .eval("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+            .await;
+        assert!(overflow <= 1, "{page} is {overflow}px wider than a phone");
+        tab.screenshot(&format!("phone-{page}")).await;
+    }
+    no_problems(&tab).await;
     browser.close().await;
     app.shutdown().await.unwrap();
 }

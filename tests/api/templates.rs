@@ -13,7 +13,7 @@ fn template(name: &str, text: &str) -> Value {
 }
 
 /// Waits until every client in `GET /v1/templates/{id}/sync` satisfies `done`.
-async fn wait_for_sync(app: &TestApp, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+pub async fn wait_for_sync(app: &TestApp, id: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let report: Value = app

@@ -1,5 +1,7 @@
 //! Per-client access: a user's grants, and changing one.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 use uuid::Uuid;
@@ -42,6 +44,29 @@ impl ControlPlane {
         .bind(user)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// Every user's grant on one client (users without one are absent).
+    pub async fn grants_on(&self, client: Uuid) -> Result<HashMap<Uuid, Grant>, ControlError> {
+        let rows: Vec<(Uuid, String, bool)> = sqlx::query_as(
+            "SELECT user_id, level, private_data FROM client_access WHERE client_id = $1",
+        )
+        .bind(client)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(user, level, private_data)| {
+                let level = Level::parse(&level).unwrap_or(Level::None);
+                (
+                    user,
+                    Grant {
+                        level,
+                        private_data,
+                    },
+                )
+            })
+            .collect())
     }
 
     /// Sets (or, for level none, removes) a user's access to a client. `actor`: who grants it, if its dominance
