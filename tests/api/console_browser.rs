@@ -131,6 +131,32 @@ async fn an_administrator_creates_a_client_sees_it_become_active_and_sets_the_ac
     assert_eq!(app.client_json("acme").await["status"], "active");
     assert_eq!(app.client_json("acme").await["name"], "Acme GmbH");
 
+    // An inner client in acme's database, scoped to one of its mailing lists.
+    let list: Value = app
+        .post_json(
+            "/v1/clients/acme/mailing-lists",
+            &json!({"name": "Shop customers"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let list_id = list["id"].as_i64().unwrap();
+    tab.click("#new-client").await;
+    tab.fill("#client-name", "Acme Shop").await;
+    tab.select("#client-parent", "acme").await;
+    tab.select("#client-kind", "inner").await;
+    tab.click(&format!("#client-scope input[value='{list_id}']"))
+        .await;
+    tab.screenshot("clients-create-inner").await;
+    tab.click("#create-client").await;
+    tab.wait_until("document.querySelector('tr[data-slug=acme-shop] .status')")
+        .await;
+    let inner = app.client_json("acme-shop").await;
+    assert_eq!(inner["kind"], "inner", "{inner}");
+    assert_eq!(inner["parent"], "acme");
+    assert_eq!(inner["scope"]["lists"], json!([list_id]));
+
     // Tick the client, set two users' access, save once.
     tab.click("nav a[href^='#/access']").await;
     tab.click("#access-client-acme").await;

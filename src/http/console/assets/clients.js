@@ -2,7 +2,7 @@
 // progress), rename, suspend, resume, move and delete, each shown only when the caller may use it.
 
 import { h, fill, field, select, table, messageBox, alert, note, badge, when, confirmDialog, showError } from './dom.js';
-import { get, post, patch, del, path, withQuery, follow } from './api.js';
+import { get, post, patch, del, path, withQuery, follow, all } from './api.js';
 import { session, can, filtered, masterSlug, tree } from './state.js';
 import { reloadClients } from './app.js';
 
@@ -92,6 +92,26 @@ function toggleCreate(view, button, progress, redraw) {
   const parent = select({ id: 'client-parent' }, parents.map(({ client: c, depth }) =>
     [c.slug, `${'\u00a0\u00a0'.repeat(depth)}${c.name} (${c.slug})`]), session.filter || masterSlug());
   const box = messageBox();
+  // An inner client lives in its parent's database and sees only a slice of it: the recipients of chosen lists.
+  const kind = select({ id: 'client-kind' }, [['sub', 'Separate client (its own database)'],
+    ['inner', 'Inner client (a slice of the parent’s recipients)']], 'sub');
+  const lists = h('fieldset', { class: 'checks', id: 'client-scope', hidden: true },
+    h('legend', {}, 'Its recipients: those on these mailing lists of the parent'));
+  const drawLists = async () => {
+    lists.hidden = kind.value !== 'inner';
+    if (lists.hidden) return;
+    fill(lists, lists.firstChild, h('p', { class: 'muted' }, 'Loading the parent’s mailing lists…'));
+    try {
+      const found = await all(path`/v1/clients/${parent.value}/mailing-lists`);
+      fill(lists, lists.firstChild, found.length ? found.map((l) => h('label', { class: 'check' },
+        h('input', { type: 'checkbox', name: 'scope-list', value: String(l.id) }), ` ${l.name}`))
+        : h('p', { class: 'muted' }, 'The parent has no mailing lists yet.'));
+    } catch (error) {
+      fill(lists, lists.firstChild, h('p', { class: 'error' }, error.message));
+    }
+  };
+  kind.addEventListener('change', drawLists);
+  parent.addEventListener('change', drawLists);
   // Suggest a slug from the name until the slug is edited by hand.
   let slugEdited = false;
   slug.addEventListener('input', () => { slugEdited = true; });
@@ -107,17 +127,23 @@ function toggleCreate(view, button, progress, redraw) {
     h('div', { class: 'grid' },
       field('Name', name),
       field('Slug', slug, 'Lower-case letters, digits and hyphens; 2–40 characters, starting with a letter.'),
-      field('Parent', parent)),
+      field('Parent', parent),
+      field('Kind', kind)),
+    lists,
     box,
     h('div', { class: 'actions' }, h('button', { type: 'submit', id: 'create-client', class: 'primary' }, 'Create client')));
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     if (!name.value.trim()) return alert(box, 'Enter a name.');
     if (!SLUG.test(slug.value)) return alert(box, 'The slug must match ^[a-z][a-z0-9-]{1,39}$ (e.g. acme-de).');
+    const inner = kind.value === 'inner';
+    const scope = [...lists.querySelectorAll('input[name=scope-list]:checked')].map((c) => Number(c.value));
+    if (inner && !scope.length) return alert(box, 'Choose at least one mailing list for the inner client.');
     const submit = form.querySelector('#create-client');
     submit.disabled = true;
     try {
-      const created = await post('/v1/clients', { name: name.value, slug: slug.value, parent: parent.value || undefined });
+      const created = await post('/v1/clients', { name: name.value, slug: slug.value, parent: parent.value || undefined,
+        ...(inner ? { kind: 'inner', scope: { lists: scope } } : {}) });
       form.remove();
       button.setAttribute('aria-expanded', 'false');
       session.clients.push(created);
