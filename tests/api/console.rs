@@ -453,7 +453,8 @@ fn level_of(matrix: &Value, username: &str) -> (String, bool) {
     )
 }
 
-async fn stored_access(app: &TestApp, slug: &str) -> Vec<(String, String, bool)> {
+/// The control plane's grants on `slug`: (username, level, private data), by username.
+pub async fn stored_access(app: &TestApp, slug: &str) -> Vec<(String, String, bool)> {
     let db = app.control().await;
     db.query(
         "SELECT u.username, a.level, a.private_data FROM client_access a

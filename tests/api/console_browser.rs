@@ -83,22 +83,6 @@ async fn a_user_signs_in_with_a_token_and_out_again_and_the_session_is_gone() {
     app.shutdown().await.unwrap();
 }
 
-/// The control plane's grants on `slug`, by username.
-async fn grants(app: &TestApp, slug: &str) -> Vec<(String, String, bool)> {
-    let db = app.control().await;
-    db.query(
-        "SELECT u.username, a.level, a.private_data FROM client_access a
-         JOIN users u ON u.id = a.user_id JOIN clients c ON c.id = a.client_id
-         WHERE c.slug = $1 ORDER BY u.username",
-        &[&slug],
-    )
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| (r.get(0), r.get(1), r.get(2)))
-    .collect()
-}
-
 #[tokio::test]
 async fn an_administrator_creates_a_client_sees_it_become_active_and_sets_the_access_matrix_for_two_users()
  {
@@ -170,7 +154,7 @@ async fn an_administrator_creates_a_client_sees_it_become_active_and_sets_the_ac
         .await;
     tab.screenshot("access").await;
     assert_eq!(
-        grants(&app, "acme").await,
+        crate::console::stored_access(&app, "acme").await,
         [
             ("dora".to_owned(), "full".to_owned(), true),
             ("emil".to_owned(), "read".to_owned(), false),
@@ -326,6 +310,14 @@ async fn a_read_only_user_sees_no_write_controls_a_crafted_change_is_refused_and
     app.shutdown().await.unwrap();
 }
 
+/// Acme's copy of the template `id`, as the API shows it.
+async fn client_template(app: &TestApp, id: &str) -> Value {
+    let path = format!("/v1/clients/acme/templates/{id}");
+    call(app, Some(ADMIN_TOKEN), reqwest::Method::GET, &path, None)
+        .await
+        .2
+}
+
 #[tokio::test]
 async fn a_template_override_and_its_revert_in_the_console_show_in_the_api_and_bodies_are_never_rendered()
  {
@@ -363,14 +355,7 @@ async fn a_template_override_and_its_revert_in_the_console_show_in_the_api_and_b
     ))
     .await;
     tab.screenshot("templates-override").await;
-    let (_, _, ours) = call(
-        &app,
-        Some(ADMIN_TOKEN),
-        reqwest::Method::GET,
-        &format!("/v1/clients/acme/templates/{id}"),
-        None,
-    )
-    .await;
+    let ours = client_template(&app, &id).await;
     assert_eq!(ours["overridden"], true, "{ours}");
     assert_eq!(ours["html_body"], "<p>Our own welcome</p>");
 
@@ -380,14 +365,7 @@ async fn a_template_override_and_its_revert_in_the_console_show_in_the_api_and_b
     ))
     .await;
     tab.screenshot("templates").await;
-    let (_, _, back) = call(
-        &app,
-        Some(ADMIN_TOKEN),
-        reqwest::Method::GET,
-        &format!("/v1/clients/acme/templates/{id}"),
-        None,
-    )
-    .await;
+    let back = client_template(&app, &id).await;
     assert_eq!(back["overridden"], false, "{back}");
     assert_eq!(back["html_body"], hostile);
     let rendered: bool = tab
