@@ -6,6 +6,7 @@ mod cli;
 mod clients;
 mod consistency;
 mod console;
+mod console_probes;
 mod console_browser;
 mod content;
 mod crossclient;
