@@ -12,8 +12,8 @@ use uuid::Uuid;
 
 use super::authn::Authenticator;
 use super::{AccessError, Escalation};
-use crate::control::ControlPlane;
 use crate::control::access::{AccessRow, TokenMeta, UserRecord};
+use crate::control::{ControlError, ControlPlane};
 use crate::domain::rights::{Permission, Principal, Username};
 
 /// Checks, writes and cache invalidation of every change of users, roles, access and tokens; cheap to clone.
@@ -42,7 +42,11 @@ impl RightsService {
         caller: &Principal,
         username: &Username,
     ) -> Result<UserRecord, AccessError> {
-        let user = self.control.user_by_name(username.as_str()).await?;
+        let user = match self.control.user_by_name(username.as_str()).await {
+            Ok(user) => user,
+            Err(ControlError::NotFound) => return Err(AccessError::NotFound),
+            Err(e) => return Err(e.into()),
+        };
         let visible =
             user.id == caller.user_id || caller.rights.grant(user.home_client_id).is_visible();
         if visible {

@@ -471,22 +471,32 @@ async fn slug_param(parts: &mut Parts) -> Option<String> {
 }
 
 /// The caller of a request: by its bearer token, or else by its console session cookie (then with the session,
-/// for the CSRF check and the session routes). An `Authorization` header, even a malformed one, is never passed
-/// over for the cookie.
+/// for the CSRF check and the session routes). An `Authorization: Bearer` header, even a malformed one, is never
+/// passed over for the cookie; another scheme (the `Basic` credentials a browser adds by itself behind a proxy
+/// that asks for them) is not ours and is ignored.
 async fn authenticate(
     state: &AppState,
     headers: &axum::http::HeaderMap,
 ) -> Result<Option<(Arc<Principal>, Option<ConsoleSession>)>, ApiError> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let Some(token) = value.to_str().ok().and_then(bearer_token) else {
-            return Ok(None);
-        };
-        return Ok(state.auth().authenticate(token).await?.map(|p| (p, None)));
+        let text = value.to_str().unwrap_or("bearer");
+        let scheme = text
+            .trim()
+            .split_once(' ')
+            .map_or(text.trim(), |(scheme, _)| scheme);
+        if scheme.is_empty() || scheme.eq_ignore_ascii_case("bearer") {
+            let Some(token) = bearer_token(text) else {
+                return Ok(None);
+            };
+            return Ok(state.auth().authenticate(token).await?.map(|p| (p, None)));
+        }
     }
-    let Some(id) = super::session::cookie(headers) else {
+    let auth = &state.settings().auth;
+    let name = super::session::cookie_name(auth.session_cookie_secure);
+    let Some(id) = super::session::cookie(headers, name) else {
         return Ok(None);
     };
-    let idle = state.settings().auth.session_idle();
+    let idle = auth.session_idle();
     let session = state.auth().session(id, idle).await?;
     Ok(session.map(|session| {
         let principal = session.principal.clone();

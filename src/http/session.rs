@@ -18,8 +18,17 @@ use crate::access::sessions::Session;
 use crate::app::AppState;
 use crate::domain::rights::plausible_token;
 
-/// The session cookie's name.
+/// The session cookie's name (over plain HTTP).
 pub const COOKIE: &str = "mandant_session";
+/// The session cookie's name when it is `Secure` (`auth.session_cookie_secure`): the `__Host-` prefix makes the
+/// browser refuse it unless it is Secure, for this host only (no `Domain`) and for every path, so a sibling
+/// subdomain or a plain-HTTP response cannot plant one.
+pub const SECURE_COOKIE: &str = "__Host-mandant_session";
+
+/// The session cookie's name with these settings.
+pub fn cookie_name(secure: bool) -> &'static str {
+    if secure { SECURE_COOKIE } else { COOKIE }
+}
 /// The header a console session's changes carry.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
@@ -80,6 +89,10 @@ pub async fn sign_in(
     else {
         return Ok(super::auth::unauthorized());
     };
+    // The browser's previous session (this cookie is about to replace it) ends now rather than idle later.
+    if let Some(previous) = cookie(&headers, cookie_name(auth.session_cookie_secure)) {
+        state.auth().sign_out(previous).await?;
+    }
     let principal = &signed_in.session.principal;
     tracing::info!(user = %principal.username, "console session started");
     super::auth::record_action(
@@ -144,23 +157,28 @@ pub async fn sign_out(
     Ok(response)
 }
 
-/// The session id of the request's cookie, if it has one.
-pub fn cookie(headers: &HeaderMap) -> Option<&str> {
-    headers
+/// The session id of the request's cookie named `name`, if it has exactly one. Two cookies of that name (one
+/// planted by a sibling subdomain or a plain-HTTP response beside the real one; the browser sends both, in an order
+/// the attacker can influence) are no session at all, never the first one.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    let mut found = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| value.trim())
+        .filter(|(key, _)| *key == name)
+        .map(|(_, value)| value.trim());
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
 }
 
 /// Sets (or, with `max_age` 0, clears) the session cookie.
 fn set_cookie(response: &mut Response, id: &str, max_age: i64, secure: bool) {
+    let name = cookie_name(secure);
     let secure = if secure { "; Secure" } else { "" };
     let cookie =
-        format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}");
+        format!("{name}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}");
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().append(header::SET_COOKIE, value);
     }

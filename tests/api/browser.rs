@@ -122,7 +122,11 @@ impl Tab {
     /// Waits until `condition` (a JavaScript expression) is true in the page.
     pub async fn wait_until(&self, condition: &str) {
         let start = tokio::time::Instant::now();
-        while !self.eval::<bool>(&format!("!!({condition})")).await {
+        // A condition that throws (an element between two renderings) is not true yet.
+        let check = format!(
+            "(() => {{ try {{ return !!({condition}); }} catch (e) {{ return false; }} }})()"
+        );
+        while !self.eval::<bool>(&check).await {
             assert!(start.elapsed() < WAIT, "never true: {condition}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -217,10 +221,11 @@ impl Tab {
     pub async fn screenshot(&self, name: &str) {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
         std::fs::create_dir_all(&dir).expect("the screenshot folder");
+        let full_page = self.screen.lock().unwrap().is_none();
         self.page
             .save_screenshot(
                 ScreenshotParams::builder()
-                    .full_page(self.screen.lock().unwrap().is_none())
+                    .full_page(full_page)
                     .build(),
                 dir.join(format!("{name}.png")),
             )

@@ -773,3 +773,61 @@ async fn every_console_endpoint_answers_none_read_full_and_private_data_as_the_a
     assert!(list.to_string().contains("kim@example.com"), "{list}");
     app.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn signing_in_again_ends_the_session_it_replaces_and_a_token_keeps_at_most_twenty_sessions() {
+    let app = spawn_app_without_workers().await;
+    let first = sign_in(&app, ADMIN_TOKEN).await;
+    let response = reqwest::Client::new()
+        .post(app.url("/v1/session"))
+        .header("cookie", &first.cookie)
+        .json(&json!({"token": ADMIN_TOKEN}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let (status, _) = first.call(&app, Method::GET, "/v1/me", None).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the replaced session ended"
+    );
+    assert_eq!(
+        app.control_i64("SELECT count(*) FROM console_sessions")
+            .await,
+        1
+    );
+
+    let mut sessions = Vec::new();
+    for _ in 0..25 {
+        sessions.push(sign_in(&app, ADMIN_TOKEN).await);
+    }
+    assert_eq!(
+        app.control_i64("SELECT count(*) FROM console_sessions")
+            .await,
+        mandant::control::access::sessions::MAX_SESSIONS_PER_TOKEN
+    );
+    let (status, _) = sessions[0].call(&app, Method::GET, "/v1/me", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the oldest ended");
+    let (status, _) = sessions[24].call(&app, Method::GET, "/v1/me", None).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Credentials of another scheme (a browser adds Basic ones behind a proxy that asks for them) do not hide the
+    // session; an empty or malformed Bearer header does.
+    let latest = &sessions[24];
+    for (authorization, expected) in [
+        ("Basic dXNlcjpwYXNz", StatusCode::OK),
+        ("", StatusCode::UNAUTHORIZED),
+        ("Bearer nope", StatusCode::UNAUTHORIZED),
+    ] {
+        let response = reqwest::Client::new()
+            .get(app.url("/v1/me"))
+            .header("cookie", &latest.cookie)
+            .header("authorization", authorization)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), expected, "{authorization:?}");
+    }
+    app.shutdown().await.unwrap();
+}

@@ -8,6 +8,9 @@ use uuid::Uuid;
 
 use crate::control::{ControlError, ControlPlane};
 
+/// Live sessions one token may have; signing in once more ends its oldest.
+pub const MAX_SESSIONS_PER_TOKEN: i64 = 20;
+
 /// A live session, as looked up by its id's hash.
 #[derive(Debug, Clone, FromRow)]
 pub struct SessionRow {
@@ -32,16 +35,25 @@ impl ControlPlane {
         idle: chrono::Duration,
         max: chrono::Duration,
     ) -> Result<DateTime<Utc>, ControlError> {
+        // The token's oldest sessions beyond the limit end with this one (the new row is not in the statement's
+        // snapshot, so the limit less one of the others are kept).
         let expires_at: DateTime<Utc> = sqlx::query_scalar(
-            "INSERT INTO console_sessions (id_hash, token_id, csrf_token, expires_at, max_until)
-             VALUES ($1, $2, $3, least(now() + $4, now() + $5), now() + $5)
-             RETURNING expires_at",
+            "WITH new AS (
+                 INSERT INTO console_sessions (id_hash, token_id, csrf_token, expires_at, max_until)
+                 VALUES ($1, $2, $3, least(now() + $4, now() + $5), now() + $5)
+                 RETURNING expires_at),
+             old AS (
+                 DELETE FROM console_sessions WHERE id_hash IN (
+                     SELECT id_hash FROM console_sessions WHERE token_id = $2
+                     ORDER BY created_at DESC OFFSET $6 - 1))
+             SELECT expires_at FROM new",
         )
         .bind(id_hash.as_slice())
         .bind(token_id)
         .bind(csrf_token)
         .bind(idle)
         .bind(max)
+        .bind(MAX_SESSIONS_PER_TOKEN)
         .fetch_one(&self.pool)
         .await?;
         Ok(expires_at)
