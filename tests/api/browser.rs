@@ -224,9 +224,7 @@ impl Tab {
         let full_page = self.screen.lock().unwrap().is_none();
         self.page
             .save_screenshot(
-                ScreenshotParams::builder()
-                    .full_page(full_page)
-                    .build(),
+                ScreenshotParams::builder().full_page(full_page).build(),
                 dir.join(format!("{name}.png")),
             )
             .await
