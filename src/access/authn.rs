@@ -83,7 +83,8 @@ impl Authenticator {
             return Ok(Some(cached.principal.clone()));
         }
         let generation = self.generation.load(Ordering::Acquire);
-        let Some(loaded) = self.control.principal_by_token_hash(&hash).await? else {
+        // Boxed: the cache hit is the path every request takes; it need not carry the query's future.
+        let Some(loaded) = Box::pin(self.control.principal_by_token_hash(&hash)).await? else {
             return Ok(None);
         };
         if !hashes_equal(&loaded.stored_hash, &hash) {

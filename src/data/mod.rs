@@ -109,6 +109,9 @@ pub enum DataError {
     /// A target-group rule or filter that cannot be compiled; the message names the problem.
     #[error("{0}")]
     Rule(String),
+    /// A stored target group's rule that no longer fits the client (a list or field it names was deleted).
+    #[error("{0}")]
+    StaleRule(String),
     /// A field name or value in a recipient write or filter that the tenant's schema refuses; names the field.
     #[error("{0}")]
     Field(String),
@@ -390,6 +393,13 @@ impl DataPlane {
         if let Some(entry) = self.routes.get(slug.as_str()) {
             return Ok(entry);
         }
+        // The miss path's control-plane queries make a future of several KB; boxed, the warm path every request
+        // takes (and every future that awaits this one: the access check, the handlers) stays small.
+        Box::pin(self.load(slug)).await
+    }
+
+    /// A route cache miss: the client (and its server, or an inner client's parent) from the control plane.
+    async fn load(&self, slug: &ClientSlug) -> Result<Routed, DataError> {
         let generation = self.routes.generation.load(Ordering::Acquire);
         let mut client = match self.control.client_by_slug(slug).await {
             Ok(client) => client,

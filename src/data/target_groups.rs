@@ -161,7 +161,16 @@ pub async fn delete(db: &Client, id: i64) -> Result<(), DataError> {
 /// (A count over a personal field would let it be inferred: refused like the rule itself when masked.)
 pub async fn count(db: &Client, id: i64, privacy: &Privacy) -> Result<i64, DataError> {
     let group = get(db, id).await?;
-    count_rule(db, &group.rule, privacy).await
+    count_rule(db, &group.rule, privacy).await.map_err(stale)
+}
+
+/// A stored group's rule that no longer compiles (a list or field it names was deleted since) is a conflict with
+/// what is stored now, not a bad request.
+fn stale(e: DataError) -> DataError {
+    match e {
+        DataError::Rule(message) => DataError::StaleRule(message),
+        e => e,
+    }
 }
 
 /// How many recipients `rule` matches now (a stored group's, or a cross-client group's in this client).
@@ -181,7 +190,9 @@ pub async fn members(
     privacy: &Privacy,
 ) -> Result<Vec<Recipient>, DataError> {
     let group = get(db, id).await?;
-    members_by_rule(db, &group.rule, after_id, limit, privacy).await
+    members_by_rule(db, &group.rule, after_id, limit, privacy)
+        .await
+        .map_err(stale)
 }
 
 /// The recipients `rule` matches now, by id (keyset pagination), protected by `privacy`.

@@ -94,7 +94,8 @@ impl ClientScope {
             return response;
         };
         let commit = response.status().is_success() || response.status().is_redirection();
-        match conn.end_scoped(commit).await {
+        // Boxed: only inner clients get here; every request's future need not carry the statement's.
+        match Box::pin(conn.end_scoped(commit)).await {
             Ok(()) => response,
             Err(e) if commit => ApiError::from(DataError::from(e)).into_response(),
             // Rolled back anyway when dropped (or discarded).
@@ -497,7 +498,7 @@ async fn authenticate(
         return Ok(None);
     };
     let idle = auth.session_idle();
-    let session = state.auth().session(id, idle).await?;
+    let session = Box::pin(state.auth().session(id, idle)).await?;
     Ok(session.map(|session| {
         let principal = session.principal.clone();
         let console = ConsoleSession {
@@ -540,7 +541,9 @@ pub async fn record_action(
 
 async fn record(state: &AppState, mut entry: AuditEntry, status: u16) {
     entry.status = status;
-    if let Err(e) = state.control().record_audit(&entry).await {
+    // Boxed: the insert's future is ~4 KB, which would otherwise be part of every request's access-check future
+    // (moved and polled on the read path too, where it never runs).
+    if let Err(e) = Box::pin(state.control().record_audit(&entry)).await {
         // The call has happened; its record is lost. Loud, with what it was (no secrets are in an entry).
         tracing::error!(
             error = %e,

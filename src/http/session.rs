@@ -43,7 +43,7 @@ pub struct ConsoleSession {
 #[serde(deny_unknown_fields)]
 pub struct SignIn {
     /// An API token of an active user. It is exchanged, never stored by the page.
-    #[schema(min_length = 32, max_length = 256)]
+    #[schema(min_length = 32, max_length = 256, pattern = r"^[\x21-\x7E]+$")]
     pub token: String,
 }
 

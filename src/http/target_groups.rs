@@ -116,7 +116,7 @@ pub async fn delete(tenant: Tenant, RowId(id): RowId) -> Result<StatusCode, ApiE
     params(("slug" = String, Path, description = "The client's slug"), ("id" = i64, Path, description = "Target group id")),
     responses(
         (status = 200, description = "The number of matching recipients", body = GroupCount),
-        (status = 400, description = "The rule no longer fits the client's fields or lists", body = ErrorBody),
+        (status = 409, description = "The stored rule no longer fits the client's fields or lists (`rule_no_longer_fits`)", body = ErrorBody),
         (status = 404, description = "No such client or target group", body = ErrorBody)))]
 pub async fn count(tenant: Tenant, RowId(id): RowId) -> Result<Json<GroupCount>, ApiError> {
     let db = tenant.db().await?;
@@ -130,7 +130,7 @@ pub async fn count(tenant: Tenant, RowId(id): RowId) -> Result<Json<GroupCount>,
     params(("slug" = String, Path, description = "The client's slug"), ("id" = i64, Path, description = "Target group id"), PageParams),
     responses(
         (status = 200, description = "A page of matching recipients", body = Page<Recipient>),
-        (status = 400, description = "The rule no longer fits the client's fields or lists", body = ErrorBody),
+        (status = 409, description = "The stored rule no longer fits the client's fields or lists (`rule_no_longer_fits`)", body = ErrorBody),
         (status = 404, description = "No such client or target group", body = ErrorBody)))]
 pub async fn members(
     tenant: Tenant,

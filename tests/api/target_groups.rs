@@ -307,3 +307,31 @@ async fn bad_groups_are_refused_with_a_clear_error() {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn a_stored_group_whose_list_was_deleted_answers_409_when_counted_or_listed() {
+    let app = spawn_app().await;
+    app.create_active_client("segments").await;
+    let list: Value = app
+        .post_json(
+            "/v1/clients/segments/mailing-lists",
+            &json!({"name": "Gone soon"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let list_id = list["id"].as_i64().unwrap();
+    let location = group(&app, "On the list", json!({"list": list_id})).await;
+    assert_eq!(count(&app, &location).await, 0);
+    let deleted = app
+        .delete(&format!("/v1/clients/segments/mailing-lists/{list_id}"))
+        .await;
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    for path in ["count", "recipients"] {
+        let response = app.get(&format!("{location}/{path}")).await;
+        assert_eq!(response.status(), StatusCode::CONFLICT, "{path}");
+        assert_eq!(error_code(response).await, "rule_no_longer_fits", "{path}");
+    }
+    app.shutdown().await.unwrap();
+}

@@ -371,6 +371,11 @@ impl From<DataError> for ApiError {
                 ),
             ),
             DataError::Rule(message) => Self::new(StatusCode::BAD_REQUEST, "invalid_rule", message),
+            DataError::StaleRule(message) => Self::new(
+                StatusCode::CONFLICT,
+                "rule_no_longer_fits",
+                format!("The target group's rule no longer fits this client: {message}"),
+            ),
             DataError::Field(message) => {
                 Self::new(StatusCode::BAD_REQUEST, "invalid_field", message)
             }
