@@ -2,7 +2,7 @@
 // (standard, central and its own) with their apply status; create and delete where permitted.
 
 import { h, fill, field, select, table, messageBox, alert, note, badge, confirmDialog, showError } from './dom.js';
-import { get, post, del, path, all } from './api.js';
+import { get, post, patch, del, path, all } from './api.js';
 import { can, masterSlug, clientSelect } from './state.js';
 
 const NAME = /^[a-z][a-z0-9_]{2,62}$/;
@@ -84,14 +84,18 @@ async function drawClient(section, wanted) {
   const rows = fields.map((f) => h('tr', { 'data-field': f.name },
     ...describe(f), h('td', {}, f.origin),
     h('td', { class: 'status' }, badge(f.status || '—'), f.last_error ? h('span', { class: 'error' }, ` ${f.last_error}`) : null),
-    h('td', {}, manage && f.origin === 'client' ? h('button', { type: 'button', class: 'delete-field danger',
-      'aria-label': `Delete field ${f.name} of ${slug}`, onclick: () => confirmDialog(`Delete field “${f.name}” of ${slug}?`,
-        'Its column and every value in it are dropped.', 'Delete', async () => {
-          await del(path`/v1/clients/${slug}/fields/${f.name}`);
-          redraw();
-        }) }, 'Delete') : null)));
+    h('td', {}, manage && f.origin === 'client' ? [
+      h('button', { type: 'button', class: 'change-field', 'aria-label': `Change field ${f.name} of ${slug}`,
+        onclick: () => fill(editor, changeForm(slug, f, redraw)) }, 'Change'), ' ',
+      h('button', { type: 'button', class: 'delete-field danger',
+        'aria-label': `Delete field ${f.name} of ${slug}`, onclick: () => confirmDialog(`Delete field “${f.name}” of ${slug}?`,
+          'Its column and every value in it are dropped.', 'Delete', async () => {
+            await del(path`/v1/clients/${slug}/fields/${f.name}`);
+            redraw();
+          }) }, 'Delete')] : null)));
+  const editor = h('div');
   fill(list, table({ id: 'client-fields' }, ['Name', 'Type', 'Required', 'Default', 'Personal', 'Origin', 'Status', ''], rows),
-    box,
+    editor, box,
     manage ? fieldForm('client', async (body) => {
       await post(path`/v1/clients/${slug}/fields`, body);
       await redraw();
@@ -131,6 +135,36 @@ function fieldForm(prefix, save) {
     }
     try {
       await save(body);
+    } catch (error) {
+      alert(box, error.message);
+    }
+  });
+  return form;
+}
+
+// Changes a client's own field: a text field's length (never shorter) and whether it is personal data.
+function changeForm(slug, f, redraw) {
+  const box = messageBox();
+  const length = f.type === 'text'
+    ? h('input', { id: 'change-field-length', type: 'number', min: f.length || 1, max: 4000, value: f.length || '' })
+    : null;
+  const personal = h('input', { type: 'checkbox', id: 'change-field-personal', checked: !!f.personal });
+  const form = h('form', { id: 'change-field-form', class: 'card', novalidate: true },
+    h('h3', {}, 'Change ', h('code', {}, f.name), ` of ${slug}`),
+    length ? field('Length (characters; never less than now)', length) : null,
+    h('div', { class: 'check' }, personal, h('label', { for: personal.id }, 'Personal data (masked without “private data”)')),
+    box, h('div', { class: 'actions' }, h('button', { type: 'submit', id: 'save-field', class: 'primary' }, 'Save')));
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const body = { personal: personal.checked };
+    if (length && length.value !== String(f.length || '')) {
+      const n = Number(length.value);
+      if (!Number.isInteger(n) || n < 1 || n > 4000) return alert(box, 'The length is a whole number from 1 to 4000.');
+      body.length = n;
+    }
+    try {
+      await patch(path`/v1/clients/${slug}/fields/${f.name}`, body);
+      await redraw();
     } catch (error) {
       alert(box, error.message);
     }
