@@ -6,6 +6,7 @@
 //! rights lock, in the same transaction), and on success drops this process's cached principals
 //! (`Authenticator::invalidate`); other processes drop theirs on the change's `NOTIFY`. Never: HTTP types, SQL.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use uuid::Uuid;
@@ -47,13 +48,26 @@ impl RightsService {
             Err(ControlError::NotFound) => return Err(AccessError::NotFound),
             Err(e) => return Err(e.into()),
         };
-        let visible =
-            user.id == caller.user_id || caller.rights.grant(user.home_client_id).is_visible();
-        if visible {
+        if visible_to(caller, &user) {
             Ok(user)
         } else {
             Err(AccessError::NotFound)
         }
+    }
+
+    /// The users of these names that the caller can see, by username, in one query (a name missing from the map
+    /// is `NotFound` for the caller, whether it does not exist or is invisible).
+    pub(super) async fn users(
+        &self,
+        caller: &Principal,
+        usernames: &[&str],
+    ) -> Result<HashMap<String, UserRecord>, AccessError> {
+        let found = self.control.users_by_names(usernames).await?;
+        Ok(found
+            .into_iter()
+            .filter(|user| visible_to(caller, user))
+            .map(|user| (user.username.clone(), user))
+            .collect())
     }
 
     /// The user's access, restricted to clients the caller can see (all of it for the caller itself).
@@ -134,4 +148,9 @@ impl RightsService {
 /// The caller as the control plane re-checks it inside a change (master admins need no check).
 pub(super) fn acting(caller: &Principal) -> Option<Uuid> {
     (!caller.rights.master_admin).then_some(caller.user_id)
+}
+
+/// Whether `caller` can see `user`: itself, or a user homed at a client the caller can see.
+fn visible_to(caller: &Principal, user: &UserRecord) -> bool {
+    user.id == caller.user_id || caller.rights.grant(user.home_client_id).is_visible()
 }

@@ -12,11 +12,11 @@ use chrono::{DateTime, Utc};
 
 use super::authn::Authenticator;
 use crate::control::ControlError;
-use crate::domain::rights::{Principal, hashes_equal, token_hash};
+use crate::domain::rights::{Principal, hashes_equal, random_secret, token_hash};
 
 /// How often a used session's idle expiry is pushed forward at most.
 const EXTEND_EVERY_SECS: i64 = 60;
-/// The length of a session id and of a CSRF token: 32 random bytes, base64url without padding.
+/// The length of a session id and of a CSRF token ([`random_secret`]).
 pub const SESSION_ID_LEN: usize = 43;
 
 /// A session just signed in: the id for the cookie (shown only now), the CSRF token for the page.
@@ -34,17 +34,22 @@ pub struct Session {
 }
 
 impl Session {
+    /// A session ending at `expires_at`, or when its token does if that is sooner.
+    fn new(principal: Arc<Principal>, csrf_token: String, expires_at: DateTime<Utc>) -> Self {
+        let expires_at = principal
+            .expires_at
+            .map_or(expires_at, |token_end| expires_at.min(token_end));
+        Self {
+            principal,
+            csrf_token,
+            expires_at,
+        }
+    }
+
     /// Whether `sent` (the `X-CSRF-Token` header of a change) is this session's CSRF token.
     pub fn csrf_matches(&self, sent: Option<&str>) -> bool {
         sent.is_some_and(|sent| hashes_equal(sent.as_bytes(), self.csrf_token.as_bytes()))
     }
-}
-
-/// 32 random bytes, base64url.
-fn random_id() -> String {
-    use base64::Engine;
-    let bytes: [u8; 32] = rand::random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// Whether `id` has a session id's shape (checked before any lookup).
@@ -67,22 +72,15 @@ impl Authenticator {
         let Some(principal) = self.authenticate(token).await? else {
             return Ok(None);
         };
-        let id = random_id();
-        let csrf_token = random_id();
-        let mut expires_at = self
+        let id = random_secret();
+        let csrf_token = random_secret();
+        let expires_at = self
             .control
             .create_session(&token_hash(&id), principal.token_id, &csrf_token, idle, max)
             .await?;
-        if let Some(token_end) = principal.expires_at {
-            expires_at = expires_at.min(token_end);
-        }
         Ok(Some(SignedIn {
             id,
-            session: Session {
-                principal,
-                csrf_token,
-                expires_at,
-            },
+            session: Session::new(principal, csrf_token, expires_at),
         }))
     }
 
@@ -115,14 +113,7 @@ impl Authenticator {
         {
             expires_at = extended;
         }
-        if let Some(token_end) = principal.expires_at {
-            expires_at = expires_at.min(token_end);
-        }
-        Ok(Some(Session {
-            principal,
-            csrf_token: row.csrf_token,
-            expires_at,
-        }))
+        Ok(Some(Session::new(principal, row.csrf_token, expires_at)))
     }
 
     /// Ends a session (sign-out), in every process at once (the next request finds no row).

@@ -110,18 +110,20 @@ impl RightsService {
             return Err(AccessError::NotFound);
         }
         let current = self.control.grants_on(client.id).await?;
+        let names: Vec<&str> = rows.iter().map(|(name, _)| name.as_str()).collect();
+        let users = self.users(caller, &names).await?;
         let mut checked = Vec::with_capacity(rows.len());
         let mut refused = Vec::new();
         for (name, grant) in rows {
-            let allowed = match self.user(caller, name).await {
-                Ok(user) if current.get(&user.id).copied().unwrap_or(Grant::NONE) == *grant => {
+            let allowed = match users.get(name.as_str()) {
+                Some(user) if current.get(&user.id).copied().unwrap_or(Grant::NONE) == *grant => {
                     continue;
                 }
-                Ok(user) => self
-                    .check_grant(caller, &user, client, *grant)
+                Some(user) => self
+                    .check_grant(caller, user, client, *grant)
                     .await
                     .map(|()| user),
-                Err(e) => Err(e),
+                None => Err(AccessError::NotFound),
             };
             match allowed {
                 Ok(user) => checked.push((user.id, *grant)),

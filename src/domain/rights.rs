@@ -275,6 +275,11 @@ impl Level {
             _ => None,
         }
     }
+
+    /// A level as the control plane stores it (its CHECK admits only the three; anything else reads as none).
+    pub fn from_stored(value: &str) -> Self {
+        Self::parse(value).unwrap_or(Self::None)
+    }
 }
 
 /// A user's access to one client.
@@ -409,14 +414,17 @@ pub const TOKEN_PREFIX: &str = "mdt_";
 pub const TOKEN_MIN_LEN: usize = 32;
 const TOKEN_MAX_LEN: usize = 256;
 
-/// A new bearer token: 256 random bits from the operating-system-seeded CSPRNG, base64url.
+/// A new bearer token: [`random_secret`] with the token prefix.
 pub fn new_token() -> String {
+    format!("{TOKEN_PREFIX}{}", random_secret())
+}
+
+/// 256 random bits from the operating-system-seeded CSPRNG, base64url without padding (43 characters): API
+/// tokens, console session ids and CSRF tokens.
+pub fn random_secret() -> String {
     use base64::Engine;
     let bytes: [u8; 32] = rand::random();
-    format!(
-        "{TOKEN_PREFIX}{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    )
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// What is stored of a token: its SHA-256. (A token has 256 random bits, so a slow password hash adds nothing.)
@@ -430,11 +438,40 @@ pub fn hashes_equal(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
+/// What an `Authorization` header value says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authorization<'a> {
+    /// `Bearer <token>` with a token of plausible shape.
+    Bearer(&'a str),
+    /// A `Bearer` header (or one without any scheme) that holds no plausible token: refused, never passed over.
+    Malformed,
+    /// Another scheme (`Basic` credentials a browser adds behind a proxy that asks for them): not ours.
+    OtherScheme,
+}
+
+/// Classifies an `Authorization` header value (`None`: not valid header text).
+pub fn authorization(header: Option<&str>) -> Authorization<'_> {
+    let Some(header) = header.map(str::trim) else {
+        return Authorization::Malformed;
+    };
+    let (scheme, token) = header.split_once(' ').unwrap_or((header, ""));
+    if !scheme.is_empty() && !scheme.eq_ignore_ascii_case("bearer") {
+        return Authorization::OtherScheme;
+    }
+    let token = token.trim();
+    if plausible_token(token) {
+        Authorization::Bearer(token)
+    } else {
+        Authorization::Malformed
+    }
+}
+
 /// The token of an `Authorization: Bearer <token>` header value, if it is one of plausible shape.
 pub fn bearer_token(header: &str) -> Option<&str> {
-    let (scheme, token) = header.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && plausible_token(token)).then_some(token)
+    match authorization(Some(header)) {
+        Authorization::Bearer(token) => Some(token),
+        Authorization::Malformed | Authorization::OtherScheme => None,
+    }
 }
 
 /// Whether `token` has a token's shape (length and characters); anything else is refused before any lookup.
@@ -592,6 +629,24 @@ mod tests {
         assert_eq!(bearer_token(&format!("bearer {t}")), Some(t.as_str()));
         assert_eq!(bearer_token("Bearer short"), None);
         assert_eq!(bearer_token(&format!("Basic {t}")), None);
+        assert_eq!(
+            authorization(Some(&format!("Basic {t}"))),
+            Authorization::OtherScheme
+        );
+        for malformed in [
+            Some(""),
+            Some("   "),
+            Some("Bearer"),
+            Some("bearer short"),
+            None,
+        ] {
+            assert_eq!(
+                authorization(malformed),
+                Authorization::Malformed,
+                "{malformed:?}"
+            );
+        }
+        assert_eq!(random_secret().len(), 43);
         assert!(hashes_equal(&token_hash(&t), &token_hash(&t)));
         assert!(!hashes_equal(&token_hash(&t), &token_hash("other")));
     }

@@ -36,7 +36,7 @@ use crate::app::AppState;
 use crate::control::access::AuditEntry;
 use crate::control::clients::ClientRecord;
 use crate::data::DataError;
-use crate::domain::rights::{Denied, Grant, Level, Principal, bearer_token};
+use crate::domain::rights::{Authorization, Denied, Grant, Level, Principal, authorization};
 use crate::domain::{ClientSlug, ClientStatus};
 
 /// The authenticated caller, for handlers.
@@ -214,21 +214,9 @@ async fn enforce(state: &AppState, route: &str, request: Request, next: Next) ->
     };
     let (mut parts, body) = request.into_parts();
     let mutating = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
-    let audit = mutating.then(|| AuditEntry {
-        user_id: Some(principal.user_id),
-        username: Some(principal.username.clone()),
-        client_id: None,
-        client_slug: None,
-        action: format!("{method} {route}"),
-        target: parts.uri.path().to_owned(),
-        outcome: "failed",
-        status: 0,
-        request_id: parts
-            .headers
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
-        detail: None,
+    let audit = mutating.then(|| {
+        let action = format!("{method} {route}");
+        audit_entry(&principal, action, parts.uri.path(), &parts.headers)
     });
     // A console session's change must carry the session's CSRF token (a page of another site can make the
     // browser send the cookie, never this header); refused and audited like any other denial.
@@ -359,11 +347,7 @@ async fn audit_outcome(
     scope: Option<&ClientScope>,
     slug_in_path: Option<String>,
 ) {
-    entry.outcome = if outcome.status.is_success() {
-        "succeeded"
-    } else {
-        "failed"
-    };
+    entry.outcome = outcome_of(outcome.status);
     match (outcome.note, scope) {
         (Some(note), _) if note.client.is_some() || note.detail.is_some() => {
             if let Some((id, slug)) = note.client {
@@ -480,16 +464,12 @@ async fn authenticate(
     headers: &axum::http::HeaderMap,
 ) -> Result<Option<(Arc<Principal>, Option<ConsoleSession>)>, ApiError> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let text = value.to_str().unwrap_or("bearer");
-        let scheme = text
-            .trim()
-            .split_once(' ')
-            .map_or(text.trim(), |(scheme, _)| scheme);
-        if scheme.is_empty() || scheme.eq_ignore_ascii_case("bearer") {
-            let Some(token) = bearer_token(text) else {
-                return Ok(None);
-            };
-            return Ok(state.auth().authenticate(token).await?.map(|p| (p, None)));
+        match authorization(value.to_str().ok()) {
+            Authorization::Bearer(token) => {
+                return Ok(state.auth().authenticate(token).await?.map(|p| (p, None)));
+            }
+            Authorization::Malformed => return Ok(None),
+            Authorization::OtherScheme => {}
         }
     }
     let auth = &state.settings().auth;
@@ -509,33 +489,51 @@ async fn authenticate(
     }))
 }
 
-/// Records an action of `principal` on a public route, which the access check does not audit (a sign-in).
-pub async fn record_action(
-    state: &AppState,
+/// The audit entry of a call by `principal` (outcome `failed` until it is known): the action (`METHOD
+/// /route/template`), the concrete path, the request id.
+fn audit_entry(
     principal: &Principal,
-    action: &str,
-    request_id: Option<String>,
-    status: StatusCode,
-) {
-    let entry = AuditEntry {
+    action: String,
+    target: &str,
+    headers: &axum::http::HeaderMap,
+) -> AuditEntry {
+    AuditEntry {
         user_id: Some(principal.user_id),
         username: Some(principal.username.clone()),
         client_id: None,
         client_slug: None,
-        action: action.to_owned(),
-        target: action
-            .split_once(' ')
-            .map_or(action, |(_, path)| path)
-            .to_owned(),
-        outcome: if status.is_success() {
-            "succeeded"
-        } else {
-            "failed"
-        },
+        action,
+        target: target.to_owned(),
+        outcome: "failed",
         status: 0,
-        request_id,
+        request_id: headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
         detail: None,
-    };
+    }
+}
+
+/// The audit outcome of a call that ran: `succeeded` for 2xx, else `failed`.
+fn outcome_of(status: StatusCode) -> &'static str {
+    if status.is_success() {
+        "succeeded"
+    } else {
+        "failed"
+    }
+}
+
+/// Records a call of `principal` on a public route, which the access check does not audit (a sign-in).
+pub async fn record_public_call(
+    state: &AppState,
+    principal: &Principal,
+    method: &Method,
+    route: &str,
+    headers: &axum::http::HeaderMap,
+    status: StatusCode,
+) {
+    let mut entry = audit_entry(principal, format!("{method} {route}"), route, headers);
+    entry.outcome = outcome_of(status);
     record(state, entry, status.as_u16()).await;
 }
 

@@ -179,7 +179,7 @@ impl From<MatrixRow> for AccessCell {
             display_name: row.display_name,
             home_client: row.home_client,
             status: row.status,
-            level: Level::parse(&row.level).unwrap_or(Level::None),
+            level: Level::from_stored(&row.level),
             private_data: row.private_data,
             master_admin: row.master_admin,
         }

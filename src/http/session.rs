@@ -6,7 +6,7 @@
 
 use axum::Json;
 use axum::extract::{Extension, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -95,11 +95,12 @@ pub async fn sign_in(
     }
     let principal = &signed_in.session.principal;
     tracing::info!(user = %principal.username, "console session started");
-    super::auth::record_action(
+    super::auth::record_public_call(
         &state,
         principal,
-        "POST /v1/session",
-        request_id(&headers),
+        &Method::POST,
+        "/v1/session",
+        &headers,
         StatusCode::CREATED,
     )
     .await;
@@ -182,11 +183,4 @@ fn set_cookie(response: &mut Response, id: &str, max_age: i64, secure: bool) {
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().append(header::SET_COOKIE, value);
     }
-}
-
-fn request_id(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
 }

@@ -48,7 +48,7 @@ impl From<&AccessRow> for AccessView {
     fn from(a: &AccessRow) -> Self {
         Self {
             client: a.client.clone(),
-            level: Level::parse(&a.level).unwrap_or(Level::None),
+            level: Level::from_stored(&a.level),
             private_data: a.private_data,
         }
     }

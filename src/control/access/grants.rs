@@ -57,7 +57,7 @@ impl ControlPlane {
         Ok(rows
             .into_iter()
             .map(|(user, level, private_data)| {
-                let level = Level::parse(&level).unwrap_or(Level::None);
+                let level = Level::from_stored(&level);
                 (
                     user,
                     Grant {

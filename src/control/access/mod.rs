@@ -84,7 +84,7 @@ impl RightsRow {
             .zip(&self.access_levels)
             .zip(&self.access_private)
             .map(|((client, level), private_data)| {
-                let level = Level::parse(level).unwrap_or(Level::None);
+                let level = Level::from_stored(level);
                 (
                     *client,
                     Grant {

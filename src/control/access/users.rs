@@ -198,6 +198,17 @@ impl ControlPlane {
         row.ok_or(ControlError::NotFound)
     }
 
+    /// The users of these names that exist (several rows of a change in one query).
+    pub async fn users_by_names(
+        &self,
+        usernames: &[&str],
+    ) -> Result<Vec<UserRecord>, ControlError> {
+        Ok(sqlx::query_as(select_users!("WHERE u.username = ANY($1)"))
+            .bind(usernames)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
     /// Users ordered by username.
     pub async fn list_users(&self, filter: &UserFilter) -> Result<Vec<UserRecord>, ControlError> {
         Ok(sqlx::query_as(select_users!(

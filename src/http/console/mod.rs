@@ -85,7 +85,7 @@ fn serve(name: &str, headers: &HeaderMap) -> Response {
 }
 
 /// The headers every console response carries.
-pub fn secure_headers(h: &mut HeaderMap) {
+fn secure_headers(h: &mut HeaderMap) {
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(CSP),
