@@ -791,6 +791,40 @@ mod tests {
     }
 
     #[test]
+    fn console_session_limits_out_of_range_are_refused_naming_their_key() {
+        for (key, variable, value) in [
+            (
+                "auth.session_idle_minutes",
+                "MANDANT__AUTH__SESSION_IDLE_MINUTES",
+                "0",
+            ),
+            (
+                "auth.session_idle_minutes",
+                "MANDANT__AUTH__SESSION_IDLE_MINUTES",
+                "10081",
+            ),
+            (
+                "auth.session_max_hours",
+                "MANDANT__AUTH__SESSION_MAX_HOURS",
+                "0",
+            ),
+            (
+                "auth.session_max_hours",
+                "MANDANT__AUTH__SESSION_MAX_HOURS",
+                "721",
+            ),
+        ] {
+            let err = Settings::load(&LoadOptions {
+                env: env(&[(variable, value)]),
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(key), "{key}={value}: {err}");
+        }
+    }
+
+    #[test]
     fn a_bad_database_url_is_refused_without_echoing_it() {
         let err = Settings::load(&LoadOptions {
             env: env(&[("MANDANT__DATABASE__URL", "mysql://u:hunter2@x/y")]),

@@ -831,3 +831,56 @@ async fn signing_in_again_ends_the_session_it_replaces_and_a_token_keeps_at_most
     }
     app.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_workers_delete_ended_sessions_and_keep_live_ones() {
+    let app = spawn_app_without_workers().await;
+    let anna = user(
+        &app,
+        "anna",
+        "master",
+        &["viewer"],
+        &[("master", "read", false)],
+    )
+    .await;
+    let live = sign_in(&app, ADMIN_TOKEN).await;
+    let expired = sign_in(&app, ADMIN_TOKEN).await;
+    let revoked = sign_in(&app, &anna).await;
+    let db = app.control().await;
+    let expired_hash = expired.cookie.trim_start_matches("mandant_session=");
+    db.execute(
+        "UPDATE console_sessions SET expires_at = now() - interval '1 second'
+         WHERE id_hash = sha256(convert_to($1, 'UTF8'))",
+        &[&expired_hash],
+    )
+    .await
+    .unwrap();
+    let (_, me) = revoked.call(&app, Method::GET, "/v1/me", None).await;
+    let token_id = me["token"]["id"].as_str().unwrap().to_owned();
+    let (status, _, _) = call(
+        &app,
+        Some(ADMIN_TOKEN),
+        Method::DELETE,
+        &format!("/v1/users/anna/tokens/{token_id}"),
+        None,
+    )
+    .await;
+    assert!(status.is_success(), "{status}");
+    assert_eq!(
+        app.control_i64("SELECT count(*) FROM console_sessions")
+            .await,
+        3
+    );
+
+    let runner = app.runner("housekeeping");
+    app.drain(&runner).await;
+    assert_eq!(
+        app.control_i64("SELECT count(*) FROM console_sessions")
+            .await,
+        1,
+        "the expired session and the revoked token's are gone"
+    );
+    let (status, _) = live.call(&app, Method::GET, "/v1/me", None).await;
+    assert_eq!(status, StatusCode::OK, "the live one stays");
+    app.shutdown().await.unwrap();
+}
