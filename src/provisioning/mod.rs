@@ -49,6 +49,9 @@ pub struct Faults {
     pub move_crash_after: Option<&'static str>,
     /// A move fails after this phase (an error: the move rolls back).
     pub move_fail_after: Option<&'static str>,
+    /// SQL committed on the source's tenant database in the freeze after its roles are fenced and before its
+    /// sessions end (the last commit a request with a connection already open could make).
+    pub move_commit_in_fence: Option<&'static str>,
 }
 
 #[derive(Debug, thiserror::Error)]

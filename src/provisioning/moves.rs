@@ -452,8 +452,14 @@ impl Provisioner {
         for role in &mv.roles {
             cluster::set_role_login(source_admin, role, false).await?;
         }
+        #[cfg(feature = "testing")]
+        if let Some(sql) = self.faults.move_commit_in_fence {
+            source_db.batch_execute(sql).await.map_err(|e| {
+                ProvisionError::MoveGaveUp(format!("the injected commit failed: {e}"))
+            })?;
+        }
         repl::end_database_sessions(source_admin, &mv.database).await?;
-        let lsn = repl::current_lsn(source_admin).await?;
+        let lsn = repl::final_lsn(source_admin).await?;
         let sync_until = Instant::now() + FINAL_SYNC_WITHIN;
         while !repl::reached(target_db, &mv.name, &lsn).await? {
             if Instant::now() > sync_until {

@@ -30,8 +30,16 @@ const TABLES: [(&str, &str); 7] = [
 
 /// Two extra servers registered as `one` (zone `eu`, where clients are created) and `two`.
 pub(crate) async fn two_servers(app: &TestApp) -> (ExtraServer, ExtraServer) {
+    two_servers_with(app, &[]).await
+}
+
+/// As [`two_servers`], `one` (the source of the moves) with more server settings.
+pub(crate) async fn two_servers_with(
+    app: &TestApp,
+    one_settings: &'static [(&'static str, &'static str)],
+) -> (ExtraServer, ExtraServer) {
     let (one, two) = tokio::join!(
-        ExtraServer::start("mv-one", None),
+        ExtraServer::start_with("mv-one", one_settings),
         ExtraServer::start("mv-two", None)
     );
     for (name, server, zone) in [("one", &one, Some("eu")), ("two", &two, None)] {
@@ -335,6 +343,58 @@ async fn a_client_moves_under_steady_writes_losing_and_duplicating_nothing_and_i
         .unwrap();
     app.state.provisioner().sweep_moves().await.unwrap();
     assert!(!database_exists(&one, &retired_name(op_id)).await);
+}
+
+/// Found by CI (a rare loss under steady writes): the switch waited for the source's *written* WAL position, but a
+/// transaction committed asynchronously (`synchronous_commit = off`, as the test clusters run and a server may)
+/// sits past it in the WAL buffers until the WAL writer's next round, and a request whose connection was open
+/// before the fence can commit until its session is ended. Here the source's WAL writer sleeps 10 s and a commit
+/// is made at that very moment: it must reach the target, and ids go on past it.
+#[tokio::test]
+async fn a_commit_made_on_the_source_just_before_its_sessions_end_reaches_the_target() {
+    let app = spawn_app_without_workers().await;
+    let (one, two) = two_servers_with(&app, &[("wal_writer_delay", "10s")]).await;
+    let healthy = app.runner("healthy");
+    create_on_one(&app, "late").await;
+    app.drain(&healthy).await;
+    let op = start_move(&app, "late", "two").await;
+    let fenced = app.runner("fenced").with_faults(Faults {
+        move_commit_in_fence: Some(
+            "INSERT INTO recipients (email) VALUES ('last-commit@example.org')",
+        ),
+        ..Faults::default()
+    });
+    let tick = fenced.tick().await.unwrap();
+    assert!(matches!(tick, Tick::Succeeded { .. }), "{tick:?}");
+    let done = app.wait_for_operation(&op).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let id = app.client_id("late").await;
+    let op_id = uuid::Uuid::parse_str(&op).unwrap();
+    let retired = one.superuser_on(&retired_name(op_id)).await;
+    let target = two
+        .superuser_on(&app.state.targets().names(id).database)
+        .await;
+    let last = "SELECT id FROM recipients WHERE email = 'last-commit@example.org'";
+    let on_source: i64 = retired.query_one(last, &[]).await.unwrap().get(0);
+    let on_target = target.query_opt(last, &[]).await.unwrap();
+    assert_eq!(
+        on_target.map(|r| r.get::<_, i64>(0)),
+        Some(on_source),
+        "the last commit on the source is on the target"
+    );
+    assert_eq!(
+        fingerprint(&retired, None).await,
+        fingerprint(&target, None).await
+    );
+    let response = app
+        .post_json(
+            "/v1/clients/late/recipients",
+            &json!({"email": "next@example.org"}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["id"].as_i64().unwrap() > on_source, "{body}");
 }
 
 #[tokio::test]
