@@ -13,6 +13,11 @@
 //!   (on a miss, evict the tenant used again farthest in the future: the limit for any policy with this budget).
 //!   Also connects per second, admission decisions, and the budget's peak use (router permits, sampled every
 //!   millisecond, and PostgreSQL backends of tenant roles).
+//! - oracle (`over_oracle`): the same Zipf requests through a router that knows the popularity in advance and costs
+//!   nothing to run: the 36 most popular tenants (main's share) keep one connection each, opened up front; every
+//!   other request connects, queries and disconnects, 4 at a time (the rest of the budget); no middleware. Its
+//!   share of its own ceiling is what this machine lets any router reach; mandant / oracle is the policy's and the
+//!   server's whole cost.
 //! - shifting: the same Zipf distribution, but the tenants behind the ranks rotate every BENCH_SHIFT_PERIOD
 //!   (20 s; by 97 tenants, so the hot set is replaced), measured for BENCH_SHIFT_SECS (40) after the warm-up: the
 //!   policy must adapt (hit ratio near the ideal LRU's on that trace).
@@ -174,6 +179,13 @@ async fn main() {
         StaticRouter::start(&slugs[..fit_tenants], &targets[..fit_tenants], per_tenant).await;
     let single_static = StaticRouter::start(&slugs[..1], &targets[..1], budget).await;
     let no_pool = NoPoolRouter::start(&slugs, &targets).await;
+    let (oracle, oracle_state) = OracleRouter::start(
+        &slugs,
+        &targets,
+        main_share,
+        budget.saturating_sub(main_share),
+    )
+    .await;
     // mandant's own handler and routing pool without its HTTP middleware (request id, tracing, access check
     // and audit, metrics, timeout, error normaliser): separates the router's cost from the middleware's. The
     // handler reads the access check's result, so a stand-in supplies it (full access, from the route cache).
@@ -225,6 +237,7 @@ async fn main() {
     let mut table: HashMap<&'static str, Vec<Run>> = HashMap::new();
     let mut over_extra = Vec::new();
     let mut shift_extra = Vec::new();
+    let mut oracle_extra: Vec<serde_json::Value> = Vec::new();
     for round in 0..rounds {
         eprintln!("round {}/{rounds}", round + 1);
         // fits: the order alternates per round, so drift on this VM does not favour one side.
@@ -271,11 +284,42 @@ async fn main() {
 
         // overcommitted and shifting
         for name in if round % 2 == 0 {
-            ["over_no_pool", "over_mandant", "shift_mandant"]
+            [
+                "over_no_pool",
+                "over_oracle",
+                "over_mandant",
+                "shift_mandant",
+            ]
         } else {
-            ["over_mandant", "over_no_pool", "shift_mandant"]
+            [
+                "over_mandant",
+                "over_oracle",
+                "over_no_pool",
+                "shift_mandant",
+            ]
         } {
             if !selected(name) {
+                continue;
+            }
+            if name == "over_oracle" {
+                let (hits, misses) = (
+                    oracle_state.hits.load(Ordering::Relaxed),
+                    oracle_state.misses.load(Ordering::Relaxed),
+                );
+                let run = load(oracle.base.clone(), zipf_pick.clone(), false).await;
+                let (hits, misses) = (
+                    oracle_state.hits.load(Ordering::Relaxed) - hits,
+                    oracle_state.misses.load(Ordering::Relaxed) - misses,
+                );
+                let hit_ratio = hits as f64 / (hits + misses).max(1) as f64;
+                eprintln!(
+                    "  {name}: {:.0} req/s, p99 {:.2} ms, errors {}, hit {hit_ratio:.3}",
+                    run.rps(),
+                    run.p99_ms,
+                    run.errors
+                );
+                oracle_extra.push(json!({"hit_ratio": hit_ratio}));
+                table.entry(name).or_default().push(run);
                 continue;
             }
             if name == "over_no_pool" {
@@ -422,6 +466,7 @@ async fn main() {
         "fits_mandant",
         "single_tenant_static",
         "over_no_pool",
+        "over_oracle",
         "over_mandant",
         "shift_mandant",
     ] {
@@ -489,6 +534,9 @@ async fn main() {
     let ceiling = |h: f64| t_miss / ((1.0 - h) * t_miss + h * t_hit);
     let ceiling_at_router = ceiling(hit("hit_ratio"));
     let ceiling_at_top_k = ceiling(hit("static_top_k_hit_ratio"));
+    let oracle_hit = median_of_key(&oracle_extra, "hit_ratio");
+    let oracle_ratio = ratio("over_oracle", "over_no_pool");
+    let ceiling_at_oracle = ceiling(oracle_hit);
     println!(
         "\nfits: mandant handler + routing pool / static = {handler_ratio:.3}; with mandant's full HTTP middleware: \
          {fits_ratio:.3} (ratio of medians), {fits_paired:.3} (median of per-round ratios) (target >= 0.92)"
@@ -508,6 +556,13 @@ async fn main() {
         t_hit * 1e3,
         over_ratio / ceiling_at_router,
         over_ratio / ceiling_at_top_k,
+    );
+    println!(
+        "overcommitted, oracle (top-{main_share} kept, the rest connect per request, {} at a time): hit {oracle_hit:.3}, {oracle_ratio:.2}x no-pool = {:.3} of its own ceiling ({:.2}x); mandant / oracle = {:.3}",
+        budget.saturating_sub(main_share),
+        oracle_ratio / ceiling_at_oracle,
+        ceiling_at_oracle,
+        ratio("over_mandant", "over_oracle"),
     );
     println!(
         "shifting (hot set rotates every {shift_period} s): warm-hit {:.3} vs ideal LRU {:.3} (target: within 0.05), static top-k {:.3}, Belady {:.3}",
@@ -541,6 +596,10 @@ async fn main() {
             "ceiling_at_router_hit_ratio": ceiling_at_router,
             "ceiling_at_static_top_k": ceiling_at_top_k,
             "overcommitted_share_of_ceiling": over_ratio / ceiling_at_router,
+            "oracle_hit_ratio": oracle_hit,
+            "oracle_over_no_pool": oracle_ratio,
+            "oracle_share_of_its_ceiling": oracle_ratio / ceiling_at_oracle,
+            "mandant_over_oracle": ratio("over_mandant", "over_oracle"),
             "fits_ratio_mandant_over_static": fits_ratio,
             "fits_ratio_mandant_over_static_paired": fits_paired,
             "fits_ratio_mandant_handler_over_static": handler_ratio,
@@ -785,6 +844,103 @@ async fn static_get(
         .map_err(|_| StatusCode::NOT_FOUND)
 }
 
+/// The oracle router: a policy that knows the popularity in advance and costs nothing to run. The `keep` most popular
+/// tenants (ranks 0..keep, as the Zipf sampler numbers them) each have one connection opened up front, as a static
+/// cache of main's size would; every other request connects, queries and disconnects, at most `share` at a time (the
+/// rest of the budget). Its throughput is what the hit ratio of a static top-k cache is worth on this machine, with
+/// no admission logic, no middleware and no sketch: the practical ceiling for any router with this budget here.
+struct OracleRouter {
+    base: String,
+}
+
+#[derive(Clone)]
+struct OracleState {
+    kept: Arc<HashMap<String, deadpool_postgres::Pool>>,
+    configs: Arc<HashMap<String, tokio_postgres::Config>>,
+    share: Arc<tokio::sync::Semaphore>,
+    hits: Arc<AtomicU64>,
+    misses: Arc<AtomicU64>,
+}
+
+impl OracleRouter {
+    async fn start(
+        slugs: &[String],
+        targets: &[PgTarget],
+        keep: usize,
+        share: usize,
+    ) -> (Self, OracleState) {
+        let mut kept = HashMap::new();
+        for (slug, target) in slugs.iter().zip(targets).take(keep) {
+            let manager = deadpool_postgres::Manager::from_config(
+                target.with_application_name("bench-oracle").tokio_config(),
+                NoTls,
+                deadpool_postgres::ManagerConfig {
+                    recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+                },
+            );
+            let pool = deadpool_postgres::Pool::builder(manager)
+                .max_size(1)
+                .runtime(deadpool::Runtime::Tokio1)
+                .build()
+                .expect("pool");
+            drop(pool.get().await.expect("connect"));
+            kept.insert(slug.clone(), pool);
+        }
+        let configs = slugs
+            .iter()
+            .cloned()
+            .zip(
+                targets
+                    .iter()
+                    .map(|t| t.with_application_name("bench-oracle").tokio_config()),
+            )
+            .collect();
+        let state = OracleState {
+            kept: Arc::new(kept),
+            configs: Arc::new(configs),
+            share: Arc::new(tokio::sync::Semaphore::new(share.max(1))),
+            hits: Arc::new(AtomicU64::new(0)),
+            misses: Arc::new(AtomicU64::new(0)),
+        };
+        let router = axum::Router::new()
+            .route(
+                "/v1/clients/{slug}/recipients/{id}",
+                axum::routing::get(oracle_get),
+            )
+            .with_state(state.clone());
+        (
+            Self {
+                base: common::serve(router).await,
+            },
+            state,
+        )
+    }
+}
+
+async fn oracle_get(
+    State(state): State<OracleState>,
+    Path((slug, id)): Path<(String, i64)>,
+) -> Result<Json<Recipient>, StatusCode> {
+    if let Some(pool) = state.kept.get(&slug) {
+        state.hits.fetch_add(1, Ordering::Relaxed);
+        let conn = pool
+            .get()
+            .await
+            .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+        return recipients::get(&conn, id)
+            .await
+            .map(Json)
+            .map_err(|_| StatusCode::NOT_FOUND);
+    }
+    state.misses.fetch_add(1, Ordering::Relaxed);
+    let _slot = state
+        .share
+        .acquire()
+        .await
+        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+    no_pool_query(&state.configs, &slug, id).await
+}
+
 /// The no-pool router: a new connection (as the tenant's role) for every request.
 struct NoPoolRouter {
     base: String,
@@ -824,7 +980,16 @@ async fn no_pool_get(
     State(state): State<NoPoolState>,
     Path((slug, id)): Path<(String, i64)>,
 ) -> Result<Json<Recipient>, StatusCode> {
-    let config = state.configs.get(&slug).ok_or(StatusCode::NOT_FOUND)?;
+    no_pool_query(&state.configs, &slug, id).await
+}
+
+/// Connect, query, disconnect.
+async fn no_pool_query(
+    configs: &HashMap<String, tokio_postgres::Config>,
+    slug: &str,
+    id: i64,
+) -> Result<Json<Recipient>, StatusCode> {
+    let config = configs.get(slug).ok_or(StatusCode::NOT_FOUND)?;
     let (client, connection) = config
         .connect(NoTls)
         .await

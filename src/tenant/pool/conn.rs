@@ -264,6 +264,26 @@ pub(super) struct ServerBudget {
     pub(super) share_slots: Arc<Semaphore>,
     /// Cold requests waiting for a slot of the share (share tenants' connections then serve one request each).
     pub(super) share_waiters: AtomicUsize,
+    /// When a waiter for the share last looked for an idle share tenant to close (the safety net's sweep), in
+    /// milliseconds since `created`: one sweep per [`SHARE_RETRY`] for the server, however many wait.
+    pub(super) share_swept_ms: std::sync::atomic::AtomicU64,
+    pub(super) created: std::time::Instant,
+}
+
+impl ServerBudget {
+    /// Whether this waiter should run the share's safety-net sweep now: no other waiter did in the last
+    /// [`SHARE_RETRY`]. (Forty cold requests waiting each sweeping every 20 ms made the policy's bookkeeping a
+    /// tenth of the router's CPU on the route benchmark's overcommitted phase; the sweep only serves the
+    /// first waiter anyway.)
+    pub(super) fn claim_share_sweep(&self) -> bool {
+        let now = self.created.elapsed().as_millis() as u64;
+        let last = self.share_swept_ms.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= SHARE_RETRY.as_millis() as u64
+            && self
+                .share_swept_ms
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+    }
 }
 
 /// Creates and recycles one tenant's connections, taking a budget permit for each.
@@ -358,7 +378,9 @@ impl TenantManager {
                                         let Some(router) = self.router.upgrade() else {
                                             return Err(RouteError::Closed);
                                         };
-                                        router.make_room_in_share(&self.budget, self.client_id);
+                                        if self.budget.claim_share_sweep() {
+                                            router.make_room_in_share(&self.budget, self.client_id);
+                                        }
                                     }
                                 }
                             }

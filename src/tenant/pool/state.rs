@@ -148,6 +148,8 @@ impl Inner {
                     scan_slots: Arc::new(Semaphore::new(self.settings.scan_share.max(1))),
                     share_slots: Arc::new(Semaphore::new(shares.window)),
                     share_waiters: AtomicUsize::new(0),
+                    share_swept_ms: AtomicU64::new(0),
+                    created: Instant::now(),
                 })
             })
             .clone();
