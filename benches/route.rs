@@ -790,30 +790,42 @@ struct StaticState {
     pools: Arc<HashMap<String, deadpool_postgres::Pool>>,
 }
 
+/// One deadpool pool of `size` connections per tenant, every connection opened up front.
+async fn opened_pools(
+    slugs: &[String],
+    targets: &[PgTarget],
+    size: usize,
+    application_name: &str,
+) -> HashMap<String, deadpool_postgres::Pool> {
+    let mut pools = HashMap::new();
+    for (slug, target) in slugs.iter().zip(targets) {
+        let manager = deadpool_postgres::Manager::from_config(
+            target
+                .with_application_name(application_name)
+                .tokio_config(),
+            NoTls,
+            deadpool_postgres::ManagerConfig {
+                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+            },
+        );
+        let pool = deadpool_postgres::Pool::builder(manager)
+            .max_size(size)
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .expect("pool");
+        let mut held = Vec::new();
+        for _ in 0..size {
+            held.push(pool.get().await.expect("connect"));
+        }
+        drop(held);
+        pools.insert(slug.clone(), pool);
+    }
+    pools
+}
+
 impl StaticRouter {
     async fn start(slugs: &[String], targets: &[PgTarget], size: usize) -> Self {
-        let mut pools = HashMap::new();
-        for (slug, target) in slugs.iter().zip(targets) {
-            let manager = deadpool_postgres::Manager::from_config(
-                target.with_application_name("bench-static").tokio_config(),
-                NoTls,
-                deadpool_postgres::ManagerConfig {
-                    recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-                },
-            );
-            let pool = deadpool_postgres::Pool::builder(manager)
-                .max_size(size)
-                .runtime(deadpool::Runtime::Tokio1)
-                .build()
-                .expect("pool");
-            // Opened up front.
-            let mut held = Vec::new();
-            for _ in 0..size {
-                held.push(pool.get().await.expect("connect"));
-            }
-            drop(held);
-            pools.insert(slug.clone(), pool);
-        }
+        let pools = opened_pools(slugs, targets, size, "bench-static").await;
         let state = StaticState {
             pools: Arc::new(pools),
         };
@@ -869,23 +881,8 @@ impl OracleRouter {
         keep: usize,
         share: usize,
     ) -> (Self, OracleState) {
-        let mut kept = HashMap::new();
-        for (slug, target) in slugs.iter().zip(targets).take(keep) {
-            let manager = deadpool_postgres::Manager::from_config(
-                target.with_application_name("bench-oracle").tokio_config(),
-                NoTls,
-                deadpool_postgres::ManagerConfig {
-                    recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-                },
-            );
-            let pool = deadpool_postgres::Pool::builder(manager)
-                .max_size(1)
-                .runtime(deadpool::Runtime::Tokio1)
-                .build()
-                .expect("pool");
-            drop(pool.get().await.expect("connect"));
-            kept.insert(slug.clone(), pool);
-        }
+        let keep = keep.min(slugs.len());
+        let kept = opened_pools(&slugs[..keep], &targets[..keep], 1, "bench-oracle").await;
         let configs = slugs
             .iter()
             .cloned()
