@@ -467,3 +467,78 @@ async fn garbage_collection_never_drops_the_pool_of_a_tenant_whose_request_waits
         "the connection belongs to a pool the router still knows (not one collected while it waited)"
     );
 }
+
+async fn backend_pid(conn: &mandant::tenant::pool::PooledConn) -> i32 {
+    conn.client()
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A tenant in the share whose next request waits for its connection keeps the connection for that request,
+/// instead of closing it for the cold request waiting for the share and connecting again at the back of the queue:
+/// the waiting request is served on the same backend, and the cold request gets the share as soon as the tenant
+/// has nothing more waiting.
+#[tokio::test]
+async fn a_share_tenant_serves_its_own_waiting_request_on_its_connection_before_yielding_the_share()
+{
+    let (_app, routes) = tenants(2).await;
+    let budget = 10;
+    let router = TenantPools::new(settings(budget, 1));
+    let server = routes[0].server_id;
+    let stand_in = stand_ins(&routes, 11);
+    let (hot, x, y) = (&stand_in[..9], stand_in[9].clone(), stand_in[10].clone());
+    // Main (9 of the budget of 10) filled by tenants used far more often than the newcomers.
+    for _ in 0..30 {
+        for route in hot {
+            let conn = router.acquire(route).await.unwrap();
+            conn.client().simple_query("SELECT 1").await.unwrap();
+        }
+    }
+    // X loses admission and takes the share's one slot.
+    let first = router.acquire(&x).await.unwrap();
+    let first_pid = backend_pid(&first).await;
+    assert_eq!(router.connections(x.client_id), 1);
+    // X's next request waits for X's connection (cap 1); Y, cold too, waits for the share.
+    let second = {
+        let (router, x) = (router.clone(), x.clone());
+        tokio::spawn(async move { router.acquire(&x).await })
+    };
+    let third = {
+        let (router, y) = (router.clone(), y.clone());
+        tokio::spawn(async move { router.acquire(&y).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!second.is_finished() && !third.is_finished());
+    drop(first);
+    let second = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("X's waiting request is served")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        backend_pid(&second).await,
+        first_pid,
+        "served on the connection it waited for, not a new one"
+    );
+    // Y still waits while X's connection is out; it gets the share once X has nothing more waiting.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!third.is_finished());
+    drop(second);
+    let third = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("the cold request is served once the share is free")
+        .unwrap()
+        .unwrap();
+    backend_pid(&third).await;
+    assert_eq!(router.connections(x.client_id), 0, "X yielded the share");
+    assert!(router.budget(server).unwrap().in_use <= budget);
+    for route in hot {
+        assert_eq!(
+            router.connections(route.client_id),
+            1,
+            "main kept its tenants"
+        );
+    }
+}

@@ -182,9 +182,7 @@ impl PooledConn {
         tenant: &TenantPool,
     ) {
         drop(conn);
-        if let Some(permit) = gate {
-            tenant.release_gate(permit);
-        }
+        let gate_open = gate.is_some_and(|permit| tenant.release_gate(permit));
         // A connection over a lowered cap (opened before the cap dropped, busy when it did) closes when it comes
         // back: kept, it would hold a slot of the budget that the tenant cannot use at once (a hot tenant keeping
         // two under a cap of one shrinks main by a tenant; measured on the route benchmark).
@@ -192,9 +190,17 @@ impl PooledConn {
         if cap < tenant.budget.per_tenant_cap && tenant.pool.status().size > cap {
             tenant.close_one_idle();
         }
-        // A share tenant's connection serves one request while cold requests wait for the share.
+        // A share tenant's connection serves one request while cold requests wait for the share, unless a request
+        // of the same tenant waits for this very connection (at its cap's gate, or with the budget full): serving
+        // it here costs a query, closing the connection and connecting again for it (at the back of the share's
+        // queue) a connect; on the route benchmark's overcommitted phase tenants just outside main often have a
+        // second request queued. At most `SHARE_OWN_REQUESTS` in a row, so a busy share tenant cannot keep its
+        // slot from the queue, and only while the gate lets the waiting request through.
         if tenant.in_share.load(Ordering::SeqCst)
             && tenant.budget.share_waiters.load(Ordering::SeqCst) > 0
+            && (tenant.own_waiters.load(Ordering::SeqCst) == 0
+                || !gate_open
+                || tenant.share_own_served.fetch_add(1, Ordering::SeqCst) >= SHARE_OWN_REQUESTS)
         {
             let manager = tenant.pool.manager();
             if let Some(router) = manager.router.upgrade() {

@@ -60,6 +60,9 @@ const OWN_RETRY: Duration = Duration::from_millis(5);
 /// How often a cold request waiting for a slot of the share looks for an idle share tenant to close (a safety net:
 /// a share connection that comes back while requests wait closes at once).
 const SHARE_RETRY: Duration = Duration::from_millis(20);
+/// Requests of its own a share tenant's connection may serve in a row while cold requests wait for the share
+/// (then it yields: the share serves the queue, not one busy tenant).
+const SHARE_OWN_REQUESTS: usize = 3;
 /// A tenant unused this long has gone quiet: a warm tenant may take over its idle connection.
 const STALE_IDLE: Duration = Duration::from_secs(1);
 
@@ -330,6 +333,7 @@ impl TenantPools {
             Err(TryAcquireError::Closed) => return Err(RouteError::Closed),
             Err(TryAcquireError::NoPermits) => {
                 let remaining = deadline.saturating_duration_since(Instant::now());
+                let _own = WaiterGuard::enter(&tenant.own_waiters, usize::MAX);
                 match tokio::time::timeout(remaining, tenant.gate.clone().acquire_owned()).await {
                     Ok(Ok(permit)) => permit,
                     Ok(Err(_)) => return Err(RouteError::Closed),
@@ -371,6 +375,7 @@ impl TenantPools {
                             // that is closed instead, a moment).
                             self.inner.own_waits.fetch_add(1, Ordering::Relaxed);
                             metrics::counter!("tenant_pool_own_waits_total").increment(1);
+                            let _own = WaiterGuard::enter(&tenant.own_waiters, usize::MAX);
                             let _ =
                                 tokio::time::timeout(OWN_RETRY, tenant.returned.notified()).await;
                         }

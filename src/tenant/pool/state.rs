@@ -33,6 +33,12 @@ pub(super) struct TenantPool {
     pub(super) share_slot: Mutex<Option<OwnedSemaphorePermit>>,
     /// Whether `share_slot` is taken (read without a lock when a connection comes back).
     pub(super) in_share: AtomicBool,
+    /// Requests waiting for one of this tenant's own connections to come back (at its cap's gate, or with the
+    /// budget full): a connection returned now is theirs. (Requests connecting a new one do not count.)
+    pub(super) own_waiters: AtomicUsize,
+    /// Requests of its own the tenant's share connection served while cold requests waited for the share, since it
+    /// took its slot (bounded by [`SHARE_OWN_REQUESTS`]).
+    pub(super) share_own_served: AtomicUsize,
     /// Of the waiters, those acquiring for a scan (`Use::Scan`).
     pub(super) scan_waiters: AtomicUsize,
     /// When a request of the tenant's own was last served (ms since the Unix epoch; 0: not since the last
@@ -77,15 +83,19 @@ impl Involved {
     }
 }
 
-/// What the policy needs to know of a tenant's connections: a reservation counts as one, not idle.
+/// What the policy needs to know of a tenant's connections: a reservation counts as one, not idle; nor is a
+/// connection that a request of the tenant's own is waiting for (it takes it a moment later; closed, that request
+/// would connect again), unless the tenant's cap is being lowered (then the waiter may not pass its gate).
 fn holding(tenants: &HashMap<Uuid, Arc<TenantPool>>, id: &Uuid) -> policy::Holding {
     tenants
         .get(id)
         .map(|t| {
             let status = t.pool.status();
+            let claimed = t.own_waiters.load(Ordering::Acquire) > 0
+                && t.gate_debt.load(Ordering::Acquire) == 0;
             policy::Holding {
                 connections: status.size + t.reserving.load(Ordering::Acquire),
-                idle: status.available,
+                idle: if claimed { 0 } else { status.available },
             }
         })
         .unwrap_or_default()
@@ -186,6 +196,8 @@ impl Inner {
             reserving,
             share_slot: Mutex::new(None),
             in_share: AtomicBool::new(false),
+            own_waiters: AtomicUsize::new(0),
+            share_own_served: AtomicUsize::new(0),
             scan_waiters: AtomicUsize::new(0),
             served_at: AtomicU64::new(0),
             last_used: AtomicU64::new(clock()),
@@ -271,6 +283,7 @@ impl Inner {
             return false;
         };
         *lock(&tenant.share_slot) = Some(slot);
+        tenant.share_own_served.store(0, Ordering::SeqCst);
         tenant.in_share.store(true, Ordering::SeqCst);
         policy.join_share(client_id);
         true

@@ -103,7 +103,8 @@ impl TenantPool {
     }
 
     /// Gives a gate permit back, or keeps it if the cap was lowered meanwhile.
-    pub(super) fn release_gate(&self, permit: OwnedSemaphorePermit) {
+    /// Returns whether the permit went back to the gate (it is forgotten while the cap is being lowered).
+    pub(super) fn release_gate(&self, permit: OwnedSemaphorePermit) -> bool {
         let owed = self
             .gate_debt
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |debt| {
@@ -115,6 +116,7 @@ impl TenantPool {
         } else {
             drop(permit);
         }
+        !owed
     }
 
     /// The remembered failure, while its cooldown lasts.
