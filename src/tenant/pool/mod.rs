@@ -8,7 +8,8 @@
 //!   policy ([`policy`], W-TinyLFU) decides: the cold tenant (its request counted in a frequency sketch first)
 //!   takes the idle connection of main's least frequent tenant only if the sketch counts it as used more often;
 //!   otherwise it is served from the *share*, a hard 10% of the budget in slots of one tenant each, for which it
-//!   waits in FIFO order, and a share connection serves one request while others wait. So cold tenants never
+//!   waits in FIFO order, and a share connection serves one request while others wait (and a request of its own
+//!   tenant already waiting for it, at most three in a row). So cold tenants never
 //!   force a main tenant out, and a cold request waits at most for the share's requests ahead of it. Work
 //!   visiting many tenants (`Use::Scan`) is not counted and takes at most `scan_share` connections from others.
 //!   A tenant that already holds connections waits for its own instead of stealing (stealing by warm tenants
