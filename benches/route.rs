@@ -790,6 +790,23 @@ struct StaticState {
     pools: Arc<HashMap<String, deadpool_postgres::Pool>>,
 }
 
+/// Each tenant's connect configuration, by slug.
+fn connect_configs(
+    slugs: &[String],
+    targets: &[PgTarget],
+    application_name: &str,
+) -> HashMap<String, tokio_postgres::Config> {
+    slugs
+        .iter()
+        .cloned()
+        .zip(
+            targets
+                .iter()
+                .map(|t| t.with_application_name(application_name).tokio_config()),
+        )
+        .collect()
+}
+
 /// One deadpool pool of `size` connections per tenant, every connection opened up front.
 async fn opened_pools(
     slugs: &[String],
@@ -883,15 +900,7 @@ impl OracleRouter {
     ) -> (Self, OracleState) {
         let keep = keep.min(slugs.len());
         let kept = opened_pools(&slugs[..keep], &targets[..keep], 1, "bench-oracle").await;
-        let configs = slugs
-            .iter()
-            .cloned()
-            .zip(
-                targets
-                    .iter()
-                    .map(|t| t.with_application_name("bench-oracle").tokio_config()),
-            )
-            .collect();
+        let configs = connect_configs(slugs, targets, "bench-oracle");
         let state = OracleState {
             kept: Arc::new(kept),
             configs: Arc::new(configs),
@@ -950,15 +959,7 @@ struct NoPoolState {
 
 impl NoPoolRouter {
     async fn start(slugs: &[String], targets: &[PgTarget]) -> Self {
-        let configs = slugs
-            .iter()
-            .cloned()
-            .zip(
-                targets
-                    .iter()
-                    .map(|t| t.with_application_name("bench-no-pool").tokio_config()),
-            )
-            .collect();
+        let configs = connect_configs(slugs, targets, "bench-no-pool");
         let router = axum::Router::new()
             .route(
                 "/v1/clients/{slug}/recipients/{id}",
