@@ -254,27 +254,22 @@ pub async fn subscription_state(
 /// A position after every change committed so far on the source, sure to be sent to the subscriber at once: the
 /// fence's final position. `pg_current_wal_lsn()` is only what has been *written*: a transaction committed with
 /// `synchronous_commit = off` (a server may run so) sits past it in the WAL buffers until the WAL writer's next
-/// round, and the switch would go ahead without it. The insert position read inside a transaction covers every
-/// commit before it; that transaction writes WAL (a logical message no subscriber asks for; a transaction that
-/// wrote none commits without a flush whatever its setting) and commits with `synchronous_commit = on`, which
-/// flushes the WAL through its own commit record, beyond the position, so the walsender (it sends flushed WAL
-/// only) reaches it without waiting for the WAL writer.
+/// round, and the switch would go ahead without it. The insert position covers every commit before it. Read in one
+/// statement (its own transaction, so a failure leaves nothing open on the connection) that also writes WAL (a
+/// logical message no subscriber asks for; a transaction that wrote none commits without a flush whatever its
+/// setting) with `synchronous_commit = on` for itself: its commit flushes the WAL through its own commit record,
+/// beyond the position, so the walsender (it sends flushed WAL only) reaches it without waiting for the WAL writer.
 pub async fn final_lsn(source_admin: &Client) -> Result<String, TenantError> {
-    let context = "flushing the source's WAL";
-    source_admin
-        .batch_execute(
-            "BEGIN; SET LOCAL synchronous_commit = on;
-             SELECT pg_logical_emit_message(true, 'mandant', 'move fenced');",
+    Ok(source_admin
+        .query_one(
+            "SELECT set_config('synchronous_commit', 'on', true),
+                    pg_logical_emit_message(true, 'mandant', 'move fenced'),
+                    pg_current_wal_insert_lsn()::text",
+            &[],
         )
         .await
-        .map_err(pg(context))?;
-    let position = source_admin
-        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-        .await;
-    let committed = source_admin.batch_execute("COMMIT").await;
-    let position: String = position.map_err(pg(context))?.get(0);
-    committed.map_err(pg(context))?;
-    Ok(position)
+        .map_err(pg("flushing the source's WAL"))?
+        .get(2))
 }
 
 /// The source's current WAL position, as text (written, not necessarily everything committed: see
