@@ -863,6 +863,14 @@ async fn static_get(
     Path((slug, id)): Path<(String, i64)>,
 ) -> Result<Json<Recipient>, StatusCode> {
     let pool = state.pools.get(&slug).ok_or(StatusCode::NOT_FOUND)?;
+    pooled_query(pool, id).await
+}
+
+/// The query on a connection of a fixed pool.
+async fn pooled_query(
+    pool: &deadpool_postgres::Pool,
+    id: i64,
+) -> Result<Json<Recipient>, StatusCode> {
     let conn = pool
         .get()
         .await
@@ -929,14 +937,7 @@ async fn oracle_get(
 ) -> Result<Json<Recipient>, StatusCode> {
     if let Some(pool) = state.kept.get(&slug) {
         state.hits.fetch_add(1, Ordering::Relaxed);
-        let conn = pool
-            .get()
-            .await
-            .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
-        return recipients::get(&conn, id)
-            .await
-            .map(Json)
-            .map_err(|_| StatusCode::NOT_FOUND);
+        return pooled_query(pool, id).await;
     }
     state.misses.fetch_add(1, Ordering::Relaxed);
     let _slot = state

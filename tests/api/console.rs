@@ -280,17 +280,7 @@ async fn sign_out_revocation_disabling_and_expiry_end_a_session_at_once_in_every
 
     // The token revoked (through the API, as the admin): its session ends in both processes.
     let session = sign_in(&app, &anna).await;
-    let (_, me) = session.call(&other, Method::GET, "/v1/me", None).await;
-    let token_id = me["token"]["id"].as_str().unwrap().to_owned();
-    let (status, _, _) = call(
-        &app,
-        Some(ADMIN_TOKEN),
-        Method::DELETE,
-        &format!("/v1/users/anna/tokens/{token_id}"),
-        None,
-    )
-    .await;
-    assert!(status.is_success(), "{status}");
+    revoke_session_token(&app, &other, &session, "anna").await;
     for process in [&app, &other] {
         let (status, _) = session.call(process, Method::GET, "/v1/me", None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
@@ -847,25 +837,15 @@ async fn the_workers_delete_ended_sessions_and_keep_live_ones() {
     let expired = sign_in(&app, ADMIN_TOKEN).await;
     let revoked = sign_in(&app, &anna).await;
     let db = app.control().await;
-    let expired_hash = expired.cookie.trim_start_matches("mandant_session=");
+    let expired_id = expired.cookie.trim_start_matches("mandant_session=");
     db.execute(
         "UPDATE console_sessions SET expires_at = now() - interval '1 second'
          WHERE id_hash = sha256(convert_to($1, 'UTF8'))",
-        &[&expired_hash],
+        &[&expired_id],
     )
     .await
     .unwrap();
-    let (_, me) = revoked.call(&app, Method::GET, "/v1/me", None).await;
-    let token_id = me["token"]["id"].as_str().unwrap().to_owned();
-    let (status, _, _) = call(
-        &app,
-        Some(ADMIN_TOKEN),
-        Method::DELETE,
-        &format!("/v1/users/anna/tokens/{token_id}"),
-        None,
-    )
-    .await;
-    assert!(status.is_success(), "{status}");
+    revoke_session_token(&app, &app, &revoked, "anna").await;
     assert_eq!(
         app.control_i64("SELECT count(*) FROM console_sessions")
             .await,
@@ -883,4 +863,19 @@ async fn the_workers_delete_ended_sessions_and_keep_live_ones() {
     let (status, _) = live.call(&app, Method::GET, "/v1/me", None).await;
     assert_eq!(status, StatusCode::OK, "the live one stays");
     app.shutdown().await.unwrap();
+}
+
+/// The token behind `session` revoked through the API by the admin (its id read through `via`).
+async fn revoke_session_token(app: &TestApp, via: &TestApp, session: &Session, username: &str) {
+    let (_, me) = session.call(via, Method::GET, "/v1/me", None).await;
+    let token_id = me["token"]["id"].as_str().unwrap().to_owned();
+    let (status, _, _) = call(
+        app,
+        Some(ADMIN_TOKEN),
+        Method::DELETE,
+        &format!("/v1/users/{username}/tokens/{token_id}"),
+        None,
+    )
+    .await;
+    assert!(status.is_success(), "{status}");
 }

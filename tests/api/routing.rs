@@ -368,13 +368,7 @@ async fn hot_tenants_under_a_scan_of_cold_ones(usage: Use) {
             let mut backends = std::collections::HashSet::new();
             while !stop.load(Ordering::Relaxed) {
                 let conn = router.acquire(&route).await.expect("hot acquire");
-                let pid: i32 = conn
-                    .client()
-                    .query_one("SELECT pg_backend_pid()", &[])
-                    .await
-                    .expect("query")
-                    .get(0);
-                backends.insert(pid);
+                backends.insert(backend_pid(&conn).await);
                 assert!(router.budget(route.server_id).unwrap().in_use <= budget);
                 drop(conn);
                 tokio::time::sleep(Duration::from_millis(2)).await;
