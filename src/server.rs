@@ -191,8 +191,8 @@ impl Application {
         );
 
         let http_stop = CancellationToken::new();
-        let router = crate::http::router(state.clone());
-        let server = axum::serve(listener, router)
+        let service = crate::http::router(state.clone());
+        let server = axum::serve(listener, axum::ServiceExt::into_make_service(service))
             .with_graceful_shutdown(http_stop.clone().cancelled_owned())
             .into_future();
         let mut server = tokio::spawn(server);

@@ -20,10 +20,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
 use uuid::Uuid;
@@ -185,27 +184,114 @@ pub fn denial(denied: Denied) -> ApiError {
     }
 }
 
-/// The route-level middleware: access check, audit, metrics.
-pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// The route-level middleware: access check, audit, metrics. Applied to every route (`Router::layer`), after
+/// routing, so it knows the matched route template. Hand-written rather than `middleware::from_fn`, which boxes
+/// the service below and its future once more for every request.
+#[derive(Clone)]
+pub struct GuardLayer {
+    state: AppState,
+}
+
+impl GuardLayer {
+    pub fn new(state: AppState) -> Self {
+        Self { state }
+    }
+}
+
+impl<S> tower::Layer<S> for GuardLayer {
+    type Service = Guard<S>;
+
+    fn layer(&self, inner: S) -> Guard<S> {
+        Guard {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// See [`GuardLayer`].
+#[derive(Clone)]
+pub struct Guard<S> {
+    inner: S,
+    state: AppState,
+}
+
+/// A route's service below the guard.
+pub trait Inner:
+    tower::Service<
+        Request,
+        Response = Response,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> Inner for S where
+    S: tower::Service<
+            Request,
+            Response = Response,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+impl<S: Inner> tower::Service<Request> for Guard<S> {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response, std::convert::Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), std::convert::Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        // The service polled ready is the one called; a clone stays for the next request.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let state = self.state.clone();
+        Box::pin(async move { Ok(guard(state, request, inner).await) })
+    }
+}
+
+/// Runs the service below for `request` (it was polled ready, or is a route, which always is).
+async fn run<S: Inner>(mut inner: S, request: Request) -> Response {
+    match inner.call(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
+async fn guard<S: Inner>(state: AppState, request: Request, next: S) -> Response {
     let start = Instant::now();
     let method = request.method().clone();
     let route = request.extensions().get::<MatchedPath>().cloned();
     let response = match &route {
         // No route matched: the router's own 404 runs, which touches nothing.
-        None => next.run(request).await,
+        None => run(next, request).await,
         Some(route) => enforce(&state, route.as_str(), request, next).await,
     };
     super::metrics::record(&method, route.as_ref(), response.status().as_u16(), start);
     response
 }
 
-async fn enforce(state: &AppState, route: &str, request: Request, next: Next) -> Response {
+async fn enforce<S: Inner>(state: &AppState, route: &str, request: Request, next: S) -> Response {
     let method = request.method().clone();
     let Some(rule) = policy(&method, route) else {
         return method_not_allowed(route);
     };
     if rule == Rule::Public {
-        return next.run(request).await;
+        return run(next, request).await;
     }
     let (principal, console) = match authenticate(state, request.headers()).await {
         Ok(Some(found)) => found,
@@ -258,7 +344,7 @@ async fn enforce(state: &AppState, route: &str, request: Request, next: Next) ->
     }
     let request = Request::from_parts(parts, body);
     let Some(entry) = audit else {
-        let response = next.run(request).await;
+        let response = run(next, request).await;
         let response = finish(scope.as_ref(), response).await;
         return recheck_unavailable(state, scope.as_ref(), response).await;
     };
@@ -267,7 +353,7 @@ async fn enforce(state: &AppState, route: &str, request: Request, next: Next) ->
     // the handler is answered (500) and audited here too.
     let state = state.clone();
     let task = tokio::spawn(async move {
-        let ran = std::panic::AssertUnwindSafe(next.run(request))
+        let ran = std::panic::AssertUnwindSafe(run(next, request))
             .catch_unwind()
             .await;
         let response = ran.unwrap_or_else(|_| {

@@ -3,15 +3,13 @@
 //! name anything (a slug, a row id, a template id) is the generic 404 a resource that does not exist gets.
 //!
 //! The NUL character is refused here, once for every input: PostgreSQL cannot store it in text, so a `\u0000`
-//! in a JSON body ([`ApiJson`], [`normalize_json`]) and a `%00` in the path or query string ([`refuse_nul`], a
-//! middleware before the access check) are a 400 before the handler runs, never a database error.
+//! in a JSON body ([`ApiJson`], [`normalize_json`]) and a `%00` in the path or query string (refused by the edge
+//! layer, [`super::edge`], before the access check) are a 400 before the handler runs, never a database error.
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
@@ -120,19 +118,6 @@ pub fn normalize_json(value: &mut serde_json::Value) -> Result<(), ApiError> {
         }
         _ => Ok(()),
     }
-}
-
-/// Middleware: a path or query string with a percent-encoded NUL (`%00`, the only way a URI carries one) is a 400
-/// before the access check, the audit or any handler sees it.
-pub async fn refuse_nul(request: Request, next: Next) -> Response {
-    let uri = request.uri();
-    if uri.path().contains("%00") {
-        return ApiError::nul_character("the path").into_response();
-    }
-    if uri.query().is_some_and(|q| q.contains("%00")) {
-        return ApiError::nul_character("the query string").into_response();
-    }
-    next.run(request).await
 }
 
 /// `axum::extract::Query` with API errors.

@@ -35,13 +35,20 @@ pub fn record(method: &Method, route: Option<&MatchedPath>, status: u16, start: 
 }
 
 type Handles = (metrics::Counter, metrics::Histogram);
-type HandleCache = RwLock<HashMap<(Method, String, u16), Handles>>;
+/// Route template → (method, status) → handles: looked up by the borrowed template, so a request allocates
+/// nothing once its handles exist.
+type HandleCache = RwLock<HashMap<String, HashMap<(Method, u16), Handles>>>;
 
 fn handles(method: &Method, route: &str, status: u16) -> Handles {
     static CACHE: OnceLock<HandleCache> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
-    let key = (method.clone(), route.to_owned(), status);
-    if let Some(found) = cache.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+    let key = (method.clone(), status);
+    if let Some(found) = cache
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(route)
+        .and_then(|by_status| by_status.get(&key))
+    {
         return found.clone();
     }
     let labels = (method.to_string(), route.to_owned());
@@ -52,6 +59,8 @@ fn handles(method: &Method, route: &str, status: u16) -> Handles {
     cache
         .write()
         .unwrap_or_else(|p| p.into_inner())
+        .entry(route.to_owned())
+        .or_default()
         .entry(key)
         .or_insert(created)
         .clone()

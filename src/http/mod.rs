@@ -1,10 +1,11 @@
 //! The HTTP API: one module per resource, each documented in the OpenAPI document; this file only assembles them
 //! and adds the middleware every request goes through.
 //!
-//! Middleware, outermost first: request id (`x-request-id`, generated if absent, echoed back) → tracing span →
-//! error normalisation → panic catcher → timeout → NUL refusal (`extract::refuse_nul`) → routing → (per route)
-//! access check, audit and metrics (`auth::guard`) → body limit → handler. Handlers stay thin: parse into newtypes, call one lower layer, map the
-//! result; access is checked before they run (`auth.rs`), and they filter and mask what they return by it.
+//! Middleware, outermost first: the edge (`edge.rs`, one layer: request id, tracing span, NUL refusal, timeout,
+//! panic catcher, error normalisation) → body limit and the OpenAPI document (request extensions) → routing →
+//! (per route) access check, audit and metrics (`auth::Guard`) → handler. Handlers stay thin: parse into newtypes,
+//! call one lower layer, map the result; access is checked before they run (`auth.rs`), and they filter and mask
+//! what they return by it.
 
 pub mod audit;
 pub mod auth;
@@ -14,6 +15,7 @@ pub mod console;
 pub mod content;
 pub mod crossclient;
 pub mod cursor;
+pub mod edge;
 pub mod error;
 pub mod extract;
 pub mod fields;
@@ -37,15 +39,10 @@ pub mod users;
 
 use std::sync::Arc;
 
-use axum::error_handling::HandleErrorLayer;
+use axum::Extension;
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::{HeaderName, StatusCode};
-use axum::{BoxError, Extension, Router, middleware};
+use axum::http::StatusCode;
 use tower::ServiceBuilder;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::map_response_body::MapResponseBodyLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -53,11 +50,20 @@ use utoipa_axum::routes;
 use crate::app::AppState;
 use error::ApiError;
 
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// Every route of the service. The OpenAPI document is built from the same registrations, so a route cannot be
-/// added without appearing in it.
-pub fn router(state: AppState) -> Router {
+/// Every route of the service, with its middleware: the whole HTTP service (served with
+/// `axum::serve(listener, axum::ServiceExt::into_make_service(service))`). The OpenAPI document is built from
+/// the same registrations, so a route cannot be added without appearing in it.
+pub fn router(
+    state: AppState,
+) -> impl tower::Service<
+    Request,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future: Send + 'static,
+> + Clone
++ Send
++ Sync
++ 'static {
     let (router, mut document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
@@ -132,59 +138,28 @@ pub fn router(state: AppState) -> Router {
     let body_limit = server.body_limit_bytes;
     let timeout = server.request_timeout();
 
-    // Routing, with the route-aware middleware on each route: the access check and audit (by the matched route
-    // template's policy) and the metrics (labelled by the template).
     // The console's page and scripts (not API: outside the OpenAPI document, in the policy table as public).
     let router = router
         .route("/", axum::routing::get(console::root))
         .route("/console", axum::routing::get(console::redirect))
         .route("/console/", axum::routing::get(console::index))
         .route("/console/{file}", axum::routing::get(console::asset));
+    // Routing, with the route-aware middleware on each route: the access check and audit (by the matched route
+    // template's policy) and the metrics (labelled by the template).
     let routed = router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(state.clone(), auth::guard))
-        .layer(Extension(Arc::new(document)))
-        // Every extractor (JSON, bytes) stops at the body limit; the import streams its body and keeps its own.
-        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(auth::GuardLayer::new(state.clone()))
         .with_state(state);
-    // Everything else wraps the router once, outermost first. (Layers added with `Router::layer` wrap every
-    // route separately, a boxed service clone per layer and request: measured at ~15% of a warm request.)
-    let service = ServiceBuilder::new()
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(middleware::map_response(error::normalize))
-        .layer(MapResponseBodyLayer::new(axum::body::Body::new))
-        .layer(CatchPanicLayer::new())
-        .layer(HandleErrorLayer::new(timeout_error))
-        .timeout(timeout)
-        .layer(middleware::from_fn(extract::refuse_nul))
-        .service(routed);
-    Router::new().fallback_service(service)
-}
-
-fn request_span(request: &Request) -> tracing::Span {
-    let request_id = request
-        .headers()
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    tracing::info_span!(
-        "http",
-        method = %request.method(),
-        path = %request.uri().path(),
-        request_id = %request_id,
-    )
-}
-
-async fn timeout_error(error: BoxError) -> ApiError {
-    if error.is::<tower::timeout::error::Elapsed>() {
-        ApiError::request_timeout()
-    } else {
-        tracing::error!(error = %error, "unhandled middleware error");
-        ApiError::internal()
-    }
+    // Everything else wraps the router once, outermost first, without boxing: layers added with `Router::layer`
+    // wrap every route separately, a boxed service clone and future per layer and request (measured at ~15% of a
+    // warm request), so the access check is the only one there. Every extractor (JSON, bytes) stops at the body
+    // limit; the import streams its body and keeps its own.
+    ServiceBuilder::new()
+        .layer(edge::EdgeLayer::new(timeout))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(Extension(Arc::new(document)))
+        .service(routed)
 }
 
 /// `201 Created` with `Location` and the new resource as the body.

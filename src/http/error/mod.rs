@@ -439,7 +439,7 @@ impl From<DataError> for ApiError {
 
 /// Rewrites any error response that is not already JSON (from axum's rejections, the body limit, a caught
 /// panic, the method router) into the error shape, keeping its status and headers such as `Allow`.
-pub async fn normalize(response: Response) -> Response {
+pub fn normalize(response: Response) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return response;
