@@ -29,6 +29,7 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::path_slug;
+use super::guard::Inner;
 pub use super::policy::{POLICIES, Rule, policy};
 use super::session::ConsoleSession;
 use crate::app::AppState;
@@ -184,86 +185,6 @@ pub fn denial(denied: Denied) -> ApiError {
     }
 }
 
-/// The route-level middleware: access check, audit, metrics. Applied to every route (`Router::layer`), after
-/// routing, so it knows the matched route template. Hand-written rather than `middleware::from_fn`, which boxes
-/// the service below and its future once more for every request.
-#[derive(Clone)]
-pub struct GuardLayer {
-    state: AppState,
-}
-
-impl GuardLayer {
-    pub fn new(state: AppState) -> Self {
-        Self { state }
-    }
-}
-
-impl<S> tower::Layer<S> for GuardLayer {
-    type Service = Guard<S>;
-
-    fn layer(&self, inner: S) -> Guard<S> {
-        Guard {
-            inner,
-            state: self.state.clone(),
-        }
-    }
-}
-
-/// See [`GuardLayer`].
-#[derive(Clone)]
-pub struct Guard<S> {
-    inner: S,
-    state: AppState,
-}
-
-/// A route's service below the guard.
-pub trait Inner:
-    tower::Service<
-        Request,
-        Response = Response,
-        Error = std::convert::Infallible,
-        Future: Send + 'static,
-    > + Clone
-    + Send
-    + 'static
-{
-}
-
-impl<S> Inner for S where
-    S: tower::Service<
-            Request,
-            Response = Response,
-            Error = std::convert::Infallible,
-            Future: Send + 'static,
-        > + Clone
-        + Send
-        + 'static
-{
-}
-
-impl<S: Inner> tower::Service<Request> for Guard<S> {
-    type Response = Response;
-    type Error = std::convert::Infallible;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Response, std::convert::Infallible>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), std::convert::Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        // The service polled ready is the one called; a clone stays for the next request.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        let state = self.state.clone();
-        Box::pin(async move { Ok(guard(state, request, inner).await) })
-    }
-}
-
 /// Runs the service below for `request` (it was polled ready, or is a route, which always is).
 async fn run<S: Inner>(mut inner: S, request: Request) -> Response {
     match inner.call(request).await {
@@ -272,7 +193,8 @@ async fn run<S: Inner>(mut inner: S, request: Request) -> Response {
     }
 }
 
-async fn guard<S: Inner>(state: AppState, request: Request, next: S) -> Response {
+/// The access check, audit and metrics of one request (see [`super::guard`]).
+pub(super) async fn guard<S: Inner>(state: AppState, request: Request, next: S) -> Response {
     let start = Instant::now();
     let method = request.method().clone();
     let route = request.extensions().get::<MatchedPath>().cloned();

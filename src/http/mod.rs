@@ -3,7 +3,7 @@
 //!
 //! Middleware, outermost first: the edge (`edge.rs`, one layer: request id, tracing span, NUL refusal, timeout,
 //! panic catcher, error normalisation) → body limit and the OpenAPI document (request extensions) → routing →
-//! (per route) access check, audit and metrics (`auth::Guard`) → handler. Handlers stay thin: parse into newtypes,
+//! (per route) access check, audit and metrics (`guard::Guard`) → handler. Handlers stay thin: parse into newtypes,
 //! call one lower layer, map the result; access is checked before they run (`auth.rs`), and they filter and mask
 //! what they return by it.
 
@@ -19,6 +19,7 @@ pub mod edge;
 pub mod error;
 pub mod extract;
 pub mod fields;
+pub mod guard;
 pub mod health;
 pub mod lists;
 pub mod metrics;
@@ -149,7 +150,7 @@ pub fn router(
     let routed = router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(auth::GuardLayer::new(state.clone()))
+        .layer(guard::GuardLayer::new(state.clone()))
         .with_state(state);
     // Everything else wraps the router once, outermost first, without boxing: layers added with `Router::layer`
     // wrap every route separately, a boxed service clone and future per layer and request (measured at ~15% of a
