@@ -11,6 +11,24 @@ use mandant::embedded::ThrowawayCluster;
 use mandant::server::{Application, RunOptions};
 
 /// A size from the environment, or its default.
+/// Jiffies of the whole machine from the first line of `/proc/stat`: (busy, total). Busy is user + nice + system +
+/// irq + softirq + steal; total adds idle and iowait. USER_HZ is 100 on Linux: one jiffy is 10 ms of one core.
+pub fn machine_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total = fields.iter().sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (total - idle.min(total), total)
+}
+
 pub fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()

@@ -17,15 +17,9 @@ use std::time::{Duration, Instant};
 use mandant::server::RunOptions;
 use serde_json::json;
 
-/// Jiffies of user + nice + system time of the whole machine, and the clock rate.
+/// Busy jiffies of the whole machine.
 fn cpu_jiffies() -> u64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let line = stat.lines().next().unwrap_or_default();
-    line.split_whitespace()
-        .skip(1)
-        .take(3)
-        .filter_map(|v| v.parse::<u64>().ok())
-        .sum()
+    common::machine_jiffies().0
 }
 
 /// CPU milliseconds between two readings (USER_HZ is 100 on Linux).

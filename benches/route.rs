@@ -59,6 +59,9 @@ struct Run {
     /// CPU time of this whole process (server, routers and load generator; PostgreSQL not included) per request:
     /// the load generator's share is the same for every phase, so differences between phases are the server's.
     cpu_us_per_request: f64,
+    /// Share of the whole machine's CPU time (every core, PostgreSQL and the load generator included) that was busy:
+    /// below ~0.95, something other than CPU (a queue, a semaphore, a round trip) held the phase back.
+    machine_busy: f64,
     /// Tenant indexes in the order requests started (overcommitted phases: for the ideal LRU).
     trace: Vec<u32>,
 }
@@ -269,11 +272,12 @@ async fn main() {
             let run = load(base.clone(), uniform(n), false).await;
             let after = app.state.pools().stats();
             eprintln!(
-                "  {name}: {:.0} req/s, p99 {:.2} ms, errors {}, process CPU {:.1} us/request (mandant pool: cap {}, {} cold acquires, {} evictions, {} own waits)",
+                "  {name}: {:.0} req/s, p99 {:.2} ms, errors {}, process CPU {:.1} us/request, machine busy {:.2} (mandant pool: cap {}, {} cold acquires, {} evictions, {} own waits)",
                 run.rps(),
                 run.p99_ms,
                 run.errors,
                 run.cpu_us_per_request,
+                run.machine_busy,
                 app.state.pools().tenant_cap(server_id),
                 after.cold - before.cold,
                 after.evictions - before.evictions,
@@ -313,10 +317,11 @@ async fn main() {
                 );
                 let hit_ratio = hits as f64 / (hits + misses).max(1) as f64;
                 eprintln!(
-                    "  {name}: {:.0} req/s, p99 {:.2} ms, errors {}, hit {hit_ratio:.3}",
+                    "  {name}: {:.0} req/s, p99 {:.2} ms, errors {}, hit {hit_ratio:.3}, machine busy {:.2}",
                     run.rps(),
                     run.p99_ms,
-                    run.errors
+                    run.errors,
+                    run.machine_busy
                 );
                 oracle_extra.push(json!({"hit_ratio": hit_ratio}));
                 table.entry(name).or_default().push(run);
@@ -325,10 +330,11 @@ async fn main() {
             if name == "over_no_pool" {
                 let run = load(no_pool.base.clone(), zipf_pick.clone(), false).await;
                 eprintln!(
-                    "  {name}: {:.0} req/s, p99 {:.2} ms, errors {}",
+                    "  {name}: {:.0} req/s, p99 {:.2} ms, errors {}, machine busy {:.2}",
                     run.rps(),
                     run.p99_ms,
-                    run.errors
+                    run.errors,
+                    run.machine_busy
                 );
                 table.entry(name).or_default().push(run);
                 continue;
@@ -412,7 +418,7 @@ async fn main() {
                 "tenant_cap_at_end": router.tenant_cap(server_id),
             });
             eprintln!(
-                "  {name}: {:.0} req/s, p99 {:.2} ms, errors {}, hit {:.3} (ideal LRU {:.3}, static top-k {:.3}, Belady {:.3}), {:.0} connects/s, decisions {}, permit peak {}, backend peak {}",
+                "  {name}: {:.0} req/s, p99 {:.2} ms, errors {}, hit {:.3} (ideal LRU {:.3}, static top-k {:.3}, Belady {:.3}), {:.0} connects/s, decisions {}, permit peak {}, backend peak {}, machine busy {:.2}",
                 run.rps(),
                 run.p99_ms,
                 run.errors,
@@ -423,7 +429,8 @@ async fn main() {
                 cold as f64 / run.secs,
                 extra["decisions"],
                 permit_peak.load(Ordering::Relaxed),
-                backend_peak.load(Ordering::Relaxed)
+                backend_peak.load(Ordering::Relaxed),
+                run.machine_busy
             );
             // Which tenants (by popularity rank = index) each region holds at the end.
             let mut by_region: HashMap<String, Vec<(usize, u8)>> = HashMap::new();
@@ -457,8 +464,8 @@ async fn main() {
         common::fsync_label()
     );
     println!(
-        "{:<24} {:>10} {:>9} {:>9} {:>8} {:>12}",
-        "phase", "req/s", "p50 ms", "p99 ms", "errors", "CPU us/req"
+        "{:<24} {:>10} {:>9} {:>9} {:>8} {:>12} {:>8}",
+        "phase", "req/s", "p50 ms", "p99 ms", "errors", "CPU us/req", "busy"
     );
     for name in [
         "fits_static",
@@ -478,11 +485,14 @@ async fn main() {
         let p99 = median(runs, &|r| r.p99_ms);
         let errors: u64 = runs.iter().map(|r| r.errors).sum();
         let cpu = median(runs, &|r| r.cpu_us_per_request);
-        println!("{name:<24} {rps:>10.0} {p50:>9.2} {p99:>9.2} {errors:>8} {cpu:>12.1}");
+        let busy = median(runs, &|r| r.machine_busy);
+        println!(
+            "{name:<24} {rps:>10.0} {p50:>9.2} {p99:>9.2} {errors:>8} {cpu:>12.1} {busy:>8.2}"
+        );
         results.insert(
             name,
             runs.iter()
-                .map(|r| json!({"requests": r.requests, "secs": r.secs, "rps": r.rps(), "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "errors": r.errors, "process_cpu_us_per_request": r.cpu_us_per_request}))
+                .map(|r| json!({"requests": r.requests, "secs": r.secs, "rps": r.rps(), "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "errors": r.errors, "process_cpu_us_per_request": r.cpu_us_per_request, "machine_cpu_busy": r.machine_busy}))
                 .collect(),
         );
     }
@@ -630,6 +640,7 @@ async fn drive(
 ) -> Run {
     let trace = Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
     let cpu_before = process_cpu();
+    let machine_before = common::machine_jiffies();
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = tokio::task::JoinSet::new();
@@ -679,6 +690,9 @@ async fn drive(
     }
     let secs = started.elapsed().as_secs_f64();
     let cpu = process_cpu().saturating_sub(cpu_before);
+    let machine_after = common::machine_jiffies();
+    let machine_busy = (machine_after.0 - machine_before.0) as f64
+        / (machine_after.1 - machine_before.1).max(1) as f64;
     latencies.sort();
     let trace = std::mem::take(&mut *trace.lock().expect("trace"));
     Run {
@@ -688,6 +702,7 @@ async fn drive(
         p50_ms: common::ms(common::percentile(&latencies, 50.0)),
         p99_ms: common::ms(common::percentile(&latencies, 99.0)),
         cpu_us_per_request: cpu.as_secs_f64() * 1e6 / latencies.len().max(1) as f64,
+        machine_busy,
         trace,
     }
 }
