@@ -101,28 +101,6 @@ fn holding(tenants: &HashMap<Uuid, Arc<TenantPool>>, id: &Uuid) -> policy::Holdi
         .unwrap_or_default()
 }
 
-/// [`holding`] for one decision under the policy's lock. A decision sweeps the policy's lists several times
-/// (pruning, the regions' sums, the victims), and each read locks the tenant's pool: on the route benchmark's
-/// overcommitted phase those reads were ~2% of the process's CPU, ~35 us per cold request. Read once per tenant.
-struct Holdings<'a> {
-    tenants: &'a HashMap<Uuid, Arc<TenantPool>>,
-    seen: HashMap<Uuid, policy::Holding>,
-}
-
-impl<'a> Holdings<'a> {
-    fn new(tenants: &'a HashMap<Uuid, Arc<TenantPool>>) -> Self {
-        Self {
-            tenants,
-            seen: HashMap::new(),
-        }
-    }
-
-    fn of(&mut self, id: &Uuid) -> policy::Holding {
-        let tenants = self.tenants;
-        *self.seen.entry(*id).or_insert_with(|| holding(tenants, id))
-    }
-}
-
 pub(super) struct Inner {
     pub(super) settings: PoolSettings,
     /// Registered on first use, after the process installed its recorder.
@@ -244,9 +222,8 @@ impl Inner {
         let mut policy = lock(&budget.policy);
         let (entry, tenants) = {
             let tenants = lock(&self.tenants);
-            let mut holdings = Holdings::new(&tenants);
-            self.prune_locked(&mut policy, &mut holdings);
-            let entry = policy.entry(&client_id, |id| holdings.of(id));
+            self.prune_locked(&mut policy, &tenants);
+            let entry = policy.entry(&client_id, |id| holding(&tenants, id));
             let involved = |e: &policy::Eviction<Uuid>| Involved::of(&tenants, e);
             let involved = match &entry {
                 policy::Entry::Room { evict: Some(e), .. } | policy::Entry::Displace(e) => {
@@ -284,10 +261,9 @@ impl Inner {
         let mut policy = lock(&budget.policy);
         let chosen = {
             let tenants = lock(&self.tenants);
-            let mut holdings = Holdings::new(&tenants);
-            self.prune_locked(&mut policy, &mut holdings);
+            self.prune_locked(&mut policy, &tenants);
             policy
-                .make_room_in_share(&client_id, |id| holdings.of(id))
+                .make_room_in_share(&client_id, |id| holding(&tenants, id))
                 .map(|e| (e, Involved::of(&tenants, &e)))
         };
         if let Some((eviction, involved)) = chosen {
@@ -330,8 +306,7 @@ impl Inner {
         }
         let chosen = {
             let tenants = lock(&self.tenants);
-            let mut holdings = Holdings::new(&tenants);
-            let eviction = policy.on_return(&client_id, |id| holdings.of(id));
+            let eviction = policy.on_return(&client_id, |id| holding(&tenants, id));
             (eviction, Involved::of(&tenants, &eviction))
         };
         self.apply(&mut policy, chosen.0, chosen.1);
@@ -369,10 +344,9 @@ impl Inner {
         let mut policy = lock(&budget.policy);
         let chosen = {
             let tenants = lock(&self.tenants);
-            let mut holdings = Holdings::new(&tenants);
-            self.prune_locked(&mut policy, &mut holdings);
-            choose(&mut policy, &mut |id: &Uuid| holdings.of(id))
-                .map(|e| (e, Involved::of(&tenants, &e)))
+            self.prune_locked(&mut policy, &tenants);
+            let mut holding = |id: &Uuid| holding(&tenants, id);
+            choose(&mut policy, &mut holding).map(|e| (e, Involved::of(&tenants, &e)))
         };
         let Some((eviction, involved)) = chosen else {
             return false;
@@ -418,9 +392,13 @@ impl Inner {
     }
 
     /// Forgets, in a server's policy, the tenants without connections or reservations, and frees their share slots.
-    fn prune_locked(&self, policy: &mut policy::Admission<Uuid>, holdings: &mut Holdings<'_>) {
-        for gone in policy.prune(|id| holdings.of(id).connections == 0) {
-            if let Some(tenant) = holdings.tenants.get(&gone) {
+    fn prune_locked(
+        &self,
+        policy: &mut policy::Admission<Uuid>,
+        tenants: &HashMap<Uuid, Arc<TenantPool>>,
+    ) {
+        for gone in policy.prune(|id| holding(tenants, id).connections == 0) {
+            if let Some(tenant) = tenants.get(&gone) {
                 tenant.leave_share();
             }
         }
@@ -489,7 +467,7 @@ impl Inner {
         for budget in budgets {
             let mut policy = lock(&budget.policy);
             let tenants = lock(&self.tenants);
-            self.prune_locked(&mut policy, &mut Holdings::new(&tenants));
+            self.prune_locked(&mut policy, &tenants);
         }
     }
 
