@@ -120,6 +120,10 @@ async fn the_budget_is_never_exceeded_under_concurrent_load_over_many_tenants() 
     }
     done.store(true, Ordering::Relaxed);
     sampler.await.unwrap();
+    assert!(
+        router.count_drift().is_empty(),
+        "the policy's connection counts drifted from the pools'"
+    );
     // Budget plus one: a closed backend may still be exiting when the next one starts (FACTS.md).
     assert!(
         peak.load(Ordering::Relaxed) <= budget as i64 + 1,
@@ -411,6 +415,10 @@ async fn hot_tenants_under_a_scan_of_cold_ones(usage: Use) {
         assert_eq!(router.connections(route.client_id), 1);
     }
     assert!(router.budget(server).unwrap().in_use <= budget);
+    assert!(
+        router.count_drift().is_empty(),
+        "the policy's connection counts drifted from the pools'"
+    );
     let [_, _, _, scan] = router.regions(server).unwrap();
     assert!(
         scan <= 2,

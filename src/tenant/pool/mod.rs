@@ -48,7 +48,7 @@ pub mod policy;
 mod state;
 mod tenant;
 
-use conn::ServerBudget;
+use conn::{Count, Counts, ServerBudget, Tally};
 pub use conn::{PooledConn, TenantConn, TenantManager};
 pub use policy::Region;
 use state::{Inner, TenantPool, WaiterGuard, lock};
@@ -346,7 +346,11 @@ impl TenantPools {
             }
         };
         // Fast path: an idle connection, taken without arming a timer (the common case of a warm tenant).
-        let fast = if tenant.pool.status().available > 0 {
+        // The request counts among the pool's users from before it asks the pool until its connection is back
+        // (see `Counts`); a failed attempt drops its count.
+        let idle = tenant.counts.idle() > 0;
+        let mut user = Tally::new(&tenant.counts, Count::Users);
+        let fast = if idle {
             let timeouts = Timeouts {
                 wait: Some(Duration::ZERO),
                 create: Some(self.inner.settings.acquire_timeout),
@@ -372,6 +376,8 @@ impl TenantPools {
                         Ok(Err(PoolError::Backend(RouteError::Saturated)))
                             if !remaining.is_zero() =>
                         {
+                            // Not a user while it waits outside the pool (as deadpool counts).
+                            drop(user);
                             // Until one of the tenant's connections comes back (or, as a fallback for one
                             // that is closed instead, a moment).
                             self.inner.own_waits.fetch_add(1, Ordering::Relaxed);
@@ -379,6 +385,7 @@ impl TenantPools {
                             let _own = WaiterGuard::enter(&tenant.own_waiters, usize::MAX);
                             let _ =
                                 tokio::time::timeout(OWN_RETRY, tenant.returned.notified()).await;
+                            user = Tally::new(&tenant.counts, Count::Users);
                         }
                         other => break other,
                     }
@@ -392,7 +399,8 @@ impl TenantPools {
             .acquire_seconds
             .record(started.elapsed().as_secs_f64());
         match result {
-            Ok(Ok(conn)) => {
+            Ok(Ok(mut conn)) => {
+                conn.user = Some(user);
                 // A connection recycled at least once existed before this request: a warm hit.
                 let warm = Object::metrics(&conn).recycle_count > 0;
                 let (counter, exported) = if warm {
@@ -487,6 +495,20 @@ impl TenantPools {
     /// Connections a tenant holds (idle and in use) in this process.
     pub fn connections(&self, client_id: Uuid) -> usize {
         self.inner.connections_of(client_id)
+    }
+
+    /// Tenants whose lock-free connection counts (what the admission policy reads) differ from their pool's own
+    /// (`Pool::status`, read under its lock). Both move at slightly different moments while connections come and
+    /// go; once no request is running they must agree. For tests and diagnostics.
+    pub fn count_drift(&self) -> Vec<Uuid> {
+        lock(&self.inner.tenants)
+            .iter()
+            .filter(|(_, t)| {
+                let status = t.pool.status();
+                (t.counts.get(Count::Alive), t.counts.idle()) != (status.size, status.available)
+            })
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// The tenants of each region on a server (least recently used first) with the sketch's frequency of each:

@@ -26,9 +26,8 @@ pub(super) struct TenantPool {
     pub(super) returned: tokio::sync::Notify,
     pub(super) server_id: i64,
     pub(super) waiters: AtomicUsize,
-    /// Cold connects in progress, from the admission decision until the connection is handed out (shared with the
-    /// manager): a reservation counts as a connection, so the tenant keeps its place while it connects.
-    pub(super) reserving: Arc<AtomicUsize>,
+    /// Its connections, connects in progress and users, counted without a lock (shared with the manager).
+    pub(super) counts: Arc<Counts>,
     /// The slot of the server's share the tenant holds while it is in the window (see [`policy`]).
     pub(super) share_slot: Mutex<Option<OwnedSemaphorePermit>>,
     /// Whether `share_slot` is taken (read without a lock when a connection comes back).
@@ -90,12 +89,11 @@ fn holding(tenants: &HashMap<Uuid, Arc<TenantPool>>, id: &Uuid) -> policy::Holdi
     tenants
         .get(id)
         .map(|t| {
-            let status = t.pool.status();
             let claimed = t.own_waiters.load(Ordering::Acquire) > 0
                 && t.gate_debt.load(Ordering::Acquire) == 0;
             policy::Holding {
-                connections: status.size + t.reserving.load(Ordering::Acquire),
-                idle: if claimed { 0 } else { status.available },
+                connections: t.counts.connections(),
+                idle: if claimed { 0 } else { t.counts.idle() },
             }
         })
         .unwrap_or_default()
@@ -164,9 +162,9 @@ impl Inner {
             })
             .clone();
         let cap = budget.fair_cap.load(Ordering::Relaxed);
-        let reserving = Arc::new(AtomicUsize::new(0));
+        let counts = Arc::new(Counts::default());
         let manager = TenantManager {
-            reserving: reserving.clone(),
+            counts: counts.clone(),
             client_id: route.client_id,
             server_id: route.server_id,
             // Named, so operators (and the route benchmark) can tell the router's backends apart.
@@ -193,7 +191,7 @@ impl Inner {
             returned: tokio::sync::Notify::new(),
             server_id: route.server_id,
             waiters: AtomicUsize::new(0),
-            reserving,
+            counts,
             share_slot: Mutex::new(None),
             in_share: AtomicBool::new(false),
             own_waiters: AtomicUsize::new(0),
@@ -212,7 +210,7 @@ impl Inner {
     pub(super) fn connections_of(&self, client_id: Uuid) -> usize {
         lock(&self.tenants)
             .get(&client_id)
-            .map(|t| t.pool.status().size)
+            .map(|t| t.counts.get(Count::Alive))
             .unwrap_or(0)
     }
 
@@ -371,8 +369,8 @@ impl Inner {
         // A yielded share tenant leaves the share even if a request of its own is about to reconnect: that request
         // then competes for admission like any cold one.
         let reserved = eviction.decision != policy::Decision::Yielded
-            && victim.reserving.load(Ordering::Acquire) > 0;
-        if victim.pool.status().size == 0 && !reserved {
+            && victim.counts.get(Count::Reserving) > 0;
+        if victim.counts.get(Count::Alive) == 0 && !reserved {
             policy.forget(&eviction.victim);
             victim.leave_share();
         }
@@ -430,9 +428,7 @@ impl Inner {
     ) -> bool {
         let victim = lock(&self.tenants)
             .iter()
-            .filter(|(id, t)| {
-                **id != except && t.server_id == server_id && t.pool.status().available > 0
-            })
+            .filter(|(id, t)| **id != except && t.server_id == server_id && t.counts.idle() > 0)
             .map(|(_, t)| (t.last_used.load(Ordering::Relaxed), t))
             .filter(|(used, _)| clock().saturating_sub(*used) >= idle_for.as_nanos() as u64)
             .min_by_key(|(used, _)| *used)
@@ -485,7 +481,7 @@ impl Inner {
         let tenants = lock(&self.tenants);
         let holders = tenants
             .values()
-            .filter(|t| t.server_id == server_id && t.pool.status().size > 0)
+            .filter(|t| t.server_id == server_id && t.counts.get(Count::Alive) > 0)
             .count();
         let share = (budget.capacity / (holders + usize::from(!holder)).max(1)).max(1);
         if share < current {

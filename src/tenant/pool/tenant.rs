@@ -77,7 +77,11 @@ impl TenantPool {
             taken = true;
             keep
         });
-        removed.removed.into_iter().next()
+        removed.removed.into_iter().next().map(|mut conn| {
+            // Out of the pool: no longer the tenant's (its permit may be passed on before it is dropped).
+            conn.alive = None;
+            conn
+        })
     }
 
     /// Gives the tenant's share slot back, if it holds one (it left the window).
