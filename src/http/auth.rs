@@ -220,22 +220,76 @@ async fn enforce<S: Inner>(state: &AppState, route: &str, request: Request, next
         Ok(None) => return unauthorized(),
         Err(e) => return e.into_response(),
     };
+    if !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        // Boxed: the audit, the CSRF check and the write's own task are a large part of this future, which every
+        // request (most of them reads) would otherwise allocate and move.
+        let call = Call {
+            route,
+            rule,
+            principal,
+            console,
+        };
+        return Box::pin(enforce_write(state, call, request, next)).await;
+    }
     let (mut parts, body) = request.into_parts();
-    let mutating = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
-    let audit = mutating.then(|| {
-        let action = format!("{method} {route}");
-        audit_entry(&principal, action, parts.uri.path(), &parts.headers)
-    });
+    let scope = match check(state, rule, &principal, &mut parts).await {
+        Ok((scope, _)) => scope,
+        Err((error, _)) => return error.into_response(),
+    };
+    admit(&mut parts, principal, console, scope.as_ref());
+    let response = run(next, Request::from_parts(parts, body)).await;
+    after(state, scope.as_ref(), response).await
+}
+
+/// An authenticated call through the access check.
+struct Call<'a> {
+    route: &'a str,
+    rule: Rule,
+    principal: Arc<Principal>,
+    console: Option<ConsoleSession>,
+}
+
+/// What a checked request carries to its handler: the caller, its console session, the client scope.
+fn admit(
+    parts: &mut Parts,
+    principal: Arc<Principal>,
+    console: Option<ConsoleSession>,
+    scope: Option<&ClientScope>,
+) {
+    parts.extensions.insert(Caller(principal));
+    if let Some(console) = console {
+        parts.extensions.insert(console);
+    }
+    if let Some(scope) = scope {
+        parts.extensions.insert(scope.clone());
+    }
+}
+
+/// The access check of a POST/PUT/PATCH/DELETE, with its audit entry.
+async fn enforce_write<S: Inner>(
+    state: &AppState,
+    call: Call<'_>,
+    request: Request,
+    next: S,
+) -> Response {
+    let Call {
+        route,
+        rule,
+        principal,
+        console,
+    } = call;
+    let (mut parts, body) = request.into_parts();
+    let action = format!("{} {route}", parts.method);
+    let mut entry = audit_entry(&principal, action, parts.uri.path(), &parts.headers);
     // A console session's change must carry the session's CSRF token (a page of another site can make the
     // browser send the cookie, never this header); refused and audited like any other denial.
-    let forged = mutating
-        && console.as_ref().is_some_and(|c| {
-            let sent = parts
-                .headers
-                .get(super::session::CSRF_HEADER)
-                .and_then(|v| v.to_str().ok());
-            !c.session.csrf_matches(sent)
-        });
+    let forged = console.as_ref().is_some_and(|c| {
+        let sent = parts
+            .headers
+            .get(super::session::CSRF_HEADER)
+            .and_then(|v| v.to_str().ok());
+        !c.session.csrf_matches(sent)
+    });
     let checked = if forged {
         Err((ApiError::csrf_failed(), None))
     } else {
@@ -245,31 +299,18 @@ async fn enforce<S: Inner>(state: &AppState, route: &str, request: Request, next
         Ok(found) => found,
         Err((error, client)) => {
             let response = error.into_response();
-            if let Some(mut entry) = audit {
-                if let Some(client) = client {
-                    entry.client_id = Some(client.id);
-                    entry.client_slug = Some(client.slug.clone());
-                }
-                entry.outcome = "denied";
-                entry.detail = error_detail(&response);
-                record(state, entry, response.status().as_u16()).await;
+            if let Some(client) = client {
+                entry.client_id = Some(client.id);
+                entry.client_slug = Some(client.slug.clone());
             }
+            entry.outcome = "denied";
+            entry.detail = error_detail(&response);
+            record(state, entry, response.status().as_u16()).await;
             return response;
         }
     };
-    parts.extensions.insert(Caller(principal));
-    if let Some(console) = console {
-        parts.extensions.insert(console);
-    }
-    if let Some(scope) = &scope {
-        parts.extensions.insert(scope.clone());
-    }
+    admit(&mut parts, principal, console, scope.as_ref());
     let request = Request::from_parts(parts, body);
-    let Some(entry) = audit else {
-        let response = run(next, request).await;
-        let response = finish(scope.as_ref(), response).await;
-        return recheck_unavailable(state, scope.as_ref(), response).await;
-    };
     // A write and its audit entry run in their own task: if the request is dropped (the server's timeout, the
     // client hanging up) the handler still finishes what it started and the entry is still written. A panic in
     // the handler is answered (500) and audited here too.
@@ -282,8 +323,7 @@ async fn enforce<S: Inner>(state: &AppState, route: &str, request: Request, next
             tracing::error!("a handler panicked");
             ApiError::internal().into_response()
         });
-        let response = finish(scope.as_ref(), response).await;
-        let response = recheck_unavailable(&state, scope.as_ref(), response).await;
+        let response = after(&state, scope.as_ref(), response).await;
         let outcome = Outcome {
             status: response.status(),
             note: response.extensions().get::<AuditNote>().cloned(),
@@ -301,11 +341,30 @@ async fn enforce<S: Inner>(state: &AppState, route: &str, request: Request, next
     }
 }
 
-/// Ends the request transaction of an inner client (see [`ClientScope::finish`]).
-async fn finish(scope: Option<&ClientScope>, response: Response) -> Response {
-    match scope {
-        Some(scope) => scope.finish(response).await,
-        None => response,
+/// What follows a handler's answer: an inner client's request transaction ends ([`ClientScope::finish`]), and a
+/// tenant failure is re-checked against the client's status ([`recheck_unavailable`]). Neither applies to most
+/// requests, so the futures that do the work are boxed and awaited only when they do.
+async fn after(state: &AppState, scope: Option<&ClientScope>, response: Response) -> Response {
+    let Some(scope) = scope else {
+        return response;
+    };
+    // Not locked: the handler has answered, so nothing else holds the session (`try_lock` fails only if
+    // something still does: then the slow path waits for it).
+    let open = scope.session.try_lock().map_or(true, |s| s.is_some());
+    let response = if open {
+        Box::pin(scope.finish(response)).await
+    } else {
+        response
+    };
+    let unavailable = response.status() == StatusCode::SERVICE_UNAVAILABLE
+        && response
+            .extensions()
+            .get::<super::error::ErrorCode>()
+            .is_some_and(|code| code.0 == "tenant_unavailable");
+    if unavailable {
+        Box::pin(recheck_unavailable(state, scope, response)).await
+    } else {
+        response
     }
 }
 
@@ -315,19 +374,9 @@ async fn finish(scope: Option<&ClientScope>, response: Response) -> Response {
 /// `client_not_active`, not an outage. Checked on failures only, so it costs nothing on the served path.
 async fn recheck_unavailable(
     state: &AppState,
-    scope: Option<&ClientScope>,
+    scope: &ClientScope,
     response: Response,
 ) -> Response {
-    let (Some(scope), true) = (
-        scope,
-        response.status() == StatusCode::SERVICE_UNAVAILABLE
-            && response
-                .extensions()
-                .get::<super::error::ErrorCode>()
-                .is_some_and(|code| code.0 == "tenant_unavailable"),
-    ) else {
-        return response;
-    };
     state.data().invalidate(&scope.client.slug);
     let Ok(slug) = ClientSlug::parse(&scope.client.slug) else {
         return response;

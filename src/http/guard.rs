@@ -3,6 +3,7 @@
 
 use axum::extract::Request;
 use axum::response::Response;
+use futures_util::FutureExt;
 
 use crate::app::AppState;
 
@@ -82,6 +83,6 @@ impl<S: Inner> tower::Service<Request> for Guard<S> {
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let state = self.state.clone();
-        Box::pin(async move { Ok(super::auth::guard(state, request, inner).await) })
+        Box::pin(super::auth::guard(state, request, inner).map(Ok))
     }
 }

@@ -370,26 +370,11 @@ impl TenantPools {
                     lock(&tenant.budget.policy).count(route.client_id);
                     counted = true;
                 }
-                loop {
-                    let remaining = deadline.saturating_duration_since(Instant::now());
-                    match tokio::time::timeout(remaining, tenant.pool.get()).await {
-                        Ok(Err(PoolError::Backend(RouteError::Saturated)))
-                            if !remaining.is_zero() =>
-                        {
-                            // Not a user while it waits outside the pool (as deadpool counts).
-                            drop(user);
-                            // Until one of the tenant's connections comes back (or, as a fallback for one
-                            // that is closed instead, a moment).
-                            self.inner.own_waits.fetch_add(1, Ordering::Relaxed);
-                            metrics::counter!("tenant_pool_own_waits_total").increment(1);
-                            let _own = WaiterGuard::enter(&tenant.own_waiters, usize::MAX);
-                            let _ =
-                                tokio::time::timeout(OWN_RETRY, tenant.returned.notified()).await;
-                            user = Tally::new(&tenant.counts, Count::Users);
-                        }
-                        other => break other,
-                    }
-                }
+                // Boxed: a warm request never gets here, and this future (a timer around the pool's `get`) would
+                // otherwise be part of every request's, and of every future that awaits it, up to the handler's.
+                let waited;
+                (waited, user) = Box::pin(self.wait_for_connection(&tenant, deadline, user)).await;
+                waited
             }
             Some(Err(error)) => Ok(Err(error)),
         };
@@ -430,6 +415,36 @@ impl TenantPools {
             Ok(Err(PoolError::Backend(error))) => Err(error),
             Ok(Err(PoolError::Closed)) => Err(RouteError::Closed),
             Ok(Err(_)) => Err(RouteError::Timeout),
+        }
+    }
+
+    /// A connection of the tenant's pool (a new one, or one it waits for), by `deadline`. `user`: the request's
+    /// count among the pool's users, dropped while it waits outside the pool and given back with the answer.
+    async fn wait_for_connection(
+        &self,
+        tenant: &TenantPool,
+        deadline: Instant,
+        mut user: Tally,
+    ) -> (
+        Result<Result<Object<TenantManager>, PoolError<RouteError>>, tokio::time::error::Elapsed>,
+        Tally,
+    ) {
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, tenant.pool.get()).await {
+                Ok(Err(PoolError::Backend(RouteError::Saturated))) if !remaining.is_zero() => {
+                    // Not a user while it waits outside the pool (as deadpool counts).
+                    drop(user);
+                    // Until one of the tenant's connections comes back (or, as a fallback for one that is
+                    // closed instead, a moment).
+                    self.inner.own_waits.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("tenant_pool_own_waits_total").increment(1);
+                    let _own = WaiterGuard::enter(&tenant.own_waiters, usize::MAX);
+                    let _ = tokio::time::timeout(OWN_RETRY, tenant.returned.notified()).await;
+                    user = Tally::new(&tenant.counts, Count::Users);
+                }
+                other => return (other, user),
+            }
         }
     }
 
