@@ -72,16 +72,18 @@ async fn a_second_process_refuses_a_suspended_client_on_the_first_request_after_
     assert_eq!(resumed.status(), StatusCode::OK);
     let served = second.get(&recipients).await;
     assert_eq!(served.status(), StatusCode::OK);
-    // A deletion through the second process is refused by the first at once.
+    // A deletion through the second process is refused by the first at once: 409 while the deletion runs, or
+    // 404 if a worker has already finished it (on a loaded CI machine the request can come that late); never
+    // served.
     let deleted = second.delete(&format!("/v1/clients/{slug}")).await;
     assert_eq!(deleted.status(), StatusCode::ACCEPTED);
     let gone = first.get(&recipients).await;
     let status = gone.status();
-    assert_eq!(
-        status,
-        StatusCode::CONFLICT,
-        "{}",
-        gone.text().await.unwrap_or_default()
+    let body = gone.text().await.unwrap_or_default();
+    assert!(
+        (status == StatusCode::CONFLICT && body.contains("client_not_active"))
+            || (status == StatusCode::NOT_FOUND && body.contains("not_found")),
+        "{status}: {body}"
     );
     drop(second);
 }
