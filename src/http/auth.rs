@@ -86,6 +86,12 @@ impl ClientScope {
         Ok((client, conn))
     }
 
+    /// Whether [`Self::finish`] has a transaction to end. Without waiting: the handler has answered, so normally
+    /// nothing holds the session; if something still does (or waits for it), the answer is yes and `finish` waits.
+    pub fn session_open(&self) -> bool {
+        self.session.try_lock().map_or(true, |s| s.is_some())
+    }
+
     /// Ends an inner client's request transaction: committed when the handler succeeded, else rolled back (so an
     /// inner client's request is all or nothing). A commit that fails turns the answer into that error. Nothing to
     /// do for any other client (its statements commit as they run).
@@ -223,13 +229,10 @@ async fn enforce<S: Inner>(state: &AppState, route: &str, request: Request, next
     if !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS) {
         // Boxed: the audit, the CSRF check and the write's own task are a large part of this future, which every
         // request (most of them reads) would otherwise allocate and move.
-        let call = Call {
-            route,
-            rule,
-            principal,
-            console,
-        };
-        return Box::pin(enforce_write(state, call, request, next)).await;
+        return Box::pin(enforce_write(
+            state, route, rule, principal, console, request, next,
+        ))
+        .await;
     }
     let (mut parts, body) = request.into_parts();
     let scope = match check(state, rule, &principal, &mut parts).await {
@@ -239,14 +242,6 @@ async fn enforce<S: Inner>(state: &AppState, route: &str, request: Request, next
     admit(&mut parts, principal, console, scope.as_ref());
     let response = run(next, Request::from_parts(parts, body)).await;
     after(state, scope.as_ref(), response).await
-}
-
-/// An authenticated call through the access check.
-struct Call<'a> {
-    route: &'a str,
-    rule: Rule,
-    principal: Arc<Principal>,
-    console: Option<ConsoleSession>,
 }
 
 /// What a checked request carries to its handler: the caller, its console session, the client scope.
@@ -268,16 +263,13 @@ fn admit(
 /// The access check of a POST/PUT/PATCH/DELETE, with its audit entry.
 async fn enforce_write<S: Inner>(
     state: &AppState,
-    call: Call<'_>,
+    route: &str,
+    rule: Rule,
+    principal: Arc<Principal>,
+    console: Option<ConsoleSession>,
     request: Request,
     next: S,
 ) -> Response {
-    let Call {
-        route,
-        rule,
-        principal,
-        console,
-    } = call;
     let (mut parts, body) = request.into_parts();
     let action = format!("{} {route}", parts.method);
     let mut entry = audit_entry(&principal, action, parts.uri.path(), &parts.headers);
@@ -348,10 +340,7 @@ async fn after(state: &AppState, scope: Option<&ClientScope>, response: Response
     let Some(scope) = scope else {
         return response;
     };
-    // Not locked: the handler has answered, so nothing else holds the session (`try_lock` fails only if
-    // something still does: then the slow path waits for it).
-    let open = scope.session.try_lock().map_or(true, |s| s.is_some());
-    let response = if open {
+    let response = if scope.session_open() {
         Box::pin(scope.finish(response)).await
     } else {
         response

@@ -162,6 +162,10 @@ async fn a_tenant_whose_database_is_gone_fails_fast_and_others_are_unaffected_wi
         budget.in_use, 1,
         "only the healthy tenant's idle connection holds a permit"
     );
+    assert!(
+        router.count_drift().is_empty(),
+        "failed connects leave the policy's counts in step with the pools'"
+    );
     let _ = app;
 }
 
@@ -476,6 +480,65 @@ async fn backend_pid(conn: &mandant::tenant::pool::PooledConn) -> i32 {
         .await
         .unwrap()
         .get(0)
+}
+
+/// Polls until the server's budget has nothing in use (a closed connection frees its permit when it is dropped,
+/// which for an abandoned one is after its cancel request was sent).
+async fn until_budget_free(router: &TenantPools, server_id: i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while router.budget(server_id).unwrap().in_use > 0 {
+        assert!(Instant::now() < deadline, "the budget was never freed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn connections_abandoned_or_lost_inside_a_transaction_stop_counting_and_free_their_permits() {
+    let (_app, routes) = tenants(1).await;
+    let route = &routes[0];
+    let router = TenantPools::new(settings(2, 2));
+
+    // A query cut off by a deadline: the connection is abandoned (cancelled, closed), never returned.
+    let conn = router.acquire(route).await.unwrap();
+    let abandoned = backend_pid(&conn).await;
+    conn.abandon();
+    assert_eq!(
+        router.connections(route.client_id),
+        0,
+        "out of the pool at once"
+    );
+    until_budget_free(&router, route.server_id).await;
+    assert!(router.count_drift().is_empty(), "counts after an abandon");
+
+    // A connection whose backend dies inside an inner client's transaction: its rollback fails, so it is
+    // discarded instead of going back to the pool.
+    let mut conn = router.acquire(route).await.unwrap();
+    let lost = backend_pid(&conn).await;
+    assert_ne!(lost, abandoned);
+    conn.begin_scoped(1, false).unwrap();
+    superuser("postgres")
+        .await
+        .execute("SELECT pg_terminate_backend($1)", &[&lost])
+        .await
+        .unwrap();
+    drop(conn);
+    until_budget_free(&router, route.server_id).await;
+    assert_eq!(router.connections(route.client_id), 0);
+    assert!(
+        router.count_drift().is_empty(),
+        "counts after a failed rollback"
+    );
+
+    // The tenant is served again, on a new connection, and the counts follow it.
+    let conn = router.acquire(route).await.unwrap();
+    let fresh = backend_pid(&conn).await;
+    assert!(fresh != lost && fresh != abandoned);
+    drop(conn);
+    assert_eq!(router.connections(route.client_id), 1);
+    assert!(
+        router.count_drift().is_empty(),
+        "counts after a new connection returned"
+    );
 }
 
 /// A tenant in the share whose next request waits for its connection keeps the connection for that request,

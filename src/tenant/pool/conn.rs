@@ -91,6 +91,21 @@ impl std::fmt::Debug for TenantConn {
 }
 
 impl TenantConn {
+    /// The connection left its pool to be closed (an eviction passing its permit on, an abandoned query, a failed
+    /// rollback): it no longer counts among the tenant's connections nor its request among the pool's users, as
+    /// deadpool stops counting it too (its permit may outlive it).
+    pub(super) fn leave_pool(&mut self) {
+        self.alive = None;
+        self.user = None;
+    }
+
+    /// Takes a checked-out connection out of its pool (see [`Self::leave_pool`]).
+    fn detach(conn: Object<TenantManager>) -> Self {
+        let mut conn = Object::take(conn);
+        conn.leave_pool();
+        conn
+    }
+
     pub fn client(&self) -> &tokio_postgres::Client {
         &self.client
     }
@@ -147,10 +162,8 @@ impl PooledConn {
         if let Some(conn) = self.conn.take() {
             let cancel = conn.client.cancel_token();
             let tls = self.tenant.pool.manager().tls.clone();
-            let mut conn = Object::take(conn);
-            // Out of the pool, as deadpool counts it (the connection closes once the cancel request was sent).
-            conn.alive = None;
-            conn.user = None;
+            // Closed once the cancel request was sent.
+            let conn = TenantConn::detach(conn);
             tokio::spawn(async move {
                 if let Err(e) = cancel.cancel_query(tls).await {
                     tracing::debug!(error = %e, "could not cancel an abandoned tenant query");
@@ -276,7 +289,7 @@ impl Drop for PooledConn {
                         let conn = match conn.client.batch_execute("ROLLBACK").await {
                             Ok(()) => Some(conn),
                             Err(_) => {
-                                drop(Object::take(conn));
+                                drop(TenantConn::detach(conn));
                                 None
                             }
                         };
@@ -284,7 +297,7 @@ impl Drop for PooledConn {
                     });
                 }
                 Err(_) => {
-                    drop(Object::take(conn));
+                    drop(TenantConn::detach(conn));
                     Self::release(None, gate, &self.tenant);
                 }
             }
@@ -542,22 +555,21 @@ impl managed::Manager for TenantManager {
 impl TenantManager {
     /// A new connection of the tenant, with its budget permit (see [`managed::Manager::create`]).
     async fn connect_new(&self) -> Result<TenantConn, RouteError> {
-        // A tenant at its fair-share cap waits for its own connections (the gate in `acquire` normally keeps
-        // it from getting here; this covers requests that passed the gate just before the cap dropped).
-        if let Some(router) = self.router.upgrade() {
-            let held = router.connections_of(self.client_id);
-            if held > 0 && held >= self.budget.fair_cap.load(Ordering::Relaxed) {
-                return Err(RouteError::Saturated);
+        // What the connection is for, and whether the tenant holds none yet (a cold request), from one look at the
+        // router (which is not kept across the waits below).
+        let (usage, cold) = match self.router.upgrade() {
+            Some(router) => {
+                let held = router.connections_of(self.client_id);
+                // A tenant at its fair-share cap waits for its own connections (the gate in `acquire` normally
+                // keeps it from getting here; this covers requests that passed the gate just before the cap
+                // dropped).
+                if held > 0 && held >= self.budget.fair_cap.load(Ordering::Relaxed) {
+                    return Err(RouteError::Saturated);
+                }
+                (router.usage_of(self.client_id), held == 0)
             }
-        }
-        let usage = self
-            .router
-            .upgrade()
-            .map_or(Use::Request, |router| router.usage_of(self.client_id));
-        let cold = self
-            .router
-            .upgrade()
-            .is_some_and(|router| router.connections_of(self.client_id) == 0);
+            None => (Use::Request, false),
+        };
         let (permit, scan_slot, reservation) = match usage {
             Use::Request if cold => {
                 let reservation = Tally::new(&self.counts, Count::Reserving);

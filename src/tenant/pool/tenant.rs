@@ -78,8 +78,7 @@ impl TenantPool {
             keep
         });
         removed.removed.into_iter().next().map(|mut conn| {
-            // Out of the pool: no longer the tenant's (its permit may be passed on before it is dropped).
-            conn.alive = None;
+            conn.leave_pool();
             conn
         })
     }
