@@ -3,6 +3,10 @@
 //! See ARCHITECTURE.md for the components, the layer order (imports go one way, down this list; a test enforces
 //! it) and how a request flows through them.
 
+/// The allocator of the server, its tools, tests and benchmarks (see ARCHITECTURE.md, "Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 // L0 foundations
 pub mod db;
 pub mod domain;
