@@ -3,7 +3,7 @@
 //! See ARCHITECTURE.md for the components, the layer order (imports go one way, down this list; a test enforces
 //! it) and how a request flows through them.
 
-/// The allocator of the server, its tools, tests and benchmarks (see ARCHITECTURE.md, "Allocator").
+/// The allocator of the server, its tools, tests and benchmarks (see ARCHITECTURE.md, "Build profile and allocator").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
