@@ -1,6 +1,7 @@
 //! Mailing lists and bindings (recipient × list, with a status) in a tenant database.
 
 use chrono::{DateTime, Utc};
+use deadpool_postgres::tokio_postgres::types::Type;
 use deadpool_postgres::tokio_postgres::{self, Client, GenericClient, Row};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -115,22 +116,23 @@ pub async fn list(
     limit: i64,
 ) -> Result<Vec<MailingList>, DataError> {
     let rows = db
-        .query(
+        .query_typed(
             "SELECT id, name, description, created_at, updated_at FROM mailing_lists
              WHERE ($1::int8 IS NULL OR id > $1) ORDER BY id LIMIT $2",
-            &[&after_id, &limit],
+            &[(&after_id, Type::INT8), (&limit, Type::INT8)],
         )
         .await?;
     Ok(rows.iter().map(MailingList::from).collect())
 }
 
 pub async fn get(db: &Client, id: i64) -> Result<MailingList, DataError> {
-    db.query_opt(
+    db.query_typed(
         "SELECT id, name, description, created_at, updated_at FROM mailing_lists WHERE id = $1",
-        &[&id],
+        &[(&id, Type::INT8)],
     )
     .await?
-    .map(|r| MailingList::from(&r))
+    .first()
+    .map(MailingList::from)
     .ok_or(DataError::NotFound)
 }
 

@@ -2,6 +2,7 @@
 //! against the tenant's current schema, so a group always means what its rule says today.
 
 use chrono::{DateTime, Utc};
+use deadpool_postgres::tokio_postgres::types::Type;
 use deadpool_postgres::tokio_postgres::{self, Client, GenericClient, Row};
 use serde::Serialize;
 use serde_json::Value as Json;
@@ -128,22 +129,23 @@ pub async fn list(
     limit: i64,
 ) -> Result<Vec<TargetGroup>, DataError> {
     let rows = db
-        .query(
+        .query_typed(
             "SELECT id, name, rule, created_at, updated_at FROM target_groups
              WHERE ($1::int8 IS NULL OR id > $1) ORDER BY id LIMIT $2",
-            &[&after_id, &limit],
+            &[(&after_id, Type::INT8), (&limit, Type::INT8)],
         )
         .await?;
     Ok(rows.iter().map(TargetGroup::from).collect())
 }
 
 pub async fn get(db: &Client, id: i64) -> Result<TargetGroup, DataError> {
-    db.query_opt(
+    db.query_typed(
         "SELECT id, name, rule, created_at, updated_at FROM target_groups WHERE id = $1",
-        &[&id],
+        &[(&id, Type::INT8)],
     )
     .await?
-    .map(|r| TargetGroup::from(&r))
+    .first()
+    .map(TargetGroup::from)
     .ok_or(DataError::NotFound)
 }
 

@@ -4,6 +4,7 @@
 //! records the newer version as available).
 
 use chrono::{DateTime, Utc};
+use deadpool_postgres::tokio_postgres::types::Type;
 use deadpool_postgres::tokio_postgres::{Client, GenericClient, Row};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -192,23 +193,24 @@ pub async fn list(
     limit: i64,
 ) -> Result<Vec<TenantTemplate>, DataError> {
     let rows = db
-        .query(
+        .query_typed(
             &format!(
                 "SELECT {COLUMNS} FROM templates WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2"
             ),
-            &[&after, &limit],
+            &[(&after, Type::UUID), (&limit, Type::INT8)],
         )
         .await?;
     Ok(rows.iter().map(TenantTemplate::from).collect())
 }
 
 pub async fn get(db: &Client, id: Uuid) -> Result<TenantTemplate, DataError> {
-    db.query_opt(
+    db.query_typed(
         &format!("SELECT {COLUMNS} FROM templates WHERE id = $1"),
-        &[&id],
+        &[(&id, Type::UUID)],
     )
     .await?
-    .map(|r| TenantTemplate::from(&r))
+    .first()
+    .map(TenantTemplate::from)
     .ok_or(DataError::NotFound)
 }
 
