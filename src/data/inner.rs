@@ -9,6 +9,7 @@
 //! that delay.
 
 use deadpool_postgres::tokio_postgres::Client;
+use deadpool_postgres::tokio_postgres::types::Type;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
@@ -143,7 +144,7 @@ pub async fn apply(
         Some(rule) => rules::compile(rule, &schema).map_err(DataError::Rule)?,
         None => rules::never(),
     };
-    let n = compiled.push(Box::new(inner_no));
+    let n = compiled.push(Box::new(inner_no), Type::INT4);
     let joined = format!(
         "UPDATE recipients r
          SET mandant_inner_rules = array_append(r.mandant_inner_rules, {n}::int),
@@ -187,14 +188,15 @@ pub async fn forget(db: &mut Client, inner_no: i32) -> Result<(), DataError> {
 pub async fn matches_rule(db: &Client, rule: &Json, recipient_id: i64) -> Result<bool, DataError> {
     let schema = Schema::load(db).await?;
     let mut compiled = rules::compile(rule, &schema).map_err(DataError::Rule)?;
-    let id = compiled.push(Box::new(recipient_id));
+    let id = compiled.push(Box::new(recipient_id), Type::INT8);
     let sql = format!(
         "SELECT coalesce(({}), false) FROM recipients r WHERE r.id = {id}",
         compiled.sql
     );
     Ok(db
-        .query_opt(&sql, &compiled.param_refs())
+        .query_typed(&sql, &compiled.typed_params())
         .await?
+        .first()
         .is_some_and(|row| row.get(0)))
 }
 

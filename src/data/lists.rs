@@ -195,14 +195,14 @@ pub async fn members(
          ORDER BY r.id LIMIT $4",
         super::recipients::COLUMNS
     );
-    let rows = super::recipients::query_columns(
+    let rows = super::recipients::query_typed_columns(
         db,
         &sql,
         &[
-            &list_id,
-            &status.map(BindingStatus::as_str),
-            &after_id,
-            &limit,
+            (&list_id, Type::INT8),
+            (&status.map(BindingStatus::as_str), Type::TEXT),
+            (&after_id, Type::INT8),
+            (&limit, Type::INT8),
         ],
     )
     .await?;

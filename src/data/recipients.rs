@@ -292,14 +292,14 @@ pub async fn list(
     limit: i64,
 ) -> Result<Vec<Recipient>, DataError> {
     let mut compiled = filter.unwrap_or_else(rules::always);
-    let after = compiled.push(Box::new(after_id));
-    let limit = compiled.push(Box::new(limit));
+    let after = compiled.push(Box::new(after_id), Type::INT8);
+    let limit = compiled.push(Box::new(limit), Type::INT8);
     let sql = format!(
         "SELECT {COLUMNS} FROM recipients r WHERE {} AND ({after}::int8 IS NULL OR r.id > {after}::int8)
          ORDER BY r.id LIMIT {limit}::int8",
         compiled.sql
     );
-    let rows = query_columns(db, &sql, &compiled.param_refs()).await?;
+    let rows = query_typed_columns(db, &sql, &compiled.typed_params()).await?;
     Ok(rows.iter().map(Recipient::from).collect())
 }
 

@@ -15,7 +15,7 @@
 //! Logic is two-valued: `not` treats an unknown (NULL) comparison as false before negating, so `not (city = X)`
 //! and `city ne X` both include recipients without a city.
 
-use deadpool_postgres::tokio_postgres::types::ToSql;
+use deadpool_postgres::tokio_postgres::types::{ToSql, Type};
 use serde_json::Value as Json;
 
 use super::lists::BindingStatus;
@@ -28,10 +28,11 @@ pub const MAX_NODES: usize = 200;
 /// Most values in one `in` list.
 pub const MAX_IN_VALUES: usize = 1000;
 
-/// A compiled rule: `sql` uses `$1..$n`, `params` are their values.
+/// A compiled rule: `sql` uses `$1..$n`, `params` are their values, each with the type its placeholder is cast to
+/// (so a statement can be parsed, bound and run in one round trip: [`Compiled::typed_params`]).
 pub struct Compiled {
     pub sql: String,
-    pub params: Vec<Box<dyn ToSql + Sync + Send>>,
+    pub params: Vec<(Box<dyn ToSql + Sync + Send>, Type)>,
     /// The fields the rule reads (for access control: personal fields need the private-data right).
     pub fields: Vec<String>,
     /// The mailing lists the rule refers to.
@@ -43,13 +44,22 @@ impl Compiled {
     pub fn param_refs(&self) -> Vec<&(dyn ToSql + Sync)> {
         self.params
             .iter()
-            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .map(|(p, _)| p.as_ref() as &(dyn ToSql + Sync))
             .collect()
     }
 
-    /// A further parameter after the rule's own ones; returns its placeholder.
-    pub fn push(&mut self, value: Box<dyn ToSql + Sync + Send>) -> String {
-        self.params.push(value);
+    /// The parameters with their types, as `Client::query_typed` takes them.
+    pub fn typed_params(&self) -> Vec<(&(dyn ToSql + Sync), Type)> {
+        self.params
+            .iter()
+            .map(|(p, ty)| (p.as_ref() as &(dyn ToSql + Sync), ty.clone()))
+            .collect()
+    }
+
+    /// A further parameter after the rule's own ones, of PostgreSQL type `ty` (the type its placeholder is cast
+    /// to where the statement uses it); returns its placeholder.
+    pub fn push(&mut self, value: Box<dyn ToSql + Sync + Send>, ty: Type) -> String {
+        self.params.push((value, ty));
         format!("${}", self.params.len())
     }
 }
@@ -238,7 +248,7 @@ impl Compiler<'_> {
             .filter(|id| *id > 0)
             .ok_or_else(|| format!("{at}.list: must be a mailing list id"))?;
         self.out.lists.push(id);
-        let list = self.out.push(Box::new(id));
+        let list = self.out.push(Box::new(id), Type::INT8);
         match status {
             None | Some(Json::Null) => Ok(format!(
                 "EXISTS (SELECT 1 FROM bindings b WHERE b.recipient_id = r.id AND b.mailing_list_id = {list}::int8)"
@@ -249,7 +259,7 @@ impl Compiler<'_> {
                         "{at}.status: must be one of active, opt_out, bounced, blocked, pending_confirmation"
                     )
                 })?;
-                let status = self.out.push(Box::new(status.as_str()));
+                let status = self.out.push(Box::new(status.as_str()), Type::TEXT);
                 Ok(format!(
                     "EXISTS (SELECT 1 FROM bindings b WHERE b.recipient_id = r.id AND b.mailing_list_id = {list}::int8 AND b.status = {status}::text)"
                 ))
@@ -319,7 +329,7 @@ impl Compiler<'_> {
                 if fragment.chars().any(char::is_control) {
                     return Err(format!("{here}: value must not contain control characters"));
                 }
-                let p = self.out.push(Box::new(fragment.to_lowercase()));
+                let p = self.out.push(Box::new(fragment.to_lowercase()), Type::TEXT);
                 Ok(if op == Op::Contains {
                     format!("(strpos(lower({column}), {p}::text) > 0)")
                 } else if stored_lower {
@@ -341,7 +351,9 @@ impl Compiler<'_> {
                     .iter()
                     .map(|v| operand(field, v, &here, folded))
                     .collect::<Result<Vec<_>, _>>()?;
-                let p = self.out.push(array_param(field.ty, values));
+                let p = self
+                    .out
+                    .push(array_param(field.ty, values), field.ty.pg_array_type());
                 Ok(format!("({lhs} = ANY({p}::{}[]))", field.ty.sql_type()))
             }
             Op::Eq | Op::Ne | Op::Lt | Op::Le | Op::Gt | Op::Ge => {
@@ -350,7 +362,7 @@ impl Compiler<'_> {
                 }
                 let value = value.ok_or_else(|| format!("{here}: {op_name} needs a value"))?;
                 let value = operand(field, value, &here, folded)?;
-                let p = self.out.push(value.as_param());
+                let p = self.out.push(value.as_param(), field.ty.pg_type());
                 let rhs = format!("{p}::{}", field.ty.sql_type());
                 let sql_op = match op {
                     Op::Eq => "=",
@@ -637,6 +649,11 @@ mod tests {
                         prop_assert!(!compiled.sql.contains(MARK), "a value reached the SQL: {}", compiled.sql);
                         prop_assert!(!compiled.sql.contains(';') && !compiled.sql.contains("--"));
                         prop_assert_eq!(placeholders(&compiled.sql), compiled.params.len());
+                        // Every value is of the type its parameter is declared as (`query_typed` binds it so).
+                        for (value, ty) in &compiled.params {
+                            let mut buffer = bytes::BytesMut::new();
+                            prop_assert!(value.to_sql_checked(ty, &mut buffer).is_ok(), "{:?} as {}", value, ty);
+                        }
                     }
                     Err(message) => {
                         prop_assert!(message.starts_with("rule") || message.starts_with("the rule"), "{}", message);

@@ -179,8 +179,9 @@ fn stale(e: DataError) -> DataError {
 pub async fn count_rule(db: &Client, rule: &Json, privacy: &Privacy) -> Result<i64, DataError> {
     let (compiled, _) = compile(db, rule, privacy).await?;
     let sql = format!("SELECT count(*) FROM recipients r WHERE {}", compiled.sql);
-    let row = db.query_one(&sql, &compiled.param_refs()).await?;
-    Ok(row.get(0))
+    // A count is one row.
+    let rows = db.query_typed(&sql, &compiled.typed_params()).await?;
+    Ok(rows.first().map_or(0, |row| row.get(0)))
 }
 
 /// The recipients the group's rule matches now, by id (keyset pagination).
@@ -206,15 +207,15 @@ pub async fn members_by_rule(
     privacy: &Privacy,
 ) -> Result<Vec<Recipient>, DataError> {
     let (mut compiled, schema) = compile(db, rule, privacy).await?;
-    let after = compiled.push(Box::new(after_id));
-    let limit = compiled.push(Box::new(limit));
+    let after = compiled.push(Box::new(after_id), Type::INT8);
+    let limit = compiled.push(Box::new(limit), Type::INT8);
     let sql = format!(
         "SELECT {} FROM recipients r WHERE {} AND ({after}::int8 IS NULL OR r.id > {after}::int8)
          ORDER BY r.id LIMIT {limit}::int8",
         recipients::COLUMNS,
         compiled.sql,
     );
-    let rows = recipients::query_columns(db, &sql, &compiled.param_refs()).await?;
+    let rows = recipients::query_typed_columns(db, &sql, &compiled.typed_params()).await?;
     let mut members: Vec<Recipient> = rows.iter().map(Recipient::from).collect();
     recipients::protect(db, privacy, Some(&schema), &mut members).await?;
     Ok(members)

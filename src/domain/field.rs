@@ -2,7 +2,7 @@
 //! or text, bound as a parameter, written in `COPY` text format and shown as JSON. Pure data: no I/O.
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
-use deadpool_postgres::tokio_postgres::types::ToSql;
+use deadpool_postgres::tokio_postgres::types::{ToSql, Type};
 use serde_json::Value as Json;
 
 use super::Email;
@@ -47,6 +47,30 @@ impl FieldType {
             Self::Boolean => "bool",
             Self::Date => "date",
             Self::Timestamp => "timestamptz",
+        }
+    }
+
+    /// [`Self::sql_type`] as tokio-postgres names it (a parameter's declared type).
+    pub fn pg_type(self) -> Type {
+        match self {
+            Self::Text { .. } => Type::TEXT,
+            Self::Integer => Type::INT8,
+            Self::Number => Type::FLOAT8,
+            Self::Boolean => Type::BOOL,
+            Self::Date => Type::DATE,
+            Self::Timestamp => Type::TIMESTAMPTZ,
+        }
+    }
+
+    /// The array of [`Self::pg_type`] (an `in` list's parameter).
+    pub fn pg_array_type(self) -> Type {
+        match self {
+            Self::Text { .. } => Type::TEXT_ARRAY,
+            Self::Integer => Type::INT8_ARRAY,
+            Self::Number => Type::FLOAT8_ARRAY,
+            Self::Boolean => Type::BOOL_ARRAY,
+            Self::Date => Type::DATE_ARRAY,
+            Self::Timestamp => Type::TIMESTAMPTZ_ARRAY,
         }
     }
 
