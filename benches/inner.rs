@@ -64,7 +64,10 @@ fn compiled(
     schema: &Schema,
 ) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
     let c = rules::compile(&rule, schema).expect("rule");
-    (c.sql, c.params)
+    (
+        c.sql,
+        c.params.into_iter().map(|(value, _)| value).collect(),
+    )
 }
 
 #[tokio::main]
