@@ -91,9 +91,24 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-/// A port nobody listens on now (the kernel's choice for port 0; another process could take it before the
-/// cluster binds it, which then fails to start with a clear error).
+/// A TCP port for a throwaway cluster, free on both loopback addresses now: chosen below Linux's ephemeral range
+/// (32768-60999 by default), so that the source port of an outgoing connection (the tests' HTTP clients, the
+/// pools) cannot take it between this check and the cluster's own bind. A port taken anyway (another test's cluster) is
+/// retried by [`ThrowawayCluster::start_tcp_with`]. Found in CI: a port from the kernel's ephemeral range was taken
+/// by the time PostgreSQL bound it ("could not bind IPv4 address: Address already in use").
 fn free_port() -> Result<u16, EmbeddedError> {
+    for _ in 0..500 {
+        let port = rand::random_range(20_000..32_000);
+        let v4 = std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+        // A machine without IPv6 loopback is fine: PostgreSQL then listens on IPv4 only.
+        let v6 = match std::net::TcpListener::bind(("::1", port)) {
+            Ok(_) => true,
+            Err(e) => e.kind() != std::io::ErrorKind::AddrInUse,
+        };
+        if v4 && v6 {
+            return Ok(port);
+        }
+    }
     let listener =
         std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(io_err("finding a free TCP port"))?;
     let port = listener
@@ -101,6 +116,11 @@ fn free_port() -> Result<u16, EmbeddedError> {
         .map_err(io_err("finding a free TCP port"))?
         .port();
     Ok(port)
+}
+
+/// Whether a cluster failed to start because its TCP port was taken.
+fn port_taken(error: &EmbeddedError) -> bool {
+    matches!(error, EmbeddedError::Exited { tail, .. } if tail.contains("Address already in use"))
 }
 
 impl ThrowawayCluster {
@@ -142,6 +162,20 @@ impl ThrowawayCluster {
     /// As [`Self::start_tcp`], with more server settings (`wal_level = replica`: a server that cannot be moved
     /// off).
     pub fn start_tcp_with(
+        tag: &str,
+        tls: Option<&TlsFiles>,
+        settings: &[(&str, &str)],
+    ) -> Result<Self, EmbeddedError> {
+        let mut attempts = 0;
+        loop {
+            match Self::try_start_tcp(tag, tls, settings) {
+                Err(e) if port_taken(&e) && attempts < 4 => attempts += 1,
+                done => return done,
+            }
+        }
+    }
+
+    fn try_start_tcp(
         tag: &str,
         tls: Option<&TlsFiles>,
         settings: &[(&str, &str)],
