@@ -232,12 +232,13 @@ fn email_taken(e: tokio_postgres::Error) -> DataError {
     }
 }
 
-type Params = Vec<Box<dyn ToSql + Sync + Send>>;
+/// A write's values, each with the type its placeholder is (or is cast to).
+type Params = Vec<(Box<dyn ToSql + Sync + Send>, Type)>;
 
-fn refs(params: &Params) -> Vec<&(dyn ToSql + Sync)> {
+fn typed(params: &Params) -> Vec<(&(dyn ToSql + Sync), Type)> {
     params
         .iter()
-        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+        .map(|(p, ty)| (p.as_ref() as &(dyn ToSql + Sync), ty.clone()))
         .collect()
 }
 
@@ -248,13 +249,13 @@ pub async fn create(db: &Client, new: &NewRecipient) -> Result<Recipient, DataEr
         .collect::<Vec<_>>();
     let mut placeholders = vec!["$1".to_owned(), "$2".into(), "$3".into(), "$4".into()];
     let mut params: Params = vec![
-        Box::new(new.email.as_str().to_owned()),
-        Box::new(new.first_name.clone()),
-        Box::new(new.last_name.clone()),
-        Box::new(new.gender.clone()),
+        (Box::new(new.email.as_str().to_owned()), Type::TEXT),
+        (Box::new(new.first_name.clone()), Type::TEXT),
+        (Box::new(new.last_name.clone()), Type::TEXT),
+        (Box::new(new.gender.clone()), Type::TEXT),
     ];
     for (field, value) in &new.custom {
-        params.push(value.typed_param(field.ty));
+        params.push((value.typed_param(field.ty), field.ty.pg_type()));
         columns.push(field.column());
         placeholders.push(format!("${}::{}", params.len(), field.ty.sql_type()));
     }
@@ -263,7 +264,7 @@ pub async fn create(db: &Client, new: &NewRecipient) -> Result<Recipient, DataEr
         columns.join(", "),
         placeholders.join(", ")
     );
-    let rows = query_columns(db, &sql, &refs(&params))
+    let rows = query_typed_columns(db, &sql, &typed(&params))
         .await
         .map_err(email_taken)?;
     let row = rows
@@ -306,18 +307,18 @@ pub async fn list(
 pub async fn update(db: &Client, id: i64, patch: &RecipientPatch) -> Result<Recipient, DataError> {
     let email = patch.email.as_ref().map(|e| e.as_str().to_owned());
     let mut params: Params = vec![
-        Box::new(id),
-        Box::new(email),
-        Box::new(patch.first_name.is_some()),
-        Box::new(patch.first_name.clone().flatten()),
-        Box::new(patch.last_name.is_some()),
-        Box::new(patch.last_name.clone().flatten()),
-        Box::new(patch.gender.is_some()),
-        Box::new(patch.gender.clone().flatten()),
+        (Box::new(id), Type::INT8),
+        (Box::new(email), Type::TEXT),
+        (Box::new(patch.first_name.is_some()), Type::BOOL),
+        (Box::new(patch.first_name.clone().flatten()), Type::TEXT),
+        (Box::new(patch.last_name.is_some()), Type::BOOL),
+        (Box::new(patch.last_name.clone().flatten()), Type::TEXT),
+        (Box::new(patch.gender.is_some()), Type::BOOL),
+        (Box::new(patch.gender.clone().flatten()), Type::TEXT),
     ];
     let mut sets = String::new();
     for (field, value) in &patch.custom {
-        params.push(value.typed_param(field.ty));
+        params.push((value.typed_param(field.ty), field.ty.pg_type()));
         sets.push_str(&format!(
             "{} = ${}::{}, ",
             field.column(),
@@ -335,7 +336,7 @@ pub async fn update(db: &Client, id: i64, patch: &RecipientPatch) -> Result<Reci
          WHERE id = $1
          RETURNING {COLUMNS}"
     );
-    let rows = query_columns(db, &sql, &refs(&params))
+    let rows = query_typed_columns(db, &sql, &typed(&params))
         .await
         .map_err(email_taken)?;
     rows.first().map(Recipient::from).ok_or(DataError::NotFound)
@@ -343,9 +344,12 @@ pub async fn update(db: &Client, id: i64, patch: &RecipientPatch) -> Result<Reci
 
 pub async fn delete(db: &Client, id: i64) -> Result<(), DataError> {
     let deleted = db
-        .execute("DELETE FROM recipients WHERE id = $1", &[&id])
+        .query_typed(
+            "DELETE FROM recipients WHERE id = $1 RETURNING id",
+            &[(&id, Type::INT8)],
+        )
         .await?;
-    if deleted == 0 {
+    if deleted.is_empty() {
         return Err(DataError::NotFound);
     }
     Ok(())
