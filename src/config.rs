@@ -110,6 +110,10 @@ pub struct EmbeddedSettings {
     pub fsync: bool,
     pub max_connections: u32,
     pub start_timeout_secs: u64,
+    /// `autovacuum_naptime` of the embedded cluster, in seconds: its autovacuum launcher starts a worker backend
+    /// in every database once per this period, so with many tenant databases the default of PostgreSQL (60 s)
+    /// spends a backend start per 60 s / databases (see `embedded::DEFAULT_AUTOVACUUM_NAPTIME_SECS`).
+    pub autovacuum_naptime_secs: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -411,6 +415,11 @@ impl Settings {
             embedded.start_timeout_secs > 0,
             "embedded.start_timeout_secs",
             "must be at least 1",
+        )?;
+        ensure(
+            (1..=2_147_483).contains(&embedded.autovacuum_naptime_secs),
+            "embedded.autovacuum_naptime_secs",
+            "must be between 1 and 2147483 (PostgreSQL's range)",
         )?;
         self.validate_tenants()?;
         self.validate_workers_and_routing()?;

@@ -121,6 +121,10 @@ fn io_err(action: impl Into<String>) -> impl FnOnce(io::Error) -> EmbeddedError 
     move |source| EmbeddedError::Io { action, source }
 }
 
+/// The default `autovacuum_naptime` (seconds) of the embedded cluster and of throwaway clusters; the embedded
+/// cluster's comes from `embedded.autovacuum_naptime_secs` (config/default.toml explains the figure).
+pub const DEFAULT_AUTOVACUUM_NAPTIME_SECS: u32 = 300;
+
 /// What the embedded cluster should look like.
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
@@ -133,6 +137,8 @@ pub struct ClusterSpec {
     pub start_timeout: Duration,
     /// `max_slot_wal_keep_size`: a replication slot (a live move's) never holds more WAL than this.
     pub max_slot_wal_keep_size: String,
+    /// `autovacuum_naptime` in seconds (`embedded.autovacuum_naptime_secs`).
+    pub autovacuum_naptime_secs: u32,
     /// More server settings (`-c name=value`), applied after mandant's own, so they may override them (a
     /// throwaway cluster listening on TCP, with TLS: `embedded/testing.rs`). Empty for the embedded cluster.
     pub extra_settings: Vec<(String, String)>,
@@ -149,6 +155,7 @@ impl ClusterSpec {
             max_connections: e.max_connections,
             start_timeout: Duration::from_secs(e.start_timeout_secs),
             max_slot_wal_keep_size: settings.tenants.max_slot_wal_keep_size.clone(),
+            autovacuum_naptime_secs: e.autovacuum_naptime_secs,
             extra_settings: Vec::new(),
         }
     }
@@ -406,6 +413,12 @@ impl Cluster {
             .arg(format!(
                 "max_slot_wal_keep_size={}",
                 spec.max_slot_wal_keep_size
+            ))
+            // One autovacuum worker start per database per naptime: see `embedded.autovacuum_naptime_secs`.
+            .arg("-c")
+            .arg(format!(
+                "autovacuum_naptime={}",
+                spec.autovacuum_naptime_secs
             ));
         if !spec.fsync {
             command

@@ -140,6 +140,7 @@ impl ThrowawayCluster {
             max_connections: 300,
             start_timeout: Duration::from_secs(60),
             max_slot_wal_keep_size: "1GB".to_owned(),
+            autovacuum_naptime_secs: super::DEFAULT_AUTOVACUUM_NAPTIME_SECS,
             extra_settings: Vec::new(),
         };
         let cluster = Cluster::start(&spec)?;
@@ -225,6 +226,7 @@ impl ThrowawayCluster {
             max_connections: 100,
             start_timeout: Duration::from_secs(60),
             max_slot_wal_keep_size: "1GB".to_owned(),
+            autovacuum_naptime_secs: super::DEFAULT_AUTOVACUUM_NAPTIME_SECS,
             extra_settings,
         };
         let cluster = Cluster::start(&spec)?;

@@ -44,6 +44,19 @@ async fn the_embedded_cluster_starts_stops_and_restarts_on_the_same_data_directo
         scalar(&cluster, "SELECT sum(v)::bigint FROM kept").await,
         42
     );
+    // The configured autovacuum period (config/default.toml), which is also the one throwaway clusters get.
+    assert_eq!(
+        spec.autovacuum_naptime_secs,
+        mandant::embedded::DEFAULT_AUTOVACUUM_NAPTIME_SECS
+    );
+    assert_eq!(
+        scalar(
+            &cluster,
+            "SELECT setting::bigint FROM pg_settings WHERE name = 'autovacuum_naptime'"
+        )
+        .await,
+        i64::from(spec.autovacuum_naptime_secs)
+    );
 }
 
 #[tokio::test]
