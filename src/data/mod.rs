@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::tokio_postgres;
+use deadpool_postgres::tokio_postgres::types::{ToSql, Type};
 
 use crate::control::clients::ClientRecord;
 use crate::control::listen::Listening;
@@ -40,6 +41,18 @@ use crate::shutdown::CancellationToken;
 use crate::tenant::TenantError;
 use crate::tenant::pool::{PooledConn, RouteError, TenantPools, TenantRoute, Use};
 use crate::tenant::targets::Targets;
+
+/// A bound value with the PostgreSQL type its placeholder is (or is cast to), for `Client::query_typed`: a rule's
+/// parameters ([`rules::Compiled`]) and a recipient write's.
+pub type TypedParam = (Box<dyn ToSql + Sync + Send>, Type);
+
+/// `params` as the slice `Client::query_typed` takes.
+pub fn typed_refs(params: &[TypedParam]) -> Vec<(&(dyn ToSql + Sync), Type)> {
+    params
+        .iter()
+        .map(|(value, ty)| (value.as_ref() as &(dyn ToSql + Sync), ty.clone()))
+        .collect()
+}
 
 /// Whether a caller may see personal data on a client (its `private_data` right, DESIGN.md §6). Without it,
 /// personal fields (e-mail, names, custom fields marked personal) are masked in every recipient returned, and

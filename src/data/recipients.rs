@@ -18,25 +18,13 @@ use crate::domain::{Email, STANDARD_FIELDS};
 /// The columns of [`Recipient`], for statements over `recipients r`.
 pub const COLUMNS: &str = "r.*";
 
-/// Runs a statement over `recipients r` that returns its columns, once more if the table's columns changed
-/// between the statement's preparation and its execution. A field added or dropped by the reconciler on another
-/// connection in that window makes PostgreSQL refuse the prepared statement ("cached plan must not change result
-/// type", 0A000) before it runs anything, so running it again is safe. Found by the soak benchmark (a central
-/// field every minute under load answered a few reads with 500).
-pub async fn query_columns(
-    db: &Client,
-    sql: &str,
-    params: &[&(dyn ToSql + Sync)],
-) -> Result<Vec<Row>, tokio_postgres::Error> {
-    match db.query(sql, params).await {
-        Err(e) if columns_changed(&e) => db.query(sql, params).await,
-        other => other,
-    }
-}
-
-/// As [`query_columns`], for a statement whose parameter types are known: parsed, bound and run in one round trip
-/// as the unnamed statement (`Client::query_typed`), where a prepared statement costs three (prepare, execute, and
-/// the close of the statement). The hot reads of the data API use it.
+/// Runs a statement over `recipients r` that returns its columns, parsed, bound and run in one round trip as the
+/// unnamed statement (`Client::query_typed`, the parameters' types given), where a prepared statement costs three
+/// (prepare, execute, and the close of the statement). Run once more if the table's columns changed between parse
+/// and execution: a field added or dropped by the reconciler on another connection made PostgreSQL refuse a
+/// prepared statement ("cached plan must not change result type", 0A000) before it ran anything, found by the
+/// soak benchmark when reads still prepared. In one batch the parse's lock should hold until the end; the retry
+/// stays as the safety net, and running again is safe.
 pub async fn query_typed_columns(
     db: &Client,
     sql: &str,
@@ -233,14 +221,7 @@ fn email_taken(e: tokio_postgres::Error) -> DataError {
 }
 
 /// A write's values, each with the type its placeholder is (or is cast to).
-type Params = Vec<(Box<dyn ToSql + Sync + Send>, Type)>;
-
-fn typed(params: &Params) -> Vec<(&(dyn ToSql + Sync), Type)> {
-    params
-        .iter()
-        .map(|(p, ty)| (p.as_ref() as &(dyn ToSql + Sync), ty.clone()))
-        .collect()
-}
+type Params = Vec<super::TypedParam>;
 
 pub async fn create(db: &Client, new: &NewRecipient) -> Result<Recipient, DataError> {
     let mut columns = vec!["email", "first_name", "last_name", "gender"]
@@ -264,7 +245,7 @@ pub async fn create(db: &Client, new: &NewRecipient) -> Result<Recipient, DataEr
         columns.join(", "),
         placeholders.join(", ")
     );
-    let rows = query_typed_columns(db, &sql, &typed(&params))
+    let rows = query_typed_columns(db, &sql, &super::typed_refs(&params))
         .await
         .map_err(email_taken)?;
     let row = rows
@@ -336,7 +317,7 @@ pub async fn update(db: &Client, id: i64, patch: &RecipientPatch) -> Result<Reci
          WHERE id = $1
          RETURNING {COLUMNS}"
     );
-    let rows = query_typed_columns(db, &sql, &typed(&params))
+    let rows = query_typed_columns(db, &sql, &super::typed_refs(&params))
         .await
         .map_err(email_taken)?;
     rows.first().map(Recipient::from).ok_or(DataError::NotFound)

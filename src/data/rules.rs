@@ -32,7 +32,7 @@ pub const MAX_IN_VALUES: usize = 1000;
 /// (so a statement can be parsed, bound and run in one round trip: [`Compiled::typed_params`]).
 pub struct Compiled {
     pub sql: String,
-    pub params: Vec<(Box<dyn ToSql + Sync + Send>, Type)>,
+    pub params: Vec<super::TypedParam>,
     /// The fields the rule reads (for access control: personal fields need the private-data right).
     pub fields: Vec<String>,
     /// The mailing lists the rule refers to.
@@ -50,10 +50,7 @@ impl Compiled {
 
     /// The parameters with their types, as `Client::query_typed` takes them.
     pub fn typed_params(&self) -> Vec<(&(dyn ToSql + Sync), Type)> {
-        self.params
-            .iter()
-            .map(|(p, ty)| (p.as_ref() as &(dyn ToSql + Sync), ty.clone()))
-            .collect()
+        super::typed_refs(&self.params)
     }
 
     /// A further parameter after the rule's own ones, of PostgreSQL type `ty` (the type its placeholder is cast

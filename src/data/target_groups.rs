@@ -179,9 +179,10 @@ fn stale(e: DataError) -> DataError {
 pub async fn count_rule(db: &Client, rule: &Json, privacy: &Privacy) -> Result<i64, DataError> {
     let (compiled, _) = compile(db, rule, privacy).await?;
     let sql = format!("SELECT count(*) FROM recipients r WHERE {}", compiled.sql);
-    // A count is one row.
     let rows = db.query_typed(&sql, &compiled.typed_params()).await?;
-    Ok(rows.first().map_or(0, |row| row.get(0)))
+    rows.first()
+        .map(|row| row.get(0))
+        .ok_or_else(|| DataError::Config("a count returned no row".into()))
 }
 
 /// The recipients the group's rule matches now, by id (keyset pagination).
