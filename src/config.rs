@@ -680,6 +680,16 @@ mod tests {
         .to_string();
         assert!(err.contains("tenants.db_prefix"), "{err}");
 
+        for naptime in ["0", "2147484"] {
+            let err = Settings::load(&LoadOptions {
+                env: env(&[("MANDANT__EMBEDDED__AUTOVACUUM_NAPTIME_SECS", naptime)]),
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("embedded.autovacuum_naptime_secs"), "{err}");
+        }
+
         let err = Settings::load(&LoadOptions {
             env: env(&[
                 ("MANDANT__ROUTING__BUDGET_PER_SERVER", "4"),

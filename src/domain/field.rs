@@ -309,3 +309,31 @@ impl Value {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use deadpool_postgres::tokio_postgres::types::Kind;
+
+    use super::*;
+
+    /// The type a value is declared as (`pg_type`, `query_typed`) is the one the SQL casts it to (`sql_type`), and
+    /// an `in` list's is the array of it: the two spellings cannot drift apart.
+    #[test]
+    fn the_declared_type_is_the_cast_type_and_its_array() {
+        for ty in [
+            FieldType::Text { max: 10 },
+            FieldType::Integer,
+            FieldType::Number,
+            FieldType::Boolean,
+            FieldType::Date,
+            FieldType::Timestamp,
+        ] {
+            assert_eq!(ty.pg_type().name(), ty.sql_type(), "{ty:?}");
+            assert_eq!(
+                ty.pg_array_type().kind(),
+                &Kind::Array(ty.pg_type()),
+                "{ty:?}"
+            );
+        }
+    }
+}
