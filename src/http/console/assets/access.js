@@ -8,7 +8,12 @@ import { go, reloadClients } from './app.js';
 
 const LEVELS = [['full', 'Full access'], ['read', 'Read only'], ['none', 'Invisible']];
 
+// Renders started so far: a render whose users arrive after a later render began (two clicks, or the page opened
+// and a client ticked at once) draws nothing, so an older answer never replaces the rows being edited.
+let renders = 0;
+
 export async function render(view, route) {
+  const current = ++renders;
   const rows = filtered();
   const wanted = route.args[0];
   const slug = rows.some((r) => r.client.slug === wanted) ? wanted : (rows[0] && rows[0].client.slug);
@@ -26,7 +31,9 @@ export async function render(view, route) {
       '“Private data” allows seeing personal data (e-mail addresses, names, fields marked personal).'),
     h('div', { class: 'matrix' }, left, right));
   if (!slug) return fill(right, h('p', {}, 'No clients to show.'));
-  drawUsers(right, await get(path`/v1/clients/${slug}/access`));
+  const data = await get(path`/v1/clients/${slug}/access`);
+  if (current !== renders) return;
+  drawUsers(right, data);
 }
 
 // The users' rows for one client, from GET or PUT /v1/clients/{slug}/access.
