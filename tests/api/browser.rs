@@ -173,17 +173,30 @@ impl Tab {
             .unwrap_or_else(|e| panic!("type into {selector}: {e}"));
     }
 
-    /// Selects `value` in a `<select>` and tells the page it changed.
+    /// Selects `value` in a `<select>` and tells the page it changed. Looked up and set in one evaluation, again
+    /// while the element is missing: a page that renders a panel twice (its data arriving in two answers) can
+    /// replace the element between [`Tab::wait_for`] and the next evaluation (seen in CI: `querySelector` null).
     pub async fn select(&self, selector: &str, value: &str) {
-        self.wait_for(selector).await;
         let js = format!(
-            "(() => {{ const s = document.querySelector({sel}); s.value = {val};
+            "(() => {{ const s = document.querySelector({sel}); if (!s) return [false, '']; s.value = {val};
                 s.dispatchEvent(new Event('input', {{bubbles: true}}));
-                s.dispatchEvent(new Event('change', {{bubbles: true}})); return s.value; }})()",
+                s.dispatchEvent(new Event('change', {{bubbles: true}})); return [true, s.value]; }})()",
             sel = serde_json::to_string(selector).unwrap(),
             val = serde_json::to_string(value).unwrap(),
         );
-        let now: String = self.eval(&js).await;
+        let start = tokio::time::Instant::now();
+        let now = loop {
+            // (found, its value now): a JavaScript null would come back as no value at all.
+            if let (true, now) = self.eval::<(bool, String)>(&js).await {
+                break now;
+            }
+            let text: String = self.eval("document.body.innerText").await;
+            assert!(
+                start.elapsed() < WAIT,
+                "{selector} never appeared; the page: {text}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         assert_eq!(now, value, "{selector} has no option {value}");
     }
 

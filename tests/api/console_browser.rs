@@ -144,7 +144,9 @@ async fn an_administrator_creates_a_client_sees_it_become_active_and_sets_the_ac
     // Tick the client, set two users' access, save once.
     tab.click("nav a[href^='#/access']").await;
     tab.click("#access-client-acme").await;
-    tab.wait_for("select[name=level-dora]").await;
+    // acme's rows, not those of the client the page opened with (the master), which have a dora row too.
+    tab.wait_for("select[name=level-dora][aria-label='Access of dora to acme']")
+        .await;
     tab.select("select[name=level-dora]", "full").await;
     tab.click("input[name=private-dora]").await;
     tab.select("select[name=level-emil]", "read").await;
