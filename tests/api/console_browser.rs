@@ -509,3 +509,52 @@ async fn a_clients_own_field_is_changed_in_the_console_and_the_api_shows_it() {
     browser.close().await;
     app.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_parents_mailing_lists_that_arrive_after_another_parent_was_chosen_are_not_shown() {
+    let app = spawn_app().await;
+    app.create_active_client("acme").await;
+    app.create_active_client("beta").await;
+    let created = app
+        .post_json(
+            "/v1/clients/acme/mailing-lists",
+            &json!({"name": "Shop customers"}),
+        )
+        .await;
+    assert!(created.status().is_success(), "{}", created.status());
+    let browser = Headless::start().await;
+    let tab = signed_in(&browser, &app, ADMIN_TOKEN).await;
+    tab.route("#/clients").await;
+    tab.click("#new-client").await;
+    tab.select("#client-parent", "acme").await;
+    // acme's lists answer late: asked for first, they arrive after beta's, the parent chosen since.
+    let _: bool = tab
+        .eval(
+            "(() => { const real = window.fetch; window.__late = 'asked';
+                window.fetch = (url, init) => String(url).startsWith('/v1/clients/acme/mailing-lists')
+                  ? real(url, init).then((answer) => new Promise((done) =>
+                      setTimeout(() => { window.__late = 'answered'; done(answer); }, 1500)))
+                  : real(url, init);
+                return true; })()",
+        )
+        .await;
+    tab.select("#client-kind", "inner").await;
+    tab.select("#client-parent", "beta").await;
+    tab.wait_until(
+        "document.getElementById('client-scope').innerText.includes('The parent has no mailing lists yet.')",
+    )
+    .await;
+    tab.wait_until("window.__late === 'answered'").await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let scope: String = tab
+        .eval("document.getElementById('client-scope').innerText")
+        .await;
+    assert!(
+        !scope.contains("Shop customers") && scope.contains("The parent has no mailing lists yet."),
+        "acme's lists replaced beta's: {scope}"
+    );
+    assert!(!tab.has("#client-scope input[name=scope-list]").await);
+    no_problems(&tab).await;
+    browser.close().await;
+    app.shutdown().await.unwrap();
+}

@@ -1,19 +1,19 @@
 // Access (#/access/<slug>): seed 004's matrix. Clients on the left; for the ticked client, every user on the right
 // with a level (full access, read only, invisible) and "private data"; one Save sends every row in one PUT.
 
-import { h, fill, table, messageBox, alert, note, badge } from './dom.js';
+import { h, fill, table, messageBox, alert, note, badge, latest } from './dom.js';
 import { get, put, path } from './api.js';
 import { session, can, filtered } from './state.js';
 import { go, reloadClients } from './app.js';
 
 const LEVELS = [['full', 'Full access'], ['read', 'Read only'], ['none', 'Invisible']];
 
-// Renders started so far: a render whose users arrive after a later render began (two clicks, or the page opened
-// and a client ticked at once) draws nothing, so an older answer never replaces the rows being edited.
-let renders = 0;
+// A render whose users arrive after a later render began (two clicks, or the page opened and a client ticked at
+// once) draws nothing, so an older answer never replaces the rows being edited.
+const renders = latest();
 
 export async function render(view, route) {
-  const current = ++renders;
+  const current = renders();
   const rows = filtered();
   const wanted = route.args[0];
   const slug = rows.some((r) => r.client.slug === wanted) ? wanted : (rows[0] && rows[0].client.slug);
@@ -32,7 +32,7 @@ export async function render(view, route) {
     h('div', { class: 'matrix' }, left, right));
   if (!slug) return fill(right, h('p', {}, 'No clients to show.'));
   const data = await get(path`/v1/clients/${slug}/access`);
-  if (current !== renders) return;
+  if (!current()) return;
   drawUsers(right, data);
 }
 

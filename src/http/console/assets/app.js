@@ -1,6 +1,6 @@
 // Boot, session, router, header, navigation and the client filter.
 
-import { h, fill, field, alert, showError } from './dom.js';
+import { h, fill, field, alert, showError, latest } from './dom.js';
 import { api, get, all, setCsrf, whenUnauthorized, withQuery } from './api.js';
 import { session, can, canSomewhere, tree, masterSlug } from './state.js';
 import * as overview from './overview.js';
@@ -86,9 +86,14 @@ function renderFilter() {
   $('client-filter').value = session.filter;
 }
 
-// Reloads the visible clients (after a create, rename or delete) and the filter's options.
+// Reloads the visible clients (after a create, rename or delete) and the filter's options. Of two overlapping
+// reloads (an operation ending while a rename is saved), the later one's answer is kept.
+const reloads = latest();
 export async function reloadClients() {
-  session.clients = can('clients.read') ? await all('/v1/clients') : [];
+  const current = reloads();
+  const clients = can('clients.read') ? await all('/v1/clients') : [];
+  if (!current()) return;
+  session.clients = clients;
   renderFilter();
 }
 

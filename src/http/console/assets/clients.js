@@ -1,7 +1,7 @@
 // Clients (#/clients): the client tree with status, server and schema version; create (with the provisioning
 // progress), rename, suspend, resume, move and delete, each shown only when the caller may use it.
 
-import { h, fill, field, select, table, messageBox, alert, note, badge, when, confirmDialog, showError } from './dom.js';
+import { h, fill, field, select, table, messageBox, alert, note, badge, when, confirmDialog, showError, latest } from './dom.js';
 import { get, post, patch, del, path, withQuery, follow, all } from './api.js';
 import { session, can, filtered, masterSlug, tree } from './state.js';
 import { reloadClients } from './app.js';
@@ -97,17 +97,21 @@ function toggleCreate(view, button, progress, redraw) {
     ['inner', 'Inner client (a slice of the parent’s recipients)']], 'sub');
   const lists = h('fieldset', { class: 'checks', id: 'client-scope', hidden: true },
     h('legend', {}, 'Its recipients: those on these mailing lists of the parent'));
+  // The parent can change while its lists load: only the lists of the parent chosen last are shown.
+  const loads = latest();
   const drawLists = async () => {
+    const current = loads();
     lists.hidden = kind.value !== 'inner';
     if (lists.hidden) return;
     fill(lists, lists.firstChild, h('p', { class: 'muted' }, 'Loading the parent’s mailing lists…'));
     try {
       const found = await all(path`/v1/clients/${parent.value}/mailing-lists`);
+      if (!current()) return;
       fill(lists, lists.firstChild, found.length ? found.map((l) => h('label', { class: 'check' },
         h('input', { type: 'checkbox', name: 'scope-list', value: String(l.id) }), ` ${l.name}`))
         : h('p', { class: 'muted' }, 'The parent has no mailing lists yet.'));
     } catch (error) {
-      fill(lists, lists.firstChild, h('p', { class: 'error' }, error.message));
+      if (current()) fill(lists, lists.firstChild, h('p', { class: 'error' }, error.message));
     }
   };
   kind.addEventListener('change', drawLists);

@@ -30,6 +30,18 @@ export function fill(el, ...children) {
   return el;
 }
 
+// The latest of overlapping loads into one place: `const loads = latest();` once per place, then
+// `const current = loads();` before the awaits and `if (!current()) return;` after each. A load that a later one
+// has overtaken (two quick changes of a select, a refresh after a save) draws nothing, so an older answer never
+// replaces a newer one.
+export function latest() {
+  let started = 0;
+  return () => {
+    const mine = ++started;
+    return () => mine === started;
+  };
+}
+
 let ids = 0;
 // A labelled control: h('input'...) gets an id (unless it has one) and a <label for>.
 export function field(label, control, hint) {

@@ -1,7 +1,7 @@
 // Fields (#/fields): the central fields with how far each has reached the clients, and one client's fields
 // (standard, central and its own) with their apply status; create and delete where permitted.
 
-import { h, fill, field, select, table, messageBox, alert, note, badge, confirmDialog, showError } from './dom.js';
+import { h, fill, field, select, table, messageBox, alert, note, badge, confirmDialog, showError, latest } from './dom.js';
 import { get, post, patch, del, path, all } from './api.js';
 import { can, masterSlug, clientSelect } from './state.js';
 
@@ -19,9 +19,15 @@ export async function render(view, route) {
   ]);
 }
 
+// Two refreshes can overlap (a delete, then another): the older one draws nothing.
+const centrals = latest();
+
 async function drawCentral(section, master) {
+  const current = centrals();
   const names = (await all('/v1/fields')).map((f) => f.name);
+  if (!current()) return;
   const fields = await Promise.all(names.map((n) => get(path`/v1/fields/${n}`)));
+  if (!current()) return;
   const manage = can('fields.manage', master);
   const box = messageBox();
   const redraw = () => drawCentral(section, master).catch((error) => alert(box, error.message));

@@ -1,7 +1,7 @@
 // Recipients (#/recipients): one client's recipients, page by page, exactly as the API returns them: a personal
 // value withheld from a user without "private data" is null and listed in `_masked`, and is shown as masked.
 
-import { h, fill, field, messageBox, pager, showError } from './dom.js';
+import { h, fill, field, messageBox, pager, showError, latest } from './dom.js';
 import { get, path, withQuery } from './api.js';
 import { clientSelect } from './state.js';
 
@@ -17,7 +17,11 @@ export async function render(view, route) {
   await draw(body, picker.control.value);
 }
 
+// Another client or filter can be chosen while a page loads: only the last choice's answer (or error) is shown.
+const draws = latest();
+
 async function draw(body, slug, filter = { name: '', value: '' }) {
+  const current = draws();
   const box = messageBox();
   const filterName = h('input', { id: 'filter-field', value: filter.name, autocomplete: 'off', spellcheck: false });
   const filterValue = h('input', { id: 'filter-value', value: filter.value, autocomplete: 'off' });
@@ -47,8 +51,8 @@ async function draw(body, slug, filter = { name: '', value: '' }) {
     }));
   }, box);
   fill(body, search, h('div', { class: 'table-wrap' }, h('table', { id: 'recipients' }, head, tbody)), list.button, box);
-  await list.next();
-  if (!tbody.children.length) body.insertBefore(h('p', {}, 'No recipients.'), list.button);
+  await list.next().catch((error) => { if (current()) throw error; });
+  if (current() && !tbody.children.length) body.insertBefore(h('p', {}, 'No recipients.'), list.button);
 }
 
 function show(value) {

@@ -1,14 +1,19 @@
 // Roles (#/roles): the roles with their permissions; create, replace and delete custom roles (roles.manage).
 
-import { h, fill, field, table, messageBox, alert, note, confirmDialog } from './dom.js';
+import { h, fill, field, table, messageBox, alert, note, confirmDialog, latest } from './dom.js';
 import { get, post, put, del, path } from './api.js';
 import { can, masterSlug } from './state.js';
 
 const NAME = /^[a-z][a-z0-9-]{1,39}$/;
 
+// A render that a later one overtook (a save, then a delete) draws nothing.
+const renders = latest();
+
 // `done`: a success message to show (after a change).
 export async function render(view, route, done) {
+  const current = renders();
   const [roles, permissions] = await Promise.all([get('/v1/roles'), get('/v1/permissions')]);
+  if (!current()) return;
   const manage = can('roles.manage', masterSlug());
   const editor = h('div');
   if (done) note(editor.appendChild(messageBox()), done);

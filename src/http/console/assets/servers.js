@@ -1,7 +1,7 @@
 // Servers (#/servers): the database servers with their capacity and use; drain (move every client off, with the
 // drain's progress) and cancel a drain.
 
-import { h, fill, table, bytes, badge, confirmDialog, messageBox, alert } from './dom.js';
+import { h, fill, table, bytes, badge, confirmDialog, messageBox, alert, latest } from './dom.js';
 import { get, post, path, follow } from './api.js';
 
 export async function render(view) {
@@ -9,12 +9,16 @@ export async function render(view) {
   const box = messageBox();
   const list = h('div');
   fill(view, h('h1', {}, 'Database servers'), progress, box, list);
-  await draw(list, progress, box);
+  // Refreshes of this page's list overlap (a drain ending while another is cancelled): the older one draws nothing.
+  // One per page, so a drain still watched on a page left behind cannot cancel this page's draw.
+  await draw(list, progress, box, latest());
 }
 
-async function draw(list, progress, box) {
+async function draw(list, progress, box, draws) {
+  const current = draws();
   const servers = await get('/v1/servers');
-  const redraw = () => draw(list, progress, box).catch((error) => alert(box, error.message));
+  if (!current()) return;
+  const redraw = () => draw(list, progress, box, draws).catch((error) => alert(box, error.message));
   const watch = async (operation, name) => {
     const line = h('p', {}, `Draining ${name}: queued`);
     progress.append(line);

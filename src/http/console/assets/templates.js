@@ -2,7 +2,7 @@
 // and one client's templates: inherited or overridden, override (PUT) and revert (DELETE .../override).
 // Template bodies are shown only as text in form controls, never rendered.
 
-import { h, fill, field, table, messageBox, alert, note, badge, when, confirmDialog, showError } from './dom.js';
+import { h, fill, field, table, messageBox, alert, note, badge, when, confirmDialog, showError, latest } from './dom.js';
 import { get, post, put, del, path, all } from './api.js';
 import { can, masterSlug, clientSelect } from './state.js';
 
@@ -31,8 +31,13 @@ function contentForm(prefix, template, readOnly) {
   return { fields, value, check };
 }
 
+// Two refreshes can overlap (a retract, then a publish): the older one draws nothing.
+const masters = latest();
+
 async function drawMaster(section, master) {
+  const current = masters();
   const templates = await all('/v1/templates');
+  if (!current()) return;
   const manage = can('templates.manage', master);
   const box = messageBox();
   const editor = h('div');
@@ -60,10 +65,12 @@ async function drawMaster(section, master) {
   };
   const rows = templates.map((t) => {
     const sync = h('tr', { class: 'detail', hidden: true }, h('td', { colspan: 5 }));
+    const loads = latest(); // shown, hidden and shown again: only the last answer is drawn
     const toggle = h('button', { type: 'button', class: 'show-sync', 'aria-expanded': 'false', onclick: async () => {
+      const current = loads();
       sync.hidden = !sync.hidden;
       toggle.setAttribute('aria-expanded', String(!sync.hidden));
-      if (!sync.hidden) await drawSync(sync.firstChild, t).catch(showError(sync.firstChild));
+      if (!sync.hidden) await drawSync(sync.firstChild, t, current).catch(showError(sync.firstChild));
     } }, 'Sync state');
     return [h('tr', { 'data-template': t.id },
       h('th', { scope: 'row' }, t.name), h('td', {}, t.subject), h('td', {}, `v${t.version}`), h('td', {}, when(t.updated_at)),
@@ -83,8 +90,9 @@ async function drawMaster(section, master) {
     : h('p', {}, 'No master templates yet.'));
 }
 
-async function drawSync(cell, t) {
+async function drawSync(cell, t, current) {
   const report = await get(path`/v1/templates/${t.id}/sync`);
+  if (!current()) return;
   fill(cell, table({ class: 'template-sync' }, ['Client', 'State', 'Synced version', 'Last error', 'Updated'],
     report.clients.map((c) => h('tr', { 'data-slug': c.client }, h('th', { scope: 'row' }, c.client),
       h('td', { class: 'status' }, badge(c.status)), h('td', {}, c.synced_version ?? '—'),

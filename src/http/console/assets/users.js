@@ -1,7 +1,7 @@
 // Users (#/users, #/users/<username>): the list (by home client with the filter), create, and one user's detail:
 // display name, roles, enable/disable, delete, access per client and API tokens.
 
-import { h, fill, field, table, messageBox, alert, note, badge, when, pager, confirmDialog, showError } from './dom.js';
+import { h, fill, field, table, messageBox, alert, note, badge, when, pager, confirmDialog, showError, latest } from './dom.js';
 import { get, post, patch, del, path, withQuery } from './api.js';
 import { session, can, canSomewhere, tree } from './state.js';
 import { href, go } from './app.js';
@@ -42,10 +42,18 @@ function roleChecks(roles, held, disabled) {
 }
 const ticked = (form) => [...form.querySelectorAll('input[name=role]:checked')].map((i) => i.value);
 
+// Overlapping loads draw only the last one: a second click on "New user" before the roles arrive opens one form, a
+// refresh after a save (or a token's creation) never loses to an older one still under way.
+const forms = latest();
+const details = latest();
+const tokenLists = latest();
+
 async function createForm(view) {
+  const current = forms();
   const existing = view.querySelector('#create-user-form');
   if (existing) return existing.remove();
   const roles = await get('/v1/roles');
+  if (!current()) return;
   const username = h('input', { id: 'user-username', required: true, pattern: USERNAME.source, autocomplete: 'off', spellcheck: false });
   const display = h('input', { id: 'user-display-name', maxlength: 200, autocomplete: 'off' });
   const homes = tree().filter((r) => can('users.manage', r.client.slug));
@@ -73,7 +81,9 @@ async function createForm(view) {
 }
 
 async function detail(view, username) {
+  const current = details();
   const [user, roles] = await Promise.all([get(path`/v1/users/${username}`), get('/v1/roles')]);
+  if (!current()) return;
   const self = username === session.me.username;
   const manage = can('users.manage', user.home_client);
   const box = messageBox();
@@ -127,7 +137,9 @@ async function detail(view, username) {
 }
 
 async function drawTokens(section, username) {
+  const current = tokenLists();
   const list = await get(path`/v1/users/${username}/tokens`);
+  if (!current()) return;
   const box = messageBox();
   const name = h('input', { id: 'token-name', required: true, maxlength: 100, autocomplete: 'off' });
   const days = h('input', { id: 'token-days', type: 'number', min: 1, max: 3650, inputmode: 'numeric' });
