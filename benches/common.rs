@@ -246,14 +246,15 @@ pub async fn full_access(
         .map(|(_, v)| v.as_str())
         .expect("a {slug} route");
     let slug = mandant::domain::ClientSlug::parse(slug).expect("slug");
-    let client = state.data().client(&slug).await.expect("client");
+    let resolved = state.data().resolve(&slug).await.expect("client");
     request
         .extensions_mut()
         .insert(mandant::http::auth::ClientScope {
-            client,
+            client: resolved.client.clone(),
             grant: mandant::domain::rights::Grant::EVERYTHING,
             session: Default::default(),
             read_only: false,
+            resolved: Some(resolved),
         });
     next.run(request).await
 }

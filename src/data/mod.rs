@@ -161,6 +161,14 @@ pub fn inner_pool_key(parent_id: uuid::Uuid) -> uuid::Uuid {
     uuid::Uuid::from_u128(parent_id.as_u128() ^ 0x5a5a_0000_0000_0000_0000_0000_0000_a5a5)
 }
 
+/// What [`DataPlane::resolve`] found: a client, its route once placed, and the route cache's generation then.
+#[derive(Clone)]
+pub struct Resolved {
+    pub client: Arc<ClientRecord>,
+    route: Option<Arc<TenantRoute>>,
+    generation: u64,
+}
+
 /// slug → (fetched at, client, route once placed); shared, so a hit costs two reference counts, not copies.
 type Routed = (Instant, Arc<ClientRecord>, Option<Arc<TenantRoute>>);
 
@@ -325,19 +333,80 @@ impl DataPlane {
         snapshot: bool,
     ) -> Result<(Arc<ClientRecord>, PooledConn), DataError> {
         let generation = self.routes.generation.load(Ordering::Acquire);
-        let (mut client, route) = self.active_route(slug).await?;
+        let (client, route) = self.active_route(slug).await?;
+        self.connect_route(generation, client, route, usage, snapshot)
+            .await
+    }
+
+    /// A client by slug with its route as the route cache has it now, for a connection moments later
+    /// ([`Self::connect_resolved`]): the access check resolves the client of every client-scoped request, and its
+    /// data-plane handler then connects without looking the client up a second time.
+    pub async fn resolve(&self, slug: &ClientSlug) -> Result<Resolved, DataError> {
+        let generation = self.routes.generation.load(Ordering::Acquire);
+        let (_, client, route) = self.lookup(slug).await?;
+        Ok(Resolved {
+            client,
+            route,
+            generation,
+        })
+    }
+
+    /// As [`Self::connect_with`] for the client [`Self::resolve`] found. Its route serves as found while the route
+    /// cache has not changed since (no invalidation: the client is still active, unfrozen and where it was);
+    /// otherwise the client is looked up again, exactly as `connect_with` does.
+    pub async fn connect_resolved(
+        &self,
+        resolved: &Resolved,
+        usage: Use,
+        snapshot: bool,
+    ) -> Result<(Arc<ClientRecord>, PooledConn), DataError> {
+        match &resolved.route {
+            Some(route)
+                if self.routes.generation.load(Ordering::Acquire) == resolved.generation
+                    && resolved.client.status == ClientStatus::Active
+                    && !resolved.client.frozen =>
+            {
+                self.connect_route(
+                    resolved.generation,
+                    resolved.client.clone(),
+                    route.clone(),
+                    usage,
+                    snapshot,
+                )
+                .await
+            }
+            _ => {
+                let slug =
+                    ClientSlug::parse(&resolved.client.slug).map_err(|_| DataError::NotFound)?;
+                // Boxed: the route found serves nearly every request; their futures need not carry this one.
+                Box::pin(self.connect_with(&slug, usage, snapshot)).await
+            }
+        }
+    }
+
+    /// A connection by `route` to `client`'s database, found at route cache `generation`.
+    async fn connect_route(
+        &self,
+        generation: u64,
+        mut client: Arc<ClientRecord>,
+        route: Arc<TenantRoute>,
+        usage: Use,
+        snapshot: bool,
+    ) -> Result<(Arc<ClientRecord>, PooledConn), DataError> {
         // A refusal here (a role just made NOLOGIN, a database just dropped) is re-checked against the client's
         // status where every tenant failure of a request is seen, `http::auth` (`recheck_unavailable`).
         let mut conn = self.pools.acquire_for(&route, usage).await?;
-        if self.routes.generation.load(Ordering::Acquire) != generation
-            && self.lookup(slug).await?.1.frozen
-        {
-            // A move's freeze began while this request was connecting: its fence would cut this connection, so
-            // wait for the switch like a request that arrived a moment later.
-            drop(conn);
-            let route;
-            (client, route) = self.active_route(slug).await?;
-            conn = self.pools.acquire_for(&route, usage).await?;
+        if self.routes.generation.load(Ordering::Acquire) != generation {
+            // Boxed: rare (an invalidation while this request connected), and a lookup's future is large.
+            let slug = ClientSlug::parse(&client.slug).map_err(|_| DataError::NotFound)?;
+            if Box::pin(self.lookup(&slug)).await?.1.frozen {
+                // A move's freeze began while this request was connecting: its fence would cut this connection,
+                // so wait for the switch like a request that arrived a moment later.
+                drop(conn);
+                let route;
+                (client, route) = Box::pin(self.active_route(&slug)).await?;
+                conn = self.pools.acquire_for(&route, usage).await?;
+            }
         }
         if let Some(inner_no) = client.inner_no {
             conn.begin_scoped(inner_no, snapshot)?;

@@ -52,6 +52,9 @@ pub struct ClientScope {
     pub session: Session,
     /// The request only reads (GET/HEAD): an inner client's transaction is one read-only snapshot.
     pub read_only: bool,
+    /// The client as the access check resolved it, with its route: [`Self::connect`] uses that route while the
+    /// route cache has not changed since, instead of looking the client up again. `None`: looked up on connect.
+    pub resolved: Option<crate::data::Resolved>,
 }
 
 /// The connection an inner client's request holds for its whole duration, inside one transaction that names the
@@ -75,11 +78,20 @@ impl ClientScope {
         state: &AppState,
         snapshot: bool,
     ) -> Result<(Arc<ClientRecord>, crate::tenant::pool::PooledConn), DataError> {
-        let slug = ClientSlug::parse(&self.client.slug).map_err(|_| DataError::NotFound)?;
-        let (client, conn) = state
-            .data()
-            .connect_with(&slug, crate::tenant::pool::Use::Request, snapshot)
-            .await?;
+        let usage = crate::tenant::pool::Use::Request;
+        let (client, conn) = match &self.resolved {
+            Some(resolved) => {
+                state
+                    .data()
+                    .connect_resolved(resolved, usage, snapshot)
+                    .await?
+            }
+            None => {
+                let slug = ClientSlug::parse(&self.client.slug).map_err(|_| DataError::NotFound)?;
+                // Boxed: the access check resolved the client of nearly every request.
+                Box::pin(state.data().connect_with(&slug, usage, snapshot)).await?
+            }
+        };
         if client.id != self.client.id {
             return Err(DataError::NotFound);
         }
@@ -445,7 +457,8 @@ async fn check(
         Rule::Client(p) => {
             let slug = slug_param(parts).await.unwrap_or_default();
             let slug = path_slug(&slug).map_err(|e| (e, None))?;
-            let client = resolve(state, &slug).await.map_err(|e| (e, None))?;
+            let resolved = resolve_routed(state, &slug).await.map_err(|e| (e, None))?;
+            let client = resolved.client.clone();
             match rights.authorize(client.id, p) {
                 Ok(grant) => Ok((
                     Some(ClientScope {
@@ -453,6 +466,7 @@ async fn check(
                         grant,
                         session: Session::default(),
                         read_only: matches!(parts.method, Method::GET | Method::HEAD),
+                        resolved: Some(resolved),
                     }),
                     None,
                 )),
@@ -460,9 +474,10 @@ async fn check(
             }
         }
         Rule::Master(p) | Rule::MasterFull(p) => {
-            let client = resolve(state, &ClientSlug::master())
+            let resolved = resolve_routed(state, &ClientSlug::master())
                 .await
                 .map_err(|e| (e, None))?;
+            let client = resolved.client.clone();
             match rights.authorize(client.id, p) {
                 Ok(grant) if matches!(rule, Rule::MasterFull(_)) && grant.level != Level::Full => {
                     Err((denial(Denied::ReadOnly(p)), Some(client)))
@@ -473,6 +488,7 @@ async fn check(
                         grant,
                         session: Session::default(),
                         read_only: true,
+                        resolved: Some(resolved),
                     }),
                     None,
                 )),
@@ -486,8 +502,16 @@ async fn check(
 
 /// A live client by slug from the route cache; one that does not exist is the generic 404.
 pub async fn resolve(state: &AppState, slug: &ClientSlug) -> Result<Arc<ClientRecord>, ApiError> {
-    match state.data().client(slug).await {
-        Ok(client) => Ok(client),
+    Ok(resolve_routed(state, slug).await?.client)
+}
+
+/// As [`resolve`], with the client's route for the request's connection ([`ClientScope::connect`]).
+async fn resolve_routed(
+    state: &AppState,
+    slug: &ClientSlug,
+) -> Result<crate::data::Resolved, ApiError> {
+    match state.data().resolve(slug).await {
+        Ok(resolved) => Ok(resolved),
         Err(DataError::NotFound) => Err(ApiError::not_found()),
         Err(e) => Err(e.into()),
     }

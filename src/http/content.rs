@@ -136,6 +136,7 @@ pub async fn copy(
                 grant,
                 session: Default::default(),
                 read_only: false,
+                resolved: None,
             });
         }
     }

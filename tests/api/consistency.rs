@@ -528,3 +528,55 @@ async fn the_control_plane_restarted_under_load_answers_503_and_recovers_by_itse
     drop(app);
     drop(restarted);
 }
+
+#[tokio::test]
+async fn a_route_resolved_by_the_access_check_is_not_used_once_the_client_was_suspended_after_it() {
+    let app = spawn_app().await;
+    let slug = format!("resolved-{}", next_id());
+    app.create_active_client(&slug).await;
+    let data = app.state.data();
+    let parsed = mandant::domain::ClientSlug::parse(&slug).expect("slug");
+    let use_ = mandant::tenant::pool::Use::Request;
+
+    // Nothing changed since the check: the route it found serves, to the client's own database.
+    let resolved = data.resolve(&parsed).await.expect("resolve");
+    let (client, conn) = data
+        .connect_resolved(&resolved, use_, false)
+        .await
+        .expect("connect");
+    assert_eq!(client.id, resolved.client.id);
+    let database: String = conn
+        .client()
+        .query_one("SELECT current_database()", &[])
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(Some(database), client.db_name.clone());
+    drop(conn);
+
+    // Checked, then suspended before the handler connects: refused, as a request arriving after the suspension.
+    let resolved = data.resolve(&parsed).await.expect("resolve");
+    let suspended = app.post(&format!("/v1/clients/{slug}/suspend")).await;
+    assert_eq!(suspended.status(), StatusCode::OK);
+    let refused = data.connect_resolved(&resolved, use_, false).await;
+    assert!(
+        matches!(
+            refused,
+            Err(mandant::data::DataError::ClientNotActive(
+                mandant::domain::ClientStatus::Suspended
+            ))
+        ),
+        "{:?}",
+        refused.map(|(c, _)| c.slug.clone())
+    );
+
+    // A resolution from before the resumption still finds the client active again (looked up afresh).
+    let stale = resolved;
+    let resumed = app.post(&format!("/v1/clients/{slug}/resume")).await;
+    assert_eq!(resumed.status(), StatusCode::OK);
+    let (client, _conn) = data
+        .connect_resolved(&stale, use_, false)
+        .await
+        .expect("connect after the resumption");
+    assert_eq!(client.status, mandant::domain::ClientStatus::Active);
+}
