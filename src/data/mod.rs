@@ -343,16 +343,20 @@ impl DataPlane {
     /// data-plane handler then connects without looking the client up a second time.
     pub async fn resolve(&self, slug: &ClientSlug) -> Result<Resolved, DataError> {
         let generation = self.routes.generation.load(Ordering::Acquire);
+        // Only while the clients listener is up does an unchanged generation mean an unchanged client: without it,
+        // another process's suspension would not bump the generation, so the connection looks the client up again.
+        let listening = self.routes.listening.load(Ordering::Acquire);
         let (_, client, route) = self.lookup(slug).await?;
         Ok(Resolved {
             client,
-            route,
+            route: route.filter(|_| listening),
             generation,
         })
     }
 
     /// As [`Self::connect_with`] for the client [`Self::resolve`] found. Its route serves as found while the route
-    /// cache has not changed since (no invalidation: the client is still active, unfrozen and where it was);
+    /// cache has not changed since (no invalidation: the client is still active, unfrozen and where it was) and the
+    /// clients listener was up throughout (it clears the cache, a change of generation, when it goes down);
     /// otherwise the client is looked up again, exactly as `connect_with` does.
     pub async fn connect_resolved(
         &self,
@@ -363,6 +367,7 @@ impl DataPlane {
         match &resolved.route {
             Some(route)
                 if self.routes.generation.load(Ordering::Acquire) == resolved.generation
+                    && self.routes.listening.load(Ordering::Acquire)
                     && resolved.client.status == ClientStatus::Active
                     && !resolved.client.frozen =>
             {
