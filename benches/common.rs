@@ -250,7 +250,7 @@ pub async fn full_access(
     request
         .extensions_mut()
         .insert(mandant::http::auth::ClientScope {
-            client: resolved.client.clone(),
+            client: resolved.client().clone(),
             grant: mandant::domain::rights::Grant::EVERYTHING,
             session: Default::default(),
             read_only: false,

@@ -161,12 +161,22 @@ pub fn inner_pool_key(parent_id: uuid::Uuid) -> uuid::Uuid {
     uuid::Uuid::from_u128(parent_id.as_u128() ^ 0x5a5a_0000_0000_0000_0000_0000_0000_a5a5)
 }
 
-/// What [`DataPlane::resolve`] found: a client, its route once placed, and the route cache's generation then.
+/// What [`DataPlane::resolve`] found: a client, its route once placed (while the listener was up), when the entry
+/// was fetched, and the route cache's generation then. Only the data plane reads the route, for the very client it
+/// was found with.
 #[derive(Clone)]
 pub struct Resolved {
-    pub client: Arc<ClientRecord>,
+    client: Arc<ClientRecord>,
     route: Option<Arc<TenantRoute>>,
+    fetched: Instant,
     generation: u64,
+}
+
+impl Resolved {
+    /// The client found.
+    pub fn client(&self) -> &Arc<ClientRecord> {
+        &self.client
+    }
 }
 
 /// slug → (fetched at, client, route once placed); shared, so a hit costs two reference counts, not copies.
@@ -188,23 +198,34 @@ impl RouteCache {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    // Each invalidation bumps the generation after the entries are gone, under the map's lock: whoever reads the
+    // new generation cannot then find a removed entry (`DataPlane::resolve` relies on it), and a load that began
+    // before sees the bump when it comes to insert (`DataPlane::load`).
+
     fn clear(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.lock().clear();
+        {
+            let mut entries = self.lock();
+            entries.clear();
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
         self.changed.notify_waiters();
     }
 
     fn remove(&self, slug: &str) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.lock().remove(slug);
+        {
+            let mut entries = self.lock();
+            entries.remove(slug);
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
         self.changed.notify_waiters();
     }
 
     /// Forgets the routes of a client's inner clients (they lead to its database).
     fn remove_children(&self, parent: uuid::Uuid) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.lock()
+        let mut entries = self.lock();
+        entries
             .retain(|_, (_, client, _)| !(client.is_inner() && client.parent_id == Some(parent)));
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// An active client's route, while the listener is up and the entry is young enough.
@@ -346,18 +367,20 @@ impl DataPlane {
         // Only while the clients listener is up does an unchanged generation mean an unchanged client: without it,
         // another process's suspension would not bump the generation, so the connection looks the client up again.
         let listening = self.routes.listening.load(Ordering::Acquire);
-        let (_, client, route) = self.lookup(slug).await?;
+        let (fetched, client, route) = self.lookup(slug).await?;
         Ok(Resolved {
             client,
             route: route.filter(|_| listening),
+            fetched,
             generation,
         })
     }
 
     /// As [`Self::connect_with`] for the client [`Self::resolve`] found. Its route serves as found while the route
-    /// cache has not changed since (no invalidation: the client is still active, unfrozen and where it was) and the
-    /// clients listener was up throughout (it clears the cache, a change of generation, when it goes down);
-    /// otherwise the client is looked up again, exactly as `connect_with` does.
+    /// cache has not changed since (no invalidation: the client is still active, unfrozen and where it was), the
+    /// clients listener was up throughout (it clears the cache, a change of generation, when it goes down) and the
+    /// entry is still younger than the cache's safety TTL; otherwise the client is looked up again, exactly as
+    /// `connect_with` does.
     pub async fn connect_resolved(
         &self,
         resolved: &Resolved,
@@ -368,6 +391,7 @@ impl DataPlane {
             Some(route)
                 if self.routes.generation.load(Ordering::Acquire) == resolved.generation
                     && self.routes.listening.load(Ordering::Acquire)
+                    && resolved.fetched.elapsed() < ROUTE_SAFETY_TTL
                     && resolved.client.status == ClientStatus::Active
                     && !resolved.client.frozen =>
             {

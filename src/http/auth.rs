@@ -458,7 +458,7 @@ async fn check(
             let slug = slug_param(parts).await.unwrap_or_default();
             let slug = path_slug(&slug).map_err(|e| (e, None))?;
             let resolved = resolve_routed(state, &slug).await.map_err(|e| (e, None))?;
-            let client = resolved.client.clone();
+            let client = resolved.client().clone();
             match rights.authorize(client.id, p) {
                 Ok(grant) => Ok((
                     Some(ClientScope {
@@ -477,7 +477,7 @@ async fn check(
             let resolved = resolve_routed(state, &ClientSlug::master())
                 .await
                 .map_err(|e| (e, None))?;
-            let client = resolved.client.clone();
+            let client = resolved.client().clone();
             match rights.authorize(client.id, p) {
                 Ok(grant) if matches!(rule, Rule::MasterFull(_)) && grant.level != Level::Full => {
                     Err((denial(Denied::ReadOnly(p)), Some(client)))
@@ -502,7 +502,7 @@ async fn check(
 
 /// A live client by slug from the route cache; one that does not exist is the generic 404.
 pub async fn resolve(state: &AppState, slug: &ClientSlug) -> Result<Arc<ClientRecord>, ApiError> {
-    Ok(resolve_routed(state, slug).await?.client)
+    Ok(resolve_routed(state, slug).await?.client().clone())
 }
 
 /// As [`resolve`], with the client's route for the request's connection ([`ClientScope::connect`]).

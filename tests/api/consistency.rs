@@ -544,7 +544,7 @@ async fn a_route_resolved_by_the_access_check_is_not_used_once_the_client_was_su
         .connect_resolved(&resolved, use_, false)
         .await
         .expect("connect");
-    assert_eq!(client.id, resolved.client.id);
+    assert_eq!(client.id, resolved.client().id);
     let database: String = conn
         .client()
         .query_one("SELECT current_database()", &[])
