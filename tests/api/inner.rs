@@ -1441,3 +1441,38 @@ async fn the_overview_and_cross_client_counts_count_a_shared_database_once() {
         .collect();
     assert_eq!(slugs, vec![shop.inner_a.as_str(), shop.inner_b.as_str()]);
 }
+
+#[tokio::test]
+async fn an_inner_clients_route_resolved_before_its_parent_is_suspended_is_not_used_after_it() {
+    let app = spawn_app().await;
+    let shop = shop(&app).await;
+    let data = app.state.data();
+    let parsed = mandant::domain::ClientSlug::parse(&shop.inner_a).expect("slug");
+    let use_ = mandant::tenant::pool::Use::Request;
+
+    // The access check resolved the inner client; then its parent is suspended before the handler connects.
+    let resolved = data.resolve(&parsed).await.expect("resolve");
+    assert!(resolved.client().is_inner());
+    let (status, _, body) = call(
+        &app,
+        Some(ADMIN_TOKEN),
+        Method::POST,
+        &format!("/v1/clients/{}/suspend", shop.parent),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let refused = data.connect_resolved(&resolved, use_, true).await;
+    assert!(
+        matches!(
+            refused,
+            Err(mandant::data::DataError::Control(
+                mandant::control::ControlError::ParentNotActive(
+                    mandant::domain::ClientStatus::Suspended
+                )
+            ))
+        ),
+        "{:?}",
+        refused.map(|(c, _)| c.slug.clone())
+    );
+}
