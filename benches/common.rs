@@ -249,13 +249,11 @@ pub async fn full_access(
     let resolved = state.data().resolve(&slug).await.expect("client");
     request
         .extensions_mut()
-        .insert(mandant::http::auth::ClientScope {
-            client: resolved.client().clone(),
-            grant: mandant::domain::rights::Grant::EVERYTHING,
-            session: Default::default(),
-            read_only: false,
-            resolved: Some(resolved),
-        });
+        .insert(mandant::http::auth::ClientScope::new(
+            resolved,
+            mandant::domain::rights::Grant::EVERYTHING,
+            false,
+        ));
     next.run(request).await
 }
 

@@ -173,6 +173,16 @@ pub struct Resolved {
 }
 
 impl Resolved {
+    /// A client known without its route (found some other way): a connection for it looks the client up afresh.
+    pub fn unrouted(client: Arc<ClientRecord>) -> Self {
+        Self {
+            client,
+            route: None,
+            fetched: Instant::now(),
+            generation: 0,
+        }
+    }
+
     /// The client found.
     pub fn client(&self) -> &Arc<ClientRecord> {
         &self.client
@@ -198,34 +208,34 @@ impl RouteCache {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    // Each invalidation bumps the generation after the entries are gone, under the map's lock: whoever reads the
-    // new generation cannot then find a removed entry (`DataPlane::resolve` relies on it), and a load that began
-    // before sees the bump when it comes to insert (`DataPlane::load`).
+    /// Every invalidation: `edit` the entries, then bump the generation, under the map's lock. Whoever reads the
+    /// new generation cannot then find a removed entry (`DataPlane::resolve` relies on it), and a load that began
+    /// before sees the bump when it comes to insert (`DataPlane::load`).
+    fn invalidate(&self, edit: impl FnOnce(&mut HashMap<String, Routed>)) {
+        let mut entries = self.lock();
+        edit(&mut entries);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
 
     fn clear(&self) {
-        {
-            let mut entries = self.lock();
-            entries.clear();
-            self.generation.fetch_add(1, Ordering::AcqRel);
-        }
+        self.invalidate(HashMap::clear);
         self.changed.notify_waiters();
     }
 
     fn remove(&self, slug: &str) {
-        {
-            let mut entries = self.lock();
+        self.invalidate(|entries| {
             entries.remove(slug);
-            self.generation.fetch_add(1, Ordering::AcqRel);
-        }
+        });
         self.changed.notify_waiters();
     }
 
     /// Forgets the routes of a client's inner clients (they lead to its database).
     fn remove_children(&self, parent: uuid::Uuid) {
-        let mut entries = self.lock();
-        entries
-            .retain(|_, (_, client, _)| !(client.is_inner() && client.parent_id == Some(parent)));
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.invalidate(|entries| {
+            entries.retain(|_, (_, client, _)| {
+                !(client.is_inner() && client.parent_id == Some(parent))
+            })
+        });
     }
 
     /// An active client's route, while the listener is up and the entry is young enough.

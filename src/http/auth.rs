@@ -52,9 +52,9 @@ pub struct ClientScope {
     pub session: Session,
     /// The request only reads (GET/HEAD): an inner client's transaction is one read-only snapshot.
     pub read_only: bool,
-    /// The client as the access check resolved it, with its route: [`Self::connect`] uses that route while the
-    /// route cache has not changed since, instead of looking the client up again. `None`: looked up on connect.
-    pub resolved: Option<crate::data::Resolved>,
+    /// `client` as the access check resolved it, with its route: [`Self::connect`] uses that route while the route
+    /// cache has not changed since, instead of looking the client up again.
+    resolved: crate::data::Resolved,
 }
 
 /// The connection an inner client's request holds for its whole duration, inside one transaction that names the
@@ -63,6 +63,17 @@ pub struct ClientScope {
 pub type Session = Arc<tokio::sync::Mutex<Option<crate::tenant::pool::PooledConn>>>;
 
 impl ClientScope {
+    /// The scope of `resolved`'s client with the caller's `grant` on it; `read_only`: the request only reads.
+    pub fn new(resolved: crate::data::Resolved, grant: Grant, read_only: bool) -> Self {
+        Self {
+            client: resolved.client().clone(),
+            grant,
+            session: Session::default(),
+            read_only,
+            resolved,
+        }
+    }
+
     /// A connection to the checked client's database, as its own role. (The data plane is reached through this
     /// only, so never without the access check; and the route found must still be this very client.)
     pub async fn connect(
@@ -78,20 +89,10 @@ impl ClientScope {
         state: &AppState,
         snapshot: bool,
     ) -> Result<(Arc<ClientRecord>, crate::tenant::pool::PooledConn), DataError> {
-        let usage = crate::tenant::pool::Use::Request;
-        let (client, conn) = match &self.resolved {
-            Some(resolved) => {
-                state
-                    .data()
-                    .connect_resolved(resolved, usage, snapshot)
-                    .await?
-            }
-            None => {
-                let slug = ClientSlug::parse(&self.client.slug).map_err(|_| DataError::NotFound)?;
-                // Boxed: the access check resolved the client of nearly every request.
-                Box::pin(state.data().connect_with(&slug, usage, snapshot)).await?
-            }
-        };
+        let (client, conn) = state
+            .data()
+            .connect_resolved(&self.resolved, crate::tenant::pool::Use::Request, snapshot)
+            .await?;
         if client.id != self.client.id {
             return Err(DataError::NotFound);
         }
@@ -458,19 +459,12 @@ async fn check(
             let slug = slug_param(parts).await.unwrap_or_default();
             let slug = path_slug(&slug).map_err(|e| (e, None))?;
             let resolved = resolve_routed(state, &slug).await.map_err(|e| (e, None))?;
-            let client = resolved.client().clone();
-            match rights.authorize(client.id, p) {
-                Ok(grant) => Ok((
-                    Some(ClientScope {
-                        client,
-                        grant,
-                        session: Session::default(),
-                        read_only: matches!(parts.method, Method::GET | Method::HEAD),
-                        resolved: Some(resolved),
-                    }),
-                    None,
-                )),
-                Err(denied) => Err((denial(denied), Some(client))),
+            match rights.authorize(resolved.client().id, p) {
+                Ok(grant) => {
+                    let read_only = matches!(parts.method, Method::GET | Method::HEAD);
+                    Ok((Some(ClientScope::new(resolved, grant, read_only)), None))
+                }
+                Err(denied) => Err((denial(denied), Some(resolved.client().clone()))),
             }
         }
         Rule::Master(p) | Rule::MasterFull(p) => {
@@ -482,16 +476,7 @@ async fn check(
                 Ok(grant) if matches!(rule, Rule::MasterFull(_)) && grant.level != Level::Full => {
                     Err((denial(Denied::ReadOnly(p)), Some(client)))
                 }
-                Ok(grant) => Ok((
-                    Some(ClientScope {
-                        client,
-                        grant,
-                        session: Session::default(),
-                        read_only: true,
-                        resolved: Some(resolved),
-                    }),
-                    None,
-                )),
+                Ok(grant) => Ok((Some(ClientScope::new(resolved, grant, true)), None)),
                 // Central resources are public knowledge (the OpenAPI document): refuse, do not hide.
                 Err(Denied::Invisible) => Err((ApiError::master_access_required(p), Some(client))),
                 Err(denied) => Err((denial(denied), Some(client))),

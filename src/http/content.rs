@@ -131,13 +131,11 @@ pub async fn copy(
             .any(|t: &ClientScope| t.client.id == client.id)
         {
             let grant = caller.rights.grant(client.id);
-            targets.push(ClientScope {
-                client,
+            targets.push(ClientScope::new(
+                crate::data::Resolved::unrouted(client),
                 grant,
-                session: Default::default(),
-                read_only: false,
-                resolved: None,
-            });
+                false,
+            ));
         }
     }
     let source = {
