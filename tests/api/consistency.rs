@@ -580,3 +580,51 @@ async fn a_route_resolved_by_the_access_check_is_not_used_once_the_client_was_su
         .expect("connect after the resumption");
     assert_eq!(client.status, mandant::domain::ClientStatus::Active);
 }
+
+#[tokio::test]
+async fn a_route_resolved_before_a_moves_freeze_waits_for_the_switch_and_gives_up_with_moving() {
+    let app = spawn_app_with(&[("MANDANT__TENANTS__MOVE_FREEZE_WAIT_MS", "300".to_owned())]).await;
+    let slug = format!("frozen-{}", next_id());
+    app.create_active_client(&slug).await;
+    let id = app.client_id(&slug).await;
+    let data = app.state.data();
+    let parsed = mandant::domain::ClientSlug::parse(&slug).expect("slug");
+    let use_ = mandant::tenant::pool::Use::Request;
+
+    // Checked, then a move's freeze begins before the handler connects.
+    let resolved = data.resolve(&parsed).await.expect("resolve");
+    app.state
+        .control()
+        .set_frozen(id, true)
+        .await
+        .expect("freeze");
+    // Once this process has heard of the freeze (the clients channel), as a request arriving now would see it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !data.client(&parsed).await.expect("client").frozen {
+        assert!(Instant::now() < deadline, "the freeze never reached the data plane");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let waited = data.connect_resolved(&resolved, use_, false).await;
+    assert!(
+        matches!(waited, Err(mandant::data::DataError::Moving)),
+        "{:?}",
+        waited.map(|(c, _)| c.slug.clone())
+    );
+
+    // The freeze ends: the same resolution connects again.
+    app.state
+        .control()
+        .set_frozen(id, false)
+        .await
+        .expect("unfreeze");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while data.client(&parsed).await.expect("client").frozen {
+        assert!(Instant::now() < deadline, "the end of the freeze never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (client, _conn) = data
+        .connect_resolved(&resolved, use_, false)
+        .await
+        .expect("connect after the freeze");
+    assert_eq!(client.id, id);
+}
