@@ -601,7 +601,10 @@ async fn a_route_resolved_before_a_moves_freeze_waits_for_the_switch_and_gives_u
     // Once this process has heard of the freeze (the clients channel), as a request arriving now would see it.
     let deadline = Instant::now() + Duration::from_secs(30);
     while !data.client(&parsed).await.expect("client").frozen {
-        assert!(Instant::now() < deadline, "the freeze never reached the data plane");
+        assert!(
+            Instant::now() < deadline,
+            "the freeze never reached the data plane"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let waited = data.connect_resolved(&resolved, use_, false).await;
@@ -619,7 +622,10 @@ async fn a_route_resolved_before_a_moves_freeze_waits_for_the_switch_and_gives_u
         .expect("unfreeze");
     let deadline = Instant::now() + Duration::from_secs(30);
     while data.client(&parsed).await.expect("client").frozen {
-        assert!(Instant::now() < deadline, "the end of the freeze never arrived");
+        assert!(
+            Instant::now() < deadline,
+            "the end of the freeze never arrived"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let (client, _conn) = data

@@ -1453,7 +1453,9 @@ async fn an_inner_clients_route_resolved_before_its_parent_is_suspended_is_not_u
     // The access check resolved the inner client; then its parent is suspended before the handler connects.
     let resolved = data.resolve(&parsed).await.expect("resolve");
     assert!(resolved.client().is_inner());
-    let suspended = app.post(&format!("/v1/clients/{}/suspend", shop.parent)).await;
+    let suspended = app
+        .post(&format!("/v1/clients/{}/suspend", shop.parent))
+        .await;
     assert_eq!(suspended.status(), StatusCode::OK);
     let refused = data.connect_resolved(&resolved, use_, true).await;
     assert!(
