@@ -29,6 +29,81 @@ pub fn machine_jiffies() -> (u64, u64) {
     (total - idle.min(total), total)
 }
 
+/// CPU time (user + system) of every PostgreSQL process on this machine so far, exited ones included: each live
+/// `postgres` process's own time, plus, for a postmaster (a `postgres` process whose parent is not one), the time of
+/// the children it has reaped (`cutime` + `cstime` in `/proc/PID/stat`: the backends that connected, served and
+/// exited). A delta over a phase is what PostgreSQL cost in it. A backend exiting between two reads is counted once
+/// or twice at worst (a few ms against a phase's seconds). Resolution: the kernel's clock tick (10 ms per process).
+pub fn postgres_cpu() -> Duration {
+    // SAFETY: sysconf reads a constant of the system and touches no memory of ours.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    // pid -> (comm, ppid, own ticks, reaped children's ticks)
+    let mut procs: HashMap<u32, (String, u32, u64, u64)> = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Duration::ZERO;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may hold spaces, so split at the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = stat[open + 1..close].to_owned();
+        let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // rest[0] is field 3 (state): ppid is field 4, utime..cstime fields 14..17.
+        let field = |n: usize| -> u64 { rest.get(n - 3).and_then(|v| v.parse().ok()).unwrap_or(0) };
+        procs.insert(
+            pid,
+            (
+                comm,
+                field(4) as u32,
+                field(14) + field(15),
+                field(16) + field(17),
+            ),
+        );
+    }
+    let total: u64 = procs
+        .values()
+        .filter(|(comm, ..)| comm == "postgres")
+        .map(|(_, ppid, own, reaped)| {
+            let postmaster = procs
+                .get(ppid)
+                .is_none_or(|(parent, ..)| parent != "postgres");
+            own + if postmaster { *reaped } else { 0 }
+        })
+        .sum();
+    Duration::from_secs_f64(total as f64 / ticks)
+}
+
+/// Jiffies (clock ticks of `/proc/stat`) as time.
+pub fn jiffies_to_duration(jiffies: u64) -> Duration {
+    // SAFETY: sysconf reads a constant of the system and touches no memory of ours.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Duration::from_secs_f64(jiffies as f64 / ticks)
+}
+
+/// Softirq jiffies of the whole machine so far (the seventh value of `/proc/stat`'s first line): network receive
+/// processing on loopback among them, charged to no process.
+pub fn machine_softirq_jiffies() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    stat.lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .nth(7)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 pub fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()

@@ -66,6 +66,12 @@ struct Run {
     /// Share of the whole machine's CPU time (every core, PostgreSQL and the load generator included) that was busy:
     /// below ~0.95, something other than CPU (a queue, a semaphore, a round trip) held the phase back.
     machine_busy: f64,
+    /// CPU time of every PostgreSQL process per request, exited backends included (`common::postgres_cpu`).
+    pg_cpu_us_per_request: f64,
+    /// The machine's softirq time per request (loopback network receive among it), charged to no process.
+    softirq_us_per_request: f64,
+    /// The machine's busy time per request that is none of the above: other processes, kernel threads, irq.
+    other_cpu_us_per_request: f64,
     /// Tenant indexes in the order requests started (overcommitted phases: for the ideal LRU).
     trace: Vec<u32>,
 }
@@ -494,8 +500,17 @@ async fn main() {
         common::fsync_label()
     );
     println!(
-        "{:<24} {:>10} {:>9} {:>9} {:>8} {:>12} {:>8}",
-        "phase", "req/s", "p50 ms", "p99 ms", "errors", "CPU us/req", "busy"
+        "{:<24} {:>10} {:>9} {:>9} {:>8} {:>12} {:>9} {:>9} {:>9} {:>8}",
+        "phase",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "CPU us/req",
+        "PG us",
+        "softirq",
+        "other",
+        "busy"
     );
     for name in [
         "fits_static",
@@ -517,13 +532,16 @@ async fn main() {
         let errors: u64 = runs.iter().map(|r| r.errors).sum();
         let cpu = median(runs, &|r| r.cpu_us_per_request);
         let busy = median(runs, &|r| r.machine_busy);
+        let pg = median(runs, &|r| r.pg_cpu_us_per_request);
+        let softirq = median(runs, &|r| r.softirq_us_per_request);
+        let other = median(runs, &|r| r.other_cpu_us_per_request);
         println!(
-            "{name:<24} {rps:>10.0} {p50:>9.2} {p99:>9.2} {errors:>8} {cpu:>12.1} {busy:>8.2}"
+            "{name:<24} {rps:>10.0} {p50:>9.2} {p99:>9.2} {errors:>8} {cpu:>12.1} {pg:>9.1} {softirq:>9.1} {other:>9.1} {busy:>8.2}"
         );
         results.insert(
             name,
             runs.iter()
-                .map(|r| json!({"requests": r.requests, "secs": r.secs, "rps": r.rps(), "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "errors": r.errors, "process_cpu_us_per_request": r.cpu_us_per_request, "machine_cpu_busy": r.machine_busy}))
+                .map(|r| json!({"requests": r.requests, "secs": r.secs, "rps": r.rps(), "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "errors": r.errors, "process_cpu_us_per_request": r.cpu_us_per_request, "postgres_cpu_us_per_request": r.pg_cpu_us_per_request, "softirq_us_per_request": r.softirq_us_per_request, "other_cpu_us_per_request": r.other_cpu_us_per_request, "machine_cpu_busy": r.machine_busy}))
                 .collect(),
         );
     }
@@ -618,6 +636,27 @@ async fn main() {
         over_ratio / tail_ceiling_at_router,
         oracle_ratio / tail_ceiling_at_oracle,
     );
+    // Where a request's machine time goes (medians): PostgreSQL's CPU per miss (per request / miss ratio) should be
+    // the same for every router; the rest is each router's own process, softirq and everything else.
+    let per = |name: &str, f: &dyn Fn(&Run) -> f64| {
+        table.get(name).map_or(f64::NAN, |runs| median(runs, f))
+    };
+    let breakdown = |name: &str, miss_ratio: f64| {
+        format!(
+            "{name}: PostgreSQL {:.2} ms per miss ({:.0} us per request, miss ratio {miss_ratio:.3}), process {:.0} us, softirq {:.0} us, other {:.0} us per request",
+            per(name, &|r| r.pg_cpu_us_per_request) / miss_ratio / 1e3,
+            per(name, &|r| r.pg_cpu_us_per_request),
+            per(name, &|r| r.cpu_us_per_request),
+            per(name, &|r| r.softirq_us_per_request),
+            per(name, &|r| r.other_cpu_us_per_request),
+        )
+    };
+    println!(
+        "overcommitted, machine time by part: {}; {}; {}",
+        breakdown("over_mandant", 1.0 - hit("hit_ratio")),
+        breakdown("over_oracle", 1.0 - oracle_hit),
+        breakdown("over_no_pool", 1.0),
+    );
     println!(
         "shifting (hot set rotates every {shift_period} s): warm-hit {:.3} vs ideal LRU {:.3} (target: within 0.05), static top-k {:.3}, Belady {:.3}",
         shift_hit("hit_ratio"),
@@ -689,6 +728,8 @@ async fn drive(
     let trace = Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
     let cpu_before = process_cpu();
     let machine_before = common::machine_jiffies();
+    let softirq_before = common::machine_softirq_jiffies();
+    let pg_before = common::postgres_cpu();
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = tokio::task::JoinSet::new();
@@ -739,8 +780,18 @@ async fn drive(
     let secs = started.elapsed().as_secs_f64();
     let cpu = process_cpu().saturating_sub(cpu_before);
     let machine_after = common::machine_jiffies();
+    let softirq = common::machine_softirq_jiffies().saturating_sub(softirq_before);
+    let pg = common::postgres_cpu().saturating_sub(pg_before);
     let machine_busy = (machine_after.0 - machine_before.0) as f64
         / (machine_after.1 - machine_before.1).max(1) as f64;
+    let requests = latencies.len().max(1) as f64;
+    let per_request = |d: Duration| d.as_secs_f64() * 1e6 / requests;
+    let busy_time = common::jiffies_to_duration(machine_after.0 - machine_before.0);
+    let softirq = common::jiffies_to_duration(softirq);
+    let other = busy_time
+        .saturating_sub(cpu)
+        .saturating_sub(pg)
+        .saturating_sub(softirq);
     latencies.sort();
     let trace = std::mem::take(&mut *trace.lock().expect("trace"));
     Run {
@@ -751,6 +802,9 @@ async fn drive(
         p99_ms: common::ms(common::percentile(&latencies, 99.0)),
         cpu_us_per_request: cpu.as_secs_f64() * 1e6 / latencies.len().max(1) as f64,
         machine_busy,
+        pg_cpu_us_per_request: per_request(pg),
+        softirq_us_per_request: per_request(softirq),
+        other_cpu_us_per_request: per_request(other),
         trace,
     }
 }
