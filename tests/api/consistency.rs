@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{error_code, next_id, spawn_app, spawn_app_with, superuser};
+use crate::helpers::{
+    error_code, next_id, role_can_login, spawn_app, spawn_app_with, spawn_app_without_workers,
+    superuser,
+};
 use mandant::server::RunOptions;
 
 /// Polls `GET /v1/clients/{slug}` until `status`, as a script or the console does.
@@ -633,4 +636,159 @@ async fn a_route_resolved_before_a_moves_freeze_waits_for_the_switch_and_gives_u
         .await
         .expect("connect after the freeze");
     assert_eq!(client.id, id);
+}
+
+/// Connects by `resolved`, a resolution from before another process changed the client, every 10 ms until this
+/// process refuses it as `refused` says (once its clients listener has delivered the other process's notification;
+/// bounded), then a few more times: from the first refusal on, the stale resolution never connects again.
+async fn refused_from_the_notification_on(
+    data: &mandant::data::DataPlane,
+    resolved: &mandant::data::Resolved,
+    refused: impl Fn(&mandant::data::DataError) -> bool,
+) {
+    let use_ = mandant::tenant::pool::Use::Request;
+    let mut before = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match data.connect_resolved(resolved, use_, false).await {
+            Err(e) if refused(&e) => break,
+            outcome => {
+                let seen = format!("{:?}", outcome.map(|(c, _)| c.slug.clone()));
+                if !before.contains(&seen) {
+                    before.push(seen);
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stale resolution was never refused; seen instead: {before:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let again = data.connect_resolved(resolved, use_, false).await;
+        assert!(
+            matches!(&again, Err(e) if refused(e)),
+            "refused once, then: {:?}",
+            again.map(|(c, _)| c.slug.clone())
+        );
+    }
+}
+
+/// A client's status as the control plane has it (by id: a deleted client's slug is free).
+async fn control_status(app: &crate::helpers::TestApp, id: uuid::Uuid) -> String {
+    app.control()
+        .await
+        .query_one(
+            "SELECT status FROM clients WHERE id = $1::text::uuid",
+            &[&id.to_string()],
+        )
+        .await
+        .expect("client row")
+        .get(0)
+}
+
+#[tokio::test]
+async fn a_route_resolved_before_a_second_process_suspends_the_client_is_refused_once_the_notification_arrives_and_connects_again_once_resumed()
+ {
+    let first = spawn_app().await;
+    let second = first.second_process(RunOptions::default()).await;
+    let slug = format!("staletwo-{}", next_id());
+    first.create_active_client(&slug).await;
+    let id = first.client_id(&slug).await;
+    let data = first.state.data();
+    let parsed = mandant::domain::ClientSlug::parse(&slug).expect("slug");
+
+    // Checked by the first process, then suspended through the second before the handler connects: only the
+    // clients channel tells the first process.
+    let resolved = data.resolve(&parsed).await.expect("resolve");
+    let suspended = second.post(&format!("/v1/clients/{slug}/suspend")).await;
+    assert_eq!(suspended.status(), StatusCode::OK);
+    refused_from_the_notification_on(data, &resolved, |e| {
+        matches!(
+            e,
+            mandant::data::DataError::ClientNotActive(mandant::domain::ClientStatus::Suspended)
+        )
+    })
+    .await;
+    assert_eq!(control_status(&first, id).await, "suspended");
+    assert!(
+        !role_can_login(&first.state.targets().names(id).role).await,
+        "a suspended client's role may still log in"
+    );
+
+    // Resumed through the second process: the same stale resolution connects again, to the client's own
+    // database (looked up afresh).
+    let resumed = second.post(&format!("/v1/clients/{slug}/resume")).await;
+    assert_eq!(resumed.status(), StatusCode::OK);
+    let (client, conn) = data
+        .connect_resolved(&resolved, mandant::tenant::pool::Use::Request, false)
+        .await
+        .expect("connect after the resumption");
+    assert_eq!(client.id, id);
+    assert_eq!(client.status, mandant::domain::ClientStatus::Active);
+    let database: String = conn
+        .client()
+        .query_one("SELECT current_database()", &[])
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(database, first.state.targets().names(id).database);
+    assert_eq!(Some(database), client.db_name.clone());
+    drop(conn);
+    drop(second);
+}
+
+#[tokio::test]
+async fn a_route_resolved_before_a_second_process_deletes_the_client_is_refused_while_it_is_deleting_and_once_it_is_gone()
+ {
+    // No workers in either process: the deletion job runs when the test says, so both stages are seen.
+    let first = spawn_app_without_workers().await;
+    let runner = first.runner("w1");
+    let second = first.second_process(RunOptions { no_workers: true }).await;
+    let slug = format!("stalegone-{}", next_id());
+    first.create_client(&slug).await;
+    first.drain(&runner).await;
+    let id = first.client_id(&slug).await;
+    assert_eq!(control_status(&first, id).await, "active");
+    let database = first.state.targets().names(id).database;
+    let data = first.state.data();
+    let parsed = mandant::domain::ClientSlug::parse(&slug).expect("slug");
+
+    // Checked by the first process, then deleted through the second before the handler connects.
+    let resolved = data.resolve(&parsed).await.expect("resolve");
+    let deleting = second.delete(&format!("/v1/clients/{slug}")).await;
+    assert_eq!(deleting.status(), StatusCode::ACCEPTED);
+    refused_from_the_notification_on(data, &resolved, |e| {
+        matches!(
+            e,
+            mandant::data::DataError::ClientNotActive(mandant::domain::ClientStatus::Deleting)
+        )
+    })
+    .await;
+    assert_eq!(control_status(&first, id).await, "deleting");
+    let admin = superuser("postgres").await;
+    let exists = "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)";
+    let kept: bool = admin
+        .query_one(exists, &[&database])
+        .await
+        .expect("database lookup")
+        .get(0);
+    assert!(kept, "the database is dropped by the job, not before");
+
+    // The job drops the database and leaves a tombstone: the stale resolution finds no client at all.
+    first.drain(&runner).await;
+    assert_eq!(control_status(&first, id).await, "deleted");
+    let kept: bool = admin
+        .query_one(exists, &[&database])
+        .await
+        .expect("database lookup")
+        .get(0);
+    assert!(!kept, "the deletion job did not drop the database");
+    refused_from_the_notification_on(data, &resolved, |e| {
+        matches!(e, mandant::data::DataError::NotFound)
+    })
+    .await;
+    drop(second);
 }
