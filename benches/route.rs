@@ -22,6 +22,11 @@
 //!   popular tenants, the requests a static top-k cache misses. A miss to a tail tenant may cost more than the
 //!   average connect-per-request (colder pages and catalog); the ceiling with that miss cost is printed beside the
 //!   bar's.
+//! - misses (`over_no_pool_misses`, a diagnostic): the no-pool router replaying the tenants mandant connected to in
+//!   the round's `over_mandant` window (per-database session counts from `pg_stat_database`), in the same
+//!   proportions: what mandant's own misses cost when each is a connect-per-request. A policy that keeps more of the
+//!   warm tail misses only the coldest tenants, and a connect to a cold tenant reads more of its catalog; the ceiling
+//!   with that miss cost is printed beside the bar's.
 //! - shifting: the same Zipf distribution, but the tenants behind the ranks rotate every BENCH_SHIFT_PERIOD
 //!   (20 s; by 97 tenants, so the hot set is replaced), measured for BENCH_SHIFT_SECS (40) after the warm-up: the
 //!   policy must adapt (hit ratio near the ideal LRU's on that trace).
@@ -72,6 +77,11 @@ struct Run {
     softirq_us_per_request: f64,
     /// The machine's busy time per request that is none of the above: other processes, kernel threads, irq.
     other_cpu_us_per_request: f64,
+    /// Blocks every database read into shared buffers (from the OS or disk) and found there, per request
+    /// (`pg_stat_database`, overcommitted phases only; NaN elsewhere): a connect to a colder tenant reads more of its
+    /// catalog.
+    blks_read_per_request: f64,
+    blks_hit_per_request: f64,
     /// Tenant indexes in the order requests started (overcommitted phases: for the ideal LRU).
     trace: Vec<u32>,
 }
@@ -264,6 +274,20 @@ async fn main() {
     let mut over_extra = Vec::new();
     let mut shift_extra = Vec::new();
     let mut oracle_extra: Vec<serde_json::Value> = Vec::new();
+    // Block statistics of every database, read around the overcommitted phases' measured windows.
+    let stats = cluster
+        .cluster()
+        .target("postgres")
+        .connect()
+        .await
+        .expect("stats session");
+    let measured = |run: Run, before: (i64, i64), after: (i64, i64)| Run {
+        blks_read_per_request: (after.0 - before.0) as f64 / run.requests.max(1) as f64,
+        blks_hit_per_request: (after.1 - before.1) as f64 / run.requests.max(1) as f64,
+        ..run
+    };
+    // Connects per tenant in the last `over_mandant` window (index = tenant), replayed by `over_no_pool_misses`.
+    let mut miss_mix: Vec<i64> = Vec::new();
     for round in 0..rounds {
         eprintln!("round {}/{rounds}", round + 1);
         // fits: the order alternates per round, so drift on this VM does not favour one side.
@@ -316,11 +340,13 @@ async fn main() {
                 "over_no_pool_tail",
                 "over_oracle",
                 "over_mandant",
+                "over_no_pool_misses",
                 "shift_mandant",
             ]
         } else {
             [
                 "over_mandant",
+                "over_no_pool_misses",
                 "over_oracle",
                 "over_no_pool_tail",
                 "over_no_pool",
@@ -340,7 +366,9 @@ async fn main() {
                     oracle_state.hits.load(Ordering::Relaxed),
                     oracle_state.misses.load(Ordering::Relaxed),
                 );
+                let blocks = block_counts(&stats).await;
                 let run = load(oracle.base.clone(), zipf_pick.clone(), false).await;
+                let run = measured(run, blocks, block_counts(&stats).await);
                 let (hits, misses) = (
                     oracle_state.hits.load(Ordering::Relaxed) - hits,
                     oracle_state.misses.load(Ordering::Relaxed) - misses,
@@ -357,13 +385,30 @@ async fn main() {
                 table.entry(name).or_default().push(run);
                 continue;
             }
-            if name == "over_no_pool" || name == "over_no_pool_tail" {
-                let pick = if name == "over_no_pool" {
-                    zipf_pick.clone()
-                } else {
-                    tail_pick.clone()
+            if name == "over_no_pool_misses" && miss_mix.is_empty() {
+                eprintln!("  {name}: skipped (needs over_mandant's misses from the same round)");
+                continue;
+            }
+            if name == "over_no_pool"
+                || name == "over_no_pool_tail"
+                || name == "over_no_pool_misses"
+            {
+                let pick = match name {
+                    "over_no_pool" => zipf_pick.clone(),
+                    "over_no_pool_tail" => tail_pick.clone(),
+                    _ => {
+                        let mix = std::mem::take(&mut miss_mix);
+                        eprintln!(
+                            "  {name}: replaying {} connects over {} tenants",
+                            mix.iter().filter(|&&n| n > 0).sum::<i64>(),
+                            mix.iter().filter(|&&n| n > 0).count()
+                        );
+                        weighted_pick(mix)
+                    }
                 };
+                let blocks = block_counts(&stats).await;
                 let run = load(no_pool.base.clone(), pick, false).await;
+                let run = measured(run, blocks, block_counts(&stats).await);
                 eprintln!(
                     "  {name}: {:.0} req/s, p99 {:.2} ms, errors {}, machine busy {:.2}",
                     run.rps(),
@@ -424,7 +469,21 @@ async fn main() {
                     }
                 })
             };
+            let blocks = block_counts(&stats).await;
+            let sessions = session_counts(&stats).await;
             let run = load_for(app.base.clone(), pick, true, measured_for).await;
+            let run = measured(run, blocks, block_counts(&stats).await);
+            if name == "over_mandant" {
+                // Which tenants the router connected to in the window (its misses), for `over_no_pool_misses`.
+                let after = session_counts(&stats).await;
+                miss_mix = targets
+                    .iter()
+                    .map(|t| {
+                        let db = t.dbname();
+                        after.get(db).copied().unwrap_or(0) - sessions.get(db).copied().unwrap_or(0)
+                    })
+                    .collect();
+            }
             sampling.store(false, Ordering::Relaxed);
             let _ = sampler.await;
             let _ = backend_sampler.await;
@@ -519,6 +578,7 @@ async fn main() {
         "single_tenant_static",
         "over_no_pool",
         "over_no_pool_tail",
+        "over_no_pool_misses",
         "over_oracle",
         "over_mandant",
         "shift_mandant",
@@ -541,7 +601,7 @@ async fn main() {
         results.insert(
             name,
             runs.iter()
-                .map(|r| json!({"requests": r.requests, "secs": r.secs, "rps": r.rps(), "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "errors": r.errors, "process_cpu_us_per_request": r.cpu_us_per_request, "postgres_cpu_us_per_request": r.pg_cpu_us_per_request, "softirq_us_per_request": r.softirq_us_per_request, "other_cpu_us_per_request": r.other_cpu_us_per_request, "machine_cpu_busy": r.machine_busy}))
+                .map(|r| json!({"requests": r.requests, "secs": r.secs, "rps": r.rps(), "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "errors": r.errors, "process_cpu_us_per_request": r.cpu_us_per_request, "postgres_cpu_us_per_request": r.pg_cpu_us_per_request, "softirq_us_per_request": r.softirq_us_per_request, "other_cpu_us_per_request": r.other_cpu_us_per_request, "blks_read_per_request": r.blks_read_per_request, "blks_hit_per_request": r.blks_hit_per_request, "machine_cpu_busy": r.machine_busy}))
                 .collect(),
         );
     }
@@ -602,6 +662,11 @@ async fn main() {
     let tail_ceiling = |h: f64| t_miss / ((1.0 - h) * t_tail + h * t_hit);
     let tail_ceiling_at_router = tail_ceiling(hit("hit_ratio"));
     let tail_ceiling_at_oracle = tail_ceiling(oracle_hit);
+    // The same with the misses the router actually had: the no-pool router replaying, tenant for tenant, the
+    // connects of mandant's own measured window (a better policy's misses are colder tenants, each dearer).
+    let t_misses = 1.0 / rate("over_no_pool_misses").unwrap_or(f64::NAN);
+    let misses_ceiling_at_router =
+        t_miss / ((1.0 - hit("hit_ratio")) * t_misses + hit("hit_ratio") * t_hit);
     println!(
         "\nfits: mandant handler + routing pool / static = {handler_ratio:.3}; with mandant's full HTTP middleware: \
          {fits_ratio:.3} (ratio of medians), {fits_paired:.3} (median of per-round ratios) (target >= 0.92)"
@@ -636,6 +701,12 @@ async fn main() {
         over_ratio / tail_ceiling_at_router,
         oracle_ratio / tail_ceiling_at_oracle,
     );
+    println!(
+        "overcommitted, a miss at the cost of mandant's own misses (no-pool replaying the tenants mandant connected to: T_misses {:.3} ms, {:.2} of T_miss): ceiling {misses_ceiling_at_router:.2}x at the router's hit ratio ({:.3} of it)",
+        t_misses * 1e3,
+        t_misses / t_miss,
+        over_ratio / misses_ceiling_at_router,
+    );
     // Where a request's machine time goes (medians): PostgreSQL's CPU per miss (per request / miss ratio) should be
     // the same for every router; the rest is each router's own process, softirq and everything else.
     let per = |name: &str, f: &dyn Fn(&Run) -> f64| {
@@ -643,19 +714,23 @@ async fn main() {
     };
     let breakdown = |name: &str, miss_ratio: f64| {
         format!(
-            "{name}: PostgreSQL {:.2} ms per miss ({:.0} us per request, miss ratio {miss_ratio:.3}), process {:.0} us, softirq {:.0} us, other {:.0} us per request",
+            "{name}: PostgreSQL {:.2} ms per miss ({:.0} us per request, miss ratio {miss_ratio:.3}; blocks read {:.0}, found {:.0} per miss), process {:.0} us, softirq {:.0} us, other {:.0} us per request",
             per(name, &|r| r.pg_cpu_us_per_request) / miss_ratio / 1e3,
             per(name, &|r| r.pg_cpu_us_per_request),
+            per(name, &|r| r.blks_read_per_request) / miss_ratio,
+            per(name, &|r| r.blks_hit_per_request) / miss_ratio,
             per(name, &|r| r.cpu_us_per_request),
             per(name, &|r| r.softirq_us_per_request),
             per(name, &|r| r.other_cpu_us_per_request),
         )
     };
     println!(
-        "overcommitted, machine time by part: {}; {}; {}",
+        "overcommitted, machine time by part: {}; {}; {}; {}; {}",
         breakdown("over_mandant", 1.0 - hit("hit_ratio")),
         breakdown("over_oracle", 1.0 - oracle_hit),
         breakdown("over_no_pool", 1.0),
+        breakdown("over_no_pool_tail", 1.0),
+        breakdown("over_no_pool_misses", 1.0),
     );
     println!(
         "shifting (hot set rotates every {shift_period} s): warm-hit {:.3} vs ideal LRU {:.3} (target: within 0.05), static top-k {:.3}, Belady {:.3}",
@@ -692,6 +767,9 @@ async fn main() {
             "tail_ceiling_at_router_hit_ratio": tail_ceiling_at_router,
             "overcommitted_share_of_tail_ceiling": over_ratio / tail_ceiling_at_router,
             "oracle_share_of_its_tail_ceiling": oracle_ratio / tail_ceiling_at_oracle,
+            "t_misses_ms": t_misses * 1e3,
+            "misses_ceiling_at_router_hit_ratio": misses_ceiling_at_router,
+            "overcommitted_share_of_misses_ceiling": over_ratio / misses_ceiling_at_router,
             "overcommitted_share_of_ceiling": over_ratio / ceiling_at_router,
             "oracle_hit_ratio": oracle_hit,
             "oracle_over_no_pool": oracle_ratio,
@@ -805,8 +883,52 @@ async fn drive(
         pg_cpu_us_per_request: per_request(pg),
         softirq_us_per_request: per_request(softirq),
         other_cpu_us_per_request: per_request(other),
+        blks_read_per_request: f64::NAN,
+        blks_hit_per_request: f64::NAN,
         trace,
     }
+}
+
+/// Sessions ever started per database (`pg_stat_database.sessions`, counted as backends flush their statistics).
+async fn session_counts(stats: &tokio_postgres::Client) -> HashMap<String, i64> {
+    stats
+        .query(
+            "SELECT datname::text, sessions FROM pg_stat_database WHERE datname IS NOT NULL",
+            &[],
+        )
+        .await
+        .expect("session statistics")
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect()
+}
+
+/// Picks tenant `i` with probability `weights[i] / sum` (negative weights count as none).
+fn weighted_pick(weights: Vec<i64>) -> Arc<Pick> {
+    let mut cumulative = Vec::with_capacity(weights.len());
+    let mut total = 0u64;
+    for w in weights {
+        total += w.max(0) as u64;
+        cumulative.push(total);
+    }
+    let total = total.max(1);
+    Arc::new(Box::new(move |rng| {
+        let x = rng.random_range(0..total);
+        cumulative.partition_point(|&c| c <= x)
+    }))
+}
+
+/// Blocks read into shared buffers and found there, summed over every database (`pg_stat_database`, as backends
+/// have flushed them: an exited backend's at its exit).
+async fn block_counts(stats: &tokio_postgres::Client) -> (i64, i64) {
+    let row = stats
+        .query_one(
+            "SELECT sum(blks_read)::int8, sum(blks_hit)::int8 FROM pg_stat_database",
+            &[],
+        )
+        .await
+        .expect("block statistics");
+    (row.get(0), row.get(1))
 }
 
 /// User plus system CPU time of this process so far.

@@ -719,13 +719,23 @@ async fn a_route_resolved_before_a_second_process_suspends_the_client_is_refused
     );
 
     // Resumed through the second process: the same stale resolution connects again, to the client's own
-    // database (looked up afresh).
+    // database (looked up afresh), once the first process has heard of it (bounded).
     let resumed = second.post(&format!("/v1/clients/{slug}/resume")).await;
     assert_eq!(resumed.status(), StatusCode::OK);
-    let (client, conn) = data
-        .connect_resolved(&resolved, mandant::tenant::pool::Use::Request, false)
-        .await
-        .expect("connect after the resumption");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (client, conn) = loop {
+        match data
+            .connect_resolved(&resolved, mandant::tenant::pool::Use::Request, false)
+            .await
+        {
+            Ok(connected) => break connected,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "never connected after the resumption: {e:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert_eq!(client.id, id);
     assert_eq!(client.status, mandant::domain::ClientStatus::Active);
     let database: String = conn
