@@ -22,11 +22,12 @@
 //!   popular tenants, the requests a static top-k cache misses. A miss to a tail tenant may cost more than the
 //!   average connect-per-request (colder pages and catalog); the ceiling with that miss cost is printed beside the
 //!   bar's.
-//! - misses (`over_no_pool_misses`, a diagnostic): the no-pool router replaying the tenants mandant connected to in
-//!   the round's `over_mandant` window (per-database session counts from `pg_stat_database`), in the same
-//!   proportions: what mandant's own misses cost when each is a connect-per-request. A policy that keeps more of the
-//!   warm tail misses only the coldest tenants, and a connect to a cold tenant reads more of its catalog; the ceiling
-//!   with that miss cost is printed beside the bar's.
+//! - misses (`over_no_pool_misses`, a diagnostic): the no-pool router replaying the tenants of mandant's cold
+//!   acquires in the round's `over_mandant` window, in their order (recorded by the routing pool's test
+//!   scaffolding); `over_no_pool_miss_mix` replays the same tenants in the same proportions in random order. What
+//!   mandant's own misses cost as connects-per-request: a policy that keeps more of the warm tail misses colder
+//!   tenants, each after a longer gap, and PostgreSQL's shared buffers (a second cache under the router's) tend to
+//!   miss their catalog pages too. The ceiling with that miss cost is printed beside the bar's.
 //! - shifting: the same Zipf distribution, but the tenants behind the ranks rotate every BENCH_SHIFT_PERIOD
 //!   (20 s; by 97 tenants, so the hot set is replaced), measured for BENCH_SHIFT_SECS (40) after the warm-up: the
 //!   policy must adapt (hit ratio near the ideal LRU's on that trace).
@@ -157,6 +158,7 @@ async fn main() {
     }
     let mut targets = Vec::new();
     let mut ids = HashMap::new();
+    let mut index_of: HashMap<uuid::Uuid, usize> = HashMap::new();
     for slug in &slugs {
         let parsed = mandant::domain::ClientSlug::parse(slug).expect("slug");
         let client = app
@@ -165,6 +167,7 @@ async fn main() {
             .client_by_slug(&parsed)
             .await
             .expect("client");
+        index_of.insert(client.id, ids.len());
         ids.insert(client.id, slug.clone());
         let server = app
             .state
@@ -286,8 +289,8 @@ async fn main() {
         blks_hit_per_request: (after.1 - before.1) as f64 / run.requests.max(1) as f64,
         ..run
     };
-    // Connects per tenant in the last `over_mandant` window (index = tenant), replayed by `over_no_pool_misses`.
-    let mut miss_mix: Vec<i64> = Vec::new();
+    // The tenants of the cold acquires of the last `over_mandant` window, in order, for the replays.
+    let mut misses: Vec<usize> = Vec::new();
     for round in 0..rounds {
         eprintln!("round {}/{rounds}", round + 1);
         // fits: the order alternates per round, so drift on this VM does not favour one side.
@@ -341,12 +344,14 @@ async fn main() {
                 "over_oracle",
                 "over_mandant",
                 "over_no_pool_misses",
+                "over_no_pool_miss_mix",
                 "shift_mandant",
             ]
         } else {
             [
                 "over_mandant",
                 "over_no_pool_misses",
+                "over_no_pool_miss_mix",
                 "over_oracle",
                 "over_no_pool_tail",
                 "over_no_pool",
@@ -385,25 +390,32 @@ async fn main() {
                 table.entry(name).or_default().push(run);
                 continue;
             }
-            if name == "over_no_pool_misses" && miss_mix.is_empty() {
+            let replay = matches!(name, "over_no_pool_misses" | "over_no_pool_miss_mix");
+            if replay && misses.is_empty() {
                 eprintln!("  {name}: skipped (needs over_mandant's misses from the same round)");
                 continue;
             }
-            if name == "over_no_pool"
-                || name == "over_no_pool_tail"
-                || name == "over_no_pool_misses"
-            {
+            if name.starts_with("over_no_pool") {
                 let pick = match name {
                     "over_no_pool" => zipf_pick.clone(),
                     "over_no_pool_tail" => tail_pick.clone(),
-                    _ => {
-                        let mix = std::mem::take(&mut miss_mix);
+                    "over_no_pool_misses" => {
                         eprintln!(
-                            "  {name}: replaying {} connects over {} tenants",
-                            mix.iter().filter(|&&n| n > 0).sum::<i64>(),
-                            mix.iter().filter(|&&n| n > 0).count()
+                            "  {name}: replaying {} connects over {} tenants in their order",
+                            misses.len(),
+                            misses
+                                .iter()
+                                .collect::<std::collections::HashSet<_>>()
+                                .len()
                         );
-                        weighted_pick(mix)
+                        sequence_pick(misses.clone())
+                    }
+                    _ => {
+                        let mut weights = vec![0i64; tenants];
+                        for &i in &misses {
+                            weights[i] += 1;
+                        }
+                        weighted_pick(weights)
                     }
                 };
                 let blocks = block_counts(&stats).await;
@@ -470,18 +482,15 @@ async fn main() {
                 })
             };
             let blocks = block_counts(&stats).await;
-            let sessions = session_counts(&stats).await;
+            router.record_misses();
             let run = load_for(app.base.clone(), pick, true, measured_for).await;
+            let recorded = router.take_misses();
             let run = measured(run, blocks, block_counts(&stats).await);
             if name == "over_mandant" {
-                // Which tenants the router connected to in the window (its misses), for `over_no_pool_misses`.
-                let after = session_counts(&stats).await;
-                miss_mix = targets
+                // The tenants the router connected to in the window (its misses), in order, for the replays.
+                misses = recorded
                     .iter()
-                    .map(|t| {
-                        let db = t.dbname();
-                        after.get(db).copied().unwrap_or(0) - sessions.get(db).copied().unwrap_or(0)
-                    })
+                    .filter_map(|id| index_of.get(id).copied())
                     .collect();
             }
             sampling.store(false, Ordering::Relaxed);
@@ -579,6 +588,7 @@ async fn main() {
         "over_no_pool",
         "over_no_pool_tail",
         "over_no_pool_misses",
+        "over_no_pool_miss_mix",
         "over_oracle",
         "over_mandant",
         "shift_mandant",
@@ -662,9 +672,12 @@ async fn main() {
     let tail_ceiling = |h: f64| t_miss / ((1.0 - h) * t_tail + h * t_hit);
     let tail_ceiling_at_router = tail_ceiling(hit("hit_ratio"));
     let tail_ceiling_at_oracle = tail_ceiling(oracle_hit);
-    // The same with the misses the router actually had: the no-pool router replaying, tenant for tenant, the
-    // connects of mandant's own measured window (a better policy's misses are colder tenants, each dearer).
+    // The same with the misses the router actually had: the no-pool router replaying the connects of mandant's own
+    // measured window in their order (each after the gap it had there), and the same tenants in the same proportions
+    // but in random order (`miss_mix`): a router's misses are its colder tenants, and PostgreSQL's buffers are a
+    // second cache under it that those misses tend to miss too.
     let t_misses = 1.0 / rate("over_no_pool_misses").unwrap_or(f64::NAN);
+    let t_miss_mix = 1.0 / rate("over_no_pool_miss_mix").unwrap_or(f64::NAN);
     let misses_ceiling_at_router =
         t_miss / ((1.0 - hit("hit_ratio")) * t_misses + hit("hit_ratio") * t_hit);
     println!(
@@ -702,9 +715,10 @@ async fn main() {
         oracle_ratio / tail_ceiling_at_oracle,
     );
     println!(
-        "overcommitted, a miss at the cost of mandant's own misses (no-pool replaying the tenants mandant connected to: T_misses {:.3} ms, {:.2} of T_miss): ceiling {misses_ceiling_at_router:.2}x at the router's hit ratio ({:.3} of it)",
+        "overcommitted, a miss at the cost of mandant's own misses (no-pool replaying mandant's connects in their order: T_misses {:.3} ms, {:.2} of T_miss; the same tenants in random order {:.2} of T_miss): ceiling {misses_ceiling_at_router:.2}x at the router's hit ratio ({:.3} of it)",
         t_misses * 1e3,
         t_misses / t_miss,
+        t_miss_mix / t_miss,
         over_ratio / misses_ceiling_at_router,
     );
     // Where a request's machine time goes (medians): PostgreSQL's CPU per miss (per request / miss ratio) should be
@@ -725,12 +739,13 @@ async fn main() {
         )
     };
     println!(
-        "overcommitted, machine time by part: {}; {}; {}; {}; {}",
+        "overcommitted, machine time by part: {}; {}; {}; {}; {}; {}",
         breakdown("over_mandant", 1.0 - hit("hit_ratio")),
         breakdown("over_oracle", 1.0 - oracle_hit),
         breakdown("over_no_pool", 1.0),
         breakdown("over_no_pool_tail", 1.0),
         breakdown("over_no_pool_misses", 1.0),
+        breakdown("over_no_pool_miss_mix", 1.0),
     );
     println!(
         "shifting (hot set rotates every {shift_period} s): warm-hit {:.3} vs ideal LRU {:.3} (target: within 0.05), static top-k {:.3}, Belady {:.3}",
@@ -768,6 +783,7 @@ async fn main() {
             "overcommitted_share_of_tail_ceiling": over_ratio / tail_ceiling_at_router,
             "oracle_share_of_its_tail_ceiling": oracle_ratio / tail_ceiling_at_oracle,
             "t_misses_ms": t_misses * 1e3,
+            "t_miss_mix_ms": t_miss_mix * 1e3,
             "misses_ceiling_at_router_hit_ratio": misses_ceiling_at_router,
             "overcommitted_share_of_misses_ceiling": over_ratio / misses_ceiling_at_router,
             "overcommitted_share_of_ceiling": over_ratio / ceiling_at_router,
@@ -889,18 +905,17 @@ async fn drive(
     }
 }
 
-/// Sessions ever started per database (`pg_stat_database.sessions`, counted as backends flush their statistics).
-async fn session_counts(stats: &tokio_postgres::Client) -> HashMap<String, i64> {
-    stats
-        .query(
-            "SELECT datname::text, sessions FROM pg_stat_database WHERE datname IS NOT NULL",
-            &[],
-        )
-        .await
-        .expect("session statistics")
-        .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect()
+/// Picks the tenants of `sequence` in its order, from the start again when it runs out (the load's 64 clients
+/// take them as they come, so the order holds up to what is in flight).
+fn sequence_pick(sequence: Vec<usize>) -> Arc<Pick> {
+    let next = AtomicUsize::new(0);
+    Arc::new(Box::new(move |_rng| {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        sequence
+            .get(i % sequence.len().max(1))
+            .copied()
+            .unwrap_or(0)
+    }))
 }
 
 /// Picks tenant `i` with probability `weights[i] / sum` (negative weights count as none).

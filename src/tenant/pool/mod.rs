@@ -246,6 +246,8 @@ impl TenantPools {
                 servers: Mutex::new(HashMap::new()),
                 tenants: Mutex::new(HashMap::new()),
                 served: Mutex::new(HashMap::new()),
+                #[cfg(feature = "testing")]
+                misses: Mutex::new(None),
             }),
         }
     }
@@ -391,6 +393,10 @@ impl TenantPools {
                 let (counter, exported) = if warm {
                     (&self.inner.warm, &handles.warm)
                 } else {
+                    #[cfg(feature = "testing")]
+                    if let Some(misses) = lock(&self.inner.misses).as_mut() {
+                        misses.push(route.client_id);
+                    }
                     (&self.inner.cold, &handles.cold)
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
@@ -505,6 +511,19 @@ impl TenantPools {
             own_waits: self.inner.own_waits.load(Ordering::Relaxed),
             decisions: std::array::from_fn(|i| self.inner.decisions[i].load(Ordering::Relaxed)),
         }
+    }
+
+    /// Test scaffolding (benchmarks): starts recording the tenant of every cold acquire, in order, dropping what
+    /// was recorded so far.
+    #[cfg(feature = "testing")]
+    pub fn record_misses(&self) {
+        *lock(&self.inner.misses) = Some(Vec::new());
+    }
+
+    /// Test scaffolding: stops recording cold acquires and returns their tenants, in order.
+    #[cfg(feature = "testing")]
+    pub fn take_misses(&self) -> Vec<Uuid> {
+        lock(&self.inner.misses).take().unwrap_or_default()
     }
 
     /// Connections a tenant holds (idle and in use) in this process.

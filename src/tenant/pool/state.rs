@@ -114,6 +114,10 @@ pub(super) struct Inner {
     /// Served times of tenants whose pools were closed or dropped before [`super::TenantPools::take_served`] took
     /// them (and times put back after a failed flush).
     pub(super) served: Mutex<HashMap<Uuid, std::time::SystemTime>>,
+    /// Test scaffolding: the tenants of cold acquires, in order, while a benchmark records them
+    /// ([`super::TenantPools::record_misses`]).
+    #[cfg(feature = "testing")]
+    pub(super) misses: Mutex<Option<Vec<Uuid>>>,
 }
 
 impl Inner {
