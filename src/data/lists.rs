@@ -100,10 +100,10 @@ pub async fn create(
     description: Option<&str>,
 ) -> Result<MailingList, DataError> {
     let row = db
-        .query_one(
+        .query_typed_one(
             "INSERT INTO mailing_lists (name, description) VALUES ($1, $2)
              RETURNING id, name, description, created_at, updated_at",
-            &[&name, &description],
+            &[(&name, Type::TEXT), (&description, Type::TEXT)],
         )
         .await
         .map_err(name_taken)?;
@@ -137,9 +137,12 @@ pub async fn get(db: &Client, id: i64) -> Result<MailingList, DataError> {
 }
 
 pub async fn delete(db: &Client, id: i64) -> Result<(), DataError> {
-    match db
-        .execute("DELETE FROM mailing_lists WHERE id = $1", &[&id])
-        .await?
+    match super::execute_typed(
+        db,
+        "DELETE FROM mailing_lists WHERE id = $1",
+        &[(&id, Type::INT8)],
+    )
+    .await?
     {
         0 => Err(DataError::NotFound),
         _ => Ok(()),
@@ -154,7 +157,7 @@ pub async fn bind(
     status: BindingStatus,
 ) -> Result<Binding, DataError> {
     let row = db
-        .query_opt(
+        .query_typed_opt(
             "INSERT INTO bindings (mailing_list_id, recipient_id, status)
              SELECT l.id, r.id, $3 FROM mailing_lists l, recipients r WHERE l.id = $1 AND r.id = $2
              ON CONFLICT (mailing_list_id, recipient_id)
@@ -162,7 +165,11 @@ pub async fn bind(
                            updated_at = CASE WHEN bindings.status = EXCLUDED.status THEN bindings.updated_at
                                              ELSE now() END
              RETURNING mailing_list_id, recipient_id, status, created_at, updated_at",
-            &[&list_id, &recipient_id, &status.as_str()],
+            &[
+                (&list_id, Type::INT8),
+                (&recipient_id, Type::INT8),
+                (&status.as_str(), Type::TEXT),
+            ],
         )
         .await?
         .ok_or(DataError::NotFound)?;

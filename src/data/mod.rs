@@ -54,6 +54,23 @@ pub fn typed_refs(params: &[TypedParam]) -> Vec<(&(dyn ToSql + Sync), Type)> {
         .collect()
 }
 
+/// Runs a statement like `execute` (its rows, if any, are not wanted) as the unnamed statement in one round trip
+/// (`query_typed_raw`, the parameters' types given), where `execute` with a string prepares first. Returns the
+/// rows it affected (the command tag's count).
+pub async fn execute_typed(
+    db: &impl tokio_postgres::GenericClient,
+    sql: &str,
+    params: &[(&(dyn ToSql + Sync), Type)],
+) -> Result<u64, tokio_postgres::Error> {
+    use futures_util::TryStreamExt;
+    let stream = db
+        .query_typed_raw(sql, params.iter().map(|(value, ty)| (*value, ty.clone())))
+        .await?;
+    let mut stream = std::pin::pin!(stream);
+    while stream.try_next().await?.is_some() {}
+    Ok(stream.rows_affected().unwrap_or(0))
+}
+
 /// Whether a caller may see personal data on a client (its `private_data` right, DESIGN.md §6). Without it,
 /// personal fields (e-mail, names, custom fields marked personal) are masked in every recipient returned, and
 /// filters and target-group rules on them are refused, so they cannot be inferred either.
