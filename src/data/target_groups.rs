@@ -60,10 +60,10 @@ pub async fn compile(
     privacy.check_fields(&schema, &compiled.fields)?;
     if !compiled.lists.is_empty() {
         let missing: Vec<i64> = db
-            .query(
+            .query_typed(
                 "SELECT id FROM unnest($1::int8[]) AS wanted(id)
                  WHERE NOT EXISTS (SELECT 1 FROM mailing_lists l WHERE l.id = wanted.id) ORDER BY id",
-                &[&compiled.lists],
+                &[(&compiled.lists, Type::INT8_ARRAY)],
             )
             .await?
             .iter()
@@ -113,10 +113,10 @@ pub async fn insert(
     rule: &Json,
 ) -> Result<TargetGroup, DataError> {
     let row = db
-        .query_one(
+        .query_typed_one(
             "INSERT INTO target_groups (name, rule) VALUES ($1, $2)
              RETURNING id, name, rule, created_at, updated_at",
-            &[&name, rule],
+            &[(&name, Type::TEXT), (rule, Type::JSONB)],
         )
         .await
         .map_err(name_taken)?;
@@ -150,9 +150,12 @@ pub async fn get(db: &Client, id: i64) -> Result<TargetGroup, DataError> {
 }
 
 pub async fn delete(db: &Client, id: i64) -> Result<(), DataError> {
-    match db
-        .execute("DELETE FROM target_groups WHERE id = $1", &[&id])
-        .await?
+    match super::execute_typed(
+        db,
+        "DELETE FROM target_groups WHERE id = $1",
+        &[(&id, Type::INT8)],
+    )
+    .await?
     {
         0 => Err(DataError::NotFound),
         _ => Ok(()),

@@ -110,7 +110,7 @@ pub async fn sync(db: &mut Client, masters: &[MasterTemplate]) -> Result<Vec<Syn
     let versions: Vec<i32> = live.iter().map(|m| m.version).collect();
     // `newer`: the copy follows the master and this version is newer than the one it holds.
     let rows = db
-        .query(
+        .query_typed(
             "WITH master AS (
                  SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[])
                      AS m(id, name, subject, html_body, text_body, version)
@@ -148,7 +148,15 @@ pub async fn sync(db: &mut Client, masters: &[MasterTemplate]) -> Result<Vec<Syn
              SELECT id, master_version, overridden, applied FROM written
              UNION ALL
              SELECT id, NULL, false, true FROM removed",
-            &[&ids, &names, &subjects, &html, &text, &versions, &retracted],
+            &[
+                (&ids, Type::UUID_ARRAY),
+                (&names, Type::TEXT_ARRAY),
+                (&subjects, Type::TEXT_ARRAY),
+                (&html, Type::TEXT_ARRAY),
+                (&text, Type::TEXT_ARRAY),
+                (&versions, Type::INT4_ARRAY),
+                (&retracted, Type::UUID_ARRAY),
+            ],
         )
         .await?;
     let mut result: Vec<Synced> = rows
@@ -167,9 +175,9 @@ pub async fn sync(db: &mut Client, masters: &[MasterTemplate]) -> Result<Vec<Syn
     for id in retracted {
         if !result.iter().any(|s| s.template == id) {
             let overridden = db
-                .query_opt(
+                .query_typed_opt(
                     "SELECT master_version FROM templates WHERE id = $1 AND overridden",
-                    &[&id],
+                    &[(&id, Type::UUID)],
                 )
                 .await?;
             result.push(Synced {
@@ -220,16 +228,16 @@ pub async fn create_local(
     content: &TemplateContent,
 ) -> Result<TenantTemplate, DataError> {
     let row = db
-        .query_one(
+        .query_typed_one(
             &format!(
                 "INSERT INTO templates (origin, name, subject, html_body, text_body)
                  VALUES ('local', $1, $2, $3, $4) RETURNING {COLUMNS}"
             ),
             &[
-                &content.name,
-                &content.subject,
-                &content.html_body,
-                &content.text_body,
+                (&content.name, Type::TEXT),
+                (&content.subject, Type::TEXT),
+                (&content.html_body, Type::TEXT),
+                (&content.text_body, Type::TEXT),
             ],
         )
         .await?;
@@ -243,18 +251,18 @@ pub async fn update(
     id: Uuid,
     content: &TemplateContent,
 ) -> Result<TenantTemplate, DataError> {
-    db.query_opt(
+    db.query_typed_opt(
         &format!(
             "UPDATE templates SET name = $2, subject = $3, html_body = $4, text_body = $5,
                  overridden = (origin = 'inherited'), updated_at = now()
              WHERE id = $1 RETURNING {COLUMNS}"
         ),
         &[
-            &id,
-            &content.name,
-            &content.subject,
-            &content.html_body,
-            &content.text_body,
+            (&id, Type::UUID),
+            (&content.name, Type::TEXT),
+            (&content.subject, Type::TEXT),
+            (&content.html_body, Type::TEXT),
+            (&content.text_body, Type::TEXT),
         ],
     )
     .await?
@@ -268,7 +276,7 @@ pub async fn revert(
     id: Uuid,
     master: &MasterTemplate,
 ) -> Result<TenantTemplate, DataError> {
-    db.query_opt(
+    db.query_typed_opt(
         &format!(
             "UPDATE templates SET name = $2, subject = $3, html_body = $4, text_body = $5,
                  master_version = $6, available_version = greatest(available_version, $6),
@@ -276,12 +284,12 @@ pub async fn revert(
              WHERE id = $1 AND origin = 'inherited' RETURNING {COLUMNS}"
         ),
         &[
-            &id,
-            &master.name,
-            &master.subject,
-            &master.html_body,
-            &master.text_body,
-            &master.version,
+            (&id, Type::UUID),
+            (&master.name, Type::TEXT),
+            (&master.subject, Type::TEXT),
+            (&master.html_body, Type::TEXT),
+            (&master.text_body, Type::TEXT),
+            (&master.version, Type::INT4),
         ],
     )
     .await?
@@ -293,9 +301,13 @@ pub async fn revert(
 /// imports; transaction-scoped). Local templates made by `POST .../templates` may share a name, so there is no
 /// unique index to lean on.
 pub async fn lock_local_names(db: &impl GenericClient) -> Result<(), DataError> {
-    db.execute(
+    super::execute_typed(
+        db,
         "SELECT pg_advisory_xact_lock($1)",
-        &[&crate::db::lock_key("mandant.local_template_names")],
+        &[(
+            &crate::db::lock_key("mandant.local_template_names"),
+            Type::INT8,
+        )],
     )
     .await?;
     Ok(())
@@ -308,9 +320,9 @@ pub async fn local_names_taken(
 ) -> Result<Vec<String>, DataError> {
     let lower: Vec<String> = names.iter().map(|n| n.to_lowercase()).collect();
     Ok(db
-        .query(
+        .query_typed(
             "SELECT DISTINCT name FROM templates WHERE origin = 'local' AND lower(name) = ANY($1) ORDER BY name",
-            &[&lower],
+            &[(&lower, Type::TEXT_ARRAY)],
         )
         .await?
         .iter()
@@ -321,7 +333,7 @@ pub async fn local_names_taken(
 /// The client's own templates, by name.
 pub async fn all_local(db: &Client) -> Result<Vec<TenantTemplate>, DataError> {
     let rows = db
-        .query(
+        .query_typed(
             &format!(
                 "SELECT {COLUMNS} FROM templates WHERE origin = 'local' ORDER BY lower(name), id"
             ),
