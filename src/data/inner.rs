@@ -9,7 +9,7 @@
 //! that delay.
 
 use deadpool_postgres::tokio_postgres::Client;
-use deadpool_postgres::tokio_postgres::types::Type;
+use deadpool_postgres::tokio_postgres::types::{ToSql, Type};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
@@ -73,10 +73,10 @@ impl Scope {
     /// Checks the scope against the parent's database: every list exists, the rule compiles against its schema.
     pub async fn check(&self, db: &Client) -> Result<(), DataError> {
         let missing: Option<i64> = db
-            .query_opt(
+            .query_typed_opt(
                 "SELECT id FROM unnest($1::int8[]) AS wanted(id)
                  WHERE NOT EXISTS (SELECT 1 FROM mailing_lists l WHERE l.id = wanted.id) ORDER BY id LIMIT 1",
-                &[&self.lists],
+                &[(&self.lists, Type::INT8_ARRAY)],
             )
             .await?
             .map(|row| row.get(0));
@@ -116,9 +116,10 @@ pub async fn apply(
 ) -> Result<Applied, DataError> {
     let schema = Schema::load(db).await?;
     let tx = db.transaction().await?;
-    tx.execute(
+    super::execute_typed(
+        &tx,
         "SELECT pg_advisory_xact_lock(hashtext('mandant.inner_scope'), $1::int)",
-        &[&inner_no],
+        &[(&inner_no, Type::INT4)],
     )
     .await?;
     let Some(scope) = current().await? else {
@@ -126,20 +127,22 @@ pub async fn apply(
     };
     let scope = &scope;
     let mut applied = Applied::default();
-    applied.lists += tx
-        .execute(
-            "UPDATE mailing_lists SET mandant_inner = array_append(mandant_inner, $1::int)
-             WHERE id = ANY($2) AND NOT mandant_inner @> ARRAY[$1::int]",
-            &[&inner_no, &scope.lists],
-        )
-        .await?;
-    applied.lists += tx
-        .execute(
-            "UPDATE mailing_lists SET mandant_inner = array_remove(mandant_inner, $1::int)
-             WHERE mandant_inner @> ARRAY[$1::int] AND NOT id = ANY($2)",
-            &[&inner_no, &scope.lists],
-        )
-        .await?;
+    let lists: [(&(dyn ToSql + Sync), Type); 2] =
+        [(&inner_no, Type::INT4), (&scope.lists, Type::INT8_ARRAY)];
+    applied.lists += super::execute_typed(
+        &tx,
+        "UPDATE mailing_lists SET mandant_inner = array_append(mandant_inner, $1::int)
+         WHERE id = ANY($2) AND NOT mandant_inner @> ARRAY[$1::int]",
+        &lists,
+    )
+    .await?;
+    applied.lists += super::execute_typed(
+        &tx,
+        "UPDATE mailing_lists SET mandant_inner = array_remove(mandant_inner, $1::int)
+         WHERE mandant_inner @> ARRAY[$1::int] AND NOT id = ANY($2)",
+        &lists,
+    )
+    .await?;
     let mut compiled = match &scope.rule {
         Some(rule) => rules::compile(rule, &schema).map_err(DataError::Rule)?,
         None => rules::never(),
@@ -153,7 +156,7 @@ pub async fn apply(
          WHERE NOT r.mandant_inner_rules @> ARRAY[{n}::int] AND ({rule})",
         rule = compiled.sql
     );
-    applied.rule_joined = tx.execute(&joined, &compiled.param_refs()).await?;
+    applied.rule_joined = super::execute_typed(&tx, &joined, &compiled.typed_params()).await?;
     let left = format!(
         "UPDATE recipients r SET mandant_inner_rules = array_remove(r.mandant_inner_rules, {n}::int)
          WHERE r.mandant_inner_rules @> ARRAY[{n}::int] AND NOT coalesce(({rule}), false)
@@ -161,15 +164,19 @@ pub async fn apply(
         rule = compiled.sql
     );
     let gone: Vec<i64> = tx
-        .query(&left, &compiled.param_refs())
+        .query_typed(&left, &compiled.typed_params())
         .await?
         .iter()
         .map(|row| row.get(0))
         .collect();
     applied.rule_left = gone.len() as u64;
     if !gone.is_empty() {
-        tx.execute("SELECT mandant_refresh_inner($1)", &[&gone])
-            .await?;
+        super::execute_typed(
+            &tx,
+            "SELECT mandant_refresh_inner($1)",
+            &[(&gone, Type::INT8_ARRAY)],
+        )
+        .await?;
     }
     tx.commit().await?;
     Ok(applied)
@@ -227,10 +234,11 @@ pub async fn join_by_rule(
             "the scope names no list and no rule".into(),
         ));
     };
-    db.execute(
+    super::execute_typed(
+        db,
         "UPDATE recipients SET mandant_inner_rules = array_append(mandant_inner_rules, $1::int)
          WHERE id = $2 AND NOT mandant_inner_rules @> ARRAY[$1::int]",
-        &[&inner_no, &recipient_id],
+        &[(&inner_no, Type::INT4), (&recipient_id, Type::INT8)],
     )
     .await?;
     if matches_rule(db, rule, recipient_id).await? {
