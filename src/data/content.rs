@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use deadpool_postgres::tokio_postgres::types::Type;
 use deadpool_postgres::tokio_postgres::{Client, IsolationLevel};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
@@ -124,7 +125,7 @@ pub async fn export(db: &mut Client, privacy: &Privacy) -> Result<ContentDocumen
         .start()
         .await?;
     let lists = tx
-        .query(
+        .query_typed(
             "SELECT id, name, description FROM mailing_lists ORDER BY id",
             &[],
         )
@@ -137,7 +138,7 @@ pub async fn export(db: &mut Client, privacy: &Privacy) -> Result<ContentDocumen
         })
         .collect();
     let mut target_groups: Vec<GroupDoc> = tx
-        .query("SELECT name, rule FROM target_groups ORDER BY id", &[])
+        .query_typed("SELECT name, rule FROM target_groups ORDER BY id", &[])
         .await?
         .iter()
         .map(|r| GroupDoc {
@@ -153,7 +154,7 @@ pub async fn export(db: &mut Client, privacy: &Privacy) -> Result<ContentDocumen
         }
     }
     let templates = tx
-        .query(
+        .query_typed(
             "SELECT name, subject, html_body, text_body FROM templates WHERE origin = 'local' ORDER BY id",
             &[],
         )
@@ -225,7 +226,7 @@ async fn clashes(
     let taken = async |table: &str, names: Vec<String>| -> Result<Vec<String>, DataError> {
         let sql = format!("SELECT name FROM {table} WHERE lower(name) = ANY($1) ORDER BY name");
         Ok(db
-            .query(&sql, &[&names])
+            .query_typed(&sql, &[(&names, Type::TEXT_ARRAY)])
             .await?
             .iter()
             .map(|r| r.get(0))

@@ -18,6 +18,7 @@
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::tokio_postgres::Client;
+use deadpool_postgres::tokio_postgres::types::Type;
 
 use super::DataError;
 use crate::domain::retention::RetentionRule;
@@ -47,7 +48,7 @@ pub fn predicate(rule: RetentionRule) -> &'static str {
 
 /// The database's current time (what a preview measures back from).
 pub async fn now(db: &Client) -> Result<DateTime<Utc>, DataError> {
-    Ok(db.query_one("SELECT now()", &[]).await?.get(0))
+    Ok(db.query_typed_one("SELECT now()", &[]).await?.get(0))
 }
 
 /// How many recipients `rule` with `days` would remove as of `as_of`.
@@ -61,7 +62,10 @@ pub async fn count(
         "SELECT count(*) FROM recipients r WHERE {}",
         predicate(rule)
     );
-    Ok(db.query_one(&sql, &[&as_of, &days]).await?.get(0))
+    Ok(db
+        .query_typed_one(&sql, &[(&as_of, Type::TIMESTAMPTZ), (&days, Type::INT4)])
+        .await?
+        .get(0))
 }
 
 /// What one purge batch did.
@@ -87,12 +91,16 @@ pub async fn purge_batch(
 ) -> Result<Batch, DataError> {
     let tx = db.transaction().await?;
     let candidates: Vec<i64> = tx
-        .query(
+        .query_typed(
             &format!(
                 "SELECT r.id FROM recipients r WHERE {} ORDER BY r.id LIMIT $3 FOR UPDATE OF r SKIP LOCKED",
                 predicate(rule)
             ),
-            &[&as_of, &days, &limit],
+            &[
+                (&as_of, Type::TIMESTAMPTZ),
+                (&days, Type::INT4),
+                (&limit, Type::INT8),
+            ],
         )
         .await?
         .iter()
@@ -105,20 +113,25 @@ pub async fn purge_batch(
             deleted: 0,
         });
     }
-    tx.execute(
+    super::execute_typed(
+        &tx,
         "SELECT 1 FROM bindings WHERE recipient_id = ANY($1) FOR SHARE",
-        &[&candidates],
+        &[(&candidates, Type::INT8_ARRAY)],
     )
     .await?;
-    let deleted = tx
-        .execute(
-            &format!(
-                "DELETE FROM recipients r WHERE r.id = ANY($3) AND {}",
-                predicate(rule)
-            ),
-            &[&as_of, &days, &candidates],
-        )
-        .await?;
+    let deleted = super::execute_typed(
+        &tx,
+        &format!(
+            "DELETE FROM recipients r WHERE r.id = ANY($3) AND {}",
+            predicate(rule)
+        ),
+        &[
+            (&as_of, Type::TIMESTAMPTZ),
+            (&days, Type::INT4),
+            (&candidates, Type::INT8_ARRAY),
+        ],
+    )
+    .await?;
     tx.commit().await?;
     Ok(Batch {
         candidates: candidates.len() as u64,
