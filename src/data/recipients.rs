@@ -339,7 +339,7 @@ pub async fn delete(db: &Client, id: i64) -> Result<(), DataError> {
 /// How many recipients and mailing lists the client's database holds (the overview's figures).
 pub async fn figures(db: &Client) -> Result<(i64, i64), DataError> {
     let row = db
-        .query_one(
+        .query_typed_one(
             "SELECT (SELECT count(*) FROM recipients), (SELECT count(*) FROM mailing_lists)",
             &[],
         )

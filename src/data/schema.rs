@@ -52,7 +52,7 @@ impl Schema {
         let mut schema = Self::standard();
         // One round trip: the catalogue, and whether the lower-case e-mail index is valid (one row at least).
         let rows = db
-            .query(
+            .query_typed(
                 "SELECT f.name, f.origin, f.data_type, f.length, f.required, f.personal, x.email_lower
                  FROM (SELECT EXISTS (
                          SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
