@@ -10,10 +10,10 @@ use mandant::config::{LoadOptions, Settings, TEST_TOML};
 use mandant::embedded::ThrowawayCluster;
 use mandant::server::{Application, RunOptions};
 
-/// A size from the environment, or its default.
-/// Jiffies of the whole machine from the first line of `/proc/stat`: (busy, total). Busy is user + nice + system +
-/// irq + softirq + steal; total adds idle and iowait. USER_HZ is 100 on Linux: one jiffy is 10 ms of one core.
-pub fn machine_jiffies() -> (u64, u64) {
+/// Jiffies of the whole machine from the first line of `/proc/stat`: (busy, total, softirq). Busy is user + nice +
+/// system + irq + softirq + steal; total adds idle and iowait; softirq (loopback network receive among it) is charged
+/// to no process. USER_HZ is 100 on Linux: one jiffy is 10 ms of one core.
+pub fn machine_jiffies() -> (u64, u64, u64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let fields: Vec<u64> = stat
         .lines()
@@ -26,17 +26,18 @@ pub fn machine_jiffies() -> (u64, u64) {
         .collect();
     let total = fields.iter().sum();
     let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
-    (total - idle.min(total), total)
+    let softirq = fields.get(6).copied().unwrap_or(0);
+    (total - idle.min(total), total, softirq)
 }
 
-/// CPU time (user + system) of every PostgreSQL process on this machine so far, exited ones included: each live
-/// `postgres` process's own time, plus, for a postmaster (a `postgres` process whose parent is not one), the time of
-/// the children it has reaped (`cutime` + `cstime` in `/proc/PID/stat`: the backends that connected, served and
-/// exited). A delta over a phase is what PostgreSQL cost in it. A backend exiting between two reads is counted once
-/// or twice at worst (a few ms against a phase's seconds). Resolution: the kernel's clock tick (10 ms per process).
-pub fn postgres_cpu() -> Duration {
+/// Clock ticks per second of `/proc` times (USER_HZ).
+fn clock_ticks() -> f64 {
     // SAFETY: sysconf reads a constant of the system and touches no memory of ours.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
+}
+
+pub fn postgres_cpu() -> Duration {
+    let ticks = clock_ticks();
     // pid -> (comm, ppid, own ticks, reaped children's ticks)
     let mut procs: HashMap<u32, (String, u32, u64, u64)> = HashMap::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -86,24 +87,10 @@ pub fn postgres_cpu() -> Duration {
 
 /// Jiffies (clock ticks of `/proc/stat`) as time.
 pub fn jiffies_to_duration(jiffies: u64) -> Duration {
-    // SAFETY: sysconf reads a constant of the system and touches no memory of ours.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Duration::from_secs_f64(jiffies as f64 / ticks)
+    Duration::from_secs_f64(jiffies as f64 / clock_ticks())
 }
 
-/// Softirq jiffies of the whole machine so far (the seventh value of `/proc/stat`'s first line): network receive
-/// processing on loopback among them, charged to no process.
-pub fn machine_softirq_jiffies() -> u64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    stat.lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .nth(7)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
+/// A size from the environment, or its default.
 pub fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()

@@ -822,7 +822,6 @@ async fn drive(
     let trace = Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
     let cpu_before = process_cpu();
     let machine_before = common::machine_jiffies();
-    let softirq_before = common::machine_softirq_jiffies();
     let pg_before = common::postgres_cpu();
     let started = Instant::now();
     let deadline = started + duration;
@@ -874,7 +873,7 @@ async fn drive(
     let secs = started.elapsed().as_secs_f64();
     let cpu = process_cpu().saturating_sub(cpu_before);
     let machine_after = common::machine_jiffies();
-    let softirq = common::machine_softirq_jiffies().saturating_sub(softirq_before);
+    let softirq = machine_after.2.saturating_sub(machine_before.2);
     let pg = common::postgres_cpu().saturating_sub(pg_before);
     let machine_busy = (machine_after.0 - machine_before.0) as f64
         / (machine_after.1 - machine_before.1).max(1) as f64;
