@@ -121,6 +121,10 @@ async fn recipients_are_bound_to_lists_with_a_status_and_listed_by_it() {
         StatusCode::NO_CONTENT
     );
     assert_eq!(app.get(&list_path).await.status(), StatusCode::NOT_FOUND);
+    // Deleted already: no row affected is a 404, not a second success.
+    let again = app.delete(&list_path).await;
+    assert_eq!(again.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(again).await, "not_found");
     assert_eq!(
         app.get(&format!("{list_path}/recipients")).await.status(),
         StatusCode::NOT_FOUND

@@ -160,6 +160,8 @@ async fn a_rule_tree_with_lists_negation_and_text_operators_selects_exactly_its_
     assert_eq!(fetched["rule"]["all"][1]["not"]["list"], list_id);
     assert_eq!(app.delete(&g).await.status(), StatusCode::NO_CONTENT);
     assert_eq!(app.get(&g).await.status(), StatusCode::NOT_FOUND);
+    // Deleted already: no row affected is a 404, not a second success.
+    assert_eq!(app.delete(&g).await.status(), StatusCode::NOT_FOUND);
     assert_eq!(
         app.get(&format!("{g}/count")).await.status(),
         StatusCode::NOT_FOUND
