@@ -36,12 +36,25 @@ fn clock_ticks() -> f64 {
     unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
 }
 
-pub fn postgres_cpu() -> Duration {
+/// What every PostgreSQL process has used so far: CPU time (exited backends included, through their postmaster's
+/// reaped-children times) and the voluntary context switches of the live ones (a backend sleeping until its
+/// client's next message, mostly; an exited backend's are lost, so compare these only across phases whose
+/// backends persist).
+pub struct PostgresUsage {
+    pub cpu: Duration,
+    pub switches: u64,
+}
+
+/// See [`PostgresUsage`].
+pub fn postgres_usage() -> PostgresUsage {
     let ticks = clock_ticks();
     // pid -> (comm, ppid, own ticks, reaped children's ticks)
     let mut procs: HashMap<u32, (String, u32, u64, u64)> = HashMap::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Duration::ZERO;
+        return PostgresUsage {
+            cpu: Duration::ZERO,
+            switches: 0,
+        };
     };
     for entry in dir.flatten() {
         let Some(pid) = entry
@@ -82,7 +95,21 @@ pub fn postgres_cpu() -> Duration {
             own + if postmaster { *reaped } else { 0 }
         })
         .sum();
-    Duration::from_secs_f64(total as f64 / ticks)
+    let switches = procs
+        .iter()
+        .filter(|(_, (comm, ..))| comm == "postgres")
+        .filter_map(|(pid, _)| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .filter_map(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum();
+    PostgresUsage {
+        cpu: Duration::from_secs_f64(total as f64 / ticks),
+        switches,
+    }
 }
 
 /// Jiffies (clock ticks of `/proc/stat`) as time.
@@ -98,12 +125,23 @@ pub fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// The benchmarks' cluster: fsync on (as in production) unless BENCH_FSYNC=off.
+/// The benchmarks' cluster: fsync on (as in production) unless BENCH_FSYNC=off; BENCH_PG_SETTINGS adds server
+/// settings (`name=value`, comma-separated: `shared_buffers=1GB`).
 pub fn cluster(tag: &str) -> ThrowawayCluster {
     let fsync = std::env::var("BENCH_FSYNC")
         .map(|v| v != "off")
         .unwrap_or(true);
-    ThrowawayCluster::start_with(tag, fsync).expect("cluster")
+    ThrowawayCluster::start_with_settings(tag, fsync, &pg_settings()).expect("cluster")
+}
+
+/// BENCH_PG_SETTINGS, parsed (empty when unset).
+pub fn pg_settings() -> Vec<(String, String)> {
+    std::env::var("BENCH_PG_SETTINGS")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
+        .collect()
 }
 
 pub fn fsync_label() -> &'static str {

@@ -34,6 +34,11 @@
 //! - The throughput ceiling of a cache with hit ratio h over a connect-per-request router is
 //!   T_miss / ((1 − h)·T_miss + h·T_hit). T_miss is the no-pool router's cost per request (1 / its req/s, 2 cores
 //!   saturated) and T_hit mandant's full server on `fits` (every acquire warm), both from this run.
+//! - Where the machine's time goes, per request and phase: this process's CPU (server, routers and load generator;
+//!   its system part and how often its threads blocked), PostgreSQL's (every `postgres` process, exited backends
+//!   included), softirq and the rest. For mandant and the oracle, each part against the ceiling's own mix (misses
+//!   at the no-pool router's cost, hits at the `fits` phase's): what a router spends beyond the model, and where.
+//!   BENCH_PG_SETTINGS (`name=value,...`) starts the cluster with more settings (`shared_buffers=1GB`).
 //!
 //! Prints a table and writes benches/results/route.json. Knobs: BENCH_TENANTS (500), BENCH_FIT_TENANTS (40),
 //! BENCH_BUDGET (40), BENCH_CLIENTS (64), BENCH_SECS (8 per phase), BENCH_ROUNDS (3), BENCH_ZIPF_S (1.1),
@@ -72,12 +77,20 @@ struct Run {
     /// Share of the whole machine's CPU time (every core, PostgreSQL and the load generator included) that was busy:
     /// below ~0.95, something other than CPU (a queue, a semaphore, a round trip) held the phase back.
     machine_busy: f64,
-    /// CPU time of every PostgreSQL process per request, exited backends included (`common::postgres_cpu`).
+    /// CPU time of every PostgreSQL process per request, exited backends included (`common::postgres_usage`).
     pg_cpu_us_per_request: f64,
     /// The machine's softirq time per request (loopback network receive among it), charged to no process.
     softirq_us_per_request: f64,
     /// The machine's busy time per request that is none of the above: other processes, kernel threads, irq.
     other_cpu_us_per_request: f64,
+    /// The system (kernel) part of `cpu_us_per_request`.
+    sys_us_per_request: f64,
+    /// Times a thread of this process blocked (a tokio worker parking with nothing to run, mostly) per request:
+    /// each costs a sleep and a wake-up, and on a VM the wake-up of another core is an interrupt between vCPUs.
+    switches_per_request: f64,
+    /// Times a live PostgreSQL process blocked per request (a backend waiting for its client's next message,
+    /// mostly): meaningful where backends persist (`fits`), as an exited backend's count is lost.
+    pg_switches_per_request: f64,
     /// Blocks every database read into shared buffers (from the OS or disk) and found there, per request
     /// (`pg_stat_database`, overcommitted phases only; NaN elsewhere): a connect to a colder tenant reads more of its
     /// catalog.
@@ -564,17 +577,23 @@ async fn main() {
     // Report: medians over rounds.
     let median = |runs: &[Run], f: &dyn Fn(&Run) -> f64| -> f64 { common::median_of(runs, f) };
     println!(
-        "\nroute ({}, {clients} clients, budget {budget}, {secs} s per phase, {rounds} rounds; medians)",
-        common::fsync_label()
+        "\nroute ({}{}, {clients} clients, budget {budget}, {secs} s per phase, {rounds} rounds; medians)",
+        common::fsync_label(),
+        common::pg_settings()
+            .iter()
+            .map(|(name, value)| format!(", {name}={value}"))
+            .collect::<String>()
     );
     println!(
-        "{:<24} {:>10} {:>9} {:>9} {:>8} {:>12} {:>9} {:>9} {:>9} {:>8}",
+        "{:<24} {:>10} {:>9} {:>9} {:>8} {:>12} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8}",
         "phase",
         "req/s",
         "p50 ms",
         "p99 ms",
         "errors",
         "CPU us/req",
+        "sys us",
+        "blocked",
         "PG us",
         "softirq",
         "other",
@@ -605,17 +624,23 @@ async fn main() {
         let pg = median(runs, &|r| r.pg_cpu_us_per_request);
         let softirq = median(runs, &|r| r.softirq_us_per_request);
         let other = median(runs, &|r| r.other_cpu_us_per_request);
+        let sys = median(runs, &|r| r.sys_us_per_request);
+        let switches = median(runs, &|r| r.switches_per_request);
         println!(
-            "{name:<24} {rps:>10.0} {p50:>9.2} {p99:>9.2} {errors:>8} {cpu:>12.1} {pg:>9.1} {softirq:>9.1} {other:>9.1} {busy:>8.2}"
+            "{name:<24} {rps:>10.0} {p50:>9.2} {p99:>9.2} {errors:>8} {cpu:>12.1} {sys:>8.1} {switches:>8.2} {pg:>9.1} {softirq:>9.1} {other:>9.1} {busy:>8.2}"
         );
         results.insert(
             name,
             runs.iter()
-                .map(|r| json!({"requests": r.requests, "secs": r.secs, "rps": r.rps(), "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "errors": r.errors, "process_cpu_us_per_request": r.cpu_us_per_request, "postgres_cpu_us_per_request": r.pg_cpu_us_per_request, "softirq_us_per_request": r.softirq_us_per_request, "other_cpu_us_per_request": r.other_cpu_us_per_request, "blks_read_per_request": r.blks_read_per_request, "blks_hit_per_request": r.blks_hit_per_request, "machine_cpu_busy": r.machine_busy}))
+                .map(|r| json!({"requests": r.requests, "secs": r.secs, "rps": r.rps(), "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "errors": r.errors, "process_cpu_us_per_request": r.cpu_us_per_request, "postgres_cpu_us_per_request": r.pg_cpu_us_per_request, "softirq_us_per_request": r.softirq_us_per_request, "other_cpu_us_per_request": r.other_cpu_us_per_request, "process_sys_us_per_request": r.sys_us_per_request, "process_switches_per_request": r.switches_per_request, "postgres_switches_per_request": r.pg_switches_per_request, "blks_read_per_request": r.blks_read_per_request, "blks_hit_per_request": r.blks_hit_per_request, "machine_cpu_busy": r.machine_busy}))
                 .collect(),
         );
     }
     let rate = |name: &str| table.get(name).map(|runs| median(runs, &|r| r.rps()));
+    // A phase's median of a per-run figure (NaN when the phase did not run).
+    let per = |name: &str, f: &dyn Fn(&Run) -> f64| {
+        table.get(name).map_or(f64::NAN, |runs| median(runs, f))
+    };
     let ratio = |a: &str, b: &str| match (rate(a), rate(b)) {
         (Some(x), Some(y)) => x / y,
         _ => f64::NAN,
@@ -684,6 +709,21 @@ async fn main() {
         "\nfits: mandant handler + routing pool / static = {handler_ratio:.3}; with mandant's full HTTP middleware: \
          {fits_ratio:.3} (ratio of medians), {fits_paired:.3} (median of per-round ratios) (target >= 0.92)"
     );
+    // Where the fits gap goes: the process (router, server and load generator) and PostgreSQL, whose backends
+    // persist here, so how often they sleep waiting for the next query is counted too.
+    let fits_part = |f: &dyn Fn(&Run) -> f64| {
+        ["fits_static", "fits_mandant_handler", "fits_mandant"]
+            .map(|name| format!("{:.2}", per(name, f)))
+            .join(" / ")
+    };
+    println!(
+        "fits, per request (static / handler + pool / full): process CPU {} us (system {} us; blocked {} times), PostgreSQL CPU {} us (its processes blocked {} times)",
+        fits_part(&|r| r.cpu_us_per_request),
+        fits_part(&|r| r.sys_us_per_request),
+        fits_part(&|r| r.switches_per_request),
+        fits_part(&|r| r.pg_cpu_us_per_request),
+        fits_part(&|r| r.pg_switches_per_request),
+    );
     println!(
         "overcommitted: warm-hit {:.3}; on the same trace: ideal LRU {:.3}, static top-k {:.3} (target: within 0.03; top-{main_share}, main's share, {:.3}), Belady {:.3}; {:.0} connects/s",
         hit("hit_ratio"),
@@ -723,9 +763,6 @@ async fn main() {
     );
     // Where a request's machine time goes (medians): PostgreSQL's CPU per miss (per request / miss ratio) should be
     // the same for every router; the rest is each router's own process, softirq and everything else.
-    let per = |name: &str, f: &dyn Fn(&Run) -> f64| {
-        table.get(name).map_or(f64::NAN, |runs| median(runs, f))
-    };
     let breakdown = |name: &str, miss_ratio: f64| {
         format!(
             "{name}: PostgreSQL {:.2} ms per miss ({:.0} us per request, miss ratio {miss_ratio:.3}; blocks read {:.0}, found {:.0} per miss), process {:.0} us, softirq {:.0} us, other {:.0} us per request",
@@ -747,6 +784,48 @@ async fn main() {
         breakdown("over_no_pool_misses", 1.0),
         breakdown("over_no_pool_miss_mix", 1.0),
     );
+    // The ceiling prices a request as a mix: a miss at the no-pool router's cost, a hit at the cost of a warm
+    // request on `fits`. Against that mix, part by part, where a router's measured machine time goes over it.
+    let mix = |name: &str, hit_phase: &str, hit_ratio: f64| {
+        let part = |f: &dyn Fn(&Run) -> f64| {
+            let measured = per(name, f);
+            let expected =
+                (1.0 - hit_ratio) * per("over_no_pool", f) + hit_ratio * per(hit_phase, f);
+            (measured, expected)
+        };
+        let parts: [(&str, (f64, f64)); 4] = [
+            ("process", part(&|r| r.cpu_us_per_request)),
+            ("PostgreSQL", part(&|r| r.pg_cpu_us_per_request)),
+            ("softirq", part(&|r| r.softirq_us_per_request)),
+            ("other", part(&|r| r.other_cpu_us_per_request)),
+        ];
+        let (sys, switches) = (
+            part(&|r| r.sys_us_per_request),
+            part(&|r| r.switches_per_request),
+        );
+        let total: (f64, f64) = parts
+            .iter()
+            .fold((0.0, 0.0), |(m, e), (_, (pm, pe))| (m + pm, e + pe));
+        format!(
+            "{name}: {:.0} us per request against the mix's {:.0} ({:+.0}: {}; the process's system time {:+.0} us, its threads blocked {:.2} times per request against the mix's {:.2})",
+            total.0,
+            total.1,
+            total.0 - total.1,
+            parts
+                .iter()
+                .map(|(label, (m, e))| format!("{label} {:+.0}", m - e))
+                .collect::<Vec<_>>()
+                .join(", "),
+            sys.0 - sys.1,
+            switches.0,
+            switches.1,
+        )
+    };
+    println!(
+        "overcommitted, machine time over the ceiling's mix (a miss at over_no_pool's cost, a hit at fits' own): {}; {}",
+        mix("over_mandant", "fits_mandant", hit("hit_ratio")),
+        mix("over_oracle", "fits_static", oracle_hit),
+    );
     println!(
         "shifting (hot set rotates every {shift_period} s): warm-hit {:.3} vs ideal LRU {:.3} (target: within 0.05), static top-k {:.3}, Belady {:.3}",
         shift_hit("hit_ratio"),
@@ -762,6 +841,7 @@ async fn main() {
         "route",
         &json!({
             "fsync": common::fsync_label(),
+            "pg_settings": common::pg_settings().into_iter().collect::<HashMap<_, _>>(),
             "tenants": tenants,
             "fit_tenants": fit_tenants,
             "budget": budget,
@@ -820,9 +900,9 @@ async fn drive(
     record: bool,
 ) -> Run {
     let trace = Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
-    let cpu_before = process_cpu();
+    let usage_before = ProcessUsage::now();
     let machine_before = common::machine_jiffies();
-    let pg_before = common::postgres_cpu();
+    let pg_before = common::postgres_usage();
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = tokio::task::JoinSet::new();
@@ -871,10 +951,13 @@ async fn drive(
         errors += e;
     }
     let secs = started.elapsed().as_secs_f64();
-    let cpu = process_cpu().saturating_sub(cpu_before);
+    let usage = ProcessUsage::now().since(&usage_before);
+    let cpu = usage.user + usage.sys;
     let machine_after = common::machine_jiffies();
     let softirq = machine_after.2.saturating_sub(machine_before.2);
-    let pg = common::postgres_cpu().saturating_sub(pg_before);
+    let pg_after = common::postgres_usage();
+    let pg = pg_after.cpu.saturating_sub(pg_before.cpu);
+    let pg_switches = pg_after.switches.saturating_sub(pg_before.switches);
     let machine_busy = (machine_after.0 - machine_before.0) as f64
         / (machine_after.1 - machine_before.1).max(1) as f64;
     let requests = latencies.len().max(1) as f64;
@@ -898,6 +981,9 @@ async fn drive(
         pg_cpu_us_per_request: per_request(pg),
         softirq_us_per_request: per_request(softirq),
         other_cpu_us_per_request: per_request(other),
+        sys_us_per_request: per_request(usage.sys),
+        switches_per_request: usage.switches as f64 / requests,
+        pg_switches_per_request: pg_switches as f64 / requests,
         blks_read_per_request: f64::NAN,
         blks_hit_per_request: f64::NAN,
         trace,
@@ -945,18 +1031,38 @@ async fn block_counts(stats: &tokio_postgres::Client) -> (i64, i64) {
     (row.get(0), row.get(1))
 }
 
-/// User plus system CPU time of this process so far.
-fn process_cpu() -> Duration {
-    // SAFETY: getrusage writes into the zeroed struct it is given and reads nothing else.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    let time = |t: libc::timeval| {
-        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
-    };
-    time(usage.ru_utime) + time(usage.ru_stime)
+/// This process's CPU time (user and system) and voluntary context switches, summed over its threads.
+struct ProcessUsage {
+    user: Duration,
+    sys: Duration,
+    switches: u64,
+}
+
+impl ProcessUsage {
+    fn now() -> Self {
+        // SAFETY: getrusage writes into the zeroed struct it is given and reads nothing else.
+        let usage = unsafe {
+            let mut usage: libc::rusage = std::mem::zeroed();
+            libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+            usage
+        };
+        let time = |t: libc::timeval| {
+            Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+        };
+        Self {
+            user: time(usage.ru_utime),
+            sys: time(usage.ru_stime),
+            switches: usage.ru_nvcsw as u64,
+        }
+    }
+
+    fn since(&self, before: &Self) -> Self {
+        Self {
+            user: self.user.saturating_sub(before.user),
+            sys: self.sys.saturating_sub(before.sys),
+            switches: self.switches.saturating_sub(before.switches),
+        }
+    }
 }
 
 /// The hit ratio of an LRU cache of `capacity` tenants over `measured`, after replaying `warmup`.

@@ -131,6 +131,15 @@ impl ThrowawayCluster {
 
     /// With a choice of durability: benchmarks measure with fsync on, as a production cluster runs.
     pub fn start_with(tag: &str, fsync: bool) -> Result<Self, EmbeddedError> {
+        Self::start_with_settings(tag, fsync, &[])
+    }
+
+    /// As [`Self::start_with`], with more server settings (a benchmark's `shared_buffers`, for instance).
+    pub fn start_with_settings(
+        tag: &str,
+        fsync: bool,
+        settings: &[(String, String)],
+    ) -> Result<Self, EmbeddedError> {
         let dir = ScratchDir::new(tag)?;
         let spec = ClusterSpec {
             data_dir: dir.path().to_path_buf(),
@@ -141,7 +150,7 @@ impl ThrowawayCluster {
             start_timeout: Duration::from_secs(60),
             max_slot_wal_keep_size: "1GB".to_owned(),
             autovacuum_naptime_secs: super::DEFAULT_AUTOVACUUM_NAPTIME_SECS,
-            extra_settings: Vec::new(),
+            extra_settings: settings.to_vec(),
         };
         let cluster = Cluster::start(&spec)?;
         Ok(Self {
