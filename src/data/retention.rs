@@ -18,7 +18,7 @@
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::tokio_postgres::Client;
-use deadpool_postgres::tokio_postgres::types::Type;
+use deadpool_postgres::tokio_postgres::types::{ToSql, Type};
 
 use super::DataError;
 use crate::domain::retention::RetentionRule;
@@ -46,6 +46,19 @@ pub fn predicate(rule: RetentionRule) -> &'static str {
     }
 }
 
+/// The parameters [`predicate`] binds (`$1` the time measured back from, `$2` the days), typed, followed by a
+/// statement's own (`$3` on).
+fn predicate_params<'a>(
+    as_of: &'a DateTime<Utc>,
+    days: &'a i32,
+    then: &[(&'a (dyn ToSql + Sync), Type)],
+) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
+    let mut params: Vec<(&(dyn ToSql + Sync), Type)> =
+        vec![(as_of, Type::TIMESTAMPTZ), (days, Type::INT4)];
+    params.extend_from_slice(then);
+    params
+}
+
 /// The database's current time (what a preview measures back from).
 pub async fn now(db: &Client) -> Result<DateTime<Utc>, DataError> {
     Ok(db.query_typed_one("SELECT now()", &[]).await?.get(0))
@@ -63,7 +76,7 @@ pub async fn count(
         predicate(rule)
     );
     Ok(db
-        .query_typed_one(&sql, &[(&as_of, Type::TIMESTAMPTZ), (&days, Type::INT4)])
+        .query_typed_one(&sql, &predicate_params(&as_of, &days, &[]))
         .await?
         .get(0))
 }
@@ -96,11 +109,7 @@ pub async fn purge_batch(
                 "SELECT r.id FROM recipients r WHERE {} ORDER BY r.id LIMIT $3 FOR UPDATE OF r SKIP LOCKED",
                 predicate(rule)
             ),
-            &[
-                (&as_of, Type::TIMESTAMPTZ),
-                (&days, Type::INT4),
-                (&limit, Type::INT8),
-            ],
+            &predicate_params(&as_of, &days, &[(&limit, Type::INT8)]),
         )
         .await?
         .iter()
@@ -125,11 +134,7 @@ pub async fn purge_batch(
             "DELETE FROM recipients r WHERE r.id = ANY($3) AND {}",
             predicate(rule)
         ),
-        &[
-            (&as_of, Type::TIMESTAMPTZ),
-            (&days, Type::INT4),
-            (&candidates, Type::INT8_ARRAY),
-        ],
+        &predicate_params(&as_of, &days, &[(&candidates, Type::INT8_ARRAY)]),
     )
     .await?;
     tx.commit().await?;
