@@ -134,13 +134,19 @@ pub fn cluster(tag: &str) -> ThrowawayCluster {
     ThrowawayCluster::start_with_settings(tag, fsync, &pg_settings()).expect("cluster")
 }
 
-/// BENCH_PG_SETTINGS, parsed (empty when unset).
+/// BENCH_PG_SETTINGS, parsed (empty when unset). A pair without `=` stops the benchmark: dropped silently, the run
+/// would measure PostgreSQL's default while its report said otherwise.
 pub fn pg_settings() -> Vec<(String, String)> {
     std::env::var("BENCH_PG_SETTINGS")
         .unwrap_or_default()
         .split(',')
-        .filter_map(|pair| pair.split_once('='))
-        .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
+        .filter(|pair| !pair.trim().is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((name, value)) if !name.trim().is_empty() => {
+                (name.trim().to_owned(), value.trim().to_owned())
+            }
+            _ => panic!("BENCH_PG_SETTINGS: {pair:?} is not name=value"),
+        })
         .collect()
 }
 
