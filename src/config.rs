@@ -237,6 +237,7 @@ pub struct RoutingSettings {
     pub gc_interval_secs: u64,
     pub fair_share_hold_secs: u64,
     pub scan_share: usize,
+    pub prepared_statements: bool,
 }
 
 impl RoutingSettings {

@@ -4,7 +4,7 @@
 //! Every value is a bound parameter; every column name comes from the schema, quoted.
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
-use deadpool_postgres::tokio_postgres::types::{ToSql, Type};
+use deadpool_postgres::tokio_postgres::types::Type;
 use deadpool_postgres::tokio_postgres::{self, Client, Row};
 use serde::Serialize;
 use serde_json::Value as Json;
@@ -14,33 +14,15 @@ use super::DataError;
 use super::rules::{self, Compiled};
 use super::schema::{Field, Schema, Value};
 use crate::domain::{Email, STANDARD_FIELDS};
+use crate::tenant::statements::{self, Queries};
 
 /// The columns of [`Recipient`], for statements over `recipients r`.
 pub const COLUMNS: &str = "r.*";
 
-/// Runs a statement over `recipients r` that returns its columns, parsed, bound and run in one round trip as the
-/// unnamed statement (`Client::query_typed`, the parameters' types given), where a prepared statement costs three
-/// (prepare, execute, and the close of the statement). Run once more if the table's columns changed between parse
-/// and execution: a field added or dropped by the reconciler on another connection made PostgreSQL refuse a
-/// prepared statement ("cached plan must not change result type", 0A000) before it ran anything, found by the
-/// soak benchmark when reads still prepared. In one batch the parse's lock should hold until the end; the retry
-/// stays as the safety net, and running again is safe.
-pub async fn query_typed_columns(
-    db: &Client,
-    sql: &str,
-    params: &[(&(dyn ToSql + Sync), Type)],
-) -> Result<Vec<Row>, tokio_postgres::Error> {
-    match db.query_typed(sql, params).await {
-        Err(e) if columns_changed(&e) => db.query_typed(sql, params).await,
-        other => other,
-    }
-}
-
-fn columns_changed(e: &tokio_postgres::Error) -> bool {
-    e.code() == Some(&tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED)
-        && e.as_db_error()
-            .is_some_and(|db| db.message().contains("must not change result type"))
-}
+/// Runs a statement over `recipients r` that returns its columns, as the unnamed statement (its text is built per
+/// request: filters, column lists); see [`statements::query_unnamed`]. Fixed statements go through
+/// [`statements::query`], kept prepared on a routing-pool connection.
+pub use crate::tenant::statements::query_unnamed as query_typed_columns;
 
 /// Longest first or last name, and gender, in characters (the table's checks agree).
 pub const NAME_MAX: usize = 255;
@@ -254,8 +236,9 @@ pub async fn create(db: &Client, new: &NewRecipient) -> Result<Recipient, DataEr
     Ok(Recipient::from(row))
 }
 
-pub async fn get(db: &Client, id: i64) -> Result<Recipient, DataError> {
-    query_typed_columns(
+/// A recipient by id (a fixed statement: kept prepared on a routing-pool connection).
+pub async fn get(db: &impl Queries, id: i64) -> Result<Recipient, DataError> {
+    statements::query(
         db,
         "SELECT r.* FROM recipients r WHERE r.id = $1",
         &[(&id, Type::INT8)],

@@ -4,7 +4,7 @@
 //! description, so a custom field is usable everywhere as soon as it exists, and nothing else reaches SQL as an
 //! identifier: every column name used in a statement comes from here and is quoted.
 
-use deadpool_postgres::tokio_postgres::Client;
+use crate::tenant::statements::{self, Queries};
 
 use super::DataError;
 pub use crate::domain::field::{Field, FieldType, Origin, Value};
@@ -48,11 +48,12 @@ impl Schema {
     }
 
     /// The standard fields and the custom fields applied to this tenant's database.
-    pub async fn load(db: &Client) -> Result<Self, DataError> {
+    pub async fn load(db: &impl Queries) -> Result<Self, DataError> {
         let mut schema = Self::standard();
         // One round trip: the catalogue, and whether the lower-case e-mail index is valid (one row at least).
-        let rows = db
-            .query_typed(
+        // A fixed statement: kept prepared on a routing-pool connection (parsed and planned once per connection).
+        let rows = statements::query(
+                db,
                 "SELECT f.name, f.origin, f.data_type, f.length, f.required, f.personal, x.email_lower
                  FROM (SELECT EXISTS (
                          SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid

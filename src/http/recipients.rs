@@ -106,7 +106,7 @@ pub struct ListParams {
 
 /// The tenant's schema, read only when a request names a field that is not standard.
 async fn schema_for<'a>(
-    db: &tokio_postgres::Client,
+    db: &impl crate::tenant::statements::Queries,
     names: impl IntoIterator<Item = &'a String>,
 ) -> Result<Schema, DataError> {
     let standard = Schema::standard();
@@ -184,7 +184,7 @@ pub async fn create(
     }
     let mut new = new;
     if !body.fields.is_empty() {
-        let schema = Schema::load(db.client()).await?;
+        let schema = Schema::load(&*db).await?;
         new.custom = recipients::custom_values(&schema, &body.fields)?;
     }
     let mut recipient = recipients::create(db.client(), &new).await?;
@@ -231,7 +231,7 @@ pub async fn list(
     let filter = if params.filters.is_empty() {
         None
     } else {
-        let schema = schema_for(db.client(), params.filters.keys()).await?;
+        let schema = schema_for(&*db, params.filters.keys()).await?;
         privacy.check_fields(&schema, params.filters.keys())?;
         let filters: Vec<(String, String)> = params.filters.into_iter().collect();
         Some(rules::equalities(&filters, &schema).map_err(DataError::Field)?)
@@ -249,7 +249,7 @@ pub async fn list(
         (status = 404, description = "No such client or recipient", body = ErrorBody)))]
 pub async fn get(tenant: Tenant, RowId(id): RowId) -> Result<Json<Recipient>, ApiError> {
     let db = tenant.db().await?;
-    let mut recipient = recipients::get(db.client(), id).await?;
+    let mut recipient = recipients::get(&*db, id).await?;
     shown(&tenant, db.client(), &mut recipient).await?;
     Ok(Json(recipient))
 }
@@ -291,7 +291,7 @@ pub async fn update(
     let db = tenant.db().await?;
     let mut patch = patch;
     if !body.fields.is_empty() {
-        let schema = Schema::load(db.client()).await?;
+        let schema = Schema::load(&*db).await?;
         tenant
             .privacy()
             .await?
@@ -417,7 +417,7 @@ pub async fn import(
         _ => import::Landing::Nowhere,
     };
     let mut db = tenant.db().await?;
-    let schema = Schema::load(db.client()).await?;
+    let schema = Schema::load(&*db).await?;
     let outcome = import::run(
         db.client_mut(),
         &schema,

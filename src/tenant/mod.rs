@@ -14,6 +14,7 @@ pub mod migrate;
 pub mod pool;
 pub mod replication;
 pub mod server_check;
+pub mod statements;
 pub mod targets;
 pub mod template_db;
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
+use mandant::data::recipients;
 use mandant::tenant::pool::{PoolSettings, RouteError, TenantPools, TenantRoute, Use};
 
 use crate::helpers::{TestApp, spawn_app_without_workers, superuser};
@@ -606,4 +607,95 @@ async fn a_share_tenant_serves_its_own_waiting_request_on_its_connection_before_
             "main kept its tenants"
         );
     }
+}
+
+/// Statements the connection holds prepared (`pg_prepared_statements` shows a session its own).
+async fn prepared_on(conn: &mandant::tenant::pool::PooledConn) -> i64 {
+    // Unnamed itself (a plain `query` would prepare a named statement and count it).
+    conn.client()
+        .query_typed("SELECT count(*) FROM pg_prepared_statements", &[])
+        .await
+        .unwrap()[0]
+        .get(0)
+}
+
+/// One recipient in the tenant `r-00`; its id and a superuser connection to the tenant's database.
+async fn one_recipient(app: &TestApp) -> (i64, deadpool_postgres::tokio_postgres::Client) {
+    let owner = app.tenant_db("r-00").await;
+    let id: i64 = owner
+        .query_one(
+            "INSERT INTO recipients (email) VALUES ('kept@example.org') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    (id, owner)
+}
+
+#[tokio::test]
+async fn a_recipient_read_keeps_its_statement_prepared_and_survives_columns_changed_or_statements_dropped_meanwhile()
+ {
+    let (app, routes) = tenants(1).await;
+    let (id, owner) = one_recipient(&app).await;
+    let router = TenantPools::new(settings(4, 1));
+    let conn = router.acquire(&routes[0]).await.unwrap();
+    // The first use runs unnamed; the second prepares the statement and keeps it.
+    let found = recipients::get(&conn, id).await.unwrap();
+    assert_eq!(found.email.as_deref(), Some("kept@example.org"));
+    assert_eq!(prepared_on(&conn).await, 0, "nothing prepared on first use");
+    for _ in 0..3 {
+        let found = recipients::get(&conn, id).await.unwrap();
+        assert_eq!(found.email.as_deref(), Some("kept@example.org"));
+    }
+    assert_eq!(
+        prepared_on(&conn).await,
+        1,
+        "prepared once on the connection and kept"
+    );
+
+    // A field added on another connection (as the reconciler adds one) changes `r.*`: PostgreSQL refuses the kept
+    // statement, which is prepared again, and the read sees the new column.
+    owner
+        .batch_execute("ALTER TABLE recipients ADD COLUMN probe_score text DEFAULT 'seven'")
+        .await
+        .unwrap();
+    let widened = recipients::get(&conn, id).await.unwrap();
+    assert_eq!(
+        widened.fields.get("probe_score"),
+        Some(&serde_json::json!("seven"))
+    );
+    owner
+        .batch_execute("ALTER TABLE recipients DROP COLUMN probe_score")
+        .await
+        .unwrap();
+    let narrowed = recipients::get(&conn, id).await.unwrap();
+    assert!(!narrowed.fields.contains_key("probe_score"), "{narrowed:?}");
+
+    // Dropped behind the cache's back: prepared again.
+    conn.client().batch_execute("DEALLOCATE ALL").await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(recipients::get(&conn, id).await.unwrap().id, id);
+    }
+    assert_eq!(prepared_on(&conn).await, 1);
+    // A missing row is still a plain not-found.
+    assert!(matches!(
+        recipients::get(&conn, id + 1_000).await,
+        Err(mandant::data::DataError::NotFound)
+    ));
+}
+
+#[tokio::test]
+async fn with_prepared_statements_off_reads_run_unnamed_and_the_connection_keeps_nothing() {
+    let (app, routes) = tenants(1).await;
+    let (id, _owner) = one_recipient(&app).await;
+    let router = TenantPools::new(PoolSettings {
+        prepared_statements: false,
+        ..settings(4, 1)
+    });
+    let conn = router.acquire(&routes[0]).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(recipients::get(&conn, id).await.unwrap().id, id);
+    }
+    assert_eq!(prepared_on(&conn).await, 0);
 }

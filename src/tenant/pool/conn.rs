@@ -6,16 +6,19 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, Object, RecycleError, RecycleResult};
-use deadpool_postgres::tokio_postgres;
+use deadpool_postgres::tokio_postgres::{self, Statement, types::Type};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use uuid::Uuid;
 
 use super::state::{Admit, WaiterGuard};
 use super::*;
+use crate::tenant::statements::{Queries, StatementCache};
 
 /// A physical connection and the budget permit it owns.
 pub struct TenantConn {
     pub(super) client: tokio_postgres::Client,
+    /// The fixed statements kept prepared on this connection.
+    pub(super) statements: StatementCache,
     /// The budget permit: freed when the connection is dropped, or passed on to the tenant that evicted it.
     pub(super) permit: OwnedSemaphorePermit,
     /// Lifetime limit of this connection (max lifetime with jitter).
@@ -136,6 +139,24 @@ pub struct PooledConn {
 impl std::fmt::Debug for PooledConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PooledConn").finish_non_exhaustive()
+    }
+}
+
+impl Queries for PooledConn {
+    fn client(&self) -> &tokio_postgres::Client {
+        &self.client
+    }
+
+    async fn prepared(
+        &self,
+        sql: &'static str,
+        types: &[Type],
+    ) -> Result<Option<Statement>, tokio_postgres::Error> {
+        self.statements.prepared(&self.client, sql, types).await
+    }
+
+    fn forget(&self, sql: &'static str, _: &[Type]) {
+        self.statements.forget(sql);
     }
 }
 
@@ -602,6 +623,7 @@ impl TenantManager {
         let jitter = 0.9 + rand::random::<f64>() * 0.2;
         Ok(TenantConn {
             client,
+            statements: StatementCache::new(self.settings.prepared_statements),
             permit,
             expires_after: self.settings.max_lifetime.mul_f64(jitter),
             scan_slot,

@@ -90,6 +90,8 @@ pub struct PoolSettings {
     pub fair_share_hold: Duration,
     /// Connections that work visiting many tenants (`Use::Scan`) may take from others when the budget is full.
     pub scan_share: usize,
+    /// Fixed statements are kept prepared on each connection (see [`crate::tenant::statements`]).
+    pub prepared_statements: bool,
 }
 
 impl Default for PoolSettings {
@@ -105,6 +107,7 @@ impl Default for PoolSettings {
             pool_idle_drop: Duration::from_secs(600),
             fair_share_hold: Duration::from_secs(10),
             scan_share: 10,
+            prepared_statements: true,
         }
     }
 }
@@ -129,6 +132,7 @@ impl From<&RoutingSettings> for PoolSettings {
             pool_idle_drop: Duration::from_secs(s.pool_idle_drop_secs),
             fair_share_hold: Duration::from_secs(s.fair_share_hold_secs),
             scan_share: s.scan_share,
+            prepared_statements: s.prepared_statements,
         }
     }
 }

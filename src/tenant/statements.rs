@@ -1,0 +1,209 @@
+//! Statements kept prepared on a tenant connection: the data plane's fixed statements (a recipient by id) are
+//! parsed and planned once per connection instead of on every request.
+//!
+//! A statement run as the unnamed statement (`Client::query_typed`: parse, bind and execute in one round trip) is
+//! parsed, analysed and planned by PostgreSQL every time; for a lookup by primary key that is most of what the
+//! server spends on it (`pgbench -S` on this machine: 32-35k transactions/s unnamed, 60-62k prepared). A routing
+//! pool's connection lives for many requests, so [`StatementCache`] keeps each fixed statement prepared on it for
+//! its lifetime: one round trip (bind, execute) and no parse.
+//!
+//! - A statement is prepared on its *second* use on a connection (the first runs unnamed), as PgJDBC's
+//!   `prepareThreshold` does with its default of 5: a connection that serves one request and closes (a cold
+//!   tenant served from the share while others wait) never pays a prepare, and one that stays pays it once.
+//!
+//! - Only statements whose text is a `&'static str` are kept (the key), so the statements a connection can keep
+//!   are the ones written in the code, never text built per request (filters, column lists); at most
+//!   [`MAX_KEPT`] of them.
+//! - A kept statement can go stale: a custom field added or dropped changes `r.*` (PostgreSQL then refuses it,
+//!   "cached plan must not change result type", 0A000, before it runs anything), or something dropped it (26000).
+//!   Either way it is forgotten and run once more, unnamed ([`query`]; running again is safe), and prepared again on
+//!   its next use.
+//! - Behind a pooler that hands each transaction a different server connection (PgBouncer in transaction mode
+//!   before 1.21), a statement prepared on one server connection does not exist on the next: such a deployment
+//!   sets `routing.prepared_statements = false`, and every statement runs unnamed, as before.
+//!
+//! [`Queries`] is what the data plane's reads take: a connection that may keep statements (the routing pool's) or a
+//! plain `Client`, which keeps none (a connection opened for one request would only pay an extra round trip).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+
+use deadpool_postgres::tokio_postgres::types::{ToSql, Type};
+use deadpool_postgres::tokio_postgres::{self, Client, Row, Statement};
+
+/// The most statements one connection keeps prepared (the code has a handful; the bound is a backstop).
+pub const MAX_KEPT: usize = 64;
+
+/// A connection the data plane runs statements on.
+pub trait Queries: Sync {
+    fn client(&self) -> &Client;
+
+    /// `sql`, prepared on this connection with the parameter types `types` and kept for the connection's lifetime
+    /// (prepared now on first use); `None`: this connection keeps no statements (run it unnamed).
+    fn prepared(
+        &self,
+        sql: &'static str,
+        types: &[Type],
+    ) -> impl Future<Output = Result<Option<Statement>, tokio_postgres::Error>> + Send;
+
+    /// Drops the kept statement of `sql` (it went stale).
+    fn forget(&self, sql: &'static str, types: &[Type]);
+}
+
+/// A plain client keeps nothing: its statements run unnamed.
+impl Queries for Client {
+    fn client(&self) -> &Client {
+        self
+    }
+
+    async fn prepared(
+        &self,
+        _: &'static str,
+        _: &[Type],
+    ) -> Result<Option<Statement>, tokio_postgres::Error> {
+        Ok(None)
+    }
+
+    fn forget(&self, _: &'static str, _: &[Type]) {}
+}
+
+/// The statements one connection keeps prepared, by their text (see the module documentation).
+#[derive(Default)]
+pub struct StatementCache {
+    /// Off: nothing is kept (`routing.prepared_statements = false`).
+    enabled: bool,
+    kept: Mutex<HashMap<&'static str, Kept>>,
+}
+
+/// A statement's state on one connection.
+enum Kept {
+    /// Run once, unnamed: prepared on its next use.
+    Seen,
+    Prepared(Statement),
+}
+
+impl std::fmt::Debug for StatementCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatementCache")
+            .field("enabled", &self.enabled)
+            .field("kept", &self.len())
+            .finish()
+    }
+}
+
+impl StatementCache {
+    /// An empty cache; `enabled`: whether it keeps anything.
+    pub fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            kept: Mutex::default(),
+        }
+    }
+
+    /// Statements kept prepared.
+    pub fn len(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|k| matches!(k, Kept::Prepared(_)))
+            .count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `sql` kept on `client` (prepared now on its second use); `None` on its first use and when the cache is off.
+    pub async fn prepared(
+        &self,
+        client: &Client,
+        sql: &'static str,
+        types: &[Type],
+    ) -> Result<Option<Statement>, tokio_postgres::Error> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        {
+            let mut kept = self.lock();
+            match kept.get(sql) {
+                Some(Kept::Prepared(statement)) => return Ok(Some(statement.clone())),
+                Some(Kept::Seen) => {}
+                None => {
+                    if kept.len() < MAX_KEPT {
+                        kept.insert(sql, Kept::Seen);
+                    }
+                    return Ok(None);
+                }
+            }
+        }
+        // A connection serves one request at a time, so no second prepare of the same text races this one; if one
+        // did, the later insert replaces the earlier statement, which is closed when its last clone drops.
+        let statement = client.prepare_typed(sql, types).await?;
+        self.lock().insert(sql, Kept::Prepared(statement.clone()));
+        Ok(Some(statement))
+    }
+
+    /// Drops the kept statement of `sql` (closed on the server when its last clone drops).
+    pub fn forget(&self, sql: &'static str) {
+        self.lock().remove(sql);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<&'static str, Kept>> {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Runs the fixed statement `sql` with typed `params` on `db`: the kept prepared statement where `db` keeps them,
+/// else unnamed ([`query_unnamed`]). A kept statement that went stale is forgotten and run once more (unnamed on a
+/// routing-pool connection, which prepares it again on its next use).
+pub async fn query(
+    db: &impl Queries,
+    sql: &'static str,
+    params: &[(&(dyn ToSql + Sync), Type)],
+) -> Result<Vec<Row>, tokio_postgres::Error> {
+    let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+    let Some(statement) = db.prepared(sql, &types).await? else {
+        return query_unnamed(db.client(), sql, params).await;
+    };
+    let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
+    match db.client().query(&statement, &values).await {
+        Err(e) if stale(&e) => {
+            drop(statement);
+            db.forget(sql, &types);
+            match db.prepared(sql, &types).await? {
+                Some(again) => db.client().query(&again, &values).await,
+                None => query_unnamed(db.client(), sql, params).await,
+            }
+        }
+        other => other,
+    }
+}
+
+/// Runs a statement with typed `params` as the unnamed statement (`Client::query_typed`): parsed, bound and run in
+/// one round trip. Run once more if a table's columns changed between parse and execution: a field added or dropped
+/// by the reconciler on another connection made PostgreSQL refuse the plan ("cached plan must not change result
+/// type", 0A000) before it ran anything, found by the soak benchmark. In one batch the parse's lock should hold
+/// until the end; the retry stays as the safety net, and running again is safe.
+pub async fn query_unnamed(
+    db: &Client,
+    sql: &str,
+    params: &[(&(dyn ToSql + Sync), Type)],
+) -> Result<Vec<Row>, tokio_postgres::Error> {
+    match db.query_typed(sql, params).await {
+        Err(e) if columns_changed(&e) => db.query_typed(sql, params).await,
+        other => other,
+    }
+}
+
+/// PostgreSQL refused a plan because the result's columns changed since it was made.
+fn columns_changed(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED)
+        && e.as_db_error()
+            .is_some_and(|db| db.message().contains("must not change result type"))
+}
+
+/// A kept statement can no longer run as it is: its result's columns changed, or the server does not know it.
+fn stale(e: &tokio_postgres::Error) -> bool {
+    columns_changed(e)
+        || e.code() == Some(&tokio_postgres::error::SqlState::INVALID_SQL_STATEMENT_NAME)
+}
