@@ -699,3 +699,35 @@ async fn with_prepared_statements_off_reads_run_unnamed_and_the_connection_keeps
     }
     assert_eq!(prepared_on(&conn).await, 0);
 }
+
+#[tokio::test]
+async fn inside_an_inner_clients_transaction_a_read_runs_unnamed_so_a_column_changed_meanwhile_cannot_abort_it()
+ {
+    let (app, routes) = tenants(1).await;
+    let (id, owner) = one_recipient(&app).await;
+    let router = TenantPools::new(settings(4, 1));
+    let mut conn = router.acquire(&routes[0]).await.unwrap();
+    for _ in 0..2 {
+        recipients::get(&conn, id).await.unwrap();
+    }
+    assert_eq!(prepared_on(&conn).await, 1);
+    owner
+        .batch_execute("ALTER TABLE recipients ADD COLUMN probe_tag text DEFAULT 'new'")
+        .await
+        .unwrap();
+    // The kept statement is stale now; run inside the request transaction an inner client's request opens, its
+    // refusal would abort the transaction and the retry with it.
+    conn.begin_scoped(1, true).unwrap();
+    let inside = recipients::get(&conn, id).await.unwrap();
+    assert_eq!(
+        inside.fields.get("probe_tag"),
+        Some(&serde_json::json!("new"))
+    );
+    conn.end_scoped(true).await.unwrap();
+    // Outside it again, the kept statement is refused, forgotten and the read run once more.
+    let after = recipients::get(&conn, id).await.unwrap();
+    assert_eq!(
+        after.fields.get("probe_tag"),
+        Some(&serde_json::json!("new"))
+    );
+}

@@ -152,6 +152,11 @@ impl Queries for PooledConn {
         sql: &'static str,
         types: &[Type],
     ) -> Result<Option<Statement>, tokio_postgres::Error> {
+        // Inside an inner client's transaction a stale kept statement could not be run again: its error aborts the
+        // transaction. There every statement runs unnamed (parsed against the table as it is now).
+        if self.in_tx {
+            return Ok(None);
+        }
         self.statements.prepared(&self.client, sql, types).await
     }
 
