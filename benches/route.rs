@@ -3,8 +3,10 @@
 //! /v1/clients/{slug}/recipients/{id}`), in the same run, interleaved over BENCH_ROUNDS rounds:
 //!
 //! - fits: 40 tenants, budget 40, uniform tenant choice. mandant (the real server and its routing pool) beside a
-//!   static router (one fixed pool per tenant opened up front, no budget logic, the same query and JSON) and,
-//!   for context, the static router over a single tenant.
+//!   static router (one fixed pool per tenant opened up front, no budget logic, the same query and JSON, its
+//!   statement kept prepared per connection in deadpool's cache as mandant's routing pool keeps it) and, for
+//!   context, the static router over a single tenant and the static router running the statement unnamed
+//!   (`fits_static_unnamed`: parsed and planned on every request, as every router here did before session 20).
 //! - overcommitted: 500 tenants with 100 recipients each, budget 40, Zipf(s = 1.1) tenant choice. mandant beside
 //!   a no-pool router that opens a connection per request. On the very request trace the router served (the
 //!   warm-up, then the measured window), the hit ratios of three reference caches of 40 tenants: an ideal LRU,
@@ -58,6 +60,7 @@ use deadpool_postgres::tokio_postgres::{self, NoTls};
 use mandant::data::recipients::{self, Recipient};
 use mandant::db::PgTarget;
 use mandant::server::RunOptions;
+use mandant::tenant::statements::Queries;
 use rand::Rng;
 use serde_json::json;
 
@@ -214,9 +217,22 @@ async fn main() {
 
     // The baselines' servers.
     let per_tenant = (budget / fit_tenants).max(1);
-    let fit_static =
-        StaticRouter::start(&slugs[..fit_tenants], &targets[..fit_tenants], per_tenant).await;
-    let single_static = StaticRouter::start(&slugs[..1], &targets[..1], budget).await;
+    let fit_static = StaticRouter::start(
+        &slugs[..fit_tenants],
+        &targets[..fit_tenants],
+        per_tenant,
+        true,
+    )
+    .await;
+    // The same without kept statements (every request parsed and planned again): what keeping them is worth.
+    let fit_static_unnamed = StaticRouter::start(
+        &slugs[..fit_tenants],
+        &targets[..fit_tenants],
+        per_tenant,
+        false,
+    )
+    .await;
+    let single_static = StaticRouter::start(&slugs[..1], &targets[..1], budget, true).await;
     let no_pool = NoPoolRouter::start(&slugs, &targets).await;
     let (oracle, oracle_state) = OracleRouter::start(
         &slugs,
@@ -307,16 +323,17 @@ async fn main() {
     for round in 0..rounds {
         eprintln!("round {}/{rounds}", round + 1);
         // fits: the order alternates per round, so drift on this VM does not favour one side.
-        let fits: [(&str, String); 4] = [
+        let fits: [(&str, String); 5] = [
             ("fits_static", fit_static.base.clone()),
             ("fits_mandant_handler", handler_only.clone()),
             ("fits_mandant", app.base.clone()),
             ("single_tenant_static", single_static.base.clone()),
+            ("fits_static_unnamed", fit_static_unnamed.base.clone()),
         ];
         let order: Vec<usize> = if round % 2 == 0 {
-            vec![0, 1, 2, 3]
+            vec![0, 1, 2, 3, 4]
         } else {
-            vec![2, 1, 0, 3]
+            vec![2, 1, 0, 3, 4]
         };
         for i in order {
             let (name, base) = &fits[i];
@@ -607,6 +624,7 @@ async fn main() {
         "fits_mandant_handler",
         "fits_mandant",
         "single_tenant_static",
+        "fits_static_unnamed",
         "over_no_pool",
         "over_no_pool_tail",
         "over_no_pool_misses",
@@ -728,6 +746,15 @@ async fn main() {
         fits_part(&|r| r.switches_per_request),
         fits_part(&|r| r.pg_cpu_us_per_request),
         fits_part(&|r| r.pg_switches_per_request),
+    );
+    // What keeping statements prepared is worth: the static router with and without, and mandant (which keeps
+    // them) against the static router that does not (the baseline before the routing pool kept them).
+    let kept_gain = ratio("fits_static", "fits_static_unnamed");
+    let over_unnamed = ratio("fits_mandant", "fits_static_unnamed");
+    println!(
+        "fits, statements kept prepared: static kept / static unnamed = {kept_gain:.3} (PostgreSQL CPU {:.2} / {:.2} us per request); mandant (kept) / static unnamed = {over_unnamed:.3}",
+        per("fits_static", &|r| r.pg_cpu_us_per_request),
+        per("fits_static_unnamed", &|r| r.pg_cpu_us_per_request),
     );
     println!(
         "overcommitted: warm-hit {:.3}; on the same trace: ideal LRU {:.3}, static top-k {:.3} (target: within 0.03; top-{main_share}, main's share, {:.3}), Belady {:.3}; {:.0} connects/s",
@@ -879,6 +906,8 @@ async fn main() {
             "fits_ratio_mandant_over_static": fits_ratio,
             "fits_ratio_mandant_over_static_paired": fits_paired,
             "fits_ratio_mandant_handler_over_static": handler_ratio,
+            "fits_ratio_static_kept_over_unnamed": kept_gain,
+            "fits_ratio_mandant_over_static_unnamed": over_unnamed,
             "overcommitted_ratio_mandant_over_no_pool": over_ratio,
             "budget_permit_peak": permit_peak,
             "tenant_backend_peak": backend_peak,
@@ -1152,6 +1181,8 @@ struct StaticRouter {
 #[derive(Clone)]
 struct StaticState {
     pools: Arc<HashMap<String, deadpool_postgres::Pool>>,
+    /// Statements kept prepared per connection, as mandant's routing pool keeps them (else run unnamed).
+    keep: bool,
 }
 
 /// Each tenant's connect configuration, by slug.
@@ -1205,10 +1236,12 @@ async fn opened_pools(
 }
 
 impl StaticRouter {
-    async fn start(slugs: &[String], targets: &[PgTarget], size: usize) -> Self {
+    /// `keep`: statements are kept prepared per connection (as mandant keeps them), else run unnamed.
+    async fn start(slugs: &[String], targets: &[PgTarget], size: usize, keep: bool) -> Self {
         let pools = opened_pools(slugs, targets, size, "bench-static").await;
         let state = StaticState {
             pools: Arc::new(pools),
+            keep,
         };
         let router = axum::Router::new()
             .route(
@@ -1227,22 +1260,48 @@ async fn static_get(
     Path((slug, id)): Path<(String, i64)>,
 ) -> Result<Json<Recipient>, StatusCode> {
     let pool = state.pools.get(&slug).ok_or(StatusCode::NOT_FOUND)?;
-    pooled_query(pool, id).await
+    pooled_query(pool, id, state.keep).await
 }
 
-/// The query on a connection of a fixed pool.
+/// The query on a connection of a fixed pool; `keep`: its statement kept prepared on the connection.
 async fn pooled_query(
     pool: &deadpool_postgres::Pool,
     id: i64,
+    keep: bool,
 ) -> Result<Json<Recipient>, StatusCode> {
     let conn = pool
         .get()
         .await
         .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
-    recipients::get(&conn, id)
-        .await
-        .map(Json)
-        .map_err(|_| StatusCode::NOT_FOUND)
+    let found = if keep {
+        recipients::get(&Kept(&conn), id).await
+    } else {
+        let client: &tokio_postgres::Client = &conn;
+        recipients::get(client, id).await
+    };
+    found.map(Json).map_err(|_| StatusCode::NOT_FOUND)
+}
+
+/// A deadpool-postgres connection that keeps its statements prepared in deadpool's own statement cache, as
+/// mandant's routing pool keeps its fixed statements: the baselines' hits cost PostgreSQL what mandant's do.
+struct Kept<'a>(&'a deadpool_postgres::ClientWrapper);
+
+impl Queries for Kept<'_> {
+    fn client(&self) -> &tokio_postgres::Client {
+        self.0
+    }
+
+    async fn prepared(
+        &self,
+        sql: &'static str,
+        types: &[tokio_postgres::types::Type],
+    ) -> Result<Option<tokio_postgres::Statement>, tokio_postgres::Error> {
+        self.0.prepare_typed_cached(sql, types).await.map(Some)
+    }
+
+    fn forget(&self, sql: &'static str, types: &[tokio_postgres::types::Type]) {
+        self.0.statement_cache.remove(sql, types);
+    }
 }
 
 /// The oracle router: a policy that knows the popularity in advance and costs nothing to run. The `keep` most popular
@@ -1301,7 +1360,7 @@ async fn oracle_get(
 ) -> Result<Json<Recipient>, StatusCode> {
     if let Some(pool) = state.kept.get(&slug) {
         state.hits.fetch_add(1, Ordering::Relaxed);
-        return pooled_query(pool, id).await;
+        return pooled_query(pool, id, true).await;
     }
     state.misses.fetch_add(1, Ordering::Relaxed);
     let _slot = state
