@@ -605,3 +605,50 @@ async fn an_own_field_on_an_unreachable_database_is_pending_then_applied_and_req
         .get(0);
     assert_eq!(consent, 2);
 }
+
+/// A recipient read through the server: 200, its body.
+async fn read_recipient(app: &TestApp, path: &str) -> Value {
+    let response = app.get(path).await;
+    assert_eq!(response.status(), StatusCode::OK, "{path}");
+    response.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn reads_by_id_see_a_field_added_and_dropped_through_the_api_at_once_although_their_statement_is_kept_prepared()
+ {
+    let app = spawn_app().await;
+    app.create_active_client("alpha").await;
+    let anna: Value = app
+        .post_json(
+            "/v1/clients/alpha/recipients",
+            &json!({"email": "anna@example.org"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let path = format!("/v1/clients/alpha/recipients/{}", anna["id"]);
+    // Read often enough that the tenant's connections keep the statement prepared.
+    for _ in 0..6 {
+        assert!(read_recipient(&app, &path).await.get("city").is_none());
+    }
+    let created = app
+        .post_json(
+            "/v1/clients/alpha/fields",
+            &json!({"name": "city", "type": "text", "length": 80}),
+        )
+        .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    for _ in 0..6 {
+        let body = read_recipient(&app, &path).await;
+        assert_eq!(body.get("city"), Some(&Value::Null), "{body}");
+    }
+    assert_eq!(
+        app.delete("/v1/clients/alpha/fields/city").await.status(),
+        StatusCode::NO_CONTENT
+    );
+    for _ in 0..6 {
+        let body = read_recipient(&app, &path).await;
+        assert!(body.get("city").is_none(), "{body}");
+    }
+}
