@@ -80,7 +80,7 @@ impl Recipient {
 /// Applies `privacy` to recipients read from `db`: masked, their personal fields are withheld. The tenant's
 /// schema (which custom fields are personal) is read only when a recipient has custom fields and none is given.
 pub async fn protect(
-    db: &Client,
+    db: &impl Queries,
     privacy: &super::Privacy,
     schema: Option<&Schema>,
     recipients: &mut [Recipient],

@@ -81,7 +81,7 @@ pub async fn compile(
 /// Applies `privacy` to groups about to be returned: masked, the values of conditions on personal fields are
 /// withheld (see [`rules::mask_personal_values`]).
 pub async fn protect(
-    db: &Client,
+    db: &impl crate::tenant::statements::Queries,
     privacy: &Privacy,
     groups: &mut [TargetGroup],
 ) -> Result<(), DataError> {

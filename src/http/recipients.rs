@@ -8,7 +8,6 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
-use deadpool_postgres::tokio_postgres;
 use serde::{Deserialize, Deserializer};
 use utoipa::{IntoParams, ToSchema};
 
@@ -134,7 +133,7 @@ fn personal_write(tenant: &Tenant, field: &str) -> Result<(), DataError> {
 /// Masks the personal fields of a recipient about to be returned, unless the caller has the private-data right.
 async fn shown(
     tenant: &Tenant,
-    db: &tokio_postgres::Client,
+    db: &impl crate::tenant::statements::Queries,
     recipient: &mut Recipient,
 ) -> Result<(), ApiError> {
     let privacy = tenant.privacy().await?;
@@ -205,7 +204,7 @@ pub async fn create(
         }
         _ => {}
     }
-    shown(&tenant, db.client(), &mut recipient).await?;
+    shown(&tenant, &*db, &mut recipient).await?;
     Ok(super::created(
         &format!("/v1/clients/{}/recipients/{}", tenant.slug(), recipient.id),
         &recipient,
@@ -237,7 +236,7 @@ pub async fn list(
         Some(rules::equalities(&filters, &schema).map_err(DataError::Field)?)
     };
     let mut items = recipients::list(db.client(), filter, after_id, limit + 1).await?;
-    recipients::protect(db.client(), &privacy, None, &mut items).await?;
+    recipients::protect(&*db, &privacy, None, &mut items).await?;
     Ok(Json(Page::from_rows(items, limit, |r| r.id.to_string())))
 }
 
@@ -250,7 +249,7 @@ pub async fn list(
 pub async fn get(tenant: Tenant, RowId(id): RowId) -> Result<Json<Recipient>, ApiError> {
     let db = tenant.db().await?;
     let mut recipient = recipients::get(&*db, id).await?;
-    shown(&tenant, db.client(), &mut recipient).await?;
+    shown(&tenant, &*db, &mut recipient).await?;
     Ok(Json(recipient))
 }
 
@@ -299,7 +298,7 @@ pub async fn update(
         patch.custom = recipients::custom_values(&schema, &body.fields)?;
     }
     let mut recipient = recipients::update(db.client(), id, &patch).await?;
-    shown(&tenant, db.client(), &mut recipient).await?;
+    shown(&tenant, &*db, &mut recipient).await?;
     Ok(Json(recipient))
 }
 

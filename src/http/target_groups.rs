@@ -77,7 +77,7 @@ pub async fn list(
     let (limit, after) = cursor::keyset(params.limit, params.cursor.as_deref())?;
     let db = tenant.db().await?;
     let mut items = target_groups::list(db.client(), after, limit + 1).await?;
-    target_groups::protect(db.client(), &tenant.privacy().await?, &mut items).await?;
+    target_groups::protect(&*db, &tenant.privacy().await?, &mut items).await?;
     Ok(Json(Page::from_rows(items, limit, |g| g.id.to_string())))
 }
 
@@ -91,7 +91,7 @@ pub async fn get(tenant: Tenant, RowId(id): RowId) -> Result<Json<TargetGroup>, 
     let db = tenant.db().await?;
     let mut group = target_groups::get(db.client(), id).await?;
     target_groups::protect(
-        db.client(),
+        &*db,
         &tenant.privacy().await?,
         std::slice::from_mut(&mut group),
     )

@@ -18,9 +18,14 @@
 //!   "cached plan must not change result type", 0A000, before it runs anything), or something dropped it (26000).
 //!   Either way it is forgotten and run once more, unnamed ([`query`]; running again is safe), and prepared again on
 //!   its next use.
-//! - Behind a pooler that hands each transaction a different server connection (PgBouncer in transaction mode
-//!   before 1.21), a statement prepared on one server connection does not exist on the next: such a deployment
-//!   sets `routing.prepared_statements = false`, and every statement runs unnamed, as before.
+//! - Behind a pooler that hands each transaction a different server connection and does not track prepared
+//!   statements (PgBouncer in transaction mode needs 1.21 or later with `max_prepared_statements` above 0), a
+//!   statement prepared on one server connection is missing on the next, or another process's statement of the
+//!   same name (tokio-postgres numbers them per process) is there: such a deployment sets
+//!   `routing.prepared_statements = false`, and every statement runs unnamed.
+//! - Inside an inner client's request transaction nothing kept is used (`PooledConn`'s [`Queries`]): a stale
+//!   statement's refusal would abort the transaction, and the rerun with it.
+//! - The key is the text alone: a fixed statement has one call site, which fixes its parameter types.
 //!
 //! [`Queries`] is what the data plane's reads take: a connection that may keep statements (the routing pool's) or a
 //! plain `Client`, which keeps none (a connection opened for one request would only pay an extra round trip).
@@ -154,8 +159,8 @@ impl StatementCache {
 }
 
 /// Runs the fixed statement `sql` with typed `params` on `db`: the kept prepared statement where `db` keeps them,
-/// else unnamed ([`query_unnamed`]). A kept statement that went stale is forgotten and run once more (unnamed on a
-/// routing-pool connection, which prepares it again on its next use).
+/// else unnamed ([`query_unnamed`]). A kept statement that went stale is forgotten and run once more, unnamed (the
+/// connection prepares it again on a later use).
 pub async fn query(
     db: &impl Queries,
     sql: &'static str,
@@ -170,10 +175,7 @@ pub async fn query(
         Err(e) if stale(&e) => {
             drop(statement);
             db.forget(sql, &types);
-            match db.prepared(sql, &types).await? {
-                Some(again) => db.client().query(&again, &values).await,
-                None => query_unnamed(db.client(), sql, params).await,
-            }
+            query_unnamed(db.client(), sql, params).await
         }
         other => other,
     }
@@ -197,9 +199,14 @@ pub async fn query_unnamed(
 
 /// PostgreSQL refused a plan because the result's columns changed since it was made.
 fn columns_changed(e: &tokio_postgres::Error) -> bool {
+    // By the routine that raises it: the message is translated where the server's `lc_messages` is not English
+    // (found in review: on a German server a stale kept statement was never recognised, and failed every read on
+    // its connection until the connection expired).
     e.code() == Some(&tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED)
-        && e.as_db_error()
-            .is_some_and(|db| db.message().contains("must not change result type"))
+        && e.as_db_error().is_some_and(|db| {
+            db.routine() == Some("RevalidateCachedQuery")
+                || db.message().contains("must not change result type")
+        })
 }
 
 /// A kept statement can no longer run as it is: its result's columns changed, or the server does not know it.

@@ -1471,3 +1471,105 @@ async fn an_inner_clients_route_resolved_before_its_parent_is_suspended_is_not_u
         refused.map(|(c, _)| c.slug.clone())
     );
 }
+
+/// A recipient read by the admin through `client`: status and body.
+async fn read_as_admin(app: &TestApp, client: &str, id: i64) -> (StatusCode, Value) {
+    let (status, _, body) = call(
+        app,
+        Some(ADMIN_TOKEN),
+        Method::GET,
+        &format!("/v1/clients/{client}/recipients/{id}"),
+        None,
+    )
+    .await;
+    (status, body)
+}
+
+/// Backends of the tenants' second (`_rls`) roles on the shop's database.
+async fn rls_backends(app: &TestApp) -> i64 {
+    app.tenant_db("shop")
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename LIKE '%\\_rls' AND datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// One physical `_rls` connection serves both inner clients, with every plan generic: the row-level security
+/// policy reads the inner client's setting at each execution, so a plan made in one inner client's request never
+/// shows another's recipients (from the review of the kept statements, session 20).
+#[tokio::test]
+async fn inner_clients_sharing_one_connection_and_generic_plans_never_see_each_others_recipients() {
+    let app = spawn_app().await;
+    let shop = shop(&app).await;
+    let owner = app.tenant_db("shop").await;
+    let db: String = owner
+        .query_one("SELECT current_database()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    owner
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{db}\" SET plan_cache_mode = force_generic_plan"
+        ))
+        .await
+        .unwrap();
+    // A connection opened before the setting would not have it: none may exist yet.
+    assert_eq!(rls_backends(&app).await, 0, "no inner connection yet");
+    for _ in 0..8 {
+        let (status, body) = read_as_admin(&app, &shop.inner_a, shop.a1).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    for _ in 0..4 {
+        let (status, body) = read_as_admin(&app, &shop.inner_b, shop.a1).await;
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "the sibling's recipient: {body}"
+        );
+        let (status, body) = read_as_admin(&app, &shop.inner_a, shop.b1).await;
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "the sibling's recipient: {body}"
+        );
+        let (status, body) = read_as_admin(&app, &shop.inner_b, shop.p1).await;
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "the parent's own recipient: {body}"
+        );
+        let (status, body) = read_as_admin(&app, &shop.inner_b, shop.b1).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    assert_eq!(
+        rls_backends(&app).await,
+        1,
+        "one physical connection served both"
+    );
+}
+
+/// An inner client's read runs inside its request's transaction; a field added meanwhile (on another connection,
+/// as the reconciler adds one) must not turn its next read into an error (found in review: a kept statement's
+/// refusal aborted the transaction and the rerun with it, a 500).
+#[tokio::test]
+async fn an_inner_clients_reads_right_after_a_field_was_added_are_answered() {
+    let app = spawn_app().await;
+    let shop = shop(&app).await;
+    for _ in 0..3 {
+        let (status, body) = read_as_admin(&app, &shop.inner_a, shop.a1).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    app.tenant_db("shop")
+        .await
+        .batch_execute("ALTER TABLE recipients ADD COLUMN probe_kept text DEFAULT 'x'")
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let (status, body) = read_as_admin(&app, &shop.inner_a, shop.a1).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+}
