@@ -60,7 +60,7 @@ use deadpool_postgres::tokio_postgres::{self, NoTls};
 use mandant::data::recipients::{self, Recipient};
 use mandant::db::PgTarget;
 use mandant::server::RunOptions;
-use mandant::tenant::statements::Queries;
+use mandant::tenant::statements::{Queries, types_of};
 use rand::Rng;
 use serde_json::json;
 
@@ -217,21 +217,17 @@ async fn main() {
 
     // The baselines' servers.
     let per_tenant = (budget / fit_tenants).max(1);
-    let fit_static = StaticRouter::start(
-        &slugs[..fit_tenants],
-        &targets[..fit_tenants],
-        per_tenant,
-        true,
-    )
-    .await;
+    let fit_router = |keep| {
+        StaticRouter::start(
+            &slugs[..fit_tenants],
+            &targets[..fit_tenants],
+            per_tenant,
+            keep,
+        )
+    };
+    let fit_static = fit_router(true).await;
     // The same without kept statements (every request parsed and planned again): what keeping them is worth.
-    let fit_static_unnamed = StaticRouter::start(
-        &slugs[..fit_tenants],
-        &targets[..fit_tenants],
-        per_tenant,
-        false,
-    )
-    .await;
+    let fit_static_unnamed = fit_router(false).await;
     let single_static = StaticRouter::start(&slugs[..1], &targets[..1], budget, true).await;
     let no_pool = NoPoolRouter::start(&slugs, &targets).await;
     let (oracle, oracle_state) = OracleRouter::start(
@@ -1282,6 +1278,12 @@ async fn pooled_query(
     found.map(Json).map_err(|_| StatusCode::NOT_FOUND)
 }
 
+/// A typed parameter, as the data plane binds them.
+type Typed<'a> = (
+    &'a (dyn tokio_postgres::types::ToSql + Sync),
+    tokio_postgres::types::Type,
+);
+
 /// A deadpool-postgres connection that keeps its statements prepared in deadpool's own statement cache, as
 /// mandant's routing pool keeps its fixed statements: the baselines' hits cost PostgreSQL what mandant's do.
 struct Kept<'a>(&'a deadpool_postgres::ClientWrapper);
@@ -1294,13 +1296,16 @@ impl Queries for Kept<'_> {
     async fn prepared(
         &self,
         sql: &'static str,
-        types: &[tokio_postgres::types::Type],
+        params: &[Typed<'_>],
     ) -> Result<Option<tokio_postgres::Statement>, tokio_postgres::Error> {
-        self.0.prepare_typed_cached(sql, types).await.map(Some)
+        self.0
+            .prepare_typed_cached(sql, &types_of(params))
+            .await
+            .map(Some)
     }
 
-    fn forget(&self, sql: &'static str, types: &[tokio_postgres::types::Type]) {
-        self.0.statement_cache.remove(sql, types);
+    fn forget(&self, sql: &'static str, params: &[Typed<'_>]) {
+        self.0.statement_cache.remove(sql, &types_of(params));
     }
 }
 

@@ -202,7 +202,7 @@ pub async fn members(
          ORDER BY r.id LIMIT $4",
         super::recipients::COLUMNS
     );
-    let rows = super::recipients::query_typed_columns(
+    let rows = crate::tenant::statements::query_unnamed(
         db,
         &sql,
         &[

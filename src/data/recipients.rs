@@ -19,11 +19,6 @@ use crate::tenant::statements::{self, Queries};
 /// The columns of [`Recipient`], for statements over `recipients r`.
 pub const COLUMNS: &str = "r.*";
 
-/// Runs a statement over `recipients r` that returns its columns, as the unnamed statement (its text is built per
-/// request: filters, column lists); see [`statements::query_unnamed`]. Fixed statements go through
-/// [`statements::query`], kept prepared on a routing-pool connection.
-pub use crate::tenant::statements::query_unnamed as query_typed_columns;
-
 /// Longest first or last name, and gender, in characters (the table's checks agree).
 pub const NAME_MAX: usize = 255;
 pub const GENDER_MAX: usize = 32;
@@ -227,7 +222,7 @@ pub async fn create(db: &Client, new: &NewRecipient) -> Result<Recipient, DataEr
         columns.join(", "),
         placeholders.join(", ")
     );
-    let rows = query_typed_columns(db, &sql, &super::typed_refs(&params))
+    let rows = statements::query_unnamed(db, &sql, &super::typed_refs(&params))
         .await
         .map_err(email_taken)?;
     let row = rows
@@ -264,7 +259,7 @@ pub async fn list(
          ORDER BY r.id LIMIT {limit}::int8",
         compiled.sql
     );
-    let rows = query_typed_columns(db, &sql, &compiled.typed_params()).await?;
+    let rows = statements::query_unnamed(db, &sql, &compiled.typed_params()).await?;
     Ok(rows.iter().map(Recipient::from).collect())
 }
 
@@ -300,7 +295,7 @@ pub async fn update(db: &Client, id: i64, patch: &RecipientPatch) -> Result<Reci
          WHERE id = $1
          RETURNING {COLUMNS}"
     );
-    let rows = query_typed_columns(db, &sql, &super::typed_refs(&params))
+    let rows = statements::query_unnamed(db, &sql, &super::typed_refs(&params))
         .await
         .map_err(email_taken)?;
     rows.first().map(Recipient::from).ok_or(DataError::NotFound)

@@ -219,7 +219,7 @@ pub async fn members_by_rule(
         recipients::COLUMNS,
         compiled.sql,
     );
-    let rows = recipients::query_typed_columns(db, &sql, &compiled.typed_params()).await?;
+    let rows = crate::tenant::statements::query_unnamed(db, &sql, &compiled.typed_params()).await?;
     let mut members: Vec<Recipient> = rows.iter().map(Recipient::from).collect();
     recipients::protect(db, privacy, Some(&schema), &mut members).await?;
     Ok(members)

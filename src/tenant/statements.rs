@@ -34,6 +34,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Mutex;
 
+use futures_util::{TryFutureExt, TryStreamExt};
+
 use deadpool_postgres::tokio_postgres::types::{ToSql, Type};
 use deadpool_postgres::tokio_postgres::{self, Client, Row, Statement};
 
@@ -44,16 +46,21 @@ pub const MAX_KEPT: usize = 64;
 pub trait Queries: Sync {
     fn client(&self) -> &Client;
 
-    /// `sql`, prepared on this connection with the parameter types `types` and kept for the connection's lifetime
-    /// (prepared now on first use); `None`: this connection keeps no statements (run it unnamed).
+    /// `sql`, prepared on this connection with the types of `params` and kept for the connection's lifetime;
+    /// `None`: run it unnamed (this connection keeps no statements, or not this one yet).
     fn prepared(
         &self,
         sql: &'static str,
-        types: &[Type],
+        params: &[(&(dyn ToSql + Sync), Type)],
     ) -> impl Future<Output = Result<Option<Statement>, tokio_postgres::Error>> + Send;
 
     /// Drops the kept statement of `sql` (it went stale).
-    fn forget(&self, sql: &'static str, types: &[Type]);
+    fn forget(&self, sql: &'static str, params: &[(&(dyn ToSql + Sync), Type)]);
+}
+
+/// The parameter types of `params` (what a statement is prepared with).
+pub fn types_of(params: &[(&(dyn ToSql + Sync), Type)]) -> Vec<Type> {
+    params.iter().map(|(_, t)| t.clone()).collect()
 }
 
 /// A plain client keeps nothing: its statements run unnamed.
@@ -65,12 +72,12 @@ impl Queries for Client {
     async fn prepared(
         &self,
         _: &'static str,
-        _: &[Type],
+        _: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Option<Statement>, tokio_postgres::Error> {
         Ok(None)
     }
 
-    fn forget(&self, _: &'static str, _: &[Type]) {}
+    fn forget(&self, _: &'static str, _: &[(&(dyn ToSql + Sync), Type)]) {}
 }
 
 /// The statements one connection keeps prepared, by their text (see the module documentation).
@@ -78,7 +85,15 @@ impl Queries for Client {
 pub struct StatementCache {
     /// Off: nothing is kept (`routing.prepared_statements = false`).
     enabled: bool,
-    kept: Mutex<HashMap<&'static str, Kept>>,
+    kept: Mutex<HashMap<Key, Kept>>,
+}
+
+/// A `&'static str` by where it lives (address and length), so a lookup on every request does not hash the text;
+/// the same text at two call sites is at most two entries.
+type Key = (usize, usize);
+
+fn key(sql: &'static str) -> Key {
+    (sql.as_ptr() as usize, sql.len())
 }
 
 /// A statement's state on one connection.
@@ -92,7 +107,7 @@ impl std::fmt::Debug for StatementCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StatementCache")
             .field("enabled", &self.enabled)
-            .field("kept", &self.len())
+            .field("entries", &self.lock().len())
             .finish()
     }
 }
@@ -106,36 +121,24 @@ impl StatementCache {
         }
     }
 
-    /// Statements kept prepared.
-    pub fn len(&self) -> usize {
-        self.lock()
-            .values()
-            .filter(|k| matches!(k, Kept::Prepared(_)))
-            .count()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// `sql` kept on `client` (prepared now on its second use); `None` on its first use and when the cache is off.
     pub async fn prepared(
         &self,
         client: &Client,
         sql: &'static str,
-        types: &[Type],
+        params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Option<Statement>, tokio_postgres::Error> {
         if !self.enabled {
             return Ok(None);
         }
         {
             let mut kept = self.lock();
-            match kept.get(sql) {
+            match kept.get(&key(sql)) {
                 Some(Kept::Prepared(statement)) => return Ok(Some(statement.clone())),
                 Some(Kept::Seen) => {}
                 None => {
                     if kept.len() < MAX_KEPT {
-                        kept.insert(sql, Kept::Seen);
+                        kept.insert(key(sql), Kept::Seen);
                     }
                     return Ok(None);
                 }
@@ -143,17 +146,18 @@ impl StatementCache {
         }
         // A connection serves one request at a time, so no second prepare of the same text races this one; if one
         // did, the later insert replaces the earlier statement, which is closed when its last clone drops.
-        let statement = client.prepare_typed(sql, types).await?;
-        self.lock().insert(sql, Kept::Prepared(statement.clone()));
+        let statement = client.prepare_typed(sql, &types_of(params)).await?;
+        self.lock()
+            .insert(key(sql), Kept::Prepared(statement.clone()));
         Ok(Some(statement))
     }
 
     /// Drops the kept statement of `sql` (closed on the server when its last clone drops).
     pub fn forget(&self, sql: &'static str) {
-        self.lock().remove(sql);
+        self.lock().remove(&key(sql));
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<&'static str, Kept>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Kept>> {
         self.kept.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -166,15 +170,18 @@ pub async fn query(
     sql: &'static str,
     params: &[(&(dyn ToSql + Sync), Type)],
 ) -> Result<Vec<Row>, tokio_postgres::Error> {
-    let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
-    let Some(statement) = db.prepared(sql, &types).await? else {
+    let Some(statement) = db.prepared(sql, params).await? else {
         return query_unnamed(db.client(), sql, params).await;
     };
-    let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
-    match db.client().query(&statement, &values).await {
+    let run = db
+        .client()
+        .query_raw(&statement, params.iter().map(|(value, _)| *value))
+        .and_then(|rows| rows.try_collect::<Vec<Row>>())
+        .await;
+    match run {
         Err(e) if stale(&e) => {
             drop(statement);
-            db.forget(sql, &types);
+            db.forget(sql, params);
             query_unnamed(db.client(), sql, params).await
         }
         other => other,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, error_code, spawn_app};
+use crate::helpers::{TestApp, error_code, json_body, spawn_app};
 
 /// The columns of a client's `recipients` table.
 async fn columns(app: &TestApp, slug: &str) -> Vec<String> {
@@ -608,9 +608,7 @@ async fn an_own_field_on_an_unreachable_database_is_pending_then_applied_and_req
 
 /// A recipient read through the server: 200, its body.
 async fn read_recipient(app: &TestApp, path: &str) -> Value {
-    let response = app.get(path).await;
-    assert_eq!(response.status(), StatusCode::OK, "{path}");
-    response.json().await.unwrap()
+    json_body(app.get(path).await, StatusCode::OK).await
 }
 
 #[tokio::test]

@@ -558,7 +558,6 @@ impl Drop for TestApp {
     }
 }
 
-/// Reads the error shape `{"error": {"code", "message"}}` and returns the code.
 /// The JSON body of a response that must have `expected` status (the body is shown when it has not).
 pub async fn json_body(
     response: reqwest::Response,
@@ -570,6 +569,7 @@ pub async fn json_body(
     body
 }
 
+/// Reads the error shape `{"error": {"code", "message"}}` and returns the code.
 pub async fn error_code(response: reqwest::Response) -> String {
     let body: serde_json::Value = response.json().await.expect("JSON error body");
     let message = body["error"]["message"].as_str().unwrap_or_default();

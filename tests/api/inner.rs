@@ -1487,15 +1487,11 @@ async fn read_as_admin(app: &TestApp, client: &str, id: i64) -> (StatusCode, Val
 
 /// Backends of the tenants' second (`_rls`) roles on the shop's database.
 async fn rls_backends(app: &TestApp) -> i64 {
-    app.tenant_db("shop")
-        .await
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename LIKE '%\\_rls' AND datname = current_database()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0)
+    app.tenant_i64(
+        "shop",
+        "SELECT count(*) FROM pg_stat_activity WHERE usename LIKE '%\\_rls' AND datname = current_database()",
+    )
+    .await
 }
 
 /// One physical `_rls` connection serves both inner clients, with every plan generic: the row-level security

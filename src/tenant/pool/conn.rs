@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, Object, RecycleError, RecycleResult};
-use deadpool_postgres::tokio_postgres::{self, Statement, types::Type};
+use deadpool_postgres::tokio_postgres::types::{ToSql, Type};
+use deadpool_postgres::tokio_postgres::{self, Statement};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use uuid::Uuid;
 
@@ -150,17 +151,17 @@ impl Queries for PooledConn {
     async fn prepared(
         &self,
         sql: &'static str,
-        types: &[Type],
+        params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Option<Statement>, tokio_postgres::Error> {
         // Inside an inner client's transaction a stale kept statement could not be run again: its error aborts the
         // transaction. There every statement runs unnamed (parsed against the table as it is now).
         if self.in_tx {
             return Ok(None);
         }
-        self.statements.prepared(&self.client, sql, types).await
+        self.statements.prepared(&self.client, sql, params).await
     }
 
-    fn forget(&self, sql: &'static str, _: &[Type]) {
+    fn forget(&self, sql: &'static str, _: &[(&(dyn ToSql + Sync), Type)]) {
         self.statements.forget(sql);
     }
 }
