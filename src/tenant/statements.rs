@@ -25,7 +25,8 @@
 //!   `routing.prepared_statements = false`, and every statement runs unnamed.
 //! - Inside an inner client's request transaction nothing kept is used (`PooledConn`'s [`Queries`]): a stale
 //!   statement's refusal would abort the transaction, and the rerun with it.
-//! - The key is the text alone: a fixed statement has one call site, which fixes its parameter types.
+//! - The key is the text's address and length, not its parameter types: a fixed statement has one call site,
+//!   which fixes them.
 //!
 //! [`Queries`] is what the data plane's reads take: a connection that may keep statements (the routing pool's) or a
 //! plain `Client`, which keeps none (a connection opened for one request would only pay an extra round trip).
@@ -80,7 +81,7 @@ impl Queries for Client {
     fn forget(&self, _: &'static str, _: &[(&(dyn ToSql + Sync), Type)]) {}
 }
 
-/// The statements one connection keeps prepared, by their text (see the module documentation).
+/// The statements one connection keeps prepared, by their static text (see the module documentation).
 #[derive(Default)]
 pub struct StatementCache {
     /// Off: nothing is kept (`routing.prepared_statements = false`).
