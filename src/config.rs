@@ -238,6 +238,8 @@ pub struct RoutingSettings {
     pub fair_share_hold_secs: u64,
     pub scan_share: usize,
     pub prepared_statements: bool,
+    /// Concurrent single-statement reads of one tenant may share a busy connection (pipelined).
+    pub shared_reads: bool,
 }
 
 impl RoutingSettings {

@@ -39,7 +39,7 @@ use crate::control::{CLIENTS_CHANNEL, ControlError, ControlPlane};
 use crate::domain::{ClientSlug, ClientStatus, Invalid};
 use crate::shutdown::CancellationToken;
 use crate::tenant::TenantError;
-use crate::tenant::pool::{PooledConn, RouteError, TenantPools, TenantRoute, Use};
+use crate::tenant::pool::{PooledConn, RouteError, SharedConn, TenantPools, TenantRoute, Use};
 use crate::tenant::targets::Targets;
 
 /// A bound value with the PostgreSQL type its placeholder is (or is cast to), for `Client::query_typed`: a rule's
@@ -415,13 +415,7 @@ impl DataPlane {
         snapshot: bool,
     ) -> Result<(Arc<ClientRecord>, PooledConn), DataError> {
         match &resolved.route {
-            Some(route)
-                if self.routes.generation.load(Ordering::Acquire) == resolved.generation
-                    && self.routes.listening.load(Ordering::Acquire)
-                    && resolved.fetched.elapsed() < ROUTE_SAFETY_TTL
-                    && resolved.client.status == ClientStatus::Active
-                    && !resolved.client.frozen =>
-            {
+            Some(route) if self.current(resolved) => {
                 self.connect_route(
                     resolved.generation,
                     resolved.client.clone(),
@@ -438,6 +432,37 @@ impl DataPlane {
                 Box::pin(self.connect_with(&slug, usage, snapshot)).await
             }
         }
+    }
+
+    /// Whether `resolved`'s route may still be used as it is: the route cache has not changed since, is kept
+    /// current by notifications, and the client is active and not being moved.
+    fn current(&self, resolved: &Resolved) -> bool {
+        self.routes.generation.load(Ordering::Acquire) == resolved.generation
+            && self.routes.listening.load(Ordering::Acquire)
+            && resolved.fetched.elapsed() < ROUTE_SAFETY_TTL
+            && resolved.client.status == ClientStatus::Active
+            && !resolved.client.frozen
+    }
+
+    /// As [`Self::connect_resolved`] for a request, for a read by single statements in autocommit: a connection
+    /// it may share with concurrent reads of the client ([`TenantPools::acquire_shared`]). An inner client's
+    /// read, and a read whose route changed meanwhile, gets a connection of its own as `connect_resolved` gives it.
+    pub async fn connect_shared(
+        &self,
+        resolved: &Resolved,
+    ) -> Result<(Arc<ClientRecord>, SharedConn), DataError> {
+        if let Some(route) = &resolved.route
+            && resolved.client.inner_no.is_none()
+            && self.current(resolved)
+        {
+            let conn = self.pools.acquire_shared(route).await?;
+            if self.routes.generation.load(Ordering::Acquire) == resolved.generation {
+                return Ok((resolved.client.clone(), conn));
+            }
+        }
+        // Boxed: the shared path serves nearly every read; their futures need not carry this one.
+        let (client, conn) = Box::pin(self.connect_resolved(resolved, Use::Request, false)).await?;
+        Ok((client, SharedConn::alone(conn)))
     }
 
     /// A connection by `route` to `client`'s database, found at route cache `generation`.

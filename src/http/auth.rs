@@ -83,6 +83,19 @@ impl ClientScope {
         self.connect_with(state, false).await
     }
 
+    /// As [`Self::connect`], for a read by single statements in autocommit: a connection it may share with
+    /// concurrent reads of the client ([`crate::data::DataPlane::connect_shared`]).
+    pub async fn connect_shared(
+        &self,
+        state: &AppState,
+    ) -> Result<crate::tenant::pool::SharedConn, DataError> {
+        let (client, conn) = state.data().connect_shared(&self.resolved).await?;
+        if client.id != self.client.id {
+            return Err(DataError::NotFound);
+        }
+        Ok(conn)
+    }
+
     /// As [`Self::connect`]; `snapshot`: an inner client's transaction is one read-only snapshot.
     pub async fn connect_with(
         &self,

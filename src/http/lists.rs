@@ -102,7 +102,7 @@ pub async fn list(
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<Page<MailingList>>, ApiError> {
     let (limit, after) = cursor::keyset(params.limit, params.cursor.as_deref())?;
-    let db = tenant.db().await?;
+    let db = tenant.read_db().await?;
     let items = lists::list(db.client(), after, limit + 1).await?;
     Ok(Json(Page::from_rows(items, limit, |l| l.id.to_string())))
 }
@@ -114,7 +114,7 @@ pub async fn list(
         (status = 200, description = "The list", body = MailingList),
         (status = 404, description = "No such client or list", body = ErrorBody)))]
 pub async fn get(tenant: Tenant, RowId(id): RowId) -> Result<Json<MailingList>, ApiError> {
-    let db = tenant.db().await?;
+    let db = tenant.read_db().await?;
     Ok(Json(lists::get(db.client(), id).await?))
 }
 

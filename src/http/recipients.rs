@@ -225,7 +225,7 @@ pub async fn list(
 ) -> Result<Json<Page<Recipient>>, ApiError> {
     let limit = cursor::limit_text(params.limit.as_deref())?;
     let after_id = cursor_id(params.cursor.as_deref())?;
-    let db = tenant.db().await?;
+    let db = tenant.read_db().await?;
     let privacy = tenant.privacy().await?;
     let filter = if params.filters.is_empty() {
         None
@@ -247,7 +247,7 @@ pub async fn list(
         (status = 200, description = "The recipient", body = Recipient),
         (status = 404, description = "No such client or recipient", body = ErrorBody)))]
 pub async fn get(tenant: Tenant, RowId(id): RowId) -> Result<Json<Recipient>, ApiError> {
-    let db = tenant.db().await?;
+    let db = tenant.read_db().await?;
     let mut recipient = recipients::get(&*db, id).await?;
     shown(&tenant, &*db, &mut recipient).await?;
     Ok(Json(recipient))

@@ -16,7 +16,7 @@ use super::error::ApiError;
 use crate::app::AppState;
 use crate::control::clients::ClientRecord;
 use crate::data::Privacy;
-use crate::tenant::pool::PooledConn;
+use crate::tenant::pool::{PooledConn, SharedConn};
 
 /// A data-plane handler's connection: its own, or an inner client's, borrowed from the request's session.
 pub enum TenantDb {
@@ -41,6 +41,23 @@ impl std::ops::DerefMut for TenantDb {
         match self {
             Self::Own(conn) => conn,
             Self::Scoped(session) => session.as_mut().unwrap_or_else(|| unreachable!()),
+        }
+    }
+}
+
+/// A read's connection ([`Tenant::read_db`]): one it may share with concurrent reads, or an inner client's.
+pub enum ReadDb {
+    Shared(SharedConn),
+    Scoped(TenantDb),
+}
+
+impl std::ops::Deref for ReadDb {
+    type Target = PooledConn;
+
+    fn deref(&self) -> &PooledConn {
+        match self {
+            Self::Shared(conn) => conn,
+            Self::Scoped(db) => db,
         }
     }
 }
@@ -113,6 +130,19 @@ impl Tenant {
             *session = Some(conn);
         }
         Ok(TenantDb::Scoped(session))
+    }
+
+    /// As [`Self::db`], for a handler that only reads, by single statements in autocommit (no transaction, no
+    /// `COPY`, no session setting): the connection may be shared with concurrent reads of the client, pipelined
+    /// on it (`TenantPools::acquire_shared`). An inner client's read runs in its request's transaction, as
+    /// [`Self::db`] gives it.
+    pub async fn read_db(&self) -> Result<ReadDb, ApiError> {
+        if self.scope.client.is_inner() {
+            return Ok(ReadDb::Scoped(self.db().await?));
+        }
+        Ok(ReadDb::Shared(
+            self.scope.connect_shared(&self.state).await?,
+        ))
     }
 
     /// Whether personal data is shown or masked for the caller on this client (a control-plane read when masked).

@@ -75,7 +75,7 @@ pub async fn list(
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<Page<TargetGroup>>, ApiError> {
     let (limit, after) = cursor::keyset(params.limit, params.cursor.as_deref())?;
-    let db = tenant.db().await?;
+    let db = tenant.read_db().await?;
     let mut items = target_groups::list(db.client(), after, limit + 1).await?;
     target_groups::protect(&*db, &tenant.privacy().await?, &mut items).await?;
     Ok(Json(Page::from_rows(items, limit, |g| g.id.to_string())))
@@ -88,7 +88,7 @@ pub async fn list(
         (status = 200, description = "The target group", body = TargetGroup),
         (status = 404, description = "No such client or target group", body = ErrorBody)))]
 pub async fn get(tenant: Tenant, RowId(id): RowId) -> Result<Json<TargetGroup>, ApiError> {
-    let db = tenant.db().await?;
+    let db = tenant.read_db().await?;
     let mut group = target_groups::get(db.client(), id).await?;
     target_groups::protect(
         &*db,

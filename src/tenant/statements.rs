@@ -145,8 +145,9 @@ impl StatementCache {
                 }
             }
         }
-        // A connection serves one request at a time, so no second prepare of the same text races this one; if one
-        // did, the later insert replaces the earlier statement, which is closed when its last clone drops.
+        // Reads sharing a connection (`TenantPools::acquire_shared`) may prepare the same text at once: each gets
+        // its own statement (tokio-postgres names them apart), the later insert replaces the earlier one, which is
+        // closed on the server when its last clone drops.
         let statement = client.prepare_typed(sql, &types_of(params)).await?;
         self.lock()
             .insert(key(sql), Kept::Prepared(statement.clone()));

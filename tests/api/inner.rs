@@ -1569,3 +1569,48 @@ async fn an_inner_clients_reads_right_after_a_field_was_added_are_answered() {
         assert_eq!(status, StatusCode::OK, "{body}");
     }
 }
+
+/// With every tenant capped at one connection, the parent's reads share its connection (pipelined); an inner
+/// client's reads run in their own request transactions and never share one: under concurrent reads of both, each
+/// sees exactly its own recipients (session 21's shared reads).
+#[tokio::test]
+async fn concurrent_reads_of_an_inner_client_and_its_parent_at_a_cap_of_one_each_see_exactly_their_own()
+ {
+    let app =
+        crate::helpers::spawn_app_with(&[("MANDANT__ROUTING__PER_TENANT_CAP", "1".into())]).await;
+    let shop = shop(&app).await;
+    let app = &app;
+    let mut parent_joins = 0;
+    for _ in 0..10 {
+        let cases = [
+            (shop.inner_a.as_str(), shop.a1, StatusCode::OK),
+            (shop.inner_a.as_str(), shop.b1, StatusCode::NOT_FOUND),
+            (shop.inner_a.as_str(), shop.p1, StatusCode::NOT_FOUND),
+            (shop.inner_b.as_str(), shop.b1, StatusCode::OK),
+            (shop.inner_b.as_str(), shop.a1, StatusCode::NOT_FOUND),
+            (shop.parent.as_str(), shop.a1, StatusCode::OK),
+            (shop.parent.as_str(), shop.p1, StatusCode::OK),
+        ];
+        let reads =
+            cases
+                .iter()
+                .cycle()
+                .take(cases.len() * 4)
+                .map(|&(client, id, expected)| async move {
+                    let (status, body) = read_as_admin(app, client, id).await;
+                    assert_eq!(status, expected, "{client} reading {id}: {body}");
+                    if status == StatusCode::OK {
+                        assert_eq!(body["id"], id, "{client}: {body}");
+                    }
+                });
+        futures_util::future::join_all(reads).await;
+        parent_joins = app.state.data().pools().stats().joined;
+        if parent_joins > 0 {
+            break;
+        }
+    }
+    assert!(
+        parent_joins > 0,
+        "the parent's reads never shared a connection"
+    );
+}

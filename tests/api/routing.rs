@@ -731,3 +731,154 @@ async fn inside_an_inner_clients_transaction_a_read_runs_unnamed_so_a_column_cha
         Some(&serde_json::json!("new"))
     );
 }
+
+#[tokio::test]
+async fn concurrent_reads_of_a_tenant_at_its_cap_share_its_connection_and_it_returns_when_the_last_read_is_done()
+ {
+    let (app, routes) = tenants(1).await;
+    let route = &routes[0];
+    let (id, _owner) = one_recipient(&app).await;
+    let router = TenantPools::new(settings(4, 1));
+    let first = router.acquire_shared(route).await.unwrap();
+    // The tenant's one connection is out: a second read joins it at once instead of waiting for it.
+    let second = tokio::time::timeout(Duration::from_secs(2), router.acquire_shared(route))
+        .await
+        .expect("a read joins the connection another read holds")
+        .unwrap();
+    assert_eq!(backend_pid(&first).await, backend_pid(&second).await);
+    assert_eq!(router.stats().joined, 1);
+    assert_eq!((router.stats().warm, router.stats().cold), (1, 1));
+    // Both read at the same time on it (pipelined): one slow statement does not make the other fail.
+    let slow = first
+        .client()
+        .query_typed("SELECT pg_sleep(0.2)::text", &[]);
+    let (slept, found) = tokio::join!(slow, recipients::get(&*second, id));
+    slept.unwrap();
+    assert_eq!(found.unwrap().email.as_deref(), Some("kept@example.org"));
+    assert_eq!(tenant_backends(&app).await, 1, "still one connection");
+
+    // A request that needs the connection alone waits until the last read gave it back.
+    let exclusive = tokio::spawn({
+        let router = router.clone();
+        let route = route.clone();
+        async move { router.acquire(&route).await.map(drop) }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(!exclusive.is_finished(), "taken while a read still held it");
+    drop(second);
+    tokio::time::timeout(Duration::from_secs(5), exclusive)
+        .await
+        .expect("served once the reads were done")
+        .unwrap()
+        .unwrap();
+    assert_eq!(router.budget(route.server_id).unwrap().in_use, 1);
+}
+
+#[tokio::test]
+async fn a_read_does_not_overtake_a_request_already_waiting_for_the_tenants_connection() {
+    let (_app, routes) = tenants(1).await;
+    let route = &routes[0];
+    let router = TenantPools::new(settings(4, 1));
+    let held = router.acquire_shared(route).await.unwrap();
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let waiter = |name: &'static str, shared: bool| {
+        let (router, route, order) = (router.clone(), route.clone(), order.clone());
+        tokio::spawn(async move {
+            let conn = if shared {
+                router.acquire_shared(&route).await.map(|_| ())
+            } else {
+                router.acquire(&route).await.map(|_| ())
+            };
+            order.lock().unwrap().push(name);
+            conn
+        })
+    };
+    // A write waits at the tenant's gate; a read arriving after it queues behind it instead of joining.
+    let write = waiter("write", false);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let read = waiter("read", true);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(!read.is_finished(), "the read joined ahead of the write");
+    drop(held);
+    write.await.unwrap().unwrap();
+    read.await.unwrap().unwrap();
+    assert_eq!(*order.lock().unwrap(), ["write", "read"]);
+    assert_eq!(router.stats().joined, 0);
+}
+
+#[tokio::test]
+async fn a_shared_connection_takes_a_bounded_number_of_joins_and_none_with_shared_reads_off() {
+    let (_app, routes) = tenants(1).await;
+    let route = &routes[0];
+    let router = TenantPools::new(settings(4, 1));
+    let held = router.acquire_shared(route).await.unwrap();
+    // However steady the reads, the connection goes back to its pool: after 64 joins, a read waits for it.
+    for _ in 0..64 {
+        drop(router.acquire_shared(route).await.unwrap());
+    }
+    assert_eq!(router.stats().joined, 64);
+    let late = tokio::time::timeout(Duration::from_millis(300), router.acquire_shared(route)).await;
+    assert!(late.is_err(), "joined past the bound");
+    drop(held);
+    let again = router.acquire_shared(route).await.unwrap();
+    drop(again);
+
+    let off = TenantPools::new(PoolSettings {
+        shared_reads: false,
+        ..settings(4, 1)
+    });
+    let held = off.acquire_shared(route).await.unwrap();
+    let second = tokio::time::timeout(Duration::from_millis(300), off.acquire_shared(route)).await;
+    assert!(second.is_err(), "shared with shared reads off");
+    drop(held);
+    assert_eq!(off.stats().joined, 0);
+}
+
+#[tokio::test]
+async fn concurrent_reads_of_one_recipient_through_the_api_share_the_tenants_one_connection_and_all_answer()
+ {
+    let app =
+        crate::helpers::spawn_app_with(&[("MANDANT__ROUTING__PER_TENANT_CAP", "1".into())]).await;
+    app.create_active_client("gamma").await;
+    let created = app
+        .post_json(
+            "/v1/clients/gamma/recipients",
+            &serde_json::json!({"email": "shared@example.org", "first_name": "Sam"}),
+        )
+        .await;
+    let id = crate::helpers::json_body(created, reqwest::StatusCode::CREATED).await["id"]
+        .as_i64()
+        .unwrap();
+    let path = format!("/v1/clients/gamma/recipients/{id}");
+    // Bursts of concurrent reads until some of them joined the connection another read held (each burst
+    // makes that overwhelmingly likely; the loop makes the test independent of timing).
+    for _ in 0..20 {
+        let reads = (0..32).map(|_| async {
+            crate::helpers::json_body(app.get(&path).await, reqwest::StatusCode::OK).await
+        });
+        for body in futures_util::future::join_all(reads).await {
+            assert_eq!(body["email"], "shared@example.org");
+            assert_eq!(body["first_name"], "Sam");
+        }
+        if app.state.data().pools().stats().joined > 0 {
+            break;
+        }
+    }
+    let stats = app.state.data().pools().stats();
+    assert!(stats.joined > 0, "{stats:?}");
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("tenant_pool_shared_joins_total"),
+        "{metrics}"
+    );
+    // Never more than the tenant's cap of connections.
+    assert_eq!(
+        app.state
+            .data()
+            .pools()
+            .connections(app.client_id("gamma").await),
+        1
+    );
+}

@@ -67,6 +67,13 @@ const SHARE_OWN_REQUESTS: usize = 3;
 /// A tenant unused this long has gone quiet: a warm tenant may take over its idle connection.
 const STALE_IDLE: Duration = Duration::from_secs(1);
 
+/// Reads in flight on one shared connection at most (the one that checked it out included): a read that would
+/// wait deeper in the pipeline than this waits for a connection instead.
+const SHARED_IN_FLIGHT: usize = 8;
+/// Reads that may join one shared connection while it is out, so it returns to its pool (recycled, expired, its
+/// tenant's other requests served in turn) however steady the reads are.
+const SHARED_JOINS: usize = 64;
+
 /// Limits and timings of the routing pool.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
@@ -92,6 +99,9 @@ pub struct PoolSettings {
     pub scan_share: usize,
     /// Fixed statements are kept prepared on each connection (see [`crate::tenant::statements`]).
     pub prepared_statements: bool,
+    /// Concurrent reads of one tenant may share a busy connection instead of waiting for one (see
+    /// [`TenantPools::acquire_shared`]).
+    pub shared_reads: bool,
 }
 
 impl Default for PoolSettings {
@@ -108,6 +118,7 @@ impl Default for PoolSettings {
             fair_share_hold: Duration::from_secs(10),
             scan_share: 10,
             prepared_statements: true,
+            shared_reads: true,
         }
     }
 }
@@ -133,6 +144,7 @@ impl From<&RoutingSettings> for PoolSettings {
             fair_share_hold: Duration::from_secs(s.fair_share_hold_secs),
             scan_share: s.scan_share,
             prepared_statements: s.prepared_statements,
+            shared_reads: s.shared_reads,
         }
     }
 }
@@ -196,6 +208,8 @@ pub struct PoolStats {
     pub evictions: u64,
     /// Times a tenant found the budget full and waited for one of its own connections.
     pub own_waits: u64,
+    /// Reads served on a connection another read of the same tenant held (counted among `warm` too).
+    pub joined: u64,
     /// Evictions for a cold tenant by how the admission policy decided them, in the order of
     /// [`policy::Decision::ALL`] (scan, main over its share, share tenant admitted into main, share tenant
     /// rejected, share tenant closed with no main victim to compare, newcomer admitted, share connection yielded).
@@ -211,6 +225,49 @@ impl PoolStats {
         } else {
             self.warm as f64 / total as f64
         }
+    }
+}
+
+/// A connection lent to concurrent reads of one tenant ([`TenantPools::acquire_shared`]); returns to its pool
+/// when the last of them drops it.
+#[derive(Clone)]
+pub struct SharedConn(Arc<SharedHold>);
+
+/// The connection behind a [`SharedConn`], and how many reads joined it.
+pub(super) struct SharedHold {
+    conn: PooledConn,
+    joins: std::sync::atomic::AtomicUsize,
+}
+
+impl SharedConn {
+    /// A connection of its own as a `SharedConn` that no other read joins.
+    pub fn alone(conn: PooledConn) -> Self {
+        Self(Arc::new(SharedHold::new(conn)))
+    }
+}
+
+impl SharedHold {
+    fn new(conn: PooledConn) -> Self {
+        Self {
+            conn,
+            joins: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+}
+
+impl std::ops::Deref for SharedConn {
+    type Target = PooledConn;
+
+    fn deref(&self) -> &PooledConn {
+        &self.0.conn
+    }
+}
+
+impl std::fmt::Debug for SharedConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedConn")
+            .field("readers", &Arc::strong_count(&self.0))
+            .finish_non_exhaustive()
     }
 }
 
@@ -246,6 +303,7 @@ impl TenantPools {
                 cold: AtomicU64::new(0),
                 evictions: AtomicU64::new(0),
                 own_waits: AtomicU64::new(0),
+                joined: AtomicU64::new(0),
                 decisions: Default::default(),
                 servers: Mutex::new(HashMap::new()),
                 tenants: Mutex::new(HashMap::new()),
@@ -259,6 +317,68 @@ impl TenantPools {
     /// A connection to the tenant's database, as its own role, for a request of the tenant's own.
     pub async fn acquire(&self, route: &TenantRoute) -> Result<PooledConn, RouteError> {
         self.acquire_for(route, Use::Request).await
+    }
+
+    /// A connection for a request that only reads, and only by single statements in autocommit (no transaction, no
+    /// `COPY`, no session setting): another such request of the tenant may run its statements on the same
+    /// connection at the same time. tokio-postgres pipelines them (a query is sent while earlier ones run;
+    /// PostgreSQL answers in order), and each statement is its own transaction, as it would be on a connection of
+    /// its own. A [`SharedConn`] only lends the connection (`&`), so nothing that needs it alone (an inner
+    /// client's transaction, [`PooledConn::abandon`]) can be done through it.
+    ///
+    /// A read joins a connection another read holds only where it would otherwise wait or connect: the tenant
+    /// has no idle connection, may not open another (its cap, or the server's budget, is full), nobody waits
+    /// for its connections (so a write queued at its gate is not overtaken for long), and the connection is not
+    /// a share connection that cold requests are waiting for; at most [`SHARED_IN_FLIGHT`] reads at once and
+    /// [`SHARED_JOINS`] joins per checkout. Otherwise it is [`Self::acquire`].
+    pub async fn acquire_shared(&self, route: &TenantRoute) -> Result<SharedConn, RouteError> {
+        if !self.inner.settings.shared_reads {
+            return Ok(SharedConn::alone(self.acquire(route).await?));
+        }
+        if let Some(joined) = self.join(route)? {
+            return Ok(joined);
+        }
+        let hold = Arc::new(SharedHold::new(self.acquire(route).await?));
+        *lock(&hold.conn.tenant.shared) = Arc::downgrade(&hold);
+        Ok(SharedConn(hold))
+    }
+
+    /// The connection another read of the tenant holds, if this read may join it (see [`Self::acquire_shared`]).
+    fn join(&self, route: &TenantRoute) -> Result<Option<SharedConn>, RouteError> {
+        let tenant = self.inner.tenant(route)?;
+        let waits = tenant.counts.idle() == 0
+            && (tenant.gate.available_permits() == 0
+                || tenant.budget.permits.available_permits() == 0)
+            && tenant.own_waiters.load(Ordering::SeqCst) == 0
+            && !(tenant.in_share.load(Ordering::SeqCst)
+                && tenant.budget.share_waiters.load(Ordering::SeqCst) > 0);
+        if !waits {
+            return Ok(None);
+        }
+        let Some(hold) = lock(&tenant.shared).upgrade() else {
+            return Ok(None);
+        };
+        if Arc::strong_count(&hold) > SHARED_IN_FLIGHT
+            || hold.conn.client.is_closed()
+            || hold.joins.fetch_add(1, Ordering::Relaxed) >= SHARED_JOINS
+        {
+            return Ok(None);
+        }
+        // Served as a warm request is: counted in the policy's sketch and refreshed in its region.
+        {
+            let mut policy = lock(&tenant.budget.policy);
+            policy.count(route.client_id);
+            policy.record(route.client_id, Use::Request, false);
+        }
+        tenant.note_served();
+        tenant.touch();
+        let handles = self.inner.metrics();
+        handles.acquire_seconds.record(0.0);
+        handles.warm.increment(1);
+        handles.joined.increment(1);
+        self.inner.warm.fetch_add(1, Ordering::Relaxed);
+        self.inner.joined.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(SharedConn(hold)))
     }
 
     /// A connection to the tenant's database, as its own role, for a request (`Use::Request`: the tenant counts
@@ -513,6 +633,7 @@ impl TenantPools {
             cold: self.inner.cold.load(Ordering::Relaxed),
             evictions: self.inner.evictions.load(Ordering::Relaxed),
             own_waits: self.inner.own_waits.load(Ordering::Relaxed),
+            joined: self.inner.joined.load(Ordering::Relaxed),
             decisions: std::array::from_fn(|i| self.inner.decisions[i].load(Ordering::Relaxed)),
         }
     }

@@ -46,6 +46,8 @@ pub(super) struct TenantPool {
     /// When the tenant was last looked up or served ([`clock`] nanoseconds; an atomic, no lock per request).
     pub(super) last_used: AtomicU64,
     pub(super) broken: Mutex<Option<(Instant, RouteError)>>,
+    /// The connection reads of this tenant last shared ([`super::TenantPools::acquire_shared`]), while they hold it.
+    pub(super) shared: Mutex<std::sync::Weak<super::SharedHold>>,
 }
 
 /// Handles of the metrics recorded on every acquire, registered once (a lookup per request costs ~5% of a warm
@@ -54,6 +56,7 @@ pub(super) struct Handles {
     pub(super) acquire_seconds: metrics::Histogram,
     pub(super) warm: metrics::Counter,
     pub(super) cold: metrics::Counter,
+    pub(super) joined: metrics::Counter,
 }
 
 /// What a cold request does next (see [`Inner::admit`]).
@@ -107,6 +110,8 @@ pub(super) struct Inner {
     pub(super) cold: AtomicU64,
     pub(super) evictions: AtomicU64,
     pub(super) own_waits: AtomicU64,
+    /// Reads that joined a connection another read held ([`super::TenantPools::acquire_shared`]).
+    pub(super) joined: AtomicU64,
     /// Evictions by how they were decided, in the order of [`policy::Decision::ALL`].
     pub(super) decisions: [AtomicU64; 7],
     pub(super) servers: Mutex<HashMap<i64, Arc<ServerBudget>>>,
@@ -126,6 +131,7 @@ impl Inner {
             acquire_seconds: metrics::histogram!("tenant_pool_acquire_seconds"),
             warm: metrics::counter!("tenant_pool_acquires_total", "result" => "warm"),
             cold: metrics::counter!("tenant_pool_acquires_total", "result" => "cold"),
+            joined: metrics::counter!("tenant_pool_shared_joins_total"),
         })
     }
 
@@ -204,6 +210,7 @@ impl Inner {
             served_at: AtomicU64::new(0),
             last_used: AtomicU64::new(clock()),
             broken: Mutex::new(None),
+            shared: Mutex::new(std::sync::Weak::new()),
         });
         Ok(lock(&self.tenants)
             .entry(route.client_id)
