@@ -6,7 +6,9 @@
 //!   static router (one fixed pool per tenant opened up front, no budget logic, the same query and JSON, its
 //!   statement kept prepared per connection in deadpool's cache as mandant's routing pool keeps it) and, for
 //!   context, the static router over a single tenant and the static router running the statement unnamed
-//!   (`fits_static_unnamed`: parsed and planned on every request, as every router here did before session 20).
+//!   (`fits_static_unnamed`: parsed and planned on every request, as every router here did before session 20) and
+//!   sharing each tenant's one connection among all its requests at once (`fits_static_shared`, pipelined, as
+//!   mandant's reads share a busy connection since session 21).
 //! - overcommitted: 500 tenants with 100 recipients each, budget 40, Zipf(s = 1.1) tenant choice. mandant beside
 //!   a no-pool router that opens a connection per request. On the very request trace the router served (the
 //!   warm-up, then the measured window), the hit ratios of three reference caches of 40 tenants: an ideal LRU,
@@ -45,6 +47,9 @@
 //! Prints a table and writes benches/results/route.json. Knobs: BENCH_TENANTS (500), BENCH_FIT_TENANTS (40),
 //! BENCH_BUDGET (40), BENCH_CLIENTS (64), BENCH_SECS (8 per phase), BENCH_ROUNDS (3), BENCH_ZIPF_S (1.1),
 //! BENCH_SHIFT_SECS (40), BENCH_SHIFT_PERIOD (20), BENCH_PHASES (all; comma-separated phase names).
+
+// The report's `json!` has more keys than the macro's default recursion limit allows.
+#![recursion_limit = "256"]
 
 mod common;
 
@@ -217,18 +222,24 @@ async fn main() {
 
     // The baselines' servers.
     let per_tenant = (budget / fit_tenants).max(1);
-    let fit_router = |keep| {
+    let fit_router = |mode| {
         StaticRouter::start(
             &slugs[..fit_tenants],
             &targets[..fit_tenants],
             per_tenant,
-            keep,
+            mode,
         )
     };
-    let fit_static = fit_router(true).await;
+    let fit_static = fit_router(Mode::Kept).await;
     // The same without kept statements (every request parsed and planned again): what keeping them is worth.
-    let fit_static_unnamed = fit_router(false).await;
-    let single_static = StaticRouter::start(&slugs[..1], &targets[..1], budget, true).await;
+    let fit_static_unnamed = fit_router(Mode::Unnamed).await;
+    // The same with each tenant's connection shared by all its requests (pipelined), as mandant's reads share a
+    // busy one: like with like for what the rest of mandant's server costs.
+    let fit_static_shared = fit_router(Mode::Shared).await;
+    // Only connected during its own phase: 40 more backends held through the overcommitted phases left the
+    // connect-per-request replays without connection slots (`max_connections`, errors in a run of session 21).
+    fit_static_shared.close_idle();
+    let single_static = StaticRouter::start(&slugs[..1], &targets[..1], budget, Mode::Kept).await;
     let no_pool = NoPoolRouter::start(&slugs, &targets).await;
     let (oracle, oracle_state) = OracleRouter::start(
         &slugs,
@@ -319,17 +330,18 @@ async fn main() {
     for round in 0..rounds {
         eprintln!("round {}/{rounds}", round + 1);
         // fits: the order alternates per round, so drift on this VM does not favour one side.
-        let fits: [(&str, String); 5] = [
+        let fits: [(&str, String); 6] = [
             ("fits_static", fit_static.base.clone()),
             ("fits_mandant_handler", handler_only.clone()),
             ("fits_mandant", app.base.clone()),
             ("single_tenant_static", single_static.base.clone()),
             ("fits_static_unnamed", fit_static_unnamed.base.clone()),
+            ("fits_static_shared", fit_static_shared.base.clone()),
         ];
         let order: Vec<usize> = if round % 2 == 0 {
-            vec![0, 1, 2, 3, 4]
+            vec![0, 1, 2, 3, 4, 5]
         } else {
-            vec![2, 1, 0, 3, 4]
+            vec![2, 1, 0, 3, 4, 5]
         };
         for i in order {
             let (name, base) = &fits[i];
@@ -348,7 +360,7 @@ async fn main() {
             let run = load(base.clone(), uniform(n), false).await;
             let after = app.state.pools().stats();
             eprintln!(
-                "  {name}: {:.0} req/s, p99 {:.2} ms, errors {}, process CPU {:.1} us/request, machine busy {:.2} (mandant pool: cap {}, {} cold acquires, {} evictions, {} own waits)",
+                "  {name}: {:.0} req/s, p99 {:.2} ms, errors {}, process CPU {:.1} us/request, machine busy {:.2} (mandant pool: cap {}, {} cold acquires, {} evictions, {} own waits, {} shared joins)",
                 run.rps(),
                 run.p99_ms,
                 run.errors,
@@ -358,9 +370,11 @@ async fn main() {
                 after.cold - before.cold,
                 after.evictions - before.evictions,
                 after.own_waits - before.own_waits,
+                after.joined - before.joined,
             );
             table.entry(name).or_default().push(run);
         }
+        fit_static_shared.close_idle();
 
         // overcommitted and shifting
         for name in if round % 2 == 0 {
@@ -546,12 +560,13 @@ async fn main() {
                     .collect::<serde_json::Map<_, _>>(),
                 "connects_per_sec": cold as f64 / run.secs,
                 "evictions": after.evictions - before.evictions,
+                "shared_joins": after.joined - before.joined,
                 "budget_permit_peak": permit_peak.load(Ordering::Relaxed),
                 "tenant_backend_peak": backend_peak.load(Ordering::Relaxed),
                 "tenant_cap_at_end": router.tenant_cap(server_id),
             });
             eprintln!(
-                "  {name}: {:.0} req/s, p99 {:.2} ms, errors {}, hit {:.3} (ideal LRU {:.3}, static top-k {:.3}, Belady {:.3}), {:.0} connects/s, decisions {}, permit peak {}, backend peak {}, machine busy {:.2}",
+                "  {name}: {:.0} req/s, p99 {:.2} ms, errors {}, hit {:.3} (ideal LRU {:.3}, static top-k {:.3}, Belady {:.3}), {:.0} connects/s, {} shared joins, decisions {}, permit peak {}, backend peak {}, machine busy {:.2}",
                 run.rps(),
                 run.p99_ms,
                 run.errors,
@@ -560,6 +575,7 @@ async fn main() {
                 top_k,
                 belady,
                 cold as f64 / run.secs,
+                after.joined - before.joined,
                 extra["decisions"],
                 permit_peak.load(Ordering::Relaxed),
                 backend_peak.load(Ordering::Relaxed),
@@ -621,6 +637,7 @@ async fn main() {
         "fits_mandant",
         "single_tenant_static",
         "fits_static_unnamed",
+        "fits_static_shared",
         "over_no_pool",
         "over_no_pool_tail",
         "over_no_pool_misses",
@@ -751,6 +768,17 @@ async fn main() {
         "fits, statements kept prepared: static kept / static unnamed = {kept_gain:.3} (PostgreSQL CPU {:.2} / {:.2} us per request); mandant (kept) / static unnamed = {over_unnamed:.3}",
         per("fits_static", &|r| r.pg_cpu_us_per_request),
         per("fits_static_unnamed", &|r| r.pg_cpu_us_per_request),
+    );
+    // What sharing a busy connection among reads is worth to the static router, and mandant (whose reads share one)
+    // against the static router that shares too: like with like for the rest of the server's cost.
+    let shared_gain = ratio("fits_static_shared", "fits_static");
+    let over_shared = ratio("fits_mandant", "fits_static_shared");
+    let handler_over_shared = ratio("fits_mandant_handler", "fits_static_shared");
+    println!(
+        "fits, reads sharing a busy connection: static shared / static = {shared_gain:.3} (p99 {:.2} / {:.2} ms); mandant (shares) / static shared = {over_shared:.3} (paired {:.3}), handler + pool / static shared = {handler_over_shared:.3}",
+        per("fits_static_shared", &|r| r.p99_ms),
+        per("fits_static", &|r| r.p99_ms),
+        paired("fits_mandant", "fits_static_shared"),
     );
     println!(
         "overcommitted: warm-hit {:.3}; on the same trace: ideal LRU {:.3}, static top-k {:.3} (target: within 0.03; top-{main_share}, main's share, {:.3}), Belady {:.3}; {:.0} connects/s",
@@ -904,6 +932,9 @@ async fn main() {
             "fits_ratio_mandant_handler_over_static": handler_ratio,
             "fits_ratio_static_kept_over_unnamed": kept_gain,
             "fits_ratio_mandant_over_static_unnamed": over_unnamed,
+            "fits_ratio_static_shared_over_static": shared_gain,
+            "fits_ratio_mandant_over_static_shared": over_shared,
+            "fits_ratio_mandant_handler_over_static_shared": handler_over_shared,
             "overcommitted_ratio_mandant_over_no_pool": over_ratio,
             "budget_permit_peak": permit_peak,
             "tenant_backend_peak": backend_peak,
@@ -1172,6 +1203,7 @@ fn belady_hit_ratio(warmup: &[u32], measured: &[u32], capacity: usize) -> f64 {
 /// The fair floor for the router's own cost: one fixed pool per tenant, opened up front, no budget logic.
 struct StaticRouter {
     base: String,
+    pools: Arc<HashMap<String, deadpool_postgres::Pool>>,
 }
 
 #[derive(Clone)]
@@ -1179,6 +1211,23 @@ struct StaticState {
     pools: Arc<HashMap<String, deadpool_postgres::Pool>>,
     /// Statements kept prepared per connection, as mandant's routing pool keeps them (else run unnamed).
     keep: bool,
+    /// `Mode::Shared`: per tenant, the connection its requests in flight share (checked out by the first, back in
+    /// the pool when the last is done: mandant's `acquire_shared` without its conditions).
+    shared: Option<Arc<HashMap<String, SharedSlot>>>,
+}
+
+/// The connection a tenant's requests in flight share, while they hold it.
+type SharedSlot = std::sync::Mutex<std::sync::Weak<deadpool_postgres::Object>>;
+
+/// How the static router runs its query.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Unnamed: parsed and planned on every request.
+    Unnamed,
+    /// Kept prepared per connection (deadpool's statement cache), a connection checked out per request.
+    Kept,
+    /// Kept, and a tenant's connection shared by all its requests in flight (tokio-postgres pipelines them).
+    Shared,
 }
 
 /// Each tenant's connect configuration, by slug.
@@ -1232,12 +1281,21 @@ async fn opened_pools(
 }
 
 impl StaticRouter {
-    /// `keep`: statements are kept prepared per connection (as mandant keeps them), else run unnamed.
-    async fn start(slugs: &[String], targets: &[PgTarget], size: usize, keep: bool) -> Self {
+    async fn start(slugs: &[String], targets: &[PgTarget], size: usize, mode: Mode) -> Self {
         let pools = opened_pools(slugs, targets, size, "bench-static").await;
+        let shared = (mode == Mode::Shared).then(|| {
+            Arc::new(
+                slugs
+                    .iter()
+                    .map(|slug| (slug.clone(), SharedSlot::default()))
+                    .collect(),
+            )
+        });
+        let pools = Arc::new(pools);
         let state = StaticState {
-            pools: Arc::new(pools),
-            keep,
+            pools: pools.clone(),
+            keep: mode != Mode::Unnamed,
+            shared,
         };
         let router = axum::Router::new()
             .route(
@@ -1247,6 +1305,14 @@ impl StaticRouter {
             .with_state(state);
         Self {
             base: common::serve(router).await,
+            pools,
+        }
+    }
+
+    /// Closes the router's idle connections (the next phase's warm-up opens them again).
+    fn close_idle(&self) {
+        for pool in self.pools.values() {
+            pool.retain(|_, _| false);
         }
     }
 }
@@ -1256,6 +1322,23 @@ async fn static_get(
     Path((slug, id)): Path<(String, i64)>,
 ) -> Result<Json<Recipient>, StatusCode> {
     let pool = state.pools.get(&slug).ok_or(StatusCode::NOT_FOUND)?;
+    if let Some(slot) = state.shared.as_ref().and_then(|s| s.get(&slug)) {
+        let held = slot.lock().expect("slot").upgrade();
+        let conn = match held {
+            Some(conn) => conn,
+            None => {
+                let conn = Arc::new(
+                    pool.get()
+                        .await
+                        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?,
+                );
+                *slot.lock().expect("slot") = Arc::downgrade(&conn);
+                conn
+            }
+        };
+        let found = recipients::get(&Kept(&conn), id).await;
+        return found.map(Json).map_err(|_| StatusCode::NOT_FOUND);
+    }
     pooled_query(pool, id, state.keep).await
 }
 
