@@ -446,7 +446,8 @@ impl DataPlane {
 
     /// As [`Self::connect_resolved`] for a request, for a read by single statements in autocommit: a connection
     /// it may share with concurrent reads of the client ([`TenantPools::acquire_shared`]). An inner client's
-    /// read, and a read whose route changed meanwhile, gets a connection of its own as `connect_resolved` gives it.
+    /// read, and a read whose client a move froze meanwhile, gets a connection of its own as `connect_resolved`
+    /// gives it.
     pub async fn connect_shared(
         &self,
         resolved: &Resolved,
@@ -456,13 +457,35 @@ impl DataPlane {
             && self.current(resolved)
         {
             let conn = self.pools.acquire_shared(route).await?;
-            if self.routes.generation.load(Ordering::Acquire) == resolved.generation {
+            // As `connect_route`: an invalidation meanwhile (of any client) matters only if this client's move
+            // froze it; then the read waits for the switch below, as one arriving a moment later would.
+            if self
+                .frozen_meanwhile(resolved.generation, &resolved.client)
+                .await?
+                .is_none()
+            {
                 return Ok((resolved.client.clone(), conn));
             }
         }
         // Boxed: the shared path serves nearly every read; their futures need not carry this one.
         let (client, conn) = Box::pin(self.connect_resolved(resolved, Use::Request, false)).await?;
         Ok((client, SharedConn::alone(conn)))
+    }
+
+    /// The client's slug if a move's freeze of `client` began since route cache `generation` (looked up only when
+    /// the cache changed meanwhile, by any client's invalidation).
+    async fn frozen_meanwhile(
+        &self,
+        generation: u64,
+        client: &ClientRecord,
+    ) -> Result<Option<ClientSlug>, DataError> {
+        if self.routes.generation.load(Ordering::Acquire) == generation {
+            return Ok(None);
+        }
+        // Boxed: rare (an invalidation while this request connected), and a lookup's future is large.
+        let slug = ClientSlug::parse(&client.slug).map_err(|_| DataError::NotFound)?;
+        let frozen = Box::pin(self.lookup(&slug)).await?.1.frozen;
+        Ok(frozen.then_some(slug))
     }
 
     /// A connection by `route` to `client`'s database, found at route cache `generation`.
@@ -477,17 +500,13 @@ impl DataPlane {
         // A refusal here (a role just made NOLOGIN, a database just dropped) is re-checked against the client's
         // status where every tenant failure of a request is seen, `http::auth` (`recheck_unavailable`).
         let mut conn = self.pools.acquire_for(&route, usage).await?;
-        if self.routes.generation.load(Ordering::Acquire) != generation {
-            // Boxed: rare (an invalidation while this request connected), and a lookup's future is large.
-            let slug = ClientSlug::parse(&client.slug).map_err(|_| DataError::NotFound)?;
-            if Box::pin(self.lookup(&slug)).await?.1.frozen {
-                // A move's freeze began while this request was connecting: its fence would cut this connection,
-                // so wait for the switch like a request that arrived a moment later.
-                drop(conn);
-                let route;
-                (client, route) = Box::pin(self.active_route(&slug)).await?;
-                conn = self.pools.acquire_for(&route, usage).await?;
-            }
+        if let Some(slug) = self.frozen_meanwhile(generation, &client).await? {
+            // A move's freeze began while this request was connecting: its fence would cut this connection,
+            // so wait for the switch like a request that arrived a moment later.
+            drop(conn);
+            let route;
+            (client, route) = Box::pin(self.active_route(&slug)).await?;
+            conn = self.pools.acquire_for(&route, usage).await?;
         }
         if let Some(inner_no) = client.inner_no {
             conn.begin_scoped(inner_no, snapshot)?;

@@ -882,3 +882,308 @@ async fn concurrent_reads_of_one_recipient_through_the_api_share_the_tenants_one
         1
     );
 }
+
+/// From the review of shared reads (session 21). Cap 2: a write holds one connection, a slow read the other. A
+/// second read must not queue behind the slow statement (a read joins only its tenant's one connection): it waits
+/// at the gate and is served on the write's connection when that comes back, 100 ms later, as without sharing.
+#[tokio::test]
+async fn a_read_does_not_join_a_connection_behind_a_slow_statement_when_the_tenant_has_another_to_wait_for()
+ {
+    let (_app, routes) = tenants(1).await;
+    let route = routes[0].clone();
+    for shared in [false, true] {
+        let router = TenantPools::new(PoolSettings {
+            shared_reads: shared,
+            ..settings(4, 2)
+        });
+        let write = router.acquire(&route).await.unwrap();
+        let slow_reader = router.acquire_shared(&route).await.unwrap();
+        let slow = tokio::spawn({
+            let conn = slow_reader.clone();
+            async move {
+                conn.client()
+                    .query_typed("SELECT pg_sleep(3)::text", &[])
+                    .await
+                    .map(drop)
+            }
+        });
+        drop(slow_reader);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = Instant::now();
+        let read = tokio::spawn({
+            let (router, route) = (router.clone(), route.clone());
+            async move {
+                let conn = router.acquire_shared(&route).await.unwrap();
+                conn.client().query_one("SELECT 1", &[]).await.unwrap();
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The tenant's other connection is back, idle.
+        drop(write);
+        read.await.unwrap();
+        let took = started.elapsed();
+        slow.await.unwrap().unwrap();
+        assert!(
+            took < Duration::from_millis(1500),
+            "shared_reads={shared}: a one-row read took {took:?} (joined {}) although a connection of the tenant was \
+             idle after 100 ms",
+            router.stats().joined
+        );
+    }
+}
+
+/// From the review of shared reads, through the API. Cap 2, request timeout 4 s: a mailing-list read and a
+/// target-group read each wait for a lock on their table (as behind a DDL or `VACUUM FULL`), holding the tenant's
+/// two connections. A recipient read arriving then is served once the mailing-list lock goes and its connection
+/// comes back, not queued behind the blocked target-group statement until the request times out (a 503 before).
+#[tokio::test]
+async fn a_recipient_read_is_served_on_the_connection_that_came_back_not_queued_behind_a_blocked_read()
+ {
+    let app = crate::helpers::spawn_app_with(&[
+        ("MANDANT__ROUTING__PER_TENANT_CAP", "2".into()),
+        ("MANDANT__SERVER__REQUEST_TIMEOUT_SECS", "4".into()),
+    ])
+    .await;
+    app.create_active_client("hol").await;
+    let created = app
+        .post_json(
+            "/v1/clients/hol/recipients",
+            &serde_json::json!({"email": "hol@example.org"}),
+        )
+        .await;
+    let id = crate::helpers::json_body(created, reqwest::StatusCode::CREATED).await["id"]
+        .as_i64()
+        .unwrap();
+    let lists_lock = app.tenant_db("hol").await;
+    let groups_lock = app.tenant_db("hol").await;
+    lists_lock
+        .batch_execute("BEGIN; LOCK TABLE mailing_lists IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    groups_lock
+        .batch_execute("BEGIN; LOCK TABLE target_groups IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let app = std::sync::Arc::new(app);
+    let get = |path: String| {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let response = app.get(&path).await;
+            (response.status(), started.elapsed())
+        })
+    };
+    let lists = get("/v1/clients/hol/mailing-lists".into());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let groups = get("/v1/clients/hol/target-groups".into());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let recipient = get(format!("/v1/clients/hol/recipients/{id}"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The mailing-list read goes on; its connection is back in the pool.
+    lists_lock.batch_execute("COMMIT").await.unwrap();
+    let (lists_status, _) = lists.await.unwrap();
+    assert_eq!(lists_status, reqwest::StatusCode::OK);
+    let (status, took) = recipient.await.unwrap();
+    groups_lock.batch_execute("COMMIT").await.unwrap();
+    let _ = groups.await.unwrap();
+    let joined = app.state.data().pools().stats().joined;
+    assert_eq!(
+        status,
+        reqwest::StatusCode::OK,
+        "a recipient read, with the tenant's other connection idle since ~0.1 s, answered {status} after \
+         {took:?} (joined {joined})"
+    );
+}
+
+/// From the review of shared reads. A shared read that waited for its tenant's connection while another client's
+/// cached route was invalidated (which moves the route cache's generation) keeps the connection it got, as
+/// `connect_route` does unless the client itself was frozen by a move: one request, one checkout.
+#[tokio::test]
+async fn a_shared_read_keeps_its_connection_when_another_clients_route_was_invalidated_while_it_waited()
+ {
+    let app =
+        crate::helpers::spawn_app_with(&[("MANDANT__ROUTING__PER_TENANT_CAP", "1".into())]).await;
+    app.create_active_client("gen-a").await;
+    app.create_active_client("gen-b").await;
+    let slug = mandant::domain::ClientSlug::parse("gen-a").unwrap();
+    let data = app.state.data();
+    // The shared path is in use (the listener is up, the route is current): a second read joins the first.
+    {
+        let first = data
+            .connect_shared(&data.resolve(&slug).await.unwrap())
+            .await
+            .unwrap();
+        let second = data
+            .connect_shared(&data.resolve(&slug).await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(data.pools().stats().joined, 1);
+        drop((first, second));
+    }
+    let resolved = data.resolve(&slug).await.unwrap();
+    // The tenant's one connection, held by a request of its own (not shared).
+    let (_, holder) = data.connect(&slug).await.unwrap();
+    let before = data.pools().stats();
+    let state = app.state.clone();
+    let read = tokio::spawn(async move {
+        let (_, conn) = state.data().connect_shared(&resolved).await.unwrap();
+        drop(conn);
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Another client's cached route is dropped (its status changed, an inner scope grew, ...).
+    data.invalidate("gen-b");
+    drop(holder);
+    read.await.unwrap();
+    let after = data.pools().stats();
+    let checkouts = (after.warm + after.cold) - (before.warm + before.cold);
+    assert_eq!(checkouts, 1, "one read, {checkouts} checkouts");
+}
+
+/// on one shared connection, a statement that fails (22012) and kept statements gone stale (a
+/// column added, 0A000) do not affect the reads pipelined with them; each stale read reruns unnamed.
+#[tokio::test]
+async fn errors_and_stale_kept_statements_on_a_shared_connection_stay_with_their_own_read() {
+    let (app, routes) = tenants(1).await;
+    let route = routes[0].clone();
+    let owner = app.tenant_db("r-00").await;
+    let id: i64 = owner
+        .query_one(
+            "INSERT INTO recipients (email) VALUES ('kept@example.org') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let router = TenantPools::new(settings(4, 1));
+    let first = router.acquire_shared(&route).await.unwrap();
+    for _ in 0..3 {
+        recipients::get(&*first, id).await.unwrap();
+    }
+    let mut joined = vec![first];
+    for _ in 0..6 {
+        joined.push(router.acquire_shared(&route).await.unwrap());
+    }
+    assert_eq!(router.stats().joined, 6);
+    owner
+        .batch_execute("ALTER TABLE recipients ADD COLUMN review_extra text")
+        .await
+        .unwrap();
+    let failing = joined[0].client().query_typed("SELECT (1/0)::text", &[]);
+    let reads = joined.iter().map(|c| recipients::get(&**c, id));
+    let (failed, found) = tokio::join!(failing, futures_util::future::join_all(reads));
+    assert_eq!(
+        failed.unwrap_err().code(),
+        Some(&deadpool_postgres::tokio_postgres::error::SqlState::DIVISION_BY_ZERO)
+    );
+    for r in found {
+        let r = r.unwrap();
+        assert_eq!(r.email.as_deref(), Some("kept@example.org"));
+        assert!(r.fields.contains_key("review_extra"));
+    }
+}
+
+/// a joined read dropped mid-statement (a client that hung up) leaves the other reads on the
+/// connection unaffected, and the connection returns to the pool in order once the last holder is done.
+#[tokio::test]
+async fn a_joined_read_cancelled_mid_statement_does_not_disturb_the_others() {
+    let (_app, routes) = tenants(1).await;
+    let route = routes[0].clone();
+    let router = TenantPools::new(settings(4, 1));
+    let first = router.acquire_shared(&route).await.unwrap();
+    let second = router.acquire_shared(&route).await.unwrap();
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(100),
+        second
+            .client()
+            .query_typed("SELECT pg_sleep(0.5)::text", &[]),
+    )
+    .await;
+    assert!(cancelled.is_err());
+    drop(second);
+    let row = first
+        .client()
+        .query_one("SELECT 41 + 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42);
+    drop(first);
+    let alone = router.acquire(&route).await.unwrap();
+    let row = alone
+        .client()
+        .query_one("SELECT 'next'::text", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "next");
+}
+
+/// at a cap of one, concurrent reads of callers with and without the private-data right share the
+/// tenant's connection; each answer is masked by its own caller's right (masking is applied per request, in Rust).
+#[tokio::test]
+async fn reads_sharing_a_connection_are_masked_by_their_own_callers_right() {
+    use crate::access::{call, user};
+    let app =
+        crate::helpers::spawn_app_with(&[("MANDANT__ROUTING__PER_TENANT_CAP", "1".into())]).await;
+    app.create_active_client("maskc").await;
+    app.create_active_client("homec").await;
+    let created = app
+        .post_json(
+            "/v1/clients/maskc/recipients",
+            &serde_json::json!({"email": "anna@example.org", "first_name": "Anna"}),
+        )
+        .await;
+    let id = crate::helpers::json_body(created, reqwest::StatusCode::CREATED).await["id"]
+        .as_i64()
+        .unwrap();
+    let private = user(
+        &app,
+        "rv-private",
+        "homec",
+        &["client-admin"],
+        &[("homec", "full", false), ("maskc", "read", true)],
+    )
+    .await;
+    let plain = user(
+        &app,
+        "rv-plain",
+        "homec",
+        &["client-admin"],
+        &[("homec", "full", false), ("maskc", "read", false)],
+    )
+    .await;
+    let app = &app;
+    for _ in 0..20 {
+        let reads = (0..24).map(|i| {
+            let (token, shown) = if i % 2 == 0 {
+                (private.as_str(), true)
+            } else {
+                (plain.as_str(), false)
+            };
+            async move {
+                let path = if i % 4 < 2 {
+                    format!("/v1/clients/maskc/recipients/{id}")
+                } else {
+                    "/v1/clients/maskc/recipients".to_owned()
+                };
+                let (status, _, body) =
+                    call(app, Some(token), reqwest::Method::GET, &path, None).await;
+                assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+                let r = if body.get("items").is_some() {
+                    body["items"][0].clone()
+                } else {
+                    body
+                };
+                if shown {
+                    assert_eq!(r["email"], "anna@example.org", "{r}");
+                } else {
+                    assert_eq!(r["email"], serde_json::Value::Null, "{r}");
+                    assert!(!r.to_string().contains("anna"), "{r}");
+                }
+            }
+        });
+        futures_util::future::join_all(reads).await;
+        if app.state.data().pools().stats().joined > 0 {
+            break;
+        }
+    }
+    assert!(app.state.data().pools().stats().joined > 0, "never shared");
+}

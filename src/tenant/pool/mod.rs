@@ -67,8 +67,8 @@ const SHARE_OWN_REQUESTS: usize = 3;
 /// A tenant unused this long has gone quiet: a warm tenant may take over its idle connection.
 const STALE_IDLE: Duration = Duration::from_secs(1);
 
-/// Reads in flight on one shared connection at most (the one that checked it out included): a read that would
-/// wait deeper in the pipeline than this waits for a connection instead.
+/// Reads holding one shared connection at most (the one that checked it out included): a read that would wait
+/// deeper in the pipeline than this waits for the connection instead.
 const SHARED_IN_FLIGHT: usize = 8;
 /// Reads that may join one shared connection while it is out, so it returns to its pool (recycled, expired, its
 /// tenant's other requests served in turn) however steady the reads are.
@@ -326,43 +326,48 @@ impl TenantPools {
     /// its own. A [`SharedConn`] only lends the connection (`&`), so nothing that needs it alone (an inner
     /// client's transaction, [`PooledConn::abandon`]) can be done through it.
     ///
-    /// A read joins a connection another read holds only where it would otherwise wait or connect: the tenant
-    /// has no idle connection, may not open another (its cap, or the server's budget, is full), nobody waits
-    /// for its connections (so a write queued at its gate is not overtaken for long), and the connection is not
-    /// a share connection that cold requests are waiting for; at most [`SHARED_IN_FLIGHT`] reads at once and
-    /// [`SHARED_JOINS`] joins per checkout. Otherwise it is [`Self::acquire`].
+    /// A read joins a connection another read holds only where it would otherwise wait for that very
+    /// connection: it is the tenant's one connection and out, the tenant is at its cap (so may not open another),
+    /// nobody waits for it already (so a write queued at the gate is not overtaken), and it is not a share
+    /// connection that cold requests are waiting for; at most [`SHARED_IN_FLIGHT`] reads hold it at once and
+    /// [`SHARED_JOINS`] joins per checkout. Otherwise it is [`Self::acquire`]. A join is recorded as a warm acquire
+    /// that took no time (`tenant_pool_acquire_seconds`): its wait is in its statement, behind those sent before.
     pub async fn acquire_shared(&self, route: &TenantRoute) -> Result<SharedConn, RouteError> {
+        let tenant = self.inner.tenant(route)?;
         if !self.inner.settings.shared_reads {
-            return Ok(SharedConn::alone(self.acquire(route).await?));
+            let conn = self.acquire_from(tenant, route, Use::Request).await?;
+            return Ok(SharedConn::alone(conn));
         }
-        if let Some(joined) = self.join(route)? {
+        if let Some(joined) = self.join(&tenant, route) {
             return Ok(joined);
         }
-        let hold = Arc::new(SharedHold::new(self.acquire(route).await?));
+        let hold = Arc::new(SharedHold::new(
+            self.acquire_from(tenant, route, Use::Request).await?,
+        ));
         *lock(&hold.conn.tenant.shared) = Arc::downgrade(&hold);
         Ok(SharedConn(hold))
     }
 
     /// The connection another read of the tenant holds, if this read may join it (see [`Self::acquire_shared`]).
-    fn join(&self, route: &TenantRoute) -> Result<Option<SharedConn>, RouteError> {
-        let tenant = self.inner.tenant(route)?;
-        let waits = tenant.counts.idle() == 0
-            && (tenant.gate.available_permits() == 0
-                || tenant.budget.permits.available_permits() == 0)
+    fn join(&self, tenant: &TenantPool, route: &TenantRoute) -> Option<SharedConn> {
+        // One connection, out, at the tenant's cap: a request would wait for this very connection (with two or
+        // more it gets whichever comes back first, which a read queued behind one slow statement would not;
+        // found in review), and a connect in progress (counted) would be another one to wait for.
+        let waits = tenant.counts.connections() == 1
+            && tenant.counts.idle() == 0
+            && tenant.gate.available_permits() == 0
             && tenant.own_waiters.load(Ordering::SeqCst) == 0
             && !(tenant.in_share.load(Ordering::SeqCst)
                 && tenant.budget.share_waiters.load(Ordering::SeqCst) > 0);
         if !waits {
-            return Ok(None);
+            return None;
         }
-        let Some(hold) = lock(&tenant.shared).upgrade() else {
-            return Ok(None);
-        };
+        let hold = lock(&tenant.shared).upgrade()?;
         if Arc::strong_count(&hold) > SHARED_IN_FLIGHT
             || hold.conn.client.is_closed()
             || hold.joins.fetch_add(1, Ordering::Relaxed) >= SHARED_JOINS
         {
-            return Ok(None);
+            return None;
         }
         // Served as a warm request is: counted in the policy's sketch and refreshed in its region.
         {
@@ -378,7 +383,7 @@ impl TenantPools {
         handles.joined.increment(1);
         self.inner.warm.fetch_add(1, Ordering::Relaxed);
         self.inner.joined.fetch_add(1, Ordering::Relaxed);
-        Ok(Some(SharedConn(hold)))
+        Some(SharedConn(hold))
     }
 
     /// A connection to the tenant's database, as its own role, for a request (`Use::Request`: the tenant counts
@@ -388,7 +393,18 @@ impl TenantPools {
         route: &TenantRoute,
         usage: Use,
     ) -> Result<PooledConn, RouteError> {
-        let (mut conn, counted) = self.checkout(route, usage).await?;
+        let tenant = self.inner.tenant(route)?;
+        self.acquire_from(tenant, route, usage).await
+    }
+
+    /// [`Self::acquire_for`] from the tenant's pool, looked up by the caller.
+    async fn acquire_from(
+        &self,
+        tenant: Arc<TenantPool>,
+        route: &TenantRoute,
+        usage: Use,
+    ) -> Result<PooledConn, RouteError> {
+        let (mut conn, counted) = self.checkout(tenant, route, usage).await?;
         let fresh = conn
             .conn
             .as_ref()
@@ -436,11 +452,11 @@ impl TenantPools {
     /// before a tenant without an idle connection may have to be admitted).
     async fn checkout(
         &self,
+        tenant: Arc<TenantPool>,
         route: &TenantRoute,
         usage: Use,
     ) -> Result<(PooledConn, bool), RouteError> {
         let started = Instant::now();
-        let tenant = self.inner.tenant(route)?;
         if let Some(error) = tenant.broken() {
             metrics::counter!("tenant_pool_fast_failures_total").increment(1);
             return Err(error);
