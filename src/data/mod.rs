@@ -19,14 +19,14 @@ pub mod inner;
 pub mod lists;
 pub mod recipients;
 pub mod retention;
+mod routes;
 pub mod rules;
 pub mod schema;
 pub mod target_groups;
 pub mod templates;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::tokio_postgres;
@@ -41,6 +41,8 @@ use crate::shutdown::CancellationToken;
 use crate::tenant::TenantError;
 use crate::tenant::pool::{PooledConn, RouteError, SharedConn, TenantPools, TenantRoute, Use};
 use crate::tenant::targets::Targets;
+pub use routes::{ROUTE_SAFETY_TTL, Resolved};
+use routes::{RouteCache, Routed};
 
 /// A bound value with the PostgreSQL type its placeholder is (or is cast to), for `Client::query_typed`: a rule's
 /// parameters ([`rules::Compiled`]) and a recipient write's.
@@ -110,10 +112,6 @@ impl Privacy {
     }
 }
 
-/// How long a cached route is trusted at most, although every change is notified: a safety net for a
-/// notification lost in a way the listener's ping does not notice.
-pub const ROUTE_SAFETY_TTL: Duration = Duration::from_secs(300);
-
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error("not found")]
@@ -176,100 +174,6 @@ pub enum DataError {
 /// parent's id with fixed bits flipped, so it can never be a client's own id in practice and needs no lookup.
 pub fn inner_pool_key(parent_id: uuid::Uuid) -> uuid::Uuid {
     uuid::Uuid::from_u128(parent_id.as_u128() ^ 0x5a5a_0000_0000_0000_0000_0000_0000_a5a5)
-}
-
-/// What [`DataPlane::resolve`] found: a client, its route once placed (while the listener was up), when the entry
-/// was fetched, and the route cache's generation then. Only the data plane reads the route, for the very client it
-/// was found with.
-#[derive(Clone)]
-pub struct Resolved {
-    client: Arc<ClientRecord>,
-    route: Option<Arc<TenantRoute>>,
-    fetched: Instant,
-    generation: u64,
-}
-
-impl Resolved {
-    /// A client known without its route (found some other way): a connection for it looks the client up afresh.
-    pub fn unrouted(client: Arc<ClientRecord>) -> Self {
-        Self {
-            client,
-            route: None,
-            fetched: Instant::now(),
-            generation: 0,
-        }
-    }
-
-    /// The client found.
-    pub fn client(&self) -> &Arc<ClientRecord> {
-        &self.client
-    }
-}
-
-/// slug → (fetched at, client, route once placed); shared, so a hit costs two reference counts, not copies.
-type Routed = (Instant, Arc<ClientRecord>, Option<Arc<TenantRoute>>);
-
-#[derive(Default)]
-struct RouteCache {
-    entries: Mutex<HashMap<String, Routed>>,
-    /// Whether the clients listener is up (the cache serves only then).
-    listening: AtomicBool,
-    /// Bumped by every invalidation.
-    generation: AtomicU64,
-    /// Woken by every invalidation (requests waiting for a move's switch look again at once).
-    changed: tokio::sync::Notify,
-}
-
-impl RouteCache {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Routed>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Every invalidation: `edit` the entries, then bump the generation, under the map's lock. Whoever reads the
-    /// new generation cannot then find a removed entry (`DataPlane::resolve` relies on it), and a load that began
-    /// before sees the bump when it comes to insert (`DataPlane::load`).
-    fn invalidate(&self, edit: impl FnOnce(&mut HashMap<String, Routed>)) {
-        let mut entries = self.lock();
-        edit(&mut entries);
-        self.generation.fetch_add(1, Ordering::AcqRel);
-    }
-
-    fn clear(&self) {
-        self.invalidate(HashMap::clear);
-        self.changed.notify_waiters();
-    }
-
-    fn remove(&self, slug: &str) {
-        self.invalidate(|entries| {
-            entries.remove(slug);
-        });
-        self.changed.notify_waiters();
-    }
-
-    /// Forgets the routes of a client's inner clients (they lead to its database).
-    fn remove_children(&self, parent: uuid::Uuid) {
-        self.invalidate(|entries| {
-            entries.retain(|_, (_, client, _)| {
-                !(client.is_inner() && client.parent_id == Some(parent))
-            })
-        });
-    }
-
-    /// An active client's route, while the listener is up and the entry is young enough.
-    fn get(&self, slug: &str) -> Option<Routed> {
-        if !self.listening.load(Ordering::Acquire) {
-            return None;
-        }
-        self.lock()
-            .get(slug)
-            .filter(|(at, client, route)| {
-                at.elapsed() < ROUTE_SAFETY_TTL
-                    && client.status == ClientStatus::Active
-                    && !client.frozen
-                    && route.is_some()
-            })
-            .cloned()
-    }
 }
 
 /// The data plane of one process: route cache, routing pool and tenant targets. Cheap to clone.
@@ -415,7 +319,7 @@ impl DataPlane {
         snapshot: bool,
     ) -> Result<(Arc<ClientRecord>, PooledConn), DataError> {
         match &resolved.route {
-            Some(route) if self.current(resolved) => {
+            Some(route) if self.routes.current(resolved) => {
                 self.connect_route(
                     resolved.generation,
                     resolved.client.clone(),
@@ -434,16 +338,6 @@ impl DataPlane {
         }
     }
 
-    /// Whether `resolved`'s route may still be used as it is: the route cache has not changed since, is kept
-    /// current by notifications, and the client is active and not being moved.
-    fn current(&self, resolved: &Resolved) -> bool {
-        self.routes.generation.load(Ordering::Acquire) == resolved.generation
-            && self.routes.listening.load(Ordering::Acquire)
-            && resolved.fetched.elapsed() < ROUTE_SAFETY_TTL
-            && resolved.client.status == ClientStatus::Active
-            && !resolved.client.frozen
-    }
-
     /// As [`Self::connect_resolved`] for a request, for a read by single statements in autocommit: a connection
     /// it may share with concurrent reads of the client ([`TenantPools::acquire_shared`]). An inner client's
     /// read, and a read whose client a move froze meanwhile, gets a connection of its own as `connect_resolved`
@@ -454,7 +348,7 @@ impl DataPlane {
     ) -> Result<(Arc<ClientRecord>, SharedConn), DataError> {
         if let Some(route) = &resolved.route
             && resolved.client.inner_no.is_none()
-            && self.current(resolved)
+            && self.routes.current(resolved)
         {
             let conn = self.pools.acquire_shared(route).await?;
             // As `connect_route`: an invalidation meanwhile (of any client) matters only if this client's move

@@ -40,17 +40,20 @@ use deadpool_postgres::tokio_postgres::{self};
 use tokio::sync::TryAcquireError;
 use uuid::Uuid;
 
-use crate::config::RoutingSettings;
 use crate::db::{PgTarget, describe_pg_error};
 
 mod conn;
 pub mod policy;
+mod settings;
+mod shared;
 mod state;
 mod tenant;
 
 use conn::{Count, Counts, ServerBudget, Tally};
 pub use conn::{PooledConn, TenantConn, TenantManager};
 pub use policy::Region;
+pub use settings::PoolSettings;
+pub use shared::SharedConn;
 use state::{Inner, TenantPool, WaiterGuard, lock};
 
 /// How long a connection-less tenant waits for a freed permit before looking for idle connections again.
@@ -66,88 +69,6 @@ const SHARE_RETRY: Duration = Duration::from_millis(20);
 const SHARE_OWN_REQUESTS: usize = 3;
 /// A tenant unused this long has gone quiet: a warm tenant may take over its idle connection.
 const STALE_IDLE: Duration = Duration::from_secs(1);
-
-/// Reads holding one shared connection at most (the one that checked it out included): a read that would wait
-/// deeper in the pipeline than this waits for the connection instead.
-const SHARED_IN_FLIGHT: usize = 8;
-/// Reads that may join one shared connection while it is out, so it returns to its pool (recycled, expired, its
-/// tenant's other requests served in turn) however steady the reads are.
-const SHARED_JOINS: usize = 64;
-
-/// Limits and timings of the routing pool.
-#[derive(Debug, Clone)]
-pub struct PoolSettings {
-    /// Connections one mandant process may hold to one database server, all tenants together.
-    pub budget_per_server: usize,
-    /// Connections one tenant may hold.
-    pub per_tenant_cap: usize,
-    /// Requests that may wait for a connection of one tenant; more are refused at once (`Busy`).
-    pub max_waiters_per_tenant: usize,
-    /// How long a request waits for a connection.
-    pub acquire_timeout: Duration,
-    /// An idle connection older than this (since its last use) is closed by garbage collection.
-    pub idle_ttl: Duration,
-    /// A connection is closed after this long (±10% jitter, so connections do not expire together).
-    pub max_lifetime: Duration,
-    /// How long a tenant whose connection failed is answered from memory.
-    pub breaker_cooldown: Duration,
-    /// A tenant pool without connections and unused for this long is dropped.
-    pub pool_idle_drop: Duration,
-    /// How long after the last eviction by a cold tenant the fair-share caps start growing back.
-    pub fair_share_hold: Duration,
-    /// Connections that work visiting many tenants (`Use::Scan`) may take from others when the budget is full.
-    pub scan_share: usize,
-    /// Fixed statements are kept prepared on each connection (see [`crate::tenant::statements`]).
-    pub prepared_statements: bool,
-    /// Concurrent reads of one tenant may share a busy connection instead of waiting for one (see
-    /// [`TenantPools::acquire_shared`]).
-    pub shared_reads: bool,
-}
-
-impl Default for PoolSettings {
-    fn default() -> Self {
-        Self {
-            budget_per_server: 40,
-            per_tenant_cap: 4,
-            max_waiters_per_tenant: 64,
-            acquire_timeout: Duration::from_secs(5),
-            idle_ttl: Duration::from_secs(300),
-            max_lifetime: Duration::from_secs(3600),
-            breaker_cooldown: Duration::from_secs(2),
-            pool_idle_drop: Duration::from_secs(600),
-            fair_share_hold: Duration::from_secs(10),
-            scan_share: 10,
-            prepared_statements: true,
-            shared_reads: true,
-        }
-    }
-}
-
-impl PoolSettings {
-    /// The admission policy's regions for this budget (see [`policy::Shares::for_budget`]).
-    pub fn shares(&self) -> policy::Shares {
-        policy::Shares::for_budget(self.budget_per_server, policy::SAMPLE_FACTOR)
-    }
-}
-
-impl From<&RoutingSettings> for PoolSettings {
-    fn from(s: &RoutingSettings) -> Self {
-        Self {
-            budget_per_server: s.budget_per_server,
-            per_tenant_cap: s.per_tenant_cap,
-            max_waiters_per_tenant: s.max_waiters_per_tenant,
-            acquire_timeout: Duration::from_millis(s.acquire_timeout_ms),
-            idle_ttl: Duration::from_secs(s.idle_ttl_secs),
-            max_lifetime: Duration::from_secs(s.max_lifetime_secs),
-            breaker_cooldown: Duration::from_millis(s.breaker_cooldown_ms),
-            pool_idle_drop: Duration::from_secs(s.pool_idle_drop_secs),
-            fair_share_hold: Duration::from_secs(s.fair_share_hold_secs),
-            scan_share: s.scan_share,
-            prepared_statements: s.prepared_statements,
-            shared_reads: s.shared_reads,
-        }
-    }
-}
 
 /// Where one tenant's connections go: decided by the caller from the (cached) control-plane record.
 #[derive(Debug, Clone)]
@@ -228,49 +149,6 @@ impl PoolStats {
     }
 }
 
-/// A connection lent to concurrent reads of one tenant ([`TenantPools::acquire_shared`]); returns to its pool
-/// when the last of them drops it.
-#[derive(Clone)]
-pub struct SharedConn(Arc<SharedHold>);
-
-/// The connection behind a [`SharedConn`], and how many reads joined it.
-pub(super) struct SharedHold {
-    conn: PooledConn,
-    joins: std::sync::atomic::AtomicUsize,
-}
-
-impl SharedConn {
-    /// A connection of its own as a `SharedConn` that no other read joins.
-    pub fn alone(conn: PooledConn) -> Self {
-        Self(Arc::new(SharedHold::new(conn)))
-    }
-}
-
-impl SharedHold {
-    fn new(conn: PooledConn) -> Self {
-        Self {
-            conn,
-            joins: std::sync::atomic::AtomicUsize::new(0),
-        }
-    }
-}
-
-impl std::ops::Deref for SharedConn {
-    type Target = PooledConn;
-
-    fn deref(&self) -> &PooledConn {
-        &self.0.conn
-    }
-}
-
-impl std::fmt::Debug for SharedConn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedConn")
-            .field("readers", &Arc::strong_count(&self.0))
-            .finish_non_exhaustive()
-    }
-}
-
 /// Budget use of one server, for `/metrics` and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BudgetStatus {
@@ -317,73 +195,6 @@ impl TenantPools {
     /// A connection to the tenant's database, as its own role, for a request of the tenant's own.
     pub async fn acquire(&self, route: &TenantRoute) -> Result<PooledConn, RouteError> {
         self.acquire_for(route, Use::Request).await
-    }
-
-    /// A connection for a request that only reads, and only by single statements in autocommit (no transaction, no
-    /// `COPY`, no session setting): another such request of the tenant may run its statements on the same
-    /// connection at the same time. tokio-postgres pipelines them (a query is sent while earlier ones run;
-    /// PostgreSQL answers in order), and each statement is its own transaction, as it would be on a connection of
-    /// its own. A [`SharedConn`] only lends the connection (`&`), so nothing that needs it alone (an inner
-    /// client's transaction, [`PooledConn::abandon`]) can be done through it.
-    ///
-    /// A read joins a connection another read holds only where it would otherwise wait for that very
-    /// connection: it is the tenant's one connection and out, the tenant is at its cap (so may not open another),
-    /// nobody waits for it already (so a write queued at the gate is not overtaken), and it is not a share
-    /// connection that cold requests are waiting for; at most [`SHARED_IN_FLIGHT`] reads hold it at once and
-    /// [`SHARED_JOINS`] joins per checkout. Otherwise it is [`Self::acquire`]. A join is recorded as a warm acquire
-    /// that took no time (`tenant_pool_acquire_seconds`): its wait is in its statement, behind those sent before.
-    pub async fn acquire_shared(&self, route: &TenantRoute) -> Result<SharedConn, RouteError> {
-        let tenant = self.inner.tenant(route)?;
-        if !self.inner.settings.shared_reads {
-            let conn = self.acquire_from(tenant, route, Use::Request).await?;
-            return Ok(SharedConn::alone(conn));
-        }
-        if let Some(joined) = self.join(&tenant, route) {
-            return Ok(joined);
-        }
-        let hold = Arc::new(SharedHold::new(
-            self.acquire_from(tenant, route, Use::Request).await?,
-        ));
-        *lock(&hold.conn.tenant.shared) = Arc::downgrade(&hold);
-        Ok(SharedConn(hold))
-    }
-
-    /// The connection another read of the tenant holds, if this read may join it (see [`Self::acquire_shared`]).
-    fn join(&self, tenant: &TenantPool, route: &TenantRoute) -> Option<SharedConn> {
-        // One connection, out, at the tenant's cap: a request would wait for this very connection (with two or
-        // more it gets whichever comes back first, which a read queued behind one slow statement would not;
-        // found in review), and a connect in progress (counted) would be another one to wait for.
-        let waits = tenant.counts.connections() == 1
-            && tenant.counts.idle() == 0
-            && tenant.gate.available_permits() == 0
-            && tenant.own_waiters.load(Ordering::SeqCst) == 0
-            && !(tenant.in_share.load(Ordering::SeqCst)
-                && tenant.budget.share_waiters.load(Ordering::SeqCst) > 0);
-        if !waits {
-            return None;
-        }
-        let hold = lock(&tenant.shared).upgrade()?;
-        if Arc::strong_count(&hold) > SHARED_IN_FLIGHT
-            || hold.conn.client.is_closed()
-            || hold.joins.fetch_add(1, Ordering::Relaxed) >= SHARED_JOINS
-        {
-            return None;
-        }
-        // Served as a warm request is: counted in the policy's sketch and refreshed in its region.
-        {
-            let mut policy = lock(&tenant.budget.policy);
-            policy.count(route.client_id);
-            policy.record(route.client_id, Use::Request, false);
-        }
-        tenant.note_served();
-        tenant.touch();
-        let handles = self.inner.metrics();
-        handles.acquire_seconds.record(0.0);
-        handles.warm.increment(1);
-        handles.joined.increment(1);
-        self.inner.warm.fetch_add(1, Ordering::Relaxed);
-        self.inner.joined.fetch_add(1, Ordering::Relaxed);
-        Some(SharedConn(hold))
     }
 
     /// A connection to the tenant's database, as its own role, for a request (`Use::Request`: the tenant counts

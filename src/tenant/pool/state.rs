@@ -47,7 +47,7 @@ pub(super) struct TenantPool {
     pub(super) last_used: AtomicU64,
     pub(super) broken: Mutex<Option<(Instant, RouteError)>>,
     /// The connection reads of this tenant last shared ([`super::TenantPools::acquire_shared`]), while they hold it.
-    pub(super) shared: Mutex<std::sync::Weak<super::SharedHold>>,
+    pub(super) shared: Mutex<std::sync::Weak<super::shared::SharedHold>>,
 }
 
 /// Handles of the metrics recorded on every acquire, registered once (a lookup per request costs ~5% of a warm
