@@ -683,6 +683,30 @@ mod tests {
         .to_string();
         assert!(err.contains("tenants.db_prefix"), "{err}");
 
+        // The routing pool's switches take a boolean, nothing else; set, they are what was given.
+        for (variable, key) in [
+            ("MANDANT__ROUTING__SHARED_READS", "routing.shared_reads"),
+            (
+                "MANDANT__ROUTING__PREPARED_STATEMENTS",
+                "routing.prepared_statements",
+            ),
+        ] {
+            let err = Settings::load(&LoadOptions {
+                env: env(&[(variable, "sometimes")]),
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(key), "{err}");
+        }
+        let off = Settings::load(&LoadOptions {
+            env: env(&[("MANDANT__ROUTING__SHARED_READS", "false")]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(!off.routing.shared_reads);
+        assert!(off.routing.prepared_statements);
+
         for naptime in ["0", "2147484"] {
             let err = Settings::load(&LoadOptions {
                 env: env(&[("MANDANT__EMBEDDED__AUTOVACUUM_NAPTIME_SECS", naptime)]),

@@ -90,9 +90,7 @@ impl ClientScope {
         state: &AppState,
     ) -> Result<crate::tenant::pool::SharedConn, DataError> {
         let (client, conn) = state.data().connect_shared(&self.resolved).await?;
-        if client.id != self.client.id {
-            return Err(DataError::NotFound);
-        }
+        self.same_client(&client)?;
         Ok(conn)
     }
 
@@ -106,10 +104,18 @@ impl ClientScope {
             .data()
             .connect_resolved(&self.resolved, crate::tenant::pool::Use::Request, snapshot)
             .await?;
-        if client.id != self.client.id {
-            return Err(DataError::NotFound);
-        }
+        self.same_client(&client)?;
         Ok((client, conn))
+    }
+
+    /// The client a connection was found for must be the very client the access check found (a slug moved on to
+    /// another client meanwhile is that other client's, never this request's).
+    fn same_client(&self, client: &ClientRecord) -> Result<(), DataError> {
+        if client.id == self.client.id {
+            Ok(())
+        } else {
+            Err(DataError::NotFound)
+        }
     }
 
     /// Whether [`Self::finish`] has a transaction to end. Without waiting: the handler has answered, so normally

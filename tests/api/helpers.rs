@@ -340,6 +340,16 @@ impl TestApp {
         client
     }
 
+    /// A recipient created through the API in the client `slug` (`body`: its fields); its id.
+    pub async fn create_recipient(&self, slug: &str, body: &serde_json::Value) -> i64 {
+        let created = self
+            .post_json(&format!("/v1/clients/{slug}/recipients"), body)
+            .await;
+        json_body(created, reqwest::StatusCode::CREATED).await["id"]
+            .as_i64()
+            .expect("recipient id")
+    }
+
     /// `GET /v1/clients/{slug}` as JSON.
     pub async fn client_json(&self, slug: &str) -> serde_json::Value {
         self.get(&format!("/v1/clients/{slug}"))

@@ -1576,8 +1576,7 @@ async fn an_inner_clients_reads_right_after_a_field_was_added_are_answered() {
 #[tokio::test]
 async fn concurrent_reads_of_an_inner_client_and_its_parent_at_a_cap_of_one_each_see_exactly_their_own()
  {
-    let app =
-        crate::helpers::spawn_app_with(&[("MANDANT__ROUTING__PER_TENANT_CAP", "1".into())]).await;
+    let app = crate::routing::app_with_cap(1).await;
     let shop = shop(&app).await;
     let app = &app;
     let mut parent_joins = 0;

@@ -13,16 +13,7 @@ pub async fn app_without_purge_loop() -> TestApp {
 }
 
 pub async fn recipient(app: &TestApp, slug: &str, email: &str) -> i64 {
-    let body = json_body(
-        app.post_json(
-            &format!("/v1/clients/{slug}/recipients"),
-            &json!({"email": email}),
-        )
-        .await,
-        StatusCode::CREATED,
-    )
-    .await;
-    body["id"].as_i64().unwrap()
+    app.create_recipient(slug, &json!({"email": email})).await
 }
 
 pub async fn list(app: &TestApp, slug: &str, name: &str) -> i64 {

@@ -33,6 +33,11 @@ fn settings(budget: usize, cap: usize) -> PoolSettings {
     }
 }
 
+/// An app whose tenants hold at most `cap` connections each.
+pub(crate) async fn app_with_cap(cap: usize) -> TestApp {
+    crate::helpers::spawn_app_with(&[("MANDANT__ROUTING__PER_TENANT_CAP", cap.to_string())]).await
+}
+
 /// Tenant connections on the cluster right now (their roles share the test's prefix).
 async fn tenant_backends(app: &TestApp) -> i64 {
     let pattern = format!("{}%", app.settings.tenants.db_prefix.replace('_', "\\_"));
@@ -839,18 +844,14 @@ async fn a_shared_connection_takes_a_bounded_number_of_joins_and_none_with_share
 #[tokio::test]
 async fn concurrent_reads_of_one_recipient_through_the_api_share_the_tenants_one_connection_and_all_answer()
  {
-    let app =
-        crate::helpers::spawn_app_with(&[("MANDANT__ROUTING__PER_TENANT_CAP", "1".into())]).await;
+    let app = app_with_cap(1).await;
     app.create_active_client("gamma").await;
-    let created = app
-        .post_json(
-            "/v1/clients/gamma/recipients",
+    let id = app
+        .create_recipient(
+            "gamma",
             &serde_json::json!({"email": "shared@example.org", "first_name": "Sam"}),
         )
         .await;
-    let id = crate::helpers::json_body(created, reqwest::StatusCode::CREATED).await["id"]
-        .as_i64()
-        .unwrap();
     let path = format!("/v1/clients/gamma/recipients/{id}");
     // Bursts of concurrent reads until some of them joined the connection another read held (each burst
     // makes that overwhelmingly likely; the loop makes the test independent of timing).
@@ -945,15 +946,9 @@ async fn a_recipient_read_is_served_on_the_connection_that_came_back_not_queued_
     ])
     .await;
     app.create_active_client("hol").await;
-    let created = app
-        .post_json(
-            "/v1/clients/hol/recipients",
-            &serde_json::json!({"email": "hol@example.org"}),
-        )
+    let id = app
+        .create_recipient("hol", &serde_json::json!({"email": "hol@example.org"}))
         .await;
-    let id = crate::helpers::json_body(created, reqwest::StatusCode::CREATED).await["id"]
-        .as_i64()
-        .unwrap();
     let lists_lock = app.tenant_db("hol").await;
     let groups_lock = app.tenant_db("hol").await;
     lists_lock
@@ -1001,8 +996,7 @@ async fn a_recipient_read_is_served_on_the_connection_that_came_back_not_queued_
 #[tokio::test]
 async fn a_shared_read_keeps_its_connection_when_another_clients_route_was_invalidated_while_it_waited()
  {
-    let app =
-        crate::helpers::spawn_app_with(&[("MANDANT__ROUTING__PER_TENANT_CAP", "1".into())]).await;
+    let app = app_with_cap(1).await;
     app.create_active_client("gen-a").await;
     app.create_active_client("gen-b").await;
     let slug = mandant::domain::ClientSlug::parse("gen-a").unwrap();
@@ -1121,19 +1115,15 @@ async fn a_joined_read_cancelled_mid_statement_does_not_disturb_the_others() {
 #[tokio::test]
 async fn reads_sharing_a_connection_are_masked_by_their_own_callers_right() {
     use crate::access::{call, user};
-    let app =
-        crate::helpers::spawn_app_with(&[("MANDANT__ROUTING__PER_TENANT_CAP", "1".into())]).await;
+    let app = app_with_cap(1).await;
     app.create_active_client("maskc").await;
     app.create_active_client("homec").await;
-    let created = app
-        .post_json(
-            "/v1/clients/maskc/recipients",
+    let id = app
+        .create_recipient(
+            "maskc",
             &serde_json::json!({"email": "anna@example.org", "first_name": "Anna"}),
         )
         .await;
-    let id = crate::helpers::json_body(created, reqwest::StatusCode::CREATED).await["id"]
-        .as_i64()
-        .unwrap();
     let private = user(
         &app,
         "rv-private",
@@ -1186,4 +1176,44 @@ async fn reads_sharing_a_connection_are_masked_by_their_own_callers_right() {
         }
     }
     assert!(app.state.data().pools().stats().joined > 0, "never shared");
+}
+
+/// A tenant's backend ended while reads share its connection (a server restart, an administrator's
+/// `pg_terminate_backend`): every read on it fails at once instead of hanging, no read joins the dead connection,
+/// and once the reads let go the next one is served on a new connection.
+#[tokio::test]
+async fn reads_sharing_a_connection_whose_backend_dies_fail_at_once_and_the_next_read_gets_a_new_connection()
+ {
+    let (app, routes) = tenants(1).await;
+    let route = &routes[0];
+    let (id, owner) = one_recipient(&app).await;
+    let router = TenantPools::new(settings(4, 1));
+    let first = router.acquire_shared(route).await.unwrap();
+    let second = router.acquire_shared(route).await.unwrap();
+    assert_eq!(router.stats().joined, 1);
+    let dead = backend_pid(&first).await;
+    let slow = first.client().query_typed("SELECT pg_sleep(5)::text", &[]);
+    let read = recipients::get(&*second, id);
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        owner
+            .query_one("SELECT pg_terminate_backend($1)", &[&dead])
+            .await
+            .unwrap();
+    };
+    let (slept, found, ()) = tokio::time::timeout(Duration::from_secs(4), async {
+        tokio::join!(slow, read, kill)
+    })
+    .await
+    .expect("the reads on the dead connection failed at once");
+    assert!(slept.is_err());
+    assert!(found.is_err(), "{found:?}");
+    // Nothing joins the dead connection; a read waits for the tenant's connection instead (cap 1).
+    let late = tokio::time::timeout(Duration::from_millis(300), router.acquire_shared(route)).await;
+    assert!(late.is_err(), "joined a dead connection");
+    drop((first, second));
+    let next = router.acquire_shared(route).await.unwrap();
+    assert_ne!(backend_pid(&next).await, dead);
+    assert_eq!(recipients::get(&*next, id).await.unwrap().id, id);
+    assert_eq!(router.stats().joined, 1);
 }
