@@ -1039,15 +1039,7 @@ async fn a_shared_read_keeps_its_connection_when_another_clients_route_was_inval
 async fn errors_and_stale_kept_statements_on_a_shared_connection_stay_with_their_own_read() {
     let (app, routes) = tenants(1).await;
     let route = routes[0].clone();
-    let owner = app.tenant_db("r-00").await;
-    let id: i64 = owner
-        .query_one(
-            "INSERT INTO recipients (email) VALUES ('kept@example.org') RETURNING id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let (id, owner) = one_recipient(&app).await;
     let router = TenantPools::new(settings(4, 1));
     let first = router.acquire_shared(&route).await.unwrap();
     for _ in 0..3 {
