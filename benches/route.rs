@@ -356,6 +356,8 @@ async fn main() {
             app.state.pools().close();
             // Warm-up, then the measured window.
             let _ = load(base.clone(), uniform(n), false).await;
+            // The measured window starts here (a profiler started on this line sees no warm-up or connects).
+            eprintln!("  {name}: warm, measuring");
             let before = app.state.pools().stats();
             let run = load(base.clone(), uniform(n), false).await;
             let after = app.state.pools().stats();

@@ -9,7 +9,7 @@
 //! refused at once in every process either way. `last_used_at` is written at most once a minute per token, off
 //! the request path.
 
-use std::collections::HashMap;
+use crate::domain::FastMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -42,7 +42,7 @@ struct Cached {
 pub struct Authenticator {
     pub(super) control: ControlPlane,
     ttl: Duration,
-    cache: Mutex<HashMap<[u8; 32], Cached>>,
+    cache: Mutex<FastMap<[u8; 32], Cached>>,
     /// Bumped by every invalidation; a principal loaded before one is not cached.
     generation: AtomicU64,
     /// Whether the auth channel is being listened to (the cache is used only then).
@@ -140,7 +140,7 @@ impl Authenticator {
         });
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Cached>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FastMap<[u8; 32], Cached>> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -2,7 +2,7 @@
 //! request (the rules it keeps are in the data plane's module documentation), and what a lookup in it found
 //! ([`Resolved`]).
 
-use std::collections::HashMap;
+use crate::domain::FastMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -49,7 +49,7 @@ pub(super) type Routed = (Instant, Arc<ClientRecord>, Option<Arc<TenantRoute>>);
 
 #[derive(Default)]
 pub(super) struct RouteCache {
-    entries: Mutex<HashMap<String, Routed>>,
+    entries: Mutex<FastMap<String, Routed>>,
     /// Whether the clients listener is up (the cache serves only then).
     pub(super) listening: AtomicBool,
     /// Bumped by every invalidation.
@@ -59,21 +59,21 @@ pub(super) struct RouteCache {
 }
 
 impl RouteCache {
-    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Routed>> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, FastMap<String, Routed>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Every invalidation: `edit` the entries, then bump the generation, under the map's lock. Whoever reads the
     /// new generation cannot then find a removed entry (`DataPlane::resolve` relies on it), and a load that began
     /// before sees the bump when it comes to insert (`DataPlane::load`).
-    pub(super) fn invalidate(&self, edit: impl FnOnce(&mut HashMap<String, Routed>)) {
+    pub(super) fn invalidate(&self, edit: impl FnOnce(&mut FastMap<String, Routed>)) {
         let mut entries = self.lock();
         edit(&mut entries);
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     pub(super) fn clear(&self) {
-        self.invalidate(HashMap::clear);
+        self.invalidate(FastMap::clear);
         self.changed.notify_waiters();
     }
 

@@ -13,7 +13,6 @@
 //! Pure data and functions (no I/O), so every layer can use it: the SQL is in `control/access/`; authentication
 //! and the rights-changing service calls in `access/`; the enforcement on every route in `http/auth.rs`.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -320,7 +319,7 @@ pub enum Denied {
 pub struct Rights {
     pub master_admin: bool,
     pub permissions: Permissions,
-    pub access: HashMap<Uuid, Grant>,
+    pub access: super::FastMap<Uuid, Grant>,
 }
 
 impl Rights {
@@ -540,7 +539,7 @@ mod tests {
 
     #[test]
     fn builtin_roles_match_the_design() {
-        let roles: HashMap<_, _> = builtin_roles().into_iter().collect();
+        let roles: std::collections::HashMap<_, _> = builtin_roles().into_iter().collect();
         assert_eq!(roles[MASTER_ADMIN], Permissions::all());
         let admin = roles["client-admin"];
         assert!(admin.contains(Permission::UsersManage) && admin.contains(Permission::AuditRead));

@@ -4,7 +4,7 @@
 //! (histogram). `route` is the matched route template (`/v1/clients/{slug}`), never the raw path, and methods
 //! other than GET, POST, PUT, PATCH, DELETE and HEAD count as OPTIONS, so label cardinality stays bounded.
 
-use std::collections::HashMap;
+use crate::domain::FastMap;
 use std::sync::{OnceLock, RwLock};
 use std::time::Instant;
 
@@ -29,41 +29,42 @@ pub fn record(method: &Method, route: Option<&MatchedPath>, status: u16, start: 
         _ => Method::OPTIONS,
     };
     let route = route.map_or("unmatched", MatchedPath::as_str);
-    let (requests, duration) = handles(&method, route, status);
-    requests.increment(1);
-    duration.record(start.elapsed().as_secs_f64());
+    let seconds = start.elapsed().as_secs_f64();
+    with_handles(&method, route, status, |(requests, duration)| {
+        requests.increment(1);
+        duration.record(seconds);
+    });
 }
 
 type Handles = (metrics::Counter, metrics::Histogram);
 /// Route template → (method, status) → handles: looked up by the borrowed template, so a request allocates
 /// nothing once its handles exist.
-type HandleCache = RwLock<HashMap<String, HashMap<(Method, u16), Handles>>>;
+type HandleCache = RwLock<FastMap<String, FastMap<(Method, u16), Handles>>>;
 
-fn handles(method: &Method, route: &str, status: u16) -> Handles {
+/// Runs `f` with the handles of (method, route, status), registered on first use. Used in place, under the read
+/// lock: cloning them would cost every request two more reference counts on cache lines all threads share.
+fn with_handles(method: &Method, route: &str, status: u16, f: impl FnOnce(&Handles)) {
     static CACHE: OnceLock<HandleCache> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     let key = (method.clone(), status);
-    if let Some(found) = cache
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(route)
-        .and_then(|by_status| by_status.get(&key))
     {
-        return found.clone();
+        let read = cache.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(found) = read.get(route).and_then(|by_status| by_status.get(&key)) {
+            f(found);
+            return;
+        }
     }
     let labels = (method.to_string(), route.to_owned());
     let created = (
         metrics::counter!("http_requests_total", "method" => labels.0.clone(), "route" => labels.1.clone(), "status" => status.to_string()),
         metrics::histogram!("http_request_duration_seconds", "method" => labels.0, "route" => labels.1),
     );
-    cache
-        .write()
-        .unwrap_or_else(|p| p.into_inner())
+    let mut write = cache.write().unwrap_or_else(|p| p.into_inner());
+    f(write
         .entry(route.to_owned())
         .or_default()
         .entry(key)
-        .or_insert(created)
-        .clone()
+        .or_insert(created));
 }
 
 /// Prometheus text exposition of every metric of this process.

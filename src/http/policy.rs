@@ -4,7 +4,7 @@
 //! the methods the route has: [`methods`]). A test walks the OpenAPI document and asserts every operation has an
 //! entry and answers 401 without a token, so an endpoint cannot be added unprotected.
 
-use std::collections::HashMap;
+use crate::domain::FastMap;
 use std::sync::OnceLock;
 
 use axum::http::Method;
@@ -289,7 +289,7 @@ pub const POLICIES: &[(&str, &str, Rule)] = {
     ]
 };
 
-type PolicyMap = HashMap<(&'static str, &'static str), Rule>;
+type PolicyMap = FastMap<(&'static str, &'static str), Rule>;
 
 fn policies() -> &'static PolicyMap {
     static MAP: OnceLock<PolicyMap> = OnceLock::new();

@@ -31,7 +31,7 @@
 //! [`Queries`] is what the data plane's reads take: a connection that may keep statements (the routing pool's) or a
 //! plain `Client`, which keeps none (a connection opened for one request would only pay an extra round trip).
 
-use std::collections::HashMap;
+use crate::domain::FastMap;
 use std::future::Future;
 use std::sync::Mutex;
 
@@ -86,7 +86,7 @@ impl Queries for Client {
 pub struct StatementCache {
     /// Off: nothing is kept (`routing.prepared_statements = false`).
     enabled: bool,
-    kept: Mutex<HashMap<Key, Kept>>,
+    kept: Mutex<FastMap<Key, Kept>>,
 }
 
 /// A `&'static str` by where it lives (address and length), so a lookup on every request does not hash the text;
@@ -159,7 +159,7 @@ impl StatementCache {
         self.lock().remove(&key(sql));
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Kept>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FastMap<Key, Kept>> {
         self.kept.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -78,7 +78,7 @@ struct RightsRow {
 
 impl RightsRow {
     fn rights(&self) -> Rights {
-        let access: HashMap<Uuid, Grant> = self
+        let access: crate::domain::FastMap<Uuid, Grant> = self
             .access_clients
             .iter()
             .zip(&self.access_levels)

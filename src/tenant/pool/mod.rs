@@ -184,7 +184,7 @@ impl TenantPools {
                 joined: AtomicU64::new(0),
                 decisions: Default::default(),
                 servers: Mutex::new(HashMap::new()),
-                tenants: Mutex::new(HashMap::new()),
+                tenants: Mutex::default(),
                 served: Mutex::new(HashMap::new()),
                 #[cfg(feature = "testing")]
                 misses: Mutex::new(None),

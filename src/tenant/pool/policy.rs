@@ -32,8 +32,7 @@
 //! structure is pure (no connections, no clock, no semaphores: the pool holds the share's slots and asks
 //! [`Holding`] of each tenant), so the route benchmark and the tests below replay traces through it.
 
-use std::collections::hash_map::RandomState;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hash};
 
 use super::Use;
@@ -181,8 +180,8 @@ impl Shares {
 /// The admission and eviction policy of one server's budget.
 pub struct Admission<K> {
     sketch: FrequencySketch,
-    hasher: RandomState,
-    entries: HashMap<K, (Region, u64)>,
+    hasher: crate::domain::FastHasher,
+    entries: crate::domain::FastMap<K, (Region, u64)>,
     window: BTreeMap<u64, K>,
     probation: BTreeMap<u64, K>,
     protected: BTreeMap<u64, K>,
@@ -197,8 +196,8 @@ impl<K: Copy + Eq + Hash> Admission<K> {
         let width = (shares.main + shares.window).saturating_mul(16).max(1024);
         Self {
             sketch: FrequencySketch::new(width, shares.sample),
-            hasher: RandomState::new(),
-            entries: HashMap::new(),
+            hasher: crate::domain::FastHasher::default(),
+            entries: crate::domain::FastMap::default(),
             window: BTreeMap::new(),
             probation: BTreeMap::new(),
             protected: BTreeMap::new(),

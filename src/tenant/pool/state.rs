@@ -2,6 +2,8 @@
 //! the breaker, and garbage collection.
 
 use std::collections::HashMap;
+
+use crate::domain::FastMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -77,7 +79,7 @@ pub(super) struct Involved {
 }
 
 impl Involved {
-    fn of(tenants: &HashMap<Uuid, Arc<TenantPool>>, e: &policy::Eviction<Uuid>) -> Self {
+    fn of(tenants: &FastMap<Uuid, Arc<TenantPool>>, e: &policy::Eviction<Uuid>) -> Self {
         Self {
             victim: tenants.get(&e.victim).cloned(),
             promoted: e.promoted.and_then(|p| tenants.get(&p).cloned()),
@@ -88,7 +90,7 @@ impl Involved {
 /// What the policy needs to know of a tenant's connections: a reservation counts as one, not idle; nor is a
 /// connection that a request of the tenant's own is waiting for (it takes it a moment later; closed, that request
 /// would connect again), unless the tenant's cap is being lowered (then the waiter may not pass its gate).
-fn holding(tenants: &HashMap<Uuid, Arc<TenantPool>>, id: &Uuid) -> policy::Holding {
+fn holding(tenants: &FastMap<Uuid, Arc<TenantPool>>, id: &Uuid) -> policy::Holding {
     tenants
         .get(id)
         .map(|t| {
@@ -115,7 +117,7 @@ pub(super) struct Inner {
     /// Evictions by how they were decided, in the order of [`policy::Decision::ALL`].
     pub(super) decisions: [AtomicU64; 7],
     pub(super) servers: Mutex<HashMap<i64, Arc<ServerBudget>>>,
-    pub(super) tenants: Mutex<HashMap<Uuid, Arc<TenantPool>>>,
+    pub(super) tenants: Mutex<FastMap<Uuid, Arc<TenantPool>>>,
     /// Served times of tenants whose pools were closed or dropped before [`super::TenantPools::take_served`] took
     /// them (and times put back after a failed flush).
     pub(super) served: Mutex<HashMap<Uuid, std::time::SystemTime>>,
@@ -404,7 +406,7 @@ impl Inner {
     fn prune_locked(
         &self,
         policy: &mut policy::Admission<Uuid>,
-        tenants: &HashMap<Uuid, Arc<TenantPool>>,
+        tenants: &FastMap<Uuid, Arc<TenantPool>>,
     ) {
         for gone in policy.prune(|id| holding(tenants, id).connections == 0) {
             if let Some(tenant) = tenants.get(&gone) {
