@@ -48,8 +48,9 @@ pub struct Caller(pub Arc<Principal>);
 pub struct ClientScope {
     pub client: Arc<ClientRecord>,
     pub grant: Grant,
-    /// An inner client's connection, inside the request's transaction (see [`ClientScope::finish`]).
-    pub session: Session,
+    /// An inner client's connection, inside the request's transaction (see [`ClientScope::finish`]); `None` for
+    /// any other client, whose requests have no transaction to hold (so they allocate nothing for it).
+    pub session: Option<Session>,
     /// The request only reads (GET/HEAD): an inner client's transaction is one read-only snapshot.
     pub read_only: bool,
     /// `client` as the access check resolved it, with its route: [`Self::connect`] uses that route while the route
@@ -68,7 +69,7 @@ impl ClientScope {
         Self {
             client: resolved.client().clone(),
             grant,
-            session: Session::default(),
+            session: resolved.client().is_inner().then(Session::default),
             read_only,
             resolved,
         }
@@ -121,14 +122,19 @@ impl ClientScope {
     /// Whether [`Self::finish`] has a transaction to end. Without waiting: the handler has answered, so normally
     /// nothing holds the session; if something still does (or waits for it), the answer is yes and `finish` waits.
     pub fn session_open(&self) -> bool {
-        self.session.try_lock().map_or(true, |s| s.is_some())
+        self.session
+            .as_ref()
+            .is_some_and(|session| session.try_lock().map_or(true, |s| s.is_some()))
     }
 
     /// Ends an inner client's request transaction: committed when the handler succeeded, else rolled back (so an
     /// inner client's request is all or nothing). A commit that fails turns the answer into that error. Nothing to
     /// do for any other client (its statements commit as they run).
     pub async fn finish(&self, response: Response) -> Response {
-        let Some(mut conn) = self.session.lock().await.take() else {
+        let Some(session) = &self.session else {
+            return response;
+        };
+        let Some(mut conn) = session.lock().await.take() else {
             return response;
         };
         let commit = response.status().is_success() || response.status().is_redirection();

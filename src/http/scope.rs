@@ -120,6 +120,7 @@ impl Tenant {
             .scope
             .session
             .clone()
+            .ok_or_else(ApiError::internal)?
             .try_lock_owned()
             .map_err(|_| ApiError::internal())?;
         if session.is_none() {
