@@ -9,6 +9,9 @@
 //!   (`fits_static_unnamed`: parsed and planned on every request, as every router here did before session 20) and
 //!   sharing each tenant's one connection among all its requests at once (`fits_static_shared`, pipelined, as
 //!   mandant's reads share a busy connection since session 21).
+//! - fits_interleaved (after the rounds): the static router and mandant's full server on the same 40 tenants in
+//!   alternating short windows (BENCH_PAIRS × 2 × BENCH_PAIR_MS), both warm: the median of the per-pair ratios, which
+//!   a VM whose speed drifts between phases moves far less than the per-round ratios.
 //! - overcommitted: 500 tenants with 100 recipients each, budget 40, Zipf(s = 1.1) tenant choice. mandant beside
 //!   a no-pool router that opens a connection per request. On the very request trace the router served (the
 //!   warm-up, then the measured window), the hit ratios of three reference caches of 40 tenants: an ideal LRU,
@@ -46,7 +49,8 @@
 //!
 //! Prints a table and writes benches/results/route.json. Knobs: BENCH_TENANTS (500), BENCH_FIT_TENANTS (40),
 //! BENCH_BUDGET (40), BENCH_CLIENTS (64), BENCH_SECS (8 per phase), BENCH_ROUNDS (3), BENCH_ZIPF_S (1.1),
-//! BENCH_SHIFT_SECS (40), BENCH_SHIFT_PERIOD (20), BENCH_PHASES (all; comma-separated phase names).
+//! BENCH_SHIFT_SECS (40), BENCH_SHIFT_PERIOD (20), BENCH_PAIRS (20) and BENCH_PAIR_MS (2000) for fits_interleaved,
+//! BENCH_PHASES (all; comma-separated phase names).
 
 // The report's `json!` has more keys than the macro's default recursion limit allows.
 #![recursion_limit = "256"]
@@ -608,6 +612,46 @@ async fn main() {
         }
     }
 
+    // fits_interleaved: the static router and mandant's full server in alternating short windows, both warm (nothing
+    // closed in between), BENCH_PAIRS pairs of BENCH_PAIR_MS each, the order swapped every pair. A VM whose speed
+    // drifts over tens of seconds moves both windows of a pair alike, so the median of the per-pair ratios is far
+    // steadier than a ratio of whole phases seconds apart.
+    let mut interleaved: Vec<f64> = Vec::new();
+    let mut interleaved_errors = 0u64;
+    if selected("fits_interleaved") {
+        let pairs = common::env_usize("BENCH_PAIRS", 20).max(1);
+        let window = Duration::from_millis(common::env_usize("BENCH_PAIR_MS", 2000) as u64);
+        let sides = [fit_static.base.clone(), app.base.clone()];
+        app.state.pools().close();
+        for base in &sides {
+            let _ = load(base.clone(), uniform(fit_tenants), false).await;
+        }
+        for pair in 0..pairs {
+            let mut rps = [0.0; 2];
+            let order = if pair % 2 == 0 { [0, 1] } else { [1, 0] };
+            for side in order {
+                let run = load_for(sides[side].clone(), uniform(fit_tenants), false, window).await;
+                interleaved_errors += run.errors;
+                rps[side] = run.rps();
+            }
+            interleaved.push(rps[1] / rps[0]);
+        }
+        interleaved.sort_by(f64::total_cmp);
+        eprintln!(
+            "  fits_interleaved: {pairs} pairs of {} ms, mandant / static per pair {:.3} (lowest) {:.3} (quartile) {:.3} (median) {:.3} (quartile) {:.3} (highest), errors {interleaved_errors}",
+            window.as_millis(),
+            interleaved[0],
+            interleaved[pairs / 4],
+            interleaved[pairs / 2],
+            interleaved[pairs * 3 / 4],
+            interleaved[pairs - 1],
+        );
+    }
+    let interleaved_median = interleaved
+        .get(interleaved.len() / 2)
+        .copied()
+        .unwrap_or(f64::NAN);
+
     // Report: medians over rounds.
     let median = |runs: &[Run], f: &dyn Fn(&Run) -> f64| -> f64 { common::median_of(runs, f) };
     println!(
@@ -747,6 +791,14 @@ async fn main() {
         "\nfits: mandant handler + routing pool / static = {handler_ratio:.3}; with mandant's full HTTP middleware: \
          {fits_ratio:.3} (ratio of medians), {fits_paired:.3} (median of per-round ratios) (target >= 0.92)"
     );
+    if !interleaved.is_empty() {
+        println!(
+            "fits, interleaved ({} pairs of short windows, both warm): mandant full server / static = {interleaved_median:.3} (median of per-pair ratios; quartiles {:.3}-{:.3}), errors {interleaved_errors}",
+            interleaved.len(),
+            interleaved[interleaved.len() / 4],
+            interleaved[interleaved.len() * 3 / 4],
+        );
+    }
     // Where the fits gap goes: the process (router, server and load generator) and PostgreSQL, whose backends
     // persist here, so how often they sleep waiting for the next query is counted too.
     let fits_part = |f: &dyn Fn(&Run) -> f64| {
@@ -931,6 +983,9 @@ async fn main() {
             "mandant_over_oracle": ratio("over_mandant", "over_oracle"),
             "fits_ratio_mandant_over_static": fits_ratio,
             "fits_ratio_mandant_over_static_paired": fits_paired,
+            "fits_ratio_mandant_over_static_interleaved": interleaved_median,
+            "fits_interleaved_ratios": interleaved,
+            "fits_interleaved_errors": interleaved_errors,
             "fits_ratio_mandant_handler_over_static": handler_ratio,
             "fits_ratio_static_kept_over_unnamed": kept_gain,
             "fits_ratio_mandant_over_static_unnamed": over_unnamed,
