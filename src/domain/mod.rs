@@ -12,9 +12,10 @@ use std::fmt;
 /// process. A lookup by a short key costs a third of std's SipHash (callgrind, route benchmark).
 pub type FastHasher = foldhash::fast::RandomState;
 
-/// A hash map on the request path. Only for keys no caller can insert in bulk (ids, slugs and token hashes of
-/// stored records, route templates, statements written in the code): foldhash is seeded, but not SipHash's
-/// defence against a flood of chosen keys.
+/// A hash map on the request path. Only for keys no caller can insert in bulk without a privileged, audited write
+/// per key (ids, slugs and token hashes of stored records; an inner client's slug is its creator's choice), route
+/// templates and statements written in the code: foldhash is seeded, but not SipHash's defence against a flood of
+/// chosen keys.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, FastHasher>;
 
 use serde::{Deserialize, Serialize};
