@@ -9,7 +9,6 @@
 //! refused at once in every process either way. `last_used_at` is written at most once a minute per token, off
 //! the request path.
 
-use crate::domain::FastMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -22,6 +21,7 @@ use crate::config::Settings;
 use crate::control::access::AUTH_CHANNEL;
 use crate::control::listen::Listening;
 use crate::control::{ControlError, ControlPlane};
+use crate::domain::FastMap;
 use crate::domain::rights::{Principal, TOKEN_MIN_LEN, hashes_equal, new_token, token_hash};
 use crate::shutdown::CancellationToken;
 

@@ -2,7 +2,6 @@
 //! request (the rules it keeps are in the data plane's module documentation), and what a lookup in it found
 //! ([`Resolved`]).
 
-use crate::domain::FastMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::control::clients::ClientRecord;
 use crate::domain::ClientStatus;
+use crate::domain::FastMap;
 use crate::tenant::pool::TenantRoute;
 
 /// How long a cached route is trusted at most, although every change is notified: a safety net for a

@@ -8,6 +8,9 @@ pub mod servers;
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
 /// The hasher of the maps a request looks up ([`FastMap`]): foldhash (hashbrown's own default), seeded per
 /// process. A lookup by a short key costs a third of std's SipHash (callgrind, route benchmark).
 pub type FastHasher = foldhash::fast::RandomState;
@@ -17,9 +20,6 @@ pub type FastHasher = foldhash::fast::RandomState;
 /// templates and statements written in the code: foldhash is seeded, but not SipHash's defence against a flood of
 /// chosen keys.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, FastHasher>;
-
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 /// Why a value was refused; the message is safe to show to the caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -4,7 +4,6 @@
 //! (histogram). `route` is the matched route template (`/v1/clients/{slug}`), never the raw path, and methods
 //! other than GET, POST, PUT, PATCH, DELETE and HEAD count as OPTIONS, so label cardinality stays bounded.
 
-use crate::domain::FastMap;
 use std::sync::{OnceLock, RwLock};
 use std::time::Instant;
 
@@ -13,6 +12,7 @@ use axum::http::{Method, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::app::AppState;
+use crate::domain::FastMap;
 
 /// Counts and times one request (called by the route middleware, `auth::guard`). Metric handles are registered
 /// once per (method, route, status) and then reused: a registry lookup with freshly allocated labels on every

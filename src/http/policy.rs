@@ -4,11 +4,11 @@
 //! the methods the route has: [`methods`]). A test walks the OpenAPI document and asserts every operation has an
 //! entry and answers 401 without a token, so an endpoint cannot be added unprotected.
 
-use crate::domain::FastMap;
 use std::sync::OnceLock;
 
 use axum::http::Method;
 
+use crate::domain::FastMap;
 use crate::domain::rights::Permission;
 
 /// What a route needs.

@@ -31,7 +31,6 @@
 //! [`Queries`] is what the data plane's reads take: a connection that may keep statements (the routing pool's) or a
 //! plain `Client`, which keeps none (a connection opened for one request would only pay an extra round trip).
 
-use crate::domain::FastMap;
 use std::future::Future;
 use std::sync::Mutex;
 
@@ -39,6 +38,8 @@ use futures_util::{TryFutureExt, TryStreamExt};
 
 use deadpool_postgres::tokio_postgres::types::{ToSql, Type};
 use deadpool_postgres::tokio_postgres::{self, Client, Row, Statement};
+
+use crate::domain::FastMap;
 
 /// The most statements one connection keeps prepared (the code has a handful; the bound is a backstop).
 pub const MAX_KEPT: usize = 64;

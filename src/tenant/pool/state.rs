@@ -2,8 +2,6 @@
 //! the breaker, and garbage collection.
 
 use std::collections::HashMap;
-
-use crate::domain::FastMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,6 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use super::*;
+use crate::domain::FastMap;
 
 pub(super) struct TenantPool {
     pub(super) pool: Pool<TenantManager>,
