@@ -637,20 +637,26 @@ async fn main() {
             interleaved.push(rps[1] / rps[0]);
         }
         interleaved.sort_by(f64::total_cmp);
+    }
+    // The per-pair ratio at quarter `q` (0 lowest, 2 median, 4 highest); NaN when the phase did not run.
+    let quarter = |q: usize| {
+        let last = interleaved.len().saturating_sub(1);
+        interleaved
+            .get((interleaved.len() * q / 4).min(last))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let interleaved_median = quarter(2);
+    if !interleaved.is_empty() {
         eprintln!(
-            "  fits_interleaved: {pairs} pairs of {} ms, mandant / static per pair {:.3} (lowest) {:.3} (quartile) {:.3} (median) {:.3} (quartile) {:.3} (highest), errors {interleaved_errors}",
-            window.as_millis(),
-            interleaved[0],
-            interleaved[pairs / 4],
-            interleaved[pairs / 2],
-            interleaved[pairs * 3 / 4],
-            interleaved[pairs - 1],
+            "  fits_interleaved: {} pairs, mandant / static per pair {:.3} (lowest) {:.3} (quartile) {interleaved_median:.3} (median) {:.3} (quartile) {:.3} (highest), errors {interleaved_errors}",
+            interleaved.len(),
+            quarter(0),
+            quarter(1),
+            quarter(3),
+            quarter(4),
         );
     }
-    let interleaved_median = interleaved
-        .get(interleaved.len() / 2)
-        .copied()
-        .unwrap_or(f64::NAN);
 
     // Report: medians over rounds.
     let median = |runs: &[Run], f: &dyn Fn(&Run) -> f64| -> f64 { common::median_of(runs, f) };
@@ -795,8 +801,8 @@ async fn main() {
         println!(
             "fits, interleaved ({} pairs of short windows, both warm): mandant full server / static = {interleaved_median:.3} (median of per-pair ratios; quartiles {:.3}-{:.3}), errors {interleaved_errors}",
             interleaved.len(),
-            interleaved[interleaved.len() / 4],
-            interleaved[interleaved.len() * 3 / 4],
+            quarter(1),
+            quarter(3),
         );
     }
     // Where the fits gap goes: the process (router, server and load generator) and PostgreSQL, whose backends

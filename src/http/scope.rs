@@ -112,15 +112,13 @@ impl Tenant {
     /// client (row-level security), held in the scope's session until the access check's middleware ends it; a
     /// second call in the same request gets the same connection and transaction.
     pub async fn db(&self) -> Result<TenantDb, ApiError> {
-        if !self.scope.client.is_inner() {
+        // A scope has a session exactly when its client is inner (`ClientScope::new`).
+        let Some(session) = &self.scope.session else {
             let (_, conn) = self.scope.connect(&self.state).await?;
             return Ok(TenantDb::Own(Box::new(conn)));
-        }
-        let mut session = self
-            .scope
-            .session
+        };
+        let mut session = session
             .clone()
-            .ok_or_else(ApiError::internal)?
             .try_lock_owned()
             .map_err(|_| ApiError::internal())?;
         if session.is_none() {
